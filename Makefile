@@ -1,0 +1,44 @@
+# Secondline: `make demo` runs the product, `make test` installs and runs the whole check.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SRC := broker agent tests bench
+
+.PHONY: demo test check install fmt lint types unit bench web clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+web: web/dist/.built
+
+web/dist/.built: web/package.json web/package-lock.json web/build.mjs $(wildcard web/src/*)
+	cd web && npm ci --no-audit --no-fund --loglevel=error && node build.mjs
+	touch $@
+
+test: install
+	$(MAKE) check
+
+check:
+	$(BIN)/ruff format --check $(SRC)
+	$(BIN)/ruff check $(SRC)
+	$(BIN)/mypy
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+fmt: $(STAMP)
+	$(BIN)/ruff format $(SRC)
+	$(BIN)/ruff check --fix $(SRC)
+
+demo: install
+	$(BIN)/python -m broker.demo --data-dir ./demo-data
+
+bench: install
+	$(BIN)/python -m bench $(if $(QUICK),--quick,)
+
+clean:
+	rm -rf $(VENV) web/node_modules web/dist .mypy_cache .pytest_cache .ruff_cache

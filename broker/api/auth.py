@@ -1,0 +1,141 @@
+"""Who is calling: bearer tokens (CLI, integrations) or a console session (browser).
+
+Credentials in a query string are refused outright: URLs end up in logs and histories."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Final
+
+from aiohttp import web
+from sqlalchemy import select
+
+from broker.auth.credentials import parse_api_token, secret_matches
+from broker.auth.scopes import Role, parse_role
+from broker.db.models_staff import ApiToken, Customer, User, UserCustomer
+from broker.errors import AuthError, InputError
+from broker.services import Services
+
+log = logging.getLogger(__name__)
+
+_QUERY_CREDENTIALS: Final = frozenset(
+    {"token", "access_token", "api_key", "apikey", "auth", "bearer", "key", "session"}
+)
+
+
+@dataclass(frozen=True)
+class Principal:
+    user_id: int
+    name: str
+    role: Role | None  # None: not signed in (public routes only)
+    scopes: frozenset[str]
+    customers: frozenset[str] | None  # None: every customer
+    token_id: str | None = None
+    via: str = "token"  # "token", "web" or "anonymous"
+
+
+ANONYMOUS: Final = Principal(0, "anonymous", None, frozenset(), frozenset(), via="anonymous")
+
+WebAuthenticator = Callable[[web.Request], Awaitable[Principal | None]]
+WEB_AUTH: Final[web.AppKey[WebAuthenticator]] = web.AppKey("web_auth")
+
+
+async def load_customers(services: Services, user_id: int) -> frozenset[str] | None:
+    async with services.db() as db:
+        rows = await db.execute(
+            select(Customer.name)
+            .join(UserCustomer, UserCustomer.customer_id == Customer.id)
+            .where(UserCustomer.user_id == user_id)
+        )
+        names = frozenset(rows.scalars().all())
+    return names or None
+
+
+async def _refuse(request: web.Request, services: Services, why: str, detail: str) -> AuthError:
+    await services.audit.record(
+        actor="anonymous",
+        action="auth.refused",
+        target=request.path,
+        outcome="denied",
+        source=request.remote or "",
+        details={"reason": detail},
+    )
+    return AuthError(why)
+
+
+async def principal_for_token(services: Services, token: str) -> Principal | None:
+    """The staff member a bearer token stands for, or None when it is not valid now."""
+    parsed = parse_api_token(token)
+    if parsed is None:
+        return None
+    token_id, secret = parsed
+    now = services.clock()
+    async with services.db() as db:
+        row = (
+            await db.execute(
+                select(ApiToken, User)
+                .join(User, User.id == ApiToken.user_id)
+                .where(ApiToken.id == token_id)
+            )
+        ).one_or_none()
+    if row is None:
+        return None
+    tok, user = row[0], row[1]
+    if not secret_matches(secret, tok.secret_hash) or tok.revoked_at is not None or user.disabled:
+        return None
+    if tok.expires_at is not None and tok.expires_at <= now:
+        return None
+    return Principal(
+        user.id,
+        user.name,
+        parse_role(user.role),
+        frozenset(tok.scopes),
+        await load_customers(services, user.id),
+        token_id=tok.id,
+    )
+
+
+async def authenticate(request: web.Request, services: Services, *, public: bool) -> Principal:
+    for name in request.query:
+        if name.lower() in _QUERY_CREDENTIALS:
+            await _refuse(request, services, "", f"credential in query string ({name})")
+            raise InputError(
+                "credentials are never accepted in a URL; send the token in the "
+                "Authorization: Bearer header",
+                code="credential_in_query",
+            )
+    header = request.headers.get("Authorization", "")
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise await _refuse(
+                request,
+                services,
+                "use the Authorization: Bearer <token> header",
+                "malformed authorization header",
+            )
+        principal = await principal_for_token(services, token.strip())
+        if principal is None:
+            raise await _refuse(
+                request,
+                services,
+                "the API token is missing, expired or revoked; run `secondline login` "
+                "or ask an admin for a new token",
+                "invalid token",
+            )
+        return principal
+    web_auth = request.app.get(WEB_AUTH)
+    if web_auth is not None:
+        found: Principal | None = await web_auth(request)
+        if found is not None:
+            return found
+    if public:
+        return ANONYMOUS
+    raise await _refuse(
+        request,
+        services,
+        "sign in first: send an API token in the Authorization: Bearer header",
+        "no credentials",
+    )

@@ -1,0 +1,130 @@
+"""The aiohttp application factory: storage, services, the REST API and every feature."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from typing import Final
+
+from aiohttp import web
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from broker.api import audit as audit_api
+from broker.api import staff as staff_api
+from broker.api.errors import error_middleware, error_response
+from broker.api.openapi import build_openapi
+from broker.api.routing import SERVICES, ApiRouter, add_routes
+from broker.audit.log import AuditLog
+from broker.config import BrokerConfig
+from broker.db.engine import create_engine, session_factory
+from broker.keys import BrokerKeys, load_keys
+from broker.services import Services
+
+log = logging.getLogger(__name__)
+
+CONFIG: Final = web.AppKey("config", BrokerConfig)
+DB_SCHEMA: Final = web.AppKey("db_schema", str)
+
+# A feature adds its routes, app keys and cleanup contexts to the app.
+Feature = Callable[[web.Application], None]
+
+
+def broker_version() -> str:
+    try:
+        return version("secondline")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+def api_routers() -> list[ApiRouter]:
+    """Every router of /api/v1; each domain adds its own here."""
+    return [staff_api.router, audit_api.router]
+
+
+def features() -> list[Feature]:
+    """Every feature beyond the REST API (agent tunnel, SSH gateway, console, ...)."""
+    return []
+
+
+async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    engine = create_engine(
+        config.db_url, schema=app.get(DB_SCHEMA) or config.database_schema or None
+    )
+    db = session_factory(engine)
+    keys: BrokerKeys = load_keys(config.keys_dir, config.tls_cert_path)
+    audit = AuditLog(db, keys.audit_key, config.data_dir / "audit.head")
+    app[SERVICES] = Services(config=config, engine=engine, db=db, audit=audit, keys=keys)
+    try:
+        yield
+    finally:
+        await engine.dispose()
+
+
+@web.middleware
+async def store_unavailable_middleware(
+    request: web.Request, handler: Callable[..., object]
+) -> web.StreamResponse:
+    try:
+        result = await handler(request)  # type: ignore[misc]
+        assert isinstance(result, web.StreamResponse)
+        return result
+    except (OperationalError, DBAPIError, ConnectionError) as exc:
+        log.error("database unavailable: %s", type(exc).__name__)
+        return error_response(
+            503,
+            "store_unavailable",
+            "audit store unavailable: the broker cannot reach its database; try again "
+            "shortly, and tell an admin if it lasts",
+        )
+
+
+@web.middleware
+async def security_headers_middleware(
+    request: web.Request, handler: Callable[..., object]
+) -> web.StreamResponse:
+    response = await handler(request)  # type: ignore[misc]
+    assert isinstance(response, web.StreamResponse)
+    headers = response.headers
+    headers.setdefault("Strict-Transport-Security", "max-age=31536000")
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("Referrer-Policy", "no-referrer")
+    headers.setdefault("X-Frame-Options", "DENY")
+    headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+def create_app(
+    config: BrokerConfig, *, db_schema: str | None = None, extra: Sequence[Feature] | None = None
+) -> web.Application:
+    app = web.Application(
+        client_max_size=config.max_body_bytes,
+        middlewares=[security_headers_middleware, store_unavailable_middleware, error_middleware],
+    )
+    app[CONFIG] = config
+    if db_schema:
+        app[DB_SCHEMA] = db_schema
+    app.cleanup_ctx.append(_services_ctx)
+    routers = api_routers()
+    add_routes(app, routers)
+    document = build_openapi(routers, broker_version())
+
+    async def openapi(_request: web.Request) -> web.Response:
+        return web.json_response(document)
+
+    async def health(request: web.Request) -> web.Response:
+        services = request.app[SERVICES]
+        try:
+            async with services.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except (OperationalError, DBAPIError, OSError):
+            return web.json_response({"status": "unavailable", "database": "down"}, status=503)
+        return web.json_response({"status": "ok", "version": broker_version()})
+
+    app.router.add_get("/api/v1/openapi.json", openapi)
+    app.router.add_get("/healthz", health)
+    for feature in [*features(), *(extra or ())]:
+        feature(app)
+    return app

@@ -1,0 +1,6 @@
+"""The tamper-evident audit log: a pure hash chain (chain.py) and its storage (log.py)."""
+
+from broker.audit.chain import AuditRecord, VerifyReport, verify_chain
+from broker.audit.log import AuditLog
+
+__all__ = ["AuditLog", "AuditRecord", "VerifyReport", "verify_chain"]

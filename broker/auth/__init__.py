@@ -1,0 +1,1 @@
+"""Staff authentication: password hashing, API tokens and their scopes."""

@@ -1,0 +1,1 @@
+"""The `secondline` command: local set-up (init, serve) and everything else over the REST API."""

@@ -1,0 +1,216 @@
+"""Commands for staff accounts, sign-in, customers and the audit log."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import re
+
+from broker.cli.client import ApiClient, CliError, Connection, resolve_connection, store_credentials
+from broker.cli.runtime import Runtime, add_json, read_file
+
+_TTL = re.compile(r"^(\d{1,6})([smhd])$")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_ttl(text: str) -> int:
+    match = _TTL.fullmatch(text)
+    if not match:
+        raise CliError(f"--ttl {text!r} is not a duration; write e.g. 30m, 8h or 7d")
+    return int(match.group(1)) * _UNIT[match.group(2)]
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    user = sub.add_parser("user", help="staff accounts").add_subparsers(dest="sub", required=True)
+    p = user.add_parser("add", help="add a staff account")
+    p.add_argument("name")
+    p.add_argument("--role", required=True, choices=["level1", "level2", "level3", "admin"])
+    p.add_argument("--display-name", default="")
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    p.add_argument("--ssh-key", action="append", default=[], metavar="FILE")
+    p.add_argument("--customer", action="append", default=[], metavar="C")
+    add_json(p)
+    p.set_defaults(handler=user_add)
+    p = user.add_parser("list", help="list staff accounts")
+    add_json(p)
+    p.set_defaults(handler=user_list)
+    p = user.add_parser("show", help="show one staff account")
+    p.add_argument("name")
+    add_json(p)
+    p.set_defaults(handler=user_show)
+    p = user.add_parser("disable", help="disable an account; its tokens stop working at once")
+    p.add_argument("name")
+    add_json(p)
+    p.set_defaults(handler=user_disable)
+    key = user.add_parser("key", help="SSH keys").add_subparsers(dest="keysub", required=True)
+    p = key.add_parser("add", help="register an SSH public key")
+    p.add_argument("name")
+    p.add_argument("file")
+    add_json(p)
+    p.set_defaults(handler=user_key_add)
+    p = user.add_parser("token", help="mint an API token for a staff member (printed once)")
+    p.add_argument("name")
+    p.add_argument("--ttl", default="8h", help="lifetime, e.g. 30m, 8h, 30d (default 8h)")
+    p.add_argument(
+        "--scope", action="append", default=None, choices=["read", "write", "session", "admin"]
+    )
+    p.add_argument("--label", default="")
+    add_json(p)
+    p.set_defaults(handler=user_token)
+
+    p = sub.add_parser("login", help="sign in and keep an API token in your config dir")
+    p.add_argument("user")
+    p.add_argument("--password-stdin", action="store_true")
+    p.add_argument("--totp", default=None, help="the 6-digit code of your authenticator app")
+    p.add_argument("--ttl", default="8h")
+    p.set_defaults(handler=login)
+
+    cust = sub.add_parser("customer", help="customers").add_subparsers(dest="sub", required=True)
+    p = cust.add_parser("add", help="add a customer")
+    p.add_argument("name")
+    p.add_argument("--display-name", default="")
+    add_json(p)
+    p.set_defaults(handler=customer_add)
+    p = cust.add_parser("list", help="list customers")
+    add_json(p)
+    p.set_defaults(handler=customer_list)
+    p = cust.add_parser("show", help="show a customer")
+    p.add_argument("name")
+    add_json(p)
+    p.set_defaults(handler=customer_show)
+
+    audit = sub.add_parser("audit", help="the audit log").add_subparsers(dest="sub", required=True)
+    p = audit.add_parser("list", help="newest events first")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--action", default=None)
+    add_json(p)
+    p.set_defaults(handler=audit_list)
+    p = audit.add_parser("verify", help="check the chain; names the first bad record")
+    add_json(p)
+    p.set_defaults(handler=audit_verify)
+
+
+USER_COLUMNS = ["name", "role", "disabled", "customers", "keys", "display_name"]
+
+
+def _user_row(u: object) -> object:
+    if isinstance(u, dict):
+        return {**u, "keys": len(u.get("ssh_keys") or [])}
+    return u
+
+
+def user_add(rt: Runtime) -> int:
+    a = rt.args
+    body: dict[str, object] = {
+        "name": a.name,
+        "role": a.role,
+        "display_name": a.display_name,
+        "ssh_keys": [read_file(f, "SSH key file") for f in a.ssh_key],
+        "customers": a.customer,
+    }
+    if a.password_stdin:
+        body["password"] = rt.read_stdin_secret()
+    rt.show_one(
+        rt.api.request("POST", "/users", body), None if rt.json else ["name", "role", "customers"]
+    )
+    return 0
+
+
+def user_list(rt: Runtime) -> int:
+    data = rt.api.request("GET", "/users")
+    if rt.json:
+        rt.show_list(data, USER_COLUMNS)
+    else:
+        rt.show_list([_user_row(u) for u in data] if isinstance(data, list) else data, USER_COLUMNS)
+    return 0
+
+
+def user_show(rt: Runtime) -> int:
+    rt.show_one(rt.api.request("GET", f"/users/{_seg(rt.args.name)}"))
+    return 0
+
+
+def user_disable(rt: Runtime) -> int:
+    rt.show_one(
+        rt.api.request("POST", f"/users/{_seg(rt.args.name)}/disable"),
+        None if rt.json else ["name", "disabled"],
+    )
+    return 0
+
+
+def user_key_add(rt: Runtime) -> int:
+    body = {"public_key": read_file(rt.args.file, "SSH key file")}
+    data = rt.api.request("POST", f"/users/{_seg(rt.args.name)}/keys", body)
+    rt.show_one(data, None if rt.json else ["name", "ssh_keys"])
+    return 0
+
+
+def user_token(rt: Runtime) -> int:
+    body = {"ttl_seconds": parse_ttl(rt.args.ttl), "scopes": rt.args.scope, "label": rt.args.label}
+    data = rt.api.request("POST", f"/users/{_seg(rt.args.name)}/tokens", body)
+    if rt.json:
+        rt.show_one(data)
+    elif isinstance(data, dict):
+        print(data["token"])
+    return 0
+
+
+def login(rt: Runtime) -> int:
+    a = rt.args
+    base = resolve_connection(
+        url=a.url, token=None, ca_cert=a.ca_cert, data_dir=a.data_dir, env=rt.env
+    )
+    password = rt.read_stdin_secret() if a.password_stdin else getpass.getpass("Password: ")
+    client = ApiClient(Connection(base.url, None, base.ca_cert))
+    body = {"user": a.user, "password": password, "totp": a.totp, "ttl_seconds": parse_ttl(a.ttl)}
+    data = client.request("POST", "/auth/login", body, auth=False)
+    if not isinstance(data, dict) or "token" not in data:
+        raise CliError("the broker sent an unexpected answer")
+    path = store_credentials(rt.env, base.url, str(data["token"]), base.ca_cert)
+    print(f"Signed in as {a.user}; token kept in {path} until {data.get('expires_at')}.")
+    return 0
+
+
+def customer_add(rt: Runtime) -> int:
+    body = {"name": rt.args.name, "display_name": rt.args.display_name}
+    rt.show_one(rt.api.request("POST", "/customers", body))
+    return 0
+
+
+def customer_list(rt: Runtime) -> int:
+    rt.show_list(rt.api.request("GET", "/customers"), ["name", "display_name", "created_at"])
+    return 0
+
+
+def customer_show(rt: Runtime) -> int:
+    rt.show_one(rt.api.request("GET", f"/customers/{_seg(rt.args.name)}"))
+    return 0
+
+
+def audit_list(rt: Runtime) -> int:
+    limit = max(1, min(rt.args.limit, 1000))
+    path = f"/audit?limit={limit}"
+    if rt.args.action:
+        path += f"&action={_seg(rt.args.action)}"
+    rt.show_list(
+        rt.api.request("GET", path), ["seq", "at", "actor", "action", "target", "outcome", "source"]
+    )
+    return 0
+
+
+def audit_verify(rt: Runtime) -> int:
+    data = rt.api.request("GET", "/audit/verify")
+    if not isinstance(data, dict):
+        raise CliError("the broker sent an unexpected answer")
+    if rt.json:
+        rt.show_one(data)
+    else:
+        print(data["message"])
+    return 0 if data.get("ok") else 1
+
+
+def _seg(text: str) -> str:
+    """A value placed in a URL path: only our strict name characters pass unchanged."""
+    from urllib.parse import quote
+
+    return quote(text, safe="")

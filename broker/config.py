@@ -1,0 +1,142 @@
+"""The broker's configuration: one frozen dataclass, read from DIR/secondline.toml and
+``SECONDLINE_*`` variables. Unknown file keys are an error that names the key."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from broker.errors import ConfigError
+
+CONFIG_FILE: Final = "secondline.toml"
+ENV_PREFIX: Final = "SECONDLINE_"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BrokerConfig:
+    data_dir: Path
+    public_url: str = "https://localhost:8443"
+    listen_host: str = "0.0.0.0"  # noqa: S104 - agents on customer networks must reach the broker
+    https_port: int = 8443
+    ssh_port: int = 2222
+    database_url: str = ""
+    database_schema: str = ""  # PostgreSQL only: the schema to use (search_path)
+    tls_cert: str = ""
+    tls_key: str = ""
+    log_level: str = "info"
+    max_body_bytes: int = 1024 * 1024
+    max_attachment_bytes: int = 10 * 1024 * 1024
+    session_idle_timeout_seconds: int = 30 * 60
+    session_max_seconds: int = 8 * 60 * 60
+    tunnel_handshakes_per_second: int = 200
+    token_default_ttl_seconds: int = 8 * 60 * 60
+    web_session_idle_seconds: int = 30 * 60
+    web_session_max_seconds: int = 12 * 60 * 60
+    max_sessions_per_staff: int = 10
+    max_tokens_per_user: int = 50
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'secondline.db'}"
+
+    @property
+    def tls_cert_path(self) -> Path:
+        return Path(self.tls_cert) if self.tls_cert else self.data_dir / "keys" / "tls.crt"
+
+    @property
+    def tls_key_path(self) -> Path:
+        return Path(self.tls_key) if self.tls_key else self.data_dir / "keys" / "tls.key"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+    @property
+    def transcripts_dir(self) -> Path:
+        return self.data_dir / "transcripts"
+
+    @property
+    def attachments_dir(self) -> Path:
+        return self.data_dir / "attachments"
+
+
+_FIELDS: Final = {f.name: f for f in dataclasses.fields(BrokerConfig) if f.name != "data_dir"}
+# Variables the CLI reads for itself; they are not broker settings.
+_CLIENT_VARS: Final = frozenset({"DATA_DIR", "URL", "TOKEN", "CA_CERT", "TEST_PG", "TEST_DB"})
+
+
+def _coerce(key: str, value: object, source: str) -> object:
+    kind = _FIELDS[key].type
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise ConfigError(f"{source}: {key} must be a whole number")
+        try:
+            number = int(value)
+        except ValueError:
+            raise ConfigError(f"{source}: {key} must be a whole number, not {value!r}") from None
+        if number < 0 or number > 10**12:
+            raise ConfigError(f"{source}: {key} is out of range")
+        return number
+    if not isinstance(value, str):
+        raise ConfigError(f"{source}: {key} must be a string")
+    return value
+
+
+def load_config(
+    data_dir: Path,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, object] | None = None,
+) -> BrokerConfig:
+    """Read DIR/secondline.toml, then SECONDLINE_* variables, then explicit overrides."""
+    env = os.environ if env is None else env
+    values: dict[str, object] = {}
+    path = data_dir / CONFIG_FILE
+    if path.exists():
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot be read ({exc}); fix the file and retry") from exc
+        for key, value in raw.items():
+            if key not in _FIELDS:
+                known = ", ".join(sorted(_FIELDS))
+                raise ConfigError(f"{path}: unknown key {key!r}; known keys are: {known}")
+            values[key] = _coerce(key, value, str(path))
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = name.removeprefix(ENV_PREFIX)
+        if key in _CLIENT_VARS:
+            continue
+        if key.lower() not in _FIELDS:
+            raise ConfigError(f"environment: unknown variable {name}; unset it or fix its name")
+        values[key.lower()] = _coerce(key.lower(), value, "environment")
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = _coerce(key, value, "command line")
+    config = BrokerConfig(data_dir=data_dir, **values)  # type: ignore[arg-type]
+    if not config.public_url.startswith("https://"):
+        raise ConfigError("public_url must start with https://")
+    return config
+
+
+def write_config(
+    data_dir: Path, public_url: str, extra: Mapping[str, object] | None = None
+) -> Path:
+    """Write the initial config file with the settings init chose."""
+    lines = ["# Secondline broker configuration; see docs/configuration.md", ""]
+    # JSON string literals are valid TOML basic strings.
+    lines.append(f"public_url = {json.dumps(public_url)}")
+    for key, value in (extra or {}).items():
+        if key not in _FIELDS:
+            raise ConfigError(f"unknown key {key!r}")
+        lines.append(f"{key} = {json.dumps(value)}")
+    path = data_dir / CONFIG_FILE
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.chmod(0o600)
+    return path

@@ -1,0 +1,1 @@
+"""Storage: SQLAlchemy 2 (async) over SQLite (embedded default) or PostgreSQL."""

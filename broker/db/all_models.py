@@ -1,0 +1,12 @@
+"""Imports every model module so Base.metadata knows every table (Alembic reads this).
+
+Each domain adds its model module here, one import line each."""
+
+from __future__ import annotations
+
+from broker.db import models_audit, models_staff
+from broker.db.base import Base
+
+metadata = Base.metadata
+
+__all__ = ["metadata", "models_audit", "models_staff"]

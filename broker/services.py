@@ -1,0 +1,30 @@
+"""What every request handler and background task of a broker process shares."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from broker.audit.log import AuditLog
+from broker.auth.throttle import Throttle
+from broker.config import BrokerConfig
+from broker.keys import BrokerKeys
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass
+class Services:
+    config: BrokerConfig
+    engine: AsyncEngine
+    db: async_sessionmaker[AsyncSession]
+    audit: AuditLog
+    keys: BrokerKeys
+    clock: Callable[[], dt.datetime] = field(default=utc_now)
+    # 10 failed sign-ins per 15 minutes per account and per source address.
+    login_throttle: Throttle = field(default_factory=lambda: Throttle(limit=10, window=900))

@@ -1,0 +1,64 @@
+"""The broker's configuration file and variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from broker.config import BrokerConfig, load_config, write_config
+from broker.errors import ConfigError
+
+
+def test_defaults_without_file(tmp_path: Path) -> None:
+    """With no file and no variables the embedded defaults apply."""
+    config = load_config(tmp_path, env={})
+    assert config == BrokerConfig(data_dir=tmp_path)
+    assert config.db_url.endswith("secondline.db")
+    assert config.https_port == 8443
+
+
+def test_file_then_environment(tmp_path: Path) -> None:
+    """Variables override the file, and the file overrides defaults."""
+    write_config(tmp_path, "https://broker.example:9443", {"https_port": 9443, "ssh_port": 2022})
+    config = load_config(tmp_path, env={"SECONDLINE_SSH_PORT": "2200", "SECONDLINE_URL": "x"})
+    assert (config.public_url, config.https_port, config.ssh_port) == (
+        "https://broker.example:9443", 9443, 2200,
+    )
+
+
+def test_unknown_file_key_is_named(tmp_path: Path) -> None:
+    """An unknown key in the file is an error that names it."""
+    (tmp_path / "secondline.toml").write_text('public_url = "https://a"\nhttp_port = 1\n')
+    with pytest.raises(ConfigError, match="unknown key 'http_port'"):
+        load_config(tmp_path, env={})
+
+
+def test_unknown_variable_is_named(tmp_path: Path) -> None:
+    """An unknown SECONDLINE_ variable is an error that names it."""
+    with pytest.raises(ConfigError, match="SECONDLINE_HTTP_PORT"):
+        load_config(tmp_path, env={"SECONDLINE_HTTP_PORT": "1"})
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("https_port = \"many\"\n", "whole number"),
+        ("https_port = true\n", "whole number"),
+        ("https_port = -1\n", "out of range"),
+        ("public_url = 5\n", "must be a string"),
+        ("public_url = \"http://plain\"\n", "https://"),
+        ("this is = not toml\n", "cannot be read"),
+    ],
+)
+def test_bad_values_are_refused(tmp_path: Path, text: str, match: str) -> None:
+    """Wrong types, ranges, schemes and syntax each get a clear error."""
+    (tmp_path / "secondline.toml").write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_config(tmp_path, env={})
+
+
+def test_bad_variable_value(tmp_path: Path) -> None:
+    """A variable that is not a number where one is needed is refused."""
+    with pytest.raises(ConfigError, match="whole number"):
+        load_config(tmp_path, env={"SECONDLINE_HTTPS_PORT": "eighty"})
