@@ -31,12 +31,15 @@ async def test_add_and_list_users(api: Api) -> None:
     await api.call("POST", "/customers", {"name": "acme"}, expect=201)
     key = ssh_pub()
     _, user = await api.call(
-        "POST", "/users",
+        "POST",
+        "/users",
         {"name": "alice", "role": "level2", "ssh_keys": [key], "customers": ["acme"]},
         expect=201,
     )
     assert isinstance(user, dict)
-    assert user["customers"] == ["acme"] and user["ssh_keys"][0]["fingerprint"].startswith("SHA256:")
+    assert user["customers"] == ["acme"] and user["ssh_keys"][0]["fingerprint"].startswith(
+        "SHA256:"
+    )
     _, users = await api.call("GET", "/users", expect=200)
     assert isinstance(users, list)
     assert sorted(u["name"] for u in users) == ["admin", "alice"]
@@ -70,9 +73,13 @@ async def test_bad_user_input_changes_nothing(
 async def test_duplicate_user_and_key(api: Api) -> None:
     """A second account of one name, or one key for two people, is a conflict."""
     key = ssh_pub()
-    await api.call("POST", "/users", {"name": "bob", "role": "level1", "ssh_keys": [key]}, expect=201)
+    await api.call(
+        "POST", "/users", {"name": "bob", "role": "level1", "ssh_keys": [key]}, expect=201
+    )
     await api.call("POST", "/users", {"name": "bob", "role": "level1"}, expect=409)
-    await api.call("POST", "/users", {"name": "eve", "role": "level1", "ssh_keys": [key]}, expect=409)
+    await api.call(
+        "POST", "/users", {"name": "eve", "role": "level1", "ssh_keys": [key]}, expect=409
+    )
     await api.call("GET", "/users/eve", expect=404)
 
 
@@ -80,12 +87,16 @@ async def test_malformed_and_oversized_bodies(api: Api) -> None:
     """Broken JSON, the wrong content type and an oversized body are refused clearly."""
     c = api.client
     h = api.headers(api.admin_token)
-    r = await c.post("/api/v1/users", data=b"{not json", headers={**h, "Content-Type": "application/json"})
+    r = await c.post(
+        "/api/v1/users", data=b"{not json", headers={**h, "Content-Type": "application/json"}
+    )
     assert r.status == 400 and (await r.json())["error"]["code"] == "malformed_json"
     r = await c.post("/api/v1/users", data=b"name=x", headers={**h, "Content-Type": "text/plain"})
     assert r.status == 400
     big = b'{"name": "' + b"x" * (2 * 1024 * 1024) + b'"}'
-    r = await c.post("/api/v1/users", data=io.BytesIO(big), headers={**h, "Content-Type": "application/json"})
+    r = await c.post(
+        "/api/v1/users", data=io.BytesIO(big), headers={**h, "Content-Type": "application/json"}
+    )
     assert r.status == 413 and (await r.json())["error"]["code"] == "body_too_large"
 
 
@@ -119,7 +130,9 @@ async def test_scopes_no_wider_than_owner(api: Api) -> None:
     assert status == 403 and isinstance(data, dict) and data["error"]["code"] == "scope_too_wide"
     await api.call("POST", "/users/dave/tokens", {"scopes": ["root"]}, token=tok, expect=403)
     await api.call("POST", "/users/admin/tokens", {}, token=tok, expect=403)
-    _, ro = await api.call("POST", "/users/dave/tokens", {"scopes": ["read"]}, token=tok, expect=201)
+    _, ro = await api.call(
+        "POST", "/users/dave/tokens", {"scopes": ["read"]}, token=tok, expect=201
+    )
     assert isinstance(ro, dict)
     status, data = await api.call("POST", "/customers", {"name": "x"}, token=str(ro["token"]))
     assert status == 403
@@ -148,7 +161,9 @@ async def test_token_limit(api: Api) -> None:
 async def test_login_with_password_and_single_use_totp(api: Api) -> None:
     """Sign-in needs the password and a fresh TOTP code; a code works once; answers match."""
     await api.call(
-        "POST", "/users", {"name": "gina", "role": "level2", "password": "correct horse battery"},
+        "POST",
+        "/users",
+        {"name": "gina", "role": "level2", "password": "correct horse battery"},
         expect=201,
     )
     services = api.client.app[SERVICES]
@@ -171,11 +186,22 @@ async def test_login_with_password_and_single_use_totp(api: Api) -> None:
 
 async def test_login_throttled_per_account(api: Api) -> None:
     """After ten failures the account is throttled even with the right password."""
-    await api.call("POST", "/users", {"name": "hank", "role": "level1", "password": "right password"}, expect=201)
+    await api.call(
+        "POST",
+        "/users",
+        {"name": "hank", "role": "level1", "password": "right password"},
+        expect=201,
+    )
     for _ in range(10):
-        await api.call("POST", "/auth/login", {"user": "hank", "password": "wrong"}, token=None, expect=401)
+        await api.call(
+            "POST", "/auth/login", {"user": "hank", "password": "wrong"}, token=None, expect=401
+        )
     _, data = await api.call(
-        "POST", "/auth/login", {"user": "hank", "password": "right password"}, token=None, expect=401
+        "POST",
+        "/auth/login",
+        {"user": "hank", "password": "right password"},
+        token=None,
+        expect=401,
     )
     assert isinstance(data, dict) and data["error"]["code"] == "throttled"
     assert "login.throttled" in await audit_actions(api)

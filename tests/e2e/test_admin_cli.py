@@ -16,10 +16,18 @@ from tests.support.database import Backend
 
 def test_init_twice_refuses_and_changes_nothing(data_dir: Path) -> None:
     """A second init names the problem, exits non-zero and leaves every file as it was."""
-    before = {p: p.read_bytes() for p in data_dir.rglob("*") if p.is_file() and "secondline.db" not in p.name}
+    before = {
+        p: p.read_bytes()
+        for p in data_dir.rglob("*")
+        if p.is_file() and "secondline.db" not in p.name
+    }
     result = secondline("init", data_dir=data_dir)
     assert result.code != 0 and "initialised already" in result.err
-    after = {p: p.read_bytes() for p in data_dir.rglob("*") if p.is_file() and "secondline.db" not in p.name}
+    after = {
+        p: p.read_bytes()
+        for p in data_dir.rglob("*")
+        if p.is_file() and "secondline.db" not in p.name
+    }
     assert before == after
 
 
@@ -53,8 +61,18 @@ async def test_admin_walkthrough(broker: BrokerProcess, tmp_path: Path, backend:
     pub = tmp_path / "alice.pub"
     pub.write_bytes(key.export_public_key())
     assert secondline("customer", "add", "acme", data_dir=d).code == 0
-    added = secondline("user", "add", "alice", "--role", "level2", "--ssh-key", str(pub),
-                       "--customer", "acme", data_dir=d)
+    added = secondline(
+        "user",
+        "add",
+        "alice",
+        "--role",
+        "level2",
+        "--ssh-key",
+        str(pub),
+        "--customer",
+        "acme",
+        data_dir=d,
+    )
     assert added.code == 0, added.err
     listed = secondline("user", "list", "--json", data_dir=d)
     assert listed.code == 0, listed.err
@@ -82,29 +100,69 @@ async def test_admin_walkthrough(broker: BrokerProcess, tmp_path: Path, backend:
 async def test_token_and_login_resolution(broker: BrokerProcess, tmp_path: Path) -> None:
     """A staff token given by variable, and the one `secondline login` stores, reach the API."""
     d = broker.data_dir
-    assert secondline("user", "add", "bob", "--role", "level1", "--password-stdin",
-                      data_dir=d, stdin="a long enough password\n").code == 0
+    assert (
+        secondline(
+            "user",
+            "add",
+            "bob",
+            "--role",
+            "level1",
+            "--password-stdin",
+            data_dir=d,
+            stdin="a long enough password\n",
+        ).code
+        == 0
+    )
     minted = secondline("user", "token", "bob", "--ttl", "1h", data_dir=d)
     assert minted.code == 0 and minted.out.startswith("slt_")
     ca = str(d / "keys" / "tls.crt")
-    env = cli_env(tmp_path / "x", SECONDLINE_URL=broker.url, SECONDLINE_TOKEN=minted.out.strip(),
-                  SECONDLINE_CA_CERT=ca)
+    env = cli_env(
+        tmp_path / "x",
+        SECONDLINE_URL=broker.url,
+        SECONDLINE_TOKEN=minted.out.strip(),
+        SECONDLINE_CA_CERT=ca,
+    )
     me = secondline("customer", "list", "--json", env=env)
     assert me.code == 0, me.err
     denied = secondline("user", "add", "zed", "--role", "admin", env=env)
     assert denied.code != 0 and "scope" in denied.err
     home_env = cli_env(tmp_path / "y")
-    login = secondline("--url", broker.url, "--ca-cert", ca, "login", "bob", "--password-stdin",
-                       env=home_env, stdin="a long enough password\n")
+    login = secondline(
+        "--url",
+        broker.url,
+        "--ca-cert",
+        ca,
+        "login",
+        "bob",
+        "--password-stdin",
+        env=home_env,
+        stdin="a long enough password\n",
+    )
     assert login.code == 0, login.err
     creds = Path(home_env["HOME"]) / ".config" / "secondline" / "credentials.json"
     assert stat.S_IMODE(creds.stat().st_mode) == 0o600
     assert secondline("customer", "list", env=home_env).code == 0
-    wrong = secondline("--url", broker.url, "--ca-cert", ca, "login", "bob", "--password-stdin",
-                       env=home_env, stdin="wrong password!!\n")
+    wrong = secondline(
+        "--url",
+        broker.url,
+        "--ca-cert",
+        ca,
+        "login",
+        "bob",
+        "--password-stdin",
+        env=home_env,
+        stdin="wrong password!!\n",
+    )
     assert wrong.code != 0 and "wrong" in wrong.err
-    untrusted = secondline("--url", broker.url, "--token", minted.out.strip(), "customer", "list",
-                          env=cli_env(tmp_path / "z"))
+    untrusted = secondline(
+        "--url",
+        broker.url,
+        "--token",
+        minted.out.strip(),
+        "customer",
+        "list",
+        env=cli_env(tmp_path / "z"),
+    )
     assert untrusted.code != 0 and "certificate" in untrusted.err
 
 

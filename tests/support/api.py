@@ -21,7 +21,12 @@ class Api:
         return {"Authorization": f"Bearer {token}"} if token else {}
 
     async def call(
-        self, method: str, path: str, body: object | None = None, *, token: str | None = "admin",
+        self,
+        method: str,
+        path: str,
+        body: object | None = None,
+        *,
+        token: str | None = "admin",
         expect: int | None = None,
     ) -> tuple[int, object]:
         tok = self.admin_token if token == "admin" else token
@@ -33,10 +38,16 @@ class Api:
             assert resp.status == expect, (resp.status, data)
         return resp.status, data
 
-    async def staff_token(self, name: str, role: str, customers: list[str] | None = None,
-                          scopes: list[str] | None = None) -> str:
-        await self.call("POST", "/users", {"name": name, "role": role,
-                                           "customers": customers or []}, expect=201)
+    async def staff_token(
+        self,
+        name: str,
+        role: str,
+        customers: list[str] | None = None,
+        scopes: list[str] | None = None,
+    ) -> str:
+        await self.call(
+            "POST", "/users", {"name": name, "role": role, "customers": customers or []}, expect=201
+        )
         _, data = await self.call("POST", f"/users/{name}/tokens", {"scopes": scopes}, expect=201)
         assert isinstance(data, dict)
         return str(data["token"])

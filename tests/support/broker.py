@@ -58,8 +58,12 @@ class CliResult:
         return json.loads(self.out)
 
 
-def secondline(*args: str, data_dir: Path | None = None, stdin: str | None = None,
-               env: dict[str, str] | None = None) -> CliResult:
+def secondline(
+    *args: str,
+    data_dir: Path | None = None,
+    stdin: str | None = None,
+    env: dict[str, str] | None = None,
+) -> CliResult:
     """Run the `secondline` CLI as a process (with --data-dir first when given)."""
     argv = [sys.executable, "-m", "broker.cli.main"]
     if data_dir is not None:
@@ -127,7 +131,13 @@ class BrokerProcess:
 
 async def start_broker(data_dir: Path, *extra_args: str) -> BrokerProcess:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "broker.cli.main", "--data-dir", str(data_dir), "serve", *extra_args,
+        sys.executable,
+        "-m",
+        "broker.cli.main",
+        "--data-dir",
+        str(data_dir),
+        "serve",
+        *extra_args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         env=cli_env(data_dir),

@@ -25,8 +25,15 @@ def make_chain(n: int) -> list[AuditRecord]:
     prev = GENESIS
     for i in range(1, n + 1):
         rec = AuditRecord(
-            seq=i, at=T0 + dt.timedelta(seconds=i), actor="admin", action="user.add",
-            target=f"u{i}", outcome="ok", source="127.0.0.1", details={"i": i}, prev_hash=prev,
+            seq=i,
+            at=T0 + dt.timedelta(seconds=i),
+            actor="admin",
+            action="user.add",
+            target=f"u{i}",
+            outcome="ok",
+            source="127.0.0.1",
+            details={"i": i},
+            prev_hash=prev,
         )
         rec = dataclasses.replace(rec, hash=record_digest(rec))
         out.append(rec)

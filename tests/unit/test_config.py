@@ -23,7 +23,9 @@ def test_file_then_environment(tmp_path: Path) -> None:
     write_config(tmp_path, "https://broker.example:9443", {"https_port": 9443, "ssh_port": 2022})
     config = load_config(tmp_path, env={"SECONDLINE_SSH_PORT": "2200", "SECONDLINE_URL": "x"})
     assert (config.public_url, config.https_port, config.ssh_port) == (
-        "https://broker.example:9443", 9443, 2200,
+        "https://broker.example:9443",
+        9443,
+        2200,
     )
 
 
@@ -43,11 +45,11 @@ def test_unknown_variable_is_named(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "match"),
     [
-        ("https_port = \"many\"\n", "whole number"),
+        ('https_port = "many"\n', "whole number"),
         ("https_port = true\n", "whole number"),
         ("https_port = -1\n", "out of range"),
         ("public_url = 5\n", "must be a string"),
-        ("public_url = \"http://plain\"\n", "https://"),
+        ('public_url = "http://plain"\n', "https://"),
         ("this is = not toml\n", "cannot be read"),
     ],
 )
