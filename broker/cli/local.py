@@ -7,7 +7,6 @@ import asyncio
 import logging
 from pathlib import Path
 
-from broker.bootstrap import ADMIN_TOKEN_FILE, init_data_dir
 from broker.cli.client import CliError
 from broker.cli.runtime import Runtime
 from broker.config import load_config
@@ -51,6 +50,8 @@ def run_init(rt: Runtime) -> int:
             settings[key] = getattr(a, key)
     port = a.https_port or 8443
     public_url = a.public_url or f"https://localhost:{port}"
+    from broker.bootstrap import ADMIN_TOKEN_FILE, init_data_dir  # noqa: PLC0415 - heavy imports
+
     try:
         result = init_data_dir(
             data_dir,
