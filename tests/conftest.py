@@ -16,10 +16,17 @@ from pathlib import Path
 
 import pytest
 from _pytest.terminal import TerminalReporter
+from hypothesis import HealthCheck, settings
 
 from tests.support.api import Api, admin_token
 from tests.support.broker import BrokerProcess, start_broker
 from tests.support.database import Backend, drop_schema, make_backend
+
+# The machines are shared and noisy: a per-example deadline would only make tests flaky.
+settings.register_profile(
+    "secondline", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+settings.load_profile("secondline")
 
 _PASSED: Counter[str] = Counter()
 _FAILED: Counter[str] = Counter()
