@@ -1,0 +1,417 @@
+"""Record a live session to ``<root>/<session>.cast``, keep its chain, seal it at the end.
+
+The session hub drives it synchronously, and decides when to flush::
+
+    forward, marks = parser.feed(chunk)         # a MarkParser per session
+    recorder.output(forward, now, marks)        # before or after forwarding, never skipped
+    recorder.input(keystrokes, now)             # staff input (hidden while echo is off)
+    recorder.flush()                            # at least once a second
+    recorder.seal(True, "ended", now)
+
+Files (see docs/transcripts.md): the ``.cast`` itself, its chain file ``.cast.chain`` (one
+digest per event, to name the first bad event) and the seal ``.cast.seal.json``, reserved
+at the start as a :data:`SEAL_SIZE`-byte placeholder so that sealing needs no new space.
+
+Writes are batched: events go to memory and :meth:`TranscriptRecorder.flush` writes them
+with one ``write`` per file (an automatic flush also happens past ``flush_bytes``). On a
+failed write (ENOSPC, EDQUOT, EIO...) the recorder cuts the ``.cast`` back to its last
+complete line, keeps the chain file no longer than the ``.cast``, and raises
+:class:`RecorderDiskFull` (or :class:`RecorderWriteError`); from then on it records nothing
+more, and :meth:`TranscriptRecorder.seal` still seals what is on disk as cut short.
+
+:func:`recover` seals the transcript of a session interrupted by a broker crash.
+
+Not thread-safe beyond this: :meth:`flush` may run in a worker thread while the event loop
+keeps calling ``output``/``input`` (a lock guards the buffer); call ``seal`` once.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import errno
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Final
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from broker.transcript.asciicast import (
+    MAX_EVENT_CHARS,
+    MAX_TIME,
+    CastHeader,
+    clean_label,
+    encode_event_line,
+    encode_header_line,
+    resize_data,
+)
+from broker.transcript.chain import (
+    CHAIN_ENTRY_BYTES,
+    END_DISK_FULL,
+    END_WRITE_ERROR,
+    MAX_SEAL_FILE,
+    DigestChain,
+    Seal,
+    chain_entry,
+    chain_header_line,
+    check_reason,
+    padded_seal,
+    parse_seal,
+    pending_placeholder,
+    sign_seal,
+)
+from broker.transcript.errors import (
+    RecorderClosed,
+    RecorderDiskFull,
+    RecorderError,
+    RecorderWriteError,
+    SealFormatError,
+)
+from broker.transcript.marks import Command, CommandTracker, EchoChanged, Mark
+from broker.transcript.paths import TranscriptPaths, transcript_paths
+
+logger = logging.getLogger(__name__)
+
+INPUT_HIDDEN_LABEL: Final = "input hidden (echo off)"
+FLUSH_BYTES: Final = 1 << 20
+_CREATE_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_DISK_FULL_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def write_fully(fd: int, data: bytes) -> tuple[int, OSError | None]:
+    """Write all of ``data``; return the bytes written and the error that stopped it."""
+    view = memoryview(data)
+    written = 0
+    while written < len(data):
+        try:  # EINTR is retried by Python itself (PEP 475)
+            n = os.write(fd, view[written:])
+        except OSError as exc:
+            return written, exc
+        if n == 0:  # pragma: no cover - regular files never write 0 bytes
+            return written, OSError(errno.EIO, "write returned 0")
+        written += n
+    return written, None
+
+
+def _failure_for(exc: OSError, what: str) -> RecorderError:
+    if exc.errno in _DISK_FULL_ERRNOS:
+        return RecorderDiskFull(f"the disk is full: {what} was cut short and must be sealed")
+    return RecorderWriteError(f"writing {what} failed ({exc.strerror}); it must be sealed")
+
+
+def _split(text: str) -> list[str]:
+    if len(text) <= MAX_EVENT_CHARS:
+        return [text] if text else []
+    return [text[i : i + MAX_EVENT_CHARS] for i in range(0, len(text), MAX_EVENT_CHARS)]
+
+
+class TranscriptRecorder:
+    """Write one session's transcript as it runs; seal it at the end."""
+
+    def __init__(
+        self,
+        root: Path,
+        header: CastHeader,
+        signing_key: Ed25519PrivateKey,
+        *,
+        started_at: float,
+        flush_bytes: int = FLUSH_BYTES,
+    ) -> None:
+        self.paths: TranscriptPaths = transcript_paths(root, header.session.session_id)
+        self.session_id = header.session.session_id
+        self._key = signing_key
+        self._started_at = started_at
+        self._flush_bytes = flush_bytes
+        header_line = encode_header_line(header)
+        self._chain = DigestChain(header_line)
+        self._lock = threading.Lock()  # the buffer and the recording state
+        self._io_lock = threading.Lock()  # one writer at a time, in order
+        self._pending: list[tuple[bytes, bytes]] = []  # (line + "\n", its digest)
+        self._pending_bytes = 0
+        self._durable_count = 0
+        self._durable_head = self._chain.h0
+        self._failure: RecorderError | None = None
+        self._seal: Seal | None = None
+        self._last_time = 0.0
+        self._echo_on = True
+        self._hidden_run = False
+        self._out_decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._in_decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._tracker = CommandTracker(started_at)
+        self._commands: tuple[Command, ...] | None = None
+        self._fds: list[int] = []
+        self._created: list[Path] = []
+        try:
+            self._seal_fd = self._create(self.paths.seal, pending_placeholder(), "the seal")
+            self._cast_fd = self._create(self.paths.cast, header_line + b"\n", "the transcript")
+            chain_head = chain_header_line(self.session_id, self._chain.h0)
+            self._chain_fd = self._create(self.paths.chain, chain_head, "the chain file")
+        except BaseException:
+            self._close_fds()
+            for path in self._created:  # a session that cannot be recorded leaves nothing
+                path.unlink()
+            raise
+        self._cast_size = len(header_line) + 1
+        self._chain_size = len(chain_head)
+        self._chain_ok = True
+
+    def _create(self, path: Path, content: bytes, what: str) -> int:
+        try:
+            fd = os.open(path, _CREATE_FLAGS, 0o600)
+        except FileExistsError:
+            raise RecorderError(f"{what} of session {self.session_id} exists already") from None
+        except OSError as exc:
+            raise _failure_for(exc, what) from None
+        self._fds.append(fd)
+        self._created.append(path)
+        _, error = write_fully(fd, content)
+        if error is not None:
+            raise _failure_for(error, what)
+        return fd
+
+    def _close_fds(self) -> None:
+        for fd in self._fds:
+            try:
+                os.close(fd)
+            except OSError:  # pragma: no cover - closing a regular file we opened
+                logger.warning("closing a transcript file of %s failed", self.session_id)
+        self._fds = []
+
+    # -- recording ------------------------------------------------------------------------
+
+    @property
+    def echo_on(self) -> bool:
+        """Whether the agent's PTY echoes input (input is recorded only then)."""
+        return self._echo_on
+
+    def output(self, data: bytes, now: float, marks: Sequence[Mark]) -> None:
+        """Record agent output: the ``forward`` bytes and the marks the parser returned."""
+        with self._lock:
+            self._check_recording()
+            for piece in _split(self._out_decoder.decode(data)):
+                self._append("o", piece, now)
+            self._tracker.observe(data, marks, now)
+            for mark in marks:
+                if isinstance(mark, EchoChanged):
+                    self._echo_on = mark.on
+                    if mark.on:
+                        self._hidden_run = False
+            full = self._pending_bytes >= self._flush_bytes
+        if full:
+            self.flush()
+
+    def input(self, data: bytes, now: float) -> None:
+        """Record staff keystrokes; while echo is off, one marker per run instead of them."""
+        with self._lock:
+            self._check_recording()
+            if not self._echo_on:
+                self._in_decoder.reset()
+                if not self._hidden_run:
+                    self._hidden_run = True
+                    self._append("m", INPUT_HIDDEN_LABEL, now)
+                return
+            for piece in _split(self._in_decoder.decode(data)):
+                self._append("i", piece, now)
+            full = self._pending_bytes >= self._flush_bytes
+        if full:
+            self.flush()
+
+    def resize(self, cols: int, rows: int, now: float) -> None:
+        """Record a terminal resize."""
+        data = resize_data(cols, rows)
+        with self._lock:
+            self._check_recording()
+            self._append("r", data, now)
+
+    def marker(self, label: str, now: float) -> None:
+        """Record a marker (consent, participants...); the label is cleaned and capped."""
+        with self._lock:
+            self._check_recording()
+            self._append("m", clean_label(label), now)
+
+    def commands(self) -> tuple[Command, ...]:
+        """The commands finished so far (after :meth:`seal`: all of them)."""
+        if self._commands is not None:
+            return self._commands
+        return self._tracker.commands
+
+    def _check_recording(self) -> None:
+        if self._seal is not None:
+            raise RecorderClosed(f"the transcript of {self.session_id} is sealed already")
+        if self._failure is not None:
+            raise self._failure
+
+    def _time(self, now: float) -> float:
+        t = min(max(now - self._started_at, self._last_time), MAX_TIME - 1)
+        self._last_time = round(t, 6)
+        return self._last_time
+
+    def _append(self, code: str, data: str, now: float) -> None:
+        line = encode_event_line(self._time(now), code, data)
+        digest = self._chain.add(line)
+        self._pending.append((line + b"\n", digest))
+        self._pending_bytes += len(line) + 1
+
+    # -- writing --------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write what is buffered; raises :class:`RecorderDiskFull` when the disk is full."""
+        with self._io_lock:
+            with self._lock:
+                self._check_recording()
+                pending, self._pending, self._pending_bytes = self._pending, [], 0
+            if pending:
+                self._write(pending)
+
+    def _write(self, pending: list[tuple[bytes, bytes]]) -> None:
+        written, exc = write_fully(self._cast_fd, b"".join(line for line, _ in pending))
+        done = len(pending)
+        if exc is not None:
+            done, good = 0, 0
+            for line, _ in pending:
+                if good + len(line) > written:
+                    break
+                good += len(line)
+                done += 1
+            written = good
+        self._cast_size += written
+        if done:
+            self._durable_count += done
+            self._durable_head = pending[done - 1][1]
+        if exc is not None:
+            self._cut_cast()
+            self._fail(_failure_for(exc, "the transcript"))
+        self._write_chain(pending[:done])
+        if self._failure is not None:
+            raise self._failure
+
+    def _cut_cast(self) -> None:
+        """Drop a torn last line: the file ends at the last event the chain accounts for."""
+        try:
+            os.ftruncate(self._cast_fd, self._cast_size)
+            os.lseek(self._cast_fd, self._cast_size, os.SEEK_SET)
+        except OSError as exc:  # pragma: no cover - shrinking a local file does not fail
+            logger.error("cutting the transcript of %s failed: %s", self.session_id, exc)
+
+    def _write_chain(self, entries: list[tuple[bytes, bytes]]) -> None:
+        if not self._chain_ok or not entries:
+            return
+        data = b"".join(chain_entry(digest) for _, digest in entries)
+        written, exc = write_fully(self._chain_fd, data)
+        if exc is None:
+            self._chain_size += written
+            return
+        # The chain file only locates bad events: a short one is harmless, a torn one is not.
+        self._chain_ok = False
+        self._chain_size += written - written % CHAIN_ENTRY_BYTES
+        try:
+            os.ftruncate(self._chain_fd, self._chain_size)
+        except OSError:  # pragma: no cover - shrinking a local file does not fail
+            logger.error("cutting the chain file of %s failed", self.session_id)
+        self._fail(_failure_for(exc, "the chain file"))
+
+    def _fail(self, failure: RecorderError) -> None:
+        with self._lock:
+            if self._failure is None:
+                self._failure = failure
+                self._pending, self._pending_bytes = [], 0
+                logger.error("recording %s stopped: %s", self.session_id, failure)
+
+    # -- sealing --------------------------------------------------------------------------
+
+    def seal(self, complete: bool, reason: str, now: float) -> Seal:
+        """Write what is left, sign, and close. After a write failure the seal always says
+        ``complete: false`` with the failure as its reason ("disk full", "write error")."""
+        check_reason(reason)
+        with self._io_lock:
+            with self._lock:
+                if self._seal is not None:
+                    raise RecorderClosed(f"the transcript of {self.session_id} is sealed already")
+                if self._failure is None:
+                    tail = self._out_decoder.decode(b"", final=True)
+                    if tail:
+                        self._append("o", tail, now)
+                    if self._echo_on and (typed := self._in_decoder.decode(b"", final=True)):
+                        self._append("i", typed, now)
+                pending, self._pending, self._pending_bytes = self._pending, [], 0
+            if pending and self._failure is None:
+                with contextlib.suppress(RecorderError):  # kept in self._failure: the seal says
+                    self._write(pending)
+            if self._failure is not None:
+                complete = False
+                disk_full = isinstance(self._failure, RecorderDiskFull)
+                reason = END_DISK_FULL if disk_full else END_WRITE_ERROR
+                self._cut_cast()
+            for fd in (self._cast_fd, self._chain_fd):
+                try:
+                    os.fsync(fd)
+                except OSError as exc:
+                    logger.error("syncing %s failed: %s", self.session_id, exc.strerror)
+            seal = sign_seal(
+                session_id=self.session_id,
+                event_count=self._durable_count,
+                final_hash=self._durable_head,
+                complete=complete,
+                end_reason=reason,
+                now=now,
+                key=self._key,
+            )
+            try:
+                write_seal(self._seal_fd, seal)
+            except RecorderWriteError as exc:
+                self._fail(exc)  # nothing more can be written: recovery seals it later
+                raise
+            finally:
+                self._close_fds()
+            sync_directory(self.paths.cast.parent)
+            with self._lock:
+                self._seal = seal
+                self._commands = self._tracker.finish(now)
+            return seal
+
+
+def write_seal(fd: int, seal: Seal) -> None:
+    """Overwrite the reserved seal file in place (no new disk space needed) and sync it."""
+    data = padded_seal(seal)
+    try:
+        if os.pwrite(fd, data, 0) != len(data):  # pragma: no cover - 4 KiB in one go
+            raise OSError(errno.EIO, "short write of the seal")
+        os.fsync(fd)
+    except OSError as exc:
+        raise RecorderWriteError(f"writing the seal failed: {exc.strerror}") from None
+    try:
+        os.ftruncate(fd, len(seal.encode()))  # the padding is JSON whitespace: optional
+    except OSError:  # pragma: no cover - shrinking a local file does not fail
+        logger.warning("trimming a seal file failed; its padding stays")
+
+
+def sync_directory(path: Path) -> None:
+    """Make new directory entries durable; failures are logged, not raised."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:  # pragma: no cover - the directory we just wrote in
+        logger.warning("opening %s to sync it failed: %s", path, exc.strerror)
+        return
+    try:
+        os.fsync(fd)
+    except OSError as exc:  # pragma: no cover - depends on the file system
+        logger.warning("syncing %s failed: %s", path, exc.strerror)
+    finally:
+        os.close(fd)
+
+
+def read_seal_file(path: Path) -> Seal | None:
+    """The seal at ``path``; ``None`` if missing, still pending, or unreadable as a seal."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        data = fh.read(MAX_SEAL_FILE + 1)
+    try:
+        return parse_seal(data)
+    except SealFormatError:
+        return None
