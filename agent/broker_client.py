@@ -1,0 +1,182 @@
+"""The agent's HTTPS calls to the broker outside the tunnel: enrollment and help requests.
+
+Blocking (stdlib ``http.client``), because only the CLI uses them. The broker's
+certificate is pinned: after the TLS handshake and *before a byte of the request is
+sent*, the SHA-256 of the certificate the broker presented must equal the pinned
+fingerprint (the token's at enrollment, ``broker.pem``'s afterwards). ``HTTPS_PROXY``
+is honoured through HTTP CONNECT, as for the tunnel.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ssl
+import time
+import urllib.request
+from dataclasses import dataclass
+from typing import Final
+from urllib.parse import urlsplit
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agent.enrollment import EnrollmentAnswer, EnrollmentRequest, ErrorBody, check_url
+from agent.errors import (
+    BrokerRefusedError,
+    BrokerUnreachableError,
+    CertificateMismatchError,
+    MessageError,
+)
+from agent.protocol import ENROLL_PATH, HELP_PATH, cert_fingerprint
+from agent.signing import HelpAnswer, HelpRequest, sign_request
+
+TIMEOUT_SECONDS: Final = 30.0
+ANSWER_MAX: Final = 64 * 1024
+USER_AGENT: Final = "secondline-agent/0.1"
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPAnswer:
+    """Status and body of an answer."""
+
+    status: int
+    body: bytes
+
+
+def _proxy_for(host: str) -> tuple[str, int] | None:
+    proxy = urllib.request.getproxies().get("https")
+    if not proxy or urllib.request.proxy_bypass(host):
+        return None
+    parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    if not parts.hostname:
+        return None
+    return parts.hostname, parts.port or 3128
+
+
+def post_pinned(
+    base_url: str,
+    path: str,
+    body: bytes,
+    *,
+    fingerprint: str,
+    headers: dict[str, str] | None = None,
+    timeout: float = TIMEOUT_SECONDS,
+) -> HTTPAnswer:
+    """``POST`` JSON to ``base_url + path`` once the broker's certificate matched."""
+    check_url(base_url, "the broker URL", "https")
+    parts = urlsplit(base_url)
+    host = parts.hostname or ""
+    port = parts.port or 443
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # Trust comes from the pinned fingerprint, checked below before anything is sent.
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    proxy = _proxy_for(host)
+    if proxy is None:
+        conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
+    else:
+        conn = http.client.HTTPSConnection(proxy[0], proxy[1], timeout=timeout, context=context)
+        conn.set_tunnel(host, port)
+    try:
+        try:
+            conn.connect()
+        except (OSError, http.client.HTTPException) as exc:
+            raise BrokerUnreachableError(
+                f"cannot reach the broker at {base_url} ({_reason(exc)}); "
+                "check the URL and the network, then try again"
+            ) from None
+        sock = conn.sock
+        der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
+        if der is None or cert_fingerprint(der) != fingerprint:
+            raise CertificateMismatchError(
+                "the broker's certificate does not match the token; nothing was sent. "
+                "Check the broker URL, or ask the helpdesk for a new token"
+            )
+        prefix = parts.path.rstrip("/")
+        try:
+            conn.request(
+                "POST",
+                prefix + path,
+                body=body,
+                headers={
+                    "Content-Type": "application/json",
+                    "Accept": "application/json",
+                    "User-Agent": USER_AGENT,
+                    **(headers or {}),
+                },
+            )
+            response = conn.getresponse()
+            data = response.read(ANSWER_MAX + 1)
+        except (OSError, http.client.HTTPException) as exc:
+            raise BrokerUnreachableError(
+                f"the connection to the broker failed ({_reason(exc)}); try again"
+            ) from None
+        if len(data) > ANSWER_MAX:
+            raise BrokerUnreachableError("the broker's answer is too large; is the URL right?")
+        return HTTPAnswer(response.status, data)
+    finally:
+        conn.close()
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return type(exc).__name__
+
+
+def _refusal(answer: HTTPAnswer) -> BrokerRefusedError:
+    try:
+        error = ErrorBody.parse(answer.body)
+    except MessageError:
+        return BrokerRefusedError(
+            answer.status,
+            "http_error",
+            f"the broker answered HTTP {answer.status} without an explanation; try again later "
+            "or contact the helpdesk",
+        )
+    return BrokerRefusedError(answer.status, error.code, f"the broker refused: {error.message}")
+
+
+def enroll(base_url: str, request: EnrollmentRequest) -> EnrollmentAnswer:
+    """Enroll with the broker; the answer's certificate must be the token's."""
+    answer = post_pinned(
+        base_url, ENROLL_PATH, request.serialize(), fingerprint=request.token.fingerprint
+    )
+    if answer.status != 200:
+        raise _refusal(answer)
+    try:
+        result = EnrollmentAnswer.parse(answer.body)
+    except MessageError as exc:
+        raise MessageError(
+            f"the broker's enrollment answer is invalid ({exc}); contact the helpdesk"
+        ) from None
+    if result.tls_cert_fingerprint != request.token.fingerprint:
+        raise CertificateMismatchError(
+            "the broker's answer names a certificate other than the token's; "
+            "ask the helpdesk for a new token"
+        )
+    return result
+
+
+def request_help(
+    base_url: str,
+    agent_id: str,
+    key: Ed25519PrivateKey,
+    fingerprint: str,
+    help_request: HelpRequest,
+    now: float | None = None,
+) -> HelpAnswer:
+    """Open a ticket for the end user's request; return its id."""
+    body = help_request.serialize()
+    headers = sign_request(key, agent_id, body, time.time() if now is None else now)
+    answer = post_pinned(base_url, HELP_PATH, body, fingerprint=fingerprint, headers=headers)
+    if answer.status != 200:
+        raise _refusal(answer)
+    try:
+        return HelpAnswer.parse(answer.body)
+    except MessageError as exc:
+        raise MessageError(
+            f"the broker's answer is invalid ({exc}); contact the helpdesk"
+        ) from None

@@ -1,0 +1,372 @@
+"""``secondline-agent run``: keep the tunnel to the broker up and serve SSH over it.
+
+The connect loop dials ``tunnel_url`` (TLS pinned to ``broker.pem``, ``HTTPS_PROXY``
+honoured), runs the SSH server of :mod:`agent.ssh_server` over the WebSocket and waits
+for the connection to end; then it waits a backoff delay (:mod:`agent.backoff`) and dials
+again. A connection never stays up dead: SSH keepalives (15 s x 2) and WebSocket pings
+(20 s) both end it. HTTP 401/403 on the upgrade means the agent was revoked: that is
+logged as such and retried at the backoff cap. ``status.json`` follows every change,
+and the control socket serves the CLI for the whole run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import ssl
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+import asyncssh
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus
+
+from agent.backoff import Backoff
+from agent.consent import ConsentBook, ConsentRequest, ConsentService, Decision
+from agent.consent_prompt import TerminalPrompt
+from agent.control import ControlRequest, ControlServer
+from agent.errors import ControlError, TunnelRefusedError
+from agent.facts import Facts, collect_facts
+from agent.protocol import AGENT_ID_HEADER, MAX_TUNNEL_MESSAGE, iso_utc
+from agent.pty_session import ProcessTable
+from agent.session_log import SessionLog, SessionRegistry
+from agent.shell_integration import ZshStartupFiles
+from agent.ssh_server import ServerContext, server_options
+from agent.state import EnrolledState, LocalConfig, StatePaths, atomic_write
+from agent.tunnel import WebsocketsStream, WebSocketTunnel
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+USER_AGENT = "secondline-agent/0.1"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunnerSettings:
+    """Everything ``run`` needs, read from the state dir before the loop starts."""
+
+    paths: StatePaths
+    state: EnrolledState
+    config: LocalConfig
+    agent_key: asyncssh.SSHKey
+    broker_pem: str
+    open_timeout: float = 30.0
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    close_timeout: float = 5.0
+    backoff_base: float = 1.0
+    backoff_cap: float = 60.0
+    stable_after: float = 60.0
+    terminal_prompt: bool = False
+
+
+def tunnel_ssl_context(broker_pem: str) -> ssl.SSLContext:
+    """TLS verified against the pinned certificate alone (no CA store, no host name)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(cadata=broker_pem)
+    # The pinned certificate is the trust anchor even when it is a leaf issued by a CA.
+    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    return context
+
+
+class AgentRunner:
+    """The agent's main loop."""
+
+    def __init__(
+        self,
+        settings: RunnerSettings,
+        *,
+        rand: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.time,
+        environ: Mapping[str, str] = os.environ,
+        facts: Callable[[], Facts] = collect_facts,
+    ) -> None:
+        self._settings = settings
+        self._rand = rand
+        self._clock = clock
+        self._backoff = Backoff(
+            base=settings.backoff_base, cap=settings.backoff_cap, stable_after=settings.stable_after
+        )
+        state = settings.state
+        self.consent = ConsentService(
+            ConsentBook(
+                attended=state.consent == "attended",
+                timeout=settings.config.consent_timeout_seconds,
+            ),
+            clock=clock,
+        )
+        self.registry = SessionRegistry(SessionLog(settings.paths.sessions_log), clock)
+        self.processes = ProcessTable()
+        self._zsh_files = ZshStartupFiles()
+        self._context = ServerContext(
+            broker_key=asyncssh.import_public_key(state.broker_ssh_key.serialize()),
+            consent=self.consent,
+            registry=self.registry,
+            processes=self.processes,
+            config=settings.config,
+            facts=facts,
+            clock=clock,
+            environ=environ,
+            zsh_files=self._zsh_files,
+        )
+        self._ssl = tunnel_ssl_context(settings.broker_pem)
+        self._connected = False
+        self._since = clock()
+        self._last_error: str | None = None
+        #: Set while a tunnel is up.
+        self.connected = asyncio.Event()
+        #: Set at every change of :meth:`status` (whoever waits on it clears it).
+        self.status_changed = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set."""
+        control = ControlServer(self._settings.paths.control_sock, self._control)
+        await control.start()
+        self.consent.add_listener(self._log_consent)
+        prompt: TerminalPrompt | None = None
+        if self._settings.terminal_prompt:
+            prompt = TerminalPrompt(self.consent, sys.stdin.fileno(), sys.stderr)
+            prompt.start()
+        self._write_status()
+        try:
+            while not stop.is_set():
+                delay = await self._connect_once(stop)
+                if stop.is_set():
+                    break
+                self._write_status(next_attempt=self._clock() + delay)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await stop.wait()
+        finally:
+            await self.processes.shutdown()
+            self._zsh_files.close()
+            if prompt is not None:
+                prompt.close()
+            self.consent.close()
+            await control.close()
+            self._connected = False
+            self._last_error = "stopped"
+            self._write_status(running=False)
+
+    async def _connect_once(self, stop: asyncio.Event) -> float:
+        """One connection, from dialling to its end; return the delay before the next."""
+        state = self._settings.state
+        try:
+            websocket = await _unless_stopped(stop, self._dial())
+        except TunnelRefusedError as exc:
+            delay = self._backoff.refused(self._rand())
+            logger.error("%s; retrying in %.0f s", exc, delay)
+            self._last_error = str(exc)
+            return delay
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a connection boundary: every failure means "retry later"
+            delay = self._backoff.failed(self._rand())
+            self._last_error = _describe(exc)
+            logger.warning(
+                "cannot connect to the broker at %s: %s; retrying in %.1f s",
+                state.tunnel_url,
+                self._last_error,
+                delay,
+            )
+            return delay
+        if websocket is None:
+            return 0.0
+        try:
+            established = await self._serve(websocket, stop)
+        finally:
+            await websocket.close()
+            lasted = self._clock() - self._since
+            if self._connected:
+                self._connected = False
+                self._since = self._clock()
+            self.connected.clear()
+        if not established:
+            delay = self._backoff.failed(self._rand())
+            logger.warning("%s; retrying in %.1f s", self._last_error, delay)
+            return delay
+        delay = self._backoff.disconnected(lasted, self._rand())
+        if not stop.is_set():
+            logger.warning(
+                "disconnected from the broker (%s); reconnecting in %.1f s",
+                self._last_error or "connection closed",
+                delay,
+            )
+        return delay
+
+    async def _dial(self) -> ClientConnection:
+        settings = self._settings
+        try:
+            return await connect(
+                settings.state.tunnel_url,
+                ssl=self._ssl,
+                additional_headers={AGENT_ID_HEADER: settings.state.agent_id},
+                user_agent_header=USER_AGENT,
+                compression=None,  # SSH bytes are encrypted: deflate would only cost CPU
+                max_size=MAX_TUNNEL_MESSAGE,
+                open_timeout=settings.open_timeout,
+                ping_interval=settings.ping_interval,
+                ping_timeout=settings.ping_timeout,
+                close_timeout=settings.close_timeout,
+                proxy=True,
+            )
+        except InvalidStatus as exc:
+            if exc.response.status_code in (401, 403):
+                raise TunnelRefusedError(exc.response.status_code) from None
+            raise
+
+    async def _serve(self, websocket: ClientConnection, stop: asyncio.Event) -> bool:
+        """Run SSH over the tunnel until it ends; False when the handshake failed."""
+        settings = self._settings
+        tunnel = WebSocketTunnel(WebsocketsStream(websocket))
+        try:
+            conn = await _unless_stopped(
+                stop,
+                asyncssh.connect_reverse(
+                    tunnel=tunnel, **server_options(settings.agent_key, self._context)
+                ),
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a connection boundary: the SSH handshake failed
+            self._last_error = f"the SSH handshake with the broker failed: {_describe(exc)}"
+            return False
+        if conn is None:
+            return True
+        self._connected = True
+        self._since = self._clock()
+        self._last_error = None
+        self.connected.set()
+        self._write_status()
+        logger.info("connected to the broker at %s", settings.state.tunnel_url)
+        stopping = asyncio.ensure_future(stop.wait())
+        closed = asyncio.ensure_future(conn.wait_closed())
+        try:
+            await asyncio.wait((stopping, closed), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not closed.done():
+                conn.close()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._settings.close_timeout):
+                        await closed
+            closed.cancel()
+        if not stop.is_set():
+            self._last_error = "the connection closed"
+        return True
+
+    # -- status, control, consent log -------------------------------------------------
+
+    def status(self) -> dict[str, object]:
+        """What ``secondline-agent status`` shows."""
+        state = self._settings.state
+        return {
+            "running": True,
+            "pid": os.getpid(),
+            "connected": self._connected,
+            "since": iso_utc(self._since),
+            "last_error": self._last_error,
+            "agent_id": state.agent_id,
+            "name": state.name,
+            "customer": state.customer,
+            "consent": state.consent,
+            "broker_url": state.broker_url,
+            "live_sessions": len(self.registry.live()),
+            "pending_requests": len(self.consent.book.pending()),
+        }
+
+    def _write_status(self, *, running: bool = True, next_attempt: float | None = None) -> None:
+        self.status_changed.set()
+        status = self.status()
+        status["running"] = running
+        status["next_attempt_at"] = None if next_attempt is None else iso_utc(next_attempt)
+        try:
+            atomic_write(
+                self._settings.paths.status_json, json.dumps(status, indent=2).encode() + b"\n"
+            )
+        except OSError as exc:
+            logger.warning("cannot write %s: %s", self._settings.paths.status_json, exc.strerror)
+
+    async def _control(self, request: ControlRequest, user: str) -> dict[str, object]:
+        if request.op == "status":
+            return self.status()
+        if request.op == "sessions":
+            return {
+                "live": [channel.to_dict() for channel in self.registry.live()],
+                "pending": [req.to_dict() for req in self.consent.book.pending()],
+            }
+        session = request.session
+        assert session is not None  # ControlRequest guarantees it for these ops
+        if request.op in ("approve", "deny"):
+            decision = self.consent.decide(session, approved=request.op == "approve", by=user)
+            return {"session": session, "decision": decision.decision, "by": decision.by}
+        waiting = any(req.env.session == session for req in self.consent.book.pending())
+        if waiting:
+            self.consent.decide(session, approved=False, by=user)
+        ended = self.registry.end_session(session)
+        if not ended and not waiting:
+            raise ControlError(
+                f"no session {session} is running or waiting; "
+                "list them with: secondline-agent sessions"
+            )
+        return {"session": session, "ended": ended, "denied": waiting}
+
+    def _log_consent(self, event: ConsentRequest | Decision) -> None:
+        if isinstance(event, ConsentRequest):
+            logger.info(
+                "session %s: %s asks for consent (ticket %s)",
+                event.env.session,
+                event.env.staff,
+                event.env.ticket,
+            )
+            return
+        logger.info("session %s: consent %s", event.session, event.decision)
+        self.registry.consent(
+            {
+                "session": event.session,
+                "decision": event.decision,
+                "by": event.by,
+                "at": iso_utc(event.at),
+            }
+        )
+
+
+async def _unless_stopped(stop: asyncio.Event, work: Awaitable[_T]) -> _T | None:
+    """The result of ``work``, or None (``work`` cancelled) once ``stop`` is set."""
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((task, stopping), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not task.done():
+            task.cancel()
+            await asyncio.wait((task,))
+    if task.cancelled():
+        return None
+    return task.result()
+
+
+def _describe(exc: BaseException) -> str:
+    """A log-safe, one-line reason for a connection failure."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "the broker's certificate does not match the pinned broker.pem"
+    if isinstance(exc, InvalidStatus):
+        return f"the broker answered HTTP {exc.response.status_code}"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    text = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,345 @@
+"""The SSH-over-WebSocket tunnel adapter, shared by the agent and the broker.
+
+asyncssh accepts a *tunnel* object whose ``create_connection(protocol_factory, host,
+port)`` returns a transport and a protocol; :class:`WebSocketTunnel` provides one over any
+:class:`MessageStream` (a WebSocket reduced to ``send``/``recv``/``close`` of binary
+messages), so both of these work over an accepted or dialled WebSocket::
+
+    conn = await asyncssh.connect(host, tunnel=WebSocketTunnel(stream), ...)          # broker
+    conn = await asyncssh.connect_reverse(tunnel=WebSocketTunnel(stream), ...)        # agent
+
+How bytes move:
+
+* Writes are coalesced: everything the SSH connection writes during one event-loop turn
+  is gathered and sent as one binary message (at most :data:`MAX_TUNNEL_MESSAGE` bytes)
+  by a single writer task; there is no per-write queue or task, and a lone write is sent
+  without a copy.
+* Backpressure both ways: the writer awaits ``stream.send`` (which waits for the socket),
+  and while more than the high-water mark is buffered the protocol's ``pause_writing``
+  is called (``resume_writing`` below the low-water mark). ``pause_reading`` stops
+  calling ``stream.recv``, so the WebSocket library stops reading the socket.
+* ``recv`` returning ``None`` (the WebSocket closed) or raising ends the connection:
+  the protocol's ``connection_lost`` is called exactly once.
+
+:class:`WebsocketsStream` adapts a ``websockets`` connection (client or server side)
+and turns Nagle off on its socket. The broker adapts aiohttp's ``WebSocketResponse``
+the same way (``send_bytes``, ``receive`` returning ``None`` on close, ``close``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Callable, Iterable, Mapping
+from typing import Final, Protocol
+
+from websockets.asyncio.connection import Connection
+from websockets.exceptions import ConnectionClosed
+
+from agent.errors import TunnelProtocolError
+from agent.protocol import MAX_TUNNEL_MESSAGE
+
+logger = logging.getLogger(__name__)
+
+#: Above this many buffered bytes the protocol is asked to pause writing.
+WRITE_HIGH_WATER: Final = 4 * MAX_TUNNEL_MESSAGE
+WRITE_LOW_WATER: Final = MAX_TUNNEL_MESSAGE
+CLOSE_TIMEOUT: Final = 5.0
+
+
+class MessageStream(Protocol):
+    """What a WebSocket looks like to the tunnel: binary messages in and out."""
+
+    async def send(self, data: bytes) -> None:
+        """Send one binary message; return when the stream accepted it (backpressure)."""
+
+    async def recv(self) -> bytes | None:
+        """Receive one binary message; ``None`` once the stream is closed."""
+
+    async def close(self) -> None:
+        """Close the stream (idempotent)."""
+
+
+class TunnelTransport(asyncio.Transport):
+    """An asyncio transport whose bytes travel as messages of a :class:`MessageStream`."""
+
+    def __init__(
+        self,
+        stream: MessageStream,
+        protocol: asyncio.BaseProtocol,
+        loop: asyncio.AbstractEventLoop,
+        extra: Mapping[str, object] | None = None,
+    ) -> None:
+        super().__init__(dict(extra or {}))
+        self._stream = stream
+        self._protocol = protocol
+        self._loop = loop
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._high = WRITE_HIGH_WATER
+        self._low = WRITE_LOW_WATER
+        self._protocol_paused = False
+        self._closing = False
+        self._reading = asyncio.Event()
+        self._reading.set()
+        self._data_ready = asyncio.Event()
+        self._closed = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._shutdown_task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Tell the protocol it is connected and start moving bytes."""
+        self._protocol.connection_made(self)
+        self._reader = self._loop.create_task(self._read_loop())
+        self._writer = self._loop.create_task(self._write_loop())
+
+    # -- asyncio.WriteTransport -------------------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Buffer ``data``; the writer task sends it on the next loop turn."""
+        if self._closing or not data:
+            return
+        chunk = data if isinstance(data, bytes) else bytes(data)
+        self._pending.append(chunk)
+        self._pending_size += len(chunk)
+        self._data_ready.set()
+        if not self._protocol_paused and self._pending_size > self._high:
+            self._protocol_paused = True
+            self._call_protocol("pause_writing")
+
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        """Buffer several chunks (they still leave as one message)."""
+        for data in list_of_data:
+            self.write(data)
+
+    def can_write_eof(self) -> bool:
+        """A WebSocket cannot half-close."""
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        """Bytes buffered and not yet handed to the stream."""
+        return self._pending_size
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        """(low, high) water marks."""
+        return self._low, self._high
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        """Set the water marks (defaults: 1 MiB and 256 KiB)."""
+        self._high = WRITE_HIGH_WATER if high is None else high
+        self._low = min(self._high, WRITE_LOW_WATER if low is None else low)
+
+    def abort(self) -> None:
+        """Close at once, dropping what is buffered."""
+        self._closing = True
+        self._pending.clear()
+        self._pending_size = 0
+        self._start_shutdown(None)
+
+    # -- asyncio.ReadTransport --------------------------------------------------------
+
+    def pause_reading(self) -> None:
+        """Stop receiving messages until :meth:`resume_reading`."""
+        self._reading.clear()
+
+    def resume_reading(self) -> None:
+        """Receive messages again."""
+        self._reading.set()
+
+    def is_reading(self) -> bool:
+        """True unless paused or closing."""
+        return self._reading.is_set() and not self._closing
+
+    # -- asyncio.BaseTransport --------------------------------------------------------
+
+    def close(self) -> None:
+        """Send what is buffered, then close the stream."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._reader is not None:
+            self._reader.cancel()
+        self._data_ready.set()
+
+    def is_closing(self) -> bool:
+        """True once close or abort was called, or the stream ended."""
+        return self._closing
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        """Replace the protocol."""
+        self._protocol = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        """The protocol."""
+        return self._protocol
+
+    async def wait_closed(self) -> None:
+        """Wait until the stream is closed and the protocol was told."""
+        await self._closed.wait()
+
+    # -- internals --------------------------------------------------------------------
+
+    def _take(self) -> bytes:
+        """Remove and return up to one message's worth of buffered bytes."""
+        pending = self._pending
+        first = pending[0]
+        if len(pending) == 1 and len(first) <= MAX_TUNNEL_MESSAGE:
+            pending.clear()
+            self._pending_size = 0
+            return first
+        parts: list[bytes] = []
+        size = 0
+        index = 0
+        while index < len(pending) and size < MAX_TUNNEL_MESSAGE:
+            piece = pending[index]
+            room = MAX_TUNNEL_MESSAGE - size
+            if len(piece) > room:
+                parts.append(piece[:room])
+                pending[index] = piece[room:]
+                size += room
+                break
+            parts.append(piece)
+            size += len(piece)
+            index += 1
+        del pending[:index]
+        self._pending_size -= size
+        return b"".join(parts)
+
+    async def _write_loop(self) -> None:
+        try:
+            while True:
+                while not self._pending:
+                    if self._closing:
+                        self._start_shutdown(None)
+                        return
+                    self._data_ready.clear()
+                    await self._data_ready.wait()
+                await self._stream.send(self._take())
+                if self._protocol_paused and self._pending_size <= self._low:
+                    self._protocol_paused = False
+                    self._call_protocol("resume_writing")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a task boundary: the stream failed under us
+            logger.debug("tunnel send failed: %r", exc)
+            self._start_shutdown(exc)
+
+    async def _read_loop(self) -> None:
+        error: Exception | None = None
+        try:
+            while True:
+                await self._reading.wait()
+                data = await self._stream.recv()
+                if data is None:
+                    break
+                # Paused while recv was pending: hold this one message until resumed.
+                await self._reading.wait()
+                self._protocol.data_received(data)  # type: ignore[attr-defined]
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a task boundary: the stream or the protocol failed
+            logger.debug("tunnel receive failed: %r", exc)
+            error = exc
+        self._closing = True
+        self._start_shutdown(error)
+
+    def _start_shutdown(self, exc: Exception | None) -> None:
+        if self._shutdown_task is None:
+            self._shutdown_task = self._loop.create_task(self._shutdown(exc))
+
+    async def _shutdown(self, exc: Exception | None) -> None:
+        current = asyncio.current_task()
+        for task in (self._reader, self._writer):
+            if task is not None and task is not current:
+                task.cancel()
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self._stream.close()
+        except asyncio.CancelledError:
+            raise
+        except Exception as close_exc:  # a task boundary: closing a dead stream may fail
+            logger.debug("closing the tunnel stream failed: %r", close_exc)
+        self._pending.clear()
+        self._pending_size = 0
+        try:
+            self._protocol.connection_lost(exc)
+        finally:
+            self._closed.set()
+
+    def _call_protocol(self, name: str) -> None:
+        method: Callable[[], None] | None = getattr(self._protocol, name, None)
+        if method is None:
+            return
+        try:
+            method()
+        except Exception:  # asyncio's own transports log protocol callback failures too
+            logger.exception("protocol %s() failed", name)
+
+
+class WebSocketTunnel:
+    """An asyncssh tunnel over one :class:`MessageStream` (one SSH connection per tunnel)."""
+
+    def __init__(
+        self, stream: MessageStream, *, extra_info: Mapping[str, object] | None = None
+    ) -> None:
+        self._stream = stream
+        self._extra = dict(extra_info or {})
+        self._transport: TunnelTransport | None = None
+
+    async def create_connection(
+        self,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        host: str,
+        port: int,
+    ) -> tuple[TunnelTransport, asyncio.BaseProtocol]:
+        """Start ``protocol_factory()`` over the stream; ``host``/``port`` are only labels."""
+        if self._transport is not None:
+            raise RuntimeError("a WebSocketTunnel carries a single connection")
+        protocol = protocol_factory()
+        extra = {"peername": (host, port), **self._extra}
+        self._transport = TunnelTransport(self._stream, protocol, asyncio.get_running_loop(), extra)
+        self._transport.start()
+        return self._transport, protocol
+
+    def close(self) -> None:
+        """Close the connection's transport, if one was created."""
+        if self._transport is not None:
+            self._transport.close()
+
+    async def wait_closed(self) -> None:
+        """Wait until the transport is closed."""
+        if self._transport is not None:
+            await self._transport.wait_closed()
+
+
+class WebsocketsStream:
+    """:class:`MessageStream` over a ``websockets`` asyncio connection (either side)."""
+
+    def __init__(self, websocket: Connection) -> None:
+        self._ws = websocket
+        sock = websocket.transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # Keystrokes are tiny messages: do not let Nagle hold them back.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    async def send(self, data: bytes) -> None:
+        """Send one binary message (waits while the socket's buffer is full)."""
+        await self._ws.send(data)
+
+    async def recv(self) -> bytes | None:
+        """Next binary message, or ``None`` once the WebSocket is closed."""
+        try:
+            message = await self._ws.recv()
+        except ConnectionClosed:
+            return None
+        if isinstance(message, str):
+            raise TunnelProtocolError("a text message arrived on the SSH tunnel")
+        return message
+
+    async def close(self) -> None:
+        """Close the WebSocket (normal closure)."""
+        await self._ws.close()

@@ -1,0 +1,58 @@
+"""Component test of the consent question in the agent's own terminal (a pipe stands in)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+
+from agent.consent import ConsentBook, ConsentRequest, ConsentService
+from agent.consent_prompt import TerminalPrompt, describe_request
+from agent.protocol import SessionEnv
+from tests.component.test_agent_harness import WAIT
+
+ENV = SessionEnv(
+    session="s-" + "P" * 22,
+    staff="alice",
+    staff_level=2,
+    ticket="T-77",
+    ticket_title="Mail \x1b]52;c;aGk=\x07 broken",
+)
+
+
+async def test_typing_y_approves_the_oldest_request() -> None:
+    """The question shows who asks (inert text); `y` on the terminal approves the request."""
+    read_fd, write_fd = os.pipe()
+    output = io.StringIO()
+    service = ConsentService(ConsentBook(attended=True, timeout=60))
+    prompt = TerminalPrompt(service, read_fd, output)
+    prompt.start()
+    try:
+        waiter = asyncio.create_task(service.ask(ENV))
+        await asyncio.sleep(0)  # one loop turn: the request registers and is printed
+        shown = output.getvalue()
+        assert "alice (support level 2)" in shown
+        assert "T-77" in shown
+        assert "\x1b" not in shown
+        assert f"secondline-agent approve {ENV.session}" in shown
+        os.write(write_fd, b"maybe\ny\n")
+        async with asyncio.timeout(WAIT):
+            decision = await waiter
+        assert decision.decision == "approved"
+        assert decision.by
+        assert "type y to approve or n to deny" in output.getvalue()
+    finally:
+        prompt.close()
+        service.close()
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def test_question_text_without_title() -> None:
+    """Without a ticket title the question names the ticket alone."""
+    request_env = SessionEnv(session="s-" + "Q" * 22, staff="bob", staff_level=3, ticket="T-1")
+    book = ConsentBook(attended=True, timeout=60)
+    request = book.request(request_env, now=0)
+    assert isinstance(request, ConsentRequest)
+    text = describe_request(request)
+    assert "for ticket T-1.\n" in text
