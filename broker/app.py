@@ -11,16 +11,24 @@ from aiohttp import web
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from broker.agents import feature as agents_feature
+from broker.api import agents as agents_api
 from broker.api import audit as audit_api
+from broker.api import kb as kb_api
+from broker.api import sessions as sessions_api
 from broker.api import staff as staff_api
+from broker.api import tickets as tickets_api
 from broker.api.errors import error_middleware, error_response
 from broker.api.openapi import build_openapi
 from broker.api.routing import SERVICES, ApiRouter, add_routes
 from broker.audit.log import AuditLog
 from broker.config import BrokerConfig
+from broker.console import feature as console_feature
 from broker.db.engine import create_engine, session_factory
 from broker.keys import BrokerKeys, load_keys
 from broker.services import Services
+from broker.sessions import feature as sessions
+from broker.tickets import feature as tickets_feature
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +48,19 @@ def broker_version() -> str:
 
 def api_routers() -> list[ApiRouter]:
     """Every router of /api/v1; each domain adds its own here."""
-    return [staff_api.router, audit_api.router]
+    return [
+        staff_api.router,
+        audit_api.router,
+        agents_api.router,
+        kb_api.router,
+        tickets_api.router,
+        sessions_api.router,
+    ]
 
 
 def features() -> list[Feature]:
     """Every feature beyond the REST API (agent tunnel, SSH gateway, console, ...)."""
-    return []
+    return [agents_feature.setup, tickets_feature.setup, console_feature.setup, sessions.setup]
 
 
 async def _services_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, settings
 
 from tests.support.api import Api, admin_token
 from tests.support.broker import BrokerProcess, start_broker
-from tests.support.database import Backend, drop_schema, make_backend
+from tests.support.database import Backend, drop_database, make_backend, run_sync
 
 # The machines are shared and noisy: a per-example deadline would only make tests flaky.
 settings.register_profile(
@@ -43,8 +43,8 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         pytest.skip("PostgreSQL: set SECONDLINE_TEST_PG to a DSN to run this half")
     be = make_backend(kind, tmp_path, dsn)
     yield be
-    if be.schema:
-        asyncio.run(drop_schema(dsn, be.schema))
+    if be.database:
+        run_sync(drop_database(dsn, be.database))
 
 
 @pytest.fixture
@@ -63,6 +63,12 @@ async def broker(data_dir: Path) -> AsyncIterator[BrokerProcess]:
         yield proc
     finally:
         await proc.stop()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    from tests.support.broker import drop_templates
+
+    drop_templates()
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

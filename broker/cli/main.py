@@ -7,12 +7,12 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from broker.cli import local, staff
+from broker.cli import agents, kb, local, sessions, staff, tickets
 from broker.cli.client import CliError
 from broker.cli.runtime import Handler, Runtime
 
 # Every command module registers its sub-commands; domains add theirs here.
-COMMAND_MODULES = [local, staff]
+COMMAND_MODULES = [local, staff, agents, tickets, kb, sessions]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,9 +4,26 @@ Each domain adds its model module here, one import line each."""
 
 from __future__ import annotations
 
-from broker.db import models_agents, models_audit, models_staff
+from broker.db import (
+    models_agents,
+    models_audit,
+    models_console,
+    models_kb,
+    models_sessions,
+    models_staff,
+    models_tickets,
+)
 from broker.db.base import Base
 
 metadata = Base.metadata
 
-__all__ = ["metadata", "models_agents", "models_audit", "models_staff"]
+__all__ = [
+    "metadata",
+    "models_agents",
+    "models_audit",
+    "models_console",
+    "models_kb",
+    "models_sessions",
+    "models_staff",
+    "models_tickets",
+]

@@ -7,15 +7,25 @@ import asyncio
 import json
 import os
 import re
+import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from broker.bootstrap import init_data_dir
-from tests.support.database import Backend
+from broker.config import write_config
+from tests.support.database import (
+    Backend,
+    create_database,
+    drop_database,
+    recreate_from_template,
+    run_sync,
+)
 
 READY = re.compile(rb"secondline: serving https://[^:]+:(\d+)")
 
@@ -26,17 +36,61 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def init_dir(path: Path, backend: Backend, **settings: object) -> Path:
-    https_port, ssh_port = free_port(), free_port()
-    merged: dict[str, object] = {
+_TEMPLATES: dict[str, tuple[Path, str]] = {}  # backend kind -> (data dir, database)
+
+
+def _fresh_settings(backend: Backend, settings: dict[str, object]) -> dict[str, object]:
+    return {
         "listen_host": "127.0.0.1",
-        "https_port": https_port,
-        "ssh_port": ssh_port,
+        "https_port": free_port(),
+        "ssh_port": free_port(),
         **backend.settings(),
         **settings,
     }
-    init_data_dir(path, f"https://127.0.0.1:{https_port}", settings=merged)
+
+
+def _template(backend: Backend) -> tuple[Path, str]:
+    """Initialise one data dir (and database) per backend per test run, to copy from."""
+    if backend.kind not in _TEMPLATES:
+        root = Path(tempfile.mkdtemp(prefix=f"secondline-template-{backend.kind}-"))
+        database = ""
+        template_backend = backend
+        if backend.kind == "postgresql":
+            database = f"sl_tmpl_{secrets.token_hex(6)}"
+            run_sync(create_database(backend.dsn, database))
+            url = backend.url.rsplit("/", 1)[0] + "/" + database
+            template_backend = Backend("postgresql", url, database, backend.dsn)
+        settings = _fresh_settings(template_backend, {})
+        init_data_dir(root / "data", f"https://127.0.0.1:{settings['https_port']}", settings=settings)
+        _TEMPLATES[backend.kind] = (root / "data", database)
+    return _TEMPLATES[backend.kind]
+
+
+def init_dir(path: Path, backend: Backend, **settings: object) -> Path:
+    """An initialised data dir on ``backend``, as `secondline init` leaves it.
+
+    Without extra settings it is a copy of a per-run template (same keys, same first admin
+    token, own ports and own database); with settings it is a real `init`."""
+    merged = _fresh_settings(backend, settings)
+    public_url = f"https://127.0.0.1:{merged['https_port']}"
+    if settings:
+        init_data_dir(path, public_url, settings=merged)
+        return path
+    template_dir, template_db = _template(backend)
+    if backend.kind == "postgresql":
+        run_sync(recreate_from_template(backend, template_db))
+    shutil.copytree(template_dir, path, symlinks=False)
+    write_config(path, public_url, merged)
     return path
+
+
+def drop_templates() -> None:
+    for kind, (data, database) in list(_TEMPLATES.items()):
+        shutil.rmtree(data.parent, ignore_errors=True)
+        if database:
+            dsn = os.environ.get("SECONDLINE_TEST_PG", "")
+            run_sync(drop_database(dsn, database))
+        del _TEMPLATES[kind]
 
 
 def cli_env(data_dir: Path | None = None, **extra: str) -> dict[str, str]:

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-27 02:53:13.731305
+Create Date: 2026-11-27 03:27:36.495221
 """
 
 from collections.abc import Sequence
@@ -52,6 +52,90 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_customers')),
     sa.UniqueConstraint('name', name=op.f('uq_customers_name'))
     )
+    op.create_table('kb_articles',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('title', sa.String(length=200), nullable=False),
+    sa.Column('content', sa.JSON(), nullable=False),
+    sa.Column('version', sa.Integer(), nullable=False),
+    sa.Column('author', sa.String(length=64), nullable=False),
+    sa.Column('reviewer', sa.String(length=64), nullable=True),
+    sa.Column('solved_count', sa.Integer(), nullable=False),
+    sa.Column('created_at', broker.db.base.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', broker.db.base.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('published_at', broker.db.base.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('retired_at', broker.db.base.UtcDateTime(timezone=True), nullable=True),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_kb_articles'))
+    )
+    with op.batch_alter_table('kb_articles', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_kb_articles_status'), ['status'], unique=False)
+
+    op.create_table('kb_search_docs',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('kind', sa.String(length=8), nullable=False),
+    sa.Column('ref_id', sa.Integer(), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('customer', sa.String(length=63), nullable=False),
+    sa.Column('title', sa.Text(), nullable=False),
+    sa.Column('problem', sa.Text(), nullable=False),
+    sa.Column('solution', sa.Text(), nullable=False),
+    sa.Column('commands', sa.Text(), nullable=False),
+    sa.Column('tags', sa.Text(), nullable=False),
+    sa.Column('stems', sa.Text(), nullable=False),
+    sa.Column('os_terms', sa.Text(), nullable=False),
+    sa.Column('tag_terms', sa.Text(), nullable=False),
+    sa.Column('solved_count', sa.Integer(), nullable=False),
+    sa.Column('updated_at', broker.db.base.UtcDateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_kb_search_docs')),
+    sa.UniqueConstraint('kind', 'ref_id', name=op.f('uq_kb_search_docs_kind'))
+    )
+    with op.batch_alter_table('kb_search_docs', schema=None) as batch_op:
+        batch_op.create_index('ix_kb_search_docs_kind_status', ['kind', 'status'], unique=False)
+
+    op.create_table('kb_ticket_sync',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('synced_until', broker.db.base.UtcDateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_kb_ticket_sync'))
+    )
+    op.create_table('sessions',
+    sa.Column('id', sa.String(length=24), nullable=False),
+    sa.Column('ticket_id', sa.Integer(), nullable=False),
+    sa.Column('customer', sa.String(length=63), nullable=False),
+    sa.Column('agent_id', sa.String(length=19), nullable=False),
+    sa.Column('agent_name', sa.String(length=63), nullable=False),
+    sa.Column('owner', sa.String(length=64), nullable=False),
+    sa.Column('owner_level', sa.Integer(), nullable=False),
+    sa.Column('kind', sa.String(length=8), nullable=False),
+    sa.Column('command', sa.Text(), nullable=True),
+    sa.Column('via', sa.String(length=8), nullable=False),
+    sa.Column('source', sa.String(length=64), nullable=False),
+    sa.Column('node', sa.String(length=64), nullable=False),
+    sa.Column('state', sa.String(length=16), nullable=False),
+    sa.Column('consent', sa.String(length=16), nullable=True),
+    sa.Column('consent_by', sa.String(length=32), nullable=True),
+    sa.Column('consent_at', broker.db.base.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('cols', sa.Integer(), nullable=False),
+    sa.Column('rows', sa.Integer(), nullable=False),
+    sa.Column('created_at', broker.db.base.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('started_at', broker.db.base.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('ended_at', broker.db.base.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('end_reason', sa.String(length=200), nullable=True),
+    sa.Column('ended_by', sa.String(length=64), nullable=True),
+    sa.Column('exit_status', sa.Integer(), nullable=True),
+    sa.Column('exit_signal', sa.String(length=32), nullable=True),
+    sa.Column('transcript_digest', sa.String(length=64), nullable=True),
+    sa.Column('transcript_complete', sa.Boolean(), nullable=True),
+    sa.Column('transcript_events', sa.Integer(), nullable=True),
+    sa.Column('commands', sa.JSON(), nullable=True),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_sessions'))
+    )
+    with op.batch_alter_table('sessions', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_sessions_agent_id'), ['agent_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_sessions_customer'), ['customer'], unique=False)
+        batch_op.create_index('ix_sessions_owner_state', ['owner', 'state'], unique=False)
+        batch_op.create_index(batch_op.f('ix_sessions_state'), ['state'], unique=False)
+        batch_op.create_index(batch_op.f('ix_sessions_ticket_id'), ['ticket_id'], unique=False)
+
     op.create_table('users',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('name', sa.String(length=64), nullable=False),
@@ -67,6 +151,33 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('id', name=op.f('pk_users')),
     sa.UniqueConstraint('name', name=op.f('uq_users_name'))
     )
+    op.create_table('agents',
+    sa.Column('id', sa.String(length=19), nullable=False),
+    sa.Column('name', sa.String(length=63), nullable=False),
+    sa.Column('customer_id', sa.Integer(), nullable=False),
+    sa.Column('labels', sa.JSON(), nullable=False),
+    sa.Column('facts', sa.JSON(), nullable=False),
+    sa.Column('facts_at', broker.db.base.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('consent', sa.String(length=16), nullable=False),
+    sa.Column('public_key', sa.Text(), nullable=False),
+    sa.Column('key_fingerprint', sa.String(length=100), nullable=False),
+    sa.Column('enrolled_with', sa.String(length=12), nullable=False),
+    sa.Column('enrolled_at', broker.db.base.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('online', sa.Boolean(), nullable=False),
+    sa.Column('node', sa.String(length=64), nullable=True),
+    sa.Column('connected_at', broker.db.base.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('last_seen', broker.db.base.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('revoked_at', broker.db.base.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('revoked_by', sa.String(length=64), nullable=True),
+    sa.ForeignKeyConstraint(['customer_id'], ['customers.id'], name=op.f('fk_agents_customer_id_customers')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_agents')),
+    sa.UniqueConstraint('key_fingerprint', name=op.f('uq_agents_key_fingerprint'))
+    )
+    with op.batch_alter_table('agents', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_agents_customer_id'), ['customer_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_agents_name'), ['name'], unique=False)
+        batch_op.create_index('uq_agents_customer_live_name', ['customer_id', 'name'], unique=True, sqlite_where=sa.text('revoked_at IS NULL'), postgresql_where=sa.text('revoked_at IS NULL'))
+
     op.create_table('api_tokens',
     sa.Column('id', sa.String(length=16), nullable=False),
     sa.Column('user_id', sa.Integer(), nullable=False),
@@ -82,6 +193,125 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('api_tokens', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_api_tokens_user_id'), ['user_id'], unique=False)
+
+    op.create_table('console_sessions',
+    sa.Column('id', sa.String(length=64), nullable=False),
+    sa.Column('user_id', sa.Integer(), nullable=False),
+    sa.Column('stage', sa.String(length=16), nullable=False),
+    sa.Column('epoch', sa.Integer(), nullable=False),
+    sa.Column('csrf_token', sa.String(length=64), nullable=False),
+    sa.Column('pending_totp', sa.String(length=64), nullable=True),
+    sa.Column('created_at', broker.db.base.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('last_seen_at', broker.db.base.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('source', sa.String(length=64), nullable=False),
+    sa.Column('user_agent', sa.String(length=200), nullable=False),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_console_sessions_user_id_users'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_console_sessions'))
+    )
+    with op.batch_alter_table('console_sessions', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_console_sessions_user_id'), ['user_id'], unique=False)
+
+    op.create_table('enrollment_tokens',
+    sa.Column('id', sa.String(length=12), nullable=False),
+    sa.Column('secret_hash', sa.String(length=64), nullable=False),
+    sa.Column('customer_id', sa.Integer(), nullable=False),
+    sa.Column('labels', sa.JSON(), nullable=False),
+    sa.Column('consent', sa.String(length=16), nullable=False),
+    sa.Column('uses_left', sa.Integer(), nullable=False),
+    sa.Column('max_uses', sa.Integer(), nullable=False),
+    sa.Column('created_by', sa.String(length=64), nullable=False),
+    sa.Column('created_at', broker.db.base.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('expires_at', broker.db.base.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('last_used_at', broker.db.base.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('revoked_at', broker.db.base.UtcDateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['customer_id'], ['customers.id'], name=op.f('fk_enrollment_tokens_customer_id_customers')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_enrollment_tokens'))
+    )
+    with op.batch_alter_table('enrollment_tokens', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_enrollment_tokens_customer_id'), ['customer_id'], unique=False)
+
+    op.create_table('kb_article_sources',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('article_id', sa.Integer(), nullable=False),
+    sa.Column('kind', sa.String(length=8), nullable=False),
+    sa.Column('ref', sa.String(length=32), nullable=False),
+    sa.Column('customer', sa.String(length=63), nullable=False),
+    sa.ForeignKeyConstraint(['article_id'], ['kb_articles.id'], name=op.f('fk_kb_article_sources_article_id_kb_articles'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_kb_article_sources')),
+    sa.UniqueConstraint('article_id', 'kind', 'ref', name=op.f('uq_kb_article_sources_article_id'))
+    )
+    with op.batch_alter_table('kb_article_sources', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_kb_article_sources_article_id'), ['article_id'], unique=False)
+
+    op.create_table('kb_article_versions',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('article_id', sa.Integer(), nullable=False),
+    sa.Column('version', sa.Integer(), nullable=False),
+    sa.Column('action', sa.String(length=16), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('content', sa.JSON(), nullable=False),
+    sa.Column('saved_by', sa.String(length=64), nullable=False),
+    sa.Column('saved_at', broker.db.base.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('note', sa.String(length=500), nullable=False),
+    sa.ForeignKeyConstraint(['article_id'], ['kb_articles.id'], name=op.f('fk_kb_article_versions_article_id_kb_articles'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_kb_article_versions')),
+    sa.UniqueConstraint('article_id', 'version', name=op.f('uq_kb_article_versions_article_id'))
+    )
+    with op.batch_alter_table('kb_article_versions', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_kb_article_versions_article_id'), ['article_id'], unique=False)
+
+    op.create_table('kb_solved',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('article_id', sa.Integer(), nullable=False),
+    sa.Column('ticket_id', sa.Integer(), nullable=False),
+    sa.Column('customer', sa.String(length=63), nullable=False),
+    sa.Column('marked_by', sa.String(length=64), nullable=False),
+    sa.Column('marked_at', broker.db.base.UtcDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['article_id'], ['kb_articles.id'], name=op.f('fk_kb_solved_article_id_kb_articles'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_kb_solved')),
+    sa.UniqueConstraint('article_id', 'ticket_id', name=op.f('uq_kb_solved_article_id'))
+    )
+    with op.batch_alter_table('kb_solved', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_kb_solved_article_id'), ['article_id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_kb_solved_ticket_id'), ['ticket_id'], unique=False)
+
+    op.create_table('session_outbox',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('session_id', sa.String(length=24), nullable=False),
+    sa.Column('ticket_id', sa.Integer(), nullable=False),
+    sa.Column('idempotency_key', sa.String(length=200), nullable=False),
+    sa.Column('author', sa.String(length=64), nullable=False),
+    sa.Column('text', sa.Text(), nullable=False),
+    sa.Column('attachments', sa.JSON(), nullable=False),
+    sa.Column('state', sa.String(length=16), nullable=False),
+    sa.Column('attempts', sa.Integer(), nullable=False),
+    sa.Column('next_attempt_at', broker.db.base.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('claimed_until', broker.db.base.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('last_error', sa.String(length=300), nullable=True),
+    sa.Column('created_at', broker.db.base.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('delivered_at', broker.db.base.UtcDateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['session_id'], ['sessions.id'], name=op.f('fk_session_outbox_session_id_sessions')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_session_outbox')),
+    sa.UniqueConstraint('idempotency_key', name=op.f('uq_session_outbox_idempotency_key')),
+    sa.UniqueConstraint('session_id', name=op.f('uq_session_outbox_session_id'))
+    )
+    with op.batch_alter_table('session_outbox', schema=None) as batch_op:
+        batch_op.create_index('ix_session_outbox_due', ['state', 'next_attempt_at'], unique=False)
+
+    op.create_table('session_participants',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('session_id', sa.String(length=24), nullable=False),
+    sa.Column('name', sa.String(length=64), nullable=False),
+    sa.Column('role', sa.String(length=16), nullable=False),
+    sa.Column('via', sa.String(length=8), nullable=False),
+    sa.Column('joined_at', broker.db.base.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('left_at', broker.db.base.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('left_reason', sa.String(length=200), nullable=True),
+    sa.ForeignKeyConstraint(['session_id'], ['sessions.id'], name=op.f('fk_session_participants_session_id_sessions'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_session_participants'))
+    )
+    with op.batch_alter_table('session_participants', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_session_participants_session_id'), ['session_id'], unique=False)
 
     op.create_table('ssh_keys',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -105,21 +335,182 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_user_customers_user_id_users'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('user_id', 'customer_id', name=op.f('pk_user_customers'))
     )
+    op.create_table('tickets',
+    sa.Column('id', sa.Integer(), autoincrement=False, nullable=False),
+    sa.Column('title', sa.String(length=200), nullable=False),
+    sa.Column('description', sa.Text(), nullable=False),
+    sa.Column('customer_id', sa.Integer(), nullable=False),
+    sa.Column('requester', sa.String(length=200), nullable=False),
+    sa.Column('level', sa.Integer(), nullable=False),
+    sa.Column('status', sa.String(length=16), nullable=False),
+    sa.Column('assignee', sa.String(length=64), nullable=True),
+    sa.Column('created_by', sa.String(length=64), nullable=True),
+    sa.Column('origin_agent_id', sa.String(length=19), nullable=True),
+    sa.Column('solution', sa.Text(), nullable=True),
+    sa.Column('created_at', broker.db.base.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', broker.db.base.UtcDateTime(timezone=True), nullable=False),
+    sa.Column('resolved_at', broker.db.base.UtcDateTime(timezone=True), nullable=True),
+    sa.Column('closed_at', broker.db.base.UtcDateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['customer_id'], ['customers.id'], name=op.f('fk_tickets_customer_id_customers')),
+    sa.ForeignKeyConstraint(['origin_agent_id'], ['agents.id'], name=op.f('fk_tickets_origin_agent_id_agents')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_tickets'))
+    )
+    with op.batch_alter_table('tickets', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_tickets_assignee'), ['assignee'], unique=False)
+        batch_op.create_index(batch_op.f('ix_tickets_customer_id'), ['customer_id'], unique=False)
+        batch_op.create_index('ix_tickets_origin_agent', ['origin_agent_id', 'created_at'], unique=False)
+        batch_op.create_index('ix_tickets_queue', ['status', 'level'], unique=False)
+
+    op.create_table('ticket_agents',
+    sa.Column('ticket_id', sa.Integer(), nullable=False),
+    sa.Column('agent_id', sa.String(length=19), nullable=False),
+    sa.Column('linked_by', sa.String(length=64), nullable=False),
+    sa.Column('linked_at', broker.db.base.UtcDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['agent_id'], ['agents.id'], name=op.f('fk_ticket_agents_agent_id_agents')),
+    sa.ForeignKeyConstraint(['ticket_id'], ['tickets.id'], name=op.f('fk_ticket_agents_ticket_id_tickets'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('ticket_id', 'agent_id', name=op.f('pk_ticket_agents'))
+    )
+    with op.batch_alter_table('ticket_agents', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_ticket_agents_agent_id'), ['agent_id'], unique=False)
+
+    op.create_table('ticket_level_changes',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('ticket_id', sa.Integer(), nullable=False),
+    sa.Column('kind', sa.String(length=16), nullable=False),
+    sa.Column('from_level', sa.Integer(), nullable=False),
+    sa.Column('to_level', sa.Integer(), nullable=False),
+    sa.Column('reason', sa.Text(), nullable=False),
+    sa.Column('actor', sa.String(length=64), nullable=False),
+    sa.Column('at', broker.db.base.UtcDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['ticket_id'], ['tickets.id'], name=op.f('fk_ticket_level_changes_ticket_id_tickets'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_ticket_level_changes'))
+    )
+    with op.batch_alter_table('ticket_level_changes', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_ticket_level_changes_ticket_id'), ['ticket_id'], unique=False)
+
+    op.create_table('ticket_notes',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('ticket_id', sa.Integer(), nullable=False),
+    sa.Column('author', sa.String(length=64), nullable=False),
+    sa.Column('text', sa.Text(), nullable=False),
+    sa.Column('internal', sa.Boolean(), nullable=False),
+    sa.Column('idempotency_key', sa.String(length=200), nullable=True),
+    sa.Column('created_at', broker.db.base.UtcDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['ticket_id'], ['tickets.id'], name=op.f('fk_ticket_notes_ticket_id_tickets'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_ticket_notes')),
+    sa.UniqueConstraint('ticket_id', 'idempotency_key', name=op.f('uq_ticket_notes_ticket_id'))
+    )
+    with op.batch_alter_table('ticket_notes', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_ticket_notes_ticket_id'), ['ticket_id'], unique=False)
+
+    op.create_table('ticket_attachments',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('ticket_id', sa.Integer(), nullable=False),
+    sa.Column('note_id', sa.Integer(), nullable=True),
+    sa.Column('name', sa.String(length=100), nullable=False),
+    sa.Column('content_type', sa.String(length=100), nullable=False),
+    sa.Column('size', sa.Integer(), nullable=False),
+    sa.Column('sha256', sa.String(length=64), nullable=False),
+    sa.Column('created_by', sa.String(length=64), nullable=False),
+    sa.Column('created_at', broker.db.base.UtcDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['note_id'], ['ticket_notes.id'], name=op.f('fk_ticket_attachments_note_id_ticket_notes'), ondelete='SET NULL'),
+    sa.ForeignKeyConstraint(['ticket_id'], ['tickets.id'], name=op.f('fk_ticket_attachments_ticket_id_tickets'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_ticket_attachments')),
+    sa.UniqueConstraint('ticket_id', 'name', name=op.f('uq_ticket_attachments_ticket_id'))
+    )
+    with op.batch_alter_table('ticket_attachments', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_ticket_attachments_ticket_id'), ['ticket_id'], unique=False)
+
     # ### end Alembic commands ###
 
 
 def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
+    with op.batch_alter_table('ticket_attachments', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_ticket_attachments_ticket_id'))
+
+    op.drop_table('ticket_attachments')
+    with op.batch_alter_table('ticket_notes', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_ticket_notes_ticket_id'))
+
+    op.drop_table('ticket_notes')
+    with op.batch_alter_table('ticket_level_changes', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_ticket_level_changes_ticket_id'))
+
+    op.drop_table('ticket_level_changes')
+    with op.batch_alter_table('ticket_agents', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_ticket_agents_agent_id'))
+
+    op.drop_table('ticket_agents')
+    with op.batch_alter_table('tickets', schema=None) as batch_op:
+        batch_op.drop_index('ix_tickets_queue')
+        batch_op.drop_index('ix_tickets_origin_agent')
+        batch_op.drop_index(batch_op.f('ix_tickets_customer_id'))
+        batch_op.drop_index(batch_op.f('ix_tickets_assignee'))
+
+    op.drop_table('tickets')
     op.drop_table('user_customers')
     with op.batch_alter_table('ssh_keys', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_ssh_keys_user_id'))
 
     op.drop_table('ssh_keys')
+    with op.batch_alter_table('session_participants', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_session_participants_session_id'))
+
+    op.drop_table('session_participants')
+    with op.batch_alter_table('session_outbox', schema=None) as batch_op:
+        batch_op.drop_index('ix_session_outbox_due')
+
+    op.drop_table('session_outbox')
+    with op.batch_alter_table('kb_solved', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_kb_solved_ticket_id'))
+        batch_op.drop_index(batch_op.f('ix_kb_solved_article_id'))
+
+    op.drop_table('kb_solved')
+    with op.batch_alter_table('kb_article_versions', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_kb_article_versions_article_id'))
+
+    op.drop_table('kb_article_versions')
+    with op.batch_alter_table('kb_article_sources', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_kb_article_sources_article_id'))
+
+    op.drop_table('kb_article_sources')
+    with op.batch_alter_table('enrollment_tokens', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_enrollment_tokens_customer_id'))
+
+    op.drop_table('enrollment_tokens')
+    with op.batch_alter_table('console_sessions', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_console_sessions_user_id'))
+
+    op.drop_table('console_sessions')
     with op.batch_alter_table('api_tokens', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_api_tokens_user_id'))
 
     op.drop_table('api_tokens')
+    with op.batch_alter_table('agents', schema=None) as batch_op:
+        batch_op.drop_index('uq_agents_customer_live_name', sqlite_where=sa.text('revoked_at IS NULL'), postgresql_where=sa.text('revoked_at IS NULL'))
+        batch_op.drop_index(batch_op.f('ix_agents_name'))
+        batch_op.drop_index(batch_op.f('ix_agents_customer_id'))
+
+    op.drop_table('agents')
     op.drop_table('users')
+    with op.batch_alter_table('sessions', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_sessions_ticket_id'))
+        batch_op.drop_index(batch_op.f('ix_sessions_state'))
+        batch_op.drop_index('ix_sessions_owner_state')
+        batch_op.drop_index(batch_op.f('ix_sessions_customer'))
+        batch_op.drop_index(batch_op.f('ix_sessions_agent_id'))
+
+    op.drop_table('sessions')
+    op.drop_table('kb_ticket_sync')
+    with op.batch_alter_table('kb_search_docs', schema=None) as batch_op:
+        batch_op.drop_index('ix_kb_search_docs_kind_status')
+
+    op.drop_table('kb_search_docs')
+    with op.batch_alter_table('kb_articles', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_kb_articles_status'))
+
+    op.drop_table('kb_articles')
     op.drop_table('customers')
     op.drop_table('audit_head')
     with op.batch_alter_table('audit_events', schema=None) as batch_op:

@@ -1,0 +1,334 @@
+"""Scenarios only a broker has: its memory and CPU, agent handshakes, restarts, capacity.
+
+Each takes the targets that implement `BrokerTarget` and reports a skipped outcome with
+the reason when the broker or its simulated-agent swarm is not there yet. Memory is the
+broker's VmRSS and CPU its utime + stime, read from /proc (see `procfs`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Final
+
+from bench import BenchError, MeasurementError
+from bench.procfs import cpu_seconds, rss_kib
+from bench.pty_process import KEYS, PtyProcess
+from bench.results import Figure, Outcome
+from bench.session_scenarios import ECHO_COMMAND, READY, pipe_throughput_sample
+from bench.settings import Settings
+from bench.stats import largest_passing_step, per_item, percentile
+from bench.targets import AgentSwarm, BrokerTarget, Target
+
+logger = logging.getLogger(__name__)
+
+ONLINE_TIMEOUT_S: Final = 600.0
+ECHO_P99_LIMIT_MS: Final = 50.0
+ECHO_GIVE_UP_S: Final = 5.0
+SESSION_OPEN_TIMEOUT_S: Final = 60.0
+KIB_TO_KB: Final = 1.024
+
+BrokerScenario = Callable[[BrokerTarget, Settings], Awaitable[Outcome]]
+
+
+def _brokers(targets: Sequence[Target]) -> list[BrokerTarget]:
+    return [target for target in targets if isinstance(target, BrokerTarget)]
+
+
+async def run_broker_scenario(
+    name: str, targets: Sequence[Target], settings: Settings, scenario: BrokerScenario
+) -> list[Outcome]:
+    """Run `scenario` on every broker target; a failure becomes that target's outcome."""
+    outcomes = []
+    for target in _brokers(targets):
+        try:
+            outcomes.append(await scenario(target, settings))
+        except BenchError as error:
+            outcomes.append(Outcome.failed(name, target.key, str(error)))
+        except Exception as error:  # a scenario boundary: report, keep going
+            logger.exception("%s on %s failed", name, target.label)
+            outcomes.append(Outcome.failed(name, target.key, f"{type(error).__name__}: {error}"))
+    return outcomes
+
+
+async def wait_online(swarm: AgentSwarm, count: int, wait_s: float) -> list[tuple[float, int]]:
+    """Wait until `count` agents are online; return the (seconds, online) curve seen.
+
+    The swarm is asked again with a short pause: the count is the event, and there is
+    no channel to be told of it.
+    """
+    start = time.monotonic()
+    curve: list[tuple[float, int]] = []
+    try:
+        async with asyncio.timeout(wait_s):
+            while True:
+                try:
+                    online = await swarm.online()
+                except OSError:  # the broker is not answering yet (restarting)
+                    online = 0
+                curve.append((time.monotonic() - start, online))
+                if online >= count:
+                    return curve
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        seen = curve[-1][1] if curve else 0
+        raise MeasurementError(
+            f"only {seen} of {count} agents online after {wait_s:.0f} s"
+        ) from None
+
+
+SWARM_SCENARIOS: Final = ("memory_per_idle_agent", "handshakes_per_second", "restart_recovery")
+
+
+async def _swarm_figures(
+    target: BrokerTarget, swarm: AgentSwarm, wanted: Sequence[str]
+) -> list[Outcome]:
+    """Spawn, connect and (if wanted) restart under one swarm; one outcome per wanted figure.
+
+    One swarm serves all three figures: enrolling thousands of agents three times would
+    cost more than the measurements themselves.
+    """
+    pid = target.broker_pid()
+    await swarm.spawn()
+    before = rss_kib(pid)
+    start = time.monotonic()
+    await swarm.connect()
+    curve = await wait_online(swarm, swarm.size, ONLINE_TIMEOUT_S)
+    elapsed = time.monotonic() - start
+    after = rss_kib(target.broker_pid())
+    agents = float(swarm.size)
+    outcomes = {
+        "memory_per_idle_agent": Outcome.ok(
+            "memory_per_idle_agent",
+            target.key,
+            Figure(
+                metric="memory_per_idle_agent",
+                value=per_item((after - before) * KIB_TO_KB, swarm.size),
+                detail={"rss_before_kib": float(before), "rss_after_kib": float(after)},
+            ),
+        ),
+        "handshakes_per_second": Outcome.ok(
+            "handshakes_per_second",
+            target.key,
+            Figure(
+                metric="handshakes_per_second",
+                value=swarm.size / elapsed,
+                samples=tuple(float(online) for _, online in curve),
+                detail={"seconds": elapsed, "agents": agents},
+            ),
+        ),
+    }
+    if "restart_recovery" in wanted:
+        try:
+            outcomes["restart_recovery"] = await _restart(target, swarm)
+        except BenchError as error:
+            outcomes["restart_recovery"] = Outcome.failed(
+                "restart_recovery", target.key, str(error)
+            )
+    return [outcomes[name] for name in wanted]
+
+
+async def _restart(target: BrokerTarget, swarm: AgentSwarm) -> Outcome:
+    start = time.monotonic()
+    await target.restart_broker()
+    restarted = time.monotonic() - start
+    curve = await wait_online(swarm, swarm.size, ONLINE_TIMEOUT_S)
+    elapsed = time.monotonic() - start
+    return Outcome.ok(
+        "restart_recovery",
+        target.key,
+        Figure(
+            metric="restart_recovery",
+            value=elapsed,
+            samples=tuple(float(online) for _, online in curve),
+            detail={"broker_restart_s": restarted, "agents": float(swarm.size)},
+        ),
+    )
+
+
+async def swarm_scenarios(
+    targets: Sequence[Target], settings: Settings, wanted: Sequence[str]
+) -> list[Outcome]:
+    """memory_per_idle_agent, handshakes_per_second and restart_recovery, as `wanted`.
+
+    For each broker: its RSS before and after a swarm of `settings.swarm_agents` connects
+    at once (growth per agent), agents online per second while they do, and the seconds
+    from stopping the broker until all are online again after a restart.
+    """
+    outcomes: list[Outcome] = []
+    for target in _brokers(targets):
+        swarm = target.agent_swarm(settings.swarm_agents)
+        if isinstance(swarm, str):
+            outcomes += [Outcome.skipped(name, target.key, swarm) for name in wanted]
+            continue
+        logger.info("swarm of %d agents on %s", swarm.size, target.label)
+        try:
+            outcomes += await _swarm_figures(target, swarm, wanted)
+        except BenchError as error:
+            outcomes += [Outcome.failed(name, target.key, str(error)) for name in wanted]
+        except Exception as error:  # a scenario boundary: report, keep going
+            logger.exception("the agent swarm on %s failed", target.label)
+            reason = f"{type(error).__name__}: {error}"
+            outcomes += [Outcome.failed(name, target.key, reason) for name in wanted]
+        finally:
+            await swarm.close()
+    return outcomes
+
+
+async def cpu_per_gb_recorded(target: BrokerTarget, settings: Settings) -> Outcome:
+    """Broker CPU seconds per GB relayed (and so recorded) from the agent to `ssh`."""
+    argv = target.ssh_argv(f"head -c {settings.record_bytes} /dev/zero", tty=False)
+    pid = target.broker_pid()
+    before = cpu_seconds(pid)
+    rate = await asyncio.to_thread(
+        pipe_throughput_sample, argv, settings.record_bytes, settings.stall_s
+    )
+    spent = cpu_seconds(pid) - before
+    gigabytes = settings.record_bytes / 1e9
+    return Outcome.ok(
+        "cpu_per_gb_recorded",
+        target.key,
+        Figure(
+            metric="cpu_per_gb_recorded",
+            value=spent / gigabytes,
+            detail={"cpu_s": spent, "bytes": float(settings.record_bytes), "mb_per_s": rate},
+        ),
+    )
+
+
+class TypingSession:
+    """One interactive session driven from the event loop: a typist and its echo times."""
+
+    def __init__(self, argv: list[str], rng: random.Random) -> None:
+        self._pty = PtyProcess(argv)
+        os.set_blocking(self._pty.fd, False)
+        self._loop = asyncio.get_running_loop()
+        self._rng = rng
+        self._seen = bytearray()
+        self.ready: asyncio.Future[None] = self._loop.create_future()
+        self._awaited: tuple[bytes, asyncio.Future[int]] | None = None
+        self.latencies_ms: list[float] = []
+        self._loop.add_reader(self._pty.fd, self._on_readable)
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self._pty.fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError as error:
+            if error.errno != errno.EIO:
+                raise
+            data = b""
+        now = time.perf_counter_ns()
+        if not data:
+            self._loop.remove_reader(self._pty.fd)
+            failure = MeasurementError(f"session ended: {self._pty.describe_tail()!r}")
+            for future in (self.ready, self._awaited[1] if self._awaited else None):
+                if future is not None and not future.done():
+                    future.set_exception(failure)
+            return
+        if not self.ready.done():
+            self._seen += data
+            if READY in self._seen:
+                self.ready.set_result(None)
+            del self._seen[: -len(READY)]
+            return
+        if self._awaited is not None and self._awaited[0] in data:
+            echoed = self._awaited[1]
+            self._awaited = None
+            if not echoed.done():
+                echoed.set_result(now)
+
+    async def type_until(self, deadline: float, interval: float) -> None:
+        """Type one key every ~`interval` s (±50 %) until `deadline`, timing each echo."""
+        index = self._rng.randrange(len(KEYS))
+        while self._loop.time() < deadline:
+            key = KEYS[index % len(KEYS) : index % len(KEYS) + 1]
+            index += 1
+            echoed: asyncio.Future[int] = self._loop.create_future()
+            self._awaited = (key, echoed)
+            sent = time.perf_counter_ns()
+            os.write(self._pty.fd, key)
+            try:
+                async with asyncio.timeout(ECHO_GIVE_UP_S):
+                    arrived = await echoed
+            except TimeoutError:
+                arrived = sent + int(ECHO_GIVE_UP_S * 1e9)
+            self.latencies_ms.append((arrived - sent) / 1e6)
+            # Pacing a typist between keystrokes, not waiting for a state.
+            await asyncio.sleep(interval * self._rng.uniform(0.5, 1.5))
+
+    def close(self) -> None:
+        """Stop reading and end the ssh client."""
+        with contextlib.suppress(ValueError, OSError):
+            self._loop.remove_reader(self._pty.fd)
+        self._pty.close(grace=2.0)
+
+
+async def typing_load(target: Target, sessions: int, settings: Settings) -> list[float]:
+    """Open `sessions` typing sessions at once and return every echo latency in ms."""
+    rng = random.Random(sessions)
+    opened: list[TypingSession] = []
+    gate = asyncio.Semaphore(settings.start_concurrency)
+
+    async def open_one() -> None:
+        async with gate:
+            session = TypingSession(target.ssh_argv(ECHO_COMMAND, tty=True), rng)
+            opened.append(session)
+            async with asyncio.timeout(SESSION_OPEN_TIMEOUT_S):
+                await session.ready
+
+    try:
+        results = await asyncio.gather(
+            *(open_one() for _ in range(sessions)), return_exceptions=True
+        )
+        errors = [result for result in results if isinstance(result, BaseException)]
+        if errors:
+            raise MeasurementError(
+                f"{len(errors)} of {sessions} sessions did not open: {errors[0]!r}"
+            )
+        deadline = asyncio.get_running_loop().time() + settings.step_seconds
+        await asyncio.gather(
+            *(session.type_until(deadline, settings.typing_interval_s) for session in opened)
+        )
+        return [latency for session in opened for latency in session.latencies_ms]
+    finally:
+        await asyncio.gather(
+            *(asyncio.to_thread(session.close) for session in opened), return_exceptions=True
+        )
+
+
+async def max_concurrent_sessions(target: BrokerTarget, settings: Settings) -> Outcome:
+    """The most concurrent typing sessions whose echo p99 stays under 50 ms."""
+    return await session_capacity(target, settings, "max_concurrent_sessions")
+
+
+async def session_capacity(target: Target, settings: Settings, name: str) -> Outcome:
+    """Step through `settings.session_steps` until echo p99 reaches 50 ms."""
+    steps: list[tuple[int, float]] = []
+    detail: dict[str, float] = {}
+    for sessions in settings.session_steps:
+        logger.info("%s: %d typing sessions on %s", name, sessions, target.label)
+        latencies = await typing_load(target, sessions, settings)
+        p99 = percentile(latencies, 99)
+        steps.append((sessions, p99))
+        detail[f"p99_ms_at_{sessions}"] = p99
+        detail[f"p50_ms_at_{sessions}"] = percentile(latencies, 50)
+        if p99 >= ECHO_P99_LIMIT_MS:
+            break
+    # 0 when every step passed: the figure is then a lower bound, not a capacity.
+    detail["limit_reached"] = 1.0 if steps and steps[-1][1] >= ECHO_P99_LIMIT_MS else 0.0
+    capacity = largest_passing_step(steps, ECHO_P99_LIMIT_MS)
+    return Outcome.ok(name, target.key, Figure(metric=name, value=float(capacity), detail=detail))
+
+
+BROKER_SCENARIO_FUNCTIONS: Final[dict[str, BrokerScenario]] = {
+    "max_concurrent_sessions": max_concurrent_sessions,
+    "cpu_per_gb_recorded": cpu_per_gb_recorded,
+}

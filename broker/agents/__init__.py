@@ -1,0 +1,41 @@
+"""Agents: enrollment tokens, enrollment, the SSH-over-WebSocket tunnel, presence, facts,
+revocation, and the signed requests agents send outside their tunnel.
+
+Modules:
+
+- ``tokens``: enrollment tokens (minted hashed, claimed by a conditional UPDATE).
+- ``agent_store``: enrolled agents in the database; :class:`AgentRecord`, lookups by id or
+  name (:func:`find_agent`), presence and facts writes.
+- ``facts_policy``: what facts the broker accepts (pure).
+- ``handshake_limiter``: fair admission of tunnel handshakes (pure).
+- ``registry``: :class:`AgentRegistry`, the live tunnels of this node
+  (implements :class:`broker.ports.AgentTunnels`).
+- ``enroll_endpoint``, ``tunnel_endpoint``, ``ws_stream``: ``/agent/v1/enroll`` and
+  ``/agent/v1/tunnel``.
+- ``signed_requests``: :func:`verify_agent_request` for ``/agent/v1/*`` requests outside the
+  tunnel.
+- ``feature``: ``setup(app)``, and the app keys :data:`AGENT_REGISTRY`, :data:`TUNNEL_SETTINGS`.
+
+Errors are those of :mod:`broker.errors` (InputError, ForbiddenError, ConflictError, ...);
+:class:`~broker.agents.tokens.TokenRefused` (a ForbiddenError) and
+:class:`~broker.agents.facts_policy.FactsRefused` (an InputError) carry the refusal codes.
+"""
+
+from broker.agents.agent_store import AgentRecord, find_agent, get_agent, list_agents
+from broker.agents.feature import AGENT_REGISTRY, TUNNEL_SETTINGS, setup
+from broker.agents.registry import AgentRegistry
+from broker.agents.signed_requests import verify_agent_request
+from broker.agents.tunnel_endpoint import TunnelSettings
+
+__all__ = [
+    "AGENT_REGISTRY",
+    "TUNNEL_SETTINGS",
+    "AgentRecord",
+    "AgentRegistry",
+    "TunnelSettings",
+    "find_agent",
+    "get_agent",
+    "list_agents",
+    "setup",
+    "verify_agent_request",
+]

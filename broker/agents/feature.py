@@ -1,0 +1,121 @@
+"""The agent feature of the broker app: enrollment and tunnel routes, the live registry,
+presence bookkeeping at start, while running, and at shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Final
+
+from aiohttp import web
+
+from agent.protocol import ENROLL_PATH, TUNNEL_PATH
+from broker.agents import agent_store, heap_trim, tls_read_buffer
+from broker.agents.enroll_endpoint import enroll_handler
+from broker.agents.registry import AgentRegistry
+from broker.agents.signed_requests import REPLAY_GUARD, ReplayGuard
+from broker.agents.tunnel_endpoint import (
+    TUNNEL_RUNTIME,
+    TunnelRuntime,
+    TunnelSettings,
+    tunnel_handler,
+)
+from broker.api.routing import SERVICES
+from broker.services import Services
+
+log = logging.getLogger(__name__)
+
+#: The live tunnels of this node; the session hub reads it (broker.ports.AgentTunnels).
+AGENT_REGISTRY: Final = web.AppKey("agent_registry", AgentRegistry)
+#: Optional: set before the app starts to change tunnel timers and limits (tests do).
+TUNNEL_SETTINGS: Final = web.AppKey("agent_tunnel_settings", TunnelSettings)
+
+
+def setup(app: web.Application) -> None:
+    """Add the agent routes, the registry and the presence bookkeeping to ``app``."""
+    # Thousands of idle agent tunnels are TLS connections: see tls_read_buffer.
+    tls_read_buffer.install()
+    quiet_asyncssh()
+    app[AGENT_REGISTRY] = AgentRegistry()
+    app[REPLAY_GUARD] = ReplayGuard()
+    app.router.add_post(ENROLL_PATH, enroll_handler)
+    app.router.add_get(TUNNEL_PATH, tunnel_handler)
+    app.cleanup_ctx.append(_tunnels_ctx)
+    app.on_shutdown.append(_close_tunnels)
+
+
+def quiet_asyncssh() -> None:
+    """asyncssh logs every channel, command and environment at INFO: per agent connection
+    that is a dozen lines (milliseconds of CPU in a reconnect storm), and commands may
+    carry secrets. Unless someone chose a level for it, it logs warnings and errors only."""
+    asyncssh_log = logging.getLogger("asyncssh")
+    if asyncssh_log.level == logging.NOTSET:
+        asyncssh_log.setLevel(logging.WARNING)
+
+
+def _settings(app: web.Application, services: Services) -> TunnelSettings:
+    given = app.get(TUNNEL_SETTINGS)
+    if given is not None:
+        return given
+    return TunnelSettings(handshakes_per_second=services.config.tunnel_handshakes_per_second)
+
+
+async def _tunnels_ctx(app: web.Application) -> AsyncIterator[None]:
+    services = app[SERVICES]
+    runtime = TunnelRuntime(_settings(app, services), app[AGENT_REGISTRY], services)
+    app[TUNNEL_RUNTIME] = runtime
+    async with services.db() as db, db.begin():
+        stale = await agent_store.mark_all_offline(db)
+    if stale:
+        log.info("marked %d agents offline: no tunnel survives a broker restart", stale)
+    runtime.presence.start()
+    toucher = asyncio.get_running_loop().create_task(_housekeeping(services, runtime))
+    try:
+        yield
+    finally:
+        toucher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await toucher
+        await runtime.drain_background()
+        await runtime.presence.stop()
+
+
+async def _housekeeping(services: Services, runtime: TunnelRuntime) -> None:
+    """Every second: trim the heap after handshake bursts; now and then: last_seen."""
+    trim = heap_trim.malloc_trim()
+    policy = heap_trim.TrimPolicy()
+    registry = runtime.registry
+    next_touch = time.monotonic() + runtime.settings.touch_interval
+    while True:
+        await asyncio.sleep(1.0)
+        now = time.monotonic()
+        if trim is not None and policy.due(
+            registry.handshakes_done, registry.handshakes_in_flight, now
+        ):
+            trim()
+        if now >= next_touch:
+            next_touch = now + runtime.settings.touch_interval
+            await _touch_live(services, registry.online_ids())
+
+
+async def _touch_live(services: Services, ids: list[str]) -> None:
+    """Keep last_seen of live agents fresh, in a few statements."""
+    if not ids:
+        return
+    try:
+        async with services.db() as db, db.begin():
+            await agent_store.touch(db, ids, services.clock())
+    except Exception:  # a task boundary: the next round tries again
+        log.exception("could not record when %d live agents were seen", len(ids))
+
+
+async def _close_tunnels(app: web.Application) -> None:
+    """Shutdown: every tunnel closes (GOING_AWAY); presence is written at cleanup."""
+    runtime = app.get(TUNNEL_RUNTIME)
+    if runtime is not None:
+        closed = runtime.registry.close_all("the broker is shutting down")
+        if closed:
+            log.info("closing %d agent tunnels for shutdown", closed)

@@ -1,0 +1,198 @@
+"""Presence and facts of agents, written to the database in batches.
+
+After a broker restart thousands of agents connect within a minute; two small write
+transactions per agent (online, then facts) would queue on the database's write lock
+(SQLite has one, and sleeps while waiting for it). :class:`PresenceWriter` collects the
+changes instead and writes whatever is pending in one transaction, with one
+``executemany`` per kind of change; under load a batch holds hundreds of agents, when
+idle it holds one and leaves at once.
+
+Only the last change per agent matters, so changes are coalesced (:class:`PendingChanges`,
+pure). An offline write is conditional on ``connected_at`` not being newer than the
+tunnel that ended, so it never hides a newer tunnel of the same agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Final, cast
+
+from sqlalchemy import Table, and_, bindparam, or_, update
+
+from broker.db.models_agents import Agent
+from broker.services import Services
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_FAILURE_S: Final = 1.0
+_AGENTS: Final = cast(Table, Agent.__table__)
+
+
+@dataclass(frozen=True, slots=True)
+class Online:
+    connected_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Offline:
+    connected_at: dt.datetime
+    at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class FactsChange:
+    facts: Mapping[str, object]
+    at: dt.datetime
+
+
+@dataclass
+class PendingChanges:
+    """The newest presence and the newest facts of each agent, not yet written (pure)."""
+
+    presence: dict[str, Online | Offline] = field(default_factory=dict)
+    facts: dict[str, FactsChange] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.presence or self.facts)
+
+    def __len__(self) -> int:
+        return len(self.presence) + len(self.facts)
+
+    def merge_older(self, older: PendingChanges) -> None:
+        """Put back a batch that failed, under the changes that came after it."""
+        for agent_id, change in older.presence.items():
+            self.presence.setdefault(agent_id, change)
+        for agent_id, facts in older.facts.items():
+            self.facts.setdefault(agent_id, facts)
+
+    def rows(self, node: str) -> tuple[list[dict[str, object]], ...]:
+        """Parameters for the online, offline and facts statements."""
+        online: list[dict[str, object]] = []
+        offline: list[dict[str, object]] = []
+        for agent_id, change in self.presence.items():
+            if isinstance(change, Online):
+                online.append({"b_id": agent_id, "b_node": node, "b_at": change.connected_at})
+            else:
+                offline.append(
+                    {"b_id": agent_id, "b_connected": change.connected_at, "b_at": change.at}
+                )
+        facts = [
+            {"b_id": agent_id, "b_facts": dict(f.facts), "b_at": f.at}
+            for agent_id, f in self.facts.items()
+        ]
+        return online, offline, facts
+
+
+_ONLINE: Final = (
+    update(_AGENTS)
+    .where(_AGENTS.c.id == bindparam("b_id"), _AGENTS.c.revoked_at.is_(None))
+    .values(
+        online=True,
+        node=bindparam("b_node"),
+        connected_at=bindparam("b_at"),
+        last_seen=bindparam("b_at"),
+    )
+)
+_OFFLINE: Final = (
+    update(_AGENTS)
+    .where(
+        and_(
+            _AGENTS.c.id == bindparam("b_id"),
+            or_(
+                _AGENTS.c.connected_at.is_(None),
+                _AGENTS.c.connected_at <= bindparam("b_connected"),
+            ),
+        )
+    )
+    .values(online=False, node=None, last_seen=bindparam("b_at"))
+)
+_FACTS: Final = (
+    update(_AGENTS)
+    .where(_AGENTS.c.id == bindparam("b_id"))
+    .values(facts=bindparam("b_facts"), facts_at=bindparam("b_at"))
+)
+
+
+class PresenceWriter:
+    """The one writer of presence and facts for this node (a background task)."""
+
+    def __init__(self, services: Services, node: str) -> None:
+        self._services = services
+        self._node = node
+        self._pending = PendingChanges()
+        self._wake = asyncio.Event()
+        self._queued = 0
+        self._written = 0
+        self._progress = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Write what is pending, then end the task."""
+        await self.flush()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    def online(self, agent_id: str, connected_at: dt.datetime) -> None:
+        self._pending.presence[agent_id] = Online(connected_at)
+        self._queue()
+
+    def offline(self, agent_id: str, connected_at: dt.datetime, at: dt.datetime) -> None:
+        self._pending.presence[agent_id] = Offline(connected_at, at)
+        self._queue()
+
+    def facts(self, agent_id: str, facts: Mapping[str, object], at: dt.datetime) -> None:
+        self._pending.facts[agent_id] = FactsChange(facts, at)
+        self._queue()
+
+    def _queue(self) -> None:
+        self._queued += 1
+        self._wake.set()
+
+    async def flush(self) -> None:
+        """Return once every change queued before this call is in the database."""
+        target = self._queued
+        while self._written < target:
+            if self._task is None or self._task.done():
+                return
+            progress = self._progress
+            await progress.wait()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._pending = self._pending, PendingChanges()
+            upto = self._queued
+            try:
+                await self._write(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a task boundary: keep the changes and try again
+                log.exception("could not write the presence of %d agents; retrying", len(batch))
+                self._pending.merge_older(batch)
+                await asyncio.sleep(RETRY_AFTER_FAILURE_S)
+                self._wake.set()
+                continue
+            self._written = upto
+            progress, self._progress = self._progress, asyncio.Event()
+            progress.set()
+
+    async def _write(self, batch: PendingChanges) -> None:
+        if not batch:
+            return
+        online, offline, facts = batch.rows(self._node)
+        async with self._services.db() as db, db.begin():
+            if online:
+                await db.execute(_ONLINE, online)
+            if offline:
+                await db.execute(_OFFLINE, offline)
+            if facts:
+                await db.execute(_FACTS, facts)

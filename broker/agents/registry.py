@@ -1,0 +1,164 @@
+"""Which agents this broker node holds a live SSH connection to.
+
+:class:`AgentRegistry` implements :class:`broker.ports.AgentTunnels`: the session hub asks
+it for an agent's ``asyncssh.SSHClientConnection``. One connection per agent: a new tunnel
+of the same agent replaces the old one, which is closed. Revocation closes the live tunnel
+at once and refuses later attachments of that agent in this process (the database refuses
+them at the next upgrade too).
+
+Waiters (:meth:`wait_for`) are woken on every change, so tests and the session machinery
+wait for an agent to come or go instead of polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Iterator
+
+import asyncssh
+from aiohttp import WSCloseCode
+
+from broker.agents.ws_stream import AiohttpStream
+
+log = logging.getLogger(__name__)
+
+
+class LiveTunnel:
+    """One agent's live SSH connection (kept small: a broker holds thousands)."""
+
+    __slots__ = ("agent_id", "close_reason", "conn", "connected_at", "ready", "stream")
+
+    def __init__(
+        self,
+        agent_id: str,
+        conn: asyncssh.SSHClientConnection,
+        connected_at: dt.datetime,
+        stream: AiohttpStream | None = None,
+    ) -> None:
+        self.agent_id = agent_id
+        self.conn = conn
+        self.connected_at = connected_at
+        self.stream = stream
+        self.close_reason = ""
+        #: True once the connection's start-up (the facts refresh) is done.
+        self.ready = False
+
+    def close(self, reason: str, *, going_away: bool = False) -> None:
+        """Disconnect the SSH connection (the tunnel's WebSocket closes with it)."""
+        if not self.close_reason:
+            self.close_reason = reason
+        if going_away and self.stream is not None:
+            self.stream.close_code = WSCloseCode.GOING_AWAY
+        self.conn.close()
+
+
+class AgentRegistry:
+    """The live tunnels of this node, by agent id."""
+
+    def __init__(self) -> None:
+        self._live: dict[str, LiveTunnel] = {}
+        self._revoked: set[str] = set()
+        self._changed = asyncio.Event()
+        self.handshakes_in_flight = 0
+        self.handshakes_done = 0
+        #: Tunnels refused or broken off after the upgrade, counted once audited.
+        self.refused = 0
+
+    # -- broker.ports.AgentTunnels --------------------------------------------------------
+
+    def connection(self, agent_id: str) -> asyncssh.SSHClientConnection | None:
+        """The agent's live SSH connection, or None when it is not connected here."""
+        tunnel = self._live.get(agent_id)
+        return tunnel.conn if tunnel is not None else None
+
+    # -- bookkeeping ----------------------------------------------------------------------
+
+    def is_online(self, agent_id: str) -> bool:
+        return agent_id in self._live
+
+    def online_ids(self) -> list[str]:
+        return list(self._live)
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def __iter__(self) -> Iterator[LiveTunnel]:
+        return iter(list(self._live.values()))
+
+    def attach(self, tunnel: LiveTunnel) -> bool:
+        """Make ``tunnel`` the agent's connection, closing the one it replaces.
+
+        False (and nothing changed) when the agent was revoked in this process.
+        """
+        if tunnel.agent_id in self._revoked:
+            return False
+        old = self._live.get(tunnel.agent_id)
+        self._live[tunnel.agent_id] = tunnel
+        if old is not None:
+            log.info("agent %s reconnected: the older tunnel is closed", tunnel.agent_id)
+            old.close("replaced by a newer tunnel of the same agent")
+        self._notify()
+        return True
+
+    def detach(self, tunnel: LiveTunnel) -> bool:
+        """Forget ``tunnel``; False when a newer tunnel of the agent replaced it already."""
+        if self._live.get(tunnel.agent_id) is not tunnel:
+            return False
+        del self._live[tunnel.agent_id]
+        self._notify()
+        return True
+
+    def mark_ready(self, tunnel: LiveTunnel) -> None:
+        """The tunnel's start-up is done (waiters of :meth:`wait_ready` go on)."""
+        tunnel.ready = True
+        self._notify()
+
+    def revoke(self, agent_id: str) -> bool:
+        """Close the agent's live tunnel and refuse new ones; True if one was open."""
+        self._revoked.add(agent_id)
+        tunnel = self._live.get(agent_id)
+        if tunnel is None:
+            return False
+        tunnel.close("the agent was revoked")
+        return True
+
+    def note_refused(self) -> None:
+        """A tunnel was refused after its upgrade and the refusal is in the audit log."""
+        self.refused += 1
+        self._notify()
+
+    def is_revoked(self, agent_id: str) -> bool:
+        return agent_id in self._revoked
+
+    def close_all(self, reason: str) -> int:
+        """Close every live tunnel (broker shutdown); returns how many."""
+        tunnels = list(self._live.values())
+        for tunnel in tunnels:
+            tunnel.close(reason, going_away=True)
+        return len(tunnels)
+
+    # -- waiting for changes --------------------------------------------------------------
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def wait_for(self, agent_id: str, *, online: bool) -> None:
+        """Return once the agent is (``online=True``) or is not connected here."""
+        while self.is_online(agent_id) != online:
+            await self._changed.wait()
+
+    async def wait_refused(self, count: int) -> None:
+        """Return once ``count`` tunnels were refused after their upgrade, in total."""
+        while self.refused < count:
+            await self._changed.wait()
+
+    async def wait_ready(self, agent_id: str) -> asyncssh.SSHClientConnection:
+        """Return the agent's connection once it is up and its facts were refreshed."""
+        while True:
+            tunnel = self._live.get(agent_id)
+            if tunnel is not None and tunnel.ready:
+                return tunnel.conn
+            await self._changed.wait()

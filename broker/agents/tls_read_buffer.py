@@ -1,0 +1,74 @@
+"""One TLS read buffer per thread instead of one per connection.
+
+asyncio's TLS layer (``asyncio.sslproto.SSLProtocol``, Python 3.11+) gives every connection
+its own 256 KiB ``bytearray`` to receive encrypted bytes into. An idle agent holds a TLS
+connection for days, so that buffer alone would be five times the broker's budget per
+idle agent (PERFORMANCE.md: ≤ 50 KB). The buffer is only ever used between the event
+loop's ``get_buffer()`` and ``buffer_updated()`` calls, which run back to back without
+yielding (``recv_into`` then an immediate copy into the TLS object's memory BIO), so one
+buffer per thread serves every connection of that thread's event loop, and reads stay
+256 KiB large for throughput.
+
+:func:`install` swaps in :class:`SharedBufferSSLProtocol` for every TLS connection of the
+process (servers and clients alike) and is idempotent. It does nothing, and says so, on
+an asyncio whose TLS layer is not the one this was written against.
+"""
+
+from __future__ import annotations
+
+import asyncio.sslproto as sslproto
+import logging
+import threading
+from typing import Final
+
+log = logging.getLogger(__name__)
+
+#: Socket reads land here: as large as asyncio's own per-connection buffer.
+SHARED_READ_BYTES: Final = 256 * 1024
+#: Decrypted bytes are read in chunks of this size; a TLS record holds at most 16 KiB.
+#: (The base class also allocates this much per connection, and we drop it at once.)
+PLAINTEXT_CHUNK: Final = 16 * 1024 + 256
+
+_local = threading.local()
+
+
+def _shared_view() -> memoryview:
+    view: memoryview | None = getattr(_local, "view", None)
+    if view is None:
+        view = memoryview(bytearray(SHARED_READ_BYTES))
+        _local.view = view
+    return view
+
+
+class SharedBufferSSLProtocol(sslproto.SSLProtocol):
+    """asyncio's SSLProtocol, receiving into the thread's shared buffer."""
+
+    max_size = PLAINTEXT_CHUNK
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        view = _shared_view()
+        self._ssl_buffer = view.obj
+        self._ssl_buffer_view = view
+
+    def get_buffer(self, n: int) -> memoryview:
+        # buffer_updated() copies out of _ssl_buffer_view before the loop runs anything else.
+        view = _shared_view()
+        self._ssl_buffer_view = view
+        return view
+
+
+def _compatible() -> bool:
+    base = sslproto.SSLProtocol
+    return all(hasattr(base, name) for name in ("get_buffer", "buffer_updated", "max_size"))
+
+
+def install() -> bool:
+    """Make every new TLS connection of this process use the shared buffer."""
+    if sslproto.SSLProtocol is SharedBufferSSLProtocol:
+        return True
+    if not _compatible() or sslproto.SSLProtocol is not SharedBufferSSLProtocol.__base__:
+        log.warning("asyncio's TLS layer is not the expected one; keeping its own buffers")
+        return False
+    sslproto.SSLProtocol = SharedBufferSSLProtocol  # type: ignore[misc]
+    return True

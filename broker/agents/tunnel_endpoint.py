@@ -1,0 +1,411 @@
+"""``GET /agent/v1/tunnel``: an agent's WebSocket becomes the broker's SSH connection to it.
+
+Order of checks, cheapest first, so a flood costs the broker as little as possible:
+
+1. the ``X-Secondline-Agent`` header names an agent id (strict syntax), and the request is a
+   WebSocket upgrade (else 400);
+2. the agent is enrolled and not revoked (else 403, audited);
+3. the handshake limiter admits it (else 503 with ``Retry-After``: the agent's place in line);
+4. the upgrade; then an asyncssh client over :class:`agent.tunnel.WebSocketTunnel` that
+   trusts only the host key this agent enrolled with. Whoever claims another agent's id
+   fails here (audited), and nothing else is touched. A peer that stalls meets the
+   handshake timeout; garbage and oversized messages end the tunnel (audited);
+5. the registry makes it the agent's one connection (an older one is closed), the agent
+   is marked online, and its facts are refreshed with ``sl:facts``.
+
+The handler then waits for the SSH connection to close (keepalives every 15 s, two missed
+ones close it: a silent agent is offline within 45 s) and marks the agent offline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import socket
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Final
+
+import asyncssh
+from aiohttp import WSCloseCode, web
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
+
+from agent.protocol import (
+    AGENT_ID_HEADER,
+    AGENT_ID_RE,
+    BROKER_SSH_USERNAME,
+    FACTS_COMMAND,
+    KEEPALIVE_COUNT_MAX,
+    KEEPALIVE_INTERVAL,
+    MAX_TUNNEL_MESSAGE,
+)
+from agent.tunnel import WebSocketTunnel
+from broker.agents import agent_store
+from broker.agents.facts_policy import FACTS_OUTPUT_MAX, FactsRefused, parse_facts_output
+from broker.agents.handshake_limiter import HandshakeLimiter
+from broker.agents.presence import PresenceWriter
+from broker.agents.registry import AgentRegistry, LiveTunnel
+from broker.agents.ws_stream import AiohttpStream
+from broker.api.errors import error_response
+from broker.api.routing import SERVICES
+from broker.errors import ForbiddenError, InputError
+from broker.services import Services
+
+log = logging.getLogger(__name__)
+
+#: aiohttp refuses (1009) any message above this; the adapter never sends more than
+#: MAX_TUNNEL_MESSAGE, and the small margin covers nothing but rounding.
+MAX_WS_MESSAGE: Final = MAX_TUNNEL_MESSAGE + 1024
+#: How long closing a tunnel waits for the agent's close frame (a live agent answers at once).
+CLOSE_REPLY_S: Final = 2.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class TunnelSettings:
+    """Timing and limits of agent tunnels (tests shorten the timers)."""
+
+    handshakes_per_second: int = 200
+    handshake_burst: int = 0  # 0: one second's worth
+    max_handshakes_in_flight: int = 256
+    handshake_timeout: float = 20.0
+    keepalive_interval: float = KEEPALIVE_INTERVAL
+    keepalive_count_max: int = KEEPALIVE_COUNT_MAX
+    facts_timeout: float = 10.0
+    touch_interval: float = 60.0
+    node: str = ""
+
+    def limiter(self) -> HandshakeLimiter:
+        rate = self.handshakes_per_second
+        burst = self.handshake_burst or max(1, rate)
+        return HandshakeLimiter(
+            rate=float(rate), burst=burst, max_in_flight=self.max_handshakes_in_flight
+        )
+
+
+def node_name() -> str:
+    """This broker node's name in the presence columns."""
+    return "".join(c for c in socket.gethostname() if c.isascii() and c.isprintable())[:64]
+
+
+class TunnelRuntime:
+    """What the tunnel endpoint keeps between requests: settings, limiter, SSH options."""
+
+    def __init__(
+        self, settings: TunnelSettings, registry: AgentRegistry, services: Services
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.limiter = settings.limiter()
+        self.node = settings.node or node_name()
+        self.presence = PresenceWriter(services, self.node)
+        self._background: set[asyncio.Task[None]] = set()
+        # Built once: every tunnel differs only in the one host key it trusts.
+        self.base_options = asyncssh.SSHClientConnectionOptions(
+            username=BROKER_SSH_USERNAME,
+            client_keys=[services.keys.agent_client_key],
+            agent_path=None,
+            config=None,
+            known_hosts=None,
+            x509_trusted_certs=None,
+            gss_host=None,
+            password_auth=False,
+            kbdint_auth=False,
+            host_based_auth=False,
+            server_host_key_algs=["ssh-ed25519"],
+            # Short, explicit algorithm lists: asyncssh formats them for its debug log on
+            # every handshake (whatever the log level) and keeps both KEXINITs. ML-KEM
+            # hybrid key exchange first. AES-GCM before ChaCha20: one cipher object per
+            # direction, where asyncssh's ChaCha20 builds new ones for every packet (a
+            # third of a handshake's CPU, and of a session's). Strict key exchange (on by
+            # default) guards the negotiation against Terrapin.
+            kex_algs=["mlkem768x25519-sha256", "curve25519-sha256"],
+            encryption_algs=[
+                "aes128-gcm@openssh.com",
+                "aes256-gcm@openssh.com",
+                "chacha20-poly1305@openssh.com",
+            ],
+            mac_algs=["hmac-sha2-256-etm@openssh.com"],
+            compression_algs=None,
+            signature_algs=["ssh-ed25519"],
+            keepalive_interval=settings.keepalive_interval,
+            keepalive_count_max=settings.keepalive_count_max,
+            login_timeout=settings.handshake_timeout,
+        )
+
+    def in_background(self, work: Coroutine[object, object, None]) -> None:
+        """Run ``work`` to its end even if the request that started it is cancelled."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain_background(self) -> None:
+        """Wait for background work (at shutdown)."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
+
+async def audit_refusal(
+    services: Services, agent_id: str, source: str, reason: str, **details: object
+) -> None:
+    await services.audit.record(
+        actor=f"agent:{agent_id}" if agent_id else "anonymous",
+        action="agent.tunnel",
+        target=agent_id,
+        outcome="denied",
+        source=source,
+        details={"reason": reason, **details},
+    )
+
+
+def _agent_id(request: web.Request) -> str | None:
+    raw = request.headers.get(AGENT_ID_HEADER, "")
+    return raw if AGENT_ID_RE.fullmatch(raw) else None
+
+
+class TunnelIdentity:
+    """What a live tunnel keeps of its agent's record (thousands are held at once)."""
+
+    __slots__ = ("agent_id", "name", "public_key")
+
+    def __init__(self, agent_id: str, name: str, public_key: str) -> None:
+        self.agent_id = agent_id
+        self.name = name
+        self.public_key = public_key
+
+
+def _busy(seconds: int) -> web.Response:
+    response = error_response(
+        503, "busy", f"the broker is admitting many agents; your turn comes in {seconds} s"
+    )
+    response.headers["Retry-After"] = str(seconds)
+    return response
+
+
+async def _identity(
+    services: Services, runtime: TunnelRuntime, agent_id: str, source: str
+) -> TunnelIdentity | None:
+    """The enrolled, non-revoked agent of this id (None: the database is too busy)."""
+    try:
+        async with services.db() as db:
+            record = await agent_store.get_agent(db, agent_id)
+    except SQLAlchemyTimeoutError:
+        return None
+    if record is None or record.revoked or runtime.registry.is_revoked(agent_id):
+        why = "unknown agent" if record is None else "revoked agent"
+        await audit_refusal(services, agent_id, source, why)
+        raise ForbiddenError(
+            "this agent is not enrolled here or was revoked; enroll it again with a new token",
+            code="agent_refused",
+        )
+    return TunnelIdentity(record.id, record.name, record.public_key)
+
+
+async def tunnel_handler(request: web.Request) -> web.StreamResponse:
+    """Accept an agent's tunnel (see the module docstring for the order of checks)."""
+    services = request.app[SERVICES]
+    runtime = request.app[TUNNEL_RUNTIME]
+    source = request.remote or ""
+    agent_id = _agent_id(request)
+    if agent_id is None:
+        await audit_refusal(services, "", source, "missing or malformed agent id header")
+        raise InputError(
+            f"send the agent id in the {AGENT_ID_HEADER} header (ag- and 16 letters or digits)",
+            code="agent_id_invalid",
+        )
+    ws = web.WebSocketResponse(
+        max_msg_size=MAX_WS_MESSAGE,
+        compress=False,
+        autoping=True,
+        heartbeat=None,
+        timeout=CLOSE_REPLY_S,
+    )
+    if not ws.can_prepare(request).ok:
+        raise InputError("this endpoint takes a WebSocket upgrade", code="not_websocket")
+    identity = await _identity(services, runtime, agent_id, source)
+    if identity is None:
+        return _busy(1)
+    wait = runtime.limiter.admit(agent_id, time.monotonic(), runtime.registry.handshakes_in_flight)
+    if wait > 0:
+        return _busy(max(1, math.ceil(wait)))
+    await ws.prepare(request)
+    stream = AiohttpStream(ws)
+    conn = await _handshake(services, runtime, identity, stream, source)
+    if conn is not None:
+        await _serve(services, runtime, identity, conn, stream, source)
+    await stream.finish()
+    return ws
+
+
+async def _handshake(
+    services: Services,
+    runtime: TunnelRuntime,
+    agent: TunnelIdentity,
+    stream: AiohttpStream,
+    source: str,
+) -> asyncssh.SSHClientConnection | None:
+    """The SSH handshake over the accepted WebSocket; None (audited) when it fails."""
+    registry = runtime.registry
+    try:
+        host_key = asyncssh.import_public_key(agent.public_key)
+    except (asyncssh.KeyImportError, ValueError):
+        await audit_refusal(services, agent.agent_id, source, "the enrolled key cannot be read")
+        return None
+    registry.handshakes_in_flight += 1
+    reason = ""
+    try:
+        async with asyncio.timeout(runtime.settings.handshake_timeout):
+            return await asyncssh.connect(
+                agent.agent_id,
+                tunnel=WebSocketTunnel(stream),
+                options=runtime.base_options,
+                known_hosts=([host_key], [], []),
+                client_factory=TunnelClient,
+            )
+    except asyncio.CancelledError:
+        # The request was cancelled (the peer vanished, or shutdown): the refusal is
+        # still recorded, by a task of its own.
+        why = stream.problem or "the connection ended during the SSH handshake"
+        runtime.in_background(_refused(services, runtime, agent.agent_id, source, why))
+        raise
+    except asyncssh.HostKeyNotVerifiable:
+        reason = "the SSH host key is not the one this agent enrolled with"
+    except TimeoutError:
+        reason = "the SSH handshake did not finish in time"
+    except asyncssh.PermissionDenied:
+        reason = "the agent refused the broker's key"
+    except Exception as exc:  # a connection boundary: whatever the peer did, refuse it
+        reason = f"the SSH handshake failed ({type(exc).__name__})"
+    finally:
+        registry.handshakes_in_flight -= 1
+        registry.handshakes_done += 1
+    await _refused(services, runtime, agent.agent_id, source, stream.problem or reason)
+    if stream.close_code == WSCloseCode.OK:
+        stream.close_code = WSCloseCode.POLICY_VIOLATION
+    return None
+
+
+async def _refused(
+    services: Services, runtime: TunnelRuntime, agent_id: str, source: str, reason: str
+) -> None:
+    """Log and audit a tunnel refused after its upgrade, then count it."""
+    log.warning("tunnel of agent %s from %s refused: %s", agent_id, source, reason)
+    await audit_refusal(services, agent_id, source, reason)
+    runtime.registry.note_refused()
+
+
+async def _serve(
+    services: Services,
+    runtime: TunnelRuntime,
+    agent: TunnelIdentity,
+    conn: asyncssh.SSHClientConnection,
+    stream: AiohttpStream,
+    source: str,
+) -> None:
+    """Hold the agent's connection until it closes; presence and facts around it."""
+    registry = runtime.registry
+    tunnel = LiveTunnel(agent.agent_id, conn, services.clock(), stream)
+    if not registry.attach(tunnel):
+        conn.close()
+        await _refused(services, runtime, agent.agent_id, source, "revoked agent")
+        return
+    runtime.presence.online(agent.agent_id, tunnel.connected_at)
+    try:
+        log.info("agent %s (%s) online from %s", agent.agent_id, agent.name, source)
+        await refresh_facts(services, runtime, agent.agent_id, conn, source)
+        registry.mark_ready(tunnel)
+        await conn.wait_closed()
+    finally:
+        if registry.detach(tunnel):
+            runtime.presence.offline(agent.agent_id, tunnel.connected_at, services.clock())
+        client = conn.get_owner()
+        lost = client.lost if isinstance(client, TunnelClient) else None
+        why = tunnel.close_reason or (str(lost) if lost else "the agent closed the tunnel")
+        log.info("agent %s offline: %s", agent.agent_id, why)
+    problem = stream.problem
+    if not problem and isinstance(lost, asyncssh.ProtocolError | asyncssh.MACError):
+        problem = f"the agent broke the SSH protocol ({lost})"
+    if problem:
+        await _refused(services, runtime, agent.agent_id, source, problem)
+
+
+class TunnelClient(asyncssh.SSHClient):
+    """Remembers why the connection ended, for the log and the audit record."""
+
+    lost: Exception | None = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = exc
+
+
+class _FactsSession(asyncssh.SSHClientSession[bytes]):
+    """Collects the stdout of ``sl:facts``, refusing more than the cap."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.too_large = False
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._chan: asyncssh.SSHClientChannel[bytes] | None = None
+
+    def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
+        self._chan = chan
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if datatype is not None or self.too_large:
+            return
+        if len(self.data) + len(data) > FACTS_OUTPUT_MAX:
+            self.too_large = True
+            if self._chan is not None:
+                self._chan.close()
+            return
+        self.data += data
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+async def refresh_facts(
+    services: Services,
+    runtime: TunnelRuntime,
+    agent_id: str,
+    conn: asyncssh.SSHClientConnection,
+    source: str,
+) -> None:
+    """Ask the agent for its facts; store them when they pass the facts policy."""
+    session = _FactsSession()
+    try:
+        async with asyncio.timeout(runtime.settings.facts_timeout):
+            chan, _ = await conn.create_session(lambda: session, FACTS_COMMAND, encoding=None)
+            await session.done
+    except (asyncssh.Error, OSError, TimeoutError) as exc:
+        log.warning("agent %s gave no facts: %s", agent_id, type(exc).__name__)
+        return
+    status = chan.get_exit_status()
+    try:
+        if session.too_large:
+            raise FactsRefused(
+                f"the agent's facts were refused: they are larger than {FACTS_OUTPUT_MAX} bytes",
+                code="facts_too_large",
+                status=413,
+            )
+        if status != 0:
+            log.warning("agent %s: sl:facts exited %s", agent_id, status)
+            return
+        facts = parse_facts_output(bytes(session.data))
+    except FactsRefused as exc:
+        log.warning("agent %s: facts refused: %s", agent_id, exc.message)
+        await services.audit.record(
+            actor=f"agent:{agent_id}",
+            action="agent.facts",
+            target=agent_id,
+            outcome="denied",
+            source=source,
+            details={"reason": exc.code, "message": exc.message[:200]},
+        )
+        return
+    runtime.presence.facts(agent_id, facts, services.clock())
+
+
+TUNNEL_RUNTIME: Final = web.AppKey("agent_tunnel_runtime", TunnelRuntime)

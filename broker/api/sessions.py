@@ -1,0 +1,372 @@
+"""``/api/v1/sessions`` and ``/api/v1/transcripts``: remote sessions over REST.
+
+Every read checks the caller's rights on the session's ticket (``broker.sessions.reads``):
+a session id grants nothing by itself, and a session the caller may not read is answered
+like one that does not exist (404). Kills are for admins and the session's owner. The
+transcript comes as JSON here (content, seal and chain file, what offline verification
+needs); raw downloads for the console are under ``/files/sessions/{id}/...``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import time
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from broker.api.routing import ApiContext, ApiRouter, QueryParam
+from broker.db.models_sessions import RemoteSession
+from broker.errors import ForbiddenError, InputError
+from broker.keys import public_pem
+from broker.rules import InvalidName, parse_agent_ref, parse_ticket_ref
+from broker.sessions import store
+from broker.sessions.errors import SessionConflict, SessionNotFound
+from broker.sessions.reads import readable_session, transcript, transcript_format
+from broker.sessions.runtime import SESSIONS
+from broker.transcript import TranscriptNotFound, public_key_fingerprint
+
+router = ApiRouter(tag="sessions")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SessionOut(BaseModel):
+    id: str
+    ticket: str
+    agent_id: str
+    agent_name: str
+    owner: str
+    kind: str
+    command: str | None
+    via: str
+    state: str
+    live_here: bool
+    consent: str | None
+    consent_by: str | None
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    ended_at: dt.datetime | None
+    end_reason: str | None
+    ended_by: str | None
+    exit_status: int | None
+    exit_signal: str | None
+    transcript_digest: str | None
+    transcript_complete: bool | None
+
+
+class ParticipantOut(BaseModel):
+    name: str
+    role: str
+    via: str
+    joined_at: dt.datetime
+    left_at: dt.datetime | None
+    left_reason: str | None
+
+
+class CommandOut(BaseModel):
+    command: str
+    start: float | None
+    duration: float | None
+    exit_status: int | None
+
+
+class SessionDetailOut(SessionOut):
+    participants: list[ParticipantOut]
+    commands: list[CommandOut]
+    live_participants: list[dict[str, str]]
+
+
+class TerminalTicketIn(Strict):
+    ticket_id: str = Field(max_length=12)
+    agent: str | None = Field(default=None, max_length=63)
+    mode: Literal["open", "join", "observe"]
+    session: str | None = Field(default=None, max_length=24)
+    cols: int = Field(default=80, ge=1, le=1000)
+    rows: int = Field(default=24, ge=1, le=1000)
+
+
+class TerminalTicketOut(BaseModel):
+    ticket: str
+    expires_at: dt.datetime
+
+
+class TranscriptOut(BaseModel):
+    session: str
+    format: str
+    name: str
+    content: str
+    seal: dict[str, object] | None
+    chain: str | None
+
+
+class PublicKeyOut(BaseModel):
+    pem: str
+    fingerprint: str
+
+
+def _out(row: RemoteSession, ctx: ApiContext) -> SessionOut:
+    runtime = ctx.request.app.get(SESSIONS)
+    return SessionOut(
+        id=row.id,
+        ticket=f"T-{row.ticket_id}",
+        agent_id=row.agent_id,
+        agent_name=row.agent_name,
+        owner=row.owner,
+        kind=row.kind,
+        command=row.command,
+        via=row.via,
+        state=row.state,
+        live_here=runtime is not None and row.id in runtime.manager.live,
+        consent=row.consent,
+        consent_by=row.consent_by,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        ended_at=row.ended_at,
+        end_reason=row.end_reason,
+        ended_by=row.ended_by,
+        exit_status=row.exit_status,
+        exit_signal=row.exit_signal,
+        transcript_digest=row.transcript_digest,
+        transcript_complete=row.transcript_complete,
+    )
+
+
+@router.route(
+    "GET",
+    "/sessions",
+    summary="List sessions of tickets you may read, newest first",
+    response=SessionOut,
+    many=True,
+    query=(
+        QueryParam("live", "integer", "1: only sessions that have not ended"),
+        QueryParam("ticket", "string", "only the sessions of this ticket (T-1042)"),
+        QueryParam("limit", "integer", "at most this many (1-500, default 100)"),
+    ),
+)
+async def list_sessions(ctx: ApiContext) -> list[SessionOut]:
+    live = ctx.query_int("live", low=0, high=1) == 1
+    limit = ctx.query_int("limit", low=1, high=500) or 100
+    ticket_ref = ctx.query("ticket")
+    ticket_id: int | None = None
+    if ticket_ref is not None:
+        try:
+            ticket_id = parse_ticket_ref(ticket_ref)
+        except InvalidName as exc:
+            raise InputError(exc.message, code="invalid_name") from None
+    async with ctx.services.db() as db:
+        rows = await store.list_sessions(
+            db, live=live, ticket_id=ticket_id, customers=ctx.principal.customers, limit=limit
+        )
+    return [_out(row, ctx) for row in rows]
+
+
+@router.route(
+    "GET",
+    "/sessions/{id}",
+    summary="Show a session: participants, commands, transcript digest",
+    response=SessionDetailOut,
+)
+async def show_session(ctx: ApiContext) -> SessionDetailOut:
+    row = await readable_session(
+        ctx.request.app,
+        ctx.services,
+        ctx.principal,
+        ctx.path("id"),
+        action="session.read",
+        source=ctx.source,
+    )
+    async with ctx.services.db() as db:
+        people = await store.participants(db, row.id)
+    runtime = ctx.request.app.get(SESSIONS)
+    live = runtime.manager.get(row.id) if runtime is not None else None
+    base = _out(row, ctx).model_dump()
+    return SessionDetailOut(
+        **base,
+        participants=[
+            ParticipantOut(
+                name=p.name,
+                role=p.role,
+                via=p.via,
+                joined_at=p.joined_at,
+                left_at=p.left_at,
+                left_reason=p.left_reason,
+            )
+            for p in people
+        ],
+        commands=[
+            CommandOut(
+                command=str(c.get("command", "")),
+                start=_number(c.get("start")),
+                duration=_number(c.get("duration")),
+                exit_status=_integer(c.get("exit_status")),
+            )
+            for c in (row.commands or [])
+        ],
+        live_participants=(
+            [{"name": m.name, "role": m.role} for m in live.core.members] if live else []
+        ),
+    )
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _integer(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+@router.route(
+    "POST",
+    "/sessions/{id}/kill",
+    summary="End a live session now (its transcript is still sealed); admins and the owner",
+    scope=None,
+    response=SessionOut,
+)
+async def kill_session(ctx: ApiContext) -> SessionOut:
+    principal = ctx.principal
+    row = await readable_session(
+        ctx.request.app,
+        ctx.services,
+        principal,
+        ctx.path("id"),
+        action="session.kill",
+        source=ctx.source,
+    )
+    is_admin = principal.role == "admin" and "admin" in principal.scopes
+    is_owner = principal.name == row.owner and "session" in principal.scopes
+    if not (is_admin or is_owner):
+        await ctx.services.audit.record(
+            actor=principal.name,
+            action="session.kill",
+            target=row.id,
+            outcome="denied",
+            source=ctx.source,
+            details={"reason": "not_owner_or_admin"},
+        )
+        raise ForbiddenError(
+            f"only an admin or the session's owner ({row.owner}) may end session {row.id}",
+            code="kill_refused",
+        )
+    runtime = ctx.request.app.get(SESSIONS)
+    if row.state not in store.LIVE_STATES:
+        raise SessionConflict(f"session {row.id} has ended already ({row.state})")
+    if runtime is None or not await runtime.manager.kill(row.id, principal.name, source=ctx.source):
+        raise SessionConflict(
+            f"session {row.id} is not running on this broker node; try again in a moment"
+        )
+    async with ctx.services.db() as db:
+        fresh = await store.get_session(db, row.id)
+    return _out(fresh or row, ctx)
+
+
+@router.route(
+    "POST",
+    "/sessions/terminal-tickets",
+    summary="Mint a one-time ticket (60 s) for the console terminal WebSocket",
+    scope="session",
+    body=TerminalTicketIn,
+    response=TerminalTicketOut,
+    status=201,
+)
+async def terminal_ticket(ctx: ApiContext) -> TerminalTicketOut:
+    body = ctx.payload(TerminalTicketIn)
+    try:
+        ticket_id = parse_ticket_ref(body.ticket_id)
+        agent = parse_agent_ref(body.agent) if body.agent is not None else None
+    except InvalidName as exc:
+        raise InputError(exc.message, code="invalid_name", status=422) from None
+    if body.mode == "open" and body.session is not None:
+        raise InputError("mode open starts a new session: leave session out", status=422)
+    if body.mode != "open":
+        if body.session is None:
+            raise InputError(f"mode {body.mode} needs the session to attach to", status=422)
+        # The session must belong to that ticket and be readable; the rules judge at attach.
+        row = await readable_session(
+            ctx.request.app,
+            ctx.services,
+            ctx.principal,
+            body.session,
+            action="session.terminal_ticket",
+            source=ctx.source,
+        )
+        if row.ticket_id != ticket_id:
+            raise SessionNotFound(f"ticket T-{ticket_id} has no session {body.session}")
+    runtime = ctx.request.app[SESSIONS]
+    token = "tt_" + secrets.token_urlsafe(32)
+    try:
+        grant = runtime.terminal_tickets.mint(
+            token,
+            user_id=ctx.principal.user_id,
+            staff=ctx.principal.name,
+            mode=body.mode,
+            ticket_id=ticket_id,
+            agent=agent,
+            session=body.session,
+            cols=body.cols,
+            rows=body.rows,
+            now=time.time(),
+        )
+    except OverflowError as exc:
+        raise InputError(str(exc), code="too_many_tickets", status=429) from None
+    return TerminalTicketOut(
+        ticket=token, expires_at=dt.datetime.fromtimestamp(grant.expires_at, dt.UTC)
+    )
+
+
+@router.route(
+    "GET",
+    "/sessions/{id}/transcript",
+    summary="A session's transcript (cast, txt or json bundle) with its seal and chain",
+    response=TranscriptOut,
+    query=(QueryParam("format", "string", "cast (default), txt or json"),),
+)
+async def get_transcript(ctx: ApiContext) -> TranscriptOut:
+    fmt = transcript_format(ctx.query("format") or "cast")
+    row = await readable_session(
+        ctx.request.app,
+        ctx.services,
+        ctx.principal,
+        ctx.path("id"),
+        action="transcript.read",
+        source=ctx.source,
+    )
+    try:
+        files = await transcript(ctx.services, row.id, fmt)
+    except TranscriptNotFound as exc:
+        raise SessionNotFound(exc.message) from None
+    await ctx.services.audit.record(
+        actor=ctx.principal.name,
+        action="transcript.read",
+        target=row.id,
+        source=ctx.source,
+        details={"format": fmt},
+    )
+    return TranscriptOut(
+        session=row.id,
+        format=fmt,
+        name=files.name,
+        content=files.content.decode("utf-8", "replace"),
+        seal=files.seal,
+        chain=files.chain,
+    )
+
+
+@router.route(
+    "GET",
+    "/transcripts/public-key",
+    summary="The public key transcripts are signed with (PEM), for offline verification",
+    scope=None,
+    public=True,
+    response=PublicKeyOut,
+)
+async def transcript_public_key(ctx: ApiContext) -> PublicKeyOut:
+    key = ctx.services.keys.transcript_key
+    return PublicKeyOut(
+        pem=public_pem(key).decode("ascii"),
+        fingerprint=public_key_fingerprint(key.public_key()),
+    )

@@ -1,0 +1,275 @@
+"""Commands for remote sessions and their transcripts:
+
+secondline session list [--live] [--ticket T] [--json] | show ID [--json] | kill ID [--json]
+secondline transcript export SESSION [--format cast|txt|json] [-o FILE]
+secondline transcript verify SESSION|FILE [--public-key PEM] [--json]
+
+``export`` writes what offline verification needs: for ``cast``, the seal and the chain file
+beside the copy (``FILE.seal.json``, ``FILE.chain``); ``json`` is a bundle that holds
+everything. ``verify`` checks a file, or a session (its files on the broker host with
+``--data-dir``, else its bundle from the API), against the broker's public key: from
+``--public-key``, the data dir, or the API. Exit status: 0 valid (also when cut short, which
+it says), 1 invalid (naming the first bad event), 2 incomplete (no seal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from urllib.parse import quote
+
+from broker.cli.client import CliError
+from broker.cli.runtime import Runtime, add_json
+from broker.config import load_config
+from broker.errors import BrokerError
+from broker.rules import InvalidName, parse_session_id, parse_ticket_ref
+
+LIST_COLUMNS = ["id", "ticket", "agent_name", "owner", "via", "state", "started_at", "ended_at"]
+SHOW_FIELDS = [
+    "id",
+    "ticket",
+    "agent_name",
+    "agent_id",
+    "owner",
+    "kind",
+    "command",
+    "via",
+    "state",
+    "consent",
+    "consent_by",
+    "created_at",
+    "started_at",
+    "ended_at",
+    "end_reason",
+    "ended_by",
+    "exit_status",
+    "exit_signal",
+    "transcript_digest",
+    "transcript_complete",
+]
+EXIT_INVALID = 1
+EXIT_INCOMPLETE = 2
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    session = sub.add_parser("session", help="remote sessions").add_subparsers(
+        dest="sub", required=True
+    )
+    p = session.add_parser("list", help="list sessions, newest first")
+    p.add_argument("--live", action="store_true", help="only sessions that have not ended")
+    p.add_argument("--ticket", default=None, help="only the sessions of this ticket")
+    add_json(p)
+    p.set_defaults(handler=session_list)
+    p = session.add_parser("show", help="show a session: participants, commands, digest")
+    p.add_argument("id")
+    add_json(p)
+    p.set_defaults(handler=session_show)
+    p = session.add_parser("kill", help="end a live session now (its transcript is sealed)")
+    p.add_argument("id")
+    add_json(p)
+    p.set_defaults(handler=session_kill)
+
+    transcript = sub.add_parser("transcript", help="session transcripts").add_subparsers(
+        dest="sub", required=True
+    )
+    p = transcript.add_parser("export", help="save a transcript, with what verifies it")
+    p.add_argument("session")
+    p.add_argument("--format", choices=["cast", "txt", "json"], default="cast")
+    p.add_argument("-o", "--output", default=None, metavar="FILE")
+    p.set_defaults(handler=transcript_export)
+    p = transcript.add_parser("verify", help="check a transcript's seal and chain offline")
+    p.add_argument("target", metavar="SESSION|FILE")
+    p.add_argument("--public-key", default=None, metavar="PEM", help="the broker's key")
+    add_json(p)
+    p.set_defaults(handler=transcript_verify)
+
+
+def _session_id(text: str) -> str:
+    try:
+        return parse_session_id(text)
+    except InvalidName as exc:
+        raise CliError(exc.message) from None
+
+
+def session_list(rt: Runtime) -> int:
+    query = []
+    if rt.args.live:
+        query.append("live=1")
+    if rt.args.ticket:
+        try:
+            query.append(f"ticket=T-{parse_ticket_ref(rt.args.ticket)}")
+        except InvalidName as exc:
+            raise CliError(exc.message) from None
+    path = "/sessions" + ("?" + "&".join(query) if query else "")
+    rt.show_list(rt.api.request("GET", path), LIST_COLUMNS)
+    return 0
+
+
+def session_show(rt: Runtime) -> int:
+    data = rt.api.request("GET", f"/sessions/{quote(_session_id(rt.args.id))}")
+    if rt.json:
+        rt.show_one(data)
+        return 0
+    if not isinstance(data, dict):
+        raise CliError("the broker sent an unexpected answer")
+    rt.show_one(data, SHOW_FIELDS)
+    print("participants:")
+    for p in data.get("participants") or []:
+        left = p.get("left_at") or "-"
+        print(f"  {p.get('name')} ({p.get('role')}, {p.get('via')}) {p.get('joined_at')} - {left}")
+    print("commands:")
+    for c in data.get("commands") or []:
+        status = "?" if c.get("exit_status") is None else c.get("exit_status")
+        line = "".join(ch if ch.isprintable() else "?" for ch in str(c.get("command", "")))
+        print(f"  [exit {status}] {line}")
+    return 0
+
+
+def session_kill(rt: Runtime) -> int:
+    data = rt.api.request("POST", f"/sessions/{quote(_session_id(rt.args.id))}/kill")
+    if rt.json:
+        rt.show_one(data)
+    else:
+        print(f"Session {rt.args.id} ended; its transcript is sealed.")
+    return 0
+
+
+def _fetch(rt: Runtime, session_id: str, fmt: str) -> dict[str, object]:
+    data = rt.api.request("GET", f"/sessions/{quote(session_id)}/transcript?format={fmt}")
+    if not isinstance(data, dict) or not isinstance(data.get("content"), str):
+        raise CliError("the broker sent an unexpected answer")
+    return data
+
+
+def _write(path: Path, data: bytes) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+    except OSError as exc:
+        raise CliError(f"cannot write {path} ({exc.strerror})") from None
+
+
+def transcript_export(rt: Runtime) -> int:
+    session_id = _session_id(rt.args.session)
+    fmt = rt.args.format
+    data = _fetch(rt, session_id, fmt)
+    out = Path(rt.args.output or f"{session_id}.{fmt}")
+    content = str(data["content"]).encode("utf-8")
+    written = [out]
+    _write(out, content)
+    if fmt == "cast":
+        seal = data.get("seal")
+        if isinstance(seal, dict):
+            seal_path = out.with_name(out.name + ".seal.json")
+            _write(seal_path, json.dumps(seal, indent=2).encode("ascii") + b"\n")
+            written.append(seal_path)
+        chain = data.get("chain")
+        if isinstance(chain, str):
+            chain_path = out.with_name(out.name + ".chain")
+            _write(chain_path, chain.encode("ascii"))
+            written.append(chain_path)
+    print(f"Wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
+    if fmt == "txt":
+        print(
+            "The text rendering is not signed; verify the cast or json export instead.",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _public_key(rt: Runtime) -> bytes:
+    from broker.transcript import KeyFormatError, load_public_key
+
+    if rt.args.public_key:
+        try:
+            return Path(rt.args.public_key).read_bytes()
+        except OSError as exc:
+            raise CliError(f"cannot read {rt.args.public_key} ({exc.strerror})") from None
+    data_dir = rt.args.data_dir or rt.env.get("SECONDLINE_DATA_DIR")
+    if data_dir:
+        key_file = Path(data_dir) / "keys" / "transcript_ed25519.pem"
+        try:
+            pem = key_file.read_bytes()
+            load_public_key(pem)
+            return pem
+        except (OSError, KeyFormatError):
+            pass
+    data = rt.api.request("GET", "/transcripts/public-key", auth=False)
+    if not isinstance(data, dict) or not isinstance(data.get("pem"), str):
+        raise CliError("the broker did not give its transcript key; pass --public-key PEM")
+    return str(data["pem"]).encode("ascii")
+
+
+def _local_cast(rt: Runtime, session_id: str) -> Path | None:
+    data_dir = rt.args.data_dir or rt.env.get("SECONDLINE_DATA_DIR")
+    if not data_dir:
+        return None
+    try:
+        root = load_config(Path(data_dir), rt.env).transcripts_dir
+    except BrokerError:
+        return None
+    cast = root / f"{session_id}.cast"
+    return cast if cast.is_file() else None
+
+
+def transcript_verify(rt: Runtime) -> int:
+    from broker.transcript import (
+        KeyFormatError,
+        TranscriptError,
+        VerifyResult,
+        load_public_key,
+        verify_path,
+    )
+    from broker.transcript.verify import verify_bundle_bytes
+
+    target = rt.args.target
+    try:
+        key = load_public_key(_public_key(rt))
+    except KeyFormatError as exc:
+        raise CliError(f"the public key is not usable: {exc.message}") from None
+    result: VerifyResult
+    try:
+        if Path(target).exists():
+            result = verify_path(Path(target), key)
+        else:
+            session_id = _session_id(target)
+            local = _local_cast(rt, session_id)
+            if local is not None:
+                result = verify_path(local, key)
+            else:
+                bundle = _fetch(rt, session_id, "json")
+                result = verify_bundle_bytes(str(bundle["content"]).encode("utf-8"), key)
+    except TranscriptError as exc:
+        raise CliError(exc.message) from None
+    if rt.json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(_verdict(result))
+    if result.ok:
+        return 0
+    return EXIT_INCOMPLETE if result.status == "incomplete" else EXIT_INVALID
+
+
+def _verdict(result: object) -> str:
+    from broker.transcript import VerifyResult
+
+    assert isinstance(result, VerifyResult)
+    if result.status == "valid":
+        head = "valid"
+    elif result.status == "valid_cut_short":
+        reason = result.seal.end_reason if result.seal else "cut short"
+        head = f"valid, but cut short ({reason})"
+    elif result.status == "incomplete":
+        head = "incomplete"
+    else:
+        head = "INVALID"
+        if result.first_bad_event is not None:
+            head += f": first bad event {result.first_bad_event}"
+            if result.first_bad_line is not None:
+                head += f" (line {result.first_bad_line})"
+    digest = f"; digest {result.seal.final_hash}" if result.seal else ""
+    return f"{head}: {result.message}{digest}"

@@ -1,0 +1,197 @@
+"""Text analysis for knowledge-base search, shared by the index and the query side (pure).
+
+Both database backends index the raw text with their own English (Porter) stemming and, on
+PostgreSQL, German stemming too. SQLite's FTS5 has no German stemmer, so every document also
+carries a ``stems`` field computed here: the German Snowball stem of each of its words, plus
+the known parts of German compounds ("Druckaufträge" → "druckauftrag", "druck", "auftrag"), all
+case-folded and without diacritics. The query side runs the same functions over what a person
+typed, so "Drucker druckt nicht" finds "Druckaufträge hängen im Netzwerkdrucker".
+
+Whatever a person types is only ever split into words: operators, quotes, parentheses, NUL
+and other controls cannot reach the search engine's query language, because each word is
+emitted as a quoted string of letters and digits. Long input is cut, never refused.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Final, Protocol, cast
+
+import snowballstemmer  # no stubs published: ignore_missing_imports in pyproject
+
+# Words are runs of letters and digits, as SQLite's unicode61 tokenizer splits them
+# (underscore and punctuation separate words there too).
+WORD: Final = re.compile(r"[^\W_]+")
+
+QUERY_MAX_CHARS: Final = 4000  # a pasted log beyond this adds nothing but cost
+QUERY_MAX_TERMS: Final = 32
+WORD_MAX_CHARS: Final = 64  # longer "words" are hashes or base64, never symptoms
+
+_STOPWORD_TEXT: Final = (
+    # English
+    "a about after again all also am an and any are as at be been before being but by can "
+    "could did do does doing for from had has have having he her here him his how i if in "
+    "into is it its just me my no nor not now of off on once only or other our out over own "
+    "same she should so some such than that the their them then there these they this those "
+    "through to too under until up very was we were what when where which while who why will "
+    "with would you your "
+    # German
+    "aber alle als also am an auch auf aus bei bin bis bitte da dann das dass dem den der des "
+    "die dies diese dieser doch du ein eine einem einen einer eines er es etwas für hat hatte "
+    "ich ihr im in ist ja jetzt kann kein keine man mehr mein mich mir mit muss nach nicht "
+    "noch nur ob oder schon sehr sein seit sich sie sind so um und uns von vor war waren was "
+    "weil wenn werden wie wieder wir wird zu zum zur"
+)
+STOPWORDS: Final = frozenset(_STOPWORD_TEXT.split())
+
+# Parts of German IT compounds; a compound whose stem starts or ends with one of these is
+# also indexed under the part, so "Druckauftrag" and "Auftrag" meet. Kept short on purpose:
+# a wrong split only adds a weak match, a missing one loses nothing that stemming had.
+_PARTS_TEXT: Final = (
+    "adresse anmeldung anwendung auftrag benutzer berechtigung bildschirm datei dienst "
+    "domäne drucker druck einstellung fehler festplatte freigabe gerät gruppe kabel kalender "
+    "kennwort konto laufwerk lizenz meldung netzwerk neustart ordner paket passwort patrone "
+    "platte postfach programm protokoll rechner regel richtlinie schlange schlüssel sicherung "
+    "sitzung speicher sperre start tastatur toner treiber update verbindung verzeichnis warte "
+    "zertifikat zugriff"
+)
+_COMPOUND_PARTS: Final = tuple(_PARTS_TEXT.split())
+
+
+class _Stemmer(Protocol):
+    def stemWord(self, word: str) -> str: ...
+
+
+@lru_cache(maxsize=1)
+def _german() -> _Stemmer:
+    return cast(_Stemmer, snowballstemmer.stemmer("german"))
+
+
+@lru_cache(maxsize=1)
+def _english() -> _Stemmer:
+    return cast(_Stemmer, snowballstemmer.stemmer("english"))
+
+
+def fold(text: str) -> str:
+    """Case-fold and drop diacritics, as FTS5's ``remove_diacritics 2`` does."""
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def words(text: str) -> Iterator[str]:
+    """The words of ``text``, case-folded, in order (diacritics kept for the stemmers)."""
+    for match in WORD.finditer(text):
+        word = match.group().casefold()
+        if len(word) <= WORD_MAX_CHARS:
+            yield word
+
+
+@lru_cache(maxsize=65_536)
+def german_stem(word: str) -> str:
+    """The German Snowball stem of a case-folded word, without diacritics."""
+    return fold(_german().stemWord(word))
+
+
+@lru_cache(maxsize=65_536)
+def english_stem(word: str) -> str:
+    """The English Snowball stem of a case-folded word, without diacritics."""
+    return fold(_english().stemWord(word))
+
+
+@lru_cache(maxsize=1)
+def _parts() -> tuple[str, ...]:
+    stems = {german_stem(p) for p in _COMPOUND_PARTS}
+    return tuple(sorted((s for s in stems if len(s) >= 4), key=len, reverse=True))
+
+
+@lru_cache(maxsize=65_536)
+def compound_parts(stem: str) -> tuple[str, ...]:
+    """The known parts a German compound stem starts or ends with (at least 3 letters left)."""
+    found: list[str] = []
+    for part in _parts():
+        if len(stem) - len(part) < 3:
+            continue
+        if (stem.startswith(part) or stem.endswith(part)) and part not in found:
+            found.append(part)
+    return tuple(found)
+
+
+def german_forms(word: str) -> tuple[str, ...]:
+    """The German stem of a word and the known parts of it as a compound."""
+    stem = german_stem(word)
+    return (stem, *compound_parts(stem))
+
+
+def stems_field(texts: Iterable[str]) -> str:
+    """The ``stems`` field of a document: every distinct German form of its words."""
+    seen: dict[str, None] = {}
+    for text in texts:
+        for word in words(text):
+            for form in german_forms(word):
+                seen.setdefault(form, None)
+    return " ".join(seen)
+
+
+@dataclass(frozen=True)
+class QueryTerms:
+    """What a search string means: distinct words and their German forms, both folded."""
+
+    words: tuple[str, ...]
+    german: tuple[str, ...]
+
+    @property
+    def empty(self) -> bool:
+        return not self.words
+
+    def keys(self) -> frozenset[str]:
+        """Every form a document word may take to count as a match (for highlighting)."""
+        return _keys(self.words, self.german)
+
+
+@lru_cache(maxsize=1024)
+def _keys(words: tuple[str, ...], german: tuple[str, ...]) -> frozenset[str]:
+    return frozenset({*words, *german, *(english_stem(w) for w in words)})
+
+
+def query_terms(text: str, *, max_terms: int = QUERY_MAX_TERMS) -> QueryTerms:
+    """Split what a person typed into search terms; never raises, whatever the text holds.
+
+    Stopwords are dropped unless nothing else is left ("the who" still searches).
+    """
+    text = text[:QUERY_MAX_CHARS]
+    all_words = list(dict.fromkeys(words(text)))
+    kept = [w for w in all_words if w not in STOPWORDS] or all_words
+    kept = kept[:max_terms]
+    german: dict[str, None] = {}
+    for word in kept:
+        for form in german_forms(word):
+            german.setdefault(form, None)
+    return QueryTerms(words=tuple(fold(w) for w in kept), german=tuple(german))
+
+
+def _quoted(term: str) -> str:
+    # Terms hold only letters and digits; doubling quotes keeps that true if it ever changes.
+    return '"' + term.replace('"', '""') + '"'
+
+
+def fts5_match(terms: QueryTerms) -> str:
+    """An FTS5 MATCH expression: any word in any column, or a German form in ``stems``."""
+    parts = [_quoted(w) for w in terms.words]
+    parts += [f"stems : {_quoted(g)}" for g in terms.german]
+    return " OR ".join(parts)
+
+
+def pg_query_text(terms: QueryTerms) -> tuple[str, str]:
+    """The words and the German forms as two texts for PostgreSQL's ``to_tsvector``."""
+    return " ".join(terms.words), " ".join(terms.german)
+
+
+@lru_cache(maxsize=65_536)
+def word_keys(word: str) -> frozenset[str]:
+    """The forms under which a document word matches a query (see ``QueryTerms.keys``)."""
+    folded = fold(word)
+    return frozenset({folded, english_stem(word), *german_forms(word)})

@@ -1,0 +1,110 @@
+"""Search hits turned into results people read: title, status, a highlighted snippet of the
+field that matched best, and for articles their tags, OS names and how often they helped."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from broker.db.models_kb import KbArticle
+from broker.kb.analysis import QueryTerms
+from broker.kb.article import ArticleContent, format_article_id
+from broker.kb.highlight import Segment, count_matches, highlight
+from broker.kb.search_docs import Hit, doc_kinds
+from broker.rules.names import format_ticket_id
+
+
+@dataclass(frozen=True)
+class Result:
+    kind: str  # article | ticket
+    id: int
+    ref: str
+    status: str
+    title: list[Segment]
+    snippet_field: str
+    snippet: list[Segment]
+    rank: float
+    tags: tuple[str, ...] = ()
+    os: tuple[str, ...] = ()
+    solved_count: int = 0
+
+
+def best_snippet(fields: Sequence[tuple[str, str]], terms: QueryTerms) -> tuple[str, list[Segment]]:
+    """The field with the most matching words (the first one on a tie), highlighted."""
+    best_name, best_text, best_count = "", "", -1
+    for name, text in fields:
+        if not text:
+            continue
+        count = count_matches(text, terms)
+        if count > best_count:
+            best_name, best_text, best_count = name, text, count
+    return best_name, highlight(best_text, terms) if best_text else []
+
+
+async def article_results(db: AsyncSession, terms: QueryTerms, hits: Sequence[Hit]) -> list[Result]:
+    ids = [h.ref_id for h in hits]
+    if not ids:
+        return []
+    rows = {
+        row.id: row
+        for row in (await db.execute(select(KbArticle).where(KbArticle.id.in_(ids)))).scalars()
+    }
+    out: list[Result] = []
+    for hit in hits:
+        row = rows.get(hit.ref_id)
+        if row is None:
+            continue
+        content = ArticleContent.from_dict(row.content)
+        name, snippet = best_snippet(
+            [
+                ("problem", content.problem),
+                ("solution", content.solution),
+                ("cause", content.cause),
+                ("commands", "\n".join(c.command for c in content.commands)),
+            ],
+            terms,
+        )
+        out.append(
+            Result(
+                kind="article",
+                id=row.id,
+                ref=format_article_id(row.id),
+                status=row.status,
+                title=highlight(content.title, terms, max_words=64),
+                snippet_field=name,
+                snippet=snippet,
+                rank=hit.rank,
+                tags=content.tags,
+                os=content.os,
+                solved_count=row.solved_count,
+            )
+        )
+    return out
+
+
+async def ticket_results(db: AsyncSession, terms: QueryTerms, hits: Sequence[Hit]) -> list[Result]:
+    docs = await doc_kinds(db, "ticket", [h.ref_id for h in hits])
+    out: list[Result] = []
+    for hit in hits:
+        doc = docs.get(hit.ref_id)
+        if doc is None:
+            continue
+        name, snippet = best_snippet(
+            [("description", doc.problem), ("solution", doc.solution)], terms
+        )
+        out.append(
+            Result(
+                kind="ticket",
+                id=doc.ref_id,
+                ref=format_ticket_id(doc.ref_id),
+                status=doc.status,
+                title=highlight(doc.title, terms, max_words=64),
+                snippet_field=name,
+                snippet=snippet,
+                rank=hit.rank,
+            )
+        )
+    return out

@@ -1,0 +1,55 @@
+"""Remote sessions: the SSH gateway, the session hub, the console terminal and the outbox
+that writes each session back to its ticket.
+
+What other parts use::
+
+    from broker.sessions import setup, SESSIONS
+    runtime = app[SESSIONS]                      # SessionsRuntime
+    runtime.manager.live                         # {session id: LiveSession} on this node
+    await runtime.manager.kill(session_id, by="alice")
+
+Browser terminals attach through ``GET /console/ws/terminal`` with a one-time ticket from
+``POST /api/v1/sessions/terminal-tickets`` (see ``terminal_ws`` and docs/sessions.md).
+
+Modules: ``hub_core`` (pure participant, buffer and limit bookkeeping), ``hub`` (one live
+session: agent channel, terminals, recorder), ``manager`` (start, attach, kill, drain),
+``finish`` (rows, audit and note when a session ends; crash recovery), ``note`` (the note's
+text, pure), ``outbox`` (delivery to the ticket system), ``gateway`` and
+``gateway_session`` (the SSH server), ``terminal_tickets`` (pure) and ``terminal_ws`` (the
+browser terminal), ``access`` and ``store`` (database reads and writes), ``runtime``
+(app keys), ``feature`` (``setup``).
+
+Errors (``errors``): the root is :class:`SessionError`, a :class:`broker.errors.BrokerError`:
+
+SessionError                root
+├── SessionRefused          a rule, the end user, a limit or a store says no
+│   ├── ConsentRefused      the end user denied, or did not answer in time
+│   └── StoreUnavailable    "audit store unavailable" (503): nothing runs unrecorded
+├── SessionNotFound         no such session, or the caller may not know it (404)
+└── SessionConflict         the session's state does not allow the action (409)
+"""
+
+from broker.sessions.errors import (
+    ConsentRefused,
+    SessionConflict,
+    SessionError,
+    SessionNotFound,
+    SessionRefused,
+    StoreUnavailable,
+)
+from broker.sessions.feature import setup
+from broker.sessions.runtime import AGENT_TUNNELS, SESSIONS, TICKET_SYSTEM, SessionsRuntime
+
+__all__ = [
+    "AGENT_TUNNELS",
+    "SESSIONS",
+    "TICKET_SYSTEM",
+    "ConsentRefused",
+    "SessionConflict",
+    "SessionError",
+    "SessionNotFound",
+    "SessionRefused",
+    "SessionsRuntime",
+    "StoreUnavailable",
+    "setup",
+]

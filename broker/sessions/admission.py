@@ -1,0 +1,179 @@
+"""Who may open which session: the staff member, the ticket and the agent judged by the
+session rules (``broker.rules``), in an order that never tells out-of-scope staff about a
+ticket, plus the per-staff session limit. Every refusal is audited."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import string
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from broker.ports import AgentTunnels, TicketSystem
+from broker.rules import (
+    Allowed,
+    Refused,
+    SshTarget,
+    may_open_session,
+    may_view_ticket,
+    sanitize_display_text,
+)
+from broker.services import Services
+from broker.sessions import store
+from broker.sessions.access import choose_agent, find_agents, load_agents, load_staff
+from broker.sessions.errors import AUDIT_STORE_UNAVAILABLE, SessionRefused, StoreUnavailable
+from broker.sessions.hub import Kind, SessionFacts
+
+log = logging.getLogger(__name__)
+
+DB_ERRORS: Final = (SQLAlchemyError, OSError)
+_ID_ALPHABET: Final = string.ascii_letters + string.digits
+
+
+def new_session_id() -> str:
+    """An unguessable session id: ``s-`` and 22 letters or digits (about 131 bits)."""
+    return "s-" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(22))
+
+
+@dataclass(frozen=True, kw_only=True)
+class OpenRequest:
+    """A staff member asks for a shell or a command on a ticket's agent."""
+
+    staff: str
+    target: SshTarget
+    kind: Kind
+    command: str | None
+    term: str | None  # None: no PTY
+    cols: int = 80
+    rows: int = 24
+    via: Literal["ssh", "web"]
+    source: str
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A session the rules allow, before anything of it exists."""
+
+    facts: SessionFacts
+    decision: Allowed
+    ticket_status: str
+    tickets: TicketSystem
+
+
+async def refuse(
+    services: Services,
+    req: OpenRequest,
+    refused: Refused,
+    *,
+    target: str,
+    status: int | None = None,
+) -> SessionRefused:
+    details: dict[str, object] = {
+        "code": refused.code,
+        "reason": refused.reason[:300],
+        "ticket": f"T-{req.target.ticket}",
+        "via": req.via,
+    }
+    try:
+        await services.audit.record(
+            actor=req.staff,
+            action="session.refused",
+            target=target,
+            outcome="denied",
+            source=req.source,
+            details=details,
+        )
+    except DB_ERRORS:
+        return StoreUnavailable(AUDIT_STORE_UNAVAILABLE)
+    return SessionRefused(refused.reason, code=refused.code, status=status)
+
+
+async def admit(
+    services: Services,
+    req: OpenRequest,
+    tickets: TicketSystem | None,
+    tunnels: AgentTunnels | None,
+) -> Admitted:
+    """Judge ``req``; raises SessionRefused (audited) or StoreUnavailable."""
+    target = str(req.target)
+    if tickets is None:
+        raise await refuse(services, req, _NO_TICKETS, target=target, status=503)
+    now = services.clock()
+    try:
+        async with services.db() as db:
+            staff = await load_staff(db, req.staff)
+    except DB_ERRORS:
+        raise StoreUnavailable(AUDIT_STORE_UNAVAILABLE) from None
+    if staff is None:
+        raise await refuse(services, req, _NO_ACCOUNT, target=target)
+    try:
+        ticket = await tickets.get(req.target.ticket)
+    except DB_ERRORS:
+        raise StoreUnavailable(AUDIT_STORE_UNAVAILABLE) from None
+    except Exception:
+        log.exception("the ticket system failed")
+        raise await refuse(services, req, _NO_TICKETS, target=target, status=503) from None
+    if ticket is None:
+        missing = Refused(
+            "ticket_not_found",
+            f"there is no ticket T-{req.target.ticket}; check the number (secondline ticket list)",
+        )
+        raise await refuse(services, req, missing, target=target, status=404)
+    seen = may_view_ticket(staff, ticket.view())
+    if isinstance(seen, Refused):
+        raise await refuse(services, req, seen, target=target)
+    try:
+        async with services.db() as db:
+            linked = await load_agents(db, ticket.agent_ids)
+            named = (
+                await find_agents(db, req.target.agent, ticket.customer)
+                if req.target.agent is not None
+                else None
+            )
+            running = await store.count_live(db, staff.name)
+    except DB_ERRORS:
+        raise StoreUnavailable(AUDIT_STORE_UNAVAILABLE) from None
+    chosen = choose_agent(ticket, linked, named)
+    if isinstance(chosen, Refused):
+        raise await refuse(services, req, chosen, target=target)
+    agent = chosen
+    decision = may_open_session(staff, ticket.view(), agent.view(tunnels), now)
+    if isinstance(decision, Refused):
+        raise await refuse(services, req, decision, target=target)
+    limit = services.config.max_sessions_per_staff
+    if running >= limit:
+        too_many = Refused(
+            "session_limit",
+            f"you have {running} sessions open and the limit is {limit}; "
+            "end one before opening another",
+        )
+        raise await refuse(services, req, too_many, target=target, status=429)
+    level = staff.level or 0
+    facts = SessionFacts(
+        session_id=new_session_id(),
+        ticket_id=ticket.id,
+        ticket_title=sanitize_display_text(ticket.title, 200),
+        customer=ticket.customer,
+        agent_id=agent.id,
+        agent_name=agent.name,
+        owner=staff.name,
+        owner_level=level,
+        kind=req.kind,
+        command=req.command,
+        via=req.via,
+        source=req.source,
+        term=req.term,
+        cols=max(1, min(req.cols, 1000)),
+        rows=max(1, min(req.rows, 1000)),
+    )
+    return Admitted(facts, decision, ticket.status, tickets)
+
+
+_NO_TICKETS: Final = Refused(
+    "ticket_system_unavailable",
+    "the ticket system is unavailable, and every session needs its ticket; try again shortly",
+)
+_NO_ACCOUNT: Final = Refused("staff_unknown", "your account does not exist any more; ask an admin")

@@ -1,0 +1,330 @@
+"""The SSH gateway: an asyncssh server on ``config.ssh_port`` for staff's own OpenSSH.
+
+- The SSH user name names the target (``T-1042`` or ``T-1042+web01``); a name that does
+  not parse is answered with an authentication banner that says why, and no key is
+  accepted on that connection.
+- Staff authenticate with a registered public key (``ssh_keys``); revoked keys and
+  disabled accounts are refused exactly like keys nobody registered.
+- Failed sign-ins are throttled per source address and per key, and audited. Connections
+  that have not signed in are limited in number (overall and per source) and in time.
+- Port, agent and X11 forwarding, subsystems and env requests are refused; nothing the
+  gateway accepts runs on the broker host itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from typing import Final
+
+import asyncssh
+
+from broker.auth.throttle import Throttle
+from broker.rules import InvalidName, SshTarget, parse_ssh_target
+from broker.sessions.access import StaffKey, key_owner
+from broker.sessions.errors import AUDIT_STORE_UNAVAILABLE
+from broker.sessions.gateway_session import GatewayChannel, GatewaySession
+from broker.sessions.manager import DB_ERRORS, SessionManager
+
+log = logging.getLogger(__name__)
+
+LOGIN_TIMEOUT: Final = 20.0
+MAX_PREAUTH: Final = 256
+MAX_PREAUTH_PER_SOURCE: Final = 16
+MAX_CHANNELS: Final = 10
+FAILURES_ALLOWED: Final = 10
+FAILURE_WINDOW: Final = 900.0
+CHANNEL_WINDOW: Final = 2 << 20
+CHANNEL_PACKET: Final = 32768
+
+
+def _printable(text: str, limit: int = 80) -> str:
+    return ascii(text[:limit])[1:-1]
+
+
+class Gateway:
+    """The listening SSH server and what its connections share."""
+
+    def __init__(self, manager: SessionManager) -> None:
+        self.manager = manager
+        self.services = manager.services
+        self.throttle = Throttle(limit=FAILURES_ALLOWED, window=FAILURE_WINDOW)
+        self._preauth: Counter[str] = Counter()
+        self._acceptor: asyncssh.SSHAcceptor | None = None
+        self._servers: set[GatewayServer] = set()
+        self._audits: set[asyncio.Task[None]] = set()
+        self.port = 0
+
+    async def start(self, host: str, port: int) -> int:
+        """Listen; returns the bound port."""
+        self._acceptor = await asyncssh.listen(
+            host,
+            port,
+            server_factory=lambda: GatewayServer(self),
+            server_host_keys=[self.services.keys.ssh_host_key],
+            config=None,
+            login_timeout=LOGIN_TIMEOUT,
+            keepalive_interval=30,
+            keepalive_count_max=3,
+            agent_forwarding=False,
+            x11_forwarding=False,
+            allow_scp=False,
+            allow_pty=True,
+            line_editor=False,
+            encoding=None,
+            gss_host=None,
+            rdns_lookup=False,
+            reuse_address=True,
+        )
+        self.port = self._acceptor.get_port()
+        log.info("SSH gateway listening on %s:%d", host, self.port)
+        return self.port
+
+    async def stop(self) -> None:
+        """Stop listening and close every connection (sessions end before: see drain)."""
+        if self._acceptor is not None:
+            self._acceptor.close()
+            await self._acceptor.wait_closed()
+            self._acceptor = None
+        for server in list(self._servers):
+            server.close()
+        for task in list(self._audits):
+            with contextlib.suppress(Exception):
+                await task
+
+    # -- limits ----------------------------------------------------------------------------
+
+    def admit(self, server: GatewayServer) -> bool:
+        """A new connection; False when too many are still signing in."""
+        source = server.source
+        if (
+            sum(self._preauth.values()) >= MAX_PREAUTH
+            or self._preauth[source] >= MAX_PREAUTH_PER_SOURCE
+        ):
+            return False
+        self._preauth[source] += 1
+        self._servers.add(server)
+        return True
+
+    def signed_in(self, server: GatewayServer) -> None:
+        self._release(server.source)
+
+    def gone(self, server: GatewayServer, *, was_preauth: bool) -> None:
+        self._servers.discard(server)
+        if was_preauth:
+            self._release(server.source)
+
+    def _release(self, source: str) -> None:
+        self._preauth[source] -= 1
+        if self._preauth[source] <= 0:
+            del self._preauth[source]
+
+    def retry_after(self, key: str) -> float:
+        return self.throttle.retry_after(key, time.monotonic())
+
+    def failed(self, key: str) -> None:
+        self.throttle.failed(key, time.monotonic())
+
+    def audit_soon(
+        self, actor: str, action: str, target: str, source: str, details: dict[str, object]
+    ) -> None:
+        """Audit from a synchronous asyncssh callback."""
+
+        async def write() -> None:
+            try:
+                await self.manager.audit(
+                    actor, action, target, outcome="denied", source=source, details=details
+                )
+            except DB_ERRORS:
+                log.error("audit store unavailable: %s was not audited", action)
+
+        task = asyncio.get_running_loop().create_task(write())
+        self._audits.add(task)
+        task.add_done_callback(self._audits.discard)
+
+
+class GatewayServer(asyncssh.SSHServer):
+    """One client connection: its target, its staff member, its channels."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.source = ""
+        self.target: SshTarget | None = None
+        self.staff: StaffKey | None = None
+        self._conn: asyncssh.SSHServerConnection | None = None
+        self._username = ""
+        self._admitted = False
+        self._signed_in = False
+        self._blocked = False
+        self._refusals: list[str] = []
+        self._checked: dict[str, StaffKey | None] = {}
+        self._channels = 0
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self._conn = conn
+        peer = conn.get_extra_info("peername")
+        self.source = str(peer[0]) if peer else ""
+        self._admitted = self.gateway.admit(self)
+        if not self._admitted:
+            log.warning("too many SSH connections signing in; refused one from %s", self.source)
+            asyncio.get_running_loop().call_soon(conn.close)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._admitted:
+            self.gateway.gone(self, was_preauth=not self._signed_in)
+        if not self._signed_in and self._refusals:
+            self.gateway.failed(f"source:{self.source}")
+            self.gateway.audit_soon(
+                "anonymous",
+                "ssh.auth_failed",
+                _printable(self._username, 60),
+                self.source,
+                {"refusals": self._refusals[:8]},
+            )
+
+    def _banner(self, message: str) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(OSError, asyncssh.Error):
+                self._conn.send_auth_banner(f"secondline: {message}\r\n")
+
+    # -- authentication --------------------------------------------------------------------
+
+    def begin_auth(self, username: str) -> bool:
+        self._username = username
+        try:
+            self.target = parse_ssh_target(username)
+        except InvalidName as exc:
+            self._refusals.append("invalid_target")
+            self._banner(exc.message)
+        wait = self.gateway.retry_after(f"source:{self.source}")
+        if wait > 0:
+            self._blocked = True
+            self._refusals.append("throttled_source")
+            minutes = max(1, round(wait / 60))
+            self._banner(
+                f"too many failed sign-ins from your address; try again in {minutes} minutes"
+            )
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return False
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
+
+    def host_based_auth_supported(self) -> bool:
+        return False
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        if not username and not self._refusals:
+            # asyncssh does not call begin_auth for an empty user name.
+            self.begin_auth(username)
+        if self._blocked or self.target is None:
+            return False
+        fingerprint = key.get_fingerprint("sha256")
+        if fingerprint in self._checked:
+            owner = self._checked[fingerprint]
+        else:
+            if self.gateway.retry_after(f"key:{fingerprint}") > 0:
+                self._refusals.append("throttled_key")
+                return False
+            try:
+                async with self.gateway.services.db() as db:
+                    owner = await key_owner(db, fingerprint, key.public_data)
+            except DB_ERRORS:
+                self._refusals.append("store_unavailable")
+                self._banner(AUDIT_STORE_UNAVAILABLE)
+                return False
+            if owner is not None and owner.disabled:
+                owner = None
+                self._refusals.append(f"disabled_account:{fingerprint}")
+                self.gateway.failed(f"key:{fingerprint}")
+            elif owner is None:
+                self._refusals.append(f"unknown_key:{fingerprint}")
+            self._checked[fingerprint] = owner
+        if owner is None:
+            return False
+        self.staff = owner
+        return True
+
+    def auth_completed(self) -> None:
+        self._signed_in = True
+        self.gateway.signed_in(self)
+        if self._conn is not None:
+            self._conn.set_extra_info(staff=self.staff.name if self.staff else "")
+
+    # -- channels --------------------------------------------------------------------------
+
+    def session_requested(self) -> tuple[asyncssh.SSHServerChannel[bytes], GatewaySession]:
+        if self._channels >= MAX_CHANNELS:
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                f"at most {MAX_CHANNELS} sessions per connection",
+            )
+        assert self._conn is not None
+        self._channels += 1
+        chan = GatewayChannel(
+            self._conn,
+            asyncio.get_running_loop(),
+            True,  # allow_pty
+            False,  # line_editor
+            False,  # line_echo
+            0,  # line_history
+            1024,  # max_line_length
+            None,  # encoding: bytes
+            "strict",
+            CHANNEL_WINDOW,
+            CHANNEL_PACKET,
+        )
+        return chan, GatewaySession(self)
+
+    def channel_closed(self) -> None:
+        self._channels = max(0, self._channels - 1)
+
+    def refused_request(self, what: str, detail: str) -> None:
+        self.gateway.audit_soon(
+            self.staff.name if self.staff else "anonymous",
+            "ssh.refused",
+            _printable(self._username, 60),
+            self.source,
+            {"request": what, "detail": _printable(detail, 60)},
+        )
+
+    def _forwarding(self, what: str) -> asyncssh.ChannelOpenError:
+        self.refused_request(what, "forwarding is refused")
+        return asyncssh.ChannelOpenError(
+            asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED,
+            f"{what} is refused by the Secondline gateway",
+        )
+
+    def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> bool:
+        raise self._forwarding("port forwarding")
+
+    def server_requested(self, listen_host: str, listen_port: int) -> bool:
+        self.refused_request("remote port forwarding", "refused")
+        return False
+
+    def unix_connection_requested(self, dest_path: str) -> bool:
+        raise self._forwarding("UNIX socket forwarding")
+
+    def unix_server_requested(self, listen_path: str) -> bool:
+        self.refused_request("remote UNIX socket forwarding", "refused")
+        return False
+
+    def tun_requested(self, unit: int | None) -> bool:
+        raise self._forwarding("tunnel device forwarding")
+
+    def tap_requested(self, unit: int | None) -> bool:
+        raise self._forwarding("tunnel device forwarding")

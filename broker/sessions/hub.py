@@ -1,0 +1,515 @@
+"""One live session: the PTY channel to the agent, fanned out to the participants'
+terminals and to the recorder.
+
+The decisions live in :class:`~broker.sessions.hub_core.HubCore`; this module reads
+(agent output, staff input), feeds the core and performs what it returns. The hot path
+is synchronous: an agent chunk goes through the mark parser, into the recorder's memory
+buffer, then to each terminal's write buffer, with no queue and no task per chunk. Disk
+writes happen at most once a second (or per MiB) and large ones in a worker thread.
+
+A session ends exactly once (:meth:`LiveSession.end`); :meth:`LiveSession.run` then waits
+briefly for the agent channel to close, records what is left, seals the transcript and tells
+every terminal the outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final, Literal, Protocol
+
+import asyncssh
+
+from agent.protocol import ConsentAnswer
+from broker.sessions.hub_core import (
+    Action,
+    Disconnect,
+    EndSession,
+    Flush,
+    HubCore,
+    HubLimits,
+    Marker,
+    Member,
+    Notify,
+    ParticipantsChanged,
+    PauseAgent,
+    ResumeAgent,
+    Role,
+    roles_of,
+)
+from broker.transcript import (
+    END_AGENT_DISCONNECTED,
+    END_DISK_FULL,
+    END_ENDED,
+    END_KILLED,
+    Command,
+    Mark,
+    MarkParser,
+    RecorderDiskFull,
+    RecorderError,
+    Seal,
+    TranscriptRecorder,
+)
+
+log = logging.getLogger(__name__)
+
+# How long an ending session waits for the agent to close its channel (and send what it
+# still had) before the transcript is sealed anyway: a kill ends within two seconds.
+CLOSE_GRACE: Final = 1.0
+# Flushes smaller than this run on the event loop (a page-cache write); larger ones in a thread.
+THREAD_FLUSH_BYTES: Final = 256 << 10
+SIGNALS: Final = frozenset({"INT", "TERM", "HUP", "QUIT", "KILL", "TSTP", "CONT", "WINCH"})
+MAX_TERMINAL_SIZE: Final = 1000
+
+END_SHUTDOWN: Final = "broker shut down"
+END_BY_END_USER: Final = "ended by the end user"
+
+Kind = Literal["shell", "exec"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionFacts:
+    """What a live session is about; fixed when it starts."""
+
+    session_id: str
+    ticket_id: int
+    ticket_title: str
+    customer: str
+    agent_id: str
+    agent_name: str
+    owner: str
+    owner_level: int
+    kind: Kind
+    command: str | None
+    via: str
+    source: str
+    term: str | None
+    cols: int
+    rows: int
+
+    @property
+    def ticket_ref(self) -> str:
+        return f"T-{self.ticket_id}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outcome:
+    """How a session ended, for the terminals, the database, the audit log and the note."""
+
+    reason: str  # the transcript's end reason
+    code: str  # exit, agent_disconnected, killed, idle, max_length, disk_full, ...
+    message: str  # a sentence for the people in the session
+    exit_status: int | None
+    exit_signal: str | None
+    ended_by: str | None
+    started_at: float  # wall clock seconds
+    ended_at: float
+    seal: Seal | None
+    commands: tuple[Command, ...]
+
+
+class Terminal(Protocol):
+    """A participant's terminal: an SSH channel or a browser WebSocket."""
+
+    def write_output(self, data: bytes, stderr: bool) -> None:
+        """Queue terminal bytes; never blocks (the hub watches :meth:`buffered`)."""
+
+    def buffered(self) -> int:
+        """Bytes queued and not yet sent."""
+
+    def show_state(self, state: str, reason: str, session_id: str) -> None:
+        """waiting_consent, running or ended, with a sentence."""
+
+    def show_participants(self, people: list[dict[str, str]]) -> None:
+        """Who is in the session now."""
+
+    def show_notice(self, message: str) -> None:
+        """A message beside the terminal output."""
+
+    def drop(self, message: str) -> None:
+        """The hub cut this terminal off (it could not keep up)."""
+
+    def finish(self, outcome: Outcome) -> None:
+        """The session ended."""
+
+
+MemberEvent = Callable[[Member, Literal["joined", "left"], str], None]
+
+
+class AgentChannel(asyncssh.SSHClientSession[bytes]):
+    """The broker's side of the agent's PTY channel: hands everything to the hub."""
+
+    def __init__(self, live: LiveSession) -> None:
+        self._live = live
+
+    def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
+        self._live.channel_made(chan)
+
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        self._live.agent_output(data, datatype == asyncssh.EXTENDED_DATA_STDERR)
+
+    def exit_status_received(self, status: int) -> None:
+        self._live.agent_exit(status, None, "")
+
+    def exit_signal_received(self, signal: str, core_dumped: bool, msg: str, lang: str) -> None:
+        self._live.agent_exit(None, signal, msg)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._live.agent_closed(exc)
+
+
+class LiveSession:
+    """The hub of one session. Create it, :meth:`open_channel`, attach terminals, run."""
+
+    def __init__(
+        self,
+        facts: SessionFacts,
+        recorder: TranscriptRecorder,
+        limits: HubLimits,
+        *,
+        on_member: MemberEvent,
+        started_at: float,
+    ) -> None:
+        self.facts = facts
+        self.recorder = recorder
+        self.core = HubCore(limits, time.monotonic())
+        self.parser = MarkParser()
+        self.started_at = started_at
+        self._on_member = on_member
+        self._terminals: dict[int, Terminal] = {}
+        self._chan: asyncssh.SSHClientChannel[bytes] | None = None
+        self._end_requested = asyncio.Event()
+        self._chan_closed = asyncio.Event()
+        self._flush_task: asyncio.Task[None] | None = None
+        self._exit_status: int | None = None
+        self._exit_signal: str | None = None
+        self._exit_message = ""
+        self._end: tuple[str, str, str, str | None] | None = None  # reason, code, message, by
+        self.outcome: Outcome | None = None
+        self.done = asyncio.Event()
+        self.consent: ConsentAnswer | None = None  # set by the manager for attended agents
+        self.channel_opened = False
+
+    @property
+    def session_id(self) -> str:
+        return self.facts.session_id
+
+    @property
+    def running(self) -> bool:
+        return self.core.phase == "running"
+
+    # -- the agent side --------------------------------------------------------------------
+
+    async def open_channel(
+        self, conn: asyncssh.SSHClientConnection, env: Mapping[str, str]
+    ) -> None:
+        """Open the shell or command on the agent; raises asyncssh errors when refused."""
+        facts = self.facts
+        channel_env: dict[bytes | str, bytes | str] = dict(env.items())
+        await conn.create_session(
+            lambda: AgentChannel(self),
+            facts.command if facts.kind == "exec" else None,
+            env=channel_env,
+            term_type=facts.term,
+            term_size=(facts.cols, facts.rows) if facts.term else None,
+            request_pty=facts.term is not None,
+            encoding=None,
+        )
+        self.channel_opened = True
+
+    def channel_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
+        self._chan = chan
+        if self._end is not None:  # ended (killed) while the channel was being opened
+            with contextlib.suppress(OSError, asyncssh.Error):
+                chan.close()
+
+    def agent_output(self, data: bytes, stderr: bool) -> None:
+        """A chunk from the agent: parse, record, fan out. The hot path."""
+        if not self.running:
+            return
+        forward, marks = self.parser.feed(data)
+        self._emit(forward, marks, stderr)
+
+    def _emit(self, forward: bytes, marks: Sequence[Mark], stderr: bool) -> None:
+        if not forward and not marks:
+            return
+        try:
+            self.recorder.output(forward, time.time(), marks)
+        except RecorderError as exc:
+            self._recorder_failed(exc)
+            return  # nobody sees what was not recorded
+        if not forward:
+            return
+        actions: list[Action] = []
+        for pid, terminal in self._terminals.items():
+            terminal.write_output(forward, stderr)
+            actions += self.core.buffered(pid, terminal.buffered())
+        actions += self.core.output(len(forward), time.monotonic())
+        if actions:
+            self._apply(actions)
+
+    def agent_exit(self, status: int | None, signal: str | None, message: str) -> None:
+        self._exit_status, self._exit_signal = status, signal
+        self._exit_message = message[:200]
+
+    def agent_closed(self, exc: Exception | None) -> None:
+        self._chan_closed.set()
+        if self._end is not None:
+            return
+        if self._exit_status is not None:
+            self.end(END_ENDED, code="exit", message="the session ended")
+        elif self._exit_signal is not None:
+            if self._exit_message == "ended by the end user on the machine":
+                self.end(END_BY_END_USER, code="end_user", message=self._exit_message)
+            else:
+                self.end(
+                    END_ENDED,
+                    code="exit",
+                    message=f"the shell ended with signal {self._exit_signal[:20]}",
+                )
+        else:
+            log.info("session %s: the agent channel closed (%s)", self.session_id, exc)
+            self.end(
+                END_AGENT_DISCONNECTED,
+                code="agent_disconnected",
+                message="the agent disconnected, so the session ended",
+            )
+
+    # -- terminals -------------------------------------------------------------------------
+
+    def attach(
+        self, terminal: Terminal, name: str, role: Role, via: str, *, announce: bool = True
+    ) -> Member:
+        """Add a terminal; raises HubClosed or HubFull. The owner is attached before the
+        channel opens (to see its first bytes) and told "running" once it is open."""
+        member, actions = self.core.join(name, role, via, time.monotonic())
+        self._terminals[member.pid] = terminal
+        if announce:
+            terminal.show_state("running", "", self.session_id)
+        self._apply(actions)
+        self._on_member(member, "joined", "")
+        return member
+
+    def detach(self, pid: int, reason: str) -> None:
+        """A terminal went away (closed, or cut off)."""
+        member = self.core.member(pid)
+        if member is None:
+            return
+        self._terminals.pop(pid, None)
+        self._apply(self.core.leave(pid, reason, time.monotonic()))
+        self._on_member(member, "left", reason)
+
+    def drop(self, pid: int, message: str) -> None:
+        """Cut one participant off with a message (the session goes on)."""
+        terminal = self._terminals.get(pid)
+        if terminal is not None:
+            terminal.drop(message)
+        self.detach(pid, message[:60])
+
+    def drained(self, pid: int) -> None:
+        """A terminal sent some of its buffer; the agent may go on."""
+        terminal = self._terminals.get(pid)
+        if terminal is not None:
+            self._apply(self.core.buffered(pid, terminal.buffered()))
+
+    def input(self, pid: int, data: bytes) -> None:
+        """Staff typed; only the owner's and joiners' input reaches the shell."""
+        allowed, actions = self.core.input(pid, time.monotonic())
+        if actions:
+            self._apply(actions)
+        if not allowed or not data or self._chan is None:
+            return
+        try:
+            self.recorder.input(data, time.time())
+        except RecorderError as exc:
+            self._recorder_failed(exc)
+            return
+        self._chan.write(data)
+
+    def input_eof(self, pid: int) -> None:
+        """The owner closed its input (``ssh host cmd < file``)."""
+        member = self.core.member(pid)
+        if member is not None and member.role == "owner" and self._chan is not None:
+            with contextlib.suppress(OSError, asyncssh.Error):
+                self._chan.write_eof()
+
+    def resize(self, pid: int, cols: int, rows: int) -> None:
+        """The owner's terminal changed size."""
+        if not self.core.may_resize(pid) or self.facts.term is None or self._chan is None:
+            return
+        cols, rows = max(1, min(cols, MAX_TERMINAL_SIZE)), max(1, min(rows, MAX_TERMINAL_SIZE))
+        try:
+            self.recorder.resize(cols, rows, time.time())
+        except RecorderError as exc:
+            self._recorder_failed(exc)
+            return
+        self._chan.change_terminal_size(cols, rows)
+
+    def send_signal(self, pid: int, name: str) -> None:
+        """Forward a signal the owner's SSH client sent."""
+        if self.core.may_resize(pid) and name in SIGNALS and self._chan is not None:
+            self._chan.send_signal(name)
+
+    def marker(self, label: str) -> None:
+        """Put a marker in the transcript (consent, participants)."""
+        if self.core.phase == "ended":
+            return
+        try:
+            self.recorder.marker(label, time.time())
+        except RecorderError as exc:
+            self._recorder_failed(exc)
+
+    # -- actions ---------------------------------------------------------------------------
+
+    def _apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Disconnect):
+                terminal = self._terminals.get(action.pid)
+                if terminal is not None:
+                    terminal.drop(action.message)
+                self.detach(action.pid, "could not keep up")
+            elif isinstance(action, PauseAgent):
+                if self._chan is not None:
+                    self._chan.pause_reading()
+            elif isinstance(action, ResumeAgent):
+                if self._chan is not None:
+                    self._chan.resume_reading()
+            elif isinstance(action, Flush):
+                self._start_flush()
+            elif isinstance(action, Notify):
+                terminal = self._terminals.get(action.pid)
+                if terminal is not None:
+                    terminal.show_notice(action.message)
+            elif isinstance(action, Marker):
+                self.marker(action.label)
+            elif isinstance(action, ParticipantsChanged):
+                people = roles_of(self.core.members)
+                for terminal in self._terminals.values():
+                    terminal.show_participants(people)
+            elif isinstance(action, EndSession):
+                self.end(action.reason, code=action.code, message=_end_message(action.code))
+
+    def tick(self) -> None:
+        """Called once a second by the session manager."""
+        self._apply(self.core.tick(time.monotonic()))
+
+    def _start_flush(self) -> None:
+        if self._flush_task is not None and not self._flush_task.done():
+            return
+        self._flush_task = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            if self.core.unflushed >= THREAD_FLUSH_BYTES:
+                await asyncio.to_thread(self.recorder.flush)
+            else:
+                self.recorder.flush()
+        except RecorderError as exc:
+            self._recorder_failed(exc)
+        finally:
+            if self.core.phase == "running":
+                self._apply(self.core.flush_done(time.monotonic()))
+
+    def _recorder_failed(self, exc: RecorderError) -> None:
+        log.error("session %s: recording failed: %s", self.session_id, exc.code)
+        if isinstance(exc, RecorderDiskFull):
+            self.end(
+                END_DISK_FULL,
+                code="disk_full",
+                message=(
+                    "the broker's disk is full, so the transcript could not go on and the "
+                    "session ended; what was recorded is kept and sealed. Tell an admin"
+                ),
+            )
+        else:
+            self.end(
+                "write error",
+                code="recorder_failed",
+                message=(
+                    "the broker could not write the transcript, so the session ended; what "
+                    "was recorded is kept and sealed. Tell an admin"
+                ),
+            )
+
+    # -- ending ----------------------------------------------------------------------------
+
+    def end(self, reason: str, *, code: str, message: str, by: str | None = None) -> None:
+        """End the session (once): close the agent channel; :meth:`run` seals and reports."""
+        if self._end is not None:
+            return
+        self._end = (reason, code, message, by)
+        self.core.end()
+        if self._chan is not None:
+            with contextlib.suppress(OSError, asyncssh.Error):
+                self._chan.close()
+        else:
+            self._chan_closed.set()
+        self._end_requested.set()
+
+    def kill(self, by: str) -> None:
+        self.end(END_KILLED, code="killed", message=f"the session was ended by {by}", by=by)
+
+    async def run(self) -> Outcome:
+        """Wait for the end, then seal the transcript and tell every terminal."""
+        await self._end_requested.wait()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_GRACE):
+                await self._chan_closed.wait()
+        assert self._end is not None
+        reason, code, message, by = self._end
+        tail = self.parser.close()
+        if tail and code not in ("disk_full", "recorder_failed"):
+            with contextlib.suppress(RecorderError):
+                self.recorder.output(tail, time.time(), [])
+            for terminal in self._terminals.values():
+                terminal.write_output(tail, False)
+        if self._flush_task is not None:
+            with contextlib.suppress(RecorderError):
+                await self._flush_task
+        seal: Seal | None
+        try:
+            seal = await asyncio.to_thread(self.recorder.seal, True, reason, time.time())
+        except RecorderError as exc:
+            log.error("session %s: sealing failed: %s", self.session_id, exc.code)
+            seal = None
+        if seal is not None and not seal.complete and code not in ("disk_full", "recorder_failed"):
+            # The recorder found a write failure only while sealing.
+            code, message = "disk_full", _end_message("disk_full")
+        outcome = Outcome(
+            reason=seal.end_reason if seal is not None else reason,
+            code=code,
+            message=message,
+            exit_status=self._exit_status,
+            exit_signal=self._exit_signal,
+            ended_by=by,
+            started_at=self.started_at,
+            ended_at=time.time(),
+            seal=seal,
+            commands=self.recorder.commands(),
+        )
+        self.core.ended()
+        self.outcome = outcome
+        for pid, terminal in list(self._terminals.items()):
+            terminal.finish(outcome)
+            member = self.core.member(pid)
+            if member is not None:
+                self._on_member(member, "left", "session ended")
+        self._terminals.clear()
+        self.done.set()
+        return outcome
+
+
+def _end_message(code: str) -> str:
+    return {
+        "idle": "the session was idle too long, so it ended",
+        "max_length": "the session reached its maximum length, so it ended",
+        "owner_left": "the session ended: its owner left",
+        "disk_full": (
+            "the broker's disk is full, so the transcript could not go on and the session "
+            "ended; what was recorded is kept and sealed. Tell an admin"
+        ),
+    }.get(code, "the session ended")

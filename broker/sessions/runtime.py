@@ -1,0 +1,55 @@
+"""What the sessions feature keeps in the app (``app[SESSIONS]``), and where it finds the
+ticket system and the agent tunnels it uses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Final
+
+from aiohttp import web
+
+from broker.ports import AgentTunnels, TicketSystem
+from broker.sessions.gateway import Gateway
+from broker.sessions.manager import SessionManager
+from broker.sessions.outbox import OutboxWorker
+from broker.sessions.terminal_tickets import TerminalTickets
+
+# Set these before the app starts to use another ticket system or tunnel registry than the
+# built-in ones (an outside connector, or a test's stand-in agent); otherwise the sessions
+# use app[broker.tickets.TICKETS] and app[broker.agents.feature.AGENT_REGISTRY].
+TICKET_SYSTEM: Final[web.AppKey[TicketSystem]] = web.AppKey("sessions_ticket_system")
+AGENT_TUNNELS: Final[web.AppKey[AgentTunnels]] = web.AppKey("sessions_agent_tunnels")
+
+
+@dataclass
+class SessionsRuntime:
+    """The running session machinery of one broker process."""
+
+    manager: SessionManager
+    gateway: Gateway
+    outbox: OutboxWorker
+    terminal_tickets: TerminalTickets = field(default_factory=TerminalTickets)
+    sockets: set[web.WebSocketResponse] = field(default_factory=set)
+
+
+SESSIONS: Final = web.AppKey("sessions", SessionsRuntime)
+
+
+def ticket_system(app: web.Application) -> TicketSystem | None:
+    """The ticket system sessions write to, looked up when needed."""
+    given = app.get(TICKET_SYSTEM)
+    if given is not None:
+        return given
+    from broker.tickets.keys import TICKETS
+
+    return app.get(TICKETS)
+
+
+def agent_tunnels(app: web.Application) -> AgentTunnels | None:
+    """The live agent connections of this node, looked up when needed."""
+    given = app.get(AGENT_TUNNELS)
+    if given is not None:
+        return given
+    from broker.agents.feature import AGENT_REGISTRY
+
+    return app.get(AGENT_REGISTRY)

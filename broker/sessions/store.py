@@ -1,0 +1,183 @@
+"""The session rows, their participants and the outbox, in the database."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Final
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from broker.db.models_sessions import RemoteSession, SessionOutbox, SessionParticipant
+from broker.db.models_staff import User
+from broker.sessions.hub import SessionFacts
+
+# States of a session that has not ended: it counts against the owner's limit and is
+# "live" to `session list --live`; after a crash these become "interrupted".
+LIVE_STATES: Final = ("starting", "waiting_consent", "live")
+ENDED_STATES: Final = ("ended", "refused", "failed", "interrupted")
+
+
+async def insert_session(
+    db: AsyncSession, facts: SessionFacts, *, state: str, now: dt.datetime, node: str
+) -> None:
+    db.add(
+        RemoteSession(
+            id=facts.session_id,
+            ticket_id=facts.ticket_id,
+            customer=facts.customer,
+            agent_id=facts.agent_id,
+            agent_name=facts.agent_name,
+            owner=facts.owner,
+            owner_level=facts.owner_level,
+            kind=facts.kind,
+            command=facts.command,
+            via=facts.via,
+            source=facts.source[:64],
+            node=node[:64],
+            state=state,
+            cols=facts.cols,
+            rows=facts.rows,
+            created_at=now,
+        )
+    )
+    await db.flush()
+
+
+async def disabled_accounts(db: AsyncSession, names: set[str]) -> set[str]:
+    """Which of ``names`` are disabled accounts."""
+    stmt = select(User.name).where(User.name.in_(sorted(names)), User.disabled.is_(True))
+    return set((await db.execute(stmt)).scalars().all())
+
+
+async def count_live(db: AsyncSession, owner: str) -> int:
+    """Sessions of ``owner`` that have not ended (on any node)."""
+    stmt = select(func.count(RemoteSession.id)).where(
+        RemoteSession.owner == owner, RemoteSession.state.in_(LIVE_STATES)
+    )
+    return int((await db.execute(stmt)).scalar_one())
+
+
+async def update_session(
+    db: AsyncSession, session_id: str, *, only_from: Sequence[str] = (), **values: object
+) -> None:
+    """Change a session row; with ``only_from``, only while it is in one of those states."""
+    stmt = update(RemoteSession).where(RemoteSession.id == session_id)
+    if only_from:
+        stmt = stmt.where(RemoteSession.state.in_(list(only_from)))
+    await db.execute(stmt.values(**values))
+
+
+async def get_session(db: AsyncSession, session_id: str) -> RemoteSession | None:
+    return (
+        await db.execute(select(RemoteSession).where(RemoteSession.id == session_id))
+    ).scalar_one_or_none()
+
+
+async def list_sessions(
+    db: AsyncSession,
+    *,
+    live: bool,
+    ticket_id: int | None,
+    customers: frozenset[str] | None,
+    limit: int,
+) -> Sequence[RemoteSession]:
+    stmt = select(RemoteSession).order_by(RemoteSession.created_at.desc()).limit(limit)
+    if live:
+        stmt = stmt.where(RemoteSession.state.in_(LIVE_STATES))
+    if ticket_id is not None:
+        stmt = stmt.where(RemoteSession.ticket_id == ticket_id)
+    if customers is not None:
+        stmt = stmt.where(RemoteSession.customer.in_(sorted(customers)))
+    return (await db.execute(stmt)).scalars().all()
+
+
+async def unfinished(db: AsyncSession) -> Sequence[RemoteSession]:
+    """Sessions a crashed broker left behind."""
+    stmt = select(RemoteSession).where(RemoteSession.state.in_(LIVE_STATES))
+    return (await db.execute(stmt)).scalars().all()
+
+
+async def add_participant(
+    db: AsyncSession, session_id: str, *, name: str, role: str, via: str, now: dt.datetime
+) -> None:
+    db.add(SessionParticipant(session_id=session_id, name=name, role=role, via=via, joined_at=now))
+
+
+async def participant_left(
+    db: AsyncSession, session_id: str, *, name: str, role: str, now: dt.datetime, reason: str
+) -> None:
+    """Close the newest open participation of ``name`` in ``role``."""
+    row = (
+        await db.execute(
+            select(SessionParticipant)
+            .where(
+                SessionParticipant.session_id == session_id,
+                SessionParticipant.name == name,
+                SessionParticipant.role == role,
+                SessionParticipant.left_at.is_(None),
+            )
+            .order_by(SessionParticipant.id.desc())
+            .limit(1)
+        )
+    ).scalar_one_or_none()
+    if row is not None:
+        row.left_at = now
+        row.left_reason = reason[:200]
+
+
+async def close_participants(
+    db: AsyncSession, session_id: str, *, now: dt.datetime, reason: str
+) -> None:
+    await db.execute(
+        update(SessionParticipant)
+        .where(SessionParticipant.session_id == session_id, SessionParticipant.left_at.is_(None))
+        .values(left_at=now, left_reason=reason[:200])
+    )
+
+
+async def participants(db: AsyncSession, session_id: str) -> Sequence[SessionParticipant]:
+    stmt = (
+        select(SessionParticipant)
+        .where(SessionParticipant.session_id == session_id)
+        .order_by(SessionParticipant.id)
+    )
+    return (await db.execute(stmt)).scalars().all()
+
+
+def note_key(session_id: str) -> str:
+    """The idempotency key of a session's note: the same on every retry and every node."""
+    return f"secondline-session-note:{session_id}"
+
+
+async def enqueue_note(
+    db: AsyncSession,
+    *,
+    session_id: str,
+    ticket_id: int,
+    author: str,
+    text: str,
+    attachments: Sequence[str],
+    now: dt.datetime,
+) -> None:
+    """Put the session's note in the outbox (once: a second call changes nothing)."""
+    exists = (
+        await db.execute(select(SessionOutbox.id).where(SessionOutbox.session_id == session_id))
+    ).scalar_one_or_none()
+    if exists is not None:
+        return
+    db.add(
+        SessionOutbox(
+            session_id=session_id,
+            ticket_id=ticket_id,
+            idempotency_key=note_key(session_id),
+            author=author,
+            text=text,
+            attachments=list(attachments),
+            state="pending",
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+        )
+    )

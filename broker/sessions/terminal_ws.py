@@ -1,0 +1,337 @@
+"""``GET /console/ws/terminal``: a browser terminal attached to a session hub.
+
+Protocol (docs/sessions.md, "Console terminal"):
+
+1. The upgrade needs an ``Origin`` equal to the public URL's (403, audited, otherwise) and
+   a signed-in console principal (cookie or bearer token).
+2. The first client message is a text frame ``{"ticket": "tt_..."}``: a one-time terminal
+   ticket from ``POST /api/v1/sessions/terminal-tickets``, bound to the same principal.
+3. Then binary frames carry terminal bytes both ways; text frames carry JSON control:
+   client → ``{"type": "resize", "cols": N, "rows": N}``; server →
+   ``{"type": "state", "state": "waiting_consent"|"running"|"ended", "reason", "session"}``,
+   ``{"type": "participants", "list": [{"name", "role"}]}`` and
+   ``{"type": "notice", "message"}`` (observers are told once that their input is dropped).
+
+The server never queues a frame per write: terminal bytes are appended to one buffer that a
+single writer task sends as one binary frame per turn (at most 256 KiB).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import deque
+from typing import Final, cast
+
+from aiohttp import WSMsgType, web
+
+from broker.api.auth import authenticate
+from broker.api.routing import SERVICES
+from broker.errors import ForbiddenError
+from broker.origin import origin_allowed
+from broker.rules import SshTarget
+from broker.sessions.admission import OpenRequest
+from broker.sessions.errors import SessionError
+from broker.sessions.hub import LiveSession, Outcome
+from broker.sessions.hub_core import Member
+from broker.sessions.runtime import SESSIONS
+from broker.sessions.terminal_tickets import TerminalGrant
+
+log = logging.getLogger(__name__)
+
+PATH: Final = "/console/ws/terminal"
+FIRST_MESSAGE_TIMEOUT: Final = 10.0
+MAX_MESSAGE: Final = 64 << 10
+MAX_CONTROL: Final = 1024
+FRAME_MAX: Final = 256 << 10
+CLOSE_REFUSED: Final = 4403
+CLOSE_BAD_TICKET: Final = 4401
+CLOSE_PROTOCOL: Final = 4400
+CLOSE_INTERNAL: Final = 1011
+TERM: Final = "xterm-256color"
+EARLY_INPUT_MAX: Final = 64 << 10
+
+
+class WebTerminal:
+    """A browser terminal as the hub sees it (:class:`~broker.sessions.hub.Terminal`)."""
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self._ws = ws
+        self._items: deque[bytearray | str] = deque()
+        self._bytes = 0
+        self._wake = asyncio.Event()
+        self._closing: tuple[int, str] | None = None
+        self.closed = asyncio.Event()
+        self.live: LiveSession | None = None
+        self.pid = 0
+        self.early = bytearray()  # typed before the session ran; sent when it does
+        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+
+    def bind(self, live: LiveSession, member: Member) -> None:
+        self.live, self.pid = live, member.pid
+        if self.early:
+            live.input(member.pid, bytes(self.early))
+            self.early.clear()
+
+    # -- Terminal ----------------------------------------------------------------------------
+
+    def write_output(self, data: bytes, stderr: bool) -> None:
+        if self._closing is not None:
+            return
+        last = self._items[-1] if self._items else None
+        if isinstance(last, bytearray) and len(last) + len(data) <= FRAME_MAX:
+            last += data
+        else:
+            self._items.append(bytearray(data))
+        self._bytes += len(data)
+        self._wake.set()
+
+    def buffered(self) -> int:
+        return self._bytes
+
+    def _send_json(self, message: dict[str, object]) -> None:
+        if self._closing is None:
+            self._items.append(json.dumps(message))
+            self._wake.set()
+
+    def show_state(self, state: str, reason: str, session_id: str) -> None:
+        self._send_json({"type": "state", "state": state, "reason": reason, "session": session_id})
+
+    def show_participants(self, people: list[dict[str, str]]) -> None:
+        self._send_json({"type": "participants", "list": people})
+
+    def show_notice(self, message: str) -> None:
+        self._send_json({"type": "notice", "message": message})
+
+    def drop(self, message: str) -> None:
+        # Cut off for being slow: what waits is thrown away, the reason still goes out.
+        self._items.clear()
+        self._bytes = 0
+        self.end(message, "", CLOSE_REFUSED)
+
+    def finish(self, outcome: Outcome) -> None:
+        session = self.live.session_id if self.live is not None else ""
+        self.end(outcome.message, session, 1000)
+
+    def end(self, reason: str, session: str, code: int) -> None:
+        """Say ``ended`` and close once everything queued is sent."""
+        self.show_state("ended", reason, session)
+        if self._closing is None:
+            self._closing = (code, reason[:120])
+            self._wake.set()
+
+    # -- sending -----------------------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        ws = self._ws
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._items:
+                    item = self._items.popleft()
+                    if isinstance(item, bytearray):
+                        self._bytes -= len(item)
+                        # aiohttp takes any bytes-like object; a copy would cost per frame.
+                        await ws.send_bytes(cast(bytes, item))
+                        if self.live is not None:
+                            self.live.drained(self.pid)
+                    else:
+                        await ws.send_str(item)
+                if self._closing is not None:
+                    code, reason = self._closing
+                    await ws.close(code=code, message=reason.encode("utf-8", "replace")[:120])
+                    return
+        except (ConnectionError, RuntimeError) as exc:
+            log.info("a console terminal went away while sending: %s", type(exc).__name__)
+        finally:
+            self._items.clear()
+            self._bytes = 0
+            self.closed.set()
+
+    async def stop(self) -> None:
+        self._writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._writer
+
+
+async def _first_ticket(ws: web.WebSocketResponse) -> object:
+    """The ticket of the first message, or None when it is not ``{"ticket": "..."}``."""
+    try:
+        async with asyncio.timeout(FIRST_MESSAGE_TIMEOUT):
+            msg = await ws.receive()
+    except TimeoutError:
+        return None
+    if msg.type != WSMsgType.TEXT or len(msg.data) > MAX_CONTROL:
+        return None
+    try:
+        doc = json.loads(msg.data)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or set(doc) != {"ticket"}:
+        return None
+    return doc["ticket"]
+
+
+def _resize(data: str) -> tuple[int, int] | None:
+    if len(data) > MAX_CONTROL:
+        return None
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or doc.get("type") != "resize":
+        return None
+    cols, rows = doc.get("cols"), doc.get("rows")
+    if type(cols) is not int or type(rows) is not int:
+        return None
+    if not (1 <= cols <= 1000 and 1 <= rows <= 1000):
+        return None
+    return cols, rows
+
+
+async def terminal_socket(request: web.Request) -> web.StreamResponse:
+    services = request.app[SERVICES]
+    runtime = request.app[SESSIONS]
+    source = request.remote or ""
+    if not origin_allowed(request.headers.get("Origin"), services.config.public_url):
+        await runtime.manager.audit(
+            "anonymous",
+            "console.ws_refused",
+            PATH,
+            outcome="denied",
+            source=source,
+            details={"origin": ascii(request.headers.get("Origin", ""))[:100]},
+        )
+        raise ForbiddenError(
+            "the terminal opens only from the Secondline console's own pages", code="bad_origin"
+        )
+    principal = await authenticate(request, services, public=False)
+    ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE, heartbeat=30.0)
+    await ws.prepare(request)
+    runtime.sockets.add(ws)
+    terminal = WebTerminal(ws)
+    try:
+        token = await _first_ticket(ws)
+        grant = runtime.terminal_tickets.redeem(token, user_id=principal.user_id, now=time.time())
+        if grant is None or grant.staff != principal.name:
+            await runtime.manager.audit(
+                principal.name,
+                "console.terminal_refused",
+                PATH,
+                outcome="denied",
+                source=source,
+                details={"reason": "bad_ticket"},
+            )
+            terminal.end(
+                "this terminal ticket is not valid (expired, used, or not yours); "
+                "open the terminal again",
+                "",
+                CLOSE_BAD_TICKET,
+            )
+        else:
+            await _serve(request, ws, terminal, grant, source)
+        if not ws.closed:
+            await _until_closed(ws, terminal)
+    finally:
+        await terminal.stop()
+        runtime.sockets.discard(ws)
+        if not ws.closed:
+            await ws.close()
+    return ws
+
+
+async def _until_closed(ws: web.WebSocketResponse, terminal: WebTerminal) -> None:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(5.0):
+            await terminal.closed.wait()
+
+
+async def _serve(
+    request: web.Request,
+    ws: web.WebSocketResponse,
+    terminal: WebTerminal,
+    grant: TerminalGrant,
+    source: str,
+) -> None:
+    manager = request.app[SESSIONS].manager
+    size = [grant.cols, grant.rows]
+    if grant.mode == "open":
+        start = manager.open(
+            OpenRequest(
+                staff=grant.staff,
+                target=SshTarget(ticket=grant.ticket_id, agent=grant.agent),
+                kind="shell",
+                command=None,
+                term=TERM,
+                cols=grant.cols,
+                rows=grant.rows,
+                via="web",
+                source=source,
+            ),
+            terminal,
+        )
+    else:
+        assert grant.session is not None
+        start = manager.attach(
+            staff_name=grant.staff,
+            session_id=grant.session,
+            ticket_id=grant.ticket_id,
+            role="joiner" if grant.mode == "join" else "observer",
+            terminal=terminal,
+            source=source,
+        )
+    opener = asyncio.get_running_loop().create_task(start)
+    reader = asyncio.get_running_loop().create_task(_read(ws, terminal, size))
+    try:
+        await asyncio.wait({opener, reader}, return_when=asyncio.FIRST_COMPLETED)
+        if not opener.done():
+            return  # the browser left while the session was starting: opener is cancelled
+        try:
+            live, member = opener.result()
+        except SessionError as exc:
+            terminal.end(exc.message, "", CLOSE_REFUSED)
+            return
+        except Exception:  # a connection boundary: the browser gets a sentence, the log the rest
+            log.exception("opening a console terminal failed")
+            terminal.end(
+                "the session could not be started (internal error); tell an admin",
+                "",
+                CLOSE_INTERNAL,
+            )
+            return
+        terminal.bind(live, member)
+        if [live.facts.cols, live.facts.rows] != size:
+            live.resize(member.pid, size[0], size[1])
+        await reader
+    finally:
+        for task in (opener, reader):
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, SessionError):
+                    await task
+        if terminal.live is not None:
+            terminal.live.detach(terminal.pid, "disconnected")
+
+
+async def _read(ws: web.WebSocketResponse, terminal: WebTerminal, size: list[int]) -> None:
+    async for msg in ws:
+        live = terminal.live
+        if msg.type == WSMsgType.BINARY:
+            if live is not None:
+                live.input(terminal.pid, msg.data)
+            elif len(terminal.early) + len(msg.data) <= EARLY_INPUT_MAX:
+                terminal.early += msg.data
+        elif msg.type == WSMsgType.TEXT:
+            wanted = _resize(msg.data)
+            if wanted is None:
+                terminal.end("that control message is not understood", "", CLOSE_PROTOCOL)
+                return
+            size[:] = list(wanted)
+            if live is not None:
+                live.resize(terminal.pid, *wanted)
+        else:
+            return

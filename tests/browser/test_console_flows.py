@@ -1,0 +1,360 @@
+"""The web console in headless Chromium against a real broker and a real agent: sign-in with
+TOTP, a level-2 ticket, a shell with consent, output, resize, copy and paste, hostile output,
+the end, the transcript played back; a level-1 colleague watching read-only; cross-site
+WebSocket upgrades refused; a disabled account's terminal closed.
+
+Screenshots of the pages are written to docs/screenshots/ (the README and docs/console.md
+show them)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import aiohttp
+import pytest
+from playwright.async_api import Browser, BrowserContext, Page, async_playwright
+
+from broker.console import totp
+from tests.support.broker import BrokerProcess, cli_env, init_dir, secondline, start_broker
+from tests.support.console import PASSWORD, build_front_end
+from tests.support.database import make_backend
+
+pytestmark = [pytest.mark.browser, pytest.mark.e2e]
+
+ROOT: Final = Path(__file__).resolve().parents[2]
+SHOTS: Final = ROOT / "docs" / "screenshots"
+CHROMIUM: Final = "/usr/bin/chromium"
+ARGS: Final = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+WAIT_MS: Final = 20_000
+VIEW: Final = {"width": 1360, "height": 820}
+
+
+@dataclass
+class Stack:
+    """A broker, an enrolled agent that is connected, staff, and an escalated ticket."""
+
+    broker: BrokerProcess
+    agent_dir: Path
+    ticket: str
+    steps: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return self.broker.url
+
+    def admin(self, *args: str, stdin: str | None = None) -> str:
+        result = secondline(*args, data_dir=self.broker.data_dir, stdin=stdin)
+        assert result.code == 0, result.err
+        return result.out
+
+    def agent_cli(self, *args: str) -> str:
+        import subprocess
+
+        proc = subprocess.run(
+            [sys.executable, "-m", "agent", args[0], "--state-dir", str(self.agent_dir), *args[1:]],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env=cli_env(self.broker.data_dir),
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    def code(self, user: str, secret: str) -> str:
+        """The next unused TOTP code of ``user`` (each works once)."""
+        now = totp.step_at(time.time())
+        step = max(now - 1, self.steps.get(user, 0) + 1)
+        assert step <= now + 1, "ran out of codes in the window"
+        self.steps[user] = step
+        return totp.code_at(secret, step * totp.STEP_SECONDS)
+
+
+async def _read_until(stream: asyncio.StreamReader, marker: bytes) -> None:
+    async with asyncio.timeout(30):
+        while True:
+            line = await stream.readline()
+            if not line:
+                raise AssertionError(f"the agent exited before saying {marker!r}")
+            if marker in line:
+                return
+
+
+@pytest.fixture(scope="module")
+def front_end() -> None:
+    build_front_end()
+
+
+@pytest.fixture
+def sqlite_data_dir(tmp_path: Path) -> Path:
+    """An initialised data dir on SQLite: the browser flows test the console, not the store
+    (the component tests cover PostgreSQL)."""
+    return init_dir(tmp_path / "data", make_backend("sqlite", tmp_path, ""))
+
+
+@pytest.fixture
+async def stack(tmp_path: Path, sqlite_data_dir: Path, front_end: None) -> AsyncIterator[Stack]:
+    data_dir = sqlite_data_dir
+    broker = await start_broker(data_dir)
+    agent: asyncio.subprocess.Process | None = None
+    try:
+        stack = Stack(broker, tmp_path / "agent", "")
+        stack.agent_dir.mkdir(mode=0o700)
+        stack.admin("customer", "add", "acme", "--display-name", "ACME GmbH")
+        stack.admin(
+            "user", "add", "bob", "--role", "level2", "--display-name", "Bob Berger",
+            "--customer", "acme", "--password-stdin", stdin=PASSWORD + "\n",
+        )  # fmt: skip
+        stack.admin(
+            "user", "add", "tina", "--role", "level1", "--display-name", "Tina Trainee",
+            "--customer", "acme", "--password-stdin", stdin=PASSWORD + "\n",
+        )  # fmt: skip
+        stack.admin("user", "add", "lena", "--role", "level1", "--customer", "acme")
+        lena = json.loads(stack.admin("user", "token", "lena", "--json"))["token"]
+        token = stack.admin("token", "create", "--customer", "acme", "--consent", "attended")
+        stack.agent_cli("enroll", broker.url, token.strip(), "--name", "web01")
+        agent = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "agent", "run", "--state-dir", str(stack.agent_dir),
+            stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            env=cli_env(data_dir),
+        )  # fmt: skip
+        assert agent.stderr is not None
+        await _read_until(agent.stderr, b"connected to the broker")
+        drain = asyncio.get_running_loop().create_task(agent.stderr.read())
+        as_lena = ["--token", lena]
+        ticket = secondline(
+            *as_lena, "ticket", "create", "--title", "Drucker druckt nicht",
+            "--customer", "acme", "--requester", "Max Muster", "--agent", "web01",
+            "--description", "Seit dem Update hängen alle Aufträge.",
+            data_dir=data_dir,
+        )  # fmt: skip
+        assert ticket.code == 0, ticket.err
+        stack.ticket = ticket.out.strip()
+        up = secondline(
+            *as_lena, "ticket", "escalate", stack.ticket, "--to", "2",
+            "--reason", "CUPS hängt; braucht eine Shell", data_dir=data_dir,
+        )  # fmt: skip
+        assert up.code == 0, up.err
+        for title, requester in (
+            ("Outlook fragt ständig nach dem Passwort", "Anna Schmidt"),
+            ("Neuer Mitarbeiter braucht VPN-Zugang", "Jan Becker"),
+        ):
+            more = secondline(
+                *as_lena, "ticket", "create", "--title", title, "--customer", "acme",
+                "--requester", requester, data_dir=data_dir,
+            )  # fmt: skip
+            assert more.code == 0, more.err
+        yield stack
+        agent.terminate()
+        await drain
+    finally:
+        if agent is not None and agent.returncode is None:
+            agent.terminate()
+            async with asyncio.timeout(30):
+                await agent.wait()
+        await broker.stop()
+
+
+@pytest.fixture
+async def chromium() -> AsyncIterator[Browser]:
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+async def new_context(browser: Browser, *, lang: str = "en-US") -> BrowserContext:
+    return await browser.new_context(
+        ignore_https_errors=True,
+        viewport=VIEW,  # type: ignore[arg-type]
+        locale=lang,
+        extra_http_headers={"Accept-Language": lang},
+    )
+
+
+async def enrol_and_sign_in(stack: Stack, page: Page, user: str) -> None:
+    """First sign-in (TOTP set-up from the page), sign out, then sign in with a fresh code."""
+    await page.goto(f"{stack.url}/console/")
+    await page.fill("input[name=user]", user)
+    await page.fill("input[name=password]", PASSWORD)
+    await page.click("button[type=submit]")
+    await page.wait_for_url("**/console/totp-setup**")
+    assert await page.locator("figure.qr-frame svg").count() == 1
+    secret = (await page.text_content("#totp-secret") or "").replace(" ", "")
+    await page.fill("input[name=code]", stack.code(user, secret))
+    await page.click("button[type=submit]")
+    await page.wait_for_url("**/console/")
+    await page.click("form[action='/console/logout'] button")
+    await page.wait_for_url("**/console/login")
+    await page.fill("input[name=user]", user)
+    await page.fill("input[name=password]", PASSWORD)
+    await page.fill("input[name=code]", stack.code(user, secret))
+    await page.click("button[type=submit]")
+    await page.wait_for_url("**/console/")
+
+
+def terminal_text(page: Page, text: str) -> object:
+    return page.locator("#terminal-screen .xterm-rows").get_by_text(text, exact=True)
+
+
+async def test_a_level_two_shell_from_sign_in_to_playback(stack: Stack, chromium: Browser) -> None:
+    """Bob signs in with TOTP, opens a shell on the ticket's machine after consent, works in it
+    while Tina watches read-only, ends it, and plays the transcript back from the ticket."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    bob_ctx = await new_context(chromium, lang="de-DE")
+    await bob_ctx.grant_permissions(["clipboard-read", "clipboard-write"], origin=stack.url)
+    bob = await bob_ctx.new_page()
+    await enrol_and_sign_in(stack, bob, "bob")
+    await bob.locator(f"#queue-rows a:text('{stack.ticket}')").wait_for()
+    await bob.screenshot(path=SHOTS / "queue.png")
+
+    await bob.click(f"#queue-rows a:text('{stack.ticket}')")
+    await bob.wait_for_url(f"**/console/tickets/{stack.ticket}")
+    await bob.screenshot(path=SHOTS / "ticket.png", full_page=True)
+    await bob.click("#ticket-machines a.btn-primary")
+    await bob.locator("#terminal-app[data-state=waiting_consent]").wait_for(timeout=WAIT_MS)
+    await bob.screenshot(path=SHOTS / "terminal-consent.png")
+    session = await bob.get_attribute("#terminal-app", "data-session")
+    assert session
+    assert session.startswith("s-")
+    stack.agent_cli("approve", session)
+    await bob.locator("#terminal-app[data-state=running]").wait_for(timeout=WAIT_MS)
+
+    tina_ctx = await new_context(chromium)
+    tina = await tina_ctx.new_page()
+    await enrol_and_sign_in(stack, tina, "tina")
+    await tina.goto(f"{stack.url}/console/sessions")
+    await tina.locator(f"#live-rows a[href*='{session}']").first.wait_for()
+    await tina.screenshot(path=SHOTS / "live-sessions.png")
+    await tina.click(f"#live-rows a[href*='{session}'][href*='mode=observe']")
+    await tina.locator("#terminal-app[data-state=running]").wait_for(timeout=WAIT_MS)
+    await tina.locator("#participants .participant-observer").wait_for(timeout=WAIT_MS)
+
+    await bob.click("#terminal-screen")
+    await bob.keyboard.type("echo hallo-welt\n")
+    await terminal_text(bob, "hallo-welt").wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
+    await terminal_text(tina, "hallo-welt").wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
+
+    # The observer's keystrokes go nowhere: the broker says so, and the shell never sees them.
+    await tina.click("#terminal-screen")
+    await tina.keyboard.type("echo observer-typed\n")
+    await tina.locator("#term-notice").wait_for(timeout=WAIT_MS)
+    await bob.keyboard.type("echo after-observer\n")
+    await terminal_text(bob, "after-observer").wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
+    assert "observer-typed" not in (await bob.text_content("#terminal-screen") or "")
+
+    # Colours and UTF-8: umlauts, box drawing, emoji.
+    await bob.keyboard.type("printf '\\033[1;32mgrün\\033[0m äöü ─┼─ 😀\\n'\n")
+    await (
+        bob.locator("#terminal-screen .xterm-rows")
+        .get_by_text("grün äöü ─┼─ 😀")
+        .wait_for(timeout=WAIT_MS)
+    )
+    await bob.screenshot(path=SHOTS / "terminal.png")
+
+    # Output cannot set the clipboard (OSC 52) nor put markup into the page (title).
+    await bob.evaluate("navigator.clipboard.writeText('echo pasted-ok')")
+    await bob.keyboard.type(
+        "printf '\\033]52;c;ZWNobyBwd25lZA==\\007\\033]0;<img src=x id=pwn>\\007done-osc\\n'\n"
+    )
+    await terminal_text(bob, "done-osc").wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
+    assert await bob.evaluate("navigator.clipboard.readText()") == "echo pasted-ok"
+    assert await bob.locator("#pwn").count() == 0
+    # Copy takes the selection; paste goes through the button (a click reads the clipboard).
+    await bob.evaluate("window.secondlineTerminal.selectAll()")
+    await bob.click("#btn-copy")
+    assert "hallo-welt" in await bob.evaluate("navigator.clipboard.readText()")
+    await bob.evaluate("navigator.clipboard.writeText('echo pasted-ok')")
+    await bob.click("#btn-paste")
+    await bob.keyboard.press("Enter")
+    await terminal_text(bob, "pasted-ok").wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
+
+    # Resize: the PTY follows the browser window.
+    before = await bob.get_attribute("#terminal-app", "data-size")
+    await bob.set_viewport_size({"width": 980, "height": 640})
+    await bob.locator(f'#terminal-app:not([data-size="{before}"])').wait_for(timeout=WAIT_MS)
+    cols, rows = (await bob.get_attribute("#terminal-app", "data-size") or "x").split("x")
+    await bob.keyboard.type("stty size\n")
+    await terminal_text(bob, f"{rows} {cols}").wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
+    await bob.set_viewport_size(VIEW)  # type: ignore[arg-type]
+
+    await bob.keyboard.type("exit\n")
+    await bob.locator("#terminal-app[data-state=ended]").wait_for(timeout=WAIT_MS)
+    await tina.locator("#terminal-app[data-state=ended]").wait_for(timeout=WAIT_MS)
+
+    # The transcript is on the ticket, and plays back from a command.
+    await bob.goto(f"{stack.url}/console/tickets/{stack.ticket}")
+    await bob.locator(f"#ticket-sessions td:text('{session}')").wait_for(timeout=WAIT_MS)
+    await bob.click(f"#ticket-sessions a[href='/console/sessions/{session}/play']")
+    await bob.wait_for_url(f"**/console/sessions/{session}/play")
+    await bob.locator("#commands .cmd code:text('echo hallo-welt')").click()
+    await (
+        bob.locator("#player").get_by_text("hallo-welt", exact=True).first.wait_for(timeout=WAIT_MS)
+    )
+    await bob.screenshot(path=SHOTS / "playback.png")
+    await tina_ctx.close()
+    await bob_ctx.close()
+
+
+async def test_cross_site_upgrades_are_refused_and_disabling_closes_the_terminal(
+    stack: Stack, chromium: Browser
+) -> None:
+    """The terminal WebSocket refuses evil, null, missing and look-alike origins; disabling
+    an account closes its open terminal within five seconds."""
+    ctx = await new_context(chromium)
+    page = await ctx.new_page()
+    await enrol_and_sign_in(stack, page, "bob")
+    cookies = {c["name"]: c["value"] for c in await ctx.cookies()}
+    tls = ssl.create_default_context(cafile=str(stack.broker.data_dir / "keys" / "tls.crt"))
+    ws_url = f"wss://127.0.0.1:{stack.broker.https_port}/console/ws/terminal"
+    cookie = "; ".join(f"{k}={v}" for k, v in cookies.items())
+    async with aiohttp.ClientSession() as http:
+        for origin in (
+            "https://evil.example",
+            "null",
+            None,
+            f"https://127.0.0.1.evil.example:{stack.broker.https_port}",
+            f"http://127.0.0.1:{stack.broker.https_port}",
+        ):
+            headers = {"Cookie": cookie}
+            if origin is not None:
+                headers["Origin"] = origin
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await http.ws_connect(ws_url, headers=headers, ssl=tls)
+            assert refused.value.status == 403, origin
+
+    await page.goto(f"{stack.url}/console/terminal?ticket={stack.ticket}&agent=web01&mode=open")
+    await page.locator("#terminal-app[data-state=waiting_consent]").wait_for(timeout=WAIT_MS)
+    session = await page.get_attribute("#terminal-app", "data-session")
+    assert session
+    stack.agent_cli("approve", session)
+    await page.locator("#terminal-app[data-state=running]").wait_for(timeout=WAIT_MS)
+    stack.admin("user", "disable", "bob")
+    started = time.monotonic()
+    await page.locator(
+        "#terminal-app[data-state=lost], #terminal-app[data-state=ended], "
+        "#terminal-app[data-state=signed_out]"
+    ).wait_for(timeout=WAIT_MS)
+    assert time.monotonic() - started < 5.0
+    await page.goto(f"{stack.url}/console/")
+    await page.wait_for_url("**/console/login**")
+    await ctx.close()

@@ -1,0 +1,247 @@
+"""The agent tunnel over the real app on loopback: real WebSockets, real asyncssh on both
+sides, presence, facts, replacement, liveness, revocation and every kind of bad peer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncssh
+import pytest
+from pytest_aiohttp import AiohttpClient
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from broker.agents.tunnel_endpoint import MAX_WS_MESSAGE, TunnelSettings
+from tests.component.test_agents_harness import (
+    FACTS,
+    FAST,
+    WAIT,
+    AgentsApp,
+    eventually_closed,
+    start_agents_app,
+)
+
+pytestmark = pytest.mark.postgres
+
+NEW_FACTS = {**FACTS.to_dict(), "os_version": "13", "users": ["carol"]}
+
+
+@pytest.fixture
+async def agents(data_dir: Path, aiohttp_client: AiohttpClient) -> AsyncIterator[AgentsApp]:
+    async with start_agents_app(data_dir, aiohttp_client) as app:
+        await app.customer("acme")
+        yield app
+
+
+async def shown(agents: AgentsApp, agent_id: str) -> dict[str, object]:
+    await agents.runtime.presence.flush()
+    _, data = await agents.api.call("GET", f"/agents/{agent_id}", expect=200)
+    assert isinstance(data, dict)
+    return data
+
+
+async def test_a_connected_agent_is_online_with_fresh_facts(agents: AgentsApp) -> None:
+    """After connecting, the agent is online, its facts come from sl:facts, and the
+    registry hands out a working SSH connection to it."""
+    agent = await agents.agent(facts_output=json.dumps(NEW_FACTS).encode() + b"\n")
+    await agent.connect()
+    async with asyncio.timeout(WAIT):
+        conn = await agents.registry.wait_ready(agent.id)
+    data = await shown(agents, agent.id)
+    assert (data["status"], data["online"]) == ("online", True)
+    assert data["facts"] == NEW_FACTS
+    assert data["last_seen"] is not None
+    result = await conn.run("echo hello", check=True)
+    assert result.stdout == "hello\n"
+    _, listed = await agents.api.call("GET", "/agents?status=online", expect=200)
+    assert isinstance(listed, list)
+    assert [a["id"] for a in listed] == [agent.id]
+    await agent.close()
+    async with asyncio.timeout(WAIT):
+        await agents.registry.wait_for(agent.id, online=False)
+    assert (await shown(agents, agent.id))["status"] == "offline"
+
+
+async def test_a_second_connection_replaces_the_first(agents: AgentsApp) -> None:
+    """The same agent dialling again gets the registry's slot; the old tunnel is closed."""
+    agent = await agents.agent()
+    first = await agent.connect()
+    async with asyncio.timeout(WAIT):
+        old = await agents.registry.wait_ready(agent.id)
+    await agent.connect()
+    async with asyncio.timeout(WAIT):
+        # The broker closes the old tunnel when the new one takes its place.
+        await first.wait_closed()
+        conn = await agents.registry.wait_ready(agent.id)
+    assert conn is not old
+    assert len(agents.registry) == 1
+    assert (await shown(agents, agent.id))["status"] == "online"
+
+
+async def test_an_agent_claiming_another_agents_id_is_refused(agents: AgentsApp) -> None:
+    """B's host key cannot pass for A: refused, audited, and A's tunnel is untouched."""
+    alice = await agents.agent("alice")
+    mallory = await agents.agent("mallory")
+    await alice.connect()
+    async with asyncio.timeout(WAIT):
+        alice_conn = await agents.registry.wait_ready(alice.id)
+    with pytest.raises((asyncssh.Error, ConnectionError, OSError)):
+        await mallory.connect(claim_id=alice.id)
+    async with asyncio.timeout(WAIT):
+        await agents.registry.wait_refused(1)
+    assert agents.registry.connection(alice.id) is alice_conn
+    assert (await alice_conn.run("echo still-here")).stdout == "still-here\n"
+    reasons = await agents.denied_reasons()
+    assert reasons == ["the SSH host key is not the one this agent enrolled with"]
+    assert agents.registry.connection(mallory.id) is None
+
+
+async def test_revoking_closes_the_tunnel_and_refuses_reconnects(agents: AgentsApp) -> None:
+    """Revocation closes a live tunnel within 5 s; the next upgrade is a 403, audited."""
+    agent = await agents.agent()
+    conn = await agent.connect()
+    async with asyncio.timeout(WAIT):
+        await agents.registry.wait_ready(agent.id)
+    await agents.api.call("POST", f"/agents/{agent.id}/revoke", expect=200)
+    async with asyncio.timeout(5):
+        await conn.wait_closed()
+        await agents.registry.wait_for(agent.id, online=False)
+    with pytest.raises(InvalidStatus) as refused:
+        await agent.open_ws()
+    assert refused.value.response.status_code == 403
+    data = await shown(agents, agent.id)
+    assert (data["status"], data["revoked_by"]) == ("revoked", "admin")
+    assert [e.target for e in await agents.audit("agent.revoke")] == [agent.id]
+    assert await agents.denied_reasons() == ["revoked agent"]
+
+
+async def test_a_silent_agent_goes_offline_after_missed_keepalives(agents: AgentsApp) -> None:
+    """An agent that stops answering (socket open) is dropped after 3 keepalive intervals."""
+    agent = await agents.agent()
+    await agent.connect()
+    async with asyncio.timeout(WAIT):
+        await agents.registry.wait_ready(agent.id)
+    assert agent.stream is not None
+    agent.stream.frozen.set()
+    limit = FAST.keepalive_interval * (FAST.keepalive_count_max + 1) + 2.0
+    async with asyncio.timeout(limit):
+        await agents.registry.wait_for(agent.id, online=False)
+    assert (await shown(agents, agent.id))["status"] == "offline"
+
+
+@pytest.mark.parametrize(
+    ("header", "status"),
+    [("", 400), ("ag-TOOSHORT", 400), ("ag-0123456789abcdef", 403)],
+)
+async def test_bad_or_unknown_agent_ids_are_refused_before_the_upgrade(
+    agents: AgentsApp, header: str, status: int
+) -> None:
+    """A missing or malformed id header is a 400, an unknown agent a 403; both audited."""
+    resp = await agents.api.client.get(
+        "/agent/v1/tunnel",
+        headers={
+            "Connection": "Upgrade",
+            "Upgrade": "websocket",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            **({"X-Secondline-Agent": header} if header else {}),
+        },
+    )
+    assert resp.status == status
+    assert len(await agents.denied_reasons()) == 1
+
+
+async def test_a_plain_get_is_not_a_tunnel(agents: AgentsApp) -> None:
+    """Without a WebSocket upgrade the endpoint says so."""
+    agent = await agents.agent()
+    resp = await agents.api.client.get("/agent/v1/tunnel", headers={"X-Secondline-Agent": agent.id})
+    assert resp.status == 400
+    assert (await resp.json())["error"]["code"] == "not_websocket"
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        # Random bytes may hold no line end: then the handshake times out instead.
+        (os.urandom(4096), "the SSH handshake"),
+        (b"SSH-2.0-fake\r\n" + os.urandom(2048), "the SSH handshake failed"),
+        ("hello", "text message"),
+        (b"\0" * (MAX_WS_MESSAGE + 1), "larger than the limit"),
+    ],
+)
+async def test_garbage_on_the_tunnel_is_refused_and_others_are_unaffected(
+    agents: AgentsApp, payload: bytes | str, reason: str
+) -> None:
+    """Random bytes, a fake SSH stream, text and oversized messages end that tunnel only."""
+    good = await agents.agent("good")
+    await good.connect()
+    async with asyncio.timeout(WAIT):
+        good_conn = await agents.registry.wait_ready(good.id)
+    bad = await agents.agent("bad")
+    ws = await bad.open_ws()
+    with contextlib.suppress(ConnectionClosed):
+        await ws.send(payload)
+    await eventually_closed(ws)
+    async with asyncio.timeout(WAIT):
+        await agents.registry.wait_refused(1)
+    reasons = await agents.denied_reasons()
+    assert len(reasons) == 1
+    assert reason in reasons[0]
+    assert agents.registry.connection(bad.id) is None
+    assert (await good_conn.run("echo ok")).stdout == "ok\n"
+
+
+async def test_a_stalled_handshake_times_out(agents: AgentsApp) -> None:
+    """A WebSocket that never speaks SSH is closed at the handshake timeout, audited."""
+    agent = await agents.agent()
+    ws = await agent.open_ws()
+    async with asyncio.timeout(FAST.handshake_timeout + WAIT):
+        await ws.wait_closed()
+        await agents.registry.wait_refused(1)
+    assert await agents.denied_reasons() == ["the SSH handshake did not finish in time"]
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        json.dumps({**NEW_FACTS, "os": "Debian\u001b[31m"}).encode(),
+        json.dumps({**NEW_FACTS, "os": "<b>Debian</b>"}).encode(),
+        b'{"hostname": "x", "pad": "' + b"x" * (2 * 1024 * 1024) + b'"}',
+        b"\xff\xfe\x00garbage",
+    ],
+)
+async def test_hostile_facts_on_connect_keep_the_old_ones(agents: AgentsApp, output: bytes) -> None:
+    """Facts with escapes, markup, megabytes or junk are refused and audited; the agent
+    stays online with the facts it enrolled with."""
+    agent = await agents.agent(facts_output=output)
+    await agent.connect()
+    async with asyncio.timeout(WAIT):
+        conn = await agents.registry.wait_ready(agent.id)
+    data = await shown(agents, agent.id)
+    assert data["status"] == "online"
+    assert data["facts"] == FACTS.to_dict() | {"users": list(FACTS.users)}
+    assert len(await agents.denied_reasons("agent.facts")) == 1
+    assert (await conn.run("echo alive")).stdout == "alive\n"
+
+
+async def test_an_over_limit_upgrade_gets_503_with_retry_after(
+    data_dir: Path, aiohttp_client: AiohttpClient
+) -> None:
+    """Past the handshake rate the broker answers 503 and when to come back."""
+    slow = TunnelSettings(handshakes_per_second=1, handshake_burst=1, handshake_timeout=2.0)
+    async with start_agents_app(data_dir, aiohttp_client, slow) as agents:
+        await agents.customer("acme")
+        first = await agents.agent("first")
+        second = await agents.agent("second")
+        await first.connect()
+        with pytest.raises(InvalidStatus) as busy:
+            await second.open_ws()
+        response = busy.value.response
+        assert response.status_code == 503
+        assert int(response.headers["Retry-After"]) >= 1
+        assert json.loads(response.body)["error"]["code"] == "busy"
+        assert agents.runtime.limiter.reservations == 1

@@ -1,0 +1,73 @@
+"""`make demo` (python -m broker.demo): from an empty directory to a console sign-in that
+works with the printed password and TOTP code, then a clean stop on Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from broker.demo import ConsoleBrowser
+from tests.support.broker import cli_env, free_port
+from tests.support.console import build_front_end
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def front_end() -> None:
+    build_front_end()
+
+
+@pytest.mark.usefixtures("front_end")
+async def test_demo_runs_and_its_login_works(tmp_path: Path) -> None:
+    """The demo sets everything up, prints a working sign-in, and stops on SIGINT."""
+    data_dir = tmp_path / "demo-data"
+    https_port, ssh_port = free_port(), free_port()
+    demo = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "broker.demo", "--data-dir", str(data_dir),
+        "--https-port", str(https_port), "--ssh-port", str(ssh_port),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env=cli_env(data_dir),
+    )  # fmt: skip
+    assert demo.stdout is not None
+    out: list[str] = []
+    try:
+        async with asyncio.timeout(120):
+            while True:
+                line = (await demo.stdout.readline()).decode()
+                assert line, "".join(out)
+                out.append(line)
+                if "Press Ctrl-C to stop." in line:
+                    break
+        text = "".join(out)
+        password = re.search(r"password:\s+(\S+)", text)
+        code = re.search(r"TOTP code:\s+(\d{6})", text)
+        assert password is not None, text
+        assert code is not None, text
+        assert f"https://localhost:{https_port}/console/" in text
+        assert "escalated to level 2" in text
+        browser = ConsoleBrowser(f"https://localhost:{https_port}", data_dir / "keys" / "tls.crt")
+        status, _, page = browser.request("GET", "/console/login")
+        token = re.search(r'name="_csrf" value="([^"]+)"', page)
+        assert status == 200
+        assert token is not None
+        fields = {"_csrf": token.group(1), "user": "erika", "password": password.group(1)}
+        status, location, _ = browser.request(
+            "POST", "/console/login", {**fields, "code": code.group(1), "next": "/console/"}
+        )
+        assert (status, location) == (303, "/console/")
+        status, _, queue = browser.request("GET", "/console/")
+        assert status == 200
+        assert "Drucker im Büro 2 druckt nicht" in queue
+    finally:
+        if demo.returncode is None:
+            demo.send_signal(signal.SIGINT)
+        async with asyncio.timeout(60):
+            rest, _ = await demo.communicate()
+    assert demo.returncode == 0, "".join(out) + rest.decode()
+    assert "stopping the demo" in rest.decode()

@@ -1,0 +1,50 @@
+"""The SSH gateway against a real agent SSH server on loopback: commands, shells, the
+note on the ticket, refusals and what the gateway refuses to do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.component.test_sessions_harness import WAIT, World, world
+
+pytestmark = [
+    pytest.mark.postgres,
+    # broker.agents.tokens (another part, in progress) still calls Result.tuples().
+    pytest.mark.filterwarnings("ignore:The Result.tuples:DeprecationWarning"),
+]
+
+
+async def ticket_notes(w: World, ref: str) -> list[dict[str, Any]]:
+    _, ticket = await w.call("GET", f"/tickets/{ref}", expect=200)
+    return list(ticket.get("notes", []))
+
+
+async def wait_note(w: World, ref: str) -> dict[str, Any]:
+    found: list[dict[str, Any]] = []
+
+    async def has_note() -> bool:
+        found[:] = [n for n in await ticket_notes(w, ref) if "Remote session" in n["text"]]
+        return bool(found)
+
+    await w.wait_for(has_note, "the session note")
+    return found[0]
+
+
+async def test_exec_returns_output_and_exit_status(data_dir: Path, tmp_path: Path) -> None:
+    """A command through the gateway prints its output, returns its status, leaves a note."""
+    async with world(data_dir, tmp_path) as w:
+        conn = await w.ssh()
+        async with conn:
+            result = await conn.run("echo hello; echo oops >&2; exit 3", timeout=WAIT)
+        assert result.stdout == "hello\n"
+        assert result.stderr == "oops\n"
+        assert result.exit_status == 3
+        note = await wait_note(w, w.ticket)
+        assert "echo hello; echo oops >&2; exit 3" in note["text"]
+        assert "[exit 3" in note["text"]
+        _, sessions = await w.call("GET", f"/sessions?ticket={w.ticket}", expect=200)
+        assert sessions[0]["state"] == "ended"
+        assert sessions[0]["exit_status"] == 3

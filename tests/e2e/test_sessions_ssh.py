@@ -1,0 +1,529 @@
+"""Sessions end to end: a real `secondline serve`, a really enrolled `secondline-agent run`,
+and the real OpenSSH client (`/usr/bin/ssh -F /dev/null`, its own key, a known_hosts file
+holding the gateway's key, StrictHostKeyChecking=yes, BatchMode=yes)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.support.broker import BrokerProcess, CliResult, cli_env, secondline, start_broker
+
+pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
+
+WAIT = 30.0  # failure bound for waits, never a pause
+SSH = "/usr/bin/ssh"
+ASCIINEMA = str(Path(sys.executable).parent / "asciinema")
+SESSION_ID = re.compile(r"s-[A-Za-z0-9]{22}")
+
+
+def ok(result: CliResult) -> str:
+    assert result.code == 0, (result.code, result.out, result.err)
+    return result.out.strip()
+
+
+def agent_cli(state: Path, *args: str) -> CliResult:
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent", *args, "--state-dir", str(state)],
+        capture_output=True,
+        text=True,
+        env=cli_env(state),
+        timeout=60,
+        check=False,
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+@dataclass
+class Site:
+    """A broker with customer acme, staff bob (level 2, SSH key), agent web01 running, and a
+    ticket escalated to level 2 and assigned to bob, plus what OpenSSH needs."""
+
+    broker: BrokerProcess
+    tmp: Path
+    key: Path
+    known_hosts: Path
+    ticket: str = ""
+    agent_state: Path | None = None
+    agent: asyncio.subprocess.Process | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return self.broker.data_dir
+
+    @property
+    def ssh_port(self) -> int:
+        text = (self.data_dir / "secondline.toml").read_text()
+        found = re.search(r"^ssh_port = (\d+)$", text, re.MULTILINE)
+        assert found is not None
+        return int(found.group(1))
+
+    def admin(self, *args: str) -> CliResult:
+        return secondline(*args, data_dir=self.data_dir)
+
+    def ssh_argv(self, user: str, *extra: str, key: Path | None = None) -> list[str]:
+        return [
+            SSH,
+            "-F",
+            "/dev/null",
+            "-p",
+            str(self.ssh_port),
+            "-i",
+            str(key or self.key),
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            f"UserKnownHostsFile={self.known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            *extra,
+            f"{user}@127.0.0.1",
+        ]
+
+    async def ssh(
+        self, user: str, *args: str, key: Path | None = None, options: tuple[str, ...] = ()
+    ) -> CliResult:
+        """Run `ssh` to the end; its exit status, stdout and stderr."""
+        argv = self.ssh_argv(user, *options, key=key)
+        proc = await asyncio.create_subprocess_exec(
+            *argv[:-1],
+            argv[-1],
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=cli_env(self.tmp),
+        )
+        async with asyncio.timeout(WAIT):
+            out, err = await proc.communicate()
+        assert proc.returncode is not None
+        return CliResult(
+            proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+        )
+
+    async def interactive(self, user: str, *extra: str) -> Terminal:
+        argv = self.ssh_argv(user, "-tt", *extra)
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=cli_env(self.tmp),
+        )
+        return Terminal(proc)
+
+
+class Terminal:
+    """`ssh -tt` with its input and output in the test's hands."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.out = bytearray()
+
+    def type(self, text: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(text.encode())
+
+    async def expect(self, pattern: bytes) -> None:
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(WAIT):
+            while pattern not in self.out:
+                chunk = await self.proc.stdout.read(65536)
+                if not chunk:
+                    raise AssertionError(f"EOF before {pattern!r}: {bytes(self.out)[-400:]!r}")
+                self.out += chunk
+
+    async def finish(self) -> tuple[int, str]:
+        assert self.proc.stdout is not None
+        assert self.proc.stderr is not None
+        async with asyncio.timeout(WAIT):
+            self.out += await self.proc.stdout.read()
+            err = await self.proc.stderr.read()
+            code = await self.proc.wait()
+        return code, err.decode(errors="replace")
+
+
+def asciinema_cat(cast: Path) -> bytes:
+    """What `asciinema cat` prints for a recording."""
+    return subprocess.run(
+        [ASCIINEMA, "cat", str(cast)], capture_output=True, check=True, timeout=WAIT
+    ).stdout
+
+
+def keygen(path: Path) -> Path:
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "test", "-f", str(path)],
+        check=True,
+    )
+    return path
+
+
+async def start_agent(site: Site, name: str, consent: str) -> Path:
+    token = ok(site.admin("token", "create", "--customer", "acme", "--consent", consent))
+    state = site.tmp / f"agent-{name}"
+    ok(agent_cli(state, "enroll", site.broker.url, token, "--name", name))
+    await run_agent(site, state, name)
+    return state
+
+
+async def run_agent(site: Site, state: Path, name: str) -> None:
+    mark = len(site.broker.output)
+    site.agent_state = state
+    site.agent = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "agent",
+        "run",
+        "--state-dir",
+        str(state),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+        env=cli_env(state),
+    )
+    pattern = rb"agent ag-[a-z0-9]{16} \(" + name.encode() + rb"\) online"
+    await site.broker.wait_for_line(pattern, mark)
+
+
+async def stop_agent(site: Site) -> None:
+    if site.agent is not None and site.agent.returncode is None:
+        site.agent.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(WAIT):
+            await site.agent.wait()
+
+
+def new_ticket(site: Site, agent: str) -> str:
+    """A ticket created at level 1, escalated to level 2 by level 1, assigned to bob."""
+    lena = ok(site.admin("user", "token", "lena"))
+    ref = ok(
+        secondline(
+            "--token", lena, "ticket", "create", "--title", "Printer queue stuck",
+            "--customer", "acme", "--agent", agent, data_dir=site.data_dir,
+        )
+    )  # fmt: skip
+    ref = ref if ref.startswith("T-") else f"T-{ref}"
+    ok(
+        secondline(
+            "--token", lena, "ticket", "escalate", ref, "--to", "2",
+            "--reason", "needs a shell", data_dir=site.data_dir,
+        )
+    )  # fmt: skip
+    ok(site.admin("ticket", "assign", ref, "bob"))
+    return ref
+
+
+@pytest.fixture
+async def site(broker: BrokerProcess, tmp_path: Path) -> AsyncIterator[Site]:
+    d = broker.data_dir
+    key = keygen(tmp_path / "bob_ed25519")
+    ok(secondline("customer", "add", "acme", data_dir=d))
+    ok(secondline("user", "add", "lena", "--role", "level1", "--customer", "acme", data_dir=d))
+    ok(
+        secondline(
+            "user", "add", "bob", "--role", "level2", "--customer", "acme",
+            "--ssh-key", f"{key}.pub", data_dir=d,
+        )
+    )  # fmt: skip
+    host_key = (d / "keys" / "ssh_host_ed25519.pub").read_text().split()
+    s = Site(broker, tmp_path, key, tmp_path / "known_hosts")
+    s.known_hosts.write_text(f"[127.0.0.1]:{s.ssh_port} {host_key[0]} {host_key[1]}\n")
+    try:
+        yield s
+    finally:
+        await stop_agent(s)
+
+
+def ticket_json(site: Site, ref: str) -> dict[str, object]:
+    data = json.loads(ok(site.admin("ticket", "show", ref, "--json")))
+    assert isinstance(data, dict)
+    return data
+
+
+async def wait_note(site: Site, ref: str, session_id: str, mark: int) -> dict[str, object]:
+    """The session's note on the ticket, delivered within five seconds of the session's
+    end (``mark``: the broker's output line count when it ended)."""
+    async with asyncio.timeout(5.0):
+        await site.broker.wait_for_line(
+            b"session " + session_id.encode() + b": note delivered to " + ref.encode(), mark
+        )
+    notes = ticket_json(site, ref)["notes"]
+    assert isinstance(notes, list)
+    return dict(next(n for n in notes if session_id in n["text"]))
+
+
+def session_ids(text: str) -> list[str]:
+    return SESSION_ID.findall(text)
+
+
+def sessions_of(site: Site, ref: str) -> list[dict[str, object]]:
+    data = json.loads(ok(site.admin("session", "list", "--ticket", ref, "--json")))
+    assert isinstance(data, list)
+    return data
+
+
+async def test_ssh_command_shell_note_export_and_verify(site: Site) -> None:
+    """`ssh … 'echo hello; exit 3'` prints hello and exits 3; an interactive session runs two
+    commands; the note arrives with both and both attachments; the exported .cast plays in
+    asciinema and verifies, and fails to verify after one byte changes; a password typed at
+    `read -s` is in neither transcript nor note."""
+    await start_agent(site, "web01", "unattended")
+    site.ticket = new_ticket(site, "web01")
+    result = await site.ssh(site.ticket, "echo hello; exit 3")
+    assert (result.code, result.out) == (3, "hello\n"), result.err
+
+    term = await site.interactive(site.ticket)
+    term.type('w=word; read -s -p "Pass$w: " pw; echo "got ${#pw} chars"\n')
+    await term.expect(b"Password: ")
+    term.type("s3cret-Hunter2\n")
+    await term.expect(b"got 14 chars")
+    term.type("echo first-$((20+22))\n")
+    await term.expect(b"first-42")
+    term.type("ls /nonexistent-dir-xyz\n")
+    await term.expect(b"No such file")
+    term.type("exit\n")
+    mark = len(site.broker.output)
+    code, _ = await term.finish()
+    assert code == 2
+    shell_session = str(sessions_of(site, site.ticket)[0]["id"])  # newest first
+    note = await wait_note(site, site.ticket, shell_session, mark)
+    text = str(note["text"])
+    assert "[exit 0" in text
+    assert "echo first-$((20+22))" in text
+    assert "[exit 2" in text
+    assert "ls /nonexistent-dir-xyz" in text
+    attachments = note["attachments"]
+    assert isinstance(attachments, list)
+    assert sorted(attachments) == sorted([f"{shell_session}.cast", f"{shell_session}.txt"])
+    assert "Hunter2" not in text
+
+    cast = site.tmp / "export.cast"
+    ok(site.admin("transcript", "export", shell_session, "--format", "cast", "-o", str(cast)))
+    assert b"first-42" in asciinema_cat(cast)
+    assert "Hunter2" not in cast.read_text()
+    rendered = site.tmp / "export.txt"
+    ok(site.admin("transcript", "export", shell_session, "--format", "txt", "-o", str(rendered)))
+    assert "Hunter2" not in rendered.read_text()
+    assert "input hidden (echo off)" in rendered.read_text()
+    verified = site.admin("transcript", "verify", str(cast))
+    assert verified.code == 0, verified
+    assert verified.out.startswith("valid")
+    assert ok(site.admin("transcript", "verify", shell_session)).startswith("valid")
+    bundle = site.tmp / "export.json"
+    ok(site.admin("transcript", "export", shell_session, "--format", "json", "-o", str(bundle)))
+    assert site.admin("transcript", "verify", str(bundle)).code == 0
+
+    data = bytearray(cast.read_bytes())
+    spot = data.index(b"first-42")
+    data[spot] = ord("F")
+    cast.write_bytes(bytes(data))
+    broken = site.admin("transcript", "verify", str(cast))
+    assert broken.code == 1
+    assert "INVALID: first bad event" in broken.out
+
+
+async def read_stderr_until(proc: asyncio.subprocess.Process, pattern: bytes) -> bytes:
+    assert proc.stderr is not None
+    seen = b""
+    async with asyncio.timeout(WAIT):
+        while pattern not in seen:
+            line = await proc.stderr.readline()
+            assert line, f"stderr ended before {pattern!r}: {seen!r}"
+            seen += line
+    return seen
+
+
+async def spawn_ssh(site: Site, user: str, command: str) -> asyncio.subprocess.Process:
+    argv = site.ssh_argv(user)
+    return await asyncio.create_subprocess_exec(
+        *argv,
+        command,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=cli_env(site.tmp),
+    )
+
+
+async def test_attended_consent_approve_deny_timeout(site: Site) -> None:
+    """On an attended agent nothing runs before the end user approves; a denial and no
+    answer in time are refused with the reason shown to the staff member."""
+    state = await start_agent(site, "web01", "attended")
+    site.ticket = new_ticket(site, "web01")
+    for answer in ("approve", "deny"):
+        proc = await spawn_ssh(site, site.ticket, f"echo ran-after-{answer}")
+        told = await read_stderr_until(proc, b"waiting for the end user's approval on web01")
+        sid = session_ids(told.decode())[0]
+        waiting = json.loads(ok(agent_cli(state, "sessions", "--json")))
+        assert sid in json.dumps(waiting)
+        assert sessions_of(site, site.ticket)[0]["state"] == "waiting_consent"
+        ok(agent_cli(state, answer, sid))
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        async with asyncio.timeout(WAIT):
+            out = await proc.stdout.read()
+            err = told + await proc.stderr.read()
+            code = await proc.wait()
+        if answer == "approve":
+            assert (code, out) == (0, b"ran-after-approve\n")
+        else:
+            assert code == 255
+            assert out == b""
+            assert b"the end user denied the session" in err
+    await stop_agent(site)
+    config = state / "agent.toml"
+    config.write_text("consent_timeout_seconds = 1\n")
+    config.chmod(0o600)
+    await run_agent(site, state, "web01")
+    result = await site.ssh(site.ticket, "echo never")
+    assert result.code == 255
+    assert result.out == ""
+    assert "did not answer in time" in result.err
+    states = [s["state"] for s in sessions_of(site, site.ticket)]
+    assert states == ["refused", "refused", "ended"]
+
+
+async def test_bad_input_through_openssh(site: Site) -> None:
+    """Hostile user names, unknown tickets, keys of nobody or of a disabled account, tickets
+    the rules refuse, forwarding and subsystems: refused, with a reason, exit non-zero."""
+    await start_agent(site, "web01", "unattended")
+    site.ticket = new_ticket(site, "web01")
+    for user in ("../../etc/passwd", "T-1%2e%2e", "T-1 2", "T-1042+../web01"):
+        result = await site.ssh(user, "true")
+        assert result.code == 255, user
+        assert "invalid SSH user name" in result.err, result.err
+    too_long = await site.ssh("A" * 4096, "true")
+    assert too_long.code == 255
+    assert "Username too long" in too_long.err  # asyncssh's refusal, before the gateway's
+    unknown = await site.ssh("T-999999", "true")
+    assert unknown.code == 255
+    assert "there is no ticket T-999999" in unknown.err
+    stranger = keygen(site.tmp / "stranger")
+    assert "Permission denied" in (await site.ssh(site.ticket, "true", key=stranger)).err
+    carol_key = keygen(site.tmp / "carol")
+    ok(
+        site.admin(
+            "user", "add", "carol", "--role", "level2", "--customer", "acme",
+            "--ssh-key", f"{carol_key}.pub",
+        )
+    )  # fmt: skip
+    theirs = await site.ssh(site.ticket, "true", key=carol_key)
+    assert theirs.code == 255
+    assert "is assigned to bob" in theirs.err
+    ok(site.admin("user", "disable", "carol"))
+    assert "Permission denied" in (await site.ssh(site.ticket, "true", key=carol_key)).err
+    options = ("-N", "-o", "ExitOnForwardFailure=yes", "-R", "0:127.0.0.1:22")
+    forward = await site.ssh(site.ticket, options=options)
+    assert forward.code != 0
+    assert "forwarding failed" in forward.err
+    sftp = await site.ssh(site.ticket, "sftp", options=("-s",))
+    assert sftp.code != 0
+    assert "subsystem request failed" in sftp.err
+    refused = json.loads(ok(site.admin("audit", "list", "--json")))
+    actions = {e["action"] for e in refused}
+    assert {"ssh.auth_failed", "session.refused", "ssh.refused"} <= actions
+
+
+async def test_agent_drop_then_broker_killed(site: Site, tmp_path: Path) -> None:
+    """An agent that dies mid-session ends it as "agent disconnected", sealed and noted; a
+    broker killed mid-session marks it interrupted on restart, sealed but verifiable."""
+    state = await start_agent(site, "web01", "unattended")
+    site.ticket = new_ticket(site, "web01")
+    term = await site.interactive(site.ticket)
+    term.type("echo alive-$((6*7))\n")
+    await term.expect(b"alive-42")
+    mark = len(site.broker.output)
+    assert site.agent is not None
+    site.agent.send_signal(signal.SIGKILL)
+    code, err = await term.finish()
+    assert code == 255
+    assert "the agent disconnected" in err
+    sid = str(sessions_of(site, site.ticket)[0]["id"])
+    await wait_note(site, site.ticket, sid, mark)
+    assert ok(site.admin("transcript", "verify", sid)).startswith("valid")
+
+    await run_agent(site, state, "web01")
+    term = await site.interactive(site.ticket)
+    term.type("echo before-crash-$((1+2))\n")
+    await term.expect(b"before-crash-3")
+    crashed = str(sessions_of(site, site.ticket)[0]["id"])
+    assert crashed != sid
+    await site.broker.stop(signal.SIGKILL)
+    code, _ = await term.finish()
+    assert code == 255
+    again = await start_broker(site.data_dir)
+    try:
+        shown = json.loads(ok(site.admin("session", "show", crashed, "--json")))
+        assert shown["state"] == "interrupted"
+        verdict = site.admin("transcript", "verify", crashed)
+        assert verdict.code == 0, verdict
+        assert verdict.out.startswith("valid, but cut short (interrupted)")
+        await again.wait_for_line(b"session " + crashed.encode() + b": note delivered")
+    finally:
+        await again.stop()
+
+
+async def test_sigterm_drains_live_sessions(site: Site) -> None:
+    """SIGTERM tells the staff member, seals the transcript and sends the note before exit."""
+    await start_agent(site, "web01", "unattended")
+    site.ticket = new_ticket(site, "web01")
+    term = await site.interactive(site.ticket)
+    term.type("echo working-$((5+5))\n")
+    await term.expect(b"working-10")
+    sid = str(sessions_of(site, site.ticket)[0]["id"])
+    assert await site.broker.stop(signal.SIGTERM) == 0
+    code, err = await term.finish()
+    assert code == 255
+    assert "the broker is shutting down" in err
+    output = b"".join(site.broker.output)
+    assert b"session " + sid.encode() + b": note delivered" in output
+    verdict = site.admin("transcript", "verify", sid)
+    assert verdict.code == 0
+    assert verdict.out.startswith("valid:")
+
+
+@pytest.fixture
+def tiny_transcripts(data_dir: Path) -> Iterator[Path]:
+    """The data dir's transcript directory on a 64 KiB tmpfs, unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    root = data_dir / "transcripts"
+    root.mkdir(mode=0o700, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(root)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode(errors='replace')}")
+    try:
+        yield root
+    finally:
+        subprocess.run(["umount", "-l", str(root)], check=True)
+
+
+async def test_full_disk_while_recording(tiny_transcripts: Path, site: Site) -> None:
+    """A full transcript disk ends the session with a clear message; the partial transcript
+    verifies and says it was cut short."""
+    await start_agent(site, "web01", "unattended")
+    site.ticket = new_ticket(site, "web01")
+    result = await site.ssh(
+        site.ticket, "echo start-line; head -c 3000000 /dev/zero | tr '\\0' z; sleep 30"
+    )
+    assert result.code == 255
+    assert "the broker's disk is full" in result.err
+    sid = str(sessions_of(site, site.ticket)[0]["id"])
+    verdict = site.admin("transcript", "verify", sid)
+    assert verdict.code == 0, verdict
+    assert verdict.out.startswith("valid, but cut short (disk full)")
+    assert "start-line" in (tiny_transcripts / f"{sid}.cast").read_text()

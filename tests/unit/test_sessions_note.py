@@ -1,0 +1,163 @@
+"""The note a session leaves on its ticket, the outbox's retry delays and the choice of
+attachments."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from broker.sessions.finish import plan_attachments
+from broker.sessions.note import (
+    NOTE_BUDGET,
+    NoteFacts,
+    duration_text,
+    exec_commands,
+    session_note,
+)
+from broker.sessions.outbox import BACKOFF_CAP, retry_delay
+from broker.transcript import Command
+
+START = dt.datetime(2025, 3, 4, 10, 0, 0, tzinfo=dt.UTC)
+SID = "s-" + "a" * 22
+
+
+def facts(**changes: object) -> NoteFacts:
+    base = NoteFacts(
+        session_id=SID,
+        ticket_ref="T-1042",
+        owner="bob",
+        agent_name="web01",
+        agent_id="ag-0123456789abcdef",
+        kind="shell",
+        command=None,
+        started_at=START,
+        ended_at=START + dt.timedelta(seconds=3725),
+        end_reason="ended",
+        end_message="the session ended",
+        exit_status=0,
+        exit_signal=None,
+        consent="approved",
+        consent_by="alice",
+        consent_at=START,
+        participants=[("bob", "owner"), ("carol", "observer"), ("bob", "owner")],
+        commands=[Command("echo one", 1.0, 0.5, 0), Command("false", 2.0, 0.1, 1)],
+        digest="f" * 64,
+        complete=True,
+        event_count=12,
+        attachments=(f"{SID}.cast", f"{SID}.txt"),
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def test_note_states_everything_the_ticket_needs() -> None:
+    """Who, where, when, how long, how it ended, consent, participants, commands, digest."""
+    text = session_note(facts())
+    assert f"Remote session {SID} on web01 (ag-0123456789abcdef) by bob" in text
+    assert "Started:      2025-03-04 10:00:00 UTC" in text
+    assert "Duration:     1:02:05" in text
+    assert "End:          ended (exit status 0)" in text
+    assert "Consent:      approved by alice at 2025-03-04 10:00:00 UTC" in text
+    assert "Participants: bob (owner), carol (observer)\n" in text
+    assert "  [exit 0, 0.5 s] echo one" in text
+    assert "  [exit 1, 0.1 s] false" in text
+    assert "12 events, sealed complete, SHA-256 chain digest " + "f" * 64 in text
+    assert f"Attached:     {SID}.cast, {SID}.txt" in text
+
+
+def test_note_for_unattended_exec_cut_short() -> None:
+    """A one-command session on an unattended agent, cut short, says so."""
+    text = session_note(
+        facts(
+            kind="exec",
+            command="systemctl status cups",
+            consent="not_required",
+            exit_status=None,
+            exit_signal="TERM",
+            commands=[],
+            complete=False,
+            attachments=(),
+            left_out=("big.cast (too large)",),
+        )
+    )
+    assert "Consent:      not required (unattended agent)" in text
+    assert "(signal TERM)" in text
+    assert "Command:      systemctl status cups" in text
+    assert "(none recorded)" in text
+    assert "sealed cut short" in text
+    assert "Attached" not in text
+    assert "Not attached: big.cast (too large)" in text
+
+
+def test_note_without_seal_or_start() -> None:
+    """A transcript that could not be sealed and a session that never started still read."""
+    text = session_note(
+        facts(digest=None, started_at=None, exit_status=None, consent=None, consent_by=None)
+    )
+    assert "not sealed (tell an admin)" in text
+    assert "Duration" not in text
+    assert "Started:      -" in text
+    assert "(no exit status)" in text
+
+
+def test_hostile_command_lines_are_inert() -> None:
+    """Controls and bidi overrides in a command line are shown escaped, and long ones cut."""
+    text = session_note(
+        facts(
+            commands=[
+                Command("rm -rf \x1b[31m/\u202e", 0.0, None, None),
+                Command("x" * 900, 0, 0, 0),
+            ]
+        )
+    )
+    assert "\x1b" not in text
+    assert "\u202e" not in text
+    assert "rm -rf \\x1b[31m/\\u202e" in text
+    assert "[exit ?] " in text
+    assert "x" * 299 + "…" in text
+    assert "x" * 301 not in text
+
+
+def test_many_commands_stay_within_the_note_budget() -> None:
+    """Thousands of long commands are cut to the budget, with a count of the rest."""
+    many = [Command("y" * 300, float(i), 0.0, 0) for i in range(5000)]
+    text = session_note(facts(commands=many))
+    assert len(text) <= NOTE_BUDGET
+    assert "more (see the transcript)" in text
+    assert text.rstrip().endswith(f"{SID}.txt")
+
+
+def test_duration_text() -> None:
+    """Durations read H:MM:SS; negative ones read as zero."""
+    assert duration_text(0) == "0:00:00"
+    assert duration_text(59.9) == "0:00:59"
+    assert duration_text(3600 * 30 + 61) == "30:01:01"
+    assert duration_text(-5) == "0:00:00"
+
+
+def test_exec_commands() -> None:
+    """A one-command session lists its command with the exit status; no command, none."""
+    assert exec_commands("uptime", 3, 1.5) == (Command("uptime", 0.0, 1.5, 3),)
+    assert exec_commands(None, 0, 1.0) == ()
+
+
+@pytest.mark.parametrize(("attempts", "ceiling"), [(0, 2.0), (1, 2.0), (3, 8.0), (30, BACKOFF_CAP)])
+def test_retry_delay_backs_off_with_jitter(attempts: int, ceiling: float) -> None:
+    """Delays double per failure up to the cap, jittered between half and all of it."""
+    assert retry_delay(attempts, 0.0) == ceiling / 2
+    assert retry_delay(attempts, 0.999999) == pytest.approx(ceiling, rel=1e-5)
+
+
+def test_plan_attachments(tmp_path: Path) -> None:
+    """Both renderings under the limit; only the text above it; a missing file is said."""
+    cast = tmp_path / f"{SID}.cast"
+    cast.write_bytes(b"x" * 100)
+    assert plan_attachments(cast, SID, 100).names == (f"{SID}.cast", f"{SID}.txt")
+    big = plan_attachments(cast, SID, 99)
+    assert big.names == (f"{SID}.txt",)
+    assert "over the attachment limit" in big.left_out[0]
+    gone = plan_attachments(tmp_path / "nothing.cast", SID, 100)
+    assert gone.names == ()
+    assert "missing" in gone.left_out[0]

@@ -1,0 +1,272 @@
+// The terminal page: xterm.js over the broker's terminal WebSocket.
+//
+// Connection: POST /api/v1/sessions/terminal-tickets (cookie + X-CSRF-Token) gives a one-time
+// ticket; the first WebSocket message carries it, so no credential is ever part of a URL.
+// Binary frames carry terminal bytes both ways; text frames carry JSON control messages.
+//
+// What output from the remote machine can NOT do here: set the clipboard (no OSC 52 handler,
+// no clipboard addon), open a URL without a click and a confirmation (hyperlinks go through
+// linkHandler; no web-links addon), or change anything outside the terminal (the title is
+// shown as plain, cleaned text).
+import { Terminal } from "@xterm/xterm";
+import { FitAddon } from "@xterm/addon-fit";
+import { bridgeStyleElements } from "./style_bridge.js";
+import { safeText } from "./safe_text.js";
+
+const app = document.getElementById("terminal-app");
+const t = (key) => app.dataset[`t${key[0].toUpperCase()}${key.slice(1)}`] || key;
+const mode = app.dataset.mode;
+const readOnly = mode === "observe";
+const csrf = document.querySelector('meta[name="csrf-token"]')?.content || "";
+
+const stateEl = document.getElementById("term-state");
+const overlay = document.getElementById("term-overlay");
+const overlayTitle = document.getElementById("overlay-title");
+const overlayReason = document.getElementById("overlay-reason");
+const overlaySpinner = document.getElementById("overlay-spinner");
+const overlayLinks = document.getElementById("overlay-links");
+const overlayPlay = document.getElementById("overlay-play");
+const participantsEl = document.getElementById("participants");
+const noticeEl = document.getElementById("term-notice");
+
+let sessionId = app.dataset.session || "";
+let socket = null;
+let ended = false;
+
+bridgeStyleElements();
+
+const term = new Terminal({
+  allowProposedApi: false,
+  convertEol: false,
+  cursorBlink: !readOnly,
+  fontFamily: '"DejaVu Sans Mono", "Cascadia Mono", Menlo, Consolas, "Noto Color Emoji", monospace',
+  fontSize: 14,
+  lineHeight: 1.15,
+  scrollback: 5000,
+  theme: {
+    background: "#0b1220",
+    foreground: "#e2e8f0",
+    cursor: "#5eead4",
+    selectionBackground: "#334155",
+    black: "#1e293b", red: "#f87171", green: "#4ade80", yellow: "#facc15",
+    blue: "#60a5fa", magenta: "#c084fc", cyan: "#22d3ee", white: "#e2e8f0",
+    brightBlack: "#64748b", brightRed: "#fca5a5", brightGreen: "#86efac",
+    brightYellow: "#fde047", brightBlue: "#93c5fd", brightMagenta: "#d8b4fe",
+    brightCyan: "#67e8f9", brightWhite: "#f8fafc",
+  },
+  linkHandler: {
+    activate(event, uri) {
+      event.preventDefault();
+      const text = safeText(uri, 300);
+      if (!/^https?:\/\//i.test(text)) return;
+      if (window.confirm(`${t("link")}\n\n${text}`)) {
+        window.open(text, "_blank", "noopener,noreferrer");
+      }
+    },
+  },
+});
+// OSC 52 (set clipboard) is swallowed explicitly: remote output never reaches the clipboard.
+term.parser.registerOscHandler(52, () => true);
+const fit = new FitAddon();
+term.loadAddon(fit);
+term.open(document.getElementById("terminal-screen"));
+fit.fit();
+window.secondlineTerminal = term; // for the browser tests: the buffer is read, not driven
+
+term.onTitleChange((title) => {
+  const clean = safeText(title, 80);
+  document.title = clean ? `${clean} · Secondline` : document.title;
+});
+
+function setState(state, reason = "") {
+  stateEl.dataset.state = state;
+  app.dataset.state = state;
+  const labels = {
+    connecting: t("connecting"),
+    waiting_consent: t("waiting"),
+    running: t("running"),
+    ended: t("ended"),
+    refused: t("refused"),
+    lost: t("lost"),
+    signed_out: t("signedOut"),
+  };
+  const short = { waiting_consent: t("waitingShort") };
+  stateEl.textContent = short[state] || labels[state] || state;
+  const showOverlay = state !== "running";
+  overlay.hidden = !showOverlay;
+  overlay.dataset.state = state;
+  overlayTitle.textContent = labels[state] || state;
+  // The waiting text says it all; other states show the broker's reason (names are not
+  // translated, so it stays in the broker's words).
+  overlayReason.textContent =
+    state === "waiting_consent" ? t("waitingHint") : safeText(reason, 400);
+  overlaySpinner.hidden = !(state === "connecting" || state === "waiting_consent");
+  const final = ["ended", "refused", "lost", "signed_out"].includes(state);
+  overlayLinks.hidden = !final;
+  if (final && sessionId) {
+    overlayPlay.href = `/console/sessions/${encodeURIComponent(sessionId)}/play`;
+    overlayPlay.hidden = false;
+  }
+  if (state === "running") term.focus();
+}
+
+function showParticipants(list) {
+  participantsEl.replaceChildren();
+  const me = app.dataset.me;
+  for (const person of Array.isArray(list) ? list.slice(0, 20) : []) {
+    const li = document.createElement("li");
+    const role = safeText(person.role, 16);
+    li.className = `participant participant-${role.replace(/[^a-z]/g, "")}`;
+    li.textContent = safeText(person.name, 64);
+    const badge = document.createElement("span");
+    badge.className = "participant-role";
+    badge.textContent = t(`role${role.charAt(0).toUpperCase()}${role.slice(1)}`);
+    li.append(" ", badge);
+    if (app.dataset.canHandOver === "yes" && mode === "open" && role === "joiner" && person.name !== me) {
+      const give = document.createElement("button");
+      give.type = "button";
+      give.className = "btn btn-dark btn-small";
+      give.textContent = t("handOver");
+      give.addEventListener("click", () => handOver(person.name));
+      li.append(" ", give);
+    }
+    participantsEl.append(li);
+  }
+}
+
+async function api(path, body) {
+  const response = await fetch(path, {
+    method: "POST",
+    credentials: "same-origin",
+    headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
+    body: JSON.stringify(body),
+  });
+  const data = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const message = data?.error?.message || `HTTP ${response.status}`;
+    throw new Error(message);
+  }
+  return data;
+}
+
+async function handOver(name) {
+  if (!sessionId) return;
+  try {
+    await api(`/api/v1/sessions/${encodeURIComponent(sessionId)}/control`, { to: name });
+  } catch (error) {
+    overlayReason.textContent = safeText(error.message, 300);
+  }
+}
+
+function send(data) {
+  if (socket && socket.readyState === WebSocket.OPEN) socket.send(data);
+}
+
+function sendResize() {
+  app.dataset.size = `${term.cols}x${term.rows}`;
+  send(JSON.stringify({ type: "resize", cols: term.cols, rows: term.rows }));
+}
+
+async function connect() {
+  setState("connecting");
+  let ticket;
+  try {
+    const minted = await api(app.dataset.ticketsApi, {
+      ticket_id: app.dataset.ticket || null,
+      agent: app.dataset.agent || null,
+      mode,
+      session: sessionId || null,
+      cols: term.cols,
+      rows: term.rows,
+    });
+    ticket = minted.ticket;
+  } catch (error) {
+    ended = true;
+    setState("refused", error.message);
+    return;
+  }
+  const scheme = window.location.protocol === "https:" ? "wss" : "ws";
+  socket = new WebSocket(`${scheme}://${window.location.host}${app.dataset.ws}`);
+  socket.binaryType = "arraybuffer";
+  socket.addEventListener("open", () => socket.send(JSON.stringify({ ticket })));
+  socket.addEventListener("message", (event) => {
+    if (typeof event.data !== "string") {
+      term.write(new Uint8Array(event.data));
+      return;
+    }
+    let message;
+    try {
+      message = JSON.parse(event.data);
+    } catch {
+      return;
+    }
+    if (message.type === "state") {
+      if (message.session) {
+        sessionId = safeText(message.session, 24);
+        app.dataset.session = sessionId;
+      }
+      if (message.state === "ended") ended = true;
+      setState(message.state, message.reason || "");
+      if (message.state === "running") sendResize();
+    } else if (message.type === "participants") {
+      showParticipants(message.list);
+    } else if (message.type === "notice") {
+      noticeEl.textContent = safeText(message.message, 200);
+      noticeEl.hidden = false;
+    }
+  });
+  socket.addEventListener("close", (event) => {
+    if (ended) return;
+    ended = true;
+    const signedOut = event.reason === "signed_out";
+    setState(signedOut ? "signed_out" : "lost", signedOut ? "" : event.reason);
+  });
+}
+
+// An observer's keys are sent too: the broker drops them (observers never type) and says so
+// once, which the bar shows. The broker decides, not this page.
+term.onData((data) => {
+  send(new TextEncoder().encode(data));
+});
+term.onBinary((data) => {
+  const bytes = Uint8Array.from(data, (c) => c.charCodeAt(0) & 0xff);
+  send(bytes);
+});
+term.onResize(() => sendResize());
+new ResizeObserver(() => fit.fit()).observe(document.getElementById("terminal-screen"));
+
+async function copySelection() {
+  const text = term.getSelection();
+  if (!text) return;
+  await navigator.clipboard.writeText(text);
+  stateEl.dataset.flash = t("copied");
+  term.focus();
+}
+
+async function pasteClipboard() {
+  if (readOnly) return;
+  const text = await navigator.clipboard.readText();
+  if (text) term.paste(text);
+  term.focus();
+}
+
+term.attachCustomKeyEventHandler((event) => {
+  if (event.type !== "keydown" || !event.ctrlKey || !event.shiftKey) return true;
+  if (event.code === "KeyC") {
+    void copySelection();
+    return false;
+  }
+  if (event.code === "KeyV") {
+    void pasteClipboard();
+    return false;
+  }
+  return true;
+});
+
+document.getElementById("btn-copy")?.addEventListener("click", () => void copySelection());
+document.getElementById("btn-paste")?.addEventListener("click", () => void pasteClipboard());
+document.getElementById("btn-leave")?.addEventListener("click", () => {
+  if (socket) socket.close(1000, "left");
+});
+
+void connect();
