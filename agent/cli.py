@@ -65,6 +65,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Secondline agent: lets your helpdesk help you on this machine."
     )
+    # Also accepted before the command (`secondline-agent --state-dir DIR enroll ...`).
+    parser.add_argument(
+        "--state-dir", dest="global_state_dir", type=Path, metavar="DIR", help=argparse.SUPPRESS
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     enroll = commands.add_parser(
@@ -112,7 +116,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return the exit status."""
     args = _parser().parse_args(argv)
-    paths = StatePaths(args.state_dir or default_state_dir(os.geteuid(), os.environ))
+    state_dir = args.state_dir or args.global_state_dir
+    paths = StatePaths(state_dir or default_state_dir(os.geteuid(), os.environ))
     try:
         if args.command == "enroll":
             return _enroll(paths, args.broker_url, args.token, args.name)
@@ -127,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _help(paths, args.text)
     except NotEnrolledError as exc:
         system_dir = default_state_dir(0, os.environ)
-        if args.state_dir is None and os.geteuid() != 0 and system_dir.exists():
+        if state_dir is None and os.geteuid() != 0 and system_dir.exists():
             print(
                 f"{PROG}: the agent of this machine keeps its state in {system_dir}, "
                 "which only root can read; run the command with sudo",

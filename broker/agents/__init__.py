@@ -10,6 +10,9 @@ Modules:
 - ``handshake_limiter``: fair admission of tunnel handshakes (pure).
 - ``registry``: :class:`AgentRegistry`, the live tunnels of this node
   (implements :class:`broker.ports.AgentTunnels`).
+- ``presence``: online/offline/last seen and facts, written in batches.
+- ``tls_read_buffer``, ``heap_trim``: what keeps an idle tunnel small (one TLS read buffer
+  per thread; returning handshake memory to the system).
 - ``enroll_endpoint``, ``tunnel_endpoint``, ``ws_stream``: ``/agent/v1/enroll`` and
   ``/agent/v1/tunnel``.
 - ``signed_requests``: :func:`verify_agent_request` for ``/agent/v1/*`` requests outside the

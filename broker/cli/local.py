@@ -15,6 +15,7 @@ from broker.errors import BrokerError
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("init", help="create config, database, keys and the first admin")
+    _data_dir_option(p)
     p.add_argument("--public-url", default=None, help="how agents and browsers reach the broker")
     p.add_argument("--https-port", type=int, default=None)
     p.add_argument("--ssh-port", type=int, default=None)
@@ -34,8 +35,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(handler=run_serve)
 
 
+def _data_dir_option(parser: argparse.ArgumentParser) -> None:
+    # PRODUCT.md writes `secondline init --data-dir DIR`; the global form works as well.
+    parser.add_argument("--data-dir", dest="command_data_dir", metavar="DIR", default=None)
+
+
 def _data_dir(rt: Runtime) -> Path:
-    value = rt.args.data_dir or rt.env.get("SECONDLINE_DATA_DIR")
+    value = rt.args.command_data_dir or rt.args.data_dir or rt.env.get("SECONDLINE_DATA_DIR")
     if not value:
         raise CliError("give the data dir: secondline --data-dir DIR ...")
     return Path(value)

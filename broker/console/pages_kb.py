@@ -64,7 +64,6 @@ async def search_page(page: Page) -> web.StreamResponse:
     recent = json_list(await page.api("GET", "/kb/articles", query={"limit": FILTER_SOURCE}))
     oses, tags = os_and_tags(recent)
     results: list[dict[str, Json]] = []
-    words: Json = []
     error: tuple[str, str] | None = None
     if form.searching:
         try:
@@ -73,7 +72,6 @@ async def search_page(page: Page) -> web.StreamResponse:
             error = page.explain(exc)
         else:
             results = json_list(found.get("results"))
-            words = found.get("words") or []
     to_review: list[dict[str, Json]] = []
     if drafts and not form.searching:
         to_review = json_list(
@@ -83,7 +81,6 @@ async def search_page(page: Page) -> web.StreamResponse:
         "kb_search.html",
         form=form,
         results=results,
-        words=words,
         error=error,
         recent=recent[:RECENT_SHOWN],
         to_review=to_review,

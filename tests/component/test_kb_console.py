@@ -48,10 +48,10 @@ async def desk(api: Api) -> Desk:
     await add_staff(api, "gus", "level1", ["globex"])
     _, token = await api.call("POST", "/users/max/tokens", {}, expect=201)
     assert isinstance(token, dict)
-    clients = [browser(api) for _ in range(3)]
-    for client, name in zip(clients, ("lena", "max", "gus"), strict=True):
+    lena, max_, gus = browser(api), browser(api), browser(api)
+    for client, name in ((lena, "lena"), (max_, "max"), (gus, "gus")):
         await client.enrol(name)
-    return Desk(*clients, tokens={"l2": str(token["token"])})
+    return Desk(lena, max_, gus, tokens={"l2": str(token["token"])})
 
 
 async def published(api: Api, desk: Desk) -> dict[str, Any]:
