@@ -5,7 +5,9 @@ honoured), runs the SSH server of :mod:`agent.ssh_server` over the WebSocket and
 for the connection to end; then it waits a backoff delay (:mod:`agent.backoff`) and dials
 again. A connection never stays up dead: SSH keepalives (15 s x 2) and WebSocket pings
 (20 s) both end it. HTTP 401/403 on the upgrade means the agent was revoked: that is
-logged as such and retried at the backoff cap. ``status.json`` follows every change,
+logged as such and retried at the backoff cap. HTTP 503 with ``Retry-After`` (the broker
+admits agents at a fixed rate) is retried after that many seconds plus up to half again,
+instead of the backoff delay. ``status.json`` follows every change,
 and the control socket serves the CLI for the whole run.
 """
 
@@ -22,7 +24,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Final, TypeVar
 
 import asyncssh
 from websockets.asyncio.client import ClientConnection, connect
@@ -47,6 +49,12 @@ logger = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 USER_AGENT = "secondline-agent/0.1"
+#: The broker's handshake limiter answers 503 with ``Retry-After`` (our place in line).
+HTTP_BUSY: Final = 503
+RETRY_AFTER_MAX_S: Final = 600
+RETRY_AFTER_MAX_DIGITS: Final = 6
+#: A busy answer's wait is stretched by up to this fraction of itself, at random.
+RETRY_AFTER_JITTER: Final = 0.5
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -172,7 +180,14 @@ class AgentRunner:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a connection boundary: every failure means "retry later"
-            delay = self._backoff.failed(self._rand())
+            told = retry_after(exc)
+            if told is None:
+                delay = self._backoff.failed(self._rand())
+            else:
+                # The broker's handshake limiter named our turn: come back then (spread a
+                # little, so agents told the same second do not arrive together), not
+                # sooner and not at an exponentially growing delay of our own.
+                delay = busy_delay(told, self._rand())
             self._last_error = _describe(exc)
             logger.warning(
                 "cannot connect to the broker at %s: %s; retrying in %.1f s",
@@ -356,6 +371,22 @@ async def _unless_stopped(stop: asyncio.Event, work: Awaitable[_T]) -> _T | None
     if task.cancelled():
         return None
     return task.result()
+
+
+def retry_after(exc: BaseException) -> float | None:
+    """The seconds a 503 answer's ``Retry-After`` asks for (delay-seconds form only,
+    capped at :data:`RETRY_AFTER_MAX_S`), or None for any other failure."""
+    if not isinstance(exc, InvalidStatus) or exc.response.status_code != HTTP_BUSY:
+        return None
+    raw = exc.response.headers.get("Retry-After", "").strip()
+    if not raw or len(raw) > RETRY_AFTER_MAX_DIGITS or not raw.isascii() or not raw.isdigit():
+        return None
+    return float(min(int(raw), RETRY_AFTER_MAX_S))
+
+
+def busy_delay(retry_after_s: float, rand: float) -> float:
+    """At least ``retry_after_s``, plus up to half of it again (``rand`` in [0, 1))."""
+    return retry_after_s + rand * retry_after_s * RETRY_AFTER_JITTER
 
 
 def _describe(exc: BaseException) -> str:

@@ -15,7 +15,12 @@ from broker.auth.credentials import hash_password, mint_api_token
 from broker.auth.scopes import ROLE_SCOPES, check_scopes, parse_role
 from broker.db.models_staff import ApiToken, Customer, SshKey, User, UserCustomer
 from broker.errors import ConflictError, ForbiddenError, InputError, NotFoundError
-from broker.rules import InvalidName, parse_customer_name, parse_user_name
+from broker.rules import (
+    InvalidName,
+    parse_customer_name,
+    parse_user_name,
+    sanitize_display_text,
+)
 
 
 def valid_user_name(text: str) -> str:
@@ -30,6 +35,22 @@ def valid_customer_name(text: str) -> str:
         return parse_customer_name(text)
     except InvalidName as exc:
         raise InputError(str(exc), code="invalid_name") from None
+
+
+def valid_display_name(text: str) -> str:
+    """A display name: at most 200 characters of plain text on one line.
+
+    Shown in the CLI's tables and the console: controls (CR/LF, escape sequences) and bidi
+    or invisible characters would let a name rewrite what an admin's terminal shows."""
+    if len(text) > 200:
+        raise InputError("the display name is longer than 200 characters")
+    if sanitize_display_text(text, 200) != text:
+        raise InputError(
+            "the display name must be plain text on one line, without control, bidi or "
+            "invisible characters and without leading or trailing spaces",
+            code="invalid_display_name",
+        )
+    return text
 
 
 def parse_ssh_public_key(text: str) -> tuple[str, str, str]:
@@ -66,8 +87,7 @@ async def add_customer(
     db: AsyncSession, name: str, display_name: str, now: dt.datetime
 ) -> Customer:
     name = valid_customer_name(name)
-    if len(display_name) > 200:
-        raise InputError("the display name is longer than 200 characters")
+    valid_display_name(display_name)
     customer = Customer(name=name, display_name=display_name or name, created_at=now)
     db.add(customer)
     try:
@@ -130,8 +150,7 @@ async def add_user(
         password_hash = hash_password(password) if password is not None else None
     except ValueError as exc:
         raise InputError(str(exc)) from None
-    if len(display_name) > 200:
-        raise InputError("the display name is longer than 200 characters")
+    valid_display_name(display_name)
     if (await db.execute(select(User.id).where(User.name == name))).first() is not None:
         raise ConflictError(f"staff member {name!r} exists already", code="exists")
     customer_rows = [await get_customer(db, valid_customer_name(c)) for c in customers]

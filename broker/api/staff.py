@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from typing import NoReturn
 
 import pyotp
 from pydantic import BaseModel, ConfigDict, Field
@@ -12,6 +13,7 @@ from sqlalchemy import select, update
 from broker import staff_store
 from broker.api.routing import ApiContext, ApiRouter
 from broker.auth.credentials import verify_password
+from broker.auth.scopes import ROLE_SCOPES
 from broker.db.models_staff import ApiToken, User
 from broker.errors import AuthError, ForbiddenError, NotFoundError
 
@@ -212,9 +214,30 @@ async def disable_user(ctx: ApiContext) -> UserOut:
     return _user_out(rec)
 
 
-def _may_manage(ctx: ApiContext, name: str) -> None:
+async def _may_manage(ctx: ApiContext, name: str) -> None:
     if "admin" not in ctx.principal.scopes and ctx.principal.name != name:
+        await ctx.services.audit.record(
+            actor=ctx.principal.name,
+            action="user.manage_refused",
+            target=name,
+            outcome="denied",
+            source=ctx.source,
+            details={"route": f"{ctx.request.method} {ctx.request.path}"[:200]},
+        )
         raise ForbiddenError("only an admin may change another person's keys or tokens")
+
+
+async def _refuse_own(ctx: ApiContext, action: str, name: str, why: str, code: str) -> NoReturn:
+    """Refuse (audited) what a staff member asks for themselves beyond the calling token."""
+    await ctx.services.audit.record(
+        actor=ctx.principal.name,
+        action=action,
+        target=name,
+        outcome="denied",
+        source=ctx.source,
+        details={"reason": why},
+    )
+    raise ForbiddenError(why, code=code)
 
 
 @router.route(
@@ -228,7 +251,16 @@ def _may_manage(ctx: ApiContext, name: str) -> None:
 )
 async def add_key(ctx: ApiContext) -> UserOut:
     name = staff_store.valid_user_name(ctx.path("name"))
-    _may_manage(ctx, name)
+    await _may_manage(ctx, name)
+    if "admin" not in ctx.principal.scopes and "session" not in ctx.principal.scopes:
+        # A registered key opens shells: a token that may not open one may not add one.
+        await _refuse_own(
+            ctx,
+            "user.key_refused",
+            name,
+            "adding an SSH key needs the 'session' scope, which this token does not carry",
+            "scope_missing",
+        )
     s = ctx.services
     async with s.db() as db, db.begin():
         user = await staff_store.get_user(db, name)
@@ -255,9 +287,23 @@ async def add_key(ctx: ApiContext) -> UserOut:
 )
 async def create_token(ctx: ApiContext) -> NewTokenOut:
     name = staff_store.valid_user_name(ctx.path("name"))
-    _may_manage(ctx, name)
+    await _may_manage(ctx, name)
     body = ctx.payload(TokenCreate)
     s = ctx.services
+    principal = ctx.principal
+    if "admin" not in principal.scopes and principal.role is not None:
+        # A token mints nothing wider than itself, or a read-only token would be a full one.
+        wanted = frozenset(body.scopes) if body.scopes else ROLE_SCOPES[principal.role]
+        wider = sorted(wanted - principal.scopes)
+        if wider:
+            await _refuse_own(
+                ctx,
+                "token.refused",
+                name,
+                f"scope {wider[0]!r} is wider than the token you call with carries "
+                f"({', '.join(sorted(principal.scopes))}); ask for those scopes or fewer",
+                "scope_too_wide",
+            )
     try:
         async with s.db() as db, db.begin():
             user = await staff_store.get_user(db, name)
@@ -300,7 +346,7 @@ async def create_token(ctx: ApiContext) -> NewTokenOut:
 )
 async def list_tokens(ctx: ApiContext) -> list[TokenOut]:
     name = staff_store.valid_user_name(ctx.path("name"))
-    _may_manage(ctx, name)
+    await _may_manage(ctx, name)
     async with ctx.services.db() as db:
         user = await staff_store.get_user(db, name)
         rows = (
@@ -328,7 +374,7 @@ async def revoke_token(ctx: ApiContext) -> None:
         if row is None:
             raise NotFoundError("there is no such token")
         tok, user = row[0], row[1]
-        _may_manage(ctx, user.name)
+        await _may_manage(ctx, user.name)
         await db.execute(update(ApiToken).where(ApiToken.id == tok.id).values(revoked_at=s.clock()))
     await s.audit.record(
         actor=ctx.principal.name,

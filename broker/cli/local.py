@@ -30,6 +30,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "serve", help="run the broker (HTTPS console/API/agent tunnel + SSH gateway)"
     )
+    _data_dir_option(p)
     p.add_argument("--https-port", type=int, default=None)
     p.add_argument("--ssh-port", type=int, default=None)
     p.set_defaults(handler=run_serve)
@@ -41,7 +42,11 @@ def _data_dir_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _data_dir(rt: Runtime) -> Path:
-    value = rt.args.command_data_dir or rt.args.data_dir or rt.env.get("SECONDLINE_DATA_DIR")
+    value = (
+        getattr(rt.args, "command_data_dir", None)
+        or rt.args.data_dir
+        or rt.env.get("SECONDLINE_DATA_DIR")
+    )
     if not value:
         raise CliError("give the data dir: secondline --data-dir DIR ...")
     return Path(value)

@@ -5,9 +5,10 @@ The preview is the KB's own safe renderer on the server (``POST /console/kb/prev
 the session's CSRF token), so what an author sees is exactly what readers will get, and no
 Markdown is ever turned into HTML in the browser. Saves go through ``PATCH
 /api/v1/kb/articles/{id}`` with the version the editor was opened at; when someone saved in
-between, the API refuses (``version_conflict``) and the editor comes back with the author's
-text kept and the other person's change shown as a difference, based on the newer version,
-so saving again is a decision rather than an accident."""
+between, the API refuses (``version_conflict``) and the editor comes back on the newer
+version with the author's changes on top (``ArticleForm.rebase``), the other person's change
+shown as a difference and the fields both changed marked, so nothing of either is lost and
+saving again is a decision rather than an accident."""
 
 from __future__ import annotations
 

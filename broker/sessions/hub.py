@@ -403,16 +403,24 @@ class LiveSession:
         self._flush_task = asyncio.get_running_loop().create_task(self._flush())
 
     async def _flush(self) -> None:
-        try:
-            if self.core.unflushed >= THREAD_FLUSH_BYTES:
-                await asyncio.to_thread(self.recorder.flush)
-            else:
-                self.recorder.flush()
-        except RecorderError as exc:
-            self._recorder_failed(exc)
-        finally:
-            if self.core.phase == "running":
-                self._apply(self.core.flush_done(time.monotonic()))
+        """Flush until the core is satisfied: a flush that ends with more waiting than a
+        flush's worth goes straight on (the core asks by returning Flush again)."""
+        while True:
+            try:
+                if self.core.unflushed >= THREAD_FLUSH_BYTES:
+                    await asyncio.to_thread(self.recorder.flush)
+                else:
+                    self.recorder.flush()
+            except RecorderError as exc:
+                self._recorder_failed(exc)
+                return
+            if self.core.phase != "running":
+                return
+            actions = self.core.flush_done(time.monotonic())
+            again = any(isinstance(action, Flush) for action in actions)
+            self._apply([action for action in actions if not isinstance(action, Flush)])
+            if not again:
+                return
 
     def _recorder_failed(self, exc: RecorderError) -> None:
         log.error("session %s: recording failed: %s", self.session_id, exc.code)

@@ -64,10 +64,6 @@ def main_text(page: Page) -> str:
     return page.text.split('<main class="content')[1].split("</main>")[0]
 
 
-async def post(client: ConsoleClient, path: str, fields: dict[str, str], csrf_from: str) -> Page:
-    return await client.post_form(path, fields, csrf_from=csrf_from)
-
-
 def edit_fields(page: Page) -> dict[str, str]:
     """The editor's fields as the browser would post them (every command row kept)."""
     text = page.text
@@ -195,8 +191,7 @@ async def test_level_one_gets_no_publish_button_and_a_forced_post_is_refused(
     by the API with its reason shown and audited; level 2 publishes it."""
     new = await desk.lena.get("/console/kb/new")
     assert new.status == 200
-    created = await post(
-        desk.lena,
+    created = await desk.lena.post_form(
         "/console/kb/new",
         {
             "action": "save",
@@ -220,7 +215,7 @@ async def test_level_one_gets_no_publish_button_and_a_forced_post_is_refused(
     assert "<code>ipsec statusall</code>" in body
     assert 'class="exit exit-unknown"' in body
 
-    forced = await post(desk.lena, f"{location}/publish", {}, csrf_from=location)
+    forced = await desk.lena.post_form(f"{location}/publish", {}, csrf_from=location)
     assert forced.status == 403
     assert "Level-1 staff do not publish, retire or reopen articles" in forced.text
     _, events = await api.call("GET", "/audit?action=kb.publish", expect=200)
@@ -229,7 +224,7 @@ async def test_level_one_gets_no_publish_button_and_a_forced_post_is_refused(
 
     review = await desk.max.get(location)
     assert "/publish" in main_text(review)
-    done = await post(desk.max, f"{location}/publish", {}, csrf_from=location)
+    done = await desk.max.post_form(f"{location}/publish", {}, csrf_from=location)
     assert done.status == 303
     assert done.location.endswith("?done=kb_publish")
     after = await desk.lena.get(location)
@@ -391,15 +386,15 @@ async def test_ticket_page_suggestions_and_this_solved_it(api: Api, desk: Desk) 
     assert panel.count("This solved it") == 1  # articles only: a ticket is no article
 
     fields = {"article": f"KB-{article['id']}"}
-    first = await post(desk.lena, f"{path}/solved", fields, csrf_from=path)
+    first = await desk.lena.post_form(f"{path}/solved", fields, csrf_from=path)
     assert first.location == f"{path}?done=kb_solved"
-    again = await post(desk.lena, f"{path}/solved", fields, csrf_from=path)
+    again = await desk.lena.post_form(f"{path}/solved", fields, csrf_from=path)
     assert again.location == f"{path}?done=kb_solved_known"
     shown = await desk.lena.get(again.location, headers=GERMAN)
     assert "Dieser Artikel war schon als Lösung dieses Tickets vermerkt." in shown.text
     read = await desk.lena.get(f"/console/kb/articles/KB-{article['id']}")
     assert 'class="kb-helped-count">1<' in read.text
-    bad = await post(desk.lena, f"{path}/solved", {"article": "KB-x"}, csrf_from=path)
+    bad = await desk.lena.post_form(f"{path}/solved", {"article": "KB-x"}, csrf_from=path)
     assert bad.status == 400
 
     resolved = await desk.lena.get(f"/console/tickets/{article['ticket']}")
@@ -422,7 +417,7 @@ async def test_write_up_a_resolved_level_two_ticket(api: Api, desk: Desk) -> Non
     path = f"/console/tickets/{ticket}"
     page = await desk.max.get(path, headers=GERMAN)
     assert "Als Artikel aufschreiben" in page.text
-    written = await post(desk.max, f"{path}/write-up", {}, csrf_from=path)
+    written = await desk.max.post_form(f"{path}/write-up", {}, csrf_from=path)
     assert written.status == 303
     assert re.fullmatch(r"/console/kb/articles/KB-\d+/edit\?done=kb_drafted", written.location)
     editor = await desk.max.get(written.location)

@@ -170,3 +170,13 @@ async def test_sigterm_stops_cleanly(broker: BrokerProcess) -> None:
     """SIGTERM ends the broker with exit 0 and a final line."""
     assert await broker.stop() == 0
     assert any(b"secondline: stopped" in line for line in broker.output)
+
+
+def test_data_dir_after_the_command(tmp_path: Path) -> None:
+    """`secondline init --data-dir DIR` and `serve --data-dir DIR`, as PRODUCT.md writes them."""
+    data = tmp_path / "d"
+    result = secondline("init", "--data-dir", str(data), "--public-url", "https://127.0.0.1:1")
+    assert result.code == 0, result.err
+    assert (data / "admin.token").exists()
+    again = secondline("serve", "--data-dir", str(tmp_path / "missing"))
+    assert again.code != 0 and "not initialised" in again.err
