@@ -8,7 +8,6 @@ PostgreSQL half is skipped without it, in CI (CI=true) its absence is an error.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator

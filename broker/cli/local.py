@@ -61,7 +61,7 @@ def run_init(rt: Runtime) -> int:
             settings[key] = getattr(a, key)
     port = a.https_port or 8443
     public_url = a.public_url or f"https://localhost:{port}"
-    from broker.bootstrap import ADMIN_TOKEN_FILE, init_data_dir  # noqa: PLC0415 - heavy imports
+    from broker.bootstrap import ADMIN_TOKEN_FILE, init_data_dir
 
     try:
         result = init_data_dir(

@@ -11,13 +11,15 @@ What other parts use::
 Browser terminals attach through ``GET /console/ws/terminal`` with a one-time ticket from
 ``POST /api/v1/sessions/terminal-tickets`` (see ``terminal_ws`` and docs/sessions.md).
 
-Modules: ``hub_core`` (pure participant, buffer and limit bookkeeping), ``hub`` (one live
-session: agent channel, terminals, recorder), ``manager`` (start, attach, kill, drain),
-``finish`` (rows, audit and note when a session ends; crash recovery), ``note`` (the note's
-text, pure), ``outbox`` (delivery to the ticket system), ``gateway`` and
-``gateway_session`` (the SSH server), ``terminal_tickets`` (pure) and ``terminal_ws`` (the
-browser terminal), ``access`` and ``store`` (database reads and writes), ``runtime``
-(app keys), ``feature`` (``setup``).
+Modules: ``hub_core`` (pure participant, buffer and limit bookkeeping), ``facts`` (what a
+session is, how it ended, what a terminal is), ``hub`` (one live session: agent channel,
+terminals, recorder), ``admission`` (the session rules applied, audited refusals),
+``consent`` (asking the end user), ``manager`` (start, attach, kill, drain), ``finish``
+(rows, audit and note when a session ends; crash recovery), ``note`` (the note's text,
+pure), ``outbox`` (delivery to the ticket system), ``gateway`` and ``gateway_session`` (the
+SSH server), ``terminal_tickets`` (pure) and ``terminal_ws`` (the browser terminal),
+``reads`` and ``downloads`` (object-level read checks, transcript files), ``access`` and
+``store`` (database reads and writes), ``runtime`` (app keys), ``feature`` (``setup``).
 
 Errors (``errors``): the root is :class:`SessionError`, a :class:`broker.errors.BrokerError`:
 

@@ -25,7 +25,7 @@ from broker.services import Services
 from broker.sessions import store
 from broker.sessions.access import choose_agent, find_agents, load_agents, load_staff
 from broker.sessions.errors import AUDIT_STORE_UNAVAILABLE, SessionRefused, StoreUnavailable
-from broker.sessions.hub import Kind, SessionFacts
+from broker.sessions.facts import Kind, SessionFacts
 
 log = logging.getLogger(__name__)
 

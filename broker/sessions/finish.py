@@ -24,7 +24,8 @@ from broker.db.models_sessions import RemoteSession
 from broker.ports import TicketSystem
 from broker.services import Services
 from broker.sessions import store
-from broker.sessions.hub import LiveSession, Outcome
+from broker.sessions.facts import Outcome
+from broker.sessions.hub import LiveSession
 from broker.sessions.hub_core import Member
 from broker.sessions.note import NoteFacts, exec_commands, session_note
 from broker.transcript import (
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 
 DB_ERRORS: Final = (SQLAlchemyError, OSError)
 RETRY_CAP: Final = 30.0
+RENDER_MAX: Final = 64 << 20
 
 
 def _utc(seconds: float) -> dt.datetime:
@@ -58,11 +60,19 @@ class Attachments:
 
 
 def plan_attachments(cast: Path, session_id: str, max_bytes: int) -> Attachments:
-    """The ``.cast`` and its text rendering, unless the ``.cast`` exceeds ``max_bytes``."""
+    """The ``.cast`` and its text rendering, unless the ``.cast`` exceeds ``max_bytes``;
+    past :data:`RENDER_MAX` not even the text is rendered (it would hold up the outbox)."""
     try:
         size = cast.stat().st_size
     except OSError:
         return Attachments((), (f"{session_id}.cast (the transcript file is missing)",))
+    if size > RENDER_MAX:
+        hint = f"secondline transcript export {session_id}"
+        mib = size / (1 << 20)
+        return Attachments(
+            (),
+            (f"{session_id}.cast and {session_id}.txt ({mib:.0f} MiB, too large; {hint})",),
+        )
     if size > max_bytes:
         mib = size / (1 << 20)
         return Attachments(

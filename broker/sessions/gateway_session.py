@@ -19,7 +19,8 @@ import asyncssh
 
 from broker.sessions.admission import OpenRequest
 from broker.sessions.errors import SessionRefused
-from broker.sessions.hub import LiveSession, Outcome
+from broker.sessions.facts import Outcome
+from broker.sessions.hub import LiveSession
 from broker.transcript.asciicast import TERM_PATTERN
 
 if TYPE_CHECKING:

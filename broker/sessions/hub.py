@@ -18,13 +18,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Final, Literal, Protocol
+from collections.abc import Mapping, Sequence
+from typing import Final
 
 import asyncssh
 
 from agent.protocol import ConsentAnswer
+from broker.sessions.facts import MemberEvent, Outcome, SessionFacts, Terminal
 from broker.sessions.hub_core import (
     Action,
     Disconnect,
@@ -46,7 +46,6 @@ from broker.transcript import (
     END_DISK_FULL,
     END_ENDED,
     END_KILLED,
-    Command,
     Mark,
     MarkParser,
     RecorderDiskFull,
@@ -67,77 +66,6 @@ MAX_TERMINAL_SIZE: Final = 1000
 
 END_SHUTDOWN: Final = "broker shut down"
 END_BY_END_USER: Final = "ended by the end user"
-
-Kind = Literal["shell", "exec"]
-
-
-@dataclass(frozen=True, kw_only=True)
-class SessionFacts:
-    """What a live session is about; fixed when it starts."""
-
-    session_id: str
-    ticket_id: int
-    ticket_title: str
-    customer: str
-    agent_id: str
-    agent_name: str
-    owner: str
-    owner_level: int
-    kind: Kind
-    command: str | None
-    via: str
-    source: str
-    term: str | None
-    cols: int
-    rows: int
-
-    @property
-    def ticket_ref(self) -> str:
-        return f"T-{self.ticket_id}"
-
-
-@dataclass(frozen=True, kw_only=True)
-class Outcome:
-    """How a session ended, for the terminals, the database, the audit log and the note."""
-
-    reason: str  # the transcript's end reason
-    code: str  # exit, agent_disconnected, killed, idle, max_length, disk_full, ...
-    message: str  # a sentence for the people in the session
-    exit_status: int | None
-    exit_signal: str | None
-    ended_by: str | None
-    started_at: float  # wall clock seconds
-    ended_at: float
-    seal: Seal | None
-    commands: tuple[Command, ...]
-
-
-class Terminal(Protocol):
-    """A participant's terminal: an SSH channel or a browser WebSocket."""
-
-    def write_output(self, data: bytes, stderr: bool) -> None:
-        """Queue terminal bytes; never blocks (the hub watches :meth:`buffered`)."""
-
-    def buffered(self) -> int:
-        """Bytes queued and not yet sent."""
-
-    def show_state(self, state: str, reason: str, session_id: str) -> None:
-        """waiting_consent, running or ended, with a sentence."""
-
-    def show_participants(self, people: list[dict[str, str]]) -> None:
-        """Who is in the session now."""
-
-    def show_notice(self, message: str) -> None:
-        """A message beside the terminal output."""
-
-    def drop(self, message: str) -> None:
-        """The hub cut this terminal off (it could not keep up)."""
-
-    def finish(self, outcome: Outcome) -> None:
-        """The session ended."""
-
-
-MemberEvent = Callable[[Member, Literal["joined", "left"], str], None]
 
 
 class AgentChannel(asyncssh.SSHClientSession[bytes]):
@@ -185,6 +113,7 @@ class LiveSession:
         self._end_requested = asyncio.Event()
         self._chan_closed = asyncio.Event()
         self._flush_task: asyncio.Task[None] | None = None
+        self._flush_again = False
         self._exit_status: int | None = None
         self._exit_signal: str | None = None
         self._exit_message = ""
@@ -395,10 +324,17 @@ class LiveSession:
 
     def tick(self) -> None:
         """Called once a second by the session manager."""
+        if self.core.flushing and (self._flush_task is None or self._flush_task.done()):
+            # A flush the core counts on is not running: never leave the agent paused.
+            log.warning("session %s: restarting a lost flush", self.session_id)
+            self._flush_task = asyncio.get_running_loop().create_task(self._flush())
         self._apply(self.core.tick(time.monotonic()))
 
     def _start_flush(self) -> None:
         if self._flush_task is not None and not self._flush_task.done():
+            # Asked from inside the running flush (resuming the agent delivers held
+            # output at once): that flush goes round once more.
+            self._flush_again = True
             return
         self._flush_task = asyncio.get_running_loop().create_task(self._flush())
 
@@ -406,6 +342,7 @@ class LiveSession:
         """Flush until the core is satisfied: a flush that ends with more waiting than a
         flush's worth goes straight on (the core asks by returning Flush again)."""
         while True:
+            self._flush_again = False
             try:
                 if self.core.unflushed >= THREAD_FLUSH_BYTES:
                     await asyncio.to_thread(self.recorder.flush)
@@ -419,7 +356,7 @@ class LiveSession:
             actions = self.core.flush_done(time.monotonic())
             again = any(isinstance(action, Flush) for action in actions)
             self._apply([action for action in actions if not isinstance(action, Flush)])
-            if not again:
+            if not (again or self._flush_again):
                 return
 
     def _recorder_failed(self, exc: RecorderError) -> None:

@@ -43,8 +43,9 @@ from broker.sessions.errors import (
     SessionRefused,
     StoreUnavailable,
 )
+from broker.sessions.facts import SessionFacts, Terminal
 from broker.sessions.finish import Finisher
-from broker.sessions.hub import END_SHUTDOWN, LiveSession, SessionFacts, Terminal
+from broker.sessions.hub import END_SHUTDOWN, LiveSession
 from broker.sessions.hub_core import HubClosed, HubFull, HubLimits, Member, Role
 from broker.transcript import CastHeader, RecorderError, SessionInfo, TranscriptRecorder
 

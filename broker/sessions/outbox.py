@@ -99,20 +99,22 @@ class OutboxWorker:
         that does not make it stays in the outbox for the next start."""
         self._stopping = True
         self._wake.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        if self._task is not None:
+            done, _ = await asyncio.wait({self._task}, timeout=grace)
+            if not done:
+                self._task.cancel()
+                await asyncio.wait({self._task})
+                log.warning("the outbox did not empty before shutdown; the rest goes at start")
+                return
         try:
-            async with asyncio.timeout(grace):
-                if self._task is not None:
-                    await self._task
+            async with asyncio.timeout(max(0.0, deadline - loop.time())):
                 await self.deliver_due()
         except TimeoutError:
-            log.warning("the outbox did not empty before shutdown; the rest goes at next start")
+            log.warning("the outbox did not empty before shutdown; the rest goes at start")
         except Exception:
             log.exception("delivering the last notes at shutdown failed")
-        finally:
-            if self._task is not None and not self._task.done():
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
 
     async def run(self) -> None:
         while not self._stopping:

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.db.models_sessions import RemoteSession, SessionOutbox, SessionParticipant
 from broker.db.models_staff import User
-from broker.sessions.hub import SessionFacts
+from broker.sessions.facts import SessionFacts
 
 # States of a session that has not ended: it counts against the owner's limit and is
 # "live" to `session list --live`; after a crash these become "interrupted".

@@ -35,7 +35,8 @@ from broker.origin import origin_allowed
 from broker.rules import SshTarget
 from broker.sessions.admission import OpenRequest
 from broker.sessions.errors import SessionError
-from broker.sessions.hub import LiveSession, Outcome
+from broker.sessions.facts import Outcome
+from broker.sessions.hub import LiveSession
 from broker.sessions.hub_core import Member
 from broker.sessions.runtime import SESSIONS
 from broker.sessions.terminal_tickets import TerminalGrant

@@ -215,6 +215,10 @@ async def test_level_one_finds_reads_and_writes_in_german(desk: Desk, chromium: 
         "#f-problem", "Scan-to-Mail bricht ab mit **Authentifizierung fehlgeschlagen**."
     )
     await page.locator("#preview-problem strong").wait_for(timeout=WAIT_MS)
+    await page.fill(
+        "#f-environment", "Multifunktionsgerät Kyocera M2540dn, Mail über `smtp.acme.de`"
+    )
+    await page.locator("#preview-environment code").wait_for(timeout=WAIT_MS)
     await page.fill("#f-solution", "1. SMTP-Passwort im Scanner erneuern\n2. Testscan senden")
     await page.locator("#preview-solution ol li").nth(1).wait_for(timeout=WAIT_MS)
     await page.fill("#f-cause", "<script>window.pwned = 1</script>[x](javascript:alert(1))")

@@ -37,9 +37,8 @@ async def test_add_and_list_users(api: Api) -> None:
         expect=201,
     )
     assert isinstance(user, dict)
-    assert user["customers"] == ["acme"] and user["ssh_keys"][0]["fingerprint"].startswith(
-        "SHA256:"
-    )
+    assert user["customers"] == ["acme"]
+    assert user["ssh_keys"][0]["fingerprint"].startswith("SHA256:")
     _, users = await api.call("GET", "/users", expect=200)
     assert isinstance(users, list)
     assert sorted(u["name"] for u in users) == ["admin", "alice"]
@@ -64,10 +63,13 @@ async def test_bad_user_input_changes_nothing(
 ) -> None:
     """Each malformed account is refused with a clear code and no account is stored."""
     got, data = await api.call("POST", "/users", body)
-    assert got == status and isinstance(data, dict)
-    assert data["error"]["code"] == code and data["error"]["message"]
+    assert got == status
+    assert isinstance(data, dict)
+    assert data["error"]["code"] == code
+    assert data["error"]["message"]
     _, users = await api.call("GET", "/users", expect=200)
-    assert isinstance(users, list) and [u["name"] for u in users] == ["admin"]
+    assert isinstance(users, list)
+    assert [u["name"] for u in users] == ["admin"]
 
 
 async def test_duplicate_user_and_key(api: Api) -> None:
@@ -90,14 +92,16 @@ async def test_malformed_and_oversized_bodies(api: Api) -> None:
     r = await c.post(
         "/api/v1/users", data=b"{not json", headers={**h, "Content-Type": "application/json"}
     )
-    assert r.status == 400 and (await r.json())["error"]["code"] == "malformed_json"
+    assert r.status == 400
+    assert (await r.json())["error"]["code"] == "malformed_json"
     r = await c.post("/api/v1/users", data=b"name=x", headers={**h, "Content-Type": "text/plain"})
     assert r.status == 400
     big = b'{"name": "' + b"x" * (2 * 1024 * 1024) + b'"}'
     r = await c.post(
         "/api/v1/users", data=io.BytesIO(big), headers={**h, "Content-Type": "application/json"}
     )
-    assert r.status == 413 and (await r.json())["error"]["code"] == "body_too_large"
+    assert r.status == 413
+    assert (await r.json())["error"]["code"] == "body_too_large"
 
 
 async def test_missing_expired_revoked_tokens(api: Api) -> None:
@@ -119,7 +123,8 @@ async def test_token_in_query_string_is_refused(api: Api) -> None:
     """A credential in the URL is refused even when it is valid, and audited."""
     for name in ("token", "access_token", "api_key"):
         r = await api.client.get(f"/api/v1/me?{name}={api.admin_token}")
-        assert r.status == 400 and (await r.json())["error"]["code"] == "credential_in_query"
+        assert r.status == 400
+        assert (await r.json())["error"]["code"] == "credential_in_query"
     assert "auth.refused" in await audit_actions(api)
 
 
@@ -127,7 +132,9 @@ async def test_scopes_no_wider_than_owner(api: Api) -> None:
     """A level-1 user cannot mint an admin token; a read-only token cannot write."""
     tok = await api.staff_token("dave", "level1")
     status, data = await api.call("POST", "/users/dave/tokens", {"scopes": ["admin"]}, token=tok)
-    assert status == 403 and isinstance(data, dict) and data["error"]["code"] == "scope_too_wide"
+    assert status == 403
+    assert isinstance(data, dict)
+    assert data["error"]["code"] == "scope_too_wide"
     await api.call("POST", "/users/dave/tokens", {"scopes": ["root"]}, token=tok, expect=403)
     await api.call("POST", "/users/admin/tokens", {}, token=tok, expect=403)
     _, ro = await api.call(
@@ -137,7 +144,8 @@ async def test_scopes_no_wider_than_owner(api: Api) -> None:
     status, data = await api.call("POST", "/customers", {"name": "x"}, token=str(ro["token"]))
     assert status == 403
     actions = await audit_actions(api)
-    assert "token.refused" in actions and "api.scope_refused" in actions
+    assert "token.refused" in actions
+    assert "api.scope_refused" in actions
 
 
 async def test_disable_revokes_tokens_at_once(api: Api) -> None:
@@ -155,7 +163,9 @@ async def test_token_limit(api: Api) -> None:
     for _ in range(limit):
         await api.call("POST", "/users/fred/tokens", {}, expect=201)
     status, data = await api.call("POST", "/users/fred/tokens", {})
-    assert status == 409 and isinstance(data, dict) and data["error"]["code"] == "token_limit"
+    assert status == 409
+    assert isinstance(data, dict)
+    assert data["error"]["code"] == "token_limit"
 
 
 async def test_login_with_password_and_single_use_totp(api: Api) -> None:
@@ -180,7 +190,8 @@ async def test_login_with_password_and_single_use_totp(api: Api) -> None:
     _, unknown = await api.call(
         "POST", "/auth/login", {"user": "nobody", "password": "whatever123"}, token=None, expect=401
     )
-    assert isinstance(again, dict) and isinstance(unknown, dict)
+    assert isinstance(again, dict)
+    assert isinstance(unknown, dict)
     assert again["error"] == unknown["error"]
 
 
@@ -203,7 +214,8 @@ async def test_login_throttled_per_account(api: Api) -> None:
         token=None,
         expect=401,
     )
-    assert isinstance(data, dict) and data["error"]["code"] == "throttled"
+    assert isinstance(data, dict)
+    assert data["error"]["code"] == "throttled"
     assert "login.throttled" in await audit_actions(api)
 
 
@@ -215,10 +227,12 @@ async def test_customers(api: Api) -> None:
     await api.call("POST", "/customers", {"name": "../etc"}, expect=400)
     tok = await api.staff_token("ivy", "level2", customers=["acme"])
     _, seen = await api.call("GET", "/customers", token=tok, expect=200)
-    assert isinstance(seen, list) and [c["name"] for c in seen] == ["acme"]
+    assert isinstance(seen, list)
+    assert [c["name"] for c in seen] == ["acme"]
     await api.call("GET", "/customers/globex", token=tok, expect=404)
     _, one = await api.call("GET", "/customers/acme", token=tok, expect=200)
-    assert isinstance(one, dict) and one["display_name"] == "ACME Corp"
+    assert isinstance(one, dict)
+    assert one["display_name"] == "ACME Corp"
 
 
 async def test_openapi_describes_every_route(api: Api) -> None:
@@ -241,10 +255,13 @@ async def test_openapi_describes_every_route(api: Api) -> None:
 async def test_unknown_route_has_json_error(api: Api) -> None:
     """Unknown API paths answer with the stable JSON error shape."""
     status, data = await api.call("GET", "/nothing-here")
-    assert status == 404 and isinstance(data, dict) and data["error"]["code"] == "not_found"
+    assert status == 404
+    assert isinstance(data, dict)
+    assert data["error"]["code"] == "not_found"
 
 
 async def test_health(api: Api) -> None:
     """The health endpoint says ok while the database answers."""
     r = await api.client.get("/healthz")
-    assert r.status == 200 and (await r.json())["status"] == "ok"
+    assert r.status == 200
+    assert (await r.json())["status"] == "ok"

@@ -27,7 +27,8 @@ async def test_untouched_log_verifies(api: Api) -> None:
     """A log with init and a few actions verifies."""
     await fill(api, 3)
     report = await verify(api)
-    assert report["ok"] is True and report["records"] == 4
+    assert report["ok"] is True
+    assert report["records"] == 4
 
 
 async def test_changed_row_is_named(api: Api) -> None:
@@ -37,7 +38,8 @@ async def test_changed_row_is_named(api: Api) -> None:
     async with services.db() as db, db.begin():
         await db.execute(update(AuditEvent).where(AuditEvent.seq == 3).values(actor="mallory"))
     report = await verify(api)
-    assert report["ok"] is False and report["first_bad_seq"] == 3
+    assert report["ok"] is False
+    assert report["first_bad_seq"] == 3
 
 
 async def test_deleted_row_is_named(api: Api) -> None:
@@ -47,7 +49,8 @@ async def test_deleted_row_is_named(api: Api) -> None:
     async with services.db() as db, db.begin():
         await db.execute(delete(AuditEvent).where(AuditEvent.seq == 2))
     report = await verify(api)
-    assert report["ok"] is False and report["first_bad_seq"] == 2
+    assert report["ok"] is False
+    assert report["first_bad_seq"] == 2
 
 
 async def test_reordered_rows_are_named(api: Api) -> None:
@@ -64,7 +67,8 @@ async def test_reordered_rows_are_named(api: Api) -> None:
             setattr(a, f, vb[f])
             setattr(b, f, va[f])
     report = await verify(api)
-    assert report["ok"] is False and report["first_bad_seq"] == 2
+    assert report["ok"] is False
+    assert report["first_bad_seq"] == 2
 
 
 async def test_deleted_tail_is_reported(api: Api) -> None:
@@ -74,7 +78,8 @@ async def test_deleted_tail_is_reported(api: Api) -> None:
     async with services.db() as db, db.begin():
         await db.execute(delete(AuditEvent).where(AuditEvent.seq >= 4))
     report = await verify(api)
-    assert report["ok"] is False and "deleted" in str(report["message"])
+    assert report["ok"] is False
+    assert "deleted" in str(report["message"])
 
 
 async def test_audit_needs_admin(api: Api) -> None:

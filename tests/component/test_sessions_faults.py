@@ -24,7 +24,7 @@ from broker.db.engine import create_engine, session_factory
 from broker.keys import public_pem
 from broker.ports import NoteAttachment, TicketInfo, TicketSystem
 from broker.sessions import SESSIONS, TICKET_SYSTEM, store
-from broker.sessions.hub import SessionFacts
+from broker.sessions.facts import SessionFacts
 from broker.tickets import TICKETS
 from broker.transcript import (
     MarkParser,

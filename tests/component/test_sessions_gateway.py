@@ -3,11 +3,14 @@ note on the ticket, refusals and what the gateway refuses to do."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from broker.keys import public_pem
+from broker.transcript import load_public_key, transcript_paths, verify_transcript
 from tests.component.test_sessions_harness import WAIT, World, world
 
 pytestmark = [
@@ -48,3 +51,32 @@ async def test_exec_returns_output_and_exit_status(data_dir: Path, tmp_path: Pat
         _, sessions = await w.call("GET", f"/sessions?ticket={w.ticket}", expect=200)
         assert sessions[0]["state"] == "ended"
         assert sessions[0]["exit_status"] == 3
+
+
+async def test_sustained_output_is_recorded_whole(data_dir: Path, tmp_path: Path) -> None:
+    """Output faster than the recorder's buffer bounds pauses and resumes the agent as the
+    flushes catch up; every byte reaches the client and the transcript, which verifies."""
+    async with world(data_dir, tmp_path) as w:
+        conn = await w.ssh()
+        async with conn:
+            process = await conn.create_process(
+                # NUL bytes cost six bytes each in the transcript: the recorder falls behind.
+                "head -c 25000000 /dev/zero; echo; echo end-$((2*21))",
+                encoding=None,
+            )
+            received = 0
+            tail = b""
+            async with asyncio.timeout(WAIT * 3):
+                while chunk := await process.stdout.read(1 << 20):
+                    received += len(chunk)
+                    tail = (tail + chunk)[-32:]
+                await process.wait()
+        assert process.exit_status == 0
+        assert tail.endswith(b"end-42\n")
+        assert received == 25_000_000 + len(b"\nend-42\n")
+        _, sessions = await w.call("GET", f"/sessions?ticket={w.ticket}", expect=200)
+        sid = sessions[0]["id"]
+        key = load_public_key(public_pem(w.services.keys.transcript_key))
+        paths = transcript_paths(w.services.config.transcripts_dir, sid)
+        result = verify_transcript(paths.cast, key, paths.seal, paths.chain)
+        assert result.status == "valid"

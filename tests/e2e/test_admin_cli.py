@@ -22,7 +22,8 @@ def test_init_twice_refuses_and_changes_nothing(data_dir: Path) -> None:
         if p.is_file() and "secondline.db" not in p.name
     }
     result = secondline("init", data_dir=data_dir)
-    assert result.code != 0 and "initialised already" in result.err
+    assert result.code != 0
+    assert "initialised already" in result.err
     after = {
         p: p.read_bytes()
         for p in data_dir.rglob("*")
@@ -43,19 +44,21 @@ def test_init_refuses_unwritable_dir(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
     result = secondline("--data-dir", str(blocker / "sub"), "init")
-    assert result.code != 0 and "cannot write" in result.err
+    assert result.code != 0
+    assert "cannot write" in result.err
 
 
 def test_serve_refuses_bad_config(tmp_path: Path) -> None:
     """serve with an unknown config key names it and exits non-zero."""
     (tmp_path / "secondline.toml").write_text('public_url = "https://x"\nbogus = 1\n')
     result = secondline("serve", data_dir=tmp_path)
-    assert result.code != 0 and "bogus" in result.err
+    assert result.code != 0
+    assert "bogus" in result.err
 
 
 @pytest.mark.postgres
 async def test_admin_walkthrough(broker: BrokerProcess, tmp_path: Path, backend: Backend) -> None:
-    """init, serve, add a customer and a level-2 user with a key, list them as JSON, verify audit."""
+    """init, serve, add a customer and a level-2 user with a key, list them, verify audit."""
     d = broker.data_dir
     key = asyncssh.generate_private_key("ssh-ed25519")
     pub = tmp_path / "alice.pub"
@@ -79,16 +82,20 @@ async def test_admin_walkthrough(broker: BrokerProcess, tmp_path: Path, backend:
     users = listed.json()
     assert isinstance(users, list)
     alice = next(u for u in users if u["name"] == "alice")
-    assert alice["role"] == "level2" and alice["customers"] == ["acme"]
+    assert alice["role"] == "level2"
+    assert alice["customers"] == ["acme"]
     assert alice["ssh_keys"][0]["fingerprint"] == key.get_fingerprint("sha256")
     table = secondline("user", "list", data_dir=d)
     assert table.out.splitlines()[0].split()[:3] == ["NAME", "ROLE", "DISABLED"]
     again = secondline("user", "add", "alice", "--role", "level2", data_dir=d)
-    assert again.code != 0 and "exists already" in again.err
+    assert again.code != 0
+    assert "exists already" in again.err
     bad = secondline("user", "add", "Alice!", "--role", "level2", data_dir=d)
-    assert bad.code != 0 and "invalid user name" in bad.err
+    assert bad.code != 0
+    assert "invalid user name" in bad.err
     verified = secondline("audit", "verify", data_dir=d)
-    assert verified.code == 0 and "intact" in verified.out
+    assert verified.code == 0
+    assert "intact" in verified.out
     if backend.kind == "sqlite":
         with sqlite3.connect(d / "secondline.db") as db:
             db.execute("UPDATE audit_events SET actor = 'mallory' WHERE seq = 2")
@@ -114,7 +121,8 @@ async def test_token_and_login_resolution(broker: BrokerProcess, tmp_path: Path)
         == 0
     )
     minted = secondline("user", "token", "bob", "--ttl", "1h", data_dir=d)
-    assert minted.code == 0 and minted.out.startswith("slt_")
+    assert minted.code == 0
+    assert minted.out.startswith("slt_")
     ca = str(d / "keys" / "tls.crt")
     env = cli_env(
         tmp_path / "x",
@@ -125,7 +133,8 @@ async def test_token_and_login_resolution(broker: BrokerProcess, tmp_path: Path)
     me = secondline("customer", "list", "--json", env=env)
     assert me.code == 0, me.err
     denied = secondline("user", "add", "zed", "--role", "admin", env=env)
-    assert denied.code != 0 and "scope" in denied.err
+    assert denied.code != 0
+    assert "scope" in denied.err
     home_env = cli_env(tmp_path / "y")
     login = secondline(
         "--url",
@@ -153,7 +162,8 @@ async def test_token_and_login_resolution(broker: BrokerProcess, tmp_path: Path)
         env=home_env,
         stdin="wrong password!!\n",
     )
-    assert wrong.code != 0 and "wrong" in wrong.err
+    assert wrong.code != 0
+    assert "wrong" in wrong.err
     untrusted = secondline(
         "--url",
         broker.url,
@@ -163,7 +173,8 @@ async def test_token_and_login_resolution(broker: BrokerProcess, tmp_path: Path)
         "list",
         env=cli_env(tmp_path / "z"),
     )
-    assert untrusted.code != 0 and "certificate" in untrusted.err
+    assert untrusted.code != 0
+    assert "certificate" in untrusted.err
 
 
 async def test_sigterm_stops_cleanly(broker: BrokerProcess) -> None:
@@ -179,4 +190,5 @@ def test_data_dir_after_the_command(tmp_path: Path) -> None:
     assert result.code == 0, result.err
     assert (data / "admin.token").exists()
     again = secondline("serve", "--data-dir", str(tmp_path / "missing"))
-    assert again.code != 0 and "not initialised" in again.err
+    assert again.code != 0
+    assert "not initialised" in again.err

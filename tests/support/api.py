@@ -26,7 +26,7 @@ class Api:
         path: str,
         body: object | None = None,
         *,
-        token: str | None = "admin",
+        token: str | None = "admin",  # noqa: S107 - "admin" selects the admin token
         expect: int | None = None,
     ) -> tuple[int, object]:
         tok = self.admin_token if token == "admin" else token

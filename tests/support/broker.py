@@ -61,7 +61,9 @@ def _template(backend: Backend) -> tuple[Path, str]:
             url = backend.url.rsplit("/", 1)[0] + "/" + database
             template_backend = Backend("postgresql", url, database, backend.dsn)
         settings = _fresh_settings(template_backend, {})
-        init_data_dir(root / "data", f"https://127.0.0.1:{settings['https_port']}", settings=settings)
+        init_data_dir(
+            root / "data", f"https://127.0.0.1:{settings['https_port']}", settings=settings
+        )
         _TEMPLATES[backend.kind] = (root / "data", database)
     return _TEMPLATES[backend.kind]
 

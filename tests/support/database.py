@@ -44,7 +44,7 @@ def run_sync(coro: Coroutine[object, object, T]) -> T:
     def target() -> None:
         try:
             result.append(asyncio.run(coro))
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+        except BaseException as exc:
             error.append(exc)
 
     thread = threading.Thread(target=target)

@@ -50,7 +50,9 @@ def test_intact_chain_verifies() -> None:
     """An untouched log with its signed head verifies."""
     chain = make_chain(5)
     report = verify_chain(chain, KEY.public_key(), [head_of(chain)])
-    assert report.ok and report.records == 5 and report.first_bad_seq is None
+    assert report.ok
+    assert report.records == 5
+    assert report.first_bad_seq is None
 
 
 def test_changed_record_is_named() -> None:
@@ -58,7 +60,9 @@ def test_changed_record_is_named() -> None:
     chain = make_chain(5)
     chain[2] = dataclasses.replace(chain[2], actor="mallory")
     report = verify_chain(chain, KEY.public_key(), [head_of(make_chain(5))])
-    assert not report.ok and report.first_bad_seq == 3 and "changed" in report.message
+    assert not report.ok
+    assert report.first_bad_seq == 3
+    assert "changed" in report.message
 
 
 def test_deleted_record_is_named() -> None:
@@ -66,7 +70,8 @@ def test_deleted_record_is_named() -> None:
     chain = make_chain(5)
     del chain[1]
     report = verify_chain(chain, KEY.public_key(), [])
-    assert not report.ok and report.first_bad_seq == 2
+    assert not report.ok
+    assert report.first_bad_seq == 2
 
 
 def test_reordered_records_are_named() -> None:
@@ -74,7 +79,8 @@ def test_reordered_records_are_named() -> None:
     chain = make_chain(5)
     chain[1], chain[2] = chain[2], chain[1]
     report = verify_chain(chain, KEY.public_key(), [])
-    assert not report.ok and report.first_bad_seq == 2
+    assert not report.ok
+    assert report.first_bad_seq == 2
 
 
 def test_relinked_record_is_named() -> None:
@@ -83,14 +89,18 @@ def test_relinked_record_is_named() -> None:
     forged = dataclasses.replace(chain[1], actor="mallory")
     chain[1] = dataclasses.replace(forged, hash=record_digest(forged))
     report = verify_chain(chain, KEY.public_key(), [])
-    assert not report.ok and report.first_bad_seq == 3 and "link" in report.message
+    assert not report.ok
+    assert report.first_bad_seq == 3
+    assert "link" in report.message
 
 
 def test_cut_tail_is_reported() -> None:
     """A log shorter than its signed head lost its tail, and says which records."""
     chain = make_chain(6)
     report = verify_chain(chain[:4], KEY.public_key(), [head_of(chain)])
-    assert not report.ok and report.first_bad_seq == 5 and "5..6 were deleted" in report.message
+    assert not report.ok
+    assert report.first_bad_seq == 5
+    assert "5..6 were deleted" in report.message
 
 
 def test_forged_head_is_refused() -> None:
@@ -108,7 +118,8 @@ def test_head_mismatch_at_end() -> None:
     chain = make_chain(3)
     head = SignedHead(3, "f" * 64, sign_head(KEY, 3, "f" * 64))
     report = verify_chain(chain, KEY.public_key(), [head])
-    assert not report.ok and report.first_bad_seq == 3
+    assert not report.ok
+    assert report.first_bad_seq == 3
 
 
 def test_empty_log_verifies() -> None:

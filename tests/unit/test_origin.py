@@ -20,7 +20,7 @@ PUBLIC = "https://broker.example:8443"
         "https://broker.example:8444",
         "http://broker.example:8443",
         "https://broker.example.evil.example:8443",
-        "https://brоker.example:8443",
+        "https://br\u043eker.example:8443",  # Cyrillic o, a look-alike host
         "https://broker.example:8443@evil.example",
         "https://[::1",
         "x" * 400,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.sessions.finish import plan_attachments
+from broker.sessions.finish import RENDER_MAX, plan_attachments
 from broker.sessions.note import (
     NOTE_BUDGET,
     NoteFacts,
@@ -158,6 +158,12 @@ def test_plan_attachments(tmp_path: Path) -> None:
     big = plan_attachments(cast, SID, 99)
     assert big.names == (f"{SID}.txt",)
     assert "over the attachment limit" in big.left_out[0]
+    huge = tmp_path / "huge.cast"
+    with huge.open("wb") as fh:
+        fh.truncate(RENDER_MAX + 1)  # sparse: no disk space used
+    neither = plan_attachments(huge, SID, 1 << 40)
+    assert neither.names == ()
+    assert "too large" in neither.left_out[0]
     gone = plan_attachments(tmp_path / "nothing.cast", SID, 100)
     assert gone.names == ()
     assert "missing" in gone.left_out[0]
