@@ -28,6 +28,9 @@ check:
 	$(BIN)/ruff format --check $(SRC)
 	$(BIN)/ruff check $(SRC)
 	$(BIN)/mypy
+	# The session rules decide who gets a shell: every branch of them must be tested.
+	$(BIN)/pytest -q -p no:cacheprovider tests/unit/test_rules_*.py \
+		--cov=broker.rules --cov-branch --cov-report=term-missing:skip-covered --cov-fail-under=100
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 fmt: $(STAMP)
