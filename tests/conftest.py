@@ -8,7 +8,10 @@ PostgreSQL half is skipped without it, in CI (CI=true) its absence is an error.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -62,6 +65,29 @@ async def broker(data_dir: Path) -> AsyncIterator[BrokerProcess]:
         yield proc
     finally:
         await proc.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_stale_pyenv_lock() -> Iterator[None]:
+    """Agents in the tests start real login shells as the machine's user. On the CI machine
+    that user's ~/.bashrc runs `pyenv init`, whose rehash holds a lock file; a session shell
+    killed mid-rehash leaves the lock behind, and every later login then waits 60 s for it.
+    This is the machine's dotfile, outside the project: clear a lock no rehash has touched
+    for 20 s (a live rehash holds it for well under a second)."""
+    lock = Path.home() / ".pyenv" / "shims" / ".pyenv-shim"
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(1.0):
+            with contextlib.suppress(OSError):
+                if time.time() - lock.stat().st_mtime > 20:
+                    lock.unlink()
+
+    thread = threading.Thread(target=watch, name="pyenv-lock-watch", daemon=True)
+    thread.start()
+    yield
+    stop.set()
+    thread.join()
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -2,7 +2,8 @@
 
 Every read checks the caller's rights on the session's ticket (``broker.sessions.reads``):
 a session id grants nothing by itself, and a session the caller may not read is answered
-like one that does not exist (404). Kills are for admins and the session's owner. The
+like one that does not exist (404). Kills are for admins and the session's owner; invitations
+and handing control over are for whoever controls the live session now. The
 transcript comes as JSON here (content, seal and chain file, what offline verification
 needs); raw downloads for the console are under ``/files/sessions/{id}/...``.
 """
@@ -20,9 +21,10 @@ from broker.api.routing import ApiContext, ApiRouter, QueryParam
 from broker.db.models_sessions import RemoteSession
 from broker.errors import ForbiddenError, InputError
 from broker.keys import public_pem
-from broker.rules import InvalidName, parse_agent_ref, parse_ticket_ref
+from broker.rules import InvalidName, parse_agent_ref, parse_ticket_ref, parse_user_name
 from broker.sessions import store
 from broker.sessions.errors import SessionConflict, SessionNotFound
+from broker.sessions.hub_core import HubClosed, HubRefused, roles_of
 from broker.sessions.reads import readable_session, transcript, transcript_format
 from broker.sessions.runtime import SESSIONS
 from broker.transcript import TranscriptNotFound, public_key_fingerprint
@@ -262,6 +264,85 @@ async def kill_session(ctx: ApiContext) -> SessionOut:
     async with ctx.services.db() as db:
         fresh = await store.get_session(db, row.id)
     return _out(fresh or row, ctx)
+
+
+class InviteIn(Strict):
+    user: str = Field(min_length=1, max_length=64)
+
+
+class ControlIn(Strict):
+    to: str = Field(min_length=1, max_length=64)
+
+
+class LiveControlOut(BaseModel):
+    id: str
+    participants: list[dict[str, str]]
+    invited: list[str]
+
+
+async def _steer(ctx: ApiContext, action: str, name: str) -> LiveControlOut:
+    """Invite ``name`` to, or hand control of, the live session at ``{id}``; audited."""
+    principal = ctx.principal
+    try:
+        name = parse_user_name(name)
+    except InvalidName as exc:
+        raise InputError(exc.message, code="invalid_name", status=422) from None
+    row = await readable_session(
+        ctx.request.app, ctx.services, principal, ctx.path("id"), action=action, source=ctx.source
+    )
+    runtime = ctx.request.app.get(SESSIONS)
+    live = runtime.manager.get(row.id) if runtime is not None else None
+    if live is None or not live.running:
+        raise SessionConflict(f"session {row.id} is not live on this broker node")
+    target = {"user": name} if action == "session.invite" else {"to": name}
+    try:
+        if action == "session.invite":
+            live.invite(principal.name, name)
+        else:
+            live.hand_over(principal.name, name)
+    except (HubRefused, HubClosed) as exc:
+        code = exc.code if isinstance(exc, HubRefused) else "ending"
+        await ctx.services.audit.record(
+            actor=principal.name,
+            action=action,
+            target=row.id,
+            outcome="denied",
+            source=ctx.source,
+            details={**target, "reason": code},
+        )
+        if code == "not_owner":
+            raise ForbiddenError(str(exc), code=f"{action.split('.')[1]}_refused") from None
+        raise SessionConflict(str(exc)) from None
+    await ctx.services.audit.record(
+        actor=principal.name, action=action, target=row.id, source=ctx.source, details=target
+    )
+    return LiveControlOut(
+        id=row.id, participants=roles_of(live.core.members), invited=sorted(live.core.invited)
+    )
+
+
+@router.route(
+    "POST",
+    "/sessions/{id}/invite",
+    summary="Invite a staff member to join a live session; its owner only",
+    scope="session",
+    body=InviteIn,
+    response=LiveControlOut,
+)
+async def invite_to_session(ctx: ApiContext) -> LiveControlOut:
+    return await _steer(ctx, "session.invite", ctx.payload(InviteIn).user)
+
+
+@router.route(
+    "POST",
+    "/sessions/{id}/control",
+    summary="Hand control of a live session to a present joiner; its owner only",
+    scope="session",
+    body=ControlIn,
+    response=LiveControlOut,
+)
+async def hand_over_control(ctx: ApiContext) -> LiveControlOut:
+    return await _steer(ctx, "session.control", ctx.payload(ControlIn).to)
 
 
 @router.route(

@@ -105,6 +105,7 @@ async def terminal_page(page: Page) -> web.StreamResponse:
         ws_path=TERMINAL_WS,
         tickets_api=TICKETS_API,
         can_hand_over=page.state.api.has("POST", "/sessions/{id}/control"),
+        can_invite=page.state.api.has("POST", "/sessions/{id}/invite"),
     )
 
 

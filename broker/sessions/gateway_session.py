@@ -78,7 +78,7 @@ class GatewaySession(asyncssh.SSHServerSession[bytes]):
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._exited = False
-        self._people: set[tuple[str, str]] = set()
+        self._people: dict[str, str] = {}
         self._early = bytearray()
         self._early_eof = False
 
@@ -221,13 +221,17 @@ class GatewaySession(asyncssh.SSHServerSession[bytes]):
             self._stderr(f"{reason}; session {session_id} starts when they approve it")
 
     def show_participants(self, people: list[dict[str, str]]) -> None:
-        now = {(p["name"], p["role"]) for p in people}
-        for name, role in sorted(now - self._people):
-            if role != "owner":
-                self._stderr(f"{name} joined this session ({role})")
-        for name, role in sorted(self._people - now):
-            if role != "owner":
+        # Compared by name: a hand-over changes roles, not who is present.
+        now = {p["name"]: p["role"] for p in people}
+        for name in sorted(now.keys() - self._people.keys()):
+            if now[name] != "owner":
+                self._stderr(f"{name} joined this session ({now[name]})")
+        for name in sorted(self._people.keys() - now.keys()):
+            if self._people[name] != "owner":
                 self._stderr(f"{name} left this session")
+        for name in sorted(now.keys() & self._people.keys()):
+            if now[name] != self._people[name]:
+                self._stderr(f"{name} is now {now[name]}")
         self._people = now
 
     def show_notice(self, message: str) -> None:

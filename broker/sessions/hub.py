@@ -283,6 +283,15 @@ class LiveSession:
         if self.core.may_resize(pid) and name in SIGNALS and self._chan is not None:
             self._chan.send_signal(name)
 
+    def invite(self, by: str, name: str) -> None:
+        """The owner ``by`` invites ``name`` to join; raises HubClosed or HubRefused."""
+        self._apply(self.core.invite(by, name))
+
+    def hand_over(self, by: str, to: str) -> None:
+        """The owner ``by`` hands control to the joiner ``to``; raises HubClosed or
+        HubRefused."""
+        self._apply(self.core.hand_over(by, to))
+
     def marker(self, label: str) -> None:
         """Put a marker in the transcript (consent, participants)."""
         if self.core.phase == "ended":

@@ -19,18 +19,24 @@ Participants:
 
 Only the owner and joiners type; an observer's input is dropped and the observer is told
 so once. Every join and leave is a transcript marker.
+
+The owner may invite staff to join (:meth:`HubCore.invite`) and hand control (typing is
+shared, but the PTY size, signals and pacing are the owner's) to a present joiner
+(:meth:`HubCore.hand_over`); the previous owner stays on as a joiner. Both are transcript
+markers; a refusal raises :class:`HubRefused` with a code.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Final, Literal
 
 Role = Literal["owner", "joiner", "observer"]
 Phase = Literal["running", "ending", "ended"]
 
 ROLES: Final[tuple[Role, ...]] = ("owner", "joiner", "observer")
+MAX_INVITED: Final = 32
 
 SLOW_MESSAGE: Final = (
     "your connection could not keep up with the session's output, so you were disconnected; "
@@ -161,6 +167,15 @@ class HubClosed(Exception):
     """The session is ending; nobody can join any more."""
 
 
+class HubRefused(Exception):
+    """An invitation or hand-over the core refuses; ``code`` says why."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
 @dataclass
 class _Buffers:
     levels: dict[int, int] = field(default_factory=dict)
@@ -184,6 +199,7 @@ class HubCore:
         self._dropping: set[int] = set()
         self._told_read_only: set[int] = set()
         self._buffers = _Buffers()
+        self._invited: set[str] = set()
 
     # -- participants ----------------------------------------------------------------------
 
@@ -230,6 +246,62 @@ class HubCore:
         actions += self._unpause(f"member:{pid}")
         if member.role == "owner" and self.phase == "running":
             actions.append(EndSession(OWNER_LEFT_REASON, "owner_left"))
+        return actions
+
+    # -- invitations and control -----------------------------------------------------------
+
+    @property
+    def invited(self) -> frozenset[str]:
+        """The staff the owner invited to join (``may_join_session`` honours them)."""
+        return frozenset(self._invited)
+
+    def _check_owner(self, by: str) -> Member:
+        if self.phase != "running":
+            raise HubClosed("the session is ending")
+        owner = self.owner
+        if owner is None or owner.name != by:
+            holder = owner.name if owner is not None else "nobody"
+            raise HubRefused("not_owner", f"only the session's owner ({holder}) may do this")
+        return owner
+
+    def invite(self, by: str, name: str) -> list[Action]:
+        """The owner ``by`` invites ``name`` to join; raises HubClosed or HubRefused."""
+        owner = self._check_owner(by)
+        if name == owner.name:
+            raise HubRefused("self", "you own this session already")
+        if name in self._invited:
+            return []
+        if len(self._invited) >= MAX_INVITED:
+            raise HubRefused("too_many", f"a session holds at most {MAX_INVITED} invitations")
+        self._invited.add(name)
+        return [Marker(f"invited: {name}")]
+
+    def hand_over(self, by: str, to: str) -> list[Action]:
+        """The owner ``by`` hands control to the present joiner ``to``, staying on as a
+        joiner; raises HubClosed or HubRefused (not_owner, self, absent, observer)."""
+        owner = self._check_owner(by)
+        if to == owner.name:
+            raise HubRefused("self", "you control this session already")
+        present = [m for m in self._members.values() if m.name == to]
+        if not present:
+            raise HubRefused("absent", f"{to} is not in this session; they must join first")
+        target = next((m for m in present if m.role == "joiner"), None)
+        if target is None:
+            raise HubRefused(
+                "observer", f"{to} only observes this session; they must join to take control"
+            )
+        self._members[owner.pid] = replace(owner, role="joiner")
+        self._members[target.pid] = replace(target, role="owner")
+        actions: list[Action] = [
+            Marker(f"control handed from {owner.name} to {to}"),
+            ParticipantsChanged(),
+            Notify(target.pid, f"{owner.name} handed you control of this session"),
+            Notify(owner.pid, f"you handed control to {to}; you can still type"),
+        ]
+        # Pacing moves with control: the old owner is now a follower, the new one paces.
+        actions += self._unpause(f"member:{owner.pid}")
+        actions += self.buffered(owner.pid, self._buffers.levels.get(owner.pid, 0))
+        actions += self.buffered(target.pid, self._buffers.levels.get(target.pid, 0))
         return actions
 
     # -- data ------------------------------------------------------------------------------

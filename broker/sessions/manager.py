@@ -417,7 +417,7 @@ class SessionManager:
             id=session_id,
             ticket=live.facts.ticket_id,
             owner=live.facts.owner,
-            invited=frozenset(),
+            invited=live.core.invited,
         )
         now = self.services.clock()
         if role == "joiner":

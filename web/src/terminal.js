@@ -28,6 +28,8 @@ const overlayLinks = document.getElementById("overlay-links");
 const overlayPlay = document.getElementById("overlay-play");
 const participantsEl = document.getElementById("participants");
 const noticeEl = document.getElementById("term-notice");
+const inviteForm = document.getElementById("invite-form");
+const inviteName = document.getElementById("invite-name");
 
 let sessionId = app.dataset.session || "";
 let socket = null;
@@ -110,9 +112,18 @@ function setState(state, reason = "") {
   if (state === "running") term.focus();
 }
 
+function showNotice(text) {
+  noticeEl.textContent = safeText(text, 200);
+  noticeEl.hidden = false;
+}
+
 function showParticipants(list) {
   participantsEl.replaceChildren();
   const me = app.dataset.me;
+  // Whoever controls the session now (it may have been handed over) invites and hands on.
+  const inControl =
+    Array.isArray(list) && list.some((p) => p.name === me && p.role === "owner");
+  if (inviteForm) inviteForm.hidden = !inControl;
   for (const person of Array.isArray(list) ? list.slice(0, 20) : []) {
     const li = document.createElement("li");
     const role = safeText(person.role, 16);
@@ -122,7 +133,7 @@ function showParticipants(list) {
     badge.className = "participant-role";
     badge.textContent = t(`role${role.charAt(0).toUpperCase()}${role.slice(1)}`);
     li.append(" ", badge);
-    if (app.dataset.canHandOver === "yes" && mode === "open" && role === "joiner" && person.name !== me) {
+    if (app.dataset.canHandOver === "yes" && inControl && role === "joiner" && person.name !== me) {
       const give = document.createElement("button");
       give.type = "button";
       give.className = "btn btn-dark btn-small";
@@ -154,9 +165,25 @@ async function handOver(name) {
   try {
     await api(`/api/v1/sessions/${encodeURIComponent(sessionId)}/control`, { to: name });
   } catch (error) {
-    overlayReason.textContent = safeText(error.message, 300);
+    showNotice(error.message);
   }
 }
+
+async function invite(event) {
+  event.preventDefault();
+  const name = inviteName.value.trim();
+  if (!sessionId || !name) return;
+  try {
+    await api(`/api/v1/sessions/${encodeURIComponent(sessionId)}/invite`, { user: name });
+    showNotice(`${t("invited")}: ${name}`);
+    inviteName.value = "";
+  } catch (error) {
+    showNotice(error.message);
+  }
+  term.focus();
+}
+
+if (inviteForm) inviteForm.addEventListener("submit", invite);
 
 function send(data) {
   if (socket && socket.readyState === WebSocket.OPEN) socket.send(data);
