@@ -285,6 +285,13 @@ async def test_a_level_two_shell_from_sign_in_to_playback(stack: Stack, chromium
     assert "hallo-welt" in await bob.evaluate("navigator.clipboard.readText()")
     await bob.evaluate("navigator.clipboard.writeText('echo pasted-ok')")
     await bob.click("#btn-paste")
+    # The button reads the clipboard asynchronously: wait for the pasted line to be echoed
+    # before pressing Enter, or Enter may reach the shell first.
+    await (
+        bob.locator("#terminal-screen .xterm-rows")
+        .get_by_text("echo pasted-ok")
+        .wait_for(timeout=WAIT_MS)
+    )
     await bob.keyboard.press("Enter")
     await terminal_text(bob, "pasted-ok").wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
 
