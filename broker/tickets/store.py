@@ -388,13 +388,7 @@ class TicketStore:
         seen: TicketInfo | None = None,
         source: str = "",
     ) -> NoteRecord | None:
-        """Add a note; None when a note with ``idempotency_key`` exists already.
-
-        With ``seen`` (staff writing through the API) the ticket must still be in the
-        status and level that were judged; without it (write-back from sessions) a note is
-        added in any status, so a session that ends after the ticket was resolved still
-        reports. Attachments are checked before anything is written.
-        """
+        """Add a note; see ``NoteBook.write_note`` for the rules on ``seen`` and idempotency."""
         return await self.notes.write_note(
             ticket_id,
             author=author,
