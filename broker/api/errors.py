@@ -27,7 +27,9 @@ def error_response(status: int, code: str, message: str) -> web.Response:
 
 
 def _wants_json(request: web.Request) -> bool:
-    return request.path.startswith(("/api/", "/agent/"))
+    # /files/ downloads are called by the CLI and scripts as well as by browsers: their
+    # refusals carry the same machine-readable shape as the API's.
+    return request.path.startswith(("/api/", "/agent/", "/files/"))
 
 
 @web.middleware

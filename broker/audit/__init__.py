@@ -1,6 +1,6 @@
 """The tamper-evident audit log: a pure hash chain (chain.py) and its storage (log.py)."""
 
 from broker.audit.chain import AuditRecord, VerifyReport, verify_chain
-from broker.audit.log import AuditLog
+from broker.audit.log import AuditLog, audit_target
 
-__all__ = ["AuditLog", "AuditRecord", "VerifyReport", "verify_chain"]
+__all__ = ["AuditLog", "AuditRecord", "VerifyReport", "audit_target", "verify_chain"]

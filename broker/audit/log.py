@@ -34,6 +34,12 @@ def _clip(text: str, limit: int = _MAX_FIELD) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def audit_target(text: str, limit: int = 64) -> str:
+    """An outside-supplied name as an audit target: escaped to printable ASCII and clipped,
+    so a refused request's path cannot put control characters into the log."""
+    return _clip(ascii(text)[1:-1], limit)
+
+
 def _to_record(row: AuditEvent) -> AuditRecord:
     return AuditRecord(
         seq=row.seq,

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from broker.api.auth import authenticate
 from broker.api.routing import SERVICES
+from broker.audit import audit_target
 from broker.errors import ForbiddenError
 from broker.sessions.errors import SessionNotFound
 from broker.sessions.reads import CONTENT_TYPES, readable_session, transcript, transcript_format
@@ -31,10 +32,21 @@ def download_url(session_id: str, fmt: str) -> str:
 async def download_transcript(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     principal = await authenticate(request, services, public=False)
-    if "read" not in principal.scopes:
-        raise ForbiddenError("this needs the 'read' scope", code="scope_missing")
-    fmt = transcript_format(request.match_info["format"])
     source = request.remote or ""
+    if "read" not in principal.scopes:
+        await services.audit.record(
+            actor=principal.name,
+            action="transcript.read",
+            target=audit_target(request.match_info["id"]),
+            outcome="denied",
+            source=source,
+            details={"code": "scope_missing", "via": "download"},
+        )
+        raise ForbiddenError(
+            "this needs the 'read' scope; use a token or sign-in that has it",
+            code="scope_missing",
+        )
+    fmt = transcript_format(request.match_info["format"])
     row = await readable_session(
         request.app,
         services,

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from broker.api.auth import authenticate
 from broker.api.routing import SERVICES
+from broker.audit import audit_target
 from broker.errors import ForbiddenError
 from broker.tickets.access import Desk
 from broker.tickets.errors import TicketInputError
@@ -33,7 +34,18 @@ async def download(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     principal = await authenticate(request, services, public=False)
     if "read" not in principal.scopes:
-        raise ForbiddenError("this needs the 'read' scope", code="scope_missing")
+        await services.audit.record(
+            actor=principal.name,
+            action="ticket.download",
+            target=audit_target(request.match_info["id"]),
+            outcome="denied",
+            source=request.remote or "",
+            details={"code": "scope_missing"},
+        )
+        raise ForbiddenError(
+            "this needs the 'read' scope; use a token or sign-in that has it",
+            code="scope_missing",
+        )
     desk = Desk(request.app[TICKET_STORE], services, principal, request.remote or "")
     info = await desk.ticket(request.match_info["id"], "ticket.download")
     name = request.match_info["name"]

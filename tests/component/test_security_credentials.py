@@ -86,8 +86,7 @@ async def test_agent_signatures_open_no_staff_route(world: World) -> None:
         headers["Content-Type"] = "application/json"
         resp = await client.request(method, path, data=body, headers=headers)
         assert resp.status == 401, (method, path, resp.status)
-        if path.startswith("/api/"):
-            assert (await resp.json())["error"]["code"] == "unauthenticated"
+        assert (await resp.json())["error"]["code"] == "unauthenticated"
     resp = await client.get(
         "/console/", allow_redirects=False, headers={"X-Secondline-Agent": agent_id}
     )
@@ -253,10 +252,7 @@ async def test_a_session_id_grants_nothing_to_another_customer(world: World) -> 
             ),
         ):
             resp = await client.request(method, path, json=body, headers=Api.headers(world.gina))
-            if path.startswith("/api/"):
-                answers.append((resp.status, (await resp.json())["error"]["code"]))
-            else:
-                answers.append((resp.status, "session_not_found"))
+            answers.append((resp.status, (await resp.json())["error"]["code"]))
         assert all(a == (404, "session_not_found") for a in answers), (target, answers)
     _, listed = await world.api.call("GET", "/sessions", token=world.gina, expect=200)
     assert listed == []
@@ -297,3 +293,32 @@ async def test_only_the_owner_or_an_admin_may_kill(world: World) -> None:
     async with world.services.db() as db:
         row = (await db.execute(select(RemoteSession).where(RemoteSession.id == sid))).scalar_one()
         assert row.state == "live"
+
+
+async def test_downloads_without_the_read_scope_are_refused_and_audited(world: World) -> None:
+    """A token without the 'read' scope gets 403 `scope_missing` in the API's error shape on
+    both download routes, and each refusal is an audit event naming the object asked for."""
+    ref = await world.escalated()
+    sid = "s-" + "E" * 22
+    async with world.services.db() as db, db.begin():
+        db.add(_session_row(sid, int(ref.removeprefix("T-")), "acme", "bob"))
+    write_only = await world.call(
+        "POST", "/users/bob/tokens", {"scopes": ["write"]}, world.bob, expect=201
+    )
+    for path, action, target in (
+        (f"/files/sessions/{sid}/transcript.cast", "transcript.read", sid),
+        (f"/files/tickets/{ref}/attachments/a.txt", "ticket.download", ref),
+        ("/files/sessions/s-\x1b]52;c;x\x07/transcript.txt", "transcript.read", ""),
+    ):
+        before = len(await audit_events(world.api, action))
+        resp = await world.api.client.get(path, headers=Api.headers(str(write_only["token"])))
+        error = (await resp.json())["error"]
+        assert (resp.status, error["code"]) == (403, "scope_missing"), (path, error)
+        assert "'read' scope" in error["message"]
+        events = await audit_events(world.api, action)
+        assert len(events) == before + 1
+        assert (events[-1]["actor"], events[-1]["outcome"]) == ("bob", "denied")
+        if target:
+            assert events[-1]["target"] == target
+        else:
+            assert "\x1b" not in events[-1]["target"]

@@ -41,13 +41,11 @@ async def user_count(world: World) -> int:
 
 
 async def assert_error_shape(resp: aiohttp.ClientResponse, path: str) -> None:
-    """The API answers the stable JSON error; /files answers a plain sentence."""
-    if path.startswith("/api/"):
-        data = await resp.json()
-        assert set(data["error"]) == {"code", "message"}, path
-    else:
-        assert resp.content_type == "text/plain", path
-        assert (await resp.text()).strip(), path
+    """The API and the /files downloads answer the stable JSON error with a sentence."""
+    assert path.startswith(("/api/", "/files/")), path
+    data = await resp.json()
+    assert set(data["error"]) == {"code", "message"}, path
+    assert data["error"]["message"].strip(), path
 
 
 @pytest.fixture
