@@ -172,12 +172,19 @@ def collect_facts(
     except OSError:
         users = ()
     uname = os.uname()
-    hostname = sanitize_text(socket.gethostname() or uname.nodename, FACT_TEXT_MAX).strip()
+    hostname = _fact_text(socket.gethostname() or uname.nodename).strip()
     return Facts(
         hostname=hostname or "unknown",
-        os=sanitize_text(release.get("NAME", platform.system()), FACT_TEXT_MAX),
-        os_version=sanitize_text(release.get("VERSION_ID", ""), FACT_TEXT_MAX),
-        kernel=sanitize_text(uname.release, FACT_TEXT_MAX),
-        arch=sanitize_text(uname.machine, FACT_TEXT_MAX),
+        os=_fact_text(release.get("NAME", platform.system())),
+        os_version=_fact_text(release.get("VERSION_ID", "")),
+        kernel=_fact_text(uname.release),
+        arch=_fact_text(uname.machine),
         users=users,
     )
+
+
+def _fact_text(value: str) -> str:
+    """A collected fact as the broker accepts it: no control characters, and no ``<`` or
+    ``>`` (the broker refuses markup in facts, and an os-release that holds them must not
+    keep the machine from enrolling)."""
+    return sanitize_text(value.replace("<", "").replace(">", ""), FACT_TEXT_MAX)

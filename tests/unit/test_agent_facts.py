@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from agent.errors import MessageError
 from agent.facts import Facts, clean_users, collect_facts, parse_os_release, parse_utmp
+from broker.agents.facts_policy import clean_facts
 
 GOOD = {
     "hostname": "web01",
@@ -140,3 +141,13 @@ def test_collect_facts_without_files(tmp_path: Path) -> None:
     facts = collect_facts(os_release=tmp_path / "none", utmp=tmp_path / "none")
     assert facts.users == ()
     assert Facts.parse(facts.serialize()) == facts
+
+
+def test_collected_facts_hold_no_markup_the_broker_would_refuse(tmp_path: Path) -> None:
+    """An os-release with ``<`` and ``>`` gives facts without them, so the broker's facts
+    policy accepts them and the machine can enroll."""
+    release = tmp_path / "os-release"
+    release.write_text('NAME="<b>Evil</b> Linux"\nVERSION_ID="<12>"\n')
+    facts = collect_facts(os_release=release, utmp=tmp_path / "none")
+    assert (facts.os, facts.os_version) == ("bEvil/b Linux", "12")
+    assert clean_facts(facts.to_dict())["os"] == "bEvil/b Linux"
