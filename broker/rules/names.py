@@ -88,8 +88,8 @@ def _chars(*groups: str) -> frozenset[str]:
 
 _USER: Final = _Syntax(
     kind="user name",
-    rule="use 1 to 64 characters from a-z, 0-9, '.', '_' and '-'",
-    first=_chars(_LOWER, _DIGITS, "._-"),
+    rule="use 1 to 64 characters from a-z, 0-9, '.', '_' and '-', starting with a letter or digit",
+    first=_chars(_LOWER, _DIGITS),
     rest=_chars(_LOWER, _DIGITS, "._-"),
     min_len=1,
     max_len=64,
@@ -162,11 +162,11 @@ _LABEL_VALUE: Final = _Syntax(
 
 
 def parse_user_name(text: str) -> str:
-    """Return a staff user name (``^[a-z0-9._-]{1,64}$``, not ``.`` or ``..``) or raise."""
-    name = _USER.check(text)
-    if name in (".", ".."):
-        raise _USER.refuse(name, "'.' and '..' name directories and are reserved")
-    return name
+    """Return a staff user name (``^[a-z0-9][a-z0-9._-]{0,63}$``) or raise.
+
+    The first character is a letter or digit so a name can never read as a command-line
+    option (``-rf``) or a hidden or parent directory (``.``, ``..``)."""
+    return _USER.check(text)
 
 
 def parse_customer_name(text: str) -> str:

@@ -35,7 +35,7 @@ from broker.rules import (
 )
 
 # The patterns of the brief, written independently of the implementation.
-USER = r"[a-z0-9._-]{1,64}"
+USER = r"[a-z0-9][a-z0-9._-]{0,63}"
 CUSTOMER = r"[a-z0-9][a-z0-9-]{0,62}"
 AGENT_NAME = r"[a-z0-9][a-z0-9._-]{0,62}"
 AGENT_ID = r"ag-[a-z0-9]{16}"
@@ -46,7 +46,7 @@ LABEL_VALUE = r"[A-Za-z0-9._:/ -]{0,128}"
 
 
 def _user_ok(text: str) -> bool:
-    return bool(re.fullmatch(USER, text)) and text not in (".", "..")
+    return bool(re.fullmatch(USER, text))
 
 
 def _agent_name_ok(text: str) -> bool:
@@ -154,8 +154,10 @@ def test_parse_ticket_ref_refuses_the_rest(text: str) -> None:
         (parse_user_name, "Bob", "it starts with 'B'"),
         (parse_user_name, "bo b", "it contains ' '"),
         (parse_user_name, "b" * 65, "it is 65 characters long"),
-        (parse_user_name, ".", "name directories"),
-        (parse_user_name, "..", "name directories"),
+        (parse_user_name, ".", "it starts with '.'"),
+        (parse_user_name, "..", "it starts with '.'"),
+        (parse_user_name, "-rf", "it starts with '-'"),
+        (parse_user_name, "_svc", "it starts with '_'"),
         (parse_user_name, "b\u00f6b", "it contains '\\xf6'"),
         (parse_customer_name, "-acme", "it starts with '-'"),
         (parse_customer_name, "ac.me", "it contains '.'"),
