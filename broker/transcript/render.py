@@ -29,6 +29,9 @@ _MAX_PARAMS: Final = 64
 
 # Runs of characters that are neither C0, DEL nor C1 controls: handled in bulk.
 _PLAIN_RUN: Final = re.compile(r"[^\x00-\x1f\x7f-\x9f]+")
+# Whole plain lines (ending in \n, optionally after \r), taken at once when no line is
+# half drawn: the bulk of a long output (`yes`, a log) renders without a call per character.
+_PLAIN_LINES: Final = re.compile(rf"(?:[^\x00-\x1f\x7f-\x9f]{{0,{MAX_LINE}}}\r*\n)+")
 # Characters that end or abort a control string (OSC, DCS, SOS, PM, APC).
 _STRING_STOP: Final = re.compile(r"[\x07\x18\x1a\x1b\x9c]")
 
@@ -61,6 +64,16 @@ class TextRenderer:
         while i < n:
             state = self._state
             if state == _GROUND:
+                if not self._line and not self._col:
+                    lines = _PLAIN_LINES.match(text, i)
+                    if lines is not None:
+                        # Same result as writing each run and acting on \r and \n: a
+                        # trailing \r only moves to column 0 before the line ends.
+                        self._out.extend(
+                            line.rstrip("\r").rstrip(" ") for line in lines.group().split("\n")[:-1]
+                        )
+                        i = lines.end()
+                        continue
                 m = _PLAIN_RUN.match(text, i)
                 if m is not None:
                     self._write(m.group())

@@ -165,3 +165,22 @@ def test_commands_to_dicts() -> None:
         {"command": "ls", "start": 1.235, "duration": 0.5, "exit_status": 0},
         {"command": "top", "start": 2.0, "duration": None, "exit_status": None},
     ]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from("ab \r\n\t\b\x1b[K7"), max_size=200))
+def test_whole_lines_render_as_character_by_character(raw: str) -> None:
+    """Output fed at once (whole plain lines taken in bulk) renders exactly as the same
+    output fed one character at a time."""
+    assert list(render_lines([raw])) == list(render_lines(list(raw)))
+
+
+def test_long_plain_output_renders_line_by_line() -> None:
+    """A long run of short lines (`yes` through a PTY) renders every line, trailing blanks
+    and carriage returns dropped, and lines over the cap still wrap."""
+    renderer = TextRenderer()
+    lines = renderer.feed("y\r\n" * 100_000 + "a  \r\r\n" + "w" * (MAX_LINE + 1) + "\n")
+    assert lines[:2] == ["y", "y"]
+    assert len(lines) == 100_003
+    assert lines[100_000] == "a"
+    assert [len(line) for line in lines[-2:]] == [MAX_LINE, 1]
