@@ -71,7 +71,7 @@ class DigestChain:
         self.head = self.h0
         self.count = 0
 
-    def add(self, event_line: bytes) -> bytes:
+    def add(self, event_line: bytes | memoryview) -> bytes:
         """Chain the next event line (without ``\\n``); return its digest ``h_i``."""
         h = hashlib.sha256(self.head)
         h.update(event_line)

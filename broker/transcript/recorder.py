@@ -129,7 +129,10 @@ class TranscriptRecorder:
         self._chain = DigestChain(header_line)
         self._lock = threading.Lock()  # the buffer and the recording state
         self._io_lock = threading.Lock()  # one writer at a time, in order
-        self._pending: list[tuple[bytes, bytes]] = []  # (line + "\n", its digest)
+        # Event lines (with "\n") not written yet. They are chained when written, under the
+        # I/O lock and in order: the hashing then runs where the writing runs (a worker
+        # thread for big flushes, outside the GIL), not on the event loop.
+        self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._durable_count = 0
         self._durable_head = self._chain.h0
@@ -250,10 +253,9 @@ class TranscriptRecorder:
         return self._last_time
 
     def _append(self, code: str, data: str, now: float) -> None:
-        line = encode_event_line(self._time(now), code, data)
-        digest = self._chain.add(line)
-        self._pending.append((line + b"\n", digest))
-        self._pending_bytes += len(line) + 1
+        line = encode_event_line(self._time(now), code, data) + b"\n"
+        self._pending.append(line)
+        self._pending_bytes += len(line)
 
     # -- writing --------------------------------------------------------------------------
 
@@ -266,12 +268,14 @@ class TranscriptRecorder:
             if pending:
                 self._write(pending)
 
-    def _write(self, pending: list[tuple[bytes, bytes]]) -> None:
-        written, exc = write_fully(self._cast_fd, b"".join(line for line, _ in pending))
+    def _write(self, lines: list[bytes]) -> None:
+        add = self._chain.add
+        pending = [(line, add(memoryview(line)[:-1])) for line in lines]
+        written, exc = write_fully(self._cast_fd, b"".join(lines))
         done = len(pending)
         if exc is not None:
             done, good = 0, 0
-            for line, _ in pending:
+            for line in lines:
                 if good + len(line) > written:
                     break
                 good += len(line)
