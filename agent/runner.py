@@ -3,8 +3,11 @@
 The connect loop dials ``tunnel_url`` (TLS pinned to ``broker.pem``, ``HTTPS_PROXY``
 honoured), runs the SSH server of :mod:`agent.ssh_server` over the WebSocket and waits
 for the connection to end; then it waits a backoff delay (:mod:`agent.backoff`) and dials
-again. A connection never stays up dead: SSH keepalives (15 s x 2) and WebSocket pings
-(20 s) both end it. HTTP 401/403 on the upgrade means the agent was revoked: that is
+again. A connection never stays up dead: SSH keepalives and WebSocket pings both end it
+(``keepalive_interval_seconds`` x ``keepalive_count_max`` of ``agent.toml``, 15 s x 2 by
+default: an SSH keepalive after an interval without a byte from the broker, the tunnel
+dropped after ``count`` unanswered ones; a ping every interval, its pong due within
+interval x count). HTTP 401/403 on the upgrade means the agent was revoked: that is
 logged as such and retried at the backoff cap. HTTP 503 with ``Retry-After`` (the broker
 admits agents at a fixed rate) is retried after that many seconds plus up to half again,
 instead of the backoff delay. ``status.json`` follows every change,
@@ -67,8 +70,10 @@ class RunnerSettings:
     agent_key: asyncssh.SSHKey
     broker_pem: str
     open_timeout: float = 30.0
-    ping_interval: float = 20.0
-    ping_timeout: float = 20.0
+    #: None: ``config.keepalive_interval_seconds``.
+    ping_interval: float | None = None
+    #: None: ``config.ping_timeout_seconds`` (interval x count).
+    ping_timeout: float | None = None
     close_timeout: float = 5.0
     backoff_base: float = 1.0
     backoff_cap: float = 60.0
@@ -231,8 +236,16 @@ class AgentRunner:
                 compression=None,  # SSH bytes are encrypted: deflate would only cost CPU
                 max_size=MAX_TUNNEL_MESSAGE,
                 open_timeout=settings.open_timeout,
-                ping_interval=settings.ping_interval,
-                ping_timeout=settings.ping_timeout,
+                ping_interval=(
+                    settings.config.keepalive_interval_seconds
+                    if settings.ping_interval is None
+                    else settings.ping_interval
+                ),
+                ping_timeout=(
+                    settings.config.ping_timeout_seconds
+                    if settings.ping_timeout is None
+                    else settings.ping_timeout
+                ),
                 close_timeout=settings.close_timeout,
                 proxy=True,
             )

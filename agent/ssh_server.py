@@ -31,8 +31,6 @@ from agent.protocol import (
     END_BY_USER_MESSAGE,
     END_BY_USER_SIGNAL,
     FACTS_COMMAND,
-    KEEPALIVE_COUNT_MAX,
-    KEEPALIVE_INTERVAL,
     TERM_TYPE_RE,
     SessionEnv,
 )
@@ -86,8 +84,9 @@ def server_options(host_key: asyncssh.SSHKey, ctx: ServerContext) -> dict[str, o
         "allow_pty": True,
         "encoding": None,
         "login_timeout": LOGIN_TIMEOUT,
-        "keepalive_interval": KEEPALIVE_INTERVAL,
-        "keepalive_count_max": KEEPALIVE_COUNT_MAX,
+        # agent.toml may change them (docs/agent.md); the defaults are the protocol's.
+        "keepalive_interval": ctx.config.keepalive_interval_seconds,
+        "keepalive_count_max": ctx.config.keepalive_count_max,
     }
 
 

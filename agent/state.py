@@ -6,7 +6,8 @@ Layout (docs/protocol.md)::
       agent_key       0600  OpenSSH Ed25519 private key (the SSH host key toward the broker)
       broker.pem      0600  the broker's TLS certificate, pinned at enrollment
       state.json      0600  the enrollment (written last: it marks the dir as enrolled)
-      agent.toml      0600  optional local config (login_user, consent_timeout_seconds, shell)
+      agent.toml      0600  optional local config (login_user, consent_timeout_seconds, shell,
+                            keepalive_interval_seconds, keepalive_count_max)
       sessions.jsonl  0600  local session log
       status.json     0600  written by ``run``
       control.sock    0600  control socket of the running agent
@@ -24,7 +25,7 @@ import tempfile
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, TypeGuard
 
 from agent.enrollment import CONSENT_POLICIES, ConsentPolicy, EnrollmentAnswer, check_url
 from agent.errors import ConfigError, MessageError, NotEnrolledError, StateError
@@ -33,6 +34,8 @@ from agent.protocol import (
     AGENT_NAME_RE,
     CUSTOMER_RE,
     DEFAULT_CONSENT_TIMEOUT_SECONDS,
+    KEEPALIVE_COUNT_MAX,
+    KEEPALIVE_INTERVAL,
     LOCAL_USER_RE,
     Ed25519PublicKey,
     iso_utc,
@@ -46,6 +49,11 @@ FILE_MODE: Final = 0o600
 STATE_JSON_MAX: Final = 64 * 1024
 CONFIG_MAX: Final = 64 * 1024
 CONSENT_TIMEOUT_MAX: Final = 3600.0
+#: Below a second a keepalive would drop healthy tunnels on a slow link; above an hour a
+#: dead one would hold its sessions (and the broker's view of the agent) for too long.
+KEEPALIVE_INTERVAL_MIN: Final = 1.0
+KEEPALIVE_INTERVAL_MAX: Final = 3600.0
+KEEPALIVE_COUNT_MAX_LIMIT: Final = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +253,32 @@ class LocalConfig:
     consent_timeout_seconds: float = DEFAULT_CONSENT_TIMEOUT_SECONDS
     #: A shell to use instead of the login user's own (absolute path).
     shell: str | None = None
+    #: Seconds without a byte from the broker before the agent sends an SSH keepalive; also
+    #: the WebSocket ping interval.
+    keepalive_interval_seconds: float = KEEPALIVE_INTERVAL
+    #: Unanswered keepalives after which the tunnel counts as dead: it is closed and dialled
+    #: again, so a dead tunnel is noticed within interval x (count + 1) seconds.
+    keepalive_count_max: int = KEEPALIVE_COUNT_MAX
+
+    @property
+    def ping_timeout_seconds(self) -> float:
+        """How long a WebSocket ping may wait for its pong (as long as the SSH keepalives
+        may go unanswered)."""
+        return self.keepalive_interval_seconds * self.keepalive_count_max
+
+
+_CONFIG_KEYS: Final = (
+    "login_user",
+    "consent_timeout_seconds",
+    "shell",
+    "keepalive_interval_seconds",
+    "keepalive_count_max",
+)
+
+
+def _is_number(value: object) -> TypeGuard[int | float]:
+    """TOML integers and floats; not booleans (which Python counts as integers)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def parse_config(text: str) -> LocalConfig:
@@ -253,12 +287,11 @@ def parse_config(text: str) -> LocalConfig:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"agent.toml is not valid TOML ({exc}); fix or remove it") from None
-    known = {"login_user", "consent_timeout_seconds", "shell"}
     for key in raw:
-        if key not in known:
+        if key not in _CONFIG_KEYS:
             raise ConfigError(
                 f"agent.toml has the unknown key {key!r}; the known keys are "
-                "login_user, consent_timeout_seconds and shell"
+                f"{', '.join(_CONFIG_KEYS[:-1])} and {_CONFIG_KEYS[-1]}"
             )
     login_user = raw.get("login_user")
     if login_user is not None and (
@@ -266,21 +299,41 @@ def parse_config(text: str) -> LocalConfig:
     ):
         raise ConfigError("agent.toml: login_user must be a user name such as 'support'")
     timeout = raw.get("consent_timeout_seconds", DEFAULT_CONSENT_TIMEOUT_SECONDS)
-    if (
-        isinstance(timeout, bool)
-        or not isinstance(timeout, int | float)
-        or not 0 < timeout <= CONSENT_TIMEOUT_MAX
-    ):
+    if not _is_number(timeout) or not 0 < timeout <= CONSENT_TIMEOUT_MAX:
         raise ConfigError(
             "agent.toml: consent_timeout_seconds must be a number of seconds "
             f"above 0 and at most {CONSENT_TIMEOUT_MAX:.0f}"
+        )
+    interval = raw.get("keepalive_interval_seconds", KEEPALIVE_INTERVAL)
+    if not _is_number(interval) or not (
+        KEEPALIVE_INTERVAL_MIN <= interval <= KEEPALIVE_INTERVAL_MAX
+    ):
+        raise ConfigError(
+            "agent.toml: keepalive_interval_seconds must be a number of seconds from "
+            f"{KEEPALIVE_INTERVAL_MIN:.0f} to {KEEPALIVE_INTERVAL_MAX:.0f}"
+        )
+    count = raw.get("keepalive_count_max", KEEPALIVE_COUNT_MAX)
+    if (
+        isinstance(count, bool)
+        or not isinstance(count, int)
+        or not 1 <= count <= KEEPALIVE_COUNT_MAX_LIMIT
+    ):
+        raise ConfigError(
+            "agent.toml: keepalive_count_max must be a whole number from 1 to "
+            f"{KEEPALIVE_COUNT_MAX_LIMIT}"
         )
     shell = raw.get("shell")
     if shell is not None and (
         not isinstance(shell, str) or not shell.startswith("/") or "\0" in shell
     ):
         raise ConfigError("agent.toml: shell must be an absolute path such as '/bin/bash'")
-    return LocalConfig(login_user=login_user, consent_timeout_seconds=float(timeout), shell=shell)
+    return LocalConfig(
+        login_user=login_user,
+        consent_timeout_seconds=float(timeout),
+        shell=shell,
+        keepalive_interval_seconds=float(interval),
+        keepalive_count_max=count,
+    )
 
 
 def load_config(paths: StatePaths) -> LocalConfig:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -25,6 +26,13 @@ class BrokerConfig:
     listen_host: str = "0.0.0.0"  # noqa: S104 - agents on customer networks must reach the broker
     https_port: int = 8443
     ssh_port: int = 2222
+    # The SSH gateway (broker.sessions.gateway): a connection that has not signed in after
+    # ssh_login_timeout_seconds is closed; at most ssh_max_preauth such connections in all
+    # and ssh_max_preauth_per_source from one address; ssh_max_channels sessions on one.
+    ssh_login_timeout_seconds: int = 20
+    ssh_max_preauth: int = 256
+    ssh_max_preauth_per_source: int = 16
+    ssh_max_channels: int = 10
     database_url: str = ""
     database_schema: str = ""  # PostgreSQL only: the schema to use (search_path)
     tls_cert: str = ""
@@ -35,11 +43,22 @@ class BrokerConfig:
     session_idle_timeout_seconds: int = 30 * 60
     session_max_seconds: int = 8 * 60 * 60
     tunnel_handshakes_per_second: int = 200
+    # Agent tunnels: an SSH keepalive after this many seconds without a byte from the agent;
+    # the tunnel (and its sessions) ends after tunnel_keepalive_count_max unanswered ones.
+    tunnel_keepalive_interval_seconds: int = 15
+    tunnel_keepalive_count_max: int = 2
     token_default_ttl_seconds: int = 8 * 60 * 60
     web_session_idle_seconds: int = 30 * 60
     web_session_max_seconds: int = 12 * 60 * 60
     max_sessions_per_staff: int = 10
     max_tokens_per_user: int = 50
+    # The session outbox (broker.sessions.outbox): the first retry of a note comes after
+    # about ticket_retry_first_seconds, each later one after twice as long (with jitter), up
+    # to ticket_retry_max_seconds; one try at the ticket system is cut off after
+    # ticket_send_timeout_seconds, and a row stays claimed for twice that.
+    ticket_retry_first_seconds: float = 2.0
+    ticket_retry_max_seconds: float = 300.0
+    ticket_send_timeout_seconds: int = 60
 
     @property
     def db_url(self) -> str:
@@ -83,6 +102,17 @@ def _coerce(key: str, value: object, source: str) -> object:
         if number < 0 or number > 10**12:
             raise ConfigError(f"{source}: {key} is out of range")
         return number
+    if kind == "float":
+        # A whole number is a number too (`2`, "2"); NaN and the infinities are not.
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ConfigError(f"{source}: {key} must be a number")
+        try:
+            real = float(value)
+        except ValueError:
+            raise ConfigError(f"{source}: {key} must be a number, not {value!r}") from None
+        if not math.isfinite(real) or real < 0 or real > 10**12:
+            raise ConfigError(f"{source}: {key} is out of range")
+        return real
     if not isinstance(value, str):
         raise ConfigError(f"{source}: {key} must be a string")
     return value
@@ -122,7 +152,45 @@ def load_config(
     config = BrokerConfig(data_dir=data_dir, **values)  # type: ignore[arg-type]
     if not config.public_url.startswith("https://"):
         raise ConfigError("public_url must start with https://")
+    # 0 would switch keepalives off: a dead agent would then hold its sessions for good.
+    if not 1 <= config.tunnel_keepalive_interval_seconds <= 3600:
+        raise ConfigError("tunnel_keepalive_interval_seconds must be from 1 to 3600")
+    if not 1 <= config.tunnel_keepalive_count_max <= 100:
+        raise ConfigError("tunnel_keepalive_count_max must be from 1 to 100")
+    _check_ticket_retry(config)
+    _check_ssh_gateway(config)
     return config
+
+
+def _check_ssh_gateway(config: BrokerConfig) -> None:
+    """The SSH gateway's limits: 0 would switch a limit off (or refuse everyone), and a huge
+    one is no limit at all; one source may never hold more than the overall limit."""
+    if not 1 <= config.ssh_login_timeout_seconds <= 600:
+        raise ConfigError("ssh_login_timeout_seconds must be from 1 to 600")
+    if not 1 <= config.ssh_max_preauth <= 100_000:
+        raise ConfigError("ssh_max_preauth must be from 1 to 100000")
+    if not 1 <= config.ssh_max_preauth_per_source <= config.ssh_max_preauth:
+        raise ConfigError(
+            "ssh_max_preauth_per_source must be from 1 to ssh_max_preauth "
+            f"({config.ssh_max_preauth})"
+        )
+    if not 1 <= config.ssh_max_channels <= 1000:
+        raise ConfigError("ssh_max_channels must be from 1 to 1000")
+
+
+def _check_ticket_retry(config: BrokerConfig) -> None:
+    """The outbox's schedule: retries no faster than every 10 ms (faster only hammers a
+    ticket system that is down), no rarer than daily (a longer wait hides an outage)."""
+    first, cap = config.ticket_retry_first_seconds, config.ticket_retry_max_seconds
+    if not 0.01 <= first <= 86400:
+        raise ConfigError("ticket_retry_first_seconds must be between 0.01 and 86400")
+    if not first <= cap <= 86400:
+        raise ConfigError(
+            "ticket_retry_max_seconds must be at least ticket_retry_first_seconds "
+            f"({first:g}) and at most 86400"
+        )
+    if not 1 <= config.ticket_send_timeout_seconds <= 3600:
+        raise ConfigError("ticket_send_timeout_seconds must be between 1 and 3600")
 
 
 def write_config(

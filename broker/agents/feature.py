@@ -60,7 +60,12 @@ def _settings(app: web.Application, services: Services) -> TunnelSettings:
     given = app.get(TUNNEL_SETTINGS)
     if given is not None:
         return given
-    return TunnelSettings(handshakes_per_second=services.config.tunnel_handshakes_per_second)
+    config = services.config
+    return TunnelSettings(
+        handshakes_per_second=config.tunnel_handshakes_per_second,
+        keepalive_interval=float(config.tunnel_keepalive_interval_seconds),
+        keepalive_count_max=config.tunnel_keepalive_count_max,
+    )
 
 
 async def _tunnels_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -8,7 +8,7 @@ import os
 import random
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from broker.keys import public_pem
 from broker.ports import NoteAttachment, TicketInfo, TicketSystem
 from broker.sessions import SESSIONS, TICKET_SYSTEM, store
 from broker.sessions.facts import SessionFacts
+from broker.sessions.outbox import OutboxWorker
 from broker.tickets import TICKETS
 from broker.transcript import (
     MarkParser,
@@ -51,6 +52,27 @@ def verify(w_services: Any, session_id: str) -> tuple[str, str | None]:
 async def session_notes(w: World) -> list[str]:
     _, ticket = await w.call("GET", f"/tickets/{w.ticket}", expect=200)
     return [n["text"] for n in ticket["notes"] if "Remote session" in n["text"]]
+
+
+async def notes_of(w: World, session_id: str) -> list[str]:
+    """The texts of the notes on the world's ticket that name ``session_id``."""
+    _, ticket = await w.call("GET", f"/tickets/{w.ticket}", expect=200)
+    return [n["text"] for n in ticket["notes"] if session_id in n["text"]]
+
+
+async def assert_noted_once(
+    outbox: OutboxWorker, notes: Callable[[], Awaitable[list[str]]]
+) -> None:
+    """One note, and still one after another whole outbox pass (run here, to its end):
+    nothing of the session is left due to be sent again."""
+    assert len(await notes()) == 1
+    await outbox.deliver_due()
+    assert len(await notes()) == 1
+
+
+async def newest_session(w: World) -> str:
+    _, sessions = await w.call("GET", f"/sessions?ticket={w.ticket}", expect=200)
+    return str(sessions[0]["id"])
 
 
 class NoJitter(random.Random):
@@ -111,7 +133,8 @@ class LostAnswers:
 async def test_lost_answers_delay_the_note_but_never_double_it(
     data_dir: Path, tmp_path: Path
 ) -> None:
-    """A ticket system that fails after writing gets the note retried, and keeps one."""
+    """A ticket system that fails after writing gets the note retried, and keeps one; the
+    transcript verifies."""
     flaky: list[LostAnswers] = []
 
     def install(app: web.Application) -> None:
@@ -137,6 +160,10 @@ async def test_lost_answers_delay_the_note_but_never_double_it(
                 db, live=False, ticket_id=None, customers=None, limit=5
             )
         assert rows[0].state == "ended"
+        sid = rows[0].id
+        assert verify(w.services, sid) == ("valid", "ended")
+        await assert_noted_once(w.runtime.outbox, lambda: notes_of(w, sid))
+        assert flaky[0].calls == 2  # the extra pass did not even ask the ticket system
 
 
 @pytest.fixture
@@ -180,14 +207,16 @@ async def test_full_disk_ends_the_session_and_keeps_a_verifiable_part(
         assert "first-line" in cast.read_text()
 
         async def noted() -> bool:
-            return any("cut short" in text for text in await session_notes(w))
+            return any("cut short" in text for text in await notes_of(w, sid))
 
         await w.wait_for(noted, "the note of the cut-short session")
+        await assert_noted_once(w.runtime.outbox, lambda: notes_of(w, sid))
 
 
 async def test_database_down_refuses_new_sessions(data_dir: Path, tmp_path: Path) -> None:
     """Without its database the broker starts no session and says "audit store
-    unavailable"; nothing reaches the agent."""
+    unavailable"; nothing reaches the agent, nothing is recorded or noted. With the
+    database back, a session runs, verifies and is noted once."""
     async with world(data_dir, tmp_path) as w:
         conn = await w.ssh()
         broken = create_engine(f"sqlite+aiosqlite:///{tmp_path}/no-such-dir/secondline.db")
@@ -224,11 +253,26 @@ async def test_database_down_refuses_new_sessions(data_dir: Path, tmp_path: Path
         finally:
             w.services.db, w.services.audit = good_db, good_audit
             await broken.dispose()
+        transcripts = w.services.config.transcripts_dir
+        assert not (transcripts.exists() and any(transcripts.iterdir()))
+        _, sessions = await w.call("GET", f"/sessions?ticket={w.ticket}", expect=200)
+        assert sessions == []
+        async with await w.ssh() as conn:
+            assert (await conn.run("echo back", timeout=WAIT)).stdout == "back\n"
+        sid = await newest_session(w)
+        assert verify(w.services, sid) == ("valid", "ended")
+
+        async def noted() -> bool:
+            return len(await notes_of(w, sid)) == 1
+
+        await w.wait_for(noted, "the note of the session after the outage")
+        await assert_noted_once(w.runtime.outbox, lambda: notes_of(w, sid))
+        assert len(await session_notes(w)) == 1  # and none of the refused attempt
 
 
 async def test_sessions_left_live_by_a_crash_are_recovered(data_dir: Path, tmp_path: Path) -> None:
     """On start, a session a crash left live is marked interrupted, its transcript sealed
-    as cut short and verifiable, and its note reaches the ticket."""
+    as cut short and verifiable, and its note reaches the ticket once."""
     async with world(data_dir, tmp_path) as w:
         assert w.agent is not None
         manager = w.runtime.manager
@@ -287,11 +331,16 @@ async def test_sessions_left_live_by_a_crash_are_recovered(data_dir: Path, tmp_p
                 await outbox.changed.wait()
         assert await tickets.get(facts.ticket_id) is not None
         headers = {"Authorization": f"Bearer {w.admin_token}"}
-        resp = await client.get(f"/api/v1/tickets/{w.ticket}", headers=headers)
-        notes = [n["text"] for n in (await resp.json())["notes"]]
-        note = next(n for n in notes if facts.session_id in n)
+
+        async def notes() -> list[str]:
+            resp = await client.get(f"/api/v1/tickets/{w.ticket}", headers=headers)
+            texts = [str(n["text"]) for n in (await resp.json())["notes"]]
+            return [text for text in texts if facts.session_id in text]
+
+        note = (await notes())[0]
         assert "interrupted" in note
         assert "[exit 0" in note
         assert "uptime" in note
+        await assert_noted_once(outbox, notes)
     finally:
         await client.close()

@@ -145,6 +145,16 @@ class Terminal:
                     raise AssertionError(f"EOF before {pattern!r}: {bytes(self.out)[-400:]!r}")
                 self.out += chunk
 
+    async def expect_in_order(self, *patterns: bytes) -> None:
+        """Wait until the output holds ``patterns`` one after the other."""
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(WAIT):
+            while not _in_order(bytes(self.out), patterns):
+                chunk = await self.proc.stdout.read(65536)
+                if not chunk:
+                    raise AssertionError(f"EOF before {patterns!r}: {bytes(self.out)[-400:]!r}")
+                self.out += chunk
+
     async def finish(self) -> tuple[int, str]:
         assert self.proc.stdout is not None
         assert self.proc.stderr is not None
@@ -153,6 +163,16 @@ class Terminal:
             err = await self.proc.stderr.read()
             code = await self.proc.wait()
         return code, err.decode(errors="replace")
+
+
+def _in_order(data: bytes, patterns: tuple[bytes, ...]) -> bool:
+    start = 0
+    for pattern in patterns:
+        found = data.find(pattern, start)
+        if found < 0:
+            return False
+        start = found + len(pattern)
+    return True
 
 
 def asciinema_cat(cast: Path) -> bytes:
@@ -260,6 +280,31 @@ async def wait_note(site: Site, ref: str, session_id: str, mark: int) -> dict[st
     notes = ticket_json(site, ref)["notes"]
     assert isinstance(notes, list)
     return dict(next(n for n in notes if session_id in n["text"]))
+
+
+def notes_of(site: Site, ref: str, session_id: str) -> list[dict[str, object]]:
+    """The notes on ticket ``ref`` that name ``session_id``."""
+    notes = ticket_json(site, ref)["notes"]
+    assert isinstance(notes, list)
+    return [dict(n) for n in notes if session_id in str(n["text"])]
+
+
+async def assert_noted_once(site: Site, ref: str, session_id: str) -> None:
+    """The session's note is on ticket ``ref`` exactly once, also after another outbox
+    pass: a later session on ``ref`` (the agent must be online) ends and its own note is
+    delivered; a second copy of the first, due in the outbox, would have gone out in that
+    pass or before it (due notes go out oldest first)."""
+    mark = len(site.broker.output)
+    later = await site.ssh(ref, 'echo "$SL_SESSION"')
+    assert later.code == 0, later
+    later_id = later.out.strip()
+    assert SESSION_ID.fullmatch(later_id), later.out
+    assert later_id != session_id
+    await site.broker.wait_for_line(
+        b"session " + later_id.encode() + b": note delivered to " + ref.encode(), mark
+    )
+    assert len(notes_of(site, ref, later_id)) == 1
+    assert len(notes_of(site, ref, session_id)) == 1
 
 
 def session_ids(text: str) -> list[str]:
@@ -435,8 +480,9 @@ async def test_bad_input_through_openssh(site: Site) -> None:
 
 
 async def test_agent_drop_then_broker_killed(site: Site, tmp_path: Path) -> None:
-    """An agent that dies mid-session ends it as "agent disconnected", sealed and noted; a
-    broker killed mid-session marks it interrupted on restart, sealed but verifiable."""
+    """An agent that dies mid-session ends it as "agent disconnected", sealed and noted
+    once; a broker killed mid-session marks it interrupted on restart, sealed but
+    verifiable, and noted once."""
     state = await start_agent(site, "web01", "unattended")
     site.ticket = new_ticket(site, "web01")
     term = await site.interactive(site.ticket)
@@ -453,6 +499,7 @@ async def test_agent_drop_then_broker_killed(site: Site, tmp_path: Path) -> None
     assert ok(site.admin("transcript", "verify", sid)).startswith("valid")
 
     await run_agent(site, state, "web01")
+    await assert_noted_once(site, site.ticket, sid)
     term = await site.interactive(site.ticket)
     term.type("echo before-crash-$((1+2))\n")
     await term.expect(b"before-crash-3")
@@ -469,13 +516,19 @@ async def test_agent_drop_then_broker_killed(site: Site, tmp_path: Path) -> None
         assert verdict.code == 0, verdict
         assert verdict.out.startswith("valid, but cut short (interrupted)")
         await again.wait_for_line(b"session " + crashed.encode() + b": note delivered")
+        site.broker = again
+        await stop_agent(site)  # no waiting for its backoff: a fresh start is online at once
+        await run_agent(site, state, "web01")
+        await assert_noted_once(site, site.ticket, crashed)
+        assert len(notes_of(site, site.ticket, sid)) == 1
     finally:
         await again.stop()
 
 
 async def test_sigterm_drains_live_sessions(site: Site) -> None:
-    """SIGTERM tells the staff member, seals the transcript and sends the note before exit."""
-    await start_agent(site, "web01", "unattended")
+    """SIGTERM tells the staff member, seals the transcript and sends the note before exit;
+    after a restart the note is still there once."""
+    state = await start_agent(site, "web01", "unattended")
     site.ticket = new_ticket(site, "web01")
     term = await site.interactive(site.ticket)
     term.type("echo working-$((5+5))\n")
@@ -490,6 +543,13 @@ async def test_sigterm_drains_live_sessions(site: Site) -> None:
     verdict = site.admin("transcript", "verify", sid)
     assert verdict.code == 0
     assert verdict.out.startswith("valid:")
+    site.broker = await start_broker(site.data_dir)
+    try:
+        await stop_agent(site)  # no waiting for its backoff: a fresh start is online at once
+        await run_agent(site, state, "web01")
+        await assert_noted_once(site, site.ticket, sid)
+    finally:
+        await site.broker.stop()
 
 
 @pytest.fixture
@@ -512,11 +572,18 @@ def tiny_transcripts(data_dir: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(root)], check=True)
 
 
+def make_room(tmpfs: Path) -> None:
+    """Grow the tiny tmpfs to 16 MiB, as an admin freeing space would."""
+    subprocess.run(["mount", "-o", "remount,size=16m", str(tmpfs)], check=True, timeout=WAIT)
+
+
 async def test_full_disk_while_recording(tiny_transcripts: Path, site: Site) -> None:
     """A full transcript disk ends the session with a clear message; the partial transcript
-    verifies and says it was cut short."""
+    verifies and says it was cut short, and so does the note, once; once there is room
+    again, sessions are recorded again."""
     await start_agent(site, "web01", "unattended")
     site.ticket = new_ticket(site, "web01")
+    mark = len(site.broker.output)
     result = await site.ssh(
         site.ticket, "echo start-line; head -c 3000000 /dev/zero | tr '\\0' z; sleep 30"
     )
@@ -527,3 +594,8 @@ async def test_full_disk_while_recording(tiny_transcripts: Path, site: Site) -> 
     assert verdict.code == 0, verdict
     assert verdict.out.startswith("valid, but cut short (disk full)")
     assert "start-line" in (tiny_transcripts / f"{sid}.cast").read_text()
+    note = await wait_note(site, site.ticket, sid, mark)
+    assert "cut short" in str(note["text"])
+    # An admin makes room; the next session (assert_noted_once's) is recorded in full.
+    make_room(tiny_transcripts)
+    await assert_noted_once(site, site.ticket, sid)
