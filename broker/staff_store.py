@@ -238,6 +238,16 @@ async def mint_token(
         raise InputError("the token lifetime must be between 1 minute and 366 days")
     if len(label) > 100:
         raise InputError("the token label is longer than 100 characters")
+    # Count and insert under a lock on the owner's row, or concurrent mints all count below
+    # the limit and all insert (seen: 5 live tokens at a limit of 3). An UPDATE takes that
+    # lock on both backends (PostgreSQL: the row; SQLite: the database's write lock, which
+    # FOR UPDATE would not), so the count below sees every mint committed before it.
+    await db.execute(
+        update(User)
+        .where(User.id == user.id)
+        .values(session_epoch=User.session_epoch)
+        .execution_options(synchronize_session=False)
+    )
     live = (
         await db.execute(
             select(func.count(ApiToken.id)).where(
@@ -249,7 +259,8 @@ async def mint_token(
     ).scalar_one()
     if live >= max_tokens:
         raise ConflictError(
-            f"{user.name} has {live} live tokens, the limit; revoke old ones first",
+            f"{user.name} has {live} live API tokens and the limit is {max_tokens}; revoke "
+            "tokens no longer used (DELETE /api/v1/tokens/ID) and try again",
             code="token_limit",
         )
     minted = mint_api_token()

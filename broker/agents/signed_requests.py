@@ -68,6 +68,16 @@ async def _refuse(services: Services, request: web.Request, agent_id: str, reaso
     )
 
 
+async def _too_large(services: Services, request: web.Request, agent_id: str) -> InputError:
+    await _refuse(services, request, agent_id, "body too large")
+    return InputError(
+        f"the request body is larger than {SIGNED_BODY_MAX} bytes, the limit for signed agent "
+        "requests; send a shorter request",
+        code="body_too_large",
+        status=413,
+    )
+
+
 async def verify_agent_request(request: web.Request, services: Services) -> AgentRecord:
     """The enrolled, non-revoked agent that signed ``request``, or an audited refusal.
 
@@ -83,12 +93,15 @@ async def verify_agent_request(request: web.Request, services: Services) -> Agen
             code="signature_invalid",
         )
     if request.content_length is not None and request.content_length > SIGNED_BODY_MAX:
-        await _refuse(services, request, agent_id, "body too large")
-        raise InputError("the request body is too large", code="body_too_large", status=413)
-    body = await request.read()
+        raise await _too_large(services, request, agent_id)
+    try:
+        # A chunked body has no length to check first; aiohttp stops reading it at the
+        # app's body limit (1 MiB), which must be refused and audited like the rest.
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise await _too_large(services, request, agent_id) from None
     if len(body) > SIGNED_BODY_MAX:
-        await _refuse(services, request, agent_id, "body too large")
-        raise InputError("the request body is too large", code="body_too_large", status=413)
+        raise await _too_large(services, request, agent_id)
     async with services.db() as db:
         record = await agent_store.get_agent(db, agent_id)
     if record is None or record.revoked:

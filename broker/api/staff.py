@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from typing import NoReturn
@@ -15,7 +16,7 @@ from broker.api.routing import ApiContext, ApiRouter
 from broker.auth.credentials import verify_password
 from broker.auth.scopes import ROLE_SCOPES
 from broker.db.models_staff import ApiToken, User
-from broker.errors import AuthError, ForbiddenError, NotFoundError
+from broker.errors import AuthError, ConflictError, ForbiddenError, NotFoundError
 
 router = ApiRouter(tag="staff")
 
@@ -316,14 +317,15 @@ async def create_token(ctx: ApiContext) -> NewTokenOut:
                 now=s.clock(),
                 max_tokens=s.config.max_tokens_per_user,
             )
-    except ForbiddenError as exc:
+    except (ForbiddenError, ConflictError) as exc:
+        # A disabled owner, a scope too wide, or the live-token limit: all are refusals.
         await s.audit.record(
             actor=ctx.principal.name,
             action="token.refused",
             target=name,
             outcome="denied",
             source=ctx.source,
-            details={"reason": exc.message},
+            details={"code": exc.code, "reason": exc.message},
         )
         raise
     await s.audit.record(
@@ -405,36 +407,54 @@ async def login(ctx: ApiContext) -> NewTokenOut:
             actor=body.user[:64], action="login.throttled", outcome="denied", source=ctx.source
         )
         raise AuthError("too many failed sign-ins; wait 15 minutes and try again", code="throttled")
-    async with s.db() as db, db.begin():
-        user = (await db.execute(select(User).where(User.name == body.user))).scalar_one_or_none()
-        ok = verify_password(user.password_hash if user else None, body.password)
-        if ok and user is not None and user.totp_secret is not None:
-            step = int(s.clock().timestamp()) // 30
-            totp = pyotp.TOTP(user.totp_secret)
-            matched = [
-                st
-                for st in (step - 1, step, step + 1)
-                if body.totp is not None and totp.at(st * 30) == body.totp
-            ]
-            # Each code works once: a step at or before the last one used is refused.
-            ok = bool(matched) and matched[0] > user.totp_last_step
-            if ok:
-                user.totp_last_step = matched[0]
-        if not ok or user is None or user.disabled:
-            for k in keys:
-                s.login_throttle.failed(k, now_mono)
-            failure = True
-        else:
-            failure = False
-            new = await staff_store.mint_token(
-                db,
-                user,
-                scopes=None,
-                ttl_seconds=body.ttl_seconds or s.config.token_default_ttl_seconds,
-                label="login",
-                now=s.clock(),
-                max_tokens=s.config.max_tokens_per_user,
+    try:
+        async with s.db() as db, db.begin():
+            user = (
+                await db.execute(select(User).where(User.name == body.user))
+            ).scalar_one_or_none()
+            # argon2 takes a good part of a second: in a thread, or every sign-in attempt (the
+            # throttle counts them, it cannot stop them arriving) would stall the event loop.
+            ok = await asyncio.to_thread(
+                verify_password, user.password_hash if user else None, body.password
             )
+            if ok and user is not None and user.totp_secret is not None:
+                step = int(s.clock().timestamp()) // 30
+                totp = pyotp.TOTP(user.totp_secret)
+                matched = [
+                    st
+                    for st in (step - 1, step, step + 1)
+                    if body.totp is not None and totp.at(st * 30) == body.totp
+                ]
+                # Each code works once: a step at or before the last one used is refused.
+                ok = bool(matched) and matched[0] > user.totp_last_step
+                if ok:
+                    user.totp_last_step = matched[0]
+            if not ok or user is None or user.disabled:
+                for k in keys:
+                    s.login_throttle.failed(k, now_mono)
+                failure = True
+            else:
+                failure = False
+                new = await staff_store.mint_token(
+                    db,
+                    user,
+                    scopes=None,
+                    ttl_seconds=body.ttl_seconds or s.config.token_default_ttl_seconds,
+                    label="login",
+                    now=s.clock(),
+                    max_tokens=s.config.max_tokens_per_user,
+                )
+    except ConflictError as exc:
+        # The right credentials, but the account holds its limit of live tokens.
+        await s.audit.record(
+            actor=body.user,
+            action="token.refused",
+            target=body.user,
+            outcome="denied",
+            source=ctx.source,
+            details={"code": exc.code, "reason": exc.message, "via": "login"},
+        )
+        raise
     if failure:
         await s.audit.record(
             actor=body.user[:64], action="login.failed", outcome="denied", source=ctx.source

@@ -28,7 +28,7 @@ from broker.console.messages import (
     LOGIN_THROTTLED,
     TOTP_MISMATCH,
 )
-from broker.console.pages import Page, redirect, render_page, request_language
+from broker.console.pages import Page, read_form, redirect, render_page, request_language
 from broker.console.session_store import ConsoleUser
 from broker.console.state import CONSOLE
 from broker.console.web_session import (
@@ -43,6 +43,7 @@ from broker.console.web_session import (
 )
 from broker.db.models_console import ConsoleSession
 from broker.db.models_staff import User
+from broker.errors import InputError
 from broker.rules import InvalidName, parse_user_name
 
 LOGIN_COOKIE_SECONDS: Final = 3600
@@ -100,7 +101,10 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     renderer = request.app[CONSOLE].renderer
     lang = request_language(request, None)
-    form = await request.post()
+    try:
+        form = await read_form(request)
+    except InputError as exc:
+        return _login_form(request, lang, status=exc.http_status, error=exc.message)
     name = str(form.get("user", ""))[:64].strip().lower()
     password = str(form.get("password", ""))[:1024]
     code = str(form.get("code", ""))[:16]
@@ -268,6 +272,32 @@ async def totp_setup_page(request: web.Request) -> web.StreamResponse:
     )
 
 
+def _totp_setup_error(
+    request: web.Request,
+    lang: Language,
+    user: ConsoleUser,
+    target: str,
+    error: str,
+    status: int,
+) -> web.Response:
+    """The set-up page again, without a secret (a new one needs a reload), and the error."""
+    return render_page(
+        request,
+        lang,
+        "totp_setup.html",
+        {
+            "csrf": user.csrf_token,
+            "user_name": user.name,
+            "secret": "",
+            "qr": "",
+            "uri": "",
+            "next": target,
+            "error": error,
+        },
+        status=status,
+    )
+
+
 async def totp_setup_submit(request: web.Request) -> web.StreamResponse:
     user = await _enrolling(request)
     if user is None:
@@ -275,7 +305,10 @@ async def totp_setup_submit(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     renderer = request.app[CONSOLE].renderer
     lang = request_language(request, user)
-    form = await request.post()
+    try:
+        form = await read_form(request)
+    except InputError as exc:
+        return _totp_setup_error(request, lang, user, "", exc.message, exc.http_status)
     target = safe_next(str(form.get("next", ""))[:400])
     if not same_origin(request, services.config.public_url) or not tokens_match(
         user.csrf_token, str(form.get(CSRF_FIELD, ""))
@@ -301,20 +334,8 @@ async def totp_setup_submit(request: web.Request) -> web.StreamResponse:
             outcome="denied",
             source=request.remote or "",
         )
-        return render_page(
-            request,
-            lang,
-            "totp_setup.html",
-            {
-                "csrf": user.csrf_token,
-                "user_name": user.name,
-                "secret": "",
-                "qr": "",
-                "uri": "",
-                "next": target,
-                "error": renderer.gettext(lang, TOTP_MISMATCH),
-            },
-            status=401,
+        return _totp_setup_error(
+            request, lang, user, target, renderer.gettext(lang, TOTP_MISMATCH), 401
         )
     async with services.db() as db, db.begin():
         row = (await db.execute(select(User).where(User.id == user.user_id))).scalar_one()

@@ -24,7 +24,7 @@ from broker.console.render import page_response
 from broker.console.session_store import ConsoleUser
 from broker.console.state import CONSOLE, ConsoleState
 from broker.console.web_session import CSRF_FIELD
-from broker.errors import BrokerError
+from broker.errors import BrokerError, InputError
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def page_handler(handler: PageHandler) -> Callable[[web.Request], Awaitable[web.
         try:
             if request.method == "POST":
                 # Uploads are not taken by console forms: only text fields are kept.
-                form = _text_fields(await request.post())
+                form = _text_fields(await read_form(request))
                 token = form.get(CSRF_FIELD)
                 await check_state_change(request, user, token)
                 page = Page(request, user, lang, state, form)
@@ -142,6 +142,23 @@ def page_handler(handler: PageHandler) -> Callable[[web.Request], Awaitable[web.
             return page.error_page(error)
 
     return handle
+
+
+async def read_form(
+    request: web.Request,
+) -> MultiDictProxy[str | bytes | bytearray | web.FileField]:
+    """The posted form; one over the broker's body limit is refused (413) with a sentence
+    that says what to do, instead of aiohttp's bare text answer."""
+    try:
+        return await request.post()
+    except web.HTTPRequestEntityTooLarge:
+        raise InputError(
+            f"the form is larger than {request.client_max_size} bytes, the limit of this "
+            "broker; shorten the text (long output belongs in a ticket attachment) and send "
+            "it again",
+            code="body_too_large",
+            status=413,
+        ) from None
 
 
 def _text_fields(

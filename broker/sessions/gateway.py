@@ -9,13 +9,9 @@
   that have not signed in are limited in number (overall and per source) and in time.
 - Port, agent and X11 forwarding, subsystems and env requests are refused; nothing the
   gateway accepts runs on the broker host itself.
-- Out-of-phase messages end the connection. asyncssh (2.24.1, pinned) does most of it: strict
-  key exchange, no service, user-auth or connection message before NEWKEYS, no connection
-  message before sign-in. The gateway adds what it leaves open: a client's cleartext start
-  (version line, packet framing, message numbers before its NEWKEYS) is checked by
-  :class:`ClientCleartext` before asyncssh reads it, and a USERAUTH_REQUEST without the
-  ``ssh-userauth`` service request is refused. Both end the connection with DISCONNECT
-  (protocol error), like asyncssh's own refusals.
+- Out-of-phase messages end the connection: asyncssh (2.24.1, pinned) enforces strict key
+  exchange and message order; ``broker/sessions/gateway_wire.py`` checks what asyncssh
+  leaves open in a client's cleartext start and user-auth request.
 """
 
 from __future__ import annotations
@@ -25,19 +21,16 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable
-from typing import Final, cast
+from typing import Final
 
 import asyncssh
-from asyncssh.constants import MSG_USERAUTH_REQUEST
-from asyncssh.listener import TCPListenerFactory
-from asyncssh.packet import SSHPacket
 
 from broker.auth.throttle import Throttle
 from broker.rules import InvalidName, SshTarget, parse_ssh_target
 from broker.sessions.access import StaffKey, key_owner
 from broker.sessions.errors import AUDIT_STORE_UNAVAILABLE
 from broker.sessions.gateway_session import GatewayChannel, GatewaySession
+from broker.sessions.gateway_wire import CheckedListener
 from broker.sessions.manager import DB_ERRORS, SessionManager
 
 log = logging.getLogger(__name__)
@@ -57,189 +50,8 @@ CHANNEL_WINDOW: Final = 2 << 20
 CHANNEL_PACKET: Final = 32768
 
 
-# RFC 4253 §4.2: the version line is at most 255 bytes with its CR LF.
-MAX_VERSION_LINE: Final = 255
-# RFC 4253 §6.1: the packet size every implementation must take; nothing a client sends
-# before its NEWKEYS comes near it (a post-quantum key share is under 2 KiB).
-MAX_CLEARTEXT_PACKET: Final = 35000
-# What a client may send before its NEWKEYS (RFC 4253 §7, §11): DISCONNECT, IGNORE,
-# UNIMPLEMENTED, DEBUG, KEXINIT, NEWKEYS and the key exchange method's own messages.
-CLEARTEXT_MESSAGES: Final = frozenset({1, 2, 3, 4, 20, 21, *range(30, 50)})
-MSG_KEXINIT: Final = 20
-MSG_NEWKEYS: Final = 21
-
-
 def _printable(text: str, limit: int = 80) -> str:
     return ascii(text[:limit])[1:-1]
-
-
-class ClientCleartext:
-    """Checks what an SSH client sends before encryption starts: its version line, then
-    unencrypted packets (RFC 4253 §6) up to and including its NEWKEYS, after which the
-    stream is encrypted and ``done`` is set.
-
-    asyncssh 2.24.1 takes a packet_length of 0 and then waits, reading the next packet's
-    bytes as the rest of that one; takes packets that are no multiple of 8 or carry fewer
-    than 4 bytes of padding; takes control characters in the version line; and, when the
-    client did not ask for strict key exchange, answers an unknown message number before
-    NEWKEYS with UNIMPLEMENTED and starts a second key exchange on a KEXINIT that comes
-    before the client's NEWKEYS. This refuses all of those, as OpenSSH's sshd does.
-    Sans-I/O: ``feed`` returns the reason to end the connection, or None.
-    """
-
-    def __init__(self) -> None:
-        self._buf = bytearray()  # a partial version line or packet header, never a body
-        self._version_seen = False
-        self._skip = 0  # bytes of the current packet still to come
-        self._kexinit = False
-        self._newkeys = False
-        self.done = False
-
-    def feed(self, data: bytes) -> str | None:
-        if self.done:
-            return None
-        self._buf += data
-        if not self._version_seen:
-            end = self._buf.find(b"\n", 0, MAX_VERSION_LINE)
-            if end < 0:
-                return "version line too long" if len(self._buf) >= MAX_VERSION_LINE else None
-            line = bytes(self._buf[:end]).removesuffix(b"\r")
-            del self._buf[: end + 1]
-            if not _valid_version(line):
-                return "invalid version line"
-            self._version_seen = True
-        while self._buf:
-            if self._skip:
-                step = min(self._skip, len(self._buf))
-                del self._buf[:step]
-                self._skip -= step
-                continue
-            if self._newkeys:
-                break
-            if len(self._buf) < 6:
-                return None
-            length = int.from_bytes(self._buf[:4], "big")
-            padding, msg = self._buf[4], self._buf[5]
-            if not 12 <= length <= MAX_CLEARTEXT_PACKET or (4 + length) % 8:
-                return "bad packet length"
-            if not 4 <= padding <= length - 2:
-                return "bad padding length"
-            if msg not in CLEARTEXT_MESSAGES:
-                return f"message {msg} before the key exchange ended"
-            if msg == MSG_KEXINIT and self._kexinit:
-                return "second KEXINIT before the key exchange ended"
-            self._kexinit = self._kexinit or msg == MSG_KEXINIT
-            del self._buf[:6]
-            self._skip = length - 2
-            self._newkeys = msg == MSG_NEWKEYS
-        if self._newkeys and not self._skip:
-            self.done = True
-            self._buf.clear()
-        return None
-
-
-def _valid_version(line: bytes) -> bool:
-    """``SSH-2.0-softwareversion [comments]`` in printable US-ASCII (1.99: an old client
-    that also speaks 2.0). A ``-`` in the software version is let through: older JSch
-    clients send one."""
-    for prefix in (b"SSH-2.0-", b"SSH-1.99-"):
-        if line.startswith(prefix):
-            rest = line[len(prefix) :]
-            return bool(rest) and not rest.startswith(b" ") and all(0x20 <= c < 0x7F for c in rest)
-    return False
-
-
-_ASYNCSSH_USERAUTH_REQUEST: Final = asyncssh.SSHServerConnection._packet_handlers[
-    MSG_USERAUTH_REQUEST
-]
-
-
-def _userauth_request(
-    conn: asyncssh.SSHServerConnection, pkttype: int, pktid: int, packet: SSHPacket
-) -> Awaitable[None] | None:
-    # RFC 4253 §10: authentication starts with the client's ssh-userauth service request;
-    # asyncssh 2.24.1 takes a USERAUTH_REQUEST without one (and calls begin_auth).
-    if not (conn._auth_in_progress or conn._auth_complete):
-        raise asyncssh.ProtocolError("user authentication before its service request")
-    return _ASYNCSSH_USERAUTH_REQUEST(conn, pkttype, pktid, packet)
-
-
-_PACKET_HANDLERS: Final = {
-    **asyncssh.SSHServerConnection._packet_handlers,
-    MSG_USERAUTH_REQUEST: _userauth_request,
-}
-
-
-class _CheckedStream(asyncio.Protocol):
-    """Sits between a client's TCP transport and its asyncssh connection: the cleartext
-    start of the stream passes :class:`ClientCleartext` before asyncssh reads it; after the
-    client's NEWKEYS the bytes pass straight through."""
-
-    def __init__(self, conn: asyncssh.SSHServerConnection) -> None:
-        self._conn = conn
-        self._check: ClientCleartext | None = ClientCleartext()
-        self._refused = False
-        self._source = ""
-        # Per connection, so asyncssh's own class stays as it is.
-        conn._packet_handlers = _PACKET_HANDLERS
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        peer = transport.get_extra_info("peername")
-        self._source = str(peer[0]) if peer else ""
-        self._conn.connection_made(transport)
-
-    def data_received(self, data: bytes) -> None:
-        if self._refused:
-            return
-        check = self._check
-        if check is not None:
-            problem = check.feed(data)
-            if problem is not None:
-                self._refused = True
-                log.info("SSH client %s broke the protocol: %s", self._source, problem)
-                self._conn.disconnect(asyncssh.DISC_PROTOCOL_ERROR, problem)
-                return
-            if check.done:
-                self._check = None
-        self._conn.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        self._conn.eof_received()
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._conn.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self._conn.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._conn.resume_writing()
-
-
-class _CheckedListener:
-    """The gateway's TCP listener, handed to asyncssh through its listener hook for
-    tunnels: asyncssh makes each connection, this puts :class:`_CheckedStream` in front."""
-
-    async def create_server(
-        self, session_factory: TCPListenerFactory[bytes], listen_host: str, listen_port: int
-    ) -> asyncssh.SSHListener:
-        def stream() -> asyncio.Protocol:
-            conn = session_factory("", 0)
-            assert isinstance(conn, asyncssh.SSHServerConnection)
-            return _CheckedStream(conn)
-
-        server = await asyncio.get_running_loop().create_server(
-            stream, listen_host, listen_port, reuse_address=True
-        )
-        # asyncssh wraps it in its SSHAcceptor, which only closes it and reads its sockets.
-        return cast(asyncssh.SSHListener, server)
-
-    def close(self) -> None:
-        """Nothing to close: the server is closed through asyncssh's acceptor."""
-
-    async def wait_closed(self) -> None:
-        """Nothing to wait for (see close)."""
 
 
 class Gateway:
@@ -265,7 +77,7 @@ class Gateway:
         self._acceptor = await asyncssh.listen(
             host,
             port,
-            tunnel=_CheckedListener(),
+            tunnel=CheckedListener(),
             server_factory=lambda: GatewayServer(self),
             server_host_keys=[self.services.keys.ssh_host_key],
             config=None,

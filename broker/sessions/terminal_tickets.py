@@ -75,8 +75,16 @@ class TerminalTickets:
             raise ValueError("a terminal ticket is tt_ and 43 URL-safe characters")
         self.purge(now)
         mine = sum(1 for g in self._grants.values() if g.user_id == user_id)
-        if mine >= MAX_PER_PRINCIPAL or len(self._grants) >= MAX_TOTAL:
-            raise OverflowError("too many terminal tickets are waiting; use one first")
+        if mine >= MAX_PER_PRINCIPAL:
+            raise OverflowError(
+                f"you have {mine} unused terminal tickets, the limit; open a terminal with "
+                f"one of them, or wait up to {self.ttl:.0f} s for them to expire"
+            )
+        if len(self._grants) >= MAX_TOTAL:
+            raise OverflowError(
+                "this broker holds too many unused terminal tickets; "
+                f"try again in {self.ttl:.0f} s, and tell an admin if it lasts"
+            )
         grant = TerminalGrant(
             user_id=user_id,
             staff=staff,

@@ -8,7 +8,8 @@ Protocol (docs/sessions.md, "Console terminal"):
    ticket from ``POST /api/v1/sessions/terminal-tickets``, bound to the same principal.
 3. Then binary frames carry terminal bytes both ways; text frames carry JSON control:
    client → ``{"type": "resize", "cols": N, "rows": N}``; server →
-   ``{"type": "state", "state": "waiting_consent"|"running"|"ended", "reason", "session"}``,
+   ``{"type": "state", "state": "waiting_consent"|"running"|"ended", "reason", "session"}``
+   (a refused session's ``ended`` also carries ``"code"``, e.g. ``"session_limit"``),
    ``{"type": "participants", "list": [{"name", "role"}]}`` and
    ``{"type": "notice", "message"}`` (observers are told once that their input is dropped).
 
@@ -98,8 +99,16 @@ class WebTerminal:
             self._items.append(json.dumps(message))
             self._wake.set()
 
-    def show_state(self, state: str, reason: str, session_id: str) -> None:
-        self._send_json({"type": "state", "state": state, "reason": reason, "session": session_id})
+    def show_state(self, state: str, reason: str, session_id: str, code: str = "") -> None:
+        message: dict[str, object] = {
+            "type": "state",
+            "state": state,
+            "reason": reason,
+            "session": session_id,
+        }
+        if code:
+            message["code"] = code  # the API's stable error code, when a refusal has one
+        self._send_json(message)
 
     def show_participants(self, people: list[dict[str, str]]) -> None:
         self._send_json({"type": "participants", "list": people})
@@ -117,9 +126,10 @@ class WebTerminal:
         session = self.live.session_id if self.live is not None else ""
         self.end(outcome.message, session, 1000)
 
-    def end(self, reason: str, session: str, code: int) -> None:
-        """Say ``ended`` and close once everything queued is sent."""
-        self.show_state("ended", reason, session)
+    def end(self, reason: str, session: str, code: int, *, error: str = "") -> None:
+        """Say ``ended`` (with the refusal's ``error`` code, if any) and close once
+        everything queued is sent."""
+        self.show_state("ended", reason, session, error)
         if self._closing is None:
             self._closing = (code, reason[:120])
             self._wake.set()
@@ -211,7 +221,9 @@ async def terminal_socket(request: web.Request) -> web.StreamResponse:
             "the terminal opens only from the Secondline console's own pages", code="bad_origin"
         )
     principal = await authenticate(request, services, public=False)
-    ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE, heartbeat=30.0)
+    # aiohttp refuses (1009) a message of max_msg_size bytes or more; MAX_MESSAGE itself is
+    # allowed, as documented.
+    ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE + 1, heartbeat=30.0)
     await ws.prepare(request)
     runtime.sockets.add(ws)
     terminal = WebTerminal(ws)
@@ -294,7 +306,9 @@ async def _serve(
         try:
             live, member = opener.result()
         except SessionError as exc:
-            terminal.end(exc.message, "", CLOSE_REFUSED)
+            # The browser gets what the API would answer: the sentence and the stable code
+            # (session_limit, consent_denied, ...); the close code stays "refused".
+            terminal.end(exc.message, "", CLOSE_REFUSED, error=exc.code)
             return
         except Exception:  # a connection boundary: the browser gets a sentence, the log the rest
             log.exception("opening a console terminal failed")

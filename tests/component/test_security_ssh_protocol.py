@@ -21,7 +21,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.sessions.gateway import ENCRYPTION_ALGS, ClientCleartext
+from broker.sessions.gateway import ENCRYPTION_ALGS
+from broker.sessions.gateway_wire import ClientCleartext
 from tests.component.test_sessions_harness import World, world
 from tests.support.raw_ssh import (
     DISCONNECT_PROTOCOL_ERROR,
