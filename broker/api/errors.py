@@ -47,7 +47,11 @@ async def error_middleware(
             raise
         message = exc.text or exc.reason
         if exc.status == 413:
-            message = "the request body is too large; send less than the limit"
+            limit = request.app._client_max_size
+            message = (
+                f"the request body is larger than the broker takes ({limit} bytes, "
+                f"{limit / 1048576:g} MiB); send less (attachments have their own limit)"
+            )
         elif exc.status == 404:
             message = f"there is no API route {request.method} {request.path}"
         elif exc.status == 405:

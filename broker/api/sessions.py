@@ -393,6 +393,14 @@ async def terminal_ticket(ctx: ApiContext) -> TerminalTicketOut:
             now=time.time(),
         )
     except OverflowError as exc:
+        await ctx.services.audit.record(
+            actor=ctx.principal.name,
+            action="session.terminal_ticket",
+            target=f"T-{ticket_id}",
+            outcome="denied",
+            source=ctx.source,
+            details={"code": "too_many_tickets", "mode": body.mode},
+        )
         raise InputError(str(exc), code="too_many_tickets", status=429) from None
     return TerminalTicketOut(
         ticket=token, expires_at=dt.datetime.fromtimestamp(grant.expires_at, dt.UTC)

@@ -45,6 +45,10 @@ CODE_MESSAGES: Final = {
     "assignee_level_too_low": N_("That colleague works below the ticket's level."),
     "reason_required": N_("Say why: a reason is required."),
     "reason_too_long": N_("The reason is too long; put the details in a note."),
+    "body_too_large": N_(
+        "The form is too long for the broker; shorten the text (long output belongs in a "
+        "ticket attachment) and send it again."
+    ),
     # Knowledge base (broker.kb.policy.REFUSAL_CODES and broker.kb.errors).
     "level_too_low_to_publish": N_(
         "Level-1 staff do not publish, retire or reopen articles; ask a level-2 or level-3 "

@@ -107,7 +107,9 @@ async def test_json_body_at_the_limit_is_taken_and_one_byte_more_is_413(api: Api
     over += b" " * (limit + 1 - len(over))
     resp = await api.client.post("/api/v1/customers", data=io.BytesIO(over), headers=headers)
     assert resp.status == 413
-    assert "send less" in error_of(await resp.json(), "body_too_large")
+    message = error_of(await resp.json(), "body_too_large")
+    assert f"larger than the broker takes ({limit} bytes" in message
+    assert "send less" in message
     assert await count(services, Customer.id) == before
     await api.call("GET", "/customers/globex", expect=404)
 

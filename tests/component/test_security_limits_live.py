@@ -157,12 +157,6 @@ async def test_tunnel_message_over_the_limit_ends_the_tunnel_and_the_agent_comes
         await agent.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="broker/agents/tunnel_endpoint.py::_serve audits a tunnel's problem after its "
-    "try/finally; when the request is cancelled as the agent's socket goes (aiohttp's test "
-    "server cancels handlers, and so does shutdown) that audit is skipped",
-)
 async def test_tunnel_message_over_the_limit_is_audited_on_a_live_tunnel(
     data_dir: Path, aiohttp_client: AiohttpClient
 ) -> None:
@@ -250,6 +244,12 @@ async def test_terminal_tickets_per_person_are_bounded_and_using_one_frees_its_p
         assert f"you have {MAX_PER_PRINCIPAL} unused terminal tickets" in data["error"]["message"]
         assert "open a terminal with one of them" in data["error"]["message"]
         assert len(book) == MAX_PER_PRINCIPAL
+        refused = [
+            e for e in await audited(w.services, "session.terminal_ticket") if e.outcome == "denied"
+        ]
+        assert [(e.actor, e.target, e.details["code"]) for e in refused] == [
+            ("bob", w.ticket, "too_many_tickets")
+        ]
         _, carol = await w.add_staff("carol", "level2")
         await mint(w, carol)
         assert len(book) == MAX_PER_PRINCIPAL + 1

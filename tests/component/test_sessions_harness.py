@@ -60,15 +60,19 @@ class StandInAgent:
     consent: ConsentService
     acceptor: asyncssh.SSHAcceptor
     conn: asyncssh.SSHClientConnection
+    processes: ProcessTable
     requests: asyncio.Queue[ConsentRequest] = field(default_factory=asyncio.Queue)
 
     async def next_request(self) -> ConsentRequest:
         async with asyncio.timeout(WAIT):
             return await self.requests.get()
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Close the broker's connection and the server, and end the shells still running
+        (as the real agent does when it stops), so no process outlives the test."""
         self.conn.close()
         self.acceptor.close()
+        await self.processes.shutdown()
 
 
 async def start_agent(
@@ -83,12 +87,13 @@ async def start_agent(
 ) -> StandInAgent:
     """Start the agent's SSH server on loopback and connect to it as the broker."""
     consent = ConsentService(ConsentBook(attended=attended, timeout=consent_timeout))
+    processes = ProcessTable()
     await asyncio.to_thread(tmp.mkdir, parents=True, exist_ok=True)
     context = ServerContext(
         broker_key=services.keys.agent_client_key,
         consent=consent,
         registry=SessionRegistry(SessionLog(tmp / "sessions.jsonl"), time.time),
-        processes=ProcessTable(),
+        processes=processes,
         config=LocalConfig(),
         facts=collect_facts,
         clock=time.time,
@@ -104,7 +109,7 @@ async def start_agent(
         config=None,
         agent_path=None,
     )
-    agent = StandInAgent(agent_id, name, host_key, consent, acceptor, conn)
+    agent = StandInAgent(agent_id, name, host_key, consent, acceptor, conn, processes)
 
     def listen(event: ConsentRequest | Decision) -> None:
         if isinstance(event, ConsentRequest):
@@ -291,5 +296,5 @@ async def world(
         yield w
     finally:
         for agent in w.agents.values():
-            agent.close()
+            await agent.close()
         await client.close()

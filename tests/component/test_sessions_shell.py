@@ -167,7 +167,7 @@ async def test_denied_or_unanswered_consent_refuses(
     async with world(data_dir, tmp_path, attended=True) as w:
         assert w.agent is not None
         if answer == "timeout":
-            w.agent.close()
+            await w.agent.close()
             w.agent = await w.enroll("web02", attended=True)
             w.agent.consent.book.timeout = 0.3
             w.ticket = await w.new_ticket(w.agent)
@@ -193,7 +193,7 @@ async def test_agent_disconnect_ends_the_session(data_dir: Path, tmp_path: Path)
             shell = await open_shell(conn)
             shell.type("echo ready-$((1+1))\n")
             await shell.expect(b"ready-2")
-            w.agent.close()
+            await w.agent.close()
             assert await shell.finish() == 255
         assert b"the agent disconnected" in shell.err
         detail = await wait_state(w, w.ticket, "ended")

@@ -185,8 +185,19 @@ async function invite(event) {
 
 if (inviteForm) inviteForm.addEventListener("submit", invite);
 
+// The broker closes the terminal (1009) on a message over 64 KiB: a long paste goes out in
+// pieces of at most that size, in order, as typing would.
+const MAX_MESSAGE = 65536;
+
 function send(data) {
-  if (socket && socket.readyState === WebSocket.OPEN) socket.send(data);
+  if (!socket || socket.readyState !== WebSocket.OPEN) return;
+  if (typeof data === "string" || data.length <= MAX_MESSAGE) {
+    socket.send(data);
+    return;
+  }
+  for (let at = 0; at < data.length; at += MAX_MESSAGE) {
+    socket.send(data.subarray(at, at + MAX_MESSAGE));
+  }
 }
 
 function sendResize() {
