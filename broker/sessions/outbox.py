@@ -3,7 +3,13 @@
 A row is claimed (``claimed_until``) before it is sent, so two broker nodes never send it
 at the same time; the ticket system gets the same idempotency key on every try, so a note
 that arrived but whose answer was lost is not added twice. A ticket system that is down or
-slow only delays notes: they are retried with capped exponential backoff and jitter.
+slow only delays notes: they are retried with capped exponential backoff and jitter, on the
+schedule of ``BrokerConfig.ticket_retry_first_seconds`` and ``ticket_retry_max_seconds``.
+
+One try is cut off after ``ticket_send_timeout_seconds`` and holds its row for twice that
+(:attr:`Schedule.claim_seconds`): a try always ends, and its result is recorded, while its
+claim still stands, so no other node and no later pass sends the same note beside it. A try
+cut short by shutdown gives its row back at once, for the next start.
 """
 
 from __future__ import annotations
@@ -14,11 +20,13 @@ import datetime as dt
 import logging
 import random
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from sqlalchemy import or_, select, update
 
+from broker.config import BrokerConfig
 from broker.db.models_sessions import SessionOutbox
 from broker.ports import NoteAttachment, TicketSystem
 from broker.services import Services
@@ -28,16 +36,66 @@ from broker.transcript import TranscriptError, text_lines, transcript_paths
 log = logging.getLogger(__name__)
 
 BATCH: Final = 20
-CLAIM_SECONDS: Final = 120
 IDLE_WAKE: Final = 30.0
-BACKOFF_BASE: Final = 2.0
+MIN_WAKE: Final = 0.05
+# The defaults of BrokerConfig.ticket_retry_first_seconds, ticket_retry_max_seconds and
+# ticket_send_timeout_seconds.
+BACKOFF_FIRST: Final = 2.0
 BACKOFF_CAP: Final = 300.0
+SEND_TIMEOUT: Final = 60.0
+# Past 2**62 times the first delay every allowed schedule sits at its cap, so the exponent
+# stops there. Unbounded, 2.0 ** 1024 raised OverflowError from the 1024th failure on (two
+# to four days of outage at the defaults): no failure was recorded any more, the note was
+# tried only when its claim ran out, and each time the rest of its batch waited a round.
+DOUBLINGS_MAX: Final = 62
+# The attempts column is a 32-bit integer on PostgreSQL; the count stops there.
+ATTEMPTS_MAX: Final = 2**31 - 1
 
 
-def retry_delay(attempts: int, jitter: float) -> float:
+def retry_delay(
+    attempts: int, jitter: float, *, first: float = BACKOFF_FIRST, cap: float = BACKOFF_CAP
+) -> float:
     """Seconds before the next try after ``attempts`` failures; ``jitter`` in [0, 1)."""
-    ceiling = min(BACKOFF_CAP, BACKOFF_BASE ** max(1, attempts))
+    doublings = min(max(1, attempts), DOUBLINGS_MAX) - 1
+    ceiling = min(cap, first * 2.0**doublings)
     return ceiling * (0.5 + 0.5 * jitter)
+
+
+def wake_in(
+    now: dt.datetime, times: Sequence[dt.datetime | None], idle: float = IDLE_WAKE
+) -> float:
+    """Seconds to wait for the earliest of ``times`` (a row falling due, another worker's
+    claim running out), at least :data:`MIN_WAKE`, at most ``idle``."""
+    known = [t for t in times if t is not None]
+    if not known:
+        return idle
+    return max(MIN_WAKE, min(idle, (min(known) - now).total_seconds()))
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """When a note is tried again, and how long one try may take."""
+
+    first: float = BACKOFF_FIRST
+    cap: float = BACKOFF_CAP
+    send_timeout: float = SEND_TIMEOUT
+
+    @classmethod
+    def from_config(cls, config: BrokerConfig) -> Schedule:
+        return cls(
+            first=config.ticket_retry_first_seconds,
+            cap=config.ticket_retry_max_seconds,
+            send_timeout=float(config.ticket_send_timeout_seconds),
+        )
+
+    @property
+    def claim_seconds(self) -> float:
+        """How long a try holds its row: twice the send timeout, so the try (cut off at the
+        timeout) and the recording of its result end while the claim still stands."""
+        return 2.0 * self.send_timeout
+
+    def delay(self, attempts: int, jitter: float) -> float:
+        return retry_delay(attempts, jitter, first=self.first, cap=self.cap)
 
 
 def read_attachments(
@@ -78,8 +136,10 @@ class OutboxWorker:
         tickets: Callable[[], TicketSystem | None],
         *,
         rng: random.Random | None = None,
+        schedule: Schedule | None = None,
     ) -> None:
         self.services = services
+        self.schedule = schedule or Schedule.from_config(services.config)
         self._tickets = tickets
         self._wake = asyncio.Event()
         self.rng = rng or random.SystemRandom()
@@ -97,6 +157,11 @@ class OutboxWorker:
     async def close(self, grace: float = 5.0) -> None:
         """Let the round that runs finish, send what is due once more, and stop; a note
         that does not make it stays in the outbox for the next start."""
+        # Once: the app calls this at shutdown and again in its clean-up; with a ticket
+        # system that hangs, the second last round took another grace period out of the
+        # clean-up's bound, and the clean-up after it (tunnels, presence) was cut short.
+        if self._stopping:
+            return
         self._stopping = True
         self._wake.set()
         loop = asyncio.get_running_loop()
@@ -154,13 +219,17 @@ class OutboxWorker:
                 .all()
             )
         for row_id in ids:
-            row = await self._claim(row_id, now)
-            if row is not None:
-                await self._deliver(row)
+            claimed = await self._claim(row_id)
+            if claimed is not None:
+                await self._deliver(*claimed)
         return await self._next_due()
 
-    async def _claim(self, row_id: int, now: dt.datetime) -> SessionOutbox | None:
-        until = now + dt.timedelta(seconds=CLAIM_SECONDS)
+    async def _claim(self, row_id: int) -> tuple[SessionOutbox, dt.datetime] | None:
+        # The claim starts now, not when the pass began: tries earlier in the batch may have
+        # taken up to a send timeout each, and a claim dated from the start of the pass could
+        # run out while this row is still being sent.
+        now = self.services.clock()
+        until = now + dt.timedelta(seconds=self.schedule.claim_seconds)
         async with self.services.db() as db, db.begin():
             result = await db.execute(
                 update(SessionOutbox)
@@ -173,40 +242,30 @@ class OutboxWorker:
             )
             if getattr(result, "rowcount", 0) != 1:
                 return None  # another node took it
-            return (
+            row = (
                 await db.execute(select(SessionOutbox).where(SessionOutbox.id == row_id))
             ).scalar_one()
+            return row, until
 
-    async def _deliver(self, row: SessionOutbox) -> None:
-        config = self.services.config
-        error: str | None = None
-        tickets = self._tickets()
-        if tickets is None:
-            error = "the ticket system is not available"
-        else:
-            try:
-                files = await asyncio.to_thread(
-                    read_attachments,
-                    config.transcripts_dir,
-                    row.session_id,
-                    row.attachments,
-                    config.max_attachment_bytes,
-                )
-                await tickets.add_note(
-                    row.ticket_id,
-                    author=row.author,
-                    text=row.text,
-                    internal=True,
-                    attachments=files,
-                    idempotency_key=row.idempotency_key,
-                )
-            except (OSError, TranscriptError) as exc:
-                error = f"reading the transcript failed: {type(exc).__name__}"
-            except Exception as exc:
-                error = f"{type(exc).__name__}: {exc}"[:300]
+    async def _deliver(self, row: SessionOutbox, until: dt.datetime) -> None:
+        try:
+            # Cut off, so a try always ends within its claim (see Schedule.claim_seconds).
+            async with asyncio.timeout(self.schedule.send_timeout):
+                error = await self._send(row)
+        except TimeoutError:
+            error = f"the ticket system did not answer within {self.schedule.send_timeout:g} s"
+        except asyncio.CancelledError:
+            # Stopped mid-send (shutdown): give the row back now, or the next start would
+            # wait out the claim before sending it. The ticket system may have taken the note
+            # already; its idempotency key makes the next try add nothing then.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(5.0):
+                    await self._release(row.id, until)
+            raise
         now = self.services.clock()
         async with self.services.db() as db, db.begin():
             if error is None:
+                # Recorded even if the claim ran out meanwhile: the note is there.
                 await db.execute(
                     update(SessionOutbox)
                     .where(SessionOutbox.id == row.id)
@@ -215,11 +274,13 @@ class OutboxWorker:
                     )
                 )
             else:
-                attempts = row.attempts + 1
-                delay = retry_delay(attempts, self.rng.random())
-                await db.execute(
+                attempts = min(row.attempts + 1, ATTEMPTS_MAX)
+                delay = self.schedule.delay(attempts, self.rng.random())
+                # Only while this claim stands: a row another worker has claimed since is
+                # theirs to schedule, and clearing their claim would let a third send it.
+                result = await db.execute(
                     update(SessionOutbox)
-                    .where(SessionOutbox.id == row.id)
+                    .where(SessionOutbox.id == row.id, SessionOutbox.claimed_until == until)
                     .values(
                         attempts=attempts,
                         next_attempt_at=now + dt.timedelta(seconds=delay),
@@ -227,29 +288,90 @@ class OutboxWorker:
                         last_error=error,
                     )
                 )
+                if getattr(result, "rowcount", 0) != 1:
+                    log.error(
+                        "session %s: a try of the note for T-%d outlived its claim (%s)",
+                        row.session_id,
+                        row.ticket_id,
+                        error,
+                    )
+                    self.changed.set()
+                    return
         if error is None:
             self.delivered += 1
             log.info("session %s: note delivered to T-%d", row.session_id, row.ticket_id)
         else:
             log.warning(
-                "session %s: note for T-%d not delivered yet: %s",
+                "session %s: note for T-%d not delivered yet (attempt %d, next in %.3f s): %s",
                 row.session_id,
                 row.ticket_id,
+                attempts,
+                delay,
                 error,
             )
         self.changed.set()
 
+    async def _send(self, row: SessionOutbox) -> str | None:
+        """One try: None when the ticket system took the note, else what went wrong."""
+        config = self.services.config
+        tickets = self._tickets()
+        if tickets is None:
+            return "the ticket system is not available"
+        try:
+            files = await asyncio.to_thread(
+                read_attachments,
+                config.transcripts_dir,
+                row.session_id,
+                row.attachments,
+                config.max_attachment_bytes,
+            )
+        except (OSError, TranscriptError) as exc:
+            return f"reading the transcript failed: {type(exc).__name__}"
+        # Separate from the read: a connection error of the ticket system is an OSError too,
+        # and was reported as a failed transcript read.
+        try:
+            await tickets.add_note(
+                row.ticket_id,
+                author=row.author,
+                text=row.text,
+                internal=True,
+                attachments=files,
+                idempotency_key=row.idempotency_key,
+            )
+        except Exception as exc:  # the send timeout is no Exception here: it cancels
+            return f"{type(exc).__name__}: {exc}"[:300]
+        return None
+
+    async def _release(self, row_id: int, until: dt.datetime) -> None:
+        async with self.services.db() as db, db.begin():
+            await db.execute(
+                update(SessionOutbox)
+                .where(SessionOutbox.id == row_id, SessionOutbox.claimed_until == until)
+                .values(claimed_until=None)
+            )
+
     async def _next_due(self) -> float:
+        # A row another worker holds is not due until its claim runs out: counting it as due
+        # by its next_attempt_at alone made this worker poll every 50 ms for the whole claim
+        # (other nodes' sends, or a claim a killed process left behind).
+        now = self.services.clock()
+        pending = SessionOutbox.state == "pending"
+        free = or_(SessionOutbox.claimed_until.is_(None), SessionOutbox.claimed_until < now)
         async with self.services.db() as db:
             due = (
                 await db.execute(
                     select(SessionOutbox.next_attempt_at)
-                    .where(SessionOutbox.state == "pending")
+                    .where(pending, free)
                     .order_by(SessionOutbox.next_attempt_at)
                     .limit(1)
                 )
             ).scalar_one_or_none()
-        if due is None:
-            return IDLE_WAKE
-        seconds = (due - self.services.clock()).total_seconds()
-        return max(0.05, min(IDLE_WAKE, seconds))
+            held = (
+                await db.execute(
+                    select(SessionOutbox.claimed_until)
+                    .where(pending, SessionOutbox.claimed_until >= now)
+                    .order_by(SessionOutbox.claimed_until)
+                    .limit(1)
+                )
+            ).scalar_one_or_none()
+        return wake_in(now, [due, held])

@@ -133,15 +133,20 @@ class NoteBook:
                 db.add(note)
                 try:
                     await db.flush()
-                except IntegrityError:
-                    raise _DuplicateNote from None
+                except IntegrityError as exc:
+                    raise _DuplicateNote from exc
                 stored = [
                     await self._store_file(db, ticket_id, s, name, ctype, author, note.id, placed)
                     for s, name, ctype in staged
                 ]
-        except _DuplicateNote:
+        except _DuplicateNote as duplicate:
             await self.files.discard(*(s.path for s, _, _ in staged), *placed)
-            return None
+            # Only a note already stored under this key is a duplicate: any other refusal
+            # of the insert (a constraint, a trigger) must reach the caller, or the outbox
+            # would take a note that was never written for delivered.
+            if key is not None and await self._has_note(ticket_id, key):
+                return None
+            raise duplicate.__cause__ or duplicate from None
         except BaseException:
             await self.files.discard(*(s.path for s, _, _ in staged), *placed)
             raise

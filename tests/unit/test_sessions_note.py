@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from broker.config import BrokerConfig, load_config
+from broker.errors import ConfigError
 from broker.sessions.finish import RENDER_MAX, plan_attachments
 from broker.sessions.note import (
     NOTE_BUDGET,
@@ -17,7 +19,16 @@ from broker.sessions.note import (
     exec_commands,
     session_note,
 )
-from broker.sessions.outbox import BACKOFF_CAP, retry_delay
+from broker.sessions.outbox import (
+    BACKOFF_CAP,
+    BACKOFF_FIRST,
+    IDLE_WAKE,
+    MIN_WAKE,
+    SEND_TIMEOUT,
+    Schedule,
+    retry_delay,
+    wake_in,
+)
 from broker.transcript import Command
 
 START = dt.datetime(2025, 3, 4, 10, 0, 0, tzinfo=dt.UTC)
@@ -167,3 +178,93 @@ def test_plan_attachments(tmp_path: Path) -> None:
     gone = plan_attachments(tmp_path / "nothing.cast", SID, 100)
     assert gone.names == ()
     assert "missing" in gone.left_out[0]
+
+
+def test_retry_delay_survives_an_outage_of_days() -> None:
+    """A count of failures far past the cap gives the cap, not OverflowError (2.0 ** 1024)."""
+    for attempts in (1023, 1024, 1100, 2**31 - 1):
+        assert retry_delay(attempts, 0.0) == BACKOFF_CAP / 2
+        assert retry_delay(attempts, 0.999999) == pytest.approx(BACKOFF_CAP, rel=1e-5)
+    assert retry_delay(10**9, 0.5, first=0.01, cap=86400.0) == pytest.approx(0.75 * 86400)
+
+
+def test_retry_delay_follows_a_configured_schedule() -> None:
+    """The first delay and the cap come from the settings; doublings in between."""
+    assert retry_delay(1, 1.0, first=0.02, cap=3.0) == pytest.approx(0.02)
+    assert retry_delay(8, 1.0, first=0.02, cap=3.0) == pytest.approx(2.56)
+    assert retry_delay(9, 1.0, first=0.02, cap=3.0) == pytest.approx(3.0)
+    assert retry_delay(4, 0.0, first=5.0, cap=5.0) == pytest.approx(2.5)
+
+
+def test_schedule_from_config_and_its_claim() -> None:
+    """The schedule reads the broker's settings; a claim outlasts a try twice over."""
+    defaults = Schedule.from_config(BrokerConfig(data_dir=Path("/x")))
+    assert defaults == Schedule() == Schedule(BACKOFF_FIRST, BACKOFF_CAP, SEND_TIMEOUT)
+    assert defaults.claim_seconds == 120.0
+    config = BrokerConfig(
+        data_dir=Path("/x"),
+        ticket_retry_first_seconds=0.5,
+        ticket_retry_max_seconds=4.0,
+        ticket_send_timeout_seconds=3,
+    )
+    schedule = Schedule.from_config(config)
+    assert schedule == Schedule(first=0.5, cap=4.0, send_timeout=3.0)
+    assert schedule.claim_seconds == 6.0 > schedule.send_timeout
+    assert schedule.delay(1, 1.0) == pytest.approx(0.5)
+    assert schedule.delay(5, 1.0) == pytest.approx(4.0)
+
+
+def test_wake_in() -> None:
+    """The worker sleeps until the earliest time it was given, within its bounds."""
+    now = START
+    later = now + dt.timedelta(seconds=7)
+    assert wake_in(now, []) == IDLE_WAKE
+    assert wake_in(now, [None, None]) == IDLE_WAKE
+    assert wake_in(now, [None, later]) == 7.0
+    assert wake_in(now, [later, now + dt.timedelta(seconds=3)]) == 3.0
+    assert wake_in(now, [now - dt.timedelta(seconds=5)]) == MIN_WAKE
+    assert wake_in(now, [now + dt.timedelta(hours=1)]) == IDLE_WAKE
+    assert wake_in(now, [later], idle=2.0) == 2.0
+
+
+def test_retry_settings_from_file_and_environment(tmp_path: Path) -> None:
+    """The schedule is set in secondline.toml (numbers with or without a fraction) or as
+    SECONDLINE_ variables; the defaults are those of the outbox."""
+    assert load_config(tmp_path, env={}).ticket_retry_first_seconds == BACKOFF_FIRST
+    (tmp_path / "secondline.toml").write_text(
+        "ticket_retry_first_seconds = 0.25\nticket_retry_max_seconds = 30\n"
+    )
+    config = load_config(tmp_path, env={"SECONDLINE_TICKET_SEND_TIMEOUT_SECONDS": "5"})
+    assert (
+        config.ticket_retry_first_seconds,
+        config.ticket_retry_max_seconds,
+        config.ticket_send_timeout_seconds,
+    ) == (0.25, 30.0, 5)
+    env = {"SECONDLINE_TICKET_RETRY_MAX_SECONDS": "2.5"}
+    assert load_config(tmp_path, env=env).ticket_retry_max_seconds == 2.5
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("ticket_retry_first_seconds = 0\n", "between 0.01 and 86400"),
+        ("ticket_retry_first_seconds = 0.001\n", "between 0.01 and 86400"),
+        ("ticket_retry_first_seconds = 90000\n", "between 0.01 and 86400"),
+        ("ticket_retry_first_seconds = -1.0\n", "out of range"),
+        ("ticket_retry_first_seconds = nan\n", "out of range"),
+        ("ticket_retry_max_seconds = inf\n", "out of range"),
+        ("ticket_retry_max_seconds = 1\n", "at least ticket_retry_first_seconds"),
+        ("ticket_retry_max_seconds = 86401\n", "at most 86400"),
+        ("ticket_retry_max_seconds = true\n", "must be a number"),
+        ('ticket_retry_max_seconds = "soon"\n', "must be a number, not 'soon'"),
+        ("ticket_retry_max_seconds = [1]\n", "must be a number"),
+        ("ticket_send_timeout_seconds = 0\n", "between 1 and 3600"),
+        ("ticket_send_timeout_seconds = 3601\n", "between 1 and 3600"),
+        ("ticket_send_timeout_seconds = 1.5\n", "whole number"),
+    ],
+)
+def test_bad_retry_settings_are_refused(tmp_path: Path, text: str, match: str) -> None:
+    """Zero, negative, too fast, too slow, inverted, non-finite or non-numbers: refused."""
+    (tmp_path / "secondline.toml").write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_config(tmp_path, env={})
