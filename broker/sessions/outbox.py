@@ -116,15 +116,24 @@ def read_attachments(
 
 
 def _text(cast: Path, max_bytes: int) -> bytes:
-    out = bytearray()
+    """The text rendering, whole lines up to ``max_bytes`` with a note where it was cut."""
     cut = b"\n[... cut: the rest is in the .cast transcript]\n"
+    budget = max_bytes - len(cut)
+    lines: list[str] = []
+    chars = 0  # never more than the encoded size: stop reading once that is over budget
+    over = False
     for line in text_lines(cast):
-        encoded = (line + "\n").encode("utf-8", "replace")
-        if len(out) + len(encoded) > max_bytes - len(cut):
-            out += cut
+        chars += len(line) + 1
+        if chars > budget:
+            over = True
             break
-        out += encoded
-    return bytes(out)
+        lines.append(line)
+    # Encoded once, not per line: a session of millions of short lines (`yes`) costs
+    # seconds of broker CPU otherwise.
+    data = "".join(f"{line}\n" for line in lines).encode("utf-8", "replace")
+    if len(data) > budget:
+        data, over = data[: data.rfind(b"\n", 0, budget) + 1], True
+    return data + cut if over else data
 
 
 class OutboxWorker:

@@ -17,6 +17,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from broker.sessions.outbox import read_attachments
 from broker.transcript import (
     INPUT_HIDDEN_LABEL,
     CastHeader,
@@ -39,6 +40,7 @@ from broker.transcript import (
     verify_path,
     verify_transcript,
 )
+from broker.transcript import text_lines as export_text_lines
 from broker.transcript.chain import SEAL_SIZE
 
 KEY = Ed25519PrivateKey.from_private_bytes(b"\x11" * 32)
@@ -536,3 +538,26 @@ def test_asciinema_play_runs_the_recorded_file(tmp_path: Path) -> None:
     done = _asciinema("play", "--idle-time-limit", "0.01", "--speed", "100", str(cast))
     assert done.returncode == 0, done.stderr
     assert done.stdout.endswith(b"bye\r\n")
+
+
+@pytest.mark.parametrize("max_bytes", [60, 61, 62, 100, 2000])
+def test_note_text_attachment_keeps_whole_lines_up_to_its_limit(
+    tmp_path: Path, max_bytes: int
+) -> None:
+    """The .txt a note carries holds whole lines of the rendering (multi-byte ones too)
+    within its limit, and says where it was cut; a short session comes whole."""
+    session = Session(tmp_path)
+    session.out("".join(f"zeile-{i}-äö\r\n" for i in range(200)).encode(), 1001.0)
+    session.recorder.seal(True, "ended", 1002.0)
+    cast = transcript_paths(tmp_path, SID).cast
+    full = "".join(f"{line}\n" for line in export_text_lines(cast)).encode()
+    (text,) = read_attachments(tmp_path, SID, [f"{SID}.txt"], max_bytes)
+    assert len(text.data) <= max_bytes
+    cut = b"\n[... cut: the rest is in the .cast transcript]\n"
+    kept = text.data.removesuffix(cut)
+    assert text.data.endswith(cut)
+    assert full.startswith(kept)
+    assert kept == b"" or kept.endswith(b"\n")
+    assert len(kept) + len(cut) + len("zeile-0-äö\n".encode()) + 4 > max_bytes
+    (whole,) = read_attachments(tmp_path, SID, [f"{SID}.txt"], len(full) + len(cut))
+    assert whole.data == full
