@@ -1,19 +1,37 @@
 """`secondline serve`: HTTPS (console, API, agent tunnel) and whatever features listen
-themselves (the SSH gateway); SIGTERM drains and exits cleanly."""
+themselves (the SSH gateway); SIGTERM drains and exits cleanly.
+
+Without its database the broker does not start: it says so in one line and exits with
+status 1 (the service manager starts it again). A database that goes away while it runs
+stops neither the broker nor its shutdown: past the session drain, the app's clean-up gets
+:data:`CLEANUP_BOUND` seconds, then the process exits anyway.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import ssl
+from collections.abc import AsyncIterator
+from typing import Final
 
 from aiohttp import web
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 
 from broker.app import create_app
 from broker.config import BrokerConfig
+from broker.db.engine import create_engine
 
 log = logging.getLogger(__name__)
+
+DB_ERRORS: Final = (SQLAlchemyError, OSError)
+# The app's own clean-up (closing tunnels, writing agents' presence, the engine) after the
+# sessions drained and the connections closed: seconds when the database answers. Some of
+# it retries until the database takes it, which it never does when the database is down.
+CLEANUP_BOUND: Final = 5.0
 
 
 def tls_context(config: BrokerConfig) -> ssl.SSLContext:
@@ -23,10 +41,47 @@ def tls_context(config: BrokerConfig) -> ssl.SSLContext:
     return ctx
 
 
+async def database_problem(config: BrokerConfig) -> str | None:
+    """Why the database cannot be reached (one line, no credentials), or None."""
+    engine = create_engine(config.db_url, schema=config.database_schema or None)
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    except DB_ERRORS as exc:
+        detail = (str(exc).strip().splitlines() or [""])[0][:200]
+        return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+    finally:
+        await engine.dispose()
+    return None
+
+
 async def serve(config: BrokerConfig) -> None:
     app = create_app(config)
+    cleaning = asyncio.Event()
+
+    async def cleanup_started(_app: web.Application) -> AsyncIterator[None]:
+        yield
+        cleaning.set()
+
+    # Appended last, so it is the first to leave: the app's clean-up has begun.
+    app.cleanup_ctx.append(cleanup_started)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=10)
-    await runner.setup()
+    try:
+        await runner.setup()
+    except DB_ERRORS:
+        # Start-up reads and writes the database (agents left online, sessions a crash
+        # left live): without it the broker used to die with a traceback. Refuse to start
+        # with one clear line instead; any other failure is not hidden behind this one.
+        problem = await database_problem(config)
+        if problem is None:
+            raise
+        with contextlib.suppress(Exception):
+            await runner.cleanup()
+        raise SystemExit(
+            f"secondline: the database is unavailable ({problem}), and the broker does not "
+            "start without its audit store; start the database (database_url in "
+            "secondline.toml) and start the broker again"
+        ) from None
     site = web.TCPSite(
         runner,
         config.listen_host,
@@ -47,5 +102,35 @@ async def serve(config: BrokerConfig) -> None:
     )
     await stop.wait()
     log.info("shutting down: draining sessions")
-    await runner.cleanup()
-    print("secondline: stopped", flush=True)
+    if await _cleanup(runner, cleaning):
+        print("secondline: stopped", flush=True)
+    else:
+        print("secondline: stopped (clean-up cut short; see the log)", flush=True)
+
+
+async def _cleanup(runner: web.AppRunner, cleaning: asyncio.Event) -> bool:
+    """Drain and clean up; False when the clean-up was cut off after CLEANUP_BOUND.
+
+    With the database down, the agents' presence writer retries forever and the broker
+    never exited on SIGTERM. The sessions drain before (bounded by themselves), and what is
+    lost by cutting the rest off is rebuilt at the next start (every agent is marked
+    offline, sessions still live are recovered)."""
+    cleanup = asyncio.ensure_future(runner.cleanup())
+    begun = asyncio.ensure_future(cleaning.wait())
+    try:
+        await asyncio.wait({cleanup, begun}, return_when=asyncio.FIRST_COMPLETED)
+        if not cleanup.done():
+            await asyncio.wait({cleanup}, timeout=CLEANUP_BOUND)
+    finally:
+        begun.cancel()
+    if cleanup.done():
+        cleanup.result()  # a failing clean-up still fails loudly
+        return True
+    log.error(
+        "the clean-up did not finish within %.0f s after the sessions drained (is the "
+        "database down?); exiting anyway",
+        CLEANUP_BOUND,
+    )
+    cleanup.cancel()
+    await asyncio.wait({cleanup})
+    return False

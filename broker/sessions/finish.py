@@ -1,6 +1,8 @@
 """What happens after a session ends: its row, its participants, its audit event and its
 note in the outbox, written until the database takes them (a database that is down delays
 the record, it never loses it: the row stays "live" and the next start recovers it).
+Participants joining and leaving, and sessions refused after their row was written, are
+retried the same way (:meth:`Finisher.until_stored`).
 
 Also the start-up recovery of sessions a crashed broker left "live": their transcripts are
 recovered and sealed as cut short ("interrupted"), and their notes queued.
@@ -13,7 +15,7 @@ import dataclasses
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
@@ -43,7 +45,10 @@ from broker.transcript.render import commands_to_dicts
 log = logging.getLogger(__name__)
 
 DB_ERRORS: Final = (SQLAlchemyError, OSError)
-RETRY_CAP: Final = 30.0
+# A failed write is retried after 1, 2, 4, 8, then every 10 seconds: once the database is
+# back, ended sessions are recorded (and their notes queued) within seconds, not half a
+# minute later; one connection attempt per waiting record every 10 s costs nothing.
+RETRY_CAP: Final = 10.0
 RENDER_MAX: Final = 64 << 20
 
 
@@ -110,11 +115,19 @@ class Finisher:
         return self._locks.setdefault(sid, asyncio.Lock())
 
     async def member_changed(
-        self, sid: str, member: Member, what: Literal["joined", "left"], why: str
+        self,
+        sid: str,
+        member: Member,
+        what: Literal["joined", "left"],
+        why: str,
+        *,
+        closing: Callable[[], bool],
     ) -> None:
-        """Write a participant change and audit it (kept in order per session)."""
+        """Write a participant change and audit it (kept in order per session); retries
+        while the database is down, like the end (bounded while closing)."""
         now = self.services.clock()
-        async with self._lock(sid):
+
+        async def write_row() -> None:
             async with self.services.db() as db, db.begin():
                 if what == "joined":
                     await store.add_participant(
@@ -124,33 +137,66 @@ class Finisher:
                     await store.participant_left(
                         db, sid, name=member.name, role=member.role, now=now, reason=why
                     )
+
+        async def write_audit() -> None:
             await self.services.audit.record(
                 actor=member.name,
                 action=f"session.participant_{what}",
                 target=sid,
                 details={"role": member.role, "via": member.via, "reason": why[:100]},
+                now=now,
             )
+
+        # A change made while the database was down used to be logged and dropped: the
+        # participant row kept no leave time and the audit log missed the event. The row
+        # and the audit event are retried apart, so a row written before a failed audit
+        # is not added twice.
+        change = f"{member.name} {what}"
+        async with self._lock(sid):
+            if await self.until_stored(sid, change, write_row, closing):
+                await self.until_stored(sid, f"the audit of {change}", write_audit, closing)
+
+    async def until_stored(
+        self,
+        sid: str,
+        what: str,
+        write: Callable[[], Awaitable[None]],
+        closing: Callable[[], bool],
+    ) -> bool:
+        """Run ``write`` until the database takes it; False when given up while closing
+        (what is left is recovered at the next start)."""
+        attempt = 0
+        while True:
+            try:
+                await write()
+            except DB_ERRORS as exc:
+                attempt += 1
+                log.error(
+                    "session %s: recording %s failed (%s), attempt %d",
+                    sid,
+                    what,
+                    type(exc).__name__,
+                    attempt,
+                )
+                if closing() and attempt >= 3:
+                    return False
+                await asyncio.sleep(min(RETRY_CAP, 0.5 * 2**attempt))
+                continue
+            if attempt:
+                log.info("session %s: recorded %s after %d failed attempts", sid, what, attempt)
+            return True
 
     async def finish(
         self, live: LiveSession, outcome: Outcome, *, closing: Callable[[], bool]
     ) -> None:
         """Record the end; retries while the database is down (bounded while closing)."""
-        attempt = 0
-        while True:
-            try:
-                await self._write(live, outcome)
-                break
-            except DB_ERRORS as exc:
-                attempt += 1
-                log.error(
-                    "session %s: recording its end failed (%s), attempt %d",
-                    live.session_id,
-                    type(exc).__name__,
-                    attempt,
-                )
-                if closing() and attempt >= 3:
-                    return  # still "live" in the database: the next start recovers it
-                await asyncio.sleep(min(RETRY_CAP, 0.5 * 2**attempt))
+        # _write is safe to repeat: the row update and the participants' close are the
+        # same again, the note is queued once, and the audit event comes last.
+        written = await self.until_stored(
+            live.session_id, "its end", lambda: self._write(live, outcome), closing
+        )
+        if not written:
+            return  # still "live" in the database: the next start recovers it
         self._locks.pop(live.session_id, None)
         log.info("session %s ended: %s", live.session_id, outcome.reason)
         self.changed.set()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import time
@@ -47,7 +48,8 @@ from broker.sessions.facts import SessionFacts, Terminal
 from broker.sessions.finish import Finisher
 from broker.sessions.hub import END_SHUTDOWN, LiveSession
 from broker.sessions.hub_core import HubClosed, HubFull, HubLimits, Member, Role
-from broker.transcript import CastHeader, RecorderError, SessionInfo, TranscriptRecorder
+from broker.sessions.recording import end_disabled_accounts, new_recorder
+from broker.transcript import TranscriptRecorder
 
 log = logging.getLogger(__name__)
 
@@ -109,25 +111,9 @@ class SessionManager:
 
     async def end_disabled_accounts(self) -> None:
         """Disabling an account ends its sessions and detaches it from others within seconds."""
-        names = {m.name for live in self.live.values() for m in live.core.members}
-        if not names:
-            return
-        async with self.services.db() as db:
-            disabled = await store.disabled_accounts(db, names)
-        for live in list(self.live.values()):
-            for member in live.core.members:
-                if member.name not in disabled:
-                    continue
-                if member.role == "owner":
-                    live.end(
-                        "account disabled",
-                        code="account_disabled",
-                        message=f"the account {member.name} was disabled, so the session ended",
-                    )
-                else:
-                    live.drop(member.pid, "your account was disabled")
+        await end_disabled_accounts(self.services, self.live.values())
 
-    def spawn(self, work: Awaitable[None], what: str) -> None:
+    def spawn(self, work: Awaitable[object], what: str) -> None:
         """Run ``work`` in the background, keeping a reference and logging failures."""
 
         async def guarded() -> None:
@@ -200,7 +186,11 @@ class SessionManager:
                 )
             reason = exc.message if isinstance(exc, SessionRefused) else "not started"
             state = "refused" if isinstance(exc, SessionRefused) else "failed"
-            self.spawn(self._abandon(sid, state, reason), f"abandoning session {sid}")
+            # Retried while the database is down: a row left "starting" or
+            # "waiting_consent" would count against the owner's limit until a restart.
+            abandon = functools.partial(self._abandon, sid, state, reason)
+            retried = self.finisher.until_stored(sid, "its refusal", abandon, lambda: self._closing)
+            self.spawn(retried, f"abandoning session {sid}")
             if killed_by is not None and isinstance(exc, SessionRefused):
                 raise exc from None
             raise
@@ -246,6 +236,7 @@ class SessionManager:
             )
             consent = await ask_consent(self.services, conn, env, sid, staff, req.source)
         recorder = self._recorder(facts)
+        left: set[int] = set()  # members whose leave is recorded (see _member_changed)
         live = LiveSession(
             facts,
             recorder,
@@ -253,7 +244,7 @@ class SessionManager:
                 idle_timeout=float(self.services.config.session_idle_timeout_seconds),
                 max_seconds=float(self.services.config.session_max_seconds),
             ),
-            on_member=lambda member, what, why: self._member_changed(sid, member, what, why),
+            on_member=lambda member, what, why: self._member_changed(sid, member, what, why, left),
             started_at=time.time(),
         )
         live.consent = consent
@@ -326,36 +317,7 @@ class SessionManager:
                 log.info("session %s: ticket not opened: %s", sid, exc.code)
 
     def _recorder(self, facts: SessionFacts) -> TranscriptRecorder:
-        config = self.services.config
-        header = CastHeader(
-            width=facts.cols,
-            height=facts.rows,
-            timestamp=int(time.time()),
-            session=SessionInfo(
-                session_id=facts.session_id,
-                ticket=facts.ticket_ref,
-                agent=facts.agent_name,
-                staff=facts.owner,
-            ),
-            term=facts.term,
-            title=f"{facts.ticket_ref}: {facts.ticket_title}",
-        )
-        try:
-            config.transcripts_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            return TranscriptRecorder(
-                config.transcripts_dir,
-                header,
-                self.services.keys.transcript_key,
-                started_at=time.time(),
-                flush_bytes=64 << 20,  # the hub flushes; this is only a safety net
-            )
-        except (RecorderError, OSError) as exc:
-            log.error("session %s: cannot create its transcript: %s", facts.session_id, exc)
-            raise StoreUnavailable(
-                "transcript store unavailable: the broker cannot create the session's "
-                "transcript (is its disk full?), and no session runs unrecorded; tell an admin",
-                code="transcript_store_unavailable",
-            ) from None
+        return new_recorder(self.services, facts)
 
     async def _abandon(self, sid: str, state: str, reason: str) -> None:
         async with self.services.db() as db, db.begin():
@@ -378,9 +340,18 @@ class SessionManager:
         self._supervisors.pop(live.session_id, None)
 
     def _member_changed(
-        self, sid: str, member: Member, what: Literal["joined", "left"], why: str
+        self, sid: str, member: Member, what: Literal["joined", "left"], why: str, left: set[int]
     ) -> None:
-        self.spawn(self.finisher.member_changed(sid, member, what, why), f"recording {what}")
+        if what == "left":
+            # The hub reports a terminal still attached at the end as left ("session
+            # ended") and again when its channel closes ("disconnected"): record one leave.
+            if member.pid in left:
+                return
+            left.add(member.pid)
+        self.spawn(
+            self.finisher.member_changed(sid, member, what, why, closing=lambda: self._closing),
+            f"recording {what}",
+        )
 
     # -- attaching, killing, draining ------------------------------------------------------
 
