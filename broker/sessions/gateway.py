@@ -199,7 +199,10 @@ class GatewayServer(asyncssh.SSHServer):
         if self._admitted:
             self.gateway.gone(self, was_preauth=not self._signed_in)
         if not self._signed_in and self._refusals:
-            self.gateway.failed(f"source:{self.source}")
+            # A refusal for the broker's own fault (its database was down) is no failed
+            # sign-in: counted, ten of them would lock the address out after the recovery.
+            if any(r != "store_unavailable" for r in self._refusals):
+                self.gateway.failed(f"source:{self.source}")
             self.gateway.audit_soon(
                 "anonymous",
                 "ssh.auth_failed",

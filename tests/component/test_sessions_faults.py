@@ -25,6 +25,7 @@ from broker.keys import public_pem
 from broker.ports import NoteAttachment, TicketInfo, TicketSystem
 from broker.sessions import SESSIONS, TICKET_SYSTEM, store
 from broker.sessions.facts import SessionFacts
+from broker.sessions.gateway import FAILURES_ALLOWED
 from broker.sessions.outbox import OutboxWorker
 from broker.tickets import TICKETS
 from broker.transcript import (
@@ -238,18 +239,28 @@ async def test_database_down_refuses_new_sessions(data_dir: Path, tmp_path: Path
                 def auth_banner_received(self, msg: str, lang: str) -> None:
                     client_banners.append(msg)
 
-            with pytest.raises(asyncssh.PermissionDenied):
-                await asyncssh.connect(
-                    "127.0.0.1",
-                    w.gateway_port,
-                    username=w.ticket,
-                    client_keys=[w.staff_key],
-                    known_hosts=([w.services.keys.ssh_host_key.convert_to_public()], [], []),
-                    client_factory=Banners,
-                    config=None,
-                    agent_path=None,
-                )
+            # More tries than the sign-in throttle allows: a refusal that is the broker's
+            # fault must not count against the staff member's address.
+            for _ in range(FAILURES_ALLOWED + 1):
+                with pytest.raises(asyncssh.PermissionDenied):
+                    await asyncssh.connect(
+                        "127.0.0.1",
+                        w.gateway_port,
+                        username=w.ticket,
+                        client_keys=[w.staff_key],
+                        known_hosts=([w.services.keys.ssh_host_key.convert_to_public()], [], []),
+                        client_factory=Banners,
+                        config=None,
+                        agent_path=None,
+                    )
             assert "audit store unavailable" in "".join(client_banners)
+            gateway = w.runtime.gateway
+
+            async def all_gone() -> bool:
+                return gateway.signing_in() == 0
+
+            await w.wait_for(all_gone, "the refused connections to close")
+            assert gateway.retry_after("source:127.0.0.1") == 0
         finally:
             w.services.db, w.services.audit = good_db, good_audit
             await broken.dispose()
