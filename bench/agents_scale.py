@@ -7,11 +7,9 @@ and after (``/proc/<pid>/status``, VmRSS), the growth per idle agent, and how ma
 per second came online. ``--rate`` sets ``tunnel_handshakes_per_second`` (0: no limit, to
 see what the machine can do).
 
-The agents run in P separate worker processes (`python -m bench.agents_scale worker ...`),
-each holding many real tunnels: a ``websockets`` client, the shared adapter of
-``agent.tunnel`` and a light asyncssh *server* per agent that answers ``sl:facts`` (a real
-SSH handshake each, Ed25519 keys, the broker's client key pinned), as the real agent does
-without its PTY machinery. A 503 answer is honoured by waiting its ``Retry-After``.
+The agents are the swarm of :mod:`bench.agent_swarm` (P worker processes, each holding many
+real tunnels: TLS, WebSocket, a real SSH handshake and ``sl:facts`` per agent); a 503
+answer is honoured by waiting its ``Retry-After``.
 
 :func:`swarm_factory` plugs the same swarm into the full bench:
 ``SecondlineTarget(workspace, swarm_factory=swarm_factory)``.
@@ -21,14 +19,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
-import math
 import os
-import random
-import resource
-import ssl
 import sys
 import tempfile
 import time
@@ -36,24 +29,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-import aiohttp
-import asyncssh
-from websockets.asyncio.client import connect
-from websockets.exceptions import InvalidStatus
-
-from agent.enrollment import EnrollmentAnswer, EnrollmentRequest, EnrollmentToken
-from agent.facts import Facts
-from agent.protocol import (
-    AGENT_ID_HEADER,
-    ENROLL_PATH,
-    KEEPALIVE_COUNT_MAX,
-    KEEPALIVE_INTERVAL,
-    MAX_TUNNEL_MESSAGE,
-    Ed25519PublicKey,
-)
-from agent.runner import tunnel_ssl_context
-from agent.tunnel import WebsocketsStream, WebSocketTunnel
-from bench import MeasurementError
+from bench.agent_swarm import Swarm, SwarmPlan, broker_call
+from bench.agent_swarm_worker import raise_fd_limit
 from bench.child_process import ManagedProcess, run_command
 from bench.openssh import free_port, wait_port
 from bench.procfs import cpu_seconds, rss_kib
@@ -64,156 +41,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CUSTOMER: Final = "acme"
-ENROLL_CONCURRENCY: Final = 8
 READY_TIMEOUT_S: Final = 120.0
 ONLINE_TIMEOUT_S: Final = 900.0
-RECONNECT_S: Final = 1.0
 IDLE_S: Final = 10.0
-FACTS: Final = Facts(
-    hostname="sim", os="Simulated", os_version="1", kernel="0", arch="x86_64", users=()
-)
-
-
-# -- the worker process: N agents, their enrollment and their tunnels ----------------------
-
-
-class SimulatedAgent:
-    """One enrolled agent: its key, its identity, and its tunnel kept up."""
-
-    #: Answers of the broker seen by this worker's agents (printed with the online count).
-    busy = 0
-    failed = 0
-
-    def __init__(self, key: asyncssh.SSHKey, answer: EnrollmentAnswer) -> None:
-        self.key = key
-        self.answer = answer
-        self.online = False
-
-    async def run(
-        self, ssl_context: ssl.SSLContext, authorized: asyncssh.SSHAuthorizedKeys
-    ) -> None:
-        """Keep the tunnel up: dial, honour 503 Retry-After, serve SSH, reconnect."""
-        while True:
-            try:
-                websocket = await connect(
-                    self.answer.tunnel_url,
-                    ssl=ssl_context,
-                    additional_headers={AGENT_ID_HEADER: self.answer.agent_id},
-                    compression=None,
-                    max_size=MAX_TUNNEL_MESSAGE,
-                    open_timeout=60,
-                )
-            except InvalidStatus as exc:
-                SimulatedAgent.busy += 1
-                retry = exc.response.headers.get("Retry-After", "")
-                wait = float(retry) if retry.isdigit() else RECONNECT_S
-                await asyncio.sleep(wait + random.random() * 0.1)
-                continue
-            except (OSError, TimeoutError) as exc:
-                SimulatedAgent.failed += 1
-                logger.debug("dial failed: %r", exc)
-                await asyncio.sleep(RECONNECT_S * (1 + random.random()))
-                continue
-            try:
-                conn = await asyncssh.connect_reverse(
-                    tunnel=WebSocketTunnel(WebsocketsStream(websocket)),
-                    server_host_keys=[self.key],
-                    authorized_client_keys=authorized,
-                    process_factory=_answer_facts,
-                    config=None,
-                    gss_host=None,
-                    encoding=None,
-                    agent_forwarding=False,
-                    x11_forwarding=False,
-                    allow_scp=False,
-                    keepalive_interval=KEEPALIVE_INTERVAL,
-                    keepalive_count_max=KEEPALIVE_COUNT_MAX,
-                )
-            except (asyncssh.Error, OSError) as exc:
-                SimulatedAgent.failed += 1
-                logger.debug("handshake failed: %r", exc)
-                await websocket.close()
-                await asyncio.sleep(RECONNECT_S * (1 + random.random()))
-                continue
-            self.online = True
-            await conn.wait_closed()
-            self.online = False
-            await websocket.close()
-            await asyncio.sleep(RECONNECT_S * random.random())
-
-
-def _answer_facts(process: asyncssh.SSHServerProcess[bytes]) -> None:
-    process.stdout.write(FACTS.serialize() + b"\n")
-    process.exit(0)
-
-
-async def _enroll_one(
-    session: aiohttp.ClientSession, url: str, token: str, name: str
-) -> SimulatedAgent:
-    key = asyncssh.generate_private_key("ssh-ed25519")
-    request = EnrollmentRequest(
-        token=EnrollmentToken.parse(token),
-        name=name,
-        public_key=Ed25519PublicKey.parse(key.export_public_key().decode("ascii")),
-        facts=FACTS,
-    )
-    async with session.post(
-        url + ENROLL_PATH,
-        data=request.serialize(),
-        headers={"Content-Type": "application/json"},
-    ) as response:
-        body = await response.read()
-        if response.status != 200:
-            raise MeasurementError(f"enrollment of {name} refused: {body[:200]!r}")
-    return SimulatedAgent(key, EnrollmentAnswer.parse(body))
-
-
-async def worker(url: str, token: str, count: int, prefix: str, cert_pem: str) -> None:
-    """Enroll ``count`` agents, say so, connect them on "connect", stop at end of input."""
-    ssl_context = tunnel_ssl_context(cert_pem)
-    connector = aiohttp.TCPConnector(ssl=ssl_context, limit=ENROLL_CONCURRENCY)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        gate = asyncio.Semaphore(ENROLL_CONCURRENCY)
-
-        async def enroll(index: int) -> SimulatedAgent:
-            async with gate:
-                return await _enroll_one(session, url, token, f"{prefix}-{index}")
-
-        agents = await asyncio.gather(*(enroll(i) for i in range(count)))
-    authorized = asyncssh.import_authorized_keys(agents[0].answer.broker_ssh_key.serialize())
-    print(f"enrolled {len(agents)}", flush=True)
-    reader = asyncio.StreamReader()
-    loop = asyncio.get_running_loop()
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    tasks: list[asyncio.Task[None]] = []
-    while line := await reader.readline():
-        if line.strip() == b"connect" and not tasks:
-            tasks = [loop.create_task(a.run(ssl_context, authorized)) for a in agents]
-            tasks.append(loop.create_task(_report_online(agents)))
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def _report_online(agents: Sequence[SimulatedAgent]) -> None:
-    """Print "online K" whenever the count of this worker's connected agents changes."""
-    last = -1
-    while True:
-        count = sum(1 for a in agents if a.online)
-        if count != last:
-            print(
-                f"online {count} busy {SimulatedAgent.busy} failed {SimulatedAgent.failed}",
-                flush=True,
-            )
-            last = count
-        await asyncio.sleep(0.05)
-
-
-# -- the parent: a swarm of workers ---------------------------------------------------------
 
 
 class AgentsScaleSwarm:
-    """`size` simulated agents in `processes` worker processes (bench.targets.AgentSwarm)."""
+    """`size` simulated agents in `processes` worker processes (bench.targets.AgentSwarm),
+    all of them good: :class:`bench.agent_swarm.Swarm` under the bench's protocol."""
 
     def __init__(
         self,
@@ -230,69 +65,46 @@ class AgentsScaleSwarm:
         self._url = url
         self._admin_token = admin_token
         self._cert = cert
-        self._make_token = make_token
-        self._processes = max(1, min(processes, size))
-        self._env = env
-        self._prefix = f"sim{random.randrange(10**6):06d}"
-        self._workers: list[ManagedProcess] = []
-        self._counts: list[int] = []
+        self._swarm = Swarm(
+            url=url,
+            cert=cert,
+            plan=SwarmPlan(size=size, processes=processes),
+            make_token=make_token,
+            env=env,
+        )
 
     async def spawn(self) -> None:
         """Start the workers and wait until every agent is enrolled."""
-        token = await self._make_token(self.size)
-        share = math.ceil(self.size / self._processes)
-        for index in range(self._processes):
-            count = min(share, self.size - index * share)
-            if count <= 0:
-                break
-            argv = [
-                sys.executable, "-m", "bench.agents_scale", "worker",
-                "--url", self._url, "--token", token, "--count", str(count),
-                "--prefix", f"{self._prefix}-{index}", "--cert", str(self._cert),
-            ]  # fmt: skip
-            self._workers.append(
-                await ManagedProcess.start(
-                    f"agents worker {index}", argv, env=self._env, with_stdin=True
-                )
-            )
-            self._counts.append(count)
-        for process in self._workers:
-            await process.wait_for_line(r"^enrolled \d+", READY_TIMEOUT_S * 5)
+        await self._swarm.spawn(READY_TIMEOUT_S * 5)
 
     async def connect(self) -> None:
         """Tell every worker to connect its agents now."""
-        for process in self._workers:
-            await process.write(b"connect\n")
+        await self._swarm.connect()
 
     async def wait_connected(self, wait_s: float) -> tuple[int, int]:
-        """Wait until every worker says all of its agents hold a tunnel; return how many
+        """Wait until every agent holds a tunnel the broker registered; return how many
         503 answers and how many failed attempts they met on the way."""
-        busy = failed = 0
-        for process, count in zip(self._workers, self._counts, strict=True):
-            found = await process.wait_for_line(
-                rf"^online {count} busy (\d+) failed (\d+)$", wait_s
-            )
-            busy += int(found.group(1))
-            failed += int(found.group(2))
-        return busy, failed
+        status = await self._swarm.wait_until(
+            lambda s: s.online.get("good", 0) >= self.size, wait_s, "all agents online"
+        )
+        failed = sum(
+            status.outcomes(outcome)
+            for outcome in ("dial_refused", "dial_failed", "handshake_unconfirmed")
+        )
+        return status.outcomes("busy"), failed
 
     async def online(self) -> int:
         """How many of the swarm's agents the broker lists online."""
-        context = ssl.create_default_context(cafile=str(self._cert))
-        context.check_hostname = False
-        headers = {"Authorization": f"Bearer {self._admin_token}"}
-        async with (
-            aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session,
-            session.get(self._url + "/api/v1/agents?status=online", headers=headers) as response,
-        ):
-            agents = await response.json()
-        return sum(1 for a in agents if str(a.get("name", "")).startswith(self._prefix))
+        _, agents = await broker_call(
+            self._url, self._cert, self._admin_token, "GET", "/agents?status=online"
+        )
+        assert isinstance(agents, list)
+        prefix = self._swarm.prefix
+        return sum(1 for a in agents if str(a.get("name", "")).startswith(prefix))
 
     async def close(self) -> None:
         """Stop every worker."""
-        for process in self._workers:
-            await process.stop()
-        self._workers.clear()
+        await self._swarm.close()
 
 
 def swarm_factory(target: SecondlineTarget, size: int) -> AgentsScaleSwarm:
@@ -316,12 +128,6 @@ def swarm_factory(target: SecondlineTarget, size: int) -> AgentsScaleSwarm:
 
 
 # -- standalone run --------------------------------------------------------------------------
-
-
-def _raise_fd_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 async def _wait_online(
@@ -354,7 +160,7 @@ async def _settled_rss(pid: int) -> int:
 
 async def standalone(agents: int, processes: int, rate: int) -> dict[str, object]:
     """Set up a broker, run the swarm against it, return the figures."""
-    _raise_fd_limit()
+    raise_fd_limit()
     with tempfile.TemporaryDirectory(prefix="sl-agents-scale-") as tmp:
         root = Path(tmp)
         data = root / "data"
@@ -429,25 +235,11 @@ async def standalone(agents: int, processes: int, rate: int) -> dict[str, object
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.agents_scale", description=__doc__)
-    sub = parser.add_subparsers(dest="mode")
-    run = sub.add_parser("worker", help="(internal) one process of simulated agents")
-    run.add_argument("--url", required=True)
-    run.add_argument("--token", required=True)
-    run.add_argument("--count", type=int, required=True)
-    run.add_argument("--prefix", required=True)
-    run.add_argument("--cert", type=Path, required=True)
     parser.add_argument("--agents", type=int, default=2000)
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--rate", type=int, default=200, help="handshakes/s; 0 = no limit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="bench: %(message)s", stream=sys.stderr)
-    logging.getLogger("asyncssh").setLevel(logging.WARNING)
-    if args.mode == "worker":
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(
-                worker(args.url, args.token, args.count, args.prefix, args.cert.read_text())
-            )
-        return 0
     figures = asyncio.run(standalone(args.agents, args.processes, args.rate))
     print(json.dumps(figures, indent=2))
     return 0

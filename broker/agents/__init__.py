@@ -8,6 +8,11 @@ Modules:
   name (:func:`find_agent`), presence and facts writes.
 - ``facts_policy``: what facts the broker accepts (pure).
 - ``handshake_limiter``: fair admission of tunnel handshakes (pure).
+- ``descriptors``: the tunnel budget below the descriptor limit (agents beyond it get 503
+  "full"), the soft limit raised at start, and the fixes that keep the broker answering
+  when descriptors run out.
+- ``refusal_audit``: refused tunnels audited once per kind, repeats counted into one
+  summary event per window (a bad agent retrying for days is not thousands of events).
 - ``registry``: :class:`AgentRegistry`, the live tunnels of this node
   (implements :class:`broker.ports.AgentTunnels`).
 - ``presence``: online/offline/last seen and facts, written in batches.

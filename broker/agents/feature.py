@@ -13,7 +13,7 @@ from typing import Final
 from aiohttp import web
 
 from agent.protocol import ENROLL_PATH, TUNNEL_PATH
-from broker.agents import agent_store, heap_trim, tls_read_buffer
+from broker.agents import agent_store, descriptors, heap_trim, tls_read_buffer
 from broker.agents.enroll_endpoint import enroll_handler
 from broker.agents.registry import AgentRegistry
 from broker.agents.signed_requests import REPLAY_GUARD, ReplayGuard
@@ -38,6 +38,8 @@ def setup(app: web.Application) -> None:
     """Add the agent routes, the registry and the presence bookkeeping to ``app``."""
     # Thousands of idle agent tunnels are TLS connections: see tls_read_buffer.
     tls_read_buffer.install()
+    # Thousands of tunnels are thousands of descriptors: see descriptors.
+    descriptors.prepare()
     quiet_asyncssh()
     app[AGENT_REGISTRY] = AgentRegistry()
     app[REPLAY_GUARD] = ReplayGuard()

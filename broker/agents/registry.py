@@ -63,7 +63,10 @@ class AgentRegistry:
         self._changed = asyncio.Event()
         self.handshakes_in_flight = 0
         self.handshakes_done = 0
-        #: Tunnels refused or broken off after the upgrade, counted once audited.
+        #: Upgrades admitted and not finished (live tunnels, handshakes, tunnels closing):
+        #: one socket each, counted against the descriptor budget.
+        self.open_tunnels = 0
+        #: Tunnels refused or broken off after the upgrade, counted once accounted for.
         self.refused = 0
 
     # -- broker.ports.AgentTunnels --------------------------------------------------------
@@ -125,8 +128,18 @@ class AgentRegistry:
         return True
 
     def note_refused(self) -> None:
-        """A tunnel was refused after its upgrade and the refusal is in the audit log."""
+        """A tunnel was refused after its upgrade and the refusal is accounted for in the
+        audit log (an event of its own, or counted in its kind's summary)."""
         self.refused += 1
+        self._notify()
+
+    def tunnel_opened(self) -> None:
+        """An upgrade was admitted: it holds a socket until :meth:`tunnel_finished`."""
+        self.open_tunnels += 1
+
+    def tunnel_finished(self) -> None:
+        """An admitted upgrade's handler is done and its socket closed."""
+        self.open_tunnels -= 1
         self._notify()
 
     def is_revoked(self, agent_id: str) -> bool:
@@ -153,6 +166,11 @@ class AgentRegistry:
     async def wait_refused(self, count: int) -> None:
         """Return once ``count`` tunnels were refused after their upgrade, in total."""
         while self.refused < count:
+            await self._changed.wait()
+
+    async def wait_open_at_most(self, count: int) -> None:
+        """Return once at most ``count`` admitted upgrades still hold their socket."""
+        while self.open_tunnels > count:
             await self._changed.wait()
 
     async def wait_ready(self, agent_id: str) -> asyncssh.SSHClientConnection:

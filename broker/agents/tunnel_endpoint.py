@@ -5,7 +5,9 @@ Order of checks, cheapest first, so a flood costs the broker as little as possib
 1. the ``X-Secondline-Agent`` header names an agent id (strict syntax), and the request is a
    WebSocket upgrade (else 400);
 2. the agent is enrolled and not revoked (else 403, audited);
-3. the handshake limiter admits it (else 503 with ``Retry-After``: the agent's place in line);
+3. the broker has a descriptor to spare for one more tunnel (else 503 with ``Retry-After``;
+   see :mod:`broker.agents.descriptors`), and the handshake limiter admits it (else 503
+   with ``Retry-After``: the agent's place in line);
 4. the upgrade; then an asyncssh client over :class:`agent.tunnel.WebSocketTunnel` that
    trusts only the host key this agent enrolled with. Whoever claims another agent's id
    fails here (audited), and nothing else is touched. A peer that stalls meets the
@@ -15,6 +17,10 @@ Order of checks, cheapest first, so a flood costs the broker as little as possib
 
 The handler then waits for the SSH connection to close (keepalives every 15 s, two missed
 ones close it: a silent agent is offline within 45 s) and marks the agent offline.
+
+"Audited" means :mod:`broker.agents.refusal_audit`: the first refusal of its kind at once,
+the ones after it in a ten-minute window counted into one summary event, so that a bad
+agent retrying for days does not write a signed audit transaction per attempt.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from typing import Final
 
 import asyncssh
 from aiohttp import WSCloseCode, web
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 
 from agent.protocol import (
@@ -42,10 +49,11 @@ from agent.protocol import (
     MAX_TUNNEL_MESSAGE,
 )
 from agent.tunnel import WebSocketTunnel
-from broker.agents import agent_store
+from broker.agents import agent_store, descriptors
 from broker.agents.facts_policy import FACTS_OUTPUT_MAX, FactsRefused, parse_facts_output
 from broker.agents.handshake_limiter import HandshakeLimiter
 from broker.agents.presence import PresenceWriter
+from broker.agents.refusal_audit import WINDOW_S, RefusalAuditor
 from broker.agents.registry import AgentRegistry, LiveTunnel
 from broker.agents.ws_stream import AiohttpStream
 from broker.api.errors import error_response
@@ -60,6 +68,13 @@ log = logging.getLogger(__name__)
 MAX_WS_MESSAGE: Final = MAX_TUNNEL_MESSAGE + 1024
 #: How long closing a tunnel waits for the agent's close frame (a live agent answers at once).
 CLOSE_REPLY_S: Final = 2.0
+#: When the broker holds all the tunnels its descriptors allow: come back in this long
+#: (a place frees only when an agent leaves, so sooner would only cost TLS handshakes).
+FULL_RETRY_S: Final = 30
+#: At most one warning this often while agents are turned away for want of descriptors.
+FULL_WARNING_EVERY_S: Final = 60.0
+#: When the database cannot be reached (down, or no descriptor left to connect with).
+STORE_RETRY_S: Final = 5
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,6 +90,10 @@ class TunnelSettings:
     facts_timeout: float = 10.0
     touch_interval: float = 60.0
     node: str = ""
+    #: Tunnels open or in their handshake at once; 0: as many as descriptors allow.
+    max_tunnels: int = 0
+    #: Refusals of one kind after the first are counted this long, then summarised.
+    refusal_window: float = WINDOW_S
 
     def limiter(self) -> HandshakeLimiter:
         rate = self.handshakes_per_second
@@ -100,7 +119,9 @@ class TunnelRuntime:
         self.limiter = settings.limiter()
         self.node = settings.node or node_name()
         self.presence = PresenceWriter(services, self.node)
+        self.refusals = RefusalAuditor(services, settings.refusal_window)
         self._background: set[asyncio.Task[None]] = set()
+        self._warned_at: dict[str, float] = {}
         # Built once: every tunnel differs only in the one host key it trusts.
         self.base_options = asyncssh.SSHClientConnectionOptions(
             username=BROKER_SSH_USERNAME,
@@ -134,6 +155,36 @@ class TunnelRuntime:
             login_timeout=settings.handshake_timeout,
         )
 
+    def tunnel_budget(self) -> int:
+        """How many tunnels may be open at once now (the descriptor limit can change)."""
+        budget = descriptors.current_budget()
+        given = self.settings.max_tunnels
+        return min(given, budget) if given > 0 else budget
+
+    def full(self, now: float) -> bool:
+        """Whether one more tunnel would eat into the descriptors kept for the rest."""
+        budget = self.tunnel_budget()
+        if self.registry.open_tunnels < budget:
+            return False
+        self.warn_now_and_then(
+            "full",
+            "turning agents away: %d tunnels open, the most the descriptor limit allows "
+            "(raise LimitNOFILE, or add broker nodes)",
+            budget,
+            now=now,
+        )
+        return True
+
+    def warn_now_and_then(
+        self, topic: str, message: str, *args: object, now: float | None = None
+    ) -> None:
+        """Log a warning about ``topic`` at most every FULL_WARNING_EVERY_S: a storm of
+        agents would otherwise write thousands of the same line."""
+        now = time.monotonic() if now is None else now
+        if now - self._warned_at.get(topic, -FULL_WARNING_EVERY_S) >= FULL_WARNING_EVERY_S:
+            self._warned_at[topic] = now
+            log.warning(message, *args)
+
     def in_background(self, work: Coroutine[object, object, None]) -> None:
         """Run ``work`` to its end even if the request that started it is cancelled."""
         task = asyncio.get_running_loop().create_task(work)
@@ -141,22 +192,10 @@ class TunnelRuntime:
         task.add_done_callback(self._background.discard)
 
     async def drain_background(self) -> None:
-        """Wait for background work (at shutdown)."""
+        """Wait for background work, then write the counted refusals (at shutdown)."""
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
-
-
-async def audit_refusal(
-    services: Services, agent_id: str, source: str, reason: str, **details: object
-) -> None:
-    await services.audit.record(
-        actor=f"agent:{agent_id}" if agent_id else "anonymous",
-        action="agent.tunnel",
-        target=agent_id,
-        outcome="denied",
-        source=source,
-        details={"reason": reason, **details},
-    )
+        await self.refusals.close()
 
 
 def _agent_id(request: web.Request) -> str | None:
@@ -183,18 +222,35 @@ def _busy(seconds: int) -> web.Response:
     return response
 
 
+def _full() -> web.Response:
+    response = error_response(
+        503,
+        "full",
+        f"the broker holds as many agent tunnels as it can; try again in {FULL_RETRY_S} s",
+    )
+    response.headers["Retry-After"] = str(FULL_RETRY_S)
+    return response
+
+
 async def _identity(
     services: Services, runtime: TunnelRuntime, agent_id: str, source: str
-) -> TunnelIdentity | None:
-    """The enrolled, non-revoked agent of this id (None: the database is too busy)."""
+) -> TunnelIdentity | int:
+    """The enrolled, non-revoked agent of this id, or the seconds after which to ask again
+    when the database cannot answer (too busy, down, or no descriptor to connect with:
+    a 503 the agent waits for, not a 500 it retries at once)."""
     try:
         async with services.db() as db:
             record = await agent_store.get_agent(db, agent_id)
     except SQLAlchemyTimeoutError:
-        return None
+        return 1
+    except (OperationalError, DBAPIError, OSError) as exc:
+        runtime.warn_now_and_then("store", "agent tunnels wait: no database (%s)", exc)
+        return STORE_RETRY_S
     if record is None or record.revoked or runtime.registry.is_revoked(agent_id):
         why = "unknown agent" if record is None else "revoked agent"
-        await audit_refusal(services, agent_id, source, why)
+        await runtime.refusals.refused(
+            agent_id, enrolled=record is not None, source=source, reason=why
+        )
         raise ForbiddenError(
             "this agent is not enrolled here or was revoked; enroll it again with a new token",
             code="agent_refused",
@@ -209,7 +265,9 @@ async def tunnel_handler(request: web.Request) -> web.StreamResponse:
     source = request.remote or ""
     agent_id = _agent_id(request)
     if agent_id is None:
-        await audit_refusal(services, "", source, "missing or malformed agent id header")
+        await runtime.refusals.refused(
+            "", enrolled=False, source=source, reason="missing or malformed agent id header"
+        )
         raise InputError(
             f"send the agent id in the {AGENT_ID_HEADER} header (ag- and 16 letters or digits)",
             code="agent_id_invalid",
@@ -224,17 +282,26 @@ async def tunnel_handler(request: web.Request) -> web.StreamResponse:
     if not ws.can_prepare(request).ok:
         raise InputError("this endpoint takes a WebSocket upgrade", code="not_websocket")
     identity = await _identity(services, runtime, agent_id, source)
-    if identity is None:
-        return _busy(1)
-    wait = runtime.limiter.admit(agent_id, time.monotonic(), runtime.registry.handshakes_in_flight)
+    if isinstance(identity, int):
+        return _busy(identity)
+    # From here to the count below nothing awaits: the budget holds exactly, however many
+    # upgrades arrive together.
+    now = time.monotonic()
+    if runtime.full(now):
+        return _full()
+    wait = runtime.limiter.admit(agent_id, now, runtime.registry.handshakes_in_flight)
     if wait > 0:
         return _busy(max(1, math.ceil(wait)))
-    await ws.prepare(request)
-    stream = AiohttpStream(ws)
-    conn = await _handshake(services, runtime, identity, stream, source)
-    if conn is not None:
-        await _serve(services, runtime, identity, conn, stream, source)
-    await stream.finish()
+    runtime.registry.tunnel_opened()
+    try:
+        await ws.prepare(request)
+        stream = AiohttpStream(ws)
+        conn = await _handshake(services, runtime, identity, stream, source)
+        if conn is not None:
+            await _serve(services, runtime, identity, conn, stream, source)
+        await stream.finish()
+    finally:
+        runtime.registry.tunnel_finished()
     return ws
 
 
@@ -250,7 +317,9 @@ async def _handshake(
     try:
         host_key = asyncssh.import_public_key(agent.public_key)
     except (asyncssh.KeyImportError, ValueError):
-        await audit_refusal(services, agent.agent_id, source, "the enrolled key cannot be read")
+        await runtime.refusals.refused(
+            agent.agent_id, enrolled=True, source=source, reason="the enrolled key cannot be read"
+        )
         return None
     registry.handshakes_in_flight += 1
     reason = ""
@@ -267,7 +336,7 @@ async def _handshake(
         # The request was cancelled (the peer vanished, or shutdown): the refusal is
         # still recorded, by a task of its own.
         why = stream.problem or "the connection ended during the SSH handshake"
-        runtime.in_background(_refused(services, runtime, agent.agent_id, source, why))
+        runtime.in_background(_refused(runtime, agent.agent_id, source, why))
         raise
     except asyncssh.HostKeyNotVerifiable:
         reason = "the SSH host key is not the one this agent enrolled with"
@@ -280,18 +349,19 @@ async def _handshake(
     finally:
         registry.handshakes_in_flight -= 1
         registry.handshakes_done += 1
-    await _refused(services, runtime, agent.agent_id, source, stream.problem or reason)
+    await _refused(runtime, agent.agent_id, source, stream.problem or reason)
     if stream.close_code == WSCloseCode.OK:
         stream.close_code = WSCloseCode.POLICY_VIOLATION
     return None
 
 
-async def _refused(
-    services: Services, runtime: TunnelRuntime, agent_id: str, source: str, reason: str
-) -> None:
-    """Log and audit a tunnel refused after its upgrade, then count it."""
-    log.warning("tunnel of agent %s from %s refused: %s", agent_id, source, reason)
-    await audit_refusal(services, agent_id, source, reason)
+async def _refused(runtime: TunnelRuntime, agent_id: str, source: str, reason: str) -> None:
+    """Log and audit (or count, see refusal_audit) a tunnel refused after its upgrade."""
+    refusals = runtime.refusals
+    if await refusals.refused(agent_id, enrolled=True, source=source, reason=reason):
+        log.warning("tunnel of agent %s from %s refused: %s", agent_id, source, reason)
+    else:
+        log.debug("tunnel of agent %s from %s refused again: %s", agent_id, source, reason)
     runtime.registry.note_refused()
 
 
@@ -308,14 +378,20 @@ async def _serve(
     tunnel = LiveTunnel(agent.agent_id, conn, services.clock(), stream)
     if not registry.attach(tunnel):
         conn.close()
-        await _refused(services, runtime, agent.agent_id, source, "revoked agent")
+        await _refused(runtime, agent.agent_id, source, "revoked agent")
         return
     runtime.presence.online(agent.agent_id, tunnel.connected_at)
+    cancelled = False
     try:
         log.info("agent %s (%s) online from %s", agent.agent_id, agent.name, source)
         await refresh_facts(services, runtime, agent.agent_id, conn, source)
         registry.mark_ready(tunnel)
         await conn.wait_closed()
+    except asyncio.CancelledError:
+        # The agent's socket went and aiohttp cancelled the request (or shutdown did):
+        # what the agent did wrong is still recorded, by a task of its own.
+        cancelled = True
+        raise
     finally:
         if registry.detach(tunnel):
             runtime.presence.offline(agent.agent_id, tunnel.connected_at, services.clock())
@@ -323,11 +399,13 @@ async def _serve(
         lost = client.lost if isinstance(client, TunnelClient) else None
         why = tunnel.close_reason or (str(lost) if lost else "the agent closed the tunnel")
         log.info("agent %s offline: %s", agent.agent_id, why)
-    problem = stream.problem
-    if not problem and isinstance(lost, asyncssh.ProtocolError | asyncssh.MACError):
-        problem = f"the agent broke the SSH protocol ({lost})"
+        problem = stream.problem
+        if not problem and isinstance(lost, asyncssh.ProtocolError | asyncssh.MACError):
+            problem = f"the agent broke the SSH protocol ({lost})"
+        if problem and cancelled:
+            runtime.in_background(_refused(runtime, agent.agent_id, source, problem))
     if problem:
-        await _refused(services, runtime, agent.agent_id, source, problem)
+        await _refused(runtime, agent.agent_id, source, problem)
 
 
 class TunnelClient(asyncssh.SSHClient):

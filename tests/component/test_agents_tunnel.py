@@ -15,7 +15,7 @@ import pytest
 from pytest_aiohttp import AiohttpClient
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from broker.agents.tunnel_endpoint import MAX_WS_MESSAGE, TunnelSettings
+from broker.agents.tunnel_endpoint import FULL_RETRY_S, MAX_WS_MESSAGE, TunnelSettings
 from tests.component.test_agents_harness import (
     FACTS,
     FAST,
@@ -245,3 +245,64 @@ async def test_an_over_limit_upgrade_gets_503_with_retry_after(
         assert int(response.headers["Retry-After"]) >= 1
         assert json.loads(response.body)["error"]["code"] == "busy"
         assert agents.runtime.limiter.reservations == 1
+
+
+async def test_tunnels_beyond_the_descriptor_budget_wait_outside(
+    data_dir: Path, aiohttp_client: AiohttpClient
+) -> None:
+    """Past its tunnel budget the broker answers 503 "full" with Retry-After before any
+    handshake or place in line; once a tunnel closes the next agent gets in."""
+    one = TunnelSettings(
+        max_tunnels=1, keepalive_interval=0.2, keepalive_count_max=2, handshake_timeout=2.0
+    )
+    async with start_agents_app(data_dir, aiohttp_client, one) as agents:
+        await agents.customer("acme")
+        first = await agents.agent("first")
+        second = await agents.agent("second")
+        await first.connect()
+        async with asyncio.timeout(WAIT):
+            await agents.registry.wait_ready(first.id)
+        assert agents.registry.open_tunnels == 1
+        with pytest.raises(InvalidStatus) as full:
+            await second.open_ws()
+        response = full.value.response
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == str(FULL_RETRY_S)
+        assert json.loads(response.body)["error"]["code"] == "full"
+        assert agents.runtime.limiter.reservations == 0
+        assert await agents.denied_reasons() == []
+        await first.close()
+        async with asyncio.timeout(WAIT):
+            await agents.registry.wait_open_at_most(0)
+        await second.connect()
+        async with asyncio.timeout(WAIT):
+            await agents.registry.wait_ready(second.id)
+        assert agents.registry.open_tunnels == 1
+
+
+async def test_repeated_refusals_are_audited_once_then_summarised(agents: AgentsApp) -> None:
+    """A wrong host key three times, and three invented agent ids from one source: one
+    event each at once, and at shutdown one summary each counting the two repeats."""
+    agent = await agents.agent()
+    wrong = asyncssh.generate_private_key("ssh-ed25519")
+    for attempt in range(1, 4):
+        with pytest.raises((asyncssh.Error, ConnectionError, OSError)):
+            await agent.connect(key=wrong)
+        async with asyncio.timeout(WAIT):
+            await agents.registry.wait_refused(attempt)
+    for invented in ("ag-0123456789abcdef", "ag-00000000000000ff", "ag-zzzzzzzzzzzzzzzz"):
+        with pytest.raises(InvalidStatus) as refused:
+            await agent.open_ws(claim_id=invented)
+        assert refused.value.response.status_code == 403
+    events = await agents.audit("agent.tunnel")
+    assert [(e.target, e.details["reason"]) for e in events] == [
+        (agent.id, "the SSH host key is not the one this agent enrolled with"),
+        ("ag-0123456789abcdef", "unknown agent"),
+    ]
+    await agents.runtime.drain_background()
+    summaries = [e for e in await agents.audit("agent.tunnel") if "repeats" in e.details]
+    assert sorted((e.target, e.details["reason"], e.details["repeats"]) for e in summaries) == [
+        ("", "unknown agent", 2),
+        (agent.id, "the SSH host key is not the one this agent enrolled with", 2),
+    ]
+    assert all(e.outcome == "denied" and e.details["first_at"] for e in summaries)
