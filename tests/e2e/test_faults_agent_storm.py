@@ -5,7 +5,7 @@ are rate-limited, nobody is starved, existing sessions keep their latency").
 Real processes on loopback: `secondline serve` on PostgreSQL, swarms of really enrolled
 simulated agents in worker processes (:mod:`bench.agent_swarm`: real TLS, WebSocket and
 SSH handshakes), one real `secondline-agent run`, and the OpenSSH client through the
-helpers of tests/e2e/test_sessions_ssh.py. Every wait is bounded and waits for the event
+helpers of tests/support/site.py. Every wait is bounded and waits for the event
 that proves its state (a worker's report, a broker log line), never for time.
 """
 
@@ -22,8 +22,8 @@ import pytest
 
 from bench.agent_swarm import Swarm, SwarmAgent, SwarmPlan, SwarmStatus, broker_call
 from broker.agents.descriptors import tunnel_budget
-from tests.e2e import test_sessions_ssh
-from tests.e2e.test_sessions_ssh import (
+from tests.support.broker import BrokerProcess, cli_env, start_broker
+from tests.support.site import (
     Site,
     Terminal,
     new_ticket,
@@ -31,12 +31,8 @@ from tests.e2e.test_sessions_ssh import (
     start_agent,
     ticket_json,
 )
-from tests.support.broker import BrokerProcess, cli_env, start_broker
 
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
-
-#: The `site` fixture of the sessions tests (broker, staff bob with an SSH key, OpenSSH).
-site = test_sessions_ssh.site
 
 AGENTS = 1000
 PROCESSES = 2

@@ -22,11 +22,13 @@ import aiohttp
 import asyncpg
 import pytest
 
-import tests.e2e.test_sessions_ssh as ssh_e2e
 import tests.support.private_pg as private_pg_support
 from broker.config import load_config
 from broker.transcript import transcript_paths
-from tests.e2e.test_sessions_ssh import (
+from tests.support.broker import init_dir, secondline, start_broker
+from tests.support.database import run_sync
+from tests.support.private_pg import PrivatePostgres
+from tests.support.site import (
     Site,
     agent_cli,
     new_ticket,
@@ -40,9 +42,6 @@ from tests.e2e.test_sessions_ssh import (
     stop_agent,
     ticket_json,
 )
-from tests.support.broker import init_dir, secondline, start_broker
-from tests.support.database import run_sync
-from tests.support.private_pg import PrivatePostgres
 
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
 
@@ -51,9 +50,8 @@ APPROVAL = b"waiting for the end user's approval"
 UNAVAILABLE = "audit store unavailable"
 
 # The shared fixtures, here on a data dir in the private cluster: `data_dir` below
-# overrides conftest's, and conftest's `broker` and the SSH tests' `site` build on it.
+# overrides conftest's, and conftest's `broker` and the e2e `site` build on it.
 private_pg = private_pg_support.private_pg
-site = ssh_e2e.site
 
 
 @pytest.fixture

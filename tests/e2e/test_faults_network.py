@@ -20,7 +20,9 @@ from agent.errors import ConfigError as AgentConfigError
 from agent.state import parse_config
 from broker.config import load_config
 from broker.errors import ConfigError
-from tests.e2e.test_sessions_ssh import (  # the same real broker, agent and ssh set-up
+from tests.support.blackhole_proxy import BlackholeProxy
+from tests.support.broker import BrokerProcess, start_broker
+from tests.support.site import (  # the same real broker, agent and ssh set-up
     WAIT,
     Site,
     agent_cli,
@@ -29,13 +31,8 @@ from tests.e2e.test_sessions_ssh import (  # the same real broker, agent and ssh
     ok,
     run_agent,
     sessions_of,
-    site,
     wait_note,
 )
-from tests.support.blackhole_proxy import BlackholeProxy
-from tests.support.broker import BrokerProcess, start_broker
-
-__all__ = ["site"]  # the fixture, imported for pytest
 
 #: Both sides: a keepalive after 2 s of silence, the tunnel dead after two unanswered ones,
 #: so a cut is noticed 6 s after the last byte (the default is 45 s).
@@ -74,7 +71,7 @@ async def proxy(data_dir: Path) -> AsyncIterator[BlackholeProxy]:
 async def broker(data_dir: Path, proxy: BlackholeProxy) -> AsyncIterator[BrokerProcess]:
     """`secondline serve` with short tunnel keepalives, whose public URL (the one enrollment
     gives agents for their tunnel) is the proxy's. Replaces the shared fixture here, so the
-    imported ``site`` fixture runs on this broker."""
+    ``site`` fixture (tests/e2e/conftest.py) runs on this broker."""
     config = data_dir / "secondline.toml"
     text = re.sub(
         r"^public_url = .*$",

@@ -24,22 +24,17 @@ import pytest
 
 from broker.config import BrokerConfig
 from broker.sessions.outbox import retry_delay
-from tests.e2e.test_sessions_ssh import (
+from tests.support.broker import BrokerProcess, start_broker
+from tests.support.database import Backend, plain_dsn
+from tests.support.site import (
     Site,
     new_ticket,
     sessions_of,
-    site,
     start_agent,
     ticket_json,
 )
-from tests.support.broker import BrokerProcess, start_broker
-from tests.support.database import Backend, plain_dsn
 
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
-
-# The `site` fixture of test_sessions_ssh, here on this module's `broker` fixture (exported,
-# so the import counts as used).
-__all__ = ["site"]
 
 DEFAULT_FIRST = BrokerConfig(data_dir=Path()).ticket_retry_first_seconds
 DEFAULT_CAP = BrokerConfig(data_dir=Path()).ticket_retry_max_seconds

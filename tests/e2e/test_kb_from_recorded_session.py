@@ -9,19 +9,17 @@ import pytest
 
 from broker.cli.client import ApiClient, Connection
 from broker.config import load_config
-from tests.e2e.test_sessions_ssh import (  # the same real broker, agent and ssh set-up
+from tests.support.broker import secondline
+from tests.support.site import (  # the same real broker, agent and ssh set-up
     Site,
     new_ticket,
     ok,
     sessions_of,
-    site,
     start_agent,
     wait_note,
 )
-from tests.support.broker import secondline
 
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
-__all__ = ["site"]
 
 
 def api(site: Site, token: str) -> ApiClient:

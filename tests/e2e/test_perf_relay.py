@@ -10,12 +10,11 @@ import signal
 
 import pytest
 
-from tests.e2e.test_sessions_ssh import Site, new_ticket, site, start_agent
 from tests.support.broker import cli_env
+from tests.support.site import Site, new_ticket, start_agent
 
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
 
-__all__ = ["site"]  # the fixture, imported for pytest
 
 BULK_BYTES = 60_000_000
 RELAY_BOUND = 120.0  # failure bound for one transfer, never a pause
