@@ -135,16 +135,19 @@ class RefusalAuditor:
         kind = (agent_id if enrolled else "", source, reason)
         if not self._digest.refused(kind, time.monotonic(), self._services.clock()):
             return False
+        await self._record(agent_id, source, {"reason": reason, **details})
+        self._arm()
+        return True
+
+    async def _record(self, agent_id: str, source: str, details: dict[str, object]) -> None:
         await self._services.audit.record(
             actor=f"agent:{agent_id}" if agent_id else "anonymous",
             action="agent.tunnel",
             target=agent_id,
             outcome="denied",
             source=source,
-            details={"reason": reason, **details},
+            details=details,
         )
-        self._arm()
-        return True
 
     def _arm(self) -> None:
         """Come back when the next window ends (one timer for all of them)."""
@@ -171,13 +174,10 @@ class RefusalAuditor:
         for summary in summaries:
             agent_id, source, reason = summary.kind
             try:
-                await self._services.audit.record(
-                    actor=f"agent:{agent_id}" if agent_id else "anonymous",
-                    action="agent.tunnel",
-                    target=agent_id,
-                    outcome="denied",
-                    source=source,
-                    details={
+                await self._record(
+                    agent_id,
+                    source,
+                    {
                         "reason": reason,
                         "repeats": summary.repeats,
                         "first_at": summary.first_at.isoformat(),

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import site
 from tests.support.broker import BrokerProcess, CliResult, cli_env, secondline, start_broker
 
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
@@ -27,20 +28,8 @@ async def cli(data_dir: Path, *args: str) -> CliResult:
 
 
 async def agent_cli(state_dir: Path, *args: str) -> CliResult:
-    def run() -> CliResult:
-        import subprocess
-
-        proc = subprocess.run(
-            [sys.executable, "-m", "agent", *args, "--state-dir", str(state_dir)],
-            capture_output=True,
-            text=True,
-            env=cli_env(state_dir),
-            timeout=60,
-            check=False,
-        )
-        return CliResult(proc.returncode, proc.stdout, proc.stderr)
-
-    return await asyncio.to_thread(run)
+    """The agent CLI as a process (in a thread, so broker output keeps being read)."""
+    return await asyncio.to_thread(site.agent_cli, state_dir, *args)
 
 
 async def start_agent(state_dir: Path) -> BrokerProcess:

@@ -13,27 +13,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.broker import BrokerProcess, CliResult, cli_env, secondline
+from tests.support.site import agent_cli, ok
 
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
-
-
-def ok(result: CliResult) -> str:
-    assert result.code == 0, (result.code, result.out, result.err)
-    return result.out.strip()
-
-
-def agent_cli(state: Path, *args: str) -> CliResult:
-    import subprocess
-
-    proc = subprocess.run(
-        [sys.executable, "-m", "agent", *args, "--state-dir", str(state)],
-        capture_output=True,
-        text=True,
-        env=cli_env(state),
-        timeout=60,
-        check=False,
-    )
-    return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
 @pytest.fixture
