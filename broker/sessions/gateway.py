@@ -46,6 +46,30 @@ ENCRYPTION_ALGS: Final = (
     "aes128-ctr",
     "aes256-ctr",
 )
+# Key exchanges and MACs: asyncssh's defaults without SHA-1, RSA key transport and GSS
+# (never configured here). Every OpenSSH since 7.4 offers curve25519 and the SHA-2 MACs.
+KEX_ALGS: Final = (
+    "mlkem768x25519-sha256",
+    "curve25519-sha256",
+    "curve25519-sha256@libssh.org",
+    "curve448-sha512",
+    "ecdh-sha2-nistp521",
+    "ecdh-sha2-nistp384",
+    "ecdh-sha2-nistp256",
+    "diffie-hellman-group-exchange-sha256",
+    "diffie-hellman-group14-sha256",
+    "diffie-hellman-group16-sha512",
+    "diffie-hellman-group18-sha512",
+)
+MAC_ALGS: Final = (
+    "umac-64-etm@openssh.com",
+    "umac-128-etm@openssh.com",
+    "hmac-sha2-256-etm@openssh.com",
+    "hmac-sha2-512-etm@openssh.com",
+    "umac-128@openssh.com",
+    "hmac-sha2-256",
+    "hmac-sha2-512",
+)
 CHANNEL_WINDOW: Final = 2 << 20
 CHANNEL_PACKET: Final = 32768
 
@@ -83,6 +107,8 @@ class Gateway:
             config=None,
             login_timeout=self.login_timeout,
             encryption_algs=list(ENCRYPTION_ALGS),
+            kex_algs=list(KEX_ALGS),
+            mac_algs=list(MAC_ALGS),
             keepalive_interval=30,
             keepalive_count_max=3,
             agent_forwarding=False,

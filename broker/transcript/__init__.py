@@ -46,6 +46,7 @@ from broker.transcript.export import (
     export_bundle,
     export_cast,
     export_text,
+    text_blocks,
     text_lines,
 )
 from broker.transcript.keys import load_public_key, load_signing_key, public_key_fingerprint
@@ -120,6 +121,7 @@ __all__ = [
     "public_key_fingerprint",
     "recover",
     "render_text",
+    "text_blocks",
     "text_lines",
     "transcript_paths",
     "verify_bundle",

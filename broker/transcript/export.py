@@ -164,6 +164,13 @@ def text_lines(cast_path: Path, *, markers: bool = True) -> Iterator[str]:
     A marker that comes while a line is half drawn (a password prompt, say) follows that
     line, so that it does not split it.
     """
+    for block in text_blocks(cast_path, markers=markers):
+        yield from block
+
+
+def text_blocks(cast_path: Path, *, markers: bool = True) -> Iterator[list[str]]:
+    """:func:`text_lines` in lists (those one event completes): for readers that measure
+    or join many lines at once, without a Python step per line."""
     _, events = read_cast(cast_path)
     renderer = TextRenderer()
     waiting: list[str] = []
@@ -171,19 +178,21 @@ def text_lines(cast_path: Path, *, markers: bool = True) -> Iterator[str]:
         if event.code == "o":
             lines = renderer.feed(event.data)
             if lines and waiting:
-                yield lines[0]
-                yield from waiting
-                waiting.clear()
-                lines = lines[1:]
-            yield from lines
+                lines[1:1] = waiting
+                waiting = []
+            if lines:
+                yield lines
         elif event.code == "m" and markers:
             label = f"[{_clock(event.time)}] {event.data}"
             if renderer.partial:
                 waiting.append(label)
             else:
-                yield label
-    yield from renderer.finish()
-    yield from waiting
+                yield [label]
+    last = renderer.finish()
+    if last:
+        yield last
+    if waiting:
+        yield waiting
 
 
 def export_text(cast_path: Path, out_path: Path, *, markers: bool = True) -> None:

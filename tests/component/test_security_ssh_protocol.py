@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.sessions.gateway import ENCRYPTION_ALGS
+from broker.sessions.gateway import ENCRYPTION_ALGS, KEX_ALGS, MAC_ALGS
 from broker.sessions.gateway_wire import ClientCleartext
 from tests.component.test_sessions_harness import World, world
 from tests.support.raw_ssh import (
@@ -177,6 +177,10 @@ async def test_server_offers_strict_kex_and_no_terrapin_prone_cipher(
                 assert set(ciphers) <= set(ENCRYPTION_ALGS), ciphers
                 assert not [c for c in ciphers if "chacha20" in c or c.endswith("-cbc")]
             assert version.compression_c2s == ("none",) or "none" in version.compression_c2s
+            offered = [*version.kex_algorithms, *version.macs_c2s, *version.macs_s2c]
+            assert not [a for a in offered if "sha1" in a or a.startswith(("gss-", "rsa"))]
+            assert set(version.kex_algorithms) == {*KEX_ALGS, "ext-info-s", STRICT_KEX_SERVER}
+            assert set(version.macs_c2s) == set(MAC_ALGS)
 
 
 async def test_strict_kex_refuses_ignore_debug_and_unimplemented(
