@@ -98,6 +98,12 @@ class Schedule:
         return retry_delay(attempts, jitter, first=self.first, cap=self.cap)
 
 
+# The rendered text on the ticket is for reading: 1 MiB is some 20,000 lines. Rendering
+# 10 MiB of a streamed session cost seconds of broker CPU per note, which a broker stopping
+# after many such sessions spent past its shutdown bound; the .cast stays the full record.
+TEXT_ATTACHMENT_MAX: Final = 1 << 20
+
+
 def read_attachments(
     root: Path, session_id: str, names: Sequence[str], max_bytes: int
 ) -> list[NoteAttachment]:
@@ -111,7 +117,8 @@ def read_attachments(
             if len(data) <= max_bytes:
                 found.append(NoteAttachment(name, CAST_CONTENT_TYPE, data))
         elif name == f"{session_id}.txt":
-            found.append(NoteAttachment(name, TEXT_CONTENT_TYPE, _text(cast, max_bytes)))
+            text = _text(cast, min(max_bytes, TEXT_ATTACHMENT_MAX))
+            found.append(NoteAttachment(name, TEXT_CONTENT_TYPE, text))
     return found
 
 

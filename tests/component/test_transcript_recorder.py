@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from broker.sessions.outbox import read_attachments
+from broker.sessions.outbox import TEXT_ATTACHMENT_MAX, read_attachments
 from broker.transcript import (
     INPUT_HIDDEN_LABEL,
     CastHeader,
@@ -561,3 +561,18 @@ def test_note_text_attachment_keeps_whole_lines_up_to_its_limit(
     assert len(kept) + len(cut) + len("zeile-0-äö\n".encode()) + 4 > max_bytes
     (whole,) = read_attachments(tmp_path, SID, [f"{SID}.txt"], len(full) + len(cut))
     assert whole.data == full
+
+
+def test_note_text_attachment_is_cut_at_one_mib_whatever_the_attachment_limit(
+    tmp_path: Path,
+) -> None:
+    """A long session's text on the ticket stops at 1 MiB of whole lines (the .cast holds
+    the rest), even where attachments may be larger."""
+    session = Session(tmp_path)
+    line = "y" * 99 + "\r\n"
+    for _ in range(12):
+        session.out((line * 1000).encode(), 1001.0)
+    session.recorder.seal(True, "ended", 1002.0)
+    (text,) = read_attachments(tmp_path, SID, [f"{SID}.txt"], 10 << 20)
+    assert TEXT_ATTACHMENT_MAX - 200 < len(text.data) <= TEXT_ATTACHMENT_MAX
+    assert text.data.endswith(b"\n[... cut: the rest is in the .cast transcript]\n")
