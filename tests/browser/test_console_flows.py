@@ -21,7 +21,7 @@ from typing import Final
 
 import aiohttp
 import pytest
-from playwright.async_api import Browser, BrowserContext, Page, async_playwright
+from playwright.async_api import Browser, BrowserContext, Dialog, Page, async_playwright
 
 from broker.console import totp
 from tests.support.broker import BrokerProcess, cli_env, init_dir, secondline, start_broker
@@ -280,6 +280,39 @@ async def test_a_level_two_shell_from_sign_in_to_playback(stack: Stack, chromium
     await terminal_text(bob, "done-osc").wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
     assert await bob.evaluate("navigator.clipboard.readText()") == "echo pasted-ok"
     assert await bob.locator("#pwn").count() == 0
+    # Hyperlinks (OSC 8) from the output open only http(s), and only after a confirmation:
+    # a click on an https link asks; a click on a javascript: link does nothing at all.
+    await bob.keyboard.type(
+        "printf '\\033]8;;https://example.invalid/kb\\033\\\\safe-link\\033]8;;\\033\\\\\\n"
+        "\\033]8;;javascript:alert(document.cookie)\\033\\\\evil-link\\033]8;;\\033\\\\\\n'\n"
+    )
+    await terminal_text(bob, "evil-link").wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
+    dialogs: list[str] = []
+
+    async def dismiss(dialog: Dialog) -> None:
+        dialogs.append(dialog.message)
+        await dialog.dismiss()
+
+    bob.on("dialog", dismiss)
+    for name in ("evil-link", "safe-link"):
+        # The mouse goes where the text is drawn: xterm.js's own layers take the events.
+        box = await terminal_text(bob, name).bounding_box()  # type: ignore[attr-defined]
+        assert box is not None
+        await bob.mouse.move(box["x"] + box["width"] / 2 - 3, box["y"] + box["height"] / 2)
+        await bob.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        if name == "safe-link":
+            async with bob.expect_event("dialog", timeout=WAIT_MS):
+                await bob.mouse.down()
+                await bob.mouse.up()
+        else:
+            await bob.mouse.down()
+            await bob.mouse.up()
+        await bob.mouse.move(0, 0)
+    # Dialogs arrive in order: one from the javascript: link would be the first.
+    assert len(dialogs) == 1, dialogs
+    assert "https://example.invalid/kb" in dialogs[0]
+    assert len(bob.context.pages) == 1
+    bob.remove_listener("dialog", dismiss)
     # Copy takes the selection; paste goes through the button (a click reads the clipboard).
     await bob.evaluate("window.secondlineTerminal.selectAll()")
     await bob.click("#btn-copy")

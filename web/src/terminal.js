@@ -57,6 +57,8 @@ const term = new Terminal({
     brightCyan: "#67e8f9", brightWhite: "#f8fafc",
   },
   linkHandler: {
+    // Two guards: xterm.js drops non-http(s) hyperlinks, and activate checks again.
+    allowNonHttpProtocols: false,
     activate(event, uri) {
       event.preventDefault();
       const text = safeText(uri, 300);
