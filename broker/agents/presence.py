@@ -28,6 +28,8 @@ from broker.services import Services
 
 log = logging.getLogger(__name__)
 
+#: At shutdown, how long pending presence may wait for the database.
+STOP_FLUSH_S: Final = 2.0
 RETRY_AFTER_FAILURE_S: Final = 1.0
 _AGENTS: Final = cast(Table, Agent.__table__)
 
@@ -134,8 +136,14 @@ class PresenceWriter:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        """Write what is pending, then end the task."""
-        await self.flush()
+        """Write what is pending (for at most STOP_FLUSH_S), then end the task."""
+        try:
+            async with asyncio.timeout(STOP_FLUSH_S):
+                await self.flush()
+        except TimeoutError:
+            # The database is away: the next start marks every agent offline anyway, so a
+            # broker that is told to stop does not wait for it.
+            log.warning("presence of %d agents not written at shutdown", len(self._pending))
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -166,6 +174,7 @@ class PresenceWriter:
             await progress.wait()
 
     async def _run(self) -> None:
+        failures = 0
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -175,12 +184,22 @@ class PresenceWriter:
                 await self._write(batch)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # a task boundary: keep the changes and try again
-                log.exception("could not write the presence of %d agents; retrying", len(batch))
+            except Exception as exc:  # a task boundary: keep the changes and try again
+                # The traceback once; while the database stays away, one line per try.
+                if failures == 0:
+                    log.exception("could not write the presence of %d agents; retrying", len(batch))
+                else:
+                    log.error(
+                        "could not write the presence of %d agents (%s); retrying",
+                        len(batch),
+                        type(exc).__name__,
+                    )
+                failures += 1
                 self._pending.merge_older(batch)
                 await asyncio.sleep(RETRY_AFTER_FAILURE_S)
                 self._wake.set()
                 continue
+            failures = 0
             self._written = upto
             progress, self._progress = self._progress, asyncio.Event()
             progress.set()
