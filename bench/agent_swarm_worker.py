@@ -378,10 +378,12 @@ async def _report(worker: Worker) -> None:
 
 
 def raise_fd_limit() -> None:
-    """Thousands of tunnels are thousands of sockets: take the hard limit."""
+    """Take the hard descriptor limit: thousands of tunnels, or hundreds of sessions with a
+    PTY and pipes each, need more than the usual soft 1024."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

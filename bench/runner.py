@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import resource
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -15,6 +13,7 @@ from pathlib import Path
 from typing import Final
 
 from bench import TargetUnavailable
+from bench.agent_swarm_worker import raise_fd_limit
 from bench.broker_scenarios import (
     BROKER_SCENARIO_FUNCTIONS,
     SWARM_SCENARIOS,
@@ -105,14 +104,6 @@ def _make_targets(settings: Settings, workspace: Workspace) -> list[Target]:
     return [makers[key]() for key in settings.targets]
 
 
-def _raise_fd_limit() -> None:
-    # Hundreds of sessions each hold a PTY and pipes; the default soft limit is 1024.
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
 async def _set_up(targets: Sequence[Target]) -> dict[TargetKey, Outcome]:
     """Set every target up; return, for those that could not be, the outcome to report."""
     broken: dict[TargetKey, Outcome] = {}
@@ -163,7 +154,7 @@ async def _measure(
 
 async def run_bench(settings: Settings) -> RunResult:
     """Measure every scenario of `settings` on every target and write the results."""
-    _raise_fd_limit()
+    raise_fd_limit()
     started_at = datetime.now(UTC)
     clock = time.monotonic()
     machine = machine_info()

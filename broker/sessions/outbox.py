@@ -38,11 +38,11 @@ log = logging.getLogger(__name__)
 BATCH: Final = 20
 IDLE_WAKE: Final = 30.0
 MIN_WAKE: Final = 0.05
-# The defaults of BrokerConfig.ticket_retry_first_seconds, ticket_retry_max_seconds and
-# ticket_send_timeout_seconds.
-BACKOFF_FIRST: Final = 2.0
-BACKOFF_CAP: Final = 300.0
-SEND_TIMEOUT: Final = 60.0
+# The defaults of the schedule settings, read from BrokerConfig so they are stated once.
+_DEFAULTS: Final = BrokerConfig(data_dir=Path())
+BACKOFF_FIRST: Final = _DEFAULTS.ticket_retry_first_seconds
+BACKOFF_CAP: Final = _DEFAULTS.ticket_retry_max_seconds
+SEND_TIMEOUT: Final = float(_DEFAULTS.ticket_send_timeout_seconds)
 # Past 2**62 times the first delay every allowed schedule sits at its cap, so the exponent
 # stops there. Unbounded, 2.0 ** 1024 raised OverflowError from the 1024th failure on (two
 # to four days of outage at the defaults): no failure was recorded any more, the note was

@@ -21,28 +21,16 @@ from typing import Final
 
 import aiohttp
 import pytest
-from playwright.async_api import Browser, BrowserContext, Dialog, Page, async_playwright
+from playwright.async_api import Browser, BrowserContext, Dialog, Page
 
 from broker.console import totp
-from tests.support.broker import BrokerProcess, cli_env, init_dir, secondline, start_broker
+from tests.support.broker import BrokerProcess, cli_env, secondline, start_broker
 from tests.support.console import PASSWORD, build_front_end
-from tests.support.database import make_backend
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 SHOTS: Final = ROOT / "docs" / "screenshots"
-CHROMIUM: Final = "/usr/bin/chromium"
-ARGS: Final = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 WAIT_MS: Final = 20_000
 VIEW: Final = {"width": 1360, "height": 820}
 
@@ -101,13 +89,6 @@ async def _read_until(stream: asyncio.StreamReader, marker: bytes) -> None:
 @pytest.fixture(scope="module")
 def front_end() -> None:
     build_front_end()
-
-
-@pytest.fixture
-def sqlite_data_dir(tmp_path: Path) -> Path:
-    """An initialised data dir on SQLite: the browser flows test the console, not the store
-    (the component tests cover PostgreSQL)."""
-    return init_dir(tmp_path / "data", make_backend("sqlite", tmp_path, ""))
 
 
 @pytest.fixture
@@ -171,16 +152,6 @@ async def stack(tmp_path: Path, sqlite_data_dir: Path, front_end: None) -> Async
             async with asyncio.timeout(30):
                 await agent.wait()
         await broker.stop()
-
-
-@pytest.fixture
-async def chromium() -> AsyncIterator[Browser]:
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 async def new_context(browser: Browser, *, lang: str = "en-US") -> BrowserContext:

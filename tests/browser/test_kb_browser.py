@@ -16,13 +16,12 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page
 
 from broker.console import totp
-from tests.browser.test_console_flows import ARGS, CHROMIUM, SHOTS, WAIT_MS, new_context
-from tests.support.broker import BrokerProcess, init_dir, secondline, start_broker
+from tests.browser.test_console_flows import SHOTS, WAIT_MS, new_context
+from tests.support.broker import BrokerProcess, secondline, start_broker
 from tests.support.console import PASSWORD, build_front_end
-from tests.support.database import make_backend
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -122,15 +121,13 @@ async def write_articles(broker: BrokerProcess, token: str, ticket: str) -> int:
     return number
 
 
-@pytest.fixture
-def sqlite_data_dir(tmp_path: Path) -> Path:
-    """SQLite only: this tests the pages in a browser; the component tests cover PostgreSQL."""
+@pytest.fixture(scope="module")
+def front_end() -> None:
     build_front_end()
-    return init_dir(tmp_path / "data", make_backend("sqlite", tmp_path, ""))
 
 
 @pytest.fixture
-async def desk(sqlite_data_dir: Path) -> AsyncIterator[Desk]:
+async def desk(sqlite_data_dir: Path, front_end: None) -> AsyncIterator[Desk]:
     data_dir = sqlite_data_dir
     broker = await start_broker(data_dir)
     try:
@@ -152,16 +149,6 @@ async def desk(sqlite_data_dir: Path) -> AsyncIterator[Desk]:
         yield Desk(broker, number, ref)
     finally:
         await broker.stop()
-
-
-@pytest.fixture
-async def chromium() -> AsyncIterator[Browser]:
-    async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 async def sign_in_first_time(desk: Desk, page: Page, user: str) -> None:

@@ -5,7 +5,6 @@ session id grants nothing by itself."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import time
 
@@ -18,7 +17,7 @@ from agent.signing import sign_request
 from broker.auth.scopes import ROLE_SCOPES, ROLES, SCOPES
 from broker.db.models_sessions import RemoteSession
 from broker.db.models_staff import ApiToken, SshKey, User
-from tests.component.test_tickets_support import Json, World, audit_events, make_world
+from tests.component.test_tickets_support import Json, World, audit_events, make_world, session_row
 from tests.support.api import Api
 
 pytestmark = [
@@ -210,24 +209,6 @@ async def test_other_peoples_keys_and_tokens_are_refused_and_audited(world: Worl
     await world.call("GET", "/me", token=world.bob)
 
 
-def _session_row(session_id: str, ticket: int, customer: str, owner: str) -> RemoteSession:
-    now = dt.datetime.now(dt.UTC)
-    return RemoteSession(
-        id=session_id,
-        ticket_id=ticket,
-        customer=customer,
-        agent_id="ag-" + "0" * 16,
-        agent_name="web01",
-        owner=owner,
-        owner_level=2,
-        kind="shell",
-        via="ssh",
-        state="live",
-        created_at=now,
-        started_at=now,
-    )
-
-
 async def test_a_session_id_grants_nothing_to_another_customer(world: World) -> None:
     """Staff of another customer get the unknown-session answer on show, transcript, kill,
     download and terminal tickets; each try is audited and the session is unchanged."""
@@ -235,7 +216,7 @@ async def test_a_session_id_grants_nothing_to_another_customer(world: World) -> 
     number = int(ref.removeprefix("T-"))
     sid = "s-" + "B" * 22
     async with world.services.db() as db, db.begin():
-        db.add(_session_row(sid, number, "acme", "bob"))
+        db.add(session_row(sid, number, "acme", "bob"))
     unknown = "s-" + "C" * 22
     client = world.api.client
     for target in (sid, unknown):
@@ -275,7 +256,7 @@ async def test_only_the_owner_or_an_admin_may_kill(world: World) -> None:
     ref = await world.escalated()
     sid = "s-" + "D" * 22
     async with world.services.db() as db, db.begin():
-        db.add(_session_row(sid, int(ref.removeprefix("T-")), "acme", "bob"))
+        db.add(session_row(sid, int(ref.removeprefix("T-")), "acme", "bob"))
     await world.call("GET", f"/sessions/{sid}", token=world.carl)
     await world.refused("POST", f"/sessions/{sid}/kill", None, world.carl, 403, "kill_refused")
     read_only = await world.call(
@@ -301,7 +282,7 @@ async def test_downloads_without_the_read_scope_are_refused_and_audited(world: W
     ref = await world.escalated()
     sid = "s-" + "E" * 22
     async with world.services.db() as db, db.begin():
-        db.add(_session_row(sid, int(ref.removeprefix("T-")), "acme", "bob"))
+        db.add(session_row(sid, int(ref.removeprefix("T-")), "acme", "bob"))
     write_only = await world.call(
         "POST", "/users/bob/tokens", {"scopes": ["write"]}, world.bob, expect=201
     )

@@ -4,15 +4,13 @@ the caller may not read."""
 
 from __future__ import annotations
 
-import datetime as dt
-
 import aiohttp
 import pytest
 from sqlalchemy import func, select
 
 from broker.db.models_sessions import RemoteSession
 from broker.db.models_staff import User
-from tests.component.test_tickets_support import World, audit_events, make_world
+from tests.component.test_tickets_support import World, audit_events, make_world, session_row
 from tests.support.api import Api
 
 pytestmark = pytest.mark.postgres
@@ -172,29 +170,10 @@ async def test_transcript_format_is_one_of_three(world: World) -> None:
     """A transcript format other than cast, txt or json (dot segments included) is refused
     before any file is opened."""
     async with world.services.db() as db, db.begin():
-        db.add(_session_row("s-" + "F" * 22, 1001, "acme", "bob"))
+        db.add(session_row("s-" + "F" * 22, 1001, "acme", "bob", state="ended"))
     client = world.api.client
     headers = Api.headers(world.api.admin_token)
     for fmt in ("sig", "cast%2f..%2f..%2fsecondline.toml", "chain", "CAST", "cast%00"):
         resp = await client.get(f"/files/sessions/s-{'F' * 22}/transcript.{fmt}", headers=headers)
         assert resp.status in (400, 404), (fmt, resp.status)
         assert "db_url" not in await resp.text()
-
-
-def _session_row(session_id: str, ticket: int, customer: str, owner: str) -> RemoteSession:
-    now = dt.datetime.now(dt.UTC)
-    return RemoteSession(
-        id=session_id,
-        ticket_id=ticket,
-        customer=customer,
-        agent_id="ag-" + "0" * 16,
-        agent_name="web01",
-        owner=owner,
-        owner_level=2,
-        kind="shell",
-        via="ssh",
-        state="ended",
-        created_at=now,
-        started_at=now,
-        ended_at=now,
-    )

@@ -17,6 +17,7 @@ from sqlalchemy import select, update
 from broker import staff_store
 from broker.api.routing import SERVICES
 from broker.db.models_agents import Agent
+from broker.db.models_sessions import RemoteSession
 from broker.db.models_staff import Customer
 from broker.services import Services
 from broker.tickets import TICKET_STORE, TicketStore
@@ -213,3 +214,25 @@ async def audit_events(api: Api, action: str | None = None) -> list[Json]:
     query = "" if action is None else f"&action={action}"
     _, data = await api.call("GET", f"/audit?limit=1000{query}", expect=200)
     return rows(data)
+
+
+def session_row(
+    session_id: str, ticket: int, customer: str, owner: str, *, state: str = "live"
+) -> RemoteSession:
+    """A session row as the broker writes it, for tests of who may see and touch it."""
+    now = dt.datetime.now(dt.UTC)
+    return RemoteSession(
+        id=session_id,
+        ticket_id=ticket,
+        customer=customer,
+        agent_id="ag-" + "0" * 16,
+        agent_name="web01",
+        owner=owner,
+        owner_level=2,
+        kind="shell",
+        via="ssh",
+        state=state,
+        created_at=now,
+        started_at=now,
+        ended_at=None if state == "live" else now,
+    )
