@@ -33,6 +33,9 @@ class BrokerConfig:
     ssh_max_preauth: int = 256
     ssh_max_preauth_per_source: int = 16
     ssh_max_channels: int = 10
+    # Clients without strict key exchange (Terrapin, CVE-2023-48795) are refused unless this
+    # is true; each one let in is then audited (ssh.legacy_kex).
+    ssh_allow_legacy_kex: bool = False
     database_url: str = ""
     database_schema: str = ""  # PostgreSQL only: the schema to use (search_path)
     tls_cert: str = ""
@@ -90,8 +93,18 @@ _FIELDS: Final = {f.name: f for f in dataclasses.fields(BrokerConfig) if f.name 
 _CLIENT_VARS: Final = frozenset({"DATA_DIR", "URL", "TOKEN", "CA_CERT", "TEST_PG", "TEST_DB"})
 
 
+_TRUE: Final = frozenset({"true", "yes", "on", "1"})
+_FALSE: Final = frozenset({"false", "no", "off", "0"})
+
+
 def _coerce(key: str, value: object, source: str) -> object:
     kind = _FIELDS[key].type
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise ConfigError(f"{source}: {key} must be true or false, not {value!r}")
     if kind == "int":
         if isinstance(value, bool) or not isinstance(value, int | str):
             raise ConfigError(f"{source}: {key} must be a whole number")

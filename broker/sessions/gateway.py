@@ -12,6 +12,9 @@
 - Out-of-phase messages end the connection: asyncssh (2.24.1, pinned) enforces strict key
   exchange and message order; ``broker/sessions/gateway_wire.py`` checks what asyncssh
   leaves open in a client's cleartext start and user-auth request.
+- Clients without strict key exchange (Terrapin) are refused before any key exchange
+  reply, unless ``ssh_allow_legacy_kex`` lets them in (each one audited). Only a modern
+  algorithm set is offered (see docs/security.md).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from collections import Counter
 from typing import Final
 
 import asyncssh
+from asyncssh.kex import get_kex_algs
 
 from broker.auth.throttle import Throttle
 from broker.rules import InvalidName, SshTarget, parse_ssh_target
@@ -46,30 +50,32 @@ ENCRYPTION_ALGS: Final = (
     "aes128-ctr",
     "aes256-ctr",
 )
-# Key exchanges and MACs: asyncssh's defaults without SHA-1, RSA key transport and GSS
-# (never configured here). Every OpenSSH since 7.4 offers curve25519 and the SHA-2 MACs.
-KEX_ALGS: Final = (
+# Key exchange: post-quantum hybrids first, then X25519, then two large fixed DH groups for
+# clients without X25519. No NIST curves, no group exchange (asyncssh offers 1024-bit
+# moduli), no 2048-bit group14, no SHA-1 (ssh-audit fails or warns on each). The sntrup761
+# hybrid is what OpenSSH 9.0 to 9.8 (Debian 12's 9.2) prefers; asyncssh has it only where
+# it finds liboqs, so it is offered where the library has it. docs/security.md lists this.
+POST_QUANTUM_KEX: Final = (
     "mlkem768x25519-sha256",
+    "sntrup761x25519-sha512",
+    "sntrup761x25519-sha512@openssh.com",
+)
+KEX_ALGS: Final = (
+    *(alg for alg in POST_QUANTUM_KEX if alg.encode() in get_kex_algs()),
     "curve25519-sha256",
     "curve25519-sha256@libssh.org",
-    "curve448-sha512",
-    "ecdh-sha2-nistp521",
-    "ecdh-sha2-nistp384",
-    "ecdh-sha2-nistp256",
-    "diffie-hellman-group-exchange-sha256",
-    "diffie-hellman-group14-sha256",
     "diffie-hellman-group16-sha512",
     "diffie-hellman-group18-sha512",
 )
+# MACs (only used with the CTR ciphers; AES-GCM carries its own): encrypt-then-MAC with
+# tags of 128 bits or more. Encrypt-and-MAC and umac-64 are left out (ssh-audit warns).
 MAC_ALGS: Final = (
-    "umac-64-etm@openssh.com",
-    "umac-128-etm@openssh.com",
     "hmac-sha2-256-etm@openssh.com",
     "hmac-sha2-512-etm@openssh.com",
-    "umac-128@openssh.com",
-    "hmac-sha2-256",
-    "hmac-sha2-512",
+    "umac-128-etm@openssh.com",
 )
+# No compression: a terminal session gains little, and zlib before sign-in is attack surface.
+COMPRESSION_ALGS: Final = ("none",)
 CHANNEL_WINDOW: Final = 2 << 20
 CHANNEL_PACKET: Final = 32768
 
@@ -90,6 +96,7 @@ class Gateway:
         self.max_preauth = config.ssh_max_preauth
         self.max_preauth_per_source = config.ssh_max_preauth_per_source
         self.max_channels = config.ssh_max_channels
+        self.allow_legacy_kex = config.ssh_allow_legacy_kex
         self._preauth: Counter[str] = Counter()
         self._acceptor: asyncssh.SSHAcceptor | None = None
         self._servers: set[GatewayServer] = set()
@@ -101,7 +108,7 @@ class Gateway:
         self._acceptor = await asyncssh.listen(
             host,
             port,
-            tunnel=CheckedListener(),
+            tunnel=CheckedListener(self.legacy_kex),
             server_factory=lambda: GatewayServer(self),
             server_host_keys=[self.services.keys.ssh_host_key],
             config=None,
@@ -109,6 +116,7 @@ class Gateway:
             encryption_algs=list(ENCRYPTION_ALGS),
             kex_algs=list(KEX_ALGS),
             mac_algs=list(MAC_ALGS),
+            compression_algs=list(COMPRESSION_ALGS),
             keepalive_interval=30,
             keepalive_count_max=3,
             agent_forwarding=False,
@@ -173,15 +181,46 @@ class Gateway:
     def failed(self, key: str) -> None:
         self.throttle.failed(key, time.monotonic())
 
+    def legacy_kex(self, source: str, version: str) -> bool:
+        """A client without strict key exchange: let in only with ssh_allow_legacy_kex,
+        and then audited each time; refused, audited as a refusal."""
+        client = _printable(version, 100)
+        if self.allow_legacy_kex:
+            log.warning("SSH client without strict key exchange let in from %s", source)
+            self.audit_soon(
+                "anonymous",
+                "ssh.legacy_kex",
+                "",
+                source,
+                {"client": client, "setting": "ssh_allow_legacy_kex"},
+                outcome="ok",
+            )
+            return True
+        self.audit_soon(
+            "anonymous",
+            "ssh.refused",
+            "",
+            source,
+            {"request": "key exchange", "detail": "no strict key exchange", "client": client},
+        )
+        return False
+
     def audit_soon(
-        self, actor: str, action: str, target: str, source: str, details: dict[str, object]
+        self,
+        actor: str,
+        action: str,
+        target: str,
+        source: str,
+        details: dict[str, object],
+        *,
+        outcome: str = "denied",
     ) -> None:
         """Audit from a synchronous asyncssh callback."""
 
         async def write() -> None:
             try:
                 await self.manager.audit(
-                    actor, action, target, outcome="denied", source=source, details=details
+                    actor, action, target, outcome=outcome, source=source, details=details
                 )
             except DB_ERRORS:
                 log.error("audit store unavailable: %s was not audited", action)

@@ -14,6 +14,7 @@ import itertools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -40,6 +41,7 @@ from tests.support.raw_ssh import (
     MSG_UNIMPLEMENTED,
     MSG_USERAUTH_REQUEST,
     MSG_USERAUTH_SUCCESS,
+    STRICT_KEX_CLIENT,
     STRICT_KEX_SERVER,
     Closed,
     KexInit,
@@ -59,6 +61,9 @@ BOUND = 30.0  # failure bound for every wait here (the machines are shared), nev
 
 STRICT = client_kexinit()
 LEGACY = client_kexinit(strict=False)  # a client from before strict kex (OpenSSH < 9.6)
+# Clients without strict kex are refused unless this setting lets them in.
+LEGACY_ALLOWED = {"SECONDLINE_SSH_ALLOW_LEGACY_KEX": "true"}
+DISCONNECT_KEY_EXCHANGE_FAILED = 3
 MSG_CHANNEL_REQUEST = 98
 
 
@@ -131,7 +136,7 @@ async def signed_in_and_untouched(w: World, since: int) -> None:
     async with await w.ssh():
         pass
     _, events = await w.call("GET", "/audit?limit=1000", expect=200)
-    new = [e for e in events if e["seq"] > since]
+    new = [e for e in events if e["seq"] > since and e["action"] != "ssh.legacy_kex"]
     assert [e for e in new if e["outcome"] == "ok" or e["action"].startswith("session.")] == []
     _, sessions = await w.call("GET", "/sessions", expect=200)
     assert sessions == []
@@ -218,6 +223,96 @@ async def test_strict_kex_refuses_ignore_debug_and_unimplemented(
         no_errors_logged(caplog)
 
 
+async def audit_events(w: World, since: int, action: str) -> list[dict[str, Any]]:
+    _, events = await w.call("GET", "/audit?limit=1000", expect=200)
+    return [e for e in events if e["seq"] > since and e["action"] == action]
+
+
+async def test_clients_without_strict_kex_are_refused_before_any_key_exchange_reply(
+    data_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A KEXINIT without kex-strict-c-v00@openssh.com (Terrapin, CVE-2023-48795) gets the
+    gateway's KEXINIT, then DISCONNECT (key exchange failed) saying why, never a
+    KEX_ECDH_REPLY, whether the client waits or sends its key share at once; each refusal
+    is audited, nothing is signed in, and strict clients are served."""
+    version = b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u3\r\n"
+    at_once = version + frame(LEGACY.serialize()) + ecdh_init()
+    guessed = KexInit(kex_algorithms=("curve25519-sha256",), first_kex_follows=True)
+    async with world(data_dir, tmp_path) as w:
+        since = await last_audit_seq(w)
+        attempts = [
+            await raw_attempt(w, LEGACY, ecdh_init()),
+            await raw_attempt(w, guessed, ecdh_init()),
+            await raw_bytes(w, at_once),
+        ]
+        client = await RawSshClient.connect("127.0.0.1", w.gateway_port)
+        try:
+            async with asyncio.timeout(BOUND):
+                for byte in at_once:  # one byte per write
+                    await client.send(bytes([byte]))
+                attempts.append(await client.closed())
+        finally:
+            await client.close()
+        for closed in attempts:
+            assert closed.disconnect is not None, closed
+            assert closed.disconnect.code == DISCONNECT_KEY_EXCHANGE_FAILED, closed.disconnect
+            assert "strict key exchange" in closed.disconnect.reason
+            assert "CVE-2023-48795" in closed.disconnect.reason
+            assert MSG_KEX_ECDH_REPLY not in closed.types(), closed.types()
+            assert MSG_NEWKEYS not in closed.types(), closed.types()
+        assert attempts[2].types() == [MSG_KEXINIT, MSG_DISCONNECT]
+
+        async def audited() -> bool:
+            refused = await audit_events(w, since, "ssh.refused")
+            return len(refused) == len(attempts)
+
+        await w.wait_for(audited, "each refusal audited")
+        for event in await audit_events(w, since, "ssh.refused"):
+            assert event["actor"] == "anonymous"
+            assert event["outcome"] == "denied"
+            assert event["details"]["detail"] == "no strict key exchange"
+        assert await audit_events(w, since, "ssh.legacy_kex") == []
+        await signed_in_and_untouched(w, since)
+        await a_session_still_runs(w)
+        no_errors_logged(caplog)
+
+
+async def test_the_legacy_setting_lets_clients_without_strict_kex_in_and_audits_each(
+    data_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With ssh_allow_legacy_kex a client without strict kex gets its key exchange reply
+    and NEWKEYS; every such connection is audited (ssh.legacy_kex, with its version line),
+    strict clients are not."""
+    async with world(data_dir, tmp_path, env=LEGACY_ALLOWED) as w:
+        since = await last_audit_seq(w)
+        for _ in range(2):
+            client = await RawSshClient.connect("127.0.0.1", w.gateway_port)
+            try:
+                async with asyncio.timeout(BOUND):
+                    await client.start(LEGACY)
+                    await client.send(ecdh_init())
+                    assert await client.next_payload() is not None  # KEX_ECDH_REPLY
+                    newkeys = await client.next_payload()
+                    assert newkeys is not None
+                    assert newkeys[0] == MSG_NEWKEYS
+            finally:
+                await client.close()
+        await a_session_still_runs(w)  # a strict client: not audited as legacy
+
+        async def audited() -> bool:
+            return len(await audit_events(w, since, "ssh.legacy_kex")) >= 2
+
+        await w.wait_for(audited, "each legacy client audited")
+        legacy = await audit_events(w, since, "ssh.legacy_kex")
+        assert len(legacy) == 2
+        for event in legacy:
+            assert event["details"]["client"] == "SSH-2.0-SecondlineRawTest_1.0"
+            assert event["details"]["setting"] == "ssh_allow_legacy_kex"
+            assert event["source"] == "127.0.0.1"
+        assert await audit_events(w, since, "ssh.refused") == []
+        no_errors_logged(caplog)
+
+
 OUT_OF_PHASE: Sequence[tuple[str, KexInit | None, bytes]] = (
     ("SERVICE_REQUEST", STRICT, packet(MSG_SERVICE_REQUEST, string("ssh-userauth"))),
     ("SERVICE_REQUEST, legacy", LEGACY, packet(MSG_SERVICE_REQUEST, string("ssh-userauth"))),
@@ -252,7 +347,7 @@ async def test_out_of_phase_messages_before_key_exchange_end_the_connection(
     """Service, user-auth, channel and global requests, NEWKEYS, a second KEXINIT and
     unknown message numbers before the key exchange ends are each answered with DISCONNECT
     (protocol error), from strict and legacy clients alike; the gateway serves on."""
-    async with world(data_dir, tmp_path) as w:
+    async with world(data_dir, tmp_path, env=LEGACY_ALLOWED) as w:
         since = await last_audit_seq(w)
         for name, kexinit, data in OUT_OF_PHASE:
             closed = await raw_attempt(w, kexinit, data)
@@ -324,7 +419,7 @@ async def test_malformed_packets_end_the_connection(
     """A packet_length of 0, 5, 2^31 or past 35000, lengths off the 8-byte grid and bad
     padding end the connection at once, for strict and legacy clients; the gateway
     serves on."""
-    async with world(data_dir, tmp_path) as w:
+    async with world(data_dir, tmp_path, env=LEGACY_ALLOWED) as w:
         since = await last_audit_seq(w)
         for name, data in BAD_FRAMES:
             for kexinit in (STRICT, LEGACY):
@@ -483,6 +578,30 @@ def test_cleartext_check_refuses_each_fault() -> None:
     for data, reason in cases.items():
         assert verdict([data]) == (reason, False), data
         assert verdict([bytes([b]) for b in data]) == (reason, False), data
+
+
+def test_cleartext_check_reads_whether_the_client_asks_for_strict_kex() -> None:
+    """The check reads the strict-kex marker from the client's KEXINIT, in any slicing, and
+    where that KEXINIT starts; a marker in another list or a cut list counts for nothing."""
+    version = b"SSH-2.0-Client\r\n"
+    elsewhere = KexInit(kex_algorithms=("curve25519-sha256",), macs_c2s=(STRICT_KEX_CLIENT,))
+    cases = [(STRICT, True), (LEGACY, False), (elsewhere, False)]
+    for kexinit, strict in cases:
+        data = version + frame(kexinit.serialize())
+        for chunks in ([data], [bytes([b]) for b in data]):
+            check = ClientCleartext()
+            for chunk in chunks:
+                assert check.feed(chunk) is None
+            assert check.strict is strict
+            assert check.kexinit_at == len(version)
+            assert check.version == "SSH-2.0-Client"
+    check = ClientCleartext()
+    assert check.feed(version + frame(STRICT.serialize())[:-5]) is None
+    assert check.strict is None  # not all of it yet
+    cut = message(MSG_KEXINIT, bytes(16), uint32(1000), STRICT_KEX_CLIENT.encode())
+    check = ClientCleartext()
+    assert check.feed(version + frame(cut)) is None
+    assert check.strict is False
 
 
 @given(st.binary(max_size=600), st.lists(st.integers(0, 600), max_size=8))

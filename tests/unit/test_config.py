@@ -64,3 +64,19 @@ def test_bad_variable_value(tmp_path: Path) -> None:
     """A variable that is not a number where one is needed is refused."""
     with pytest.raises(ConfigError, match="whole number"):
         load_config(tmp_path, env={"SECONDLINE_HTTPS_PORT": "eighty"})
+
+
+def test_legacy_kex_setting_is_a_boolean(tmp_path: Path) -> None:
+    """ssh_allow_legacy_kex is off by default, true or false in the file and the
+    environment, and anything else is refused with a clear error."""
+    assert load_config(tmp_path, env={}).ssh_allow_legacy_kex is False
+    write_config(tmp_path, "https://broker.example", {"ssh_allow_legacy_kex": True})
+    assert load_config(tmp_path, env={}).ssh_allow_legacy_kex is True
+    off = {"SECONDLINE_SSH_ALLOW_LEGACY_KEX": "false"}
+    assert load_config(tmp_path, env=off).ssh_allow_legacy_kex is False
+    for bad in ("maybe", "", "2"):
+        with pytest.raises(ConfigError, match="must be true or false"):
+            load_config(tmp_path, env={"SECONDLINE_SSH_ALLOW_LEGACY_KEX": bad})
+    (tmp_path / "secondline.toml").write_text("ssh_allow_legacy_kex = 1\n")
+    with pytest.raises(ConfigError, match="must be true or false"):
+        load_config(tmp_path, env={})
