@@ -75,6 +75,8 @@ async def _services_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        # Last out (its context is the first in): every feature has stopped refusing.
+        await app[SERVICES].anonymous.close()
         await engine.dispose()
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from broker.audit.anonymous import AnonymousRefusals
 from broker.audit.log import AuditLog
 from broker.auth.throttle import Throttle
 from broker.config import BrokerConfig
@@ -28,3 +29,8 @@ class Services:
     clock: Callable[[], dt.datetime] = field(default=utc_now)
     # 10 failed sign-ins per 15 minutes per account and per source address.
     login_throttle: Throttle = field(default_factory=lambda: Throttle(limit=10, window=900))
+    # Refusals of unauthenticated requests: one summary per source and minute.
+    anonymous: AnonymousRefusals = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.anonymous = AnonymousRefusals(self.audit, lambda: self.clock())

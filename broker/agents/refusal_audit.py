@@ -15,108 +15,22 @@ after it in the window are counted, and one summary event when the window ends s
 many there were, from when to when (``details``: ``reason``, ``repeats``, ``first_at``,
 ``last_at``). At shutdown every open window's count is written.
 
-:class:`RefusalDigest` is the pure bookkeeping (the caller passes monotonic ``now`` and
-the wall-clock ``at``); :class:`RefusalAuditor` writes the events.
+:class:`RefusalDigest` (``broker/audit/refusals.py``, shared with the summaries of
+anonymous refusals) is the pure bookkeeping; :class:`RefusalAuditor` writes the events.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import time
-from collections import deque
-from dataclasses import dataclass, field
-from typing import Final
 
+from broker.audit.refusals import WINDOW_S, RefusalDigest, Summary
 from broker.services import Services
 
 log = logging.getLogger(__name__)
 
-#: How long refusals of one kind are counted before their summary is written.
-WINDOW_S: Final = 600.0
-#: Kinds counted at once; beyond, every refusal is audited on its own (never lost).
-MAX_WINDOWS: Final = 10_000
-
-#: (claimed agent id or "", source, reason)
-Kind = tuple[str, str, str]
-
-
-@dataclass(frozen=True, slots=True)
-class Summary:
-    """The refusals of one kind counted in a window after its first."""
-
-    kind: Kind
-    repeats: int
-    first_at: dt.datetime
-    last_at: dt.datetime
-
-
-@dataclass(slots=True)
-class _Window:
-    ends: float
-    repeats: int = 0
-    first_at: dt.datetime | None = None
-    last_at: dt.datetime | None = None
-
-
-@dataclass
-class RefusalDigest:
-    """Which refusals to audit one by one and which to count (pure)."""
-
-    window: float = WINDOW_S
-    max_windows: int = MAX_WINDOWS
-    _windows: dict[Kind, _Window] = field(default_factory=dict)
-    _ends: deque[tuple[float, Kind]] = field(default_factory=deque)
-    _due: list[Summary] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if self.window <= 0 or self.max_windows < 0:
-            raise ValueError("window must be > 0 and max_windows >= 0")
-
-    def __len__(self) -> int:
-        """Windows open now."""
-        return len(self._windows)
-
-    def refused(self, kind: Kind, now: float, at: dt.datetime) -> bool:
-        """Note a refusal; True when it is to be audited on its own now."""
-        self._close_until(now)
-        open_window = self._windows.get(kind)
-        if open_window is not None:
-            open_window.repeats += 1
-            open_window.first_at = open_window.first_at or at
-            open_window.last_at = at
-            return False
-        if len(self._windows) < self.max_windows:
-            ends = now + self.window
-            self._windows[kind] = _Window(ends)
-            self._ends.append((ends, kind))
-        return True
-
-    def take_due(self, now: float) -> list[Summary]:
-        """Summaries of the windows ended by ``now`` that counted something."""
-        self._close_until(now)
-        due, self._due = self._due, []
-        return due
-
-    def take_all(self) -> list[Summary]:
-        """Close every window (shutdown); the summaries of those that counted something."""
-        self._close_until(float("inf"))
-        return self.take_due(float("inf"))
-
-    def next_end(self) -> float | None:
-        """When to write next: at once when a summary is due already (its kind's window
-        closed as that kind came back), else when the next window ends; None: never."""
-        if self._due:
-            return float("-inf")
-        return self._ends[0][0] if self._ends else None
-
-    def _close_until(self, now: float) -> None:
-        while self._ends and self._ends[0][0] <= now:
-            _, kind = self._ends.popleft()
-            closed = self._windows.pop(kind)
-            if closed.repeats and closed.first_at and closed.last_at:
-                self._due.append(Summary(kind, closed.repeats, closed.first_at, closed.last_at))
+__all__ = ["WINDOW_S", "RefusalAuditor", "RefusalDigest", "Summary"]
 
 
 class RefusalAuditor:

@@ -47,6 +47,8 @@ async def list_audit(ctx: ApiContext) -> list[AuditOut]:
     limit = ctx.query_int("limit", low=1, high=1000) or 100
     before = ctx.query_int("before", low=1, high=2**62)
     action = ctx.query("action")
+    # Anonymous refusals counted so far are written first: a read never lacks one.
+    await ctx.services.anonymous.flush()
     records = await ctx.services.audit.list(limit=limit, before=before, action=action)
     return [
         AuditOut(

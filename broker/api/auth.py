@@ -54,13 +54,9 @@ async def load_customers(services: Services, user_id: int) -> frozenset[str] | N
 
 
 async def _refuse(request: web.Request, services: Services, why: str, detail: str) -> AuthError:
-    await services.audit.record(
-        actor="anonymous",
-        action="auth.refused",
-        target=request.path,
-        outcome="denied",
-        source=request.remote or "",
-        details={"reason": detail},
+    # Unauthenticated: counted into one summary per source and minute (broker.audit.anonymous).
+    await services.anonymous.refused(
+        source=request.remote or "", action="auth.refused", target=request.path, reason=detail
     )
     return AuthError(why)
 

@@ -113,7 +113,13 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     if not same_origin(request, services.config.public_url) or not tokens_match(
         request.cookies.get(LOGIN_COOKIE, ""), str(form.get(CSRF_FIELD, ""))
     ):
-        await refuse(request, name or "anonymous", "console.csrf_refused", "sign-in form")
+        # Nobody is signed in yet: counted into the source's summary (broker.audit.anonymous).
+        await services.anonymous.refused(
+            source=source,
+            action="console.csrf_refused",
+            target=f"{request.method} {request.path}"[:200],
+            reason="sign-in form",
+        )
         return _login_form(
             request,
             lang,

@@ -24,6 +24,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
+from collections.abc import Coroutine
 from typing import Final
 
 import asyncssh
@@ -196,12 +197,11 @@ class Gateway:
                 outcome="ok",
             )
             return True
-        self.audit_soon(
-            "anonymous",
-            "ssh.refused",
-            "",
-            source,
-            {"request": "key exchange", "detail": "no strict key exchange", "client": client},
+        # Before any sign-in: counted into the source's summary (broker.audit.anonymous).
+        self._track(
+            self.services.anonymous.refused(
+                source=source, action="ssh.refused", target="", reason="no strict key exchange"
+            )
         )
         return False
 
@@ -218,14 +218,22 @@ class Gateway:
         """Audit from a synchronous asyncssh callback."""
 
         async def write() -> None:
+            await self.manager.audit(
+                actor, action, target, outcome=outcome, source=source, details=details
+            )
+
+        self._track(write(), action)
+
+    def _track(self, write: Coroutine[object, object, None], action: str = "ssh.refused") -> None:
+        """Run an audit write from a synchronous asyncssh callback, keeping its task."""
+
+        async def guarded() -> None:
             try:
-                await self.manager.audit(
-                    actor, action, target, outcome=outcome, source=source, details=details
-                )
+                await write
             except DB_ERRORS:
                 log.error("audit store unavailable: %s was not audited", action)
 
-        task = asyncio.get_running_loop().create_task(write())
+        task = asyncio.get_running_loop().create_task(guarded())
         self._audits.add(task)
         task.add_done_callback(self._audits.discard)
 

@@ -209,13 +209,12 @@ async def terminal_socket(request: web.Request) -> web.StreamResponse:
     runtime = request.app[SESSIONS]
     source = request.remote or ""
     if not origin_allowed(request.headers.get("Origin"), services.config.public_url):
-        await runtime.manager.audit(
-            "anonymous",
-            "console.ws_refused",
-            PATH,
-            outcome="denied",
+        # Refused before anyone is authenticated: counted into the source's summary.
+        await services.anonymous.refused(
             source=source,
-            details={"origin": ascii(request.headers.get("Origin", ""))[:100]},
+            action="console.ws_refused",
+            target=PATH,
+            reason=f"origin {ascii(request.headers.get('Origin', ''))[:60]}",
         )
         raise ForbiddenError(
             "the terminal opens only from the Secondline console's own pages", code="bad_origin"

@@ -18,7 +18,7 @@ from broker.auth.scopes import ROLE_SCOPES, ROLES, SCOPES
 from broker.db.models_sessions import RemoteSession
 from broker.db.models_staff import ApiToken, SshKey, User
 from tests.component.test_tickets_support import Json, World, audit_events, make_world, session_row
-from tests.support.api import Api
+from tests.support.api import Api, refusals_of
 
 pytestmark = [
     pytest.mark.postgres,
@@ -69,7 +69,7 @@ async def test_agent_signatures_open_no_staff_route(world: World) -> None:
     refused as unauthenticated (401, audited), never served."""
     agent_id, key = await enroll(world)
     client = world.api.client
-    refused_before = len(await audit_events(world.api, "auth.refused"))
+    refused_before = refusals_of(await audit_events(world.api), "auth.refused")
     for method, path in (
         ("GET", "/api/v1/me"),
         ("GET", "/api/v1/tickets"),
@@ -90,7 +90,7 @@ async def test_agent_signatures_open_no_staff_route(world: World) -> None:
         "/console/", allow_redirects=False, headers={"X-Secondline-Agent": agent_id}
     )
     assert resp.status in (302, 303, 401)
-    assert len(await audit_events(world.api, "auth.refused")) >= refused_before + 8
+    assert refusals_of(await audit_events(world.api), "auth.refused") >= refused_before + 8
     assert await world.listed(token=world.una) == []
 
 

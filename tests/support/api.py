@@ -3,6 +3,7 @@ or as a staff member."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,3 +60,19 @@ def admin_token(data_dir: Path) -> str:
 
 def app_config(data_dir: Path) -> object:
     return load_config(data_dir, env={})
+
+
+def refusals_of(events: Sequence[Mapping[str, object]], action: str) -> int:
+    """How many refusals of ``action`` the audit events record: one per event of that
+    action, plus those counted into anonymous summaries (``anonymous.refused``)."""
+    total = 0
+    for event in events:
+        if event["action"] == action:
+            total += 1
+        elif event["action"] == "anonymous.refused":
+            details = event["details"]
+            assert isinstance(details, dict)
+            kinds = details["kinds"]
+            assert isinstance(kinds, dict)
+            total += sum(int(n) for kind, n in kinds.items() if kind.startswith(f"{action}: "))
+    return total
