@@ -620,3 +620,9 @@ def test_cleartext_check_takes_any_bytes_in_any_slicing(data: bytes, cuts: list[
     chunks = [data[a:b] for a, b in itertools.pairwise(points)]
     assert verdict(chunks) == verdict([data])
     assert verdict([GOOD_START + data]) == (None, True)
+    # A KEXINIT read whole or in pieces says the same about strict key exchange.
+    start = b"SSH-2.0-Client\r\n" + frame(message(MSG_KEXINIT, bytes(16), data))
+    cut = [start[a:b] for a, b in itertools.pairwise(sorted({0, len(start), *cuts}))]
+    whole, pieces = ClientCleartext(), ClientCleartext()
+    assert whole.feed(start) == next(filter(None, map(pieces.feed, cut)), None)
+    assert whole.strict == pieces.strict
