@@ -20,6 +20,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
 
 ANONYMOUS_POSTS: Final = 60
 BAD_TOKENS: Final = 5
+SIGN_IN_FORMS: Final = 10
 STAFF_REFUSALS: Final = 3
 
 
@@ -34,9 +35,10 @@ def events(data_dir: Path) -> list[dict[str, Any]]:
 async def test_anonymous_refusals_are_one_summary_per_source_and_staff_refusals_stay_each(
     broker: BrokerProcess,
 ) -> None:
-    """60 POSTs without a token and 5 with a bad one, from one address, leave one
-    anonymous.refused event with count 65 and both kinds (written when the broker stops);
-    3 refusals of a signed-in level-1 member are 3 events; `audit verify` passes."""
+    """60 API POSTs without a token, 5 with a bad one and 10 console sign-in forms without
+    their CSRF cookie, from one address, leave one anonymous.refused event with count 75
+    and the three kinds (written when the broker stops); 3 refusals of a signed-in level-1
+    member are 3 events; `audit verify` passes."""
     d = broker.data_dir
     ok(secondline("customer", "add", "acme", data_dir=d))
     ok(secondline("user", "add", "lena", "--role", "level1", "--customer", "acme", data_dir=d))
@@ -52,6 +54,10 @@ async def test_anonymous_refusals_are_one_summary_per_source_and_staff_refusals_
         for _ in range(BAD_TOKENS):
             async with http.post("/api/v1/users", json={}, headers=bad, ssl=tls) as resp:
                 assert resp.status == 401
+        for _ in range(SIGN_IN_FORMS):  # the console's sign-in form without its CSRF cookie
+            form = {"user": "lena", "password": "guess", "_csrf": "forged"}
+            async with http.post("/console/login", data=form, ssl=tls) as resp:
+                assert resp.status == 403
         staff = {"Authorization": f"Bearer {lena}"}
         for _ in range(STAFF_REFUSALS):
             body = {"name": "mallory", "role": "admin"}
@@ -71,10 +77,11 @@ async def test_anonymous_refusals_are_one_summary_per_source_and_staff_refusals_
     summary = anonymous[0]
     assert summary["source"] == "127.0.0.1"
     assert summary["outcome"] == "denied"
-    assert summary["details"]["count"] == ANONYMOUS_POSTS + BAD_TOKENS
+    assert summary["details"]["count"] == ANONYMOUS_POSTS + BAD_TOKENS + SIGN_IN_FORMS
     assert summary["details"]["kinds"] == {
         "auth.refused: no credentials": ANONYMOUS_POSTS,
         "auth.refused: invalid token": BAD_TOKENS,
+        "console.csrf_refused: sign-in form": SIGN_IN_FORMS,
     }
     assert summary["details"]["first_at"] <= summary["details"]["last_at"]
     refused_staff = [e for e in new if e["actor"] == "lena" and e["outcome"] == "denied"]
