@@ -44,7 +44,9 @@ def facts_text(facts: Mapping[str, object]) -> str:
     users = facts.get("users")
     if isinstance(users, list):
         shown = [sanitize_display_text(str(u), 32) for u in users[:_USERS_MAX]]
-        lines.append("users: " + ", ".join(u for u in shown if u))
+        named = [u for u in shown if u.strip()]
+        if named:  # a fact nobody filled in tells level 1 nothing: leave the line out
+            lines.append("users: " + ", ".join(named))
     return "\n".join(lines)
 
 

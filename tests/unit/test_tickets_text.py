@@ -189,6 +189,16 @@ def test_help_ticket_title_and_machine_facts() -> None:
     assert facts_text({}) == ""
 
 
+def test_help_ticket_leaves_out_empty_facts() -> None:
+    """A machine with nobody logged in (or a fact left blank) gets no empty "users:" or
+    "os:" line in its help ticket: only facts with a value are listed."""
+    facts = {"hostname": "web07", "os": "  ", "users": []}
+    _, description = help_ticket("web07", "Mail is down", facts)
+    assert description.endswith("--- machine web07 ---\nhostname: web07")
+    assert "users:" not in facts_text({"users": ["", "\x1b"]})
+    assert facts_text({"users": ["", "ann"]}) == "users: ann"
+
+
 def test_cli_ticket_ids_and_safe_output() -> None:
     """The CLI takes T-1042 or 1042 and refuses anything else; printed text is inert."""
     assert ticket_path("1042") == ticket_path("T-1042") == "/tickets/T-1042"
