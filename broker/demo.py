@@ -3,10 +3,11 @@ try the web console. Run as ``python -m broker.demo --data-dir ./demo-data``.
 
 On a fresh machine it initialises the data dir, starts ``secondline serve``, enrolls a local
 ``secondline-agent`` (consent ``attended``: every session is approved on the machine), adds a
-customer, a level-1 and a level-2 staff member, and a ticket that level 1 escalated to
-level 2; then prints the console's address and the level-2 sign-in (password and a current
-TOTP code) and runs until Ctrl-C. Everything goes through the CLIs and HTTP, as an admin and
-the staff would do it; nothing is written into the database directly.
+customer, a level-1 and a level-2 staff member (each with a password and a TOTP), and a
+ticket that level 1 escalated to level 2; then prints the console's address and every
+account's sign-in (password and a TOTP code no one has used) and runs until Ctrl-C.
+Everything goes through the CLIs and HTTP, as an admin and the staff would do it; nothing
+is written into the database directly.
 
 A second run reuses the data dir: what exists already is kept (the sign-in is in
 ``DIR/demo-login.json``, readable by its owner only)."""
@@ -19,6 +20,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import ssl
 import subprocess
@@ -223,8 +225,37 @@ def _exists(data_dir: Path, *show: str) -> bool:
     return True
 
 
-def prepare(data_dir: Path, public_url: str, agent_dir: Path) -> dict[str, str]:
-    """Customer, agent, staff, TOTP and ticket; returns the level-2 sign-in."""
+ACCOUNTS: Final = (
+    (LEVEL2, "level2", "Erika Mustermann"),
+    (LEVEL1, "level1", "Lena Berg"),
+)
+
+
+def _add_staff(data_dir: Path, public_url: str, name: str, role: str, display: str) -> Account:
+    """A staff account with a password and a TOTP set up in the console, as a person would."""
+    password = secrets.token_urlsafe(12)
+    _cli(
+        data_dir,
+        "user",
+        "add",
+        name,
+        "--role",
+        role,
+        "--display-name",
+        display,
+        "--customer",
+        CUSTOMER,
+        "--password-stdin",
+        stdin=password + "\n",
+    )
+    secret = ConsoleBrowser(public_url, data_dir / "keys" / "tls.crt").enrol_totp(name, password)
+    # The enrolment spent the code of this step: no code of it or before is handed out.
+    return Account(name, role, password, secret, totp.step_at(time.time()))
+
+
+def prepare(data_dir: Path, public_url: str, agent_dir: Path) -> DemoLogin:
+    """Customer, agent, staff (each with a password and TOTP) and ticket; returns the
+    sign-ins."""
     if not _exists(data_dir, "customer", "show", CUSTOMER):
         _cli(data_dir, "customer", "add", CUSTOMER, "--display-name", "Demo GmbH")
     if not (agent_dir / "state.json").exists():
@@ -232,35 +263,8 @@ def prepare(data_dir: Path, public_url: str, agent_dir: Path) -> dict[str, str]:
         _agent_cli(agent_dir, "enroll", public_url, token.strip(), "--name", AGENT_NAME)
     login_path = data_dir / LOGIN_FILE
     if login_path.exists():
-        saved: dict[str, str] = json.loads(login_path.read_text(encoding="utf-8"))
-        return saved
-    password = secrets.token_urlsafe(12)
-    _cli(
-        data_dir,
-        "user",
-        "add",
-        LEVEL2,
-        "--role",
-        "level2",
-        "--display-name",
-        "Erika Mustermann",
-        "--customer",
-        CUSTOMER,
-        "--password-stdin",
-        stdin=password + "\n",
-    )
-    _cli(
-        data_dir,
-        "user",
-        "add",
-        LEVEL1,
-        "--role",
-        "level1",
-        "--display-name",
-        "Lena Berg",
-        "--customer",
-        CUSTOMER,
-    )
+        return DemoLogin.load(login_path)
+    accounts = [_add_staff(data_dir, public_url, *account) for account in ACCOUNTS]
     level1 = _cli(data_dir, "user", "token", LEVEL1, "--ttl", "1h", "--json")
     lena = str(json.loads(level1)["token"])
     ticket = _cli(
@@ -291,45 +295,89 @@ def prepare(data_dir: Path, public_url: str, agent_dir: Path) -> dict[str, str]:
         "CUPS-Warteschlange hängt; braucht eine Shell auf dem Rechner",
         token=lena,
     )
-    secret = ConsoleBrowser(public_url, data_dir / "keys" / "tls.crt").enrol_totp(LEVEL2, password)
-    saved = {
-        "user": LEVEL2,
-        "password": password,
-        "totp_secret": secret,
-        "ticket": ticket,
-        "enrol_step": str(totp.step_at(time.time())),
-    }
-    _write_private(login_path, json.dumps(saved, indent=2) + "\n")
-    return saved
+    login = DemoLogin(ticket, {a.user: a for a in accounts})
+    login.save(login_path)
+    return login
 
 
-def banner(public_url: str, login: dict[str, str], agent_dir: Path) -> str:
-    secret = login["totp_secret"]
-    uri = totp.provisioning_uri(secret, login["user"], urlsplit(public_url).hostname or "")
-    step = max(totp.step_at(time.time()), int(login.get("enrol_step", "0")) + 1)
-    # The code the enrolment used is spent; the next step's code is accepted already.
-    code = totp.code_at(secret, step * totp.STEP_SECONDS)
-    return "\n".join(
-        [
+@dataclass(frozen=True)
+class Account:
+    """A demo staff member's sign-in; ``enrol_step``: the TOTP step the set-up spent."""
+
+    user: str
+    role: str
+    password: str
+    totp_secret: str
+    enrol_step: int
+
+    def code(self, now: float) -> str:
+        """The code of this step, or of the next when this one is the step the set-up
+        spent (each code works once; the broker accepts the next step's code already)."""
+        step = max(totp.step_at(now), self.enrol_step + 1)
+        return totp.code_at(self.totp_secret, step * totp.STEP_SECONDS)
+
+
+@dataclass(frozen=True)
+class DemoLogin:
+    ticket: str
+    accounts: dict[str, Account]
+
+    @classmethod
+    def load(cls, path: Path) -> DemoLogin:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        if "accounts" not in raw:  # written by an older demo: the level-2 sign-in only
+            step = int(raw.get("enrol_step", "0"))
+            old = Account(LEVEL2, "level2", raw["password"], raw["totp_secret"], step)
+            return cls(str(raw["ticket"]), {LEVEL2: old})
+        accounts = {name: Account(**fields) for name, fields in raw["accounts"].items()}
+        return cls(str(raw["ticket"]), accounts)
+
+    def save(self, path: Path) -> None:
+        data = {"ticket": self.ticket, "accounts": {n: vars(a) for n, a in self.accounts.items()}}
+        _write_private(path, json.dumps(data, indent=2) + "\n")
+
+
+def agent_command() -> str:
+    """How to run `secondline-agent` here: its name when it is on PATH, else its path
+    (the demo usually runs from the project's virtualenv, which is not on PATH)."""
+    script = Path(sys.executable).parent / "secondline-agent"
+    if shutil.which("secondline-agent") == str(script) or not script.exists():
+        return "secondline-agent"
+    return str(script)
+
+
+def banner(public_url: str, login: DemoLogin, agent_dir: Path, data_dir: Path) -> str:
+    now = time.time()
+    host = urlsplit(public_url).hostname or ""
+    lines = [
+        "",
+        "Secondline demo is running. Open the web console:",
+        f"  {public_url}/console/   (self-signed certificate: accept it in the browser)",
+        "",
+    ]
+    for account in login.accounts.values():
+        lines += [
+            f"  user:      {account.user}  ({account.role.replace('level', 'level ')})",
+            f"  password:  {account.password}",
+            f"  TOTP code: {account.code(now)}  (each code works once)",
+            f"  TOTP key:  {totp.provisioning_uri(account.totp_secret, account.user, host)}",
             "",
-            "Secondline demo is running. Open the web console:",
-            f"  {public_url}/console/   (self-signed certificate: accept it in the browser)",
-            "",
-            f"  user:      {login['user']}  (level 2)",
-            f"  password:  {login['password']}",
-            f"  TOTP code: {code}  (valid for this 30 s step; each code works once)",
-            f"  TOTP key:  {uri}",
-            "             (add it to an authenticator app, or run "
-            "`python -m broker.demo --data-dir DIR --code` for a fresh code)",
-            "",
-            f"  ticket {login['ticket']} is escalated to level 2, with machine {AGENT_NAME}.",
-            "  The machine asks for consent: approve with",
-            f"    {sys.executable} -m agent approve --state-dir {agent_dir} SESSION",
-            "  (the demo prints the exact command when someone asks).",
-            "",
-            "Press Ctrl-C to stop.",
         ]
-    )
+    if LEVEL1 not in login.accounts:
+        lines += [f"  ({LEVEL1} has no password in demo data made by an older demo.)", ""]
+    lines += [
+        "  A fresh code: add the TOTP key to an authenticator app, or run",
+        f"    {sys.executable} -m broker.demo --data-dir {data_dir} --code [--user NAME]",
+        f"  Admin: the CLI, e.g. `secondline --data-dir {data_dir} user list`",
+        "",
+        f"  ticket {login.ticket} is escalated to level 2, with machine {AGENT_NAME}.",
+        "  The machine asks for consent: approve as its end user with",
+        f"    {agent_command()} approve --state-dir {agent_dir} SESSION",
+        "  (the demo prints the exact command when someone asks).",
+        "",
+        "Press Ctrl-C to stop.",
+    ]
+    return "\n".join(lines)
 
 
 def run(data_dir: Path, https_port: int | None, ssh_port: int | None) -> int:
@@ -361,14 +409,14 @@ def run(data_dir: Path, https_port: int | None, ssh_port: int | None) -> int:
         public_url = ready.group(2).rstrip("/")
         agent_dir = data_dir / "agent-state"
         agent_dir.mkdir(mode=0o700, exist_ok=True)
-        approve = f"{sys.executable} -m agent approve --state-dir {agent_dir}"
+        approve = f"{agent_command()} approve --state-dir {agent_dir}"
         login = prepare(data_dir, public_url, agent_dir)
         agent = Process.start(
             [sys.executable, "-m", "agent", "run", "--state-dir", str(agent_dir)],
             on_line=consent_prompter(approve),
         )
         agent.wait_for(re.compile(r"connected to the broker"))
-        print(banner(public_url, login, agent_dir), flush=True)
+        print(banner(public_url, login, agent_dir, data_dir), flush=True)
         stop.wait()
     except DemoError as exc:
         print(f"demo: {exc}", file=sys.stderr)
@@ -388,15 +436,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--data-dir", default="./demo-data", type=Path)
     parser.add_argument("--https-port", type=int, default=None)
     parser.add_argument("--ssh-port", type=int, default=None)
-    parser.add_argument("--code", action="store_true", help="print a current TOTP code and exit")
+    parser.add_argument("--code", action="store_true", help="print a fresh TOTP code and exit")
+    parser.add_argument("--user", default=LEVEL2, help=f"whose code (default {LEVEL2})")
     args = parser.parse_args(argv)
     if args.code:
         login_path = Path(args.data_dir) / LOGIN_FILE
         if not login_path.exists():
             print("demo: no demo sign-in yet; run the demo first", file=sys.stderr)
             return 1
-        saved = json.loads(login_path.read_text(encoding="utf-8"))
-        print(totp.code_at(saved["totp_secret"], time.time()))
+        login = DemoLogin.load(login_path)
+        if args.user not in login.accounts:
+            known = ", ".join(login.accounts)
+            print(f"demo: no demo account {args.user!r}; there are: {known}", file=sys.stderr)
+            return 1
+        print(login.accounts[args.user].code(time.time()))
         return 0
     return run(args.data_dir, args.https_port, args.ssh_port)
 
