@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -119,17 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     state_dir = args.state_dir or args.global_state_dir
     paths = StatePaths(state_dir or default_state_dir(os.geteuid(), os.environ))
     try:
-        if args.command == "enroll":
-            return _enroll(paths, args.broker_url, args.token, args.name)
-        if args.command == "run":
-            return _run(paths, verbose=args.verbose)
-        if args.command == "status":
-            return _status(paths, as_json=args.json)
-        if args.command == "sessions":
-            return _sessions(paths, as_json=args.json)
-        if args.command in ("end", "approve", "deny"):
-            return _session_command(paths, args.command, args.session)
-        return _help(paths, args.text)
+        status = _dispatch(paths, args)
+        sys.stdout.flush()  # a reader that left shows here, where it is handled below
+        return status
     except NotEnrolledError as exc:
         system_dir = default_state_dir(0, os.environ)
         if state_dir is None and os.geteuid() != 0 and system_dir.exists():
@@ -144,8 +137,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AgentError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # `secondline-agent sessions | head`: the reader left; stop quietly, as SIGPIPE would.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + signal.SIGPIPE
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:
+        # A state dir or file the user cannot reach: one line, never a traceback.
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"{PROG}: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(paths: StatePaths, args: argparse.Namespace) -> int:
+    if args.command == "enroll":
+        return _enroll(paths, args.broker_url, args.token, args.name)
+    if args.command == "run":
+        return _run(paths, verbose=args.verbose)
+    if args.command == "status":
+        return _status(paths, as_json=args.json)
+    if args.command == "sessions":
+        return _sessions(paths, as_json=args.json)
+    if args.command in ("end", "approve", "deny"):
+        return _session_command(paths, args.command, args.session)
+    return _help(paths, args.text)
 
 
 # -- enroll -------------------------------------------------------------------------------

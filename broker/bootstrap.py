@@ -6,17 +6,21 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from broker import staff_store
 from broker.audit.log import AuditLog
 from broker.config import CONFIG_FILE, BrokerConfig, load_config, write_config
 from broker.db.engine import create_engine, migrate, session_factory
 from broker.db.models_staff import User
+from broker.db.urls import normalize_database_url
 from broker.errors import SetupError
 from broker.keys import AUDIT_KEY, create_keys, load_ed25519, write_private
 
@@ -40,21 +44,56 @@ def _check_url(public_url: str) -> None:
         raise SetupError("--public-url contains characters a URL cannot have")
 
 
-def _prepare_dir(data_dir: Path) -> None:
+def _refuse_initialised(data_dir: Path) -> None:
     if (data_dir / CONFIG_FILE).exists() or (data_dir / "keys").exists():
         raise SetupError(
             f"{data_dir} is initialised already; nothing was changed. "
             "Use `secondline serve --data-dir` to run it, or choose an empty directory"
         )
+    if data_dir.exists() and not data_dir.is_dir():
+        raise SetupError(f"{data_dir} is a file, not a directory; choose a directory")
+
+
+def _missing_root(path: Path) -> Path | None:
+    """The outermost of ``path`` and its parents that does not exist yet (None: all do)."""
+    missing = None
+    for candidate in [path, *path.parents]:
+        if candidate.exists():
+            break
+        missing = candidate
+    return missing
+
+
+def _staging_dir(data_dir: Path) -> Path:
+    """An empty 0700 directory beside ``data_dir``: init builds everything in it and moves
+    it into place at the end, so a failure leaves nothing half-made behind."""
     try:
-        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        probe = data_dir / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        data_dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{data_dir.name}.init-", dir=data_dir.parent))
     except OSError as exc:
         raise SetupError(
-            f"cannot write to {data_dir} ({exc.strerror}); choose a directory you can write to"
+            f"cannot write to {data_dir.parent} ({exc.strerror}); choose a directory you can "
+            "write to"
         ) from None
+
+
+def _move_into_place(staging: Path, data_dir: Path) -> None:
+    if not data_dir.exists():
+        staging.rename(data_dir)
+        return
+    entries = sorted(staging.iterdir())
+    clash = [e.name for e in entries if (data_dir / e.name).exists()]
+    if clash:
+        raise SetupError(
+            f"{data_dir} holds {', '.join(clash)} already; nothing was changed. Remove "
+            "them (a broken earlier init) or choose an empty directory"
+        )
+    try:
+        for entry in entries:
+            entry.rename(data_dir / entry.name)
+        staging.rmdir()
+    except OSError as exc:
+        raise SetupError(f"cannot write to {data_dir} ({exc.strerror})") from None
 
 
 async def _first_admin(config: BrokerConfig, now: dt.datetime) -> str:
@@ -107,24 +146,55 @@ def init_data_dir(
     tls_key: Path | None = None,
     now: dt.datetime | None = None,
 ) -> InitResult:
+    """Initialise ``data_dir``, all or nothing: every file is made in a staging directory
+    beside it and moved into place last, so a failure (a database that cannot be reached,
+    a driver that is missing, a full disk) leaves no half-made data dir behind."""
     now = now or dt.datetime.now(dt.UTC)
     _check_url(public_url)
-    _prepare_dir(data_dir)
+    _refuse_initialised(data_dir)
     extra = dict(settings or {})
     if (tls_cert is None) != (tls_key is None):
         raise SetupError("give both --tls-cert and --tls-key, or neither for a self-signed one")
     if tls_cert is not None and tls_key is not None:
         extra["tls_cert"], extra["tls_key"] = str(tls_cert.resolve()), str(tls_key.resolve())
-    write_config(data_dir, public_url, extra)
-    config = load_config(data_dir)
-    create_keys(config.keys_dir, public_url, now, with_tls=tls_cert is None)
+    if isinstance(extra.get("database_url"), str):
+        normalize_database_url(str(extra["database_url"]))  # refused before anything is made
+    created = _missing_root(data_dir)
+    staging = _staging_dir(data_dir)
+    try:
+        result = _build(staging, public_url, extra, tls_cert is None, now)
+        _move_into_place(staging, data_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created is not None and created != data_dir:
+            shutil.rmtree(created, ignore_errors=True)  # the parents made for the staging dir
+        raise
+    os.chmod(data_dir, 0o700)
+    return InitResult(load_config(data_dir), result)
+
+
+def _build(
+    staging: Path, public_url: str, extra: dict[str, object], self_signed: bool, now: dt.datetime
+) -> str:
+    """Everything init makes, in ``staging``; returns the first admin's token."""
+    write_config(staging, public_url, extra)
+    config = load_config(staging)
+    create_keys(config.keys_dir, public_url, now, with_tls=self_signed)
     for sub in (config.transcripts_dir, config.attachments_dir):
         sub.mkdir(mode=0o700, exist_ok=True)
     try:
         migrate(config.db_url, config.database_schema or None)
         token = asyncio.run(_first_admin(config, now))
-    except OSError as exc:
-        raise SetupError(f"cannot reach the database ({exc}); check database_url") from None
-    write_private(data_dir / ADMIN_TOKEN_FILE, (token + "\n").encode())
-    os.chmod(data_dir, 0o700)
-    return InitResult(config, token)
+    except (OSError, SQLAlchemyError, ImportError) as exc:
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        raise SetupError(
+            f"cannot use the database ({detail}); check that it runs and that database_url "
+            "is right, then run init again (nothing was kept)"
+        ) from None
+    if not config.database_url:
+        # SQLite makes its file with the process umask (often 0644); it holds password
+        # hashes and tokens' digests, so it is the owner's only, like everything here.
+        for db_file in staging.glob("secondline.db*"):
+            db_file.chmod(0o600)
+    write_private(staging / ADMIN_TOKEN_FILE, (token + "\n").encode())
+    return token

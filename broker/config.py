@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from broker.db.urls import normalize_database_url
 from broker.errors import ConfigError
 
 CONFIG_FILE: Final = "secondline.toml"
@@ -65,7 +66,9 @@ class BrokerConfig:
 
     @property
     def db_url(self) -> str:
-        return self.database_url or f"sqlite+aiosqlite:///{self.data_dir / 'secondline.db'}"
+        if self.database_url:
+            return normalize_database_url(self.database_url)
+        return f"sqlite+aiosqlite:///{self.data_dir / 'secondline.db'}"
 
     @property
     def tls_cert_path(self) -> Path:
@@ -172,6 +175,7 @@ def load_config(
         raise ConfigError("tunnel_keepalive_count_max must be from 1 to 100")
     _check_ticket_retry(config)
     _check_ssh_gateway(config)
+    config.db_url  # noqa: B018 - refuses a database URL no driver of ours can use, now
     return config
 
 

@@ -89,7 +89,15 @@ async def serve(config: BrokerConfig) -> None:
         ssl_context=tls_context(config),
         reuse_address=True,
     )
-    await site.start()
+    try:
+        await site.start()
+    except OSError:
+        # A port in use (`secondline serve` says so in one line): clean up in order first,
+        # or asyncio.run cancels the app's background work and the database pool logs a
+        # traceback about it.
+        with contextlib.suppress(Exception):
+            await runner.cleanup()
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

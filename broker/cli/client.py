@@ -108,11 +108,18 @@ class ApiClient:
     def __init__(self, conn: Connection, timeout: float = 30.0) -> None:
         self.conn = conn
         self.timeout = timeout
-        self._ssl = (
-            ssl.create_default_context(cafile=conn.ca_cert)
-            if conn.ca_cert
-            else ssl.create_default_context()
-        )
+        try:
+            self._ssl = (
+                ssl.create_default_context(cafile=conn.ca_cert)
+                if conn.ca_cert
+                else ssl.create_default_context()
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise CliError(
+                f"cannot use the broker's certificate {conn.ca_cert} "
+                f"({getattr(exc, 'strerror', None) or exc}); give the right file with "
+                "--ca-cert, or the data dir of an initialised broker with --data-dir"
+            ) from None
 
     def request(
         self, method: str, path: str, body: object | None = None, *, auth: bool = True

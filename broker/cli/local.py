@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
+import os
+import ssl
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from broker.cli.client import CliError
 from broker.cli.runtime import Runtime
@@ -35,6 +39,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--ssh-port", type=int, default=None)
     p.set_defaults(handler=run_serve)
 
+    p = sub.add_parser(
+        "known-hosts",
+        help="print the SSH gateway's known_hosts line, for staff's ~/.ssh/known_hosts",
+    )
+    _data_dir_option(p)
+    p.set_defaults(handler=run_known_hosts)
+
 
 def _data_dir_option(parser: argparse.ArgumentParser) -> None:
     # PRODUCT.md writes `secondline init --data-dir DIR`; the global form works as well.
@@ -54,6 +65,8 @@ def _data_dir(rt: Runtime) -> Path:
 
 def run_init(rt: Runtime) -> int:
     a = rt.args
+    # Everything in the data dir is the owner's only; SQLite makes its files by the umask.
+    os.umask(0o077)
     data_dir = _data_dir(rt)
     settings: dict[str, object] = {}
     for key in ("https_port", "ssh_port", "listen_host", "database_url"):
@@ -94,7 +107,45 @@ def run_serve(rt: Runtime) -> int:
             f"{data_dir} is not initialised; run `secondline init --data-dir {data_dir}`"
         )
     logging.getLogger().setLevel(config.log_level.upper())
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLogger().level))
+    os.umask(0o077)  # SQLite's -wal and -shm files, transcripts: the owner's only
     from broker.server import serve
 
-    asyncio.run(serve(config))
+    try:
+        asyncio.run(serve(config))
+    except OSError as exc:
+        if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+            raise CliError(
+                f"cannot listen on {config.listen_host} port {config.https_port} (HTTPS) or "
+                f"{config.ssh_port} (SSH): {exc.strerror}; stop what uses the port or choose "
+                "others (https_port, ssh_port in secondline.toml, or --https-port/--ssh-port)"
+            ) from None
+        raise
+    except ssl.SSLError as exc:
+        raise CliError(
+            f"the TLS certificate or key cannot be used ({exc.reason or exc}); check tls_cert "
+            "and tls_key in secondline.toml"
+        ) from None
+    return 0
+
+
+def run_known_hosts(rt: Runtime) -> int:
+    """The line staff add to ~/.ssh/known_hosts, so that their OpenSSH client checks the
+    gateway's host key from the first connection on (no trust-on-first-use prompt)."""
+    data_dir = _data_dir(rt)
+    try:
+        config = load_config(data_dir, rt.env)
+    except BrokerError as exc:
+        raise CliError(exc.message) from None
+    pub = config.keys_dir / "ssh_host_ed25519.pub"
+    try:
+        fields = pub.read_text(encoding="ascii").split()
+    except (OSError, UnicodeDecodeError):
+        raise CliError(
+            f"{data_dir} has no SSH host key; run this on the broker host, with the data dir "
+            "of an initialised broker"
+        ) from None
+    host = urlsplit(config.public_url).hostname or "localhost"
+    name = host if config.ssh_port == 22 else f"[{host}]:{config.ssh_port}"
+    print(f"{name} {' '.join(fields[:2])}")
     return 0
