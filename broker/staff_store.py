@@ -199,6 +199,26 @@ async def add_key(db: AsyncSession, user: User, text: str, now: dt.datetime) -> 
     return key
 
 
+async def remove_key(db: AsyncSession, user: User, fingerprint: str) -> SshKey:
+    """Delete one of ``user``'s SSH keys (by its SHA256 fingerprint), or NotFoundError.
+
+    The row goes, not just a mark: the same key may be registered again later (to this
+    person or, once handed over, to another); the audit log keeps the fingerprint."""
+    key = (
+        await db.execute(
+            select(SshKey).where(SshKey.user_id == user.id, SshKey.fingerprint == fingerprint)
+        )
+    ).scalar_one_or_none()
+    if key is None:
+        raise NotFoundError(
+            f"{user.name} has no SSH key {fingerprint[:100]!r}; "
+            f"see `secondline user key list {user.name}`"
+        )
+    await db.delete(key)
+    await db.flush()
+    return key
+
+
 async def disable_user(db: AsyncSession, user: User, now: dt.datetime) -> int:
     """Disable an account and revoke its tokens at once; returns how many were revoked."""
     user.disabled = True

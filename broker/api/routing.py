@@ -12,6 +12,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from broker.api.auth import Principal, authenticate
+from broker.auth.scopes import ROLE_SCOPES
 from broker.errors import ForbiddenError, InputError
 from broker.services import Services
 
@@ -145,6 +146,24 @@ async def _read_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
         raise InputError(f"{where}: {first['msg']}", code="validation_failed", status=422) from None
 
 
+def scope_refusal(role: str, scope: str) -> str:
+    """Why a token lacks ``scope``: the role (no token of it ever holds the scope, so a new
+    token would not help) or only the token (a token of the role may carry it)."""
+    if not role or any(scope in held for r, held in ROLE_SCOPES.items() if r == role):
+        return (
+            f"this needs the {scope!r} scope, which your token does not carry; "
+            "ask an admin for a token with it"
+        )
+    roles = ", ".join(r for r, scopes in ROLE_SCOPES.items() if scope in scopes) or "no role"
+    needs = f"it needs the {scope!r} scope, which only {roles} hold"
+    if role == "admin":
+        return (
+            "admins manage the broker but do not work tickets, sessions or the knowledge "
+            f"base ({needs}); do this as a staff account"
+        )
+    return f"the role {role} may not do this ({needs})"
+
+
 def _wrap(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handle(request: web.Request) -> web.StreamResponse:
         services = request.app[SERVICES]
@@ -159,9 +178,7 @@ def _wrap(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]
                 details={"needed": route.scope},
             )
             raise ForbiddenError(
-                f"this needs the {route.scope!r} scope, which your token does not carry; "
-                "ask an admin for a token with it",
-                code="scope_missing",
+                scope_refusal(principal.role or "", route.scope), code="scope_missing"
             )
         body = await _read_body(request, route.body) if route.body is not None else None
         ctx = ApiContext(request, services, principal, body)

@@ -12,11 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select, update
 
 from broker import staff_store
-from broker.api.routing import ApiContext, ApiRouter
+from broker.api.routing import ApiContext, ApiRouter, QueryParam
 from broker.auth.credentials import verify_password
 from broker.auth.scopes import ROLE_SCOPES
 from broker.db.models_staff import ApiToken, User
-from broker.errors import AuthError, ConflictError, ForbiddenError, NotFoundError
+from broker.errors import AuthError, ConflictError, ForbiddenError, InputError, NotFoundError
 
 router = ApiRouter(tag="staff")
 
@@ -273,6 +273,35 @@ async def add_key(ctx: ApiContext) -> UserOut:
         target=name,
         source=ctx.source,
         details={"fingerprint": key.fingerprint},
+    )
+    return _user_out(rec)
+
+
+@router.route(
+    "DELETE",
+    "/users/{name}/keys",
+    summary="Remove an SSH public key (by its SHA256 fingerprint)",
+    scope="read",
+    response=UserOut,
+    query=(QueryParam("fingerprint", description="SHA256:… as `user key list` shows it"),),
+)
+async def remove_key(ctx: ApiContext) -> UserOut:
+    name = staff_store.valid_user_name(ctx.path("name"))
+    await _may_manage(ctx, name)
+    fingerprint = (ctx.query("fingerprint") or "").strip()
+    if not fingerprint.startswith("SHA256:") or len(fingerprint) > 100:
+        raise InputError("give the key's fingerprint as SHA256:…, as `user key list` shows it")
+    s = ctx.services
+    async with s.db() as db, db.begin():
+        user = await staff_store.get_user(db, name)
+        await staff_store.remove_key(db, user, fingerprint)
+        rec = await staff_store.user_record(db, user)
+    await s.audit.record(
+        actor=ctx.principal.name,
+        action="user.key_remove",
+        target=name,
+        source=ctx.source,
+        details={"fingerprint": fingerprint},
     )
     return _user_out(rec)
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import getpass
+import hashlib
 import re
 
 from broker.cli.client import ApiClient, CliError, Connection, resolve_connection, store_credentials
@@ -45,9 +48,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     key = user.add_parser("key", help="SSH keys").add_subparsers(dest="keysub", required=True)
     p = key.add_parser("add", help="register an SSH public key")
     p.add_argument("name")
-    p.add_argument("file")
+    p.add_argument("file", help="the public key file, e.g. id_ed25519.pub")
     add_json(p)
     p.set_defaults(handler=user_key_add)
+    p = key.add_parser("list", help="list a staff member's SSH keys")
+    p.add_argument("name")
+    add_json(p)
+    p.set_defaults(handler=user_key_list)
+    p = key.add_parser("remove", help="remove an SSH key; it opens no new shell from then on")
+    p.add_argument("name")
+    p.add_argument("key", metavar="FINGERPRINT|FILE", help="SHA256:… (see `key list`) or the .pub")
+    add_json(p)
+    p.set_defaults(handler=user_key_remove)
     p = user.add_parser("token", help="mint an API token for a staff member (printed once)")
     p.add_argument("name")
     p.add_argument("--ttl", default="8h", help="lifetime, e.g. 30m, 8h, 30d (default 8h)")
@@ -126,8 +138,19 @@ def user_list(rt: Runtime) -> int:
 
 
 def user_show(rt: Runtime) -> int:
-    rt.show_one(rt.api.request("GET", f"/users/{_seg(rt.args.name)}"))
+    data = rt.api.request("GET", f"/users/{_seg(rt.args.name)}")
+    if rt.json or not isinstance(data, dict):
+        rt.show_one(data)
+        return 0
+    rt.show_one({**data, "ssh_keys": [_key_text(k) for k in data.get("ssh_keys") or []]})
     return 0
+
+
+def _key_text(key: object) -> str:
+    if not isinstance(key, dict):
+        return str(key)
+    comment = key.get("comment")
+    return f"{key.get('fingerprint')} ({comment})" if comment else str(key.get("fingerprint"))
 
 
 def user_disable(rt: Runtime) -> int:
@@ -138,11 +161,62 @@ def user_disable(rt: Runtime) -> int:
     return 0
 
 
+KEY_COLUMNS = ["fingerprint", "comment", "created_at"]
+
+
 def user_key_add(rt: Runtime) -> int:
-    body = {"public_key": read_file(rt.args.file, "SSH key file")}
+    text = read_file(rt.args.file, "SSH key file")
+    body = {"public_key": text}
     data = rt.api.request("POST", f"/users/{_seg(rt.args.name)}/keys", body)
-    rt.show_one(data, None if rt.json else ["name", "ssh_keys"])
+    if rt.json:
+        rt.show_one(data)
+        return 0
+    added = public_key_fingerprint(text)
+    print(f"Added SSH key {added or rt.args.file} to {rt.args.name}; {_key_count(data)}.")
     return 0
+
+
+def user_key_list(rt: Runtime) -> int:
+    data = rt.api.request("GET", f"/users/{_seg(rt.args.name)}")
+    keys = data.get("ssh_keys") if isinstance(data, dict) else None
+    rt.show_list(keys if isinstance(keys, list) else data, KEY_COLUMNS)
+    return 0
+
+
+def user_key_remove(rt: Runtime) -> int:
+    given = rt.args.key
+    fingerprint = given if given.startswith("SHA256:") else None
+    if fingerprint is None:
+        fingerprint = public_key_fingerprint(read_file(given, "SSH key file"))
+        if fingerprint is None:
+            raise CliError(f"{given} is neither a fingerprint (SHA256:…) nor an SSH public key")
+    path = f"/users/{_seg(rt.args.name)}/keys?fingerprint={_seg(fingerprint)}"
+    data = rt.api.request("DELETE", path)
+    if rt.json:
+        rt.show_one(data)
+        return 0
+    print(f"Removed SSH key {fingerprint} of {rt.args.name}; {_key_count(data)}.")
+    return 0
+
+
+def _key_count(user: object) -> str:
+    keys = user.get("ssh_keys") if isinstance(user, dict) else None
+    count = len(keys) if isinstance(keys, list) else 0
+    return f"{count} key{'' if count == 1 else 's'} registered now"
+
+
+def public_key_fingerprint(text: str) -> str | None:
+    """OpenSSH's SHA256 fingerprint of a public key line (as `ssh-keygen -l` prints it),
+    or None when ``text`` is not one; the broker checks the key itself."""
+    fields = text.strip().split()
+    if len(fields) < 2:
+        return None
+    try:
+        blob = base64.b64decode(fields[1], validate=True)
+    except (ValueError, binascii.Error):
+        return None
+    digest = base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+    return f"SHA256:{digest}"
 
 
 def user_token(rt: Runtime) -> int:
