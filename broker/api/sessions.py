@@ -24,6 +24,7 @@ from broker.keys import public_pem
 from broker.rules import InvalidName, parse_agent_ref, parse_ticket_ref, parse_user_name
 from broker.sessions import store
 from broker.sessions.errors import SessionConflict, SessionNotFound
+from broker.sessions.hub import KILL_REASON_MAX
 from broker.sessions.hub_core import HubClosed, HubRefused, roles_of
 from broker.sessions.reads import readable_session, transcript, transcript_format
 from broker.sessions.runtime import SESSIONS
@@ -228,9 +229,17 @@ def _integer(value: object) -> int | None:
     summary="End a live session now (its transcript is still sealed); admins and the owner",
     scope=None,
     response=SessionOut,
+    query=(
+        QueryParam(
+            "reason",
+            description="why (up to 200 characters): told to the participants, put in the "
+            "transcript, the ticket's note and the audit record",
+        ),
+    ),
 )
 async def kill_session(ctx: ApiContext) -> SessionOut:
     principal = ctx.principal
+    reason = kill_reason(ctx.query("reason"))
     row = await readable_session(
         ctx.request.app,
         ctx.services,
@@ -257,13 +266,28 @@ async def kill_session(ctx: ApiContext) -> SessionOut:
     runtime = ctx.request.app.get(SESSIONS)
     if row.state not in store.LIVE_STATES:
         raise SessionConflict(f"session {row.id} has ended already ({row.state})")
-    if runtime is None or not await runtime.manager.kill(row.id, principal.name, source=ctx.source):
+    killed = runtime is not None and await runtime.manager.kill(
+        row.id, principal.name, source=ctx.source, reason=reason
+    )
+    if not killed:
         raise SessionConflict(
             f"session {row.id} is not running on this broker node; try again in a moment"
         )
     async with ctx.services.db() as db:
         fresh = await store.get_session(db, row.id)
     return _out(fresh or row, ctx)
+
+
+def kill_reason(raw: str | None) -> str:
+    """The reason given for a kill: one line of at most 200 visible characters."""
+    if raw is None:
+        return ""
+    if len(raw) > KILL_REASON_MAX or any(not c.isprintable() for c in raw):
+        raise InputError(
+            f"--reason must be one line of at most {KILL_REASON_MAX} characters",
+            code="invalid_reason",
+        )
+    return raw.strip()
 
 
 class InviteIn(Strict):

@@ -1,6 +1,7 @@
 """Commands for remote sessions and their transcripts:
 
-secondline session list [--live] [--ticket T] [--json] | show ID [--json] | kill ID [--json]
+secondline session list [--live] [--ticket T] [--ids|--json] | show ID [--json]
+secondline session kill ID [--reason TEXT] [--json]
 secondline transcript export SESSION [--format cast|txt|json] [-o FILE]
 secondline transcript verify SESSION|FILE [--public-key PEM] [--json]
 
@@ -19,7 +20,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from broker.cli.client import CliError
 from broker.cli.runtime import Runtime, add_json
@@ -61,6 +62,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = session.add_parser("list", help="list sessions, newest first")
     p.add_argument("--live", action="store_true", help="only sessions that have not ended")
     p.add_argument("--ticket", default=None, help="only the sessions of this ticket")
+    p.add_argument("--ids", action="store_true", help="print only the ids, one a line")
     add_json(p)
     p.set_defaults(handler=session_list)
     p = session.add_parser("show", help="show a session: participants, commands, digest")
@@ -69,6 +71,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(handler=session_show)
     p = session.add_parser("kill", help="end a live session now (its transcript is sealed)")
     p.add_argument("id")
+    p.add_argument(
+        "--reason",
+        default=None,
+        help="why, in one line: shown to the participants, kept in the transcript, the "
+        "ticket's note and the audit log",
+    )
     add_json(p)
     p.set_defaults(handler=session_kill)
 
@@ -104,7 +112,12 @@ def session_list(rt: Runtime) -> int:
         except InvalidName as exc:
             raise CliError(exc.message) from None
     path = "/sessions" + ("?" + "&".join(query) if query else "")
-    rt.show_list(rt.api.request("GET", path), LIST_COLUMNS)
+    data = rt.api.request("GET", path)
+    if rt.args.ids and not rt.json and isinstance(data, list):
+        for row in data:
+            print(row.get("id") if isinstance(row, dict) else row)
+        return 0
+    rt.show_list(data, LIST_COLUMNS)
     return 0
 
 
@@ -129,7 +142,10 @@ def session_show(rt: Runtime) -> int:
 
 
 def session_kill(rt: Runtime) -> int:
-    data = rt.api.request("POST", f"/sessions/{quote(_session_id(rt.args.id))}/kill")
+    path = f"/sessions/{quote(_session_id(rt.args.id))}/kill"
+    if rt.args.reason is not None:
+        path += "?" + urlencode({"reason": rt.args.reason})
+    data = rt.api.request("POST", path)
     if rt.json:
         rt.show_one(data)
     else:

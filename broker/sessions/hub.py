@@ -404,8 +404,12 @@ class LiveSession:
             self._chan_closed.set()
         self._end_requested.set()
 
-    def kill(self, by: str) -> None:
-        self.end(END_KILLED, code="killed", message=f"the session was ended by {by}", by=by)
+    def kill(self, by: str, reason: str = "") -> None:
+        """End the session for ``by`` (an admin or the owner); the reason, when given, is
+        marked in the transcript and told to every participant with the end."""
+        why = f": {reason}" if reason else ""
+        self.marker(f"ended by {by}{why}")
+        self.end(END_KILLED, code="killed", message=f"the session was ended by {by}{why}", by=by)
 
     async def run(self) -> Outcome:
         """Wait for the end, then seal the transcript and tell every terminal."""
@@ -455,6 +459,9 @@ class LiveSession:
         self._terminals.clear()
         self.done.set()
         return outcome
+
+
+KILL_REASON_MAX: Final = 200  # characters of a kill's reason: one line on a terminal
 
 
 def _end_message(code: str) -> str:

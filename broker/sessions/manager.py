@@ -441,22 +441,25 @@ class SessionManager:
         except DB_ERRORS:
             raise StoreUnavailable(AUDIT_STORE_UNAVAILABLE) from None
 
-    async def kill(self, session_id: str, by: str, *, source: str = "") -> bool:
+    async def kill(self, session_id: str, by: str, *, source: str = "", reason: str = "") -> bool:
         """End a session of this node within two seconds (a live one is sealed; one still
-        waiting for the end user is refused); False when none runs here."""
+        waiting for the end user is refused); False when none runs here. ``reason`` (may
+        be empty) goes to the participants, the transcript, the note and the audit."""
+        details: dict[str, object] = {"reason": reason} if reason else {}
         live = self.live.get(session_id)
         if live is None:
             starting = self._starting.get(session_id)
             if starting is None:
                 return False
-            await self.audit(by, "session.kill", session_id, source=source)
+            await self.audit(by, "session.kill", session_id, source=source, details=details)
             self._killed[session_id] = by
             starting.cancel()
             await asyncio.wait({starting}, timeout=3.0)
-            await self._abandon(session_id, "refused", f"ended by {by} before it started")
+            why = f": {reason}" if reason else ""
+            await self._abandon(session_id, "refused", f"ended by {by} before it started{why}")
             return True
-        await self.audit(by, "session.kill", session_id, source=source)
-        live.kill(by)
+        await self.audit(by, "session.kill", session_id, source=source, details=details)
+        live.kill(by, reason)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(3.0):
                 await live.done.wait()

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from broker.rules import sanitize_display_text
-from broker.transcript import Command
+from broker.transcript import END_KILLED, Command
 from broker.transcript.render import visible_controls
 
 MAX_COMMANDS: Final = 200
@@ -78,6 +78,10 @@ def _status(exit_status: int | None, exit_signal: str | None) -> str:
     return "no exit status"
 
 
+def _killer(message: str) -> str:
+    return message.removeprefix("the session was ended by ")
+
+
 def _consent(facts: NoteFacts) -> str:
     if facts.consent in (None, "not_required"):
         return "not required (unattended agent)"
@@ -112,9 +116,14 @@ def session_note(facts: NoteFacts) -> str:
     if facts.started_at is not None:
         seconds = (facts.ended_at - facts.started_at).total_seconds()
         lines.append(f"Duration:     {duration_text(seconds)}")
-    lines += [
+    lines.append(
         f"End:          {sanitize_display_text(facts.end_reason, 120)} "
-        f"({_status(facts.exit_status, facts.exit_signal)})",
+        f"({_status(facts.exit_status, facts.exit_signal)})"
+    )
+    if facts.end_reason == END_KILLED and facts.end_message:
+        # Who ended it and why (`secondline session kill --reason`): the next reader asks.
+        lines.append(f"Ended by:     {sanitize_display_text(_killer(facts.end_message), 300)}")
+    lines += [
         f"Consent:      {_consent(facts)}",
         f"Participants: {_participants(facts.participants)}",
     ]
