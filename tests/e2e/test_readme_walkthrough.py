@@ -1,7 +1,7 @@
-"""README.md runs as written: its walkthrough blocks (marked ``<!-- walkthrough -->``, see
-CONTRIBUTING.md) run in order with bash against a real `secondline serve`, a really
-enrolled `secondline-agent run` and the real OpenSSH client. A README edit that breaks a
-command, or a command that prints a traceback, fails this test."""
+"""README.md and docs/agent.md run as written: their walkthrough blocks (marked
+``<!-- walkthrough -->``, see CONTRIBUTING.md) run in order with bash against a real
+`secondline serve`, a really enrolled `secondline-agent run` and the real OpenSSH client.
+An edit that breaks a command, or a command that prints a traceback, fails this test."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.broker import cli_env, free_port
+from tests.support.broker import cli_env, free_port, secondline, start_broker
+from tests.support.site import ok
 from tests.support.walkthrough import Walkthrough, WalkthroughFailed, blocks, steps, substitute
 
 pytestmark = pytest.mark.e2e
@@ -86,6 +87,59 @@ async def test_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
         assert {s["state"] for s in sessions} == {"ended"}
         assert (work / "session.cast").is_file()
     assert walk.tracebacks() == []
+
+
+def agent_doc_substitutions(tmp: Path, https_port: int) -> list[tuple[str, str]]:
+    """docs/agent.md's host, port and paths, and its sudo: the test runs the agent as its
+    own user, in a state dir of its own."""
+    return [
+        ("sudo ", ""),  # the agent runs as the test's user
+        ("support.example.com", "127.0.0.1"),  # the broker's host name
+        ("8443", str(https_port)),  # the broker's HTTPS port
+        ("secondline-agent ", f"secondline-agent --state-dir {tmp / 'agent-state'} "),
+    ]
+
+
+async def test_agent_doc_walkthrough_runs_as_written(tmp_path: Path) -> None:
+    """docs/agent.md's blocks, with a token the admin made in $TOKEN: enroll, run, the end
+    user's status, sessions and help; the help request becomes a ticket whose machine facts
+    have no empty line."""
+    data_dir, port = tmp_path / "data", str(free_port())
+    ok(
+        secondline(
+            "init", "--listen-host", "127.0.0.1", "--https-port", port,
+            "--ssh-port", str(free_port()), "--public-url", f"https://127.0.0.1:{port}",
+            data_dir=data_dir,
+        )
+    )  # fmt: skip
+    broker = await start_broker(data_dir)
+    try:
+        ok(secondline("customer", "add", "acme", data_dir=data_dir))
+        env = cli_env(tmp_path / "home")
+        env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        env["TOKEN"] = ok(secondline("token", "create", "--customer", "acme", data_dir=data_dir))
+        table = agent_doc_substitutions(tmp_path, broker.https_port)
+        found = blocks((ROOT / "docs" / "agent.md").read_text(encoding="utf-8"), "agent.md")
+        assert len(found) == 3
+        async with Walkthrough(tmp_path, env) as walk:
+            for block in found:
+                for step in steps(block, table):
+                    await walk.run(step)
+        assert walk.tracebacks() == []
+        tickets = json.loads(ok(secondline("ticket", "list", "--json", data_dir=data_dir)))
+        assert [t["title"] for t in tickets] == [
+            "Help request from web01: the printer queue is stuck since this morning"
+        ]
+        shown = json.loads(
+            ok(secondline("ticket", "show", tickets[0]["id"], "--json", data_dir=data_dir))
+        )
+        machine = str(shown["description"]).split("--- machine web01 ---\n", 1)[1]
+        for line in machine.splitlines():
+            key, _, value = line.partition(": ")
+            assert key, machine
+            assert value.strip(), machine
+    finally:
+        await broker.stop()
 
 
 def _sessions(env: dict[str, str], data_dir: Path) -> list[dict[str, object]]:
