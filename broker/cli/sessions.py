@@ -1,6 +1,6 @@
 """Commands for remote sessions and their transcripts:
 
-secondline session list [--live] [--ticket T] [--ids|--json] | show ID [--json]
+secondline session list [--live] [--ticket T] [--limit N] [--ids|--json] | show ID [--json]
 secondline session kill ID [--reason TEXT] [--json]
 secondline transcript export SESSION [--format cast|txt|json] [-o FILE]
 secondline transcript verify SESSION|FILE [--public-key PEM] [--json]
@@ -63,6 +63,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--live", action="store_true", help="only sessions that have not ended")
     p.add_argument("--ticket", default=None, help="only the sessions of this ticket")
     p.add_argument("--ids", action="store_true", help="print only the ids, one a line")
+    p.add_argument(
+        "--limit", type=int, default=None, metavar="N", help="at most N (1-500; default 100)"
+    )
     add_json(p)
     p.set_defaults(handler=session_list)
     p = session.add_parser("show", help="show a session: participants, commands, digest")
@@ -111,6 +114,10 @@ def session_list(rt: Runtime) -> int:
             query.append(f"ticket=T-{parse_ticket_ref(rt.args.ticket)}")
         except InvalidName as exc:
             raise CliError(exc.message) from None
+    if rt.args.limit is not None:
+        if not 1 <= rt.args.limit <= 500:
+            raise CliError("--limit must be from 1 to 500")
+        query.append(f"limit={rt.args.limit}")
     path = "/sessions" + ("?" + "&".join(query) if query else "")
     data = rt.api.request("GET", path)
     if rt.args.ids and not rt.json and isinstance(data, list):
