@@ -7,6 +7,7 @@ import asyncio
 import datetime as dt
 import os
 import shutil
+import ssl
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,18 @@ def _refuse_initialised(data_dir: Path) -> None:
         )
     if data_dir.exists() and not data_dir.is_dir():
         raise SetupError(f"{data_dir} is a file, not a directory; choose a directory")
+
+
+def _check_tls_pair(cert: Path, key: Path) -> None:
+    """Refuse a certificate and key that `serve` could not use, before anything is made."""
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except OSError as exc:  # ssl.SSLError is an OSError too
+        why = getattr(exc, "reason", None) or exc.strerror or str(exc)
+        raise SetupError(
+            f"cannot use --tls-cert {cert} with --tls-key {key} ({why}); give a PEM "
+            "certificate and its private key, or neither for a self-signed one"
+        ) from None
 
 
 def _missing_root(path: Path) -> Path | None:
@@ -156,6 +169,7 @@ def init_data_dir(
     if (tls_cert is None) != (tls_key is None):
         raise SetupError("give both --tls-cert and --tls-key, or neither for a self-signed one")
     if tls_cert is not None and tls_key is not None:
+        _check_tls_pair(tls_cert, tls_key)
         extra["tls_cert"], extra["tls_key"] = str(tls_cert.resolve()), str(tls_key.resolve())
     if isinstance(extra.get("database_url"), str):
         normalize_database_url(str(extra["database_url"]))  # refused before anything is made

@@ -4,6 +4,7 @@ write, an init that is all or nothing, a data dir whose files are the owner's on
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import secrets
 import socket
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from broker.keys import make_tls_certificate
 from tests.support.broker import free_port, secondline, start_broker
 from tests.support.database import create_database, drop_database, plain_dsn, run_sync
 
@@ -65,9 +67,9 @@ async def test_init_takes_the_postgresql_url_forms_people_write(
 
 
 def test_failed_init_leaves_nothing_and_says_what_to_do(tmp_path: Path) -> None:
-    """A database that cannot be reached, or a URL no driver of ours takes: one line that
-    says what to do, no traceback, no half-made data dir (not even the parents init made);
-    the next init into the same place then succeeds."""
+    """A database that cannot be reached, a URL no driver of ours takes, a certificate
+    that cannot be read: one line that says what to do, no traceback, no half-made data dir
+    (not even the parents init made); the next init into the same place then succeeds."""
     data_dir = tmp_path / "new" / "data"
     unreachable = f"postgresql://nobody@127.0.0.1:{free_port()}/secondline"
     code, err = _init(data_dir, "--database-url", unreachable)
@@ -81,12 +83,21 @@ def test_failed_init_leaves_nothing_and_says_what_to_do(tmp_path: Path) -> None:
     assert code == 1
     assert "is not a database URL this broker can use; write postgresql://" in err
     assert not (tmp_path / "new").exists()
+    missing = tmp_path / "missing.pem"
+    code, err = _init(data_dir, "--tls-cert", str(missing), "--tls-key", str(missing))
+    assert code == 1
+    assert f"cannot use --tls-cert {missing}" in err
+    assert not (tmp_path / "new").exists()
     # An empty directory made by the admin stays, and stays empty.
     data_dir.mkdir(parents=True)
     assert _init(data_dir, "--database-url", unreachable)[0] == 1
     assert list(data_dir.iterdir()) == []
     assert [p.name for p in data_dir.parent.iterdir()] == ["data"]
-    assert _init(data_dir) == (0, "")
+    cert_pem, key_pem = make_tls_certificate("https://127.0.0.1", dt.datetime.now(dt.UTC))
+    (tmp_path / "tls.crt").write_bytes(cert_pem)
+    (tmp_path / "tls.key").write_bytes(key_pem)
+    pair = ("--tls-cert", str(tmp_path / "tls.crt"), "--tls-key", str(tmp_path / "tls.key"))
+    assert _init(data_dir, *pair) == (0, "")
     assert (data_dir / "secondline.toml").is_file()
 
 
