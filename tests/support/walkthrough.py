@@ -26,9 +26,12 @@ MARKER = re.compile(
     r"^<!-- walkthrough(?::\s*([^>]*?))?\s*-->\n```(?:sh|bash)\n(.*?)^```", re.M | re.S
 )
 # Lines the test runs as long-lived processes, and the output that says each is ready.
+BROKER_READY = re.compile(rb"secondline: serving https://")
+AGENT_READY = re.compile(rb"connected to the broker")
+AGENT_ONLINE = re.compile(rb"agent ag-[a-z0-9]{16} \(\S+\) online")
 LONG_RUNNING: Sequence[tuple[re.Pattern[str], re.Pattern[bytes]]] = (
-    (re.compile(r"^secondline\s.*\bserve\b"), re.compile(rb"secondline: serving https://")),
-    (re.compile(r"^secondline-agent\s.*\brun\b"), re.compile(rb"connected to the broker")),
+    (re.compile(r"^secondline\s.*\bserve\b"), BROKER_READY),
+    (re.compile(r"^secondline-agent\s.*\brun\b"), AGENT_READY),
 )
 DONE = "@@walkthrough-step-done"
 
@@ -216,6 +219,12 @@ class Walkthrough:
         self.background.append(bg)
         assert step.ready is not None
         await bg.wait_for(step.ready, step.source)
+        if step.ready is AGENT_READY:
+            # The agent is connected; the broker marks it online a moment later. Commands
+            # after this line (an `ssh` to the machine) need that: wait for it too.
+            for broker in self.background[:-1]:
+                if BROKER_READY.search(broker.output):
+                    await broker.wait_for(AGENT_ONLINE, step.source)
 
     def tracebacks(self) -> list[str]:
         """The long-running processes whose output holds a traceback."""
