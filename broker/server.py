@@ -55,6 +55,19 @@ async def database_problem(config: BrokerConfig) -> str | None:
     return None
 
 
+async def schema_missing(config: BrokerConfig) -> bool:
+    """True when the database answers but was never set up by `secondline init`."""
+    engine = create_engine(config.db_url, schema=config.database_schema or None)
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT version_num FROM alembic_version"))
+    except DB_ERRORS:
+        return True
+    finally:
+        await engine.dispose()
+    return False
+
+
 async def serve(config: BrokerConfig) -> None:
     app = create_app(config)
     cleaning = asyncio.Event()
@@ -73,6 +86,14 @@ async def serve(config: BrokerConfig) -> None:
         # left live): without it the broker used to die with a traceback. Refuse to start
         # with one clear line instead; any other failure is not hidden behind this one.
         problem = await database_problem(config)
+        if problem is None and await schema_missing(config):
+            with contextlib.suppress(Exception):
+                await runner.cleanup()
+            raise SystemExit(
+                "secondline: the database holds no Secondline tables (database_url in "
+                "secondline.toml points elsewhere, or the SQLite file was removed); point it "
+                "at the broker's database, or make a new data dir with `secondline init`"
+            ) from None
         if problem is None:
             raise
         with contextlib.suppress(Exception):

@@ -136,3 +136,16 @@ def test_serve_on_a_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.err
     assert f"cannot listen on 127.0.0.1 port {port} (HTTPS)" in result.err
     assert "https_port, ssh_port in secondline.toml" in result.err
+
+
+def test_serve_on_a_database_without_tables_says_so(tmp_path: Path) -> None:
+    """A data dir whose SQLite file was removed (or a database_url pointing at an empty
+    database): one line saying the database holds no Secondline tables, no traceback."""
+    data_dir = tmp_path / "data"
+    assert _init(data_dir)[0] == 0
+    (data_dir / "secondline.db").unlink()
+    result = secondline("serve", data_dir=data_dir)
+    assert result.code == 1
+    assert "Traceback" not in result.err
+    assert result.err.strip().endswith("make a new data dir with `secondline init`"), result.err
+    assert "the database holds no Secondline tables" in result.err
