@@ -32,6 +32,7 @@ from agent.errors import AgentError, ControlError, MessageError, NotEnrolledErro
 from agent.protocol import (
     AGENT_NAME_RE,
     SESSION_ID_RE,
+    STAFF_NAME_RE,
     Ed25519PublicKey,
     cert_fingerprint,
     sanitize_text,
@@ -100,11 +101,14 @@ def _parser() -> argparse.ArgumentParser:
         ("deny", "deny a waiting session request"),
     ):
         sub = commands.add_parser(name, parents=[common], help=what)
-        sub.add_argument(
-            "session",
-            metavar="SESSION" if name == "end" else "REQUEST",
-            help="a session id (s-...)",
-        )
+        sub.add_argument("session", metavar="SESSION", help="a session id (s-...)")
+        if name != "end":
+            sub.add_argument(
+                "staff",
+                metavar="STAFF",
+                nargs="?",
+                help="who asks (needed when several people of the session are asked about)",
+            )
     help_cmd = commands.add_parser(
         "help", parents=[common], help="ask the helpdesk for help (opens a ticket)"
     )
@@ -162,7 +166,7 @@ def _dispatch(paths: StatePaths, args: argparse.Namespace) -> int:
     if args.command == "sessions":
         return _sessions(paths, as_json=args.json)
     if args.command in ("end", "approve", "deny"):
-        return _session_command(paths, args.command, args.session)
+        return _session_command(paths, args.command, args.session, getattr(args, "staff", None))
     return _help(paths, args.text)
 
 
@@ -359,18 +363,24 @@ def _text(item: object, key: str) -> str:
 def _print_session(out: TextIO, item: object, detail: str) -> None:
     title = _text(item, "ticket_title")
     ticket = _text(item, "ticket") + (f" {title!r}" if title not in ("-", "") else "")
-    who = f"{_text(item, 'staff')} (level {_text(item, 'staff_level')})"
+    role = f", {_text(item, 'role')}" if _text(item, "role") != "-" else ""
+    who = f"{_text(item, 'staff')} (level {_text(item, 'staff_level')}{role})"
     out.write(f"  {_text(item, 'session')}  {who}  ticket {ticket}  {detail}\n")
 
 
-def _session_command(paths: StatePaths, op: str, session: str) -> int:
+def _session_command(paths: StatePaths, op: str, session: str, staff: str | None) -> int:
     if SESSION_ID_RE.fullmatch(session) is None:
         raise ControlError(
             f"{sanitize_text(session, 40)!r} is not a session id (they look like s- and 22 "
             f"letters or digits); list them with: {PROG} sessions"
         )
+    if staff is not None and STAFF_NAME_RE.fullmatch(staff) is None:
+        raise ControlError(
+            f"{sanitize_text(staff, 40)!r} is not a staff member's name; "
+            f"list who asks with: {PROG} sessions"
+        )
     request = ControlRequest(
-        "end" if op == "end" else "approve" if op == "approve" else "deny", session
+        "end" if op == "end" else "approve" if op == "approve" else "deny", session, staff
     )
     result = call_agent(paths.control_sock, request)
     if op == "end":
@@ -380,7 +390,9 @@ def _session_command(paths: StatePaths, op: str, session: str) -> int:
             + (f" ({ended} channels)" if isinstance(ended, int) and ended > 1 else "")
         )
     else:
-        print(f"session {session} {result.get('decision', op)}")
+        who = f"{_text(result, 'staff')} ({_text(result, 'role')})"
+        what = "withdrawn" if result.get("withdrawn") is True else _text(result, "decision")
+        print(f"session {session}: {who} {what}")
     return 0
 
 

@@ -1,7 +1,8 @@
 """Asking the end user in the agent's own terminal, when ``run`` has one.
 
-Each new request is printed with who asks, for which ticket, and how to answer; a line
-``y`` or ``n`` typed in the terminal answers the oldest waiting request. Broker-supplied
+Each new request is printed with who asks, in which role, for which ticket, and how to
+answer; a line ``y`` or ``n`` typed in the terminal answers the oldest waiting request
+(and says whose it was). Broker-supplied
 text (staff name, ticket title) is made inert before it reaches the terminal.
 ``secondline-agent approve|deny`` works at the same time, from any terminal.
 """
@@ -16,22 +17,29 @@ from typing import Final, TextIO
 
 from agent.consent import ConsentRequest, ConsentService, Decision
 from agent.errors import ConsentError
-from agent.protocol import LOCAL_USER_RE, sanitize_text
+from agent.protocol import LOCAL_USER_RE, ConsentRole, sanitize_text
 
 logger = logging.getLogger(__name__)
 
 _YES: Final = frozenset(("y", "yes"))
 _NO: Final = frozenset(("n", "no"))
+_ASKS: Final[dict[ConsentRole, str]] = {
+    "owner": "open a session",
+    "participant": "join a running session as a participant who types",
+    "observer": "watch a running session (they see the screen)",
+}
 
 
 def describe_request(request: ConsentRequest) -> str:
     """The question shown for a request (inert text only)."""
     env = request.env
     title = sanitize_text(env.ticket_title, 200)
+    asks = _ASKS[env.asked_role]
     return (
-        f"Secondline: {env.staff} (support level {env.staff_level}) asks to open a session on "
+        f"Secondline: {env.staff} (support level {env.staff_level}) asks to {asks} on "
         f"this machine for ticket {env.ticket}{f' ({title})' if title else ''}.\n"
-        f"  Approve? Type y or n and Enter here, or run: secondline-agent approve {env.session}\n"
+        f"  Approve? Type y or n and Enter here, or run: "
+        f"secondline-agent approve {env.session} {env.staff}\n"
     )
 
 
@@ -61,7 +69,10 @@ class TerminalPrompt:
         if isinstance(event, ConsentRequest):
             self._write(describe_request(event))
         elif event.decision == "timeout":
-            self._write(f"Secondline: the request for session {event.session} timed out.\n")
+            self._write(
+                f"Secondline: the request of {event.key.describe()} for session "
+                f"{event.session} timed out.\n"
+            )
         waiting = bool(self._consent.book.pending())
         if waiting and not self._listening:
             self._loop.add_reader(self._input, self._on_readable)
@@ -91,13 +102,15 @@ class TerminalPrompt:
             if pending:
                 self._write("Secondline: type y to approve or n to deny.\n")
             return
-        session = pending[0].env.session
+        key = pending[0].key
         try:
-            decision = self._consent.decide(session, approved=answer in _YES, by=self._user)
+            decision = self._consent.decide(key, approved=answer in _YES, by=self._user)
         except ConsentError as exc:
             self._write(f"Secondline: {exc}\n")
             return
-        self._write(f"Secondline: session {session} {decision.decision}.\n")
+        self._write(
+            f"Secondline: {key.describe()} {decision.decision} for session {key.session}.\n"
+        )
 
     def _write(self, text: str) -> None:
         try:

@@ -5,7 +5,7 @@ The CLI sends one request per line and reads one answer per line::
     {"op": "status"}                     -> {"ok": true, "result": {...}}
     {"op": "sessions"}                   -> {"ok": true, "result": {"live": [], "pending": []}}
     {"op": "approve", "session": "s-…"}  -> {"ok": true, "result": {...decision}}
-    {"op": "deny", "session": "s-…"}
+    {"op": "deny", "session": "s-…", "staff": "carol"}   ("staff" when several are asked about)
     {"op": "end", "session": "s-…"}      -> {"ok": true, "result": {"ended": 1}}
     anything refused                     -> {"ok": false, "error": "a sentence"}
 
@@ -29,7 +29,13 @@ from pathlib import Path
 from typing import Final, Literal
 
 from agent.errors import AgentError, ControlError, MessageError
-from agent.protocol import LOCAL_USER_RE, SESSION_ID_RE, load_json_object, require_match
+from agent.protocol import (
+    LOCAL_USER_RE,
+    SESSION_ID_RE,
+    STAFF_NAME_RE,
+    load_json_object,
+    require_match,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +52,7 @@ class ControlRequest:
 
     op: Op
     session: str | None = None
+    staff: str | None = None  # approve/deny: which of the people asking
 
     def __post_init__(self) -> None:
         if self.op not in _OPS:
@@ -56,26 +63,35 @@ class ControlRequest:
             )
         if self.session is not None:
             require_match(SESSION_ID_RE, self.session, "session")
+        if self.staff is not None:
+            if self.op not in ("approve", "deny"):
+                raise MessageError(f"the {self.op} operation takes no staff name")
+            require_match(STAFF_NAME_RE, self.staff, "staff")
 
     @classmethod
     def parse(cls, line: bytes) -> ControlRequest:
         """Parse a request line."""
         obj = load_json_object(line, "control request", max_bytes=LINE_MAX)
-        if not set(obj) <= {"op", "session"}:
-            raise MessageError("control request: only 'op' and 'session' are allowed")
+        if not set(obj) <= {"op", "session", "staff"}:
+            raise MessageError("control request: only 'op', 'session' and 'staff' are allowed")
         op = obj.get("op")
         if op not in _OPS:
             raise MessageError("unknown control operation")
         session = obj.get("session")
         if session is not None and not isinstance(session, str):
             raise MessageError("control request: session is not a string")
-        return cls(op, session)
+        staff = obj.get("staff")
+        if staff is not None and not isinstance(staff, str):
+            raise MessageError("control request: staff is not a string")
+        return cls(op, session, staff)
 
     def serialize(self) -> bytes:
         """The request line."""
         body: dict[str, object] = {"op": self.op}
         if self.session is not None:
             body["session"] = self.session
+        if self.staff is not None:
+            body["staff"] = self.staff
         return json.dumps(body, separators=(",", ":")).encode() + b"\n"
 
 

@@ -67,6 +67,7 @@ SESSION_ENV_NAMES: Final = (
     "SL_STAFF_LEVEL",
     "SL_TICKET",
     "SL_TICKET_TITLE",
+    "SL_ROLE",
 )
 
 _ED25519_LINE_RE: Final = re.compile(
@@ -75,6 +76,10 @@ _ED25519_LINE_RE: Final = re.compile(
 _ED25519_BLOB_PREFIX: Final = b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20"
 # C0 controls, DEL and C1 controls: what a terminal could act on.
 _CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+#: The part a staff member asks to play in a session (``SL_ROLE``): each asks on its own.
+ConsentRole = Literal["owner", "participant", "observer"]
+CONSENT_ROLES: Final[tuple[ConsentRole, ...]] = ("owner", "participant", "observer")
 
 ConsentDecision = Literal["approved", "denied", "timeout", "not_required"]
 CONSENT_DECISIONS: Final[tuple[ConsentDecision, ...]] = (
@@ -163,6 +168,14 @@ class SessionEnv:
     staff_level: int
     ticket: str
     ticket_title: str = ""
+    #: None when the broker sent no ``SL_ROLE`` (an older broker): the owner, asked once,
+    #: and the ``sl:consent`` channel closes after its answer (no later withdrawal).
+    role: ConsentRole | None = None
+
+    @property
+    def asked_role(self) -> ConsentRole:
+        """The role the end user is asked about."""
+        return self.role or "owner"
 
     @classmethod
     def parse(cls, env: Mapping[str, str]) -> SessionEnv:
@@ -170,6 +183,12 @@ class SessionEnv:
         title = env.get("SL_TICKET_TITLE", "")
         if len(title) > TICKET_TITLE_MAX:
             raise MessageError(f"SL_TICKET_TITLE is longer than {TICKET_TITLE_MAX} characters")
+        role: ConsentRole | None = None
+        if "SL_ROLE" in env:
+            raw_role = env["SL_ROLE"]
+            if raw_role not in CONSENT_ROLES:
+                raise MessageError("SL_ROLE is not one of owner, participant, observer")
+            role = CONSENT_ROLES[CONSENT_ROLES.index(raw_role)]
         return cls(
             session=require_match(SESSION_ID_RE, env.get("SL_SESSION"), "SL_SESSION"),
             staff=require_match(STAFF_NAME_RE, env.get("SL_STAFF"), "SL_STAFF"),
@@ -179,17 +198,21 @@ class SessionEnv:
             ticket=require_match(TICKET_ID_RE, env.get("SL_TICKET"), "SL_TICKET"),
             # The title is free text shown to the end user: made inert, never refused for it.
             ticket_title=sanitize_text(title, TICKET_TITLE_MAX),
+            role=role,
         )
 
     def to_env(self) -> dict[str, str]:
         """The mapping to pass as asyncssh ``env=`` when opening a channel."""
-        return {
+        env = {
             "SL_SESSION": self.session,
             "SL_STAFF": self.staff,
             "SL_STAFF_LEVEL": str(self.staff_level),
             "SL_TICKET": self.ticket,
             "SL_TICKET_TITLE": self.ticket_title,
         }
+        if self.role is not None:
+            env["SL_ROLE"] = self.role
+        return env
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

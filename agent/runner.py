@@ -333,37 +333,55 @@ class AgentRunner:
             return {
                 "live": [channel.to_dict() for channel in self.registry.live()],
                 "pending": [req.to_dict() for req in self.consent.book.pending()],
+                "approved": [
+                    {"session": key.session, "staff": key.staff, "role": key.role}
+                    for key in self.consent.held()
+                ],
             }
         session = request.session
         assert session is not None  # ControlRequest guarantees it for these ops
         if request.op in ("approve", "deny"):
-            decision = self.consent.decide(session, approved=request.op == "approve", by=user)
-            return {"session": session, "decision": decision.decision, "by": decision.by}
-        waiting = any(req.env.session == session for req in self.consent.book.pending())
-        if waiting:
-            self.consent.decide(session, approved=False, by=user)
+            decision = self.consent.answer(
+                session, approved=request.op == "approve", by=user, staff=request.staff
+            )
+            return {
+                "session": session,
+                "staff": decision.key.staff,
+                "role": decision.key.role,
+                "decision": decision.decision,
+                "withdrawn": decision.withdrawn,
+                "by": decision.by,
+            }
+        waiting = self.consent.book.matching(session)
+        for key in waiting:
+            self.consent.decide(key, approved=False, by=user)
         ended = self.registry.end_session(session)
         if not ended and not waiting:
             raise ControlError(
                 f"no session {session} is running or waiting; "
                 "list them with: secondline-agent sessions"
             )
-        return {"session": session, "ended": ended, "denied": waiting}
+        return {"session": session, "ended": ended, "denied": bool(waiting)}
 
     def _log_consent(self, event: ConsentRequest | Decision) -> None:
         if isinstance(event, ConsentRequest):
             logger.info(
-                "session %s: %s asks for consent (ticket %s)",
+                "session %s: %s asks for consent as %s (ticket %s)",
                 event.env.session,
                 event.env.staff,
+                event.env.asked_role,
                 event.env.ticket,
             )
             return
-        logger.info("session %s: consent %s", event.session, event.decision)
+        what = "withdrawn" if event.withdrawn else event.decision
+        logger.info("session %s: consent %s for %s", event.session, what, event.key.describe())
         self.registry.consent(
             {
                 "session": event.session,
+                "staff": event.key.staff,
+                "role": event.key.role,
                 "decision": event.decision,
+                "withdrawn": event.withdrawn,
                 "by": event.by,
                 "at": iso_utc(event.at),
             }

@@ -247,9 +247,17 @@ class AgentSession(asyncssh.SSHServerSession[bytes]):
         assert self._chan is not None
         assert self._env is not None
         decision: Decision = await self._ctx.consent.ask(self._env)
-        if not self._closed:
+        if self._closed:
+            return
+        self._chan.write(decision.answer().serialize())
+        if decision.decision == "approved" and self._env.role is not None:
+            # A broker that names the role keeps the channel open while the person is in
+            # the session; a denial after the approval is the second line it reads.
+            decision = await self._ctx.consent.hold(decision)
+            if self._closed:
+                return
             self._chan.write(decision.answer().serialize())
-            self._chan.exit(0 if decision.allows else 1)
+        self._chan.exit(0 if decision.allows else 1)
 
     def _launch(self, account: LoginAccount) -> ShellLaunch:
         if self._kind == "exec":

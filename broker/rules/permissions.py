@@ -343,16 +343,25 @@ def may_join_session(
 
 
 def may_observe_session(
-    staff: StaffView, ticket: TicketView, session: LiveSessionView, now: datetime
+    staff: StaffView,
+    ticket: TicketView,
+    session: LiveSessionView,
+    now: datetime,
+    *,
+    attended: bool = False,
 ) -> Decision:
-    """Decide whether ``staff`` may watch ``session`` read-only (training)."""
+    """Decide whether ``staff`` may watch ``session`` read-only (training). An observer
+    other than the owner of a session on an attended agent (``attended``) sees the end
+    user's screen, so the end user is asked first, as for the owner and joiners."""
     refused = _first(
         _active(staff),
         _no_admin_worker(staff, "watch sessions"),
         _session_of(session, ticket),
         _scope(staff, ticket),
     )
-    return Allowed() if refused is None else refused
+    if refused is not None:
+        return refused
+    return Allowed(needs_consent=attended and staff.name != session.owner)
 
 
 def may_view_ticket(staff: StaffView, ticket: TicketView) -> Decision:

@@ -18,12 +18,13 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Final, Literal
 
 import asyncssh
 from sqlalchemy.exc import SQLAlchemyError
 
-from agent.protocol import ConsentAnswer, SessionEnv
+from agent.protocol import SessionEnv
 from broker.errors import BrokerError
 from broker.ports import AgentTunnels, TicketSystem
 from broker.rules import (
@@ -37,7 +38,7 @@ from broker.services import Services
 from broker.sessions import store
 from broker.sessions.access import load_agents, load_staff
 from broker.sessions.admission import OpenRequest, admit, refuse
-from broker.sessions.consent import ask_consent
+from broker.sessions.consent import ASKED_ROLE, ConsentGrant, Grants, ask_consent
 from broker.sessions.errors import (
     AUDIT_STORE_UNAVAILABLE,
     SessionNotFound,
@@ -80,6 +81,7 @@ class SessionManager:
         self._ticker: asyncio.Task[None] | None = None
         self._starting: dict[str, asyncio.Task[object]] = {}  # waiting to start (consent)
         self._killed: dict[str, str] = {}  # killed while starting: by whom
+        self.grants = Grants(services, self.spawn)  # the end user's approvals in force
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -208,13 +210,14 @@ class SessionManager:
         ticket_status: str,
     ) -> tuple[LiveSession, Member]:
         sid, staff = facts.session_id, facts.owner
-        env = SessionEnv(
+        owner_env = SessionEnv(
             session=sid,
             staff=staff,
             staff_level=facts.owner_level,
             ticket=facts.ticket_ref,
             ticket_title=facts.ticket_title,
-        ).to_env()
+            role="owner",
+        )
         conn = tunnels.connection(facts.agent_id) if tunnels is not None else None
         if conn is None:
             offline = Refused(
@@ -227,14 +230,37 @@ class SessionManager:
                 await tickets.assign(facts.ticket_id, staff, actor=staff)
             except DB_ERRORS:
                 raise StoreUnavailable(AUDIT_STORE_UNAVAILABLE) from None
-        consent: ConsentAnswer | None = None
+        grant: ConsentGrant | None = None
         if decision.needs_consent:
             owner.show_state(
                 "waiting_consent",
                 f"waiting for the end user's approval on {facts.agent_name}",
                 sid,
             )
-            consent = await ask_consent(self.services, conn, env, sid, staff, req.source)
+            grant = await ask_consent(self.services, conn, owner_env, source=req.source)
+        try:
+            return await self._start_live(
+                req, facts, tickets, conn, owner, ticket_status, owner_env, grant
+            )
+        except BaseException:
+            if grant is not None:
+                grant.close()
+            raise
+
+    async def _start_live(
+        self,
+        req: OpenRequest,
+        facts: SessionFacts,
+        tickets: TicketSystem,
+        conn: asyncssh.SSHClientConnection,
+        owner: Terminal,
+        ticket_status: str,
+        owner_env: SessionEnv,
+        grant: ConsentGrant | None,
+    ) -> tuple[LiveSession, Member]:
+        sid, staff = facts.session_id, facts.owner
+        env = replace(owner_env, role=None).to_env()  # the shell's channel names no role
+        consent = grant.answer if grant is not None else None
         recorder = self._recorder(facts)
         left: set[int] = set()  # members whose leave is recorded (see _member_changed)
         live = LiveSession(
@@ -271,6 +297,8 @@ class SessionManager:
         self.live[sid] = live
         self._supervisors[sid] = asyncio.get_running_loop().create_task(self._supervise(live))
         member = live.attach(owner, staff, "owner", facts.via, announce=False)
+        if grant is not None:
+            self.grants.keep(live, member, owner_env, grant, req.source)
         try:
             await live.open_channel(conn, env)
         except (asyncssh.Error, OSError) as exc:
@@ -343,6 +371,7 @@ class SessionManager:
         self, sid: str, member: Member, what: Literal["joined", "left"], why: str, left: set[int]
     ) -> None:
         if what == "left":
+            self.grants.release(sid, member.pid)
             # The hub reports a terminal still attached at the end as left ("session
             # ended") and again when its channel closes ("disconnected"): record one leave.
             if member.pid in left:
@@ -396,10 +425,20 @@ class SessionManager:
                 staff, ticket.view(), view, agents[0].view(self._tunnels()), now
             )
         else:
-            decision = may_observe_session(staff, ticket.view(), view, now)
+            attended = agents[0].view(self._tunnels()).consent == "attended"
+            decision = may_observe_session(staff, ticket.view(), view, now, attended=attended)
         if isinstance(decision, Refused):
             await self._audit_refusal(staff_name, action, session_id, source, decision.code)
             raise SessionRefused(decision.reason, code=decision.code)
+        env = SessionEnv(
+            session=session_id,
+            staff=staff.name,
+            staff_level=staff.level or 0,
+            ticket=live.facts.ticket_ref,
+            ticket_title=live.facts.ticket_title,
+            role=ASKED_ROLE[role],
+        )
+        grant: ConsentGrant | None = None
         if decision.needs_consent:
             conn = (self._tunnels() or _NoTunnels()).connection(live.facts.agent_id)
             if conn is None:
@@ -407,29 +446,42 @@ class SessionManager:
             terminal.show_state(
                 "waiting_consent", "waiting for the end user's approval", session_id
             )
-            env = SessionEnv(
-                session=session_id,
-                staff=staff.name,
-                staff_level=staff.level or 0,
-                ticket=live.facts.ticket_ref,
-                ticket_title=live.facts.ticket_title,
-            ).to_env()
-            await ask_consent(self.services, conn, env, session_id, staff.name, source)
+            # Every joiner and observer is asked about by name: nobody rides on the owner's
+            # approval. A refusal is audited and marked in the transcript.
+            grant = await ask_consent(self.services, conn, env, source=source, marker=live.marker)
+        try:
+            member = await self._admit_member(live, staff.name, role, action, terminal, source)
+        except BaseException:
+            if grant is not None:
+                grant.close()
+            raise
+        if grant is not None:
+            self.grants.keep(live, member, env, grant, source)
+        return live, member
+
+    async def _admit_member(
+        self,
+        live: LiveSession,
+        name: str,
+        role: Role,
+        action: str,
+        terminal: Terminal,
+        source: str,
+    ) -> Member:
         try:
             await self.audit(
-                staff.name,
+                name,
                 action,
-                session_id,
+                live.session_id,
                 source=source,
                 details={"ticket": live.facts.ticket_ref},
             )
         except DB_ERRORS:
             raise StoreUnavailable(AUDIT_STORE_UNAVAILABLE) from None
         try:
-            member = live.attach(terminal, staff.name, role, "web")
+            return live.attach(terminal, name, role, "web")
         except (HubClosed, HubFull) as exc:
             raise SessionRefused(f"you cannot attach: {exc}", code="session_full") from None
-        return live, member
 
     async def _audit_refusal(
         self, actor: str, action: str, target: str, source: str, code: str

@@ -190,7 +190,8 @@ def terminal_text(page: Page, text: str) -> object:
 
 async def test_a_level_two_shell_from_sign_in_to_playback(stack: Stack, chromium: Browser) -> None:
     """Bob signs in with TOTP, opens a shell on the ticket's machine after consent, works in it
-    while Tina watches read-only, ends it, and plays the transcript back from the ticket."""
+    while Tina watches read-only (after the end user approved her too), ends it, and plays
+    the transcript back from the ticket."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     bob_ctx = await new_context(chromium, lang="de-DE")
     await bob_ctx.grant_permissions(["clipboard-read", "clipboard-write"], origin=stack.url)
@@ -218,6 +219,9 @@ async def test_a_level_two_shell_from_sign_in_to_playback(stack: Stack, chromium
     await tina.locator(f"#live-rows a[href*='{session}']").first.wait_for()
     await tina.screenshot(path=SHOTS / "live-sessions.png")
     await tina.click(f"#live-rows a[href*='{session}'][href*='mode=observe']")
+    # Tina sees the end user's screen too, so the end user is asked about her by name.
+    await tina.locator("#terminal-app[data-state=waiting_consent]").wait_for(timeout=WAIT_MS)
+    stack.agent_cli("approve", session, "tina")
     await tina.locator("#terminal-app[data-state=running]").wait_for(timeout=WAIT_MS)
     await tina.locator("#participants .participant-observer").wait_for(timeout=WAIT_MS)
 

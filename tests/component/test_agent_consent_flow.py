@@ -165,7 +165,7 @@ async def test_cli_approve_in_a_real_process(attended: Attended) -> None:
     async with asyncio.timeout(WAIT):
         out, err = await cli.communicate()
     assert cli.returncode == 0, err
-    assert out.decode().strip() == f"session {SESSION} approved"
+    assert out.decode().strip() == f"session {SESSION}: alice (owner) approved"
     answer, _ = await _answer(process)
     assert answer.decision == "approved"
 

@@ -147,7 +147,7 @@ async def test_attended_agent_waits_for_approval(data_dir: Path, tmp_path: Path)
             assert shell.out == b""
             _, live = await w.call("GET", "/sessions?live=1", expect=200)
             assert live[0]["state"] == "waiting_consent"
-            w.agent.consent.decide(request.env.session, approved=True, by="alice")
+            w.agent.consent.decide(request.key, approved=True, by="alice")
             shell.type("echo approved-$((40+2))\n")
             await shell.expect(b"approved-42")
             shell.type("exit\n")
@@ -175,7 +175,7 @@ async def test_denied_or_unanswered_consent_refuses(
             shell = await open_shell(conn)
             request = await w.agent.next_request()
             if answer == "deny":
-                w.agent.consent.decide(request.env.session, approved=False, by="alice")
+                w.agent.consent.decide(request.key, approved=False, by="alice")
             assert await shell.finish() == 255
         expected = b"denied the session" if answer == "deny" else b"did not answer in time"
         assert expected in shell.err

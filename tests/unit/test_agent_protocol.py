@@ -198,3 +198,18 @@ def test_help_messages() -> None:
     assert HelpAnswer.parse(b'{"ticket":"T-9"}') == HelpAnswer("T-9")
     with pytest.raises(MessageError):
         HelpAnswer.parse(b'{"ticket":"T-9; rm"}')
+
+
+def test_session_env_role_is_optional_and_checked() -> None:
+    """SL_ROLE names the role asked about (an older broker sends none: the owner); any
+    other value refuses the channel."""
+    base = {"SL_SESSION": "s-" + "R" * 22, "SL_STAFF": "carol", "SL_STAFF_LEVEL": "3"}
+    base["SL_TICKET"] = "T-9"
+    assert SessionEnv.parse(base).role is None
+    assert SessionEnv.parse(base).asked_role == "owner"
+    joiner = SessionEnv.parse(base | {"SL_ROLE": "participant"})
+    assert joiner.asked_role == "participant"
+    assert joiner.to_env()["SL_ROLE"] == "participant"
+    assert "SL_ROLE" not in SessionEnv.parse(base).to_env()
+    with pytest.raises(MessageError, match="SL_ROLE"):
+        SessionEnv.parse(base | {"SL_ROLE": "admin"})
