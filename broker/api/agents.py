@@ -17,6 +17,7 @@ from broker.agents.feature import AGENT_REGISTRY
 from broker.api.routing import ApiContext, ApiRouter, QueryParam
 from broker.errors import InputError
 from broker.rules import InvalidName, parse_customer_name
+from broker.sessions.runtime import SESSIONS
 
 router = ApiRouter(tag="agents")
 
@@ -284,6 +285,10 @@ async def revoke_agent(ctx: ApiContext) -> AgentOut:
             customers=ctx.principal.customers,
         )
         changed = await agent_store.revoke_agent(db, rec.id, by=ctx.principal.name, now=s.clock())
+    sessions = ctx.request.app.get(SESSIONS)
+    if sessions is not None:
+        # Ended as "revoked" first: the tunnel closing would end them as "agent disconnected".
+        sessions.manager.end_agent_sessions(rec.id)
     registry = ctx.request.app.get(AGENT_REGISTRY)
     closed = registry.revoke(rec.id) if registry is not None else False
     if changed:

@@ -17,6 +17,7 @@ from broker.auth.credentials import verify_password
 from broker.auth.scopes import ROLE_SCOPES
 from broker.db.models_staff import ApiToken, User
 from broker.errors import AuthError, ConflictError, ForbiddenError, InputError, NotFoundError
+from broker.sessions.runtime import SESSIONS
 
 router = ApiRouter(tag="staff")
 
@@ -205,6 +206,9 @@ async def disable_user(ctx: ApiContext) -> UserOut:
         user = await staff_store.get_user(db, staff_store.valid_user_name(ctx.path("name")))
         revoked = await staff_store.disable_user(db, user, s.clock())
         rec = await staff_store.user_record(db, user)
+    sessions = ctx.request.app.get(SESSIONS)
+    if sessions is not None:
+        sessions.manager.end_account_sessions(user.name)
     await s.audit.record(
         actor=ctx.principal.name,
         action="user.disable",

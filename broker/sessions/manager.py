@@ -49,7 +49,12 @@ from broker.sessions.facts import SessionFacts, Terminal
 from broker.sessions.finish import Finisher
 from broker.sessions.hub import END_SHUTDOWN, LiveSession
 from broker.sessions.hub_core import HubClosed, HubFull, HubLimits, Member, Role
-from broker.sessions.recording import end_disabled_accounts, new_recorder
+from broker.sessions.recording import (
+    END_REVOKED,
+    end_disabled_accounts,
+    end_sessions_of,
+    new_recorder,
+)
 from broker.transcript import TranscriptRecorder
 
 log = logging.getLogger(__name__)
@@ -114,6 +119,24 @@ class SessionManager:
     async def end_disabled_accounts(self) -> None:
         """Disabling an account ends its sessions and detaches it from others within seconds."""
         await end_disabled_accounts(self.services, self.live.values())
+
+    def end_account_sessions(self, name: str) -> None:
+        """Disabling ``name`` ends its sessions here at once, as "account disabled" (its
+        console terminals are cut within seconds too, which would read as a plain leave);
+        the periodic check covers other nodes."""
+        end_sessions_of(self.live.values(), {name})
+
+    def end_agent_sessions(self, agent_id: str) -> int:
+        """Revoking an agent ends its sessions here as "revoked" (before its tunnel closes,
+        which would read as "agent disconnected"); how many."""
+        ended = [live for live in self.live.values() if live.facts.agent_id == agent_id]
+        for live in ended:
+            live.end(
+                END_REVOKED,
+                code="agent_revoked",
+                message="the agent was revoked, so the session ended",
+            )
+        return len(ended)
 
     def spawn(self, work: Awaitable[object], what: str) -> None:
         """Run ``work`` in the background, keeping a reference and logging failures."""

@@ -1,12 +1,14 @@
 """What the session manager does to the sessions of this node beside starting them: create
 a session's transcript recorder (no recorder, no session), and end the sessions of accounts
-disabled while they run."""
+disabled while they run. Sessions ended by an admin's action say which in their end reason
+(transcript seal, session row, note): "account disabled", "revoked" (the agent)."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Iterable
+from typing import Final
 
 from broker.services import Services
 from broker.sessions import store
@@ -16,6 +18,9 @@ from broker.sessions.hub import LiveSession
 from broker.transcript import CastHeader, RecorderError, SessionInfo, TranscriptRecorder
 
 log = logging.getLogger(__name__)
+
+END_ACCOUNT_DISABLED: Final = "account disabled"
+END_REVOKED: Final = "revoked"
 
 
 def new_recorder(services: Services, facts: SessionFacts) -> TranscriptRecorder:
@@ -60,13 +65,18 @@ async def end_disabled_accounts(services: Services, sessions: Iterable[LiveSessi
         return
     async with services.db() as db:
         disabled = await store.disabled_accounts(db, names)
-    for session in live:
-        for member in session.core.members:
+    end_sessions_of(live, disabled)
+
+
+def end_sessions_of(sessions: Iterable[LiveSession], disabled: set[str]) -> None:
+    """End the sessions the ``disabled`` accounts control; cut them off from the others."""
+    for session in list(sessions):
+        for member in list(session.core.members):
             if member.name not in disabled:
                 continue
             if member.role == "owner":
                 session.end(
-                    "account disabled",
+                    END_ACCOUNT_DISABLED,
                     code="account_disabled",
                     message=f"the account {member.name} was disabled, so the session ended",
                 )

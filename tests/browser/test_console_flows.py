@@ -386,6 +386,10 @@ async def test_cross_site_upgrades_are_refused_and_disabling_closes_the_terminal
         "#terminal-app[data-state=signed_out]"
     ).wait_for(timeout=WAIT_MS)
     assert time.monotonic() - started < 5.0
+    # Cut off by the disabling, not merely left: the record says why it ended.
+    await stack.broker.wait_for_line(b"session " + session.encode() + b": note delivered")
+    shown = json.loads(stack.admin("session", "show", session, "--json"))
+    assert shown["end_reason"] == "account disabled"
     await page.goto(f"{stack.url}/console/")
     await page.wait_for_url("**/console/login**")
     await ctx.close()

@@ -1,4 +1,5 @@
-"""Consent for every person who enters a session on an attended machine: a real
+"""Consent for every person who enters a session on an attended machine, and the recorded
+reason of sessions ended by revoking their agent or disabling their owner: a real
 `secondline serve`, a really enrolled `secondline-agent run` answered through its own CLI,
 the real OpenSSH client for the owner, and console terminals (the broker's WebSocket) for
 joiners and observers."""
@@ -27,6 +28,8 @@ from tests.support.site import (
     session_ids,
     sessions_of,
     start_agent,
+    stop_agent,
+    wait_note,
 )
 
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
@@ -210,3 +213,43 @@ async def test_every_joiner_and_observer_waits_for_the_end_user(site: Site) -> N
         ("tina", "observer", "denied"),
         ("tina", "observer", "denied"),
     ]
+
+
+async def live_shell(site: Site) -> tuple[Terminal, str]:
+    """bob's interactive OpenSSH session on the unattended agent; its id."""
+    term = await site.interactive(site.ticket)
+    term.type('echo "in-$SL_SESSION"\n')
+    await term.expect_in_order(b"in-s-", b"\n")
+    return term, session_ids(term.out.decode(errors="replace"))[0]
+
+
+async def ended_as(site: Site, term: Terminal, sid: str, mark: int) -> tuple[str, str]:
+    """Wait for the session's end to be recorded: its end reason and its note's text."""
+    code, err = await term.finish()
+    assert code != 0, err
+    note = await wait_note(site, site.ticket, sid, mark)
+    detail = json.loads(ok(site.admin("session", "show", sid, "--json")))
+    return str(detail["end_reason"]), str(note["text"])
+
+
+async def test_revoked_agent_and_disabled_owner_are_the_recorded_end(site: Site) -> None:
+    """A session ended by `agent revoke` is recorded as "revoked", not "agent
+    disconnected"; one whose owner is disabled as "account disabled"."""
+    await start_agent(site, "web01", "unattended")
+    site.ticket = new_ticket(site, "web01")
+    term, sid = await live_shell(site)
+    mark = len(site.broker.output)
+    ok(site.admin("agent", "revoke", "web01"))
+    reason, note = await ended_as(site, term, sid, mark)
+    assert reason == "revoked"
+    assert "revoked" in note
+    await stop_agent(site)  # the revoked agent would knock forever
+
+    await start_agent(site, "web02", "unattended")
+    site.ticket = new_ticket(site, "web02")
+    term, sid = await live_shell(site)
+    mark = len(site.broker.output)
+    ok(site.admin("user", "disable", "bob"))
+    reason, note = await ended_as(site, term, sid, mark)
+    assert reason == "account disabled"
+    assert "account disabled" in note
