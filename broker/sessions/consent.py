@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import logging
+import functools
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 
@@ -34,8 +34,6 @@ from broker.sessions.hub_core import Member, Role
 
 if TYPE_CHECKING:
     from broker.sessions.hub import LiveSession
-
-log = logging.getLogger(__name__)
 
 DB_ERRORS: Final = (SQLAlchemyError, OSError)
 # The agent decides the timeout (consent_timeout_seconds, 120 s by default); this only
@@ -154,6 +152,10 @@ async def ask_consent(
             process.close()
     try:
         await record_decision(services, env, answer, source=source)
+    except DB_ERRORS:
+        if grant is not None:
+            grant.close()
+        raise StoreUnavailable(AUDIT_STORE_UNAVAILABLE) from None
     except BaseException:
         if grant is not None:
             grant.close()
@@ -196,44 +198,50 @@ async def record_decision(
     source: str,
     withdrawn: bool = False,
 ) -> None:
-    """Audit the decision; the owner's also goes to the session row."""
-    try:
-        await services.audit.record(
-            actor=env.staff,
-            action="session.consent",
-            target=env.session,
-            outcome="ok" if answer.allows and not withdrawn else "denied",
-            source=source,
-            details={
-                "decision": "withdrawn" if withdrawn else answer.decision,
-                "by": answer.by,
-                "staff": env.staff,
-                "role": env.asked_role,
-            },
-        )
-        if env.asked_role == "owner" and not withdrawn:
-            async with services.db() as db, db.begin():
-                await store.update_session(
-                    db,
-                    env.session,
-                    consent=answer.decision,
-                    consent_by=answer.by,
-                    consent_at=answer.at,
-                )
-    except DB_ERRORS:
-        raise StoreUnavailable(AUDIT_STORE_UNAVAILABLE) from None
+    """Audit the decision; the owner's also goes to the session row. Raises the
+    database's errors."""
+    await services.audit.record(
+        actor=env.staff,
+        action="session.consent",
+        target=env.session,
+        outcome="ok" if answer.allows and not withdrawn else "denied",
+        source=source,
+        details={
+            "decision": "withdrawn" if withdrawn else answer.decision,
+            "by": answer.by,
+            "staff": env.staff,
+            "role": env.asked_role,
+        },
+    )
+    if env.asked_role == "owner" and not withdrawn:
+        async with services.db() as db, db.begin():
+            await store.update_session(
+                db,
+                env.session,
+                consent=answer.decision,
+                consent_by=answer.by,
+                consent_at=answer.at,
+            )
 
 
 END_CONSENT_WITHDRAWN: Final = "consent withdrawn"
+#: Runs a write until the database takes it (``Finisher.until_stored`` of the session).
+StoreRetry = Callable[[str, str, Callable[[], Awaitable[None]]], Awaitable[object]]
 
 
 class Grants:
     """The approvals in force on this node, one per member who needed one: watched for a
     withdrawal, closed when the member leaves."""
 
-    def __init__(self, services: Services, spawn: Callable[[Awaitable[None], str], None]) -> None:
+    def __init__(
+        self,
+        services: Services,
+        spawn: Callable[[Awaitable[None], str], None],
+        until_stored: StoreRetry,
+    ) -> None:
         self._services = services
         self._spawn = spawn
+        self._until_stored = until_stored
         self._grants: dict[tuple[str, int], ConsentGrant] = {}
 
     def keep(
@@ -261,9 +269,16 @@ class Grants:
                     "the end user withdrew their approval, so your access to the session ended",
                 )
 
-        watch = watch_grant(
-            self._services, env, grant, source=source, marker=live.marker, cut_off=cut_off
-        )
+        def record(later: ConsentAnswer) -> Awaitable[object]:
+            write = functools.partial(
+                record_decision, self._services, env, later, source=source, withdrawn=True
+            )
+            return self._until_stored(env.session, f"the withdrawal for {env.staff}", write)
+
+        def mark(later: ConsentAnswer) -> None:
+            live.marker(decision_marker(env, later, withdrawn=True))
+
+        watch = watch_grant(grant, mark=mark, cut_off=cut_off, record=record)
         self._spawn(watch, f"watching the end user's approval of {env.staff}")
 
     def release(self, session_id: str, pid: int) -> None:
@@ -274,30 +289,22 @@ class Grants:
 
 
 async def watch_grant(
-    services: Services,
-    env: SessionEnv,
     grant: ConsentGrant,
     *,
-    source: str,
-    marker: Callable[[str], None],
+    mark: Callable[[ConsentAnswer], None],
     cut_off: Callable[[], None],
+    record: Callable[[ConsentAnswer], Awaitable[object]],
 ) -> None:
     """Until the person leaves (the grant is closed): on a withdrawal, mark it in the
-    transcript, cut the person off at once, then audit it."""
+    transcript, cut the person off at once, then audit it (retried while the database is
+    down: the cut-off never waits for it)."""
     try:
         later = await grant.withdrawn()
         if later is None:
             return
         # The marker first: cutting the owner off ends the session and its transcript.
-        marker(decision_marker(env, later, withdrawn=True))
+        mark(later)
         cut_off()
-        try:
-            await record_decision(services, env, later, source=source, withdrawn=True)
-        except StoreUnavailable:
-            log.error(
-                "session %s: the withdrawal for %s is not audited: the database is unavailable",
-                env.session,
-                env.staff,
-            )
+        await record(later)
     finally:
         grant.close()

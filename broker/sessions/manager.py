@@ -86,7 +86,14 @@ class SessionManager:
         self._ticker: asyncio.Task[None] | None = None
         self._starting: dict[str, asyncio.Task[object]] = {}  # waiting to start (consent)
         self._killed: dict[str, str] = {}  # killed while starting: by whom
-        self.grants = Grants(services, self.spawn)  # the end user's approvals in force
+        # The end user's approvals in force; a withdrawal's audit is retried like the end's.
+        self.grants = Grants(
+            services,
+            self.spawn,
+            lambda sid, what, write: self.finisher.until_stored(
+                sid, what, write, lambda: self._closing
+            ),
+        )
 
     # -- plumbing --------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import os
+from dataclasses import replace
 
 from agent.consent import ConsentBook, ConsentRequest, ConsentService
 from agent.consent_prompt import TerminalPrompt, describe_request
@@ -56,3 +57,32 @@ def test_question_text_without_title() -> None:
     assert isinstance(request, ConsentRequest)
     text = describe_request(request)
     assert "for ticket T-1.\n" in text
+
+
+async def test_two_waiting_people_are_answered_oldest_first_by_name() -> None:
+    """A joiner asking while the owner's request waits gets a question of their own that
+    names the role; `y` then `n` answer the owner, then the joiner, each said by name."""
+    read_fd, write_fd = os.pipe()
+    output = io.StringIO()
+    service = ConsentService(ConsentBook(attended=True, timeout=60))
+    prompt = TerminalPrompt(service, read_fd, output)
+    prompt.start()
+    try:
+        owner = asyncio.create_task(service.ask(replace(ENV, role="owner")))
+        await asyncio.sleep(0)  # one loop turn: the owner's request is printed first
+        joiner = asyncio.create_task(service.ask(replace(ENV, staff="carol", role="participant")))
+        await asyncio.sleep(0)
+        shown = output.getvalue()
+        assert "carol (support level 2) asks to join a running session" in shown
+        assert f"secondline-agent approve {ENV.session} carol" in shown
+        os.write(write_fd, b"y\nn\n")
+        async with asyncio.timeout(WAIT):
+            approved, denied = await owner, await joiner
+        assert (approved.decision, denied.decision) == ("approved", "denied")
+        assert "alice (owner) approved" in output.getvalue()
+        assert "carol (participant) denied" in output.getvalue()
+    finally:
+        prompt.close()
+        service.close()
+        os.close(read_fd)
+        os.close(write_fd)

@@ -23,7 +23,8 @@ async def test_a_joiner_is_asked_about_after_the_owner_was_approved(
 ) -> None:
     """The owner's approval does not answer for a level-3 joiner: the end user is asked
     about the joiner by name and role; their denial refuses the joiner with the reason and
-    leaves the owner's consent on the session row as it was."""
+    leaves the owner's consent on the session row as it was; an observer nobody answers is
+    refused as timed out."""
     async with world(data_dir, tmp_path, attended=True) as w:
         assert w.agent is not None
         _, dave = await w.add_staff("dave", "level3")
@@ -45,9 +46,19 @@ async def test_a_joiner_is_asked_about_after_the_owner_was_approved(
             assert joiner.controls[-1]["code"] == "consent_denied"
             assert "denied your request to join session" in joiner.controls[-1]["reason"]
             assert not joiner.has_state("running")
+            # An observer nobody answers is refused when the agent's timeout runs out.
+            _, tina = await w.add_staff("tina", "level1")
+            w.agent.consent.book.timeout = 0.3
+            watcher = await connect(w, tina, await mint(w, tina, mode="observe", session=sid))
+            await watcher.read_until(lambda b: b.has_state("waiting_consent"))
+            assert (await w.agent.next_request()).env.asked_role == "observer"
+            await watcher.read_to_close()
+            assert watcher.controls[-1]["code"] == "consent_timeout"
+            assert "request to observe session" in watcher.controls[-1]["reason"]
             shell.type("exit\n")
             assert await shell.finish() == 0
         detail = await wait_state(w, w.ticket, "ended")
         assert (detail["consent"], detail["consent_by"]) == ("approved", "alice")
         _, transcript = await w.call("GET", f"/sessions/{sid}/transcript", expect=200)
         assert "consent denied for dave (participant) by alice" in transcript["content"]
+        assert "consent timeout for tina (observer)" in transcript["content"]
