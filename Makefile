@@ -41,6 +41,7 @@ demo: install
 	$(BIN)/python -m broker.demo --data-dir ./demo-data
 
 bench: install
+	$(BIN)/python -m bench.kb_eval
 	$(BIN)/python -m bench $(if $(QUICK),--quick,)
 
 clean:
