@@ -118,7 +118,11 @@ async def evaluate(
     async with factory() as db:
         for problem in problems:
             want = ids[problem.id]
-            for pair, texts in (("same", problem.same), ("cross", problem.other)):
+            pairs: tuple[tuple[Pair, tuple[str, ...]], ...] = (
+                ("same", problem.same),
+                ("cross", problem.other),
+            )
+            for pair, texts in pairs:
                 score = scores.setdefault((problem.split, pair), Score())
                 for text in texts:
                     hits = await search(db, query_terms(text), SearchFilter(limit=DEPTH))

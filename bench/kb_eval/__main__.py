@@ -93,11 +93,14 @@ def main(argv: list[str] | None = None) -> int:
                 latency.append(run_postgresql(dsn, args.articles, args.queries, 1042))
             except OSError as exc:
                 print(f"PostgreSQL at {dsn} is not reachable ({exc}); skipped", file=sys.stderr)
-        print(f"\n{'backend':<11}{'articles':>9}  {'search p50':>10}{'p99':>9}")
+        print(
+            f"\n{'backend':<11}{'articles':>9}  {'search p50':>10}{'p99':>9}"
+            f"  {'no glossary p50':>15}{'p99':>9}"
+        )
         for f in latency:
             print(
                 f"{f.backend:<11}{f.articles:>9}  {f.search_p50_ms:>8.2f}ms"
-                f"{f.search_p99_ms:>7.2f}ms"
+                f"{f.search_p99_ms:>7.2f}ms  {f.plain_p50_ms:>13.2f}ms{f.plain_p99_ms:>7.2f}ms"
             )
         figures["latency"] = [f.__dict__ for f in latency]
     if args.json:

@@ -7,6 +7,10 @@ the known parts of German compounds ("Druckaufträge" → "druckauftrag", "druck
 case-folded and without diacritics. The query side runs the same functions over what a person
 typed, so "Drucker druckt nicht" finds "Druckaufträge hängen im Netzwerkdrucker".
 
+Words of the bilingual glossary (``broker.kb.glossary``) bring their translations and
+synonyms into the query ("print jobs stuck" also searches "Druckauftrag hängt"), so a ticket
+finds the article written in the other language; highlighting marks those words too.
+
 Whatever a person types is only ever split into words: operators, quotes, parentheses, NUL
 and other controls cannot reach the search engine's query language, because each word is
 emitted as a quoted string of letters and digits. Long input is cut, never refused.
@@ -23,6 +27,8 @@ from typing import Final, Protocol, cast
 
 import snowballstemmer  # no stubs published: ignore_missing_imports in pyproject
 
+from broker.kb.glossary import GLOSSARY_FILE, Glossary, parse
+
 # Words are runs of letters and digits, as SQLite's unicode61 tokenizer splits them
 # (underscore and punctuation separate words there too).
 WORD: Final = re.compile(r"[^\W_]+")
@@ -30,6 +36,8 @@ WORD: Final = re.compile(r"[^\W_]+")
 QUERY_MAX_CHARS: Final = 4000  # a pasted log beyond this adds nothing but cost
 QUERY_MAX_TERMS: Final = 32
 WORD_MAX_CHARS: Final = 64  # longer "words" are hashes or base64, never symptoms
+EXPANSION_PER_LANGUAGE: Final = 5  # glossary words per concept and language, first listed first
+EXPANSIONS_MAX: Final = 32  # more adds cost and dilutes the words actually typed
 
 _STOPWORD_TEXT: Final = (
     # English
@@ -138,18 +146,29 @@ def stems_field(texts: Iterable[str]) -> str:
 
 @dataclass(frozen=True)
 class QueryTerms:
-    """What a search string means: distinct words and their German forms, both folded."""
+    """What a search string means: distinct words and their German forms, both folded, and
+    the glossary words they bring in (``expansions``, with their German forms)."""
 
     words: tuple[str, ...]
     german: tuple[str, ...]
+    expansions: tuple[str, ...] = ()
+    expansion_forms: tuple[str, ...] = ()
 
     @property
     def empty(self) -> bool:
         return not self.words
 
+    @property
+    def all_words(self) -> tuple[str, ...]:
+        return (*self.words, *self.expansions)
+
+    @property
+    def all_german(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((*self.german, *self.expansion_forms)))
+
     def keys(self) -> frozenset[str]:
         """Every form a document word may take to count as a match (for highlighting)."""
-        return _keys(self.words, self.german)
+        return _keys(self.all_words, self.all_german)
 
 
 @lru_cache(maxsize=1024)
@@ -157,10 +176,26 @@ def _keys(words: tuple[str, ...], german: tuple[str, ...]) -> frozenset[str]:
     return frozenset({*words, *german, *(english_stem(w) for w in words)})
 
 
-def query_terms(text: str, *, max_terms: int = QUERY_MAX_TERMS) -> QueryTerms:
+def _word_analysis_keys(word: str) -> tuple[str, ...]:
+    return (german_stem(word), english_stem(word))
+
+
+@lru_cache(maxsize=1)
+def glossary() -> Glossary:
+    """The bilingual glossary, keyed by the same stems the search uses."""
+    return Glossary(
+        parse(GLOSSARY_FILE.read_text(encoding="utf-8"), words),
+        fold=fold,
+        german_keys=lambda w: (german_stem(w),),
+        english_keys=lambda w: (english_stem(w),),
+    )
+
+
+def query_terms(text: str, *, max_terms: int = QUERY_MAX_TERMS, expand: bool = True) -> QueryTerms:
     """Split what a person typed into search terms; never raises, whatever the text holds.
 
-    Stopwords are dropped unless nothing else is left ("the who" still searches).
+    Stopwords are dropped unless nothing else is left ("the who" still searches). With
+    ``expand`` the glossary adds the other language's words for the same things.
     """
     text = text[:QUERY_MAX_CHARS]
     all_words = list(dict.fromkeys(words(text)))
@@ -170,7 +205,34 @@ def query_terms(text: str, *, max_terms: int = QUERY_MAX_TERMS) -> QueryTerms:
     for word in kept:
         for form in german_forms(word):
             german.setdefault(form, None)
-    return QueryTerms(words=tuple(fold(w) for w in kept), german=tuple(german))
+    folded = tuple(fold(w) for w in kept)
+    added: dict[str, None] = {}
+    forms: dict[str, None] = {}
+    if expand:
+        seen = {key for w in kept for key in _word_analysis_keys(w)}
+        typed = ((fold(w), _word_analysis_keys(w)) for w in kept if w not in STOPWORDS)
+        for concept in glossary().expand(typed):
+            for side, is_german in ((concept.german, True), (concept.english, False)):
+                taken = 0
+                for word in side:
+                    # One word per stem, a few per language: the engines stem by themselves,
+                    # and every extra term costs time on every matching document.
+                    keys = _word_analysis_keys(word)
+                    if taken == EXPANSION_PER_LANGUAGE or seen.intersection(keys):
+                        continue
+                    seen.update(keys)
+                    taken += 1
+                    added.setdefault(fold(word), None)
+                    if is_german:
+                        for form in german_forms(word):
+                            if form not in german:
+                                forms.setdefault(form, None)
+    return QueryTerms(
+        words=folded,
+        german=tuple(german),
+        expansions=tuple(added)[:EXPANSIONS_MAX],
+        expansion_forms=tuple(forms)[:EXPANSIONS_MAX],
+    )
 
 
 def _quoted(term: str) -> str:
@@ -180,14 +242,14 @@ def _quoted(term: str) -> str:
 
 def fts5_match(terms: QueryTerms) -> str:
     """An FTS5 MATCH expression: any word in any column, or a German form in ``stems``."""
-    parts = [_quoted(w) for w in terms.words]
-    parts += [f"stems : {_quoted(g)}" for g in terms.german]
+    parts = [_quoted(w) for w in terms.all_words]
+    parts += [f"stems : {_quoted(g)}" for g in terms.all_german]
     return " OR ".join(parts)
 
 
 def pg_query_text(terms: QueryTerms) -> tuple[str, str]:
     """The words and the German forms as two texts for PostgreSQL's ``to_tsvector``."""
-    return " ".join(terms.words), " ".join(terms.german)
+    return " ".join(terms.all_words), " ".join(terms.all_german)
 
 
 @lru_cache(maxsize=65_536)
