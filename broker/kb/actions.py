@@ -14,6 +14,7 @@ from broker.kb.article import ArticleContent, StatusAction, format_article_id, p
 from broker.kb.drafting import draft_from_ticket as prefill
 from broker.kb.errors import ArticleInvalid, KbForbidden, SourceNotFound
 from broker.kb.history import FieldDiff, diff_contents
+from broker.kb.machine_fit import machine_order, os_families
 from broker.kb.policy import (
     may_change_status,
     may_mark_solved,
@@ -23,7 +24,7 @@ from broker.kb.policy import (
 )
 from broker.kb.render import ArticleDoc, SourceRef, article_html, to_markdown
 from broker.kb.results import Result, article_results, ticket_results
-from broker.kb.search_docs import SearchFilter, search
+from broker.kb.search_docs import SEARCH_LIMIT_MAX, SearchFilter, search
 from broker.kb.sources import SOLVED_STATUSES, load_ticket, sync_ticket_docs, ticket_customer
 from broker.rules import InvalidName
 from broker.rules.names import format_ticket_id, parse_ticket_ref
@@ -292,10 +293,16 @@ async def suggestions(
             raise SourceNotFound(f"ticket {format_ticket_id(number)} is gone")
         await sync_ticket_docs(db, services.clock())
     terms = query_terms(f"{digest.title}\n{digest.description}")
+    machine = os_families(m.os_name for m in digest.machines)
     async with services.db() as db:
-        articles = await article_results(
-            db, terms, await search(db, terms, SearchFilter(limit=limit))
+        # More candidates than shown, so articles for another OS than the ticket's machine
+        # can give way to ones that fit it.
+        candidates = await article_results(
+            db,
+            terms,
+            await search(db, terms, SearchFilter(limit=min(SEARCH_LIMIT_MAX, limit * 4))),
         )
+        articles = machine_order(machine, [(r, r.families) for r in candidates])[:limit]
         ticket_hits = await search(
             db,
             terms,

@@ -13,6 +13,7 @@ from broker.db.models_kb import KbArticle
 from broker.kb.analysis import QueryTerms
 from broker.kb.article import ArticleContent, format_article_id
 from broker.kb.highlight import Segment, count_matches, highlight
+from broker.kb.machine_fit import article_families
 from broker.kb.search_docs import Hit, doc_kinds
 from broker.rules.names import format_ticket_id
 
@@ -30,6 +31,7 @@ class Result:
     tags: tuple[str, ...] = ()
     os: tuple[str, ...] = ()
     solved_count: int = 0
+    families: frozenset[str] = frozenset()  # OS families the article is for (machine_fit)
 
 
 def best_snippet(fields: Sequence[tuple[str, str]], terms: QueryTerms) -> tuple[str, list[Segment]]:
@@ -58,12 +60,13 @@ async def article_results(db: AsyncSession, terms: QueryTerms, hits: Sequence[Hi
         if row is None:
             continue
         content = ArticleContent.from_dict(row.content)
+        commands = [c.command for c in content.commands]
         name, snippet = best_snippet(
             [
                 ("problem", content.problem),
                 ("solution", content.solution),
                 ("cause", content.cause),
-                ("commands", "\n".join(c.command for c in content.commands)),
+                ("commands", "\n".join(commands)),
             ],
             terms,
         )
@@ -80,6 +83,7 @@ async def article_results(db: AsyncSession, terms: QueryTerms, hits: Sequence[Hi
                 tags=content.tags,
                 os=content.os,
                 solved_count=row.solved_count,
+                families=article_families(content.os, commands),
             )
         )
     return out
