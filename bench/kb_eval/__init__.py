@@ -95,6 +95,18 @@ class Score:
         return self.reciprocal / self.queries if self.queries else 0.0
 
 
+def merged(scores: dict[tuple[str, Pair], Score], pair: Pair) -> Score:
+    """One score over every split for ``pair``."""
+    total = Score()
+    for (_, p), s in scores.items():
+        if p == pair:
+            total.queries += s.queries
+            total.in_top3 += s.in_top3
+            total.reciprocal += s.reciprocal
+            total.misses += s.misses
+    return total
+
+
 async def publish_all(
     factory: async_sessionmaker[AsyncSession], problems: Sequence[Problem]
 ) -> dict[str, int]:

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.kb_eval import SPLITS, Score, evaluate, load
+from bench.kb_eval import SPLITS, Score, evaluate, load, merged
 from bench.kb_search import DEFAULT_PG, _pg_schema, run_postgresql, run_sqlite
 from broker.db.engine import create_engine, migrate, session_factory
 
@@ -28,7 +28,8 @@ async def _evaluate_url(url: str, schema: str | None, splits: list[str]) -> dict
         scores = await evaluate(session_factory(engine), load(splits))
     finally:
         await engine.dispose()
-    return {f"{split}/{pair}": score for (split, pair), score in scores.items()}
+    named = {f"{split}/{pair}": score for (split, pair), score in scores.items()}
+    return named | {"all/same": merged(scores, "same"), "all/cross": merged(scores, "cross")}
 
 
 def quality_sqlite(splits: list[str]) -> dict[str, Score]:
@@ -55,7 +56,7 @@ def _print_quality(backend: str, scores: dict[str, Score], misses: bool) -> None
     for name in sorted(scores):
         s = scores[name]
         print(f"{'':<11}{name:>20}{s.queries:>8}{s.recall3:>10.3f}{s.mrr:>7.3f}")
-        if misses:
+        if misses and not name.startswith("all/"):
             for text in s.misses:
                 print(f"    miss  {text}")
 
