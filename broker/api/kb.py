@@ -100,6 +100,7 @@ class ArticleOut(BaseModel):
     author: str
     reviewer: str | None
     solved_count: int
+    not_helped_count: int = 0  # "did not help" marks (read with the article)
     sources: list[SourceOut]
     created_at: dt.datetime
     updated_at: dt.datetime
@@ -175,6 +176,12 @@ class SolvedOut(BaseModel):
     article: ArticleOut
     linked: bool
     solved_tickets: list[str]
+
+
+class NotHelpedOut(BaseModel):
+    article: str
+    linked: bool
+    not_helped_count: int
 
 
 class ExportOut(BaseModel):
@@ -325,7 +332,9 @@ async def list_articles(ctx: ApiContext) -> list[ArticleOut]:
 @router.route("GET", "/kb/articles/{id}", summary="Show an article", response=ArticleOut)
 async def show_article(ctx: ApiContext) -> ArticleOut:
     caller = _caller(ctx)
-    return _article_out(caller, await actions.read(ctx.services, caller, _article_id(ctx)))
+    article = _article_out(caller, await actions.read(ctx.services, caller, _article_id(ctx)))
+    article.not_helped_count = await actions.not_helped_count(ctx.services, article.id)
+    return article
 
 
 @router.route(
@@ -482,6 +491,23 @@ async def article_solved(ctx: ApiContext) -> SolvedOut:
     )
     tickets = await actions.solved_tickets(ctx.services, caller, article)
     return SolvedOut(article=_article_out(caller, record), linked=linked, solved_tickets=tickets)
+
+
+@router.route(
+    "POST",
+    "/kb/articles/{id}/not-helped",
+    summary="Mark that this suggested article did not help with a ticket (ranks it lower)",
+    scope="write",
+    body=SolvedIn,
+    response=NotHelpedOut,
+)
+async def article_not_helped(ctx: ApiContext) -> NotHelpedOut:
+    article = _article_id(ctx)
+    linked = await actions.mark_not_helped(
+        ctx.services, _caller(ctx), article, ctx.payload(SolvedIn).ticket
+    )
+    count = await actions.not_helped_count(ctx.services, article)
+    return NotHelpedOut(article=f"KB-{article}", linked=linked, not_helped_count=count)
 
 
 _SEARCH_QUERY = (

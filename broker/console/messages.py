@@ -101,6 +101,8 @@ DONE_MESSAGES: Final = {
     "kb_reopen": N_("Article reopened as a draft."),
     "kb_solved": N_("Noted: the article solved this ticket."),
     "kb_solved_known": N_("This article was already noted as this ticket's solution."),
+    "kb_not_helped": N_("Noted: the article did not help. It is suggested last for this ticket."),
+    "kb_not_helped_known": N_("This article was already noted as not helping with this ticket."),
 }
 
 # The sign-in form's answers. One sentence for every failure, whatever failed.

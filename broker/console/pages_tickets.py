@@ -348,6 +348,22 @@ async def mark_solved(page: Page) -> web.StreamResponse:
     raise redirect(f"/console/tickets/{ref}", done=done)
 
 
+async def mark_not_helped(page: Page) -> web.StreamResponse:
+    """ "Did not help": the suggestion goes last on this ticket and counts against it."""
+    ref = ticket_ref(page)
+    try:
+        article = str(parse_article_id(page.field("article", cap=20)))
+    except KbError:
+        raise InputError("choose an article from the suggestions", code="article_invalid") from None
+    result = json_dict(
+        await page.api(
+            "POST", "/kb/articles/{id}/not-helped", params={"id": article}, body={"ticket": ref}
+        )
+    )
+    done = "kb_not_helped" if result.get("linked") else "kb_not_helped_known"
+    raise redirect(f"/console/tickets/{ref}", done=done)
+
+
 def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/console/", page_handler(queue_page))
     router.add_get("/console/tickets/{id}", page_handler(ticket_page))
@@ -358,3 +374,4 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_post("/console/tickets/{id}/resolve", page_handler(resolve))
     router.add_post("/console/tickets/{id}/write-up", page_handler(write_up))
     router.add_post("/console/tickets/{id}/solved", page_handler(mark_solved))
+    router.add_post("/console/tickets/{id}/not-helped", page_handler(mark_not_helped))

@@ -84,6 +84,23 @@ class KbSolved(Base):
     marked_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
 
 
+class KbNotHelped(Base):
+    """Staff said this suggested article did not help with this ticket: the ticket's
+    suggestions put it last, and it weighs against the article everywhere else."""
+
+    __tablename__ = "kb_not_helped"
+    __table_args__ = (UniqueConstraint("article_id", "ticket_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    article_id: Mapped[int] = mapped_column(
+        ForeignKey("kb_articles.id", ondelete="CASCADE"), index=True
+    )
+    ticket_id: Mapped[int] = mapped_column(Integer, index=True)
+    customer: Mapped[str] = mapped_column(String(63))
+    marked_by: Mapped[str] = mapped_column(String(64))
+    marked_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
 class KbSearchDoc(Base):
     """One searchable document: a published-or-not article, or a solved ticket.
 

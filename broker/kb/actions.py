@@ -13,6 +13,7 @@ from broker.kb.analysis import QueryTerms, query_terms
 from broker.kb.article import ArticleContent, StatusAction, format_article_id, parse_tag
 from broker.kb.drafting import draft_from_ticket as prefill
 from broker.kb.errors import ArticleInvalid, KbForbidden, SourceNotFound
+from broker.kb.feedback import feedback_order, tried_last
 from broker.kb.history import FieldDiff, diff_contents
 from broker.kb.machine_fit import machine_order, os_families
 from broker.kb.policy import (
@@ -295,14 +296,18 @@ async def suggestions(
     terms = query_terms(f"{digest.title}\n{digest.description}")
     machine = os_families(m.os_name for m in digest.machines)
     async with services.db() as db:
-        # More candidates than shown, so articles for another OS than the ticket's machine
-        # can give way to ones that fit it.
+        # More candidates than shown, so that what people marked and articles for the
+        # ticket's OS can move up past ones that only match the words a little better.
         candidates = await article_results(
             db,
             terms,
             await search(db, terms, SearchFilter(limit=min(SEARCH_LIMIT_MAX, limit * 4))),
         )
-        articles = machine_order(machine, [(r, r.families) for r in candidates])[:limit]
+        marked = await store.not_helped_counts(db, [r.id for r in candidates])
+        tried = await store.not_helped_for(db, number)
+        by_feedback = feedback_order(candidates, marked)
+        fitting = machine_order(machine, [(r, r.families) for r in by_feedback])
+        articles = tried_last(fitting, tried)[:limit]
         ticket_hits = await search(
             db,
             terms,
@@ -340,6 +345,35 @@ async def mark_solved(
             details={"ticket": format_ticket_id(number), "solved_count": record.solved_count},
         )
     return record, linked
+
+
+async def mark_not_helped(services: Services, caller: Caller, article: int, ticket: str) -> bool:
+    """ "Did not help": the suggestion goes last on this ticket and weighs against the
+    article elsewhere. False when it was noted already."""
+    number = ticket_number(ticket)
+    customer = await _visible_ticket(services, caller, number, "kb.not_helped")
+    decision = may_mark_solved(caller.staff, customer)
+    ref = format_article_id(article)
+    if isinstance(decision, Refused):
+        raise await _refuse(services, caller, "kb.not_helped", ref, decision)
+    async with services.db() as db, db.begin():
+        linked = await store.mark_not_helped(
+            db, article, ticket_id=number, customer=customer, by=caller.name, now=services.clock()
+        )
+    if linked:
+        await services.audit.record(
+            actor=caller.name,
+            action="kb.not_helped",
+            target=ref,
+            source=caller.source,
+            details={"ticket": format_ticket_id(number)},
+        )
+    return linked
+
+
+async def not_helped_count(services: Services, article: int) -> int:
+    async with services.db() as db:
+        return (await store.not_helped_counts(db, [article])).get(article, 0)
 
 
 async def solved_tickets(services: Services, caller: Caller, article: int) -> list[str]:

@@ -11,7 +11,13 @@ from dataclasses import dataclass
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from broker.db.models_kb import KbArticle, KbArticleSource, KbArticleVersion, KbSolved
+from broker.db.models_kb import (
+    KbArticle,
+    KbArticleSource,
+    KbArticleVersion,
+    KbNotHelped,
+    KbSolved,
+)
 from broker.kb.article import (
     ArticleContent,
     StatusAction,
@@ -299,6 +305,64 @@ async def mark_solved(
     content = ArticleContent.from_dict(row.content)
     await upsert_doc(db, "article", row.id, doc_fields(row.status, content, row.solved_count), now)
     return await _record(db, row), True
+
+
+async def mark_not_helped(
+    db: AsyncSession,
+    article_id: int,
+    *,
+    ticket_id: int,
+    customer: str,
+    by: str,
+    now: dt.datetime,
+) -> bool:
+    """Note that the article did not help with the ticket; False when noted already."""
+    row = await _row(db, article_id)
+    if row.status != "published":
+        raise StatusRefused(
+            f"article {format_article_id(article_id)} is {row.status}; only published articles "
+            "are suggested"
+        )
+    exists = (
+        await db.execute(
+            select(func.count())
+            .select_from(KbNotHelped)
+            .where(KbNotHelped.article_id == article_id, KbNotHelped.ticket_id == ticket_id)
+        )
+    ).scalar_one()
+    if exists:
+        return False
+    db.add(
+        KbNotHelped(
+            article_id=article_id,
+            ticket_id=ticket_id,
+            customer=customer,
+            marked_by=by,
+            marked_at=now,
+        )
+    )
+    await db.flush()
+    return True
+
+
+async def not_helped_counts(db: AsyncSession, ids: Sequence[int]) -> dict[int, int]:
+    """How often each article was marked "did not help" (articles never marked: absent)."""
+    if not ids:
+        return {}
+    rows = await db.execute(
+        select(KbNotHelped.article_id, func.count())
+        .where(KbNotHelped.article_id.in_(list(ids)))
+        .group_by(KbNotHelped.article_id)
+    )
+    return {a: int(n) for a, n in rows.all()}
+
+
+async def not_helped_for(db: AsyncSession, ticket_id: int) -> set[int]:
+    """The articles marked "did not help" for this ticket."""
+    rows = await db.execute(
+        select(KbNotHelped.article_id).where(KbNotHelped.ticket_id == ticket_id)
+    )
+    return set(rows.scalars())
 
 
 async def solved_tickets(db: AsyncSession, article_id: int) -> list[tuple[int, str]]:

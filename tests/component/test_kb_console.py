@@ -451,3 +451,31 @@ async def test_pages_in_german_and_english(api: Api, desk: Desk) -> None:
     queue = await desk.lena.get("/console/", headers=GERMAN)
     assert re.search(r'<a href="/console/kb"\s*>Wissensdatenbank</a>', queue.text)
     assert PRINTER_PROBLEM[:20] in (await desk.lena.get(base)).text
+
+
+async def test_ticket_page_did_not_help(api: Api, desk: Desk) -> None:
+    """ "Did not help" beside each suggested article notes it once, says so in either case,
+    and the article page counts it."""
+    article = await published(api, desk)
+    new = await seed_ticket(
+        api, "acme", "Printer not printing", "print jobs stuck in the queue, filter failed"
+    )
+    path = f"/console/tickets/{new}"
+    page = await desk.lena.get(path)
+    panel = page.text.split('id="kb-suggestions"')[1].split("</section>")[0]
+    assert f'action="{path}/not-helped"' in panel
+    assert panel.count("Did not help") == 1  # articles only
+
+    fields = {"article": f"KB-{article['id']}"}
+    first = await desk.lena.post_form(f"{path}/not-helped", fields, csrf_from=path)
+    assert first.location == f"{path}?done=kb_not_helped"
+    again = await desk.lena.post_form(f"{path}/not-helped", fields, csrf_from=path)
+    assert again.location == f"{path}?done=kb_not_helped_known"
+    shown = await desk.lena.get(again.location, headers=GERMAN)
+    assert "Für dieses Ticket ist schon vermerkt, dass der Artikel nicht geholfen hat." in (
+        shown.text
+    )
+    read = await desk.lena.get(f"/console/kb/articles/KB-{article['id']}")
+    assert "Did not help 1\u00d7" in read.text
+    bad = await desk.lena.post_form(f"{path}/not-helped", {"article": "KB-x"}, csrf_from=path)
+    assert bad.status == 400
