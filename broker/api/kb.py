@@ -145,6 +145,11 @@ class SegmentOut(BaseModel):
     match: bool
 
 
+class ProvenanceOut(BaseModel):
+    ticket: str | None  # None: a ticket of a customer the caller does not serve
+    minutes: int
+
+
 class ResultOut(BaseModel):
     kind: str
     id: int
@@ -158,6 +163,7 @@ class ResultOut(BaseModel):
     tags: list[str]
     os: list[str]
     solved_count: int
+    solved_in: ProvenanceOut | None = None  # suggestions: the recorded work it came from
 
 
 class SearchOut(BaseModel):
@@ -250,6 +256,11 @@ def _result_out(r: Result) -> ResultOut:
         tags=list(r.tags),
         os=list(r.os),
         solved_count=r.solved_count,
+        solved_in=(
+            ProvenanceOut(ticket=r.provenance.ticket, minutes=r.provenance.minutes)
+            if r.provenance
+            else None
+        ),
     )
 
 

@@ -4,8 +4,9 @@ audits every change and every refusal."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from broker.api.auth import Principal
 from broker.kb import store
@@ -24,7 +25,7 @@ from broker.kb.policy import (
     sees_customer,
 )
 from broker.kb.render import ArticleDoc, SourceRef, article_html, to_markdown
-from broker.kb.results import Result, article_results, ticket_results
+from broker.kb.results import Provenance, Result, article_results, ticket_results
 from broker.kb.search_docs import SEARCH_LIMIT_MAX, SearchFilter, search
 from broker.kb.sources import SOLVED_STATUSES, load_ticket, sync_ticket_docs, ticket_customer
 from broker.rules import InvalidName
@@ -308,6 +309,8 @@ async def suggestions(
         by_feedback = feedback_order(candidates, marked)
         fitting = machine_order(machine, [(r, r.families) for r in by_feedback])
         articles = tried_last(fitting, tried)[:limit]
+        sources = await store.session_sources(db, [r.id for r in articles])
+        articles = [_with_provenance(caller, r, sources.get(r.id)) for r in articles]
         ticket_hits = await search(
             db,
             terms,
@@ -321,6 +324,17 @@ async def suggestions(
         )
         tickets = await ticket_results(db, terms, ticket_hits)
     return digest.ref, terms, articles, tickets
+
+
+def _with_provenance(caller: Caller, result: Result, source: store.SessionSource | None) -> Result:
+    """The result with the ticket it came from and how long that took; the ticket's number
+    only for staff serving its customer, like the article's sources."""
+    if source is None:
+        return result
+    ticket = format_ticket_id(source.ticket_id)
+    shown = ticket if sees_customer(caller.staff, source.customer) else None
+    minutes = max(1, math.ceil(source.seconds / 60))
+    return replace(result, provenance=Provenance(shown, minutes))
 
 
 async def mark_solved(

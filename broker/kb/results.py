@@ -19,6 +19,15 @@ from broker.rules.names import format_ticket_id
 
 
 @dataclass(frozen=True)
+class Provenance:
+    """ "This solved T-1042 in 4 minutes": the source ticket (None when the viewer may not
+    see it) and the minutes its recorded sessions took, rounded up."""
+
+    ticket: str | None
+    minutes: int
+
+
+@dataclass(frozen=True)
 class Result:
     kind: str  # article | ticket
     id: int
@@ -32,6 +41,7 @@ class Result:
     os: tuple[str, ...] = ()
     solved_count: int = 0
     families: frozenset[str] = frozenset()  # OS families the article is for (machine_fit)
+    provenance: Provenance | None = None
 
 
 def best_snippet(fields: Sequence[tuple[str, str]], terms: QueryTerms) -> tuple[str, list[Segment]]:

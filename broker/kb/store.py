@@ -8,7 +8,7 @@ import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.db.models_kb import (
@@ -18,6 +18,7 @@ from broker.db.models_kb import (
     KbNotHelped,
     KbSolved,
 )
+from broker.db.models_sessions import RemoteSession
 from broker.kb.article import (
     ArticleContent,
     StatusAction,
@@ -363,6 +364,49 @@ async def not_helped_for(db: AsyncSession, ticket_id: int) -> set[int]:
         select(KbNotHelped.article_id).where(KbNotHelped.ticket_id == ticket_id)
     )
     return set(rows.scalars())
+
+
+@dataclass(frozen=True)
+class SessionSource:
+    """The recorded work an article came from: its ticket, whose it is, and how long the
+    sessions on it took (from start to end, summed)."""
+
+    ticket_id: int
+    customer: str
+    seconds: float
+
+
+async def session_sources(db: AsyncSession, ids: Sequence[int]) -> dict[int, SessionSource]:
+    """Per article, its first source ticket with recorded sessions that ended."""
+    if not ids:
+        return {}
+    rows = await db.execute(
+        select(
+            KbArticleSource.article_id,
+            RemoteSession.ticket_id,
+            RemoteSession.customer,
+            RemoteSession.started_at,
+            RemoteSession.created_at,
+            RemoteSession.ended_at,
+        )
+        .join(
+            RemoteSession,
+            and_(KbArticleSource.kind == "session", RemoteSession.id == KbArticleSource.ref),
+        )
+        .where(KbArticleSource.article_id.in_(list(ids)), RemoteSession.ended_at.is_not(None))
+        .order_by(KbArticleSource.article_id, KbArticleSource.id)
+    )
+    out: dict[int, SessionSource] = {}
+    for article_id, ticket_id, customer, started, created, ended in rows.all():
+        if ended is None:  # filtered above; the column is nullable
+            continue
+        seconds = max(0.0, (ended - (started or created)).total_seconds())
+        known = out.get(article_id)
+        if known is None:
+            out[article_id] = SessionSource(ticket_id, customer, seconds)
+        elif known.ticket_id == ticket_id:
+            out[article_id] = SessionSource(ticket_id, customer, known.seconds + seconds)
+    return out
 
 
 async def solved_tickets(db: AsyncSession, article_id: int) -> list[tuple[int, str]]:

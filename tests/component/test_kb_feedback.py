@@ -1,12 +1,17 @@
-"""Level 1's "did not help" on a suggestion: noted once, audited, last on that ticket, and
-weighing against the article on other tickets; "this solved it" weighs for it."""
+"""Level 1 sees why and says so: "did not help" on a suggestion is noted once, audited, goes
+last on that ticket and weighs against the article elsewhere; "this solved it" weighs for
+it; a suggestion says which ticket its article solved and in how many minutes."""
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping
 
 import pytest
+from sqlalchemy import select
 
+from broker.api.routing import SERVICES
+from broker.db.models_sessions import RemoteSession
 from tests.component.test_kb_api import audit_events, seed_ticket, staff
 from tests.support.api import Api
 
@@ -93,3 +98,44 @@ async def test_not_helped_refusals_are_clear_and_audited(api: Api) -> None:
     _, shown = await api.call("GET", f"/kb/articles/{queue}", token=tokens["l1"], expect=200)
     assert isinstance(shown, dict)
     assert shown["not_helped_count"] == 0
+
+
+async def test_suggestions_say_what_the_article_solved_and_how_fast(api: Api) -> None:
+    """An article written from a ticket's recorded session says "this solved T-… in n
+    minutes" in suggestions; staff of another customer get the minutes without the ticket."""
+    tokens = await staff(api)
+    source = await seed_ticket(
+        api,
+        "acme",
+        "Print jobs stuck in the queue",
+        TEXT,
+        status="resolved",
+        solution="Cleared the queue and restarted the spooler.",
+        sessions=[[("lpstat -t", 0), ("systemctl restart cups", 0)]],
+    )
+    services = api.client.app[SERVICES]
+    async with services.db() as db, db.begin():
+        session = (
+            await db.execute(
+                select(RemoteSession).where(RemoteSession.ticket_id == int(source[2:]))
+            )
+        ).scalar_one()
+        # As the session manager records a session that ran 3.5 minutes.
+        session.started_at = session.created_at
+        session.ended_at = session.created_at + dt.timedelta(minutes=3, seconds=30)
+    _, draft = await api.call(
+        "POST", "/kb/drafts", {"ticket": source}, token=tokens["l2"], expect=201
+    )
+    assert isinstance(draft, dict)
+    await api.call("POST", f"/kb/articles/{draft['id']}/publish", token=tokens["l2"], expect=200)
+
+    ours = await seed_ticket(api, "acme", "Printer not printing", TEXT)
+    theirs = await seed_ticket(api, "globex", "Printer not printing", TEXT)
+    for ticket, token, shown in ((ours, "l1", source), (theirs, "g1", None)):
+        _, sugg = await api.call(
+            "GET", f"/kb/suggestions?ticket={ticket}", token=tokens[token], expect=200
+        )
+        assert isinstance(sugg, dict)
+        first = sugg["articles"][0]
+        assert first["ref"] == draft["ref"]
+        assert first["solved_in"] == {"ticket": shown, "minutes": 4}

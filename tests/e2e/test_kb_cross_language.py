@@ -137,7 +137,10 @@ async def test_german_fix_is_suggested_for_an_english_ticket_of_another_customer
     assert ARTICLE["title"] in top3, top3
     mine = box.locator(".suggestion", has_text=str(ARTICLE["title"]))
     assert await mine.locator("mark").count() >= 2  # the German words the English ones matched
-    await mine.locator("button[type=submit]").click()
+    # Its source session, without the other customer's ticket number.
+    said = await mine.locator(".kb-provenance").text_content() or ""
+    assert said.startswith("This solved a ticket of another customer in "), said
+    await mine.locator("form[action$='/solved'] button").click()
     await page.wait_for_url(f"**/console/tickets/{english}?done=*")
 
     await page.goto(f"{site.broker.url}/console/kb/articles/{made['ref']}")
