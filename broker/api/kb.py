@@ -4,6 +4,7 @@ search, suggestions for a ticket, "this solved it" marks, and export."""
 from __future__ import annotations
 
 import datetime as dt
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -14,6 +15,7 @@ from broker.kb.analysis import QueryTerms
 from broker.kb.article import ArticleContent, CommandEntry, StatusAction, parse_article_id
 from broker.kb.errors import ArticleInvalid, ArticleNotFound
 from broker.kb.highlight import Segment
+from broker.kb.languages import LANGUAGE_RULE, LANGUAGES, guess_language
 from broker.kb.results import Result
 from broker.kb.search_docs import SEARCH_LIMIT_MAX
 from broker.kb.store import ArticleRecord, VersionRecord
@@ -42,6 +44,7 @@ class ArticleIn(Strict):
     commands: list[CommandIn] = Field(default_factory=list, max_length=200)
     tags: list[str] = Field(default_factory=list, max_length=20)
     os: list[str] = Field(default_factory=list, max_length=10)
+    language: Literal["de", "en"] | None = None  # None: guessed from title and problem
 
 
 class ArticleEdit(Strict):
@@ -53,6 +56,7 @@ class ArticleEdit(Strict):
     commands: list[CommandIn] | None = Field(default=None, max_length=200)
     tags: list[str] | None = Field(default=None, max_length=20)
     os: list[str] | None = Field(default=None, max_length=10)
+    language: Literal["de", "en"] | None = None
     base_version: int | None = Field(default=None, ge=1)
     note: str = Field(default="", max_length=500)
 
@@ -101,6 +105,8 @@ class ArticleOut(BaseModel):
     reviewer: str | None
     solved_count: int
     not_helped_count: int = 0  # "did not help" marks (read with the article)
+    language: str = ""  # de | en
+    translation: str | None = None  # the other-language version (read with the article)
     sources: list[SourceOut]
     created_at: dt.datetime
     updated_at: dt.datetime
@@ -230,6 +236,7 @@ def _article_out(caller: Caller, r: ArticleRecord) -> ArticleOut:
         author=r.author,
         reviewer=r.reviewer,
         solved_count=r.solved_count,
+        language=c.language or guess_language(c.title, c.problem),
         sources=[SourceOut(kind=s.kind, ref=s.ref) for s in actions.visible_sources(caller, r)],
         created_at=r.created_at,
         updated_at=r.updated_at,
@@ -289,6 +296,7 @@ def _content(body: ArticleIn) -> ArticleContent:
         commands=tuple(CommandEntry(c.command, c.exit_status, c.session) for c in body.commands),
         tags=tuple(body.tags),
         os=tuple(body.os),
+        language=body.language or "",
     )
 
 
@@ -345,7 +353,40 @@ async def show_article(ctx: ApiContext) -> ArticleOut:
     caller = _caller(ctx)
     article = _article_out(caller, await actions.read(ctx.services, caller, _article_id(ctx)))
     article.not_helped_count = await actions.not_helped_count(ctx.services, article.id)
+    other = await actions.translation_of(ctx.services, article.id)
+    article.translation = None if other is None else f"KB-{other}"
     return article
+
+
+@router.route(
+    "POST",
+    "/kb/articles/{id}/translation",
+    summary="Start the article's version in the other language: a linked draft to translate",
+    scope="write",
+    response=ArticleOut,
+    status=201,
+)
+async def write_translation(ctx: ApiContext) -> ArticleOut:
+    caller = _caller(ctx)
+    article = _article_id(ctx)
+    out = _article_out(caller, await actions.write_translation(ctx.services, caller, article))
+    out.translation = f"KB-{article}"
+    return out
+
+
+@router.route(
+    "GET",
+    "/kb/translation-tasks",
+    summary="Published articles that have no version in the other language yet",
+    response=ArticleOut,
+    many=True,
+    query=(QueryParam("limit", "integer", "at most this many (1-200, default 20)"),),
+)
+async def translation_tasks(ctx: ApiContext) -> list[ArticleOut]:
+    caller = _caller(ctx)
+    limit = ctx.query_int("limit", low=1, high=200) or 20
+    records = await actions.translation_tasks(ctx.services, caller, limit=limit)
+    return [_article_out(caller, r) for r in records]
 
 
 @router.route(
@@ -581,6 +622,7 @@ async def search_post(ctx: ApiContext) -> SearchOut:
     query=(
         QueryParam("ticket", "string", "the ticket, e.g. T-1042"),
         QueryParam("limit", "integer", "at most this many of each (1-10, default 3)"),
+        QueryParam("lang", "string", "de or en: show an article's version in this language"),
     ),
 )
 async def suggestions(ctx: ApiContext) -> SuggestionsOut:
@@ -588,8 +630,11 @@ async def suggestions(ctx: ApiContext) -> SuggestionsOut:
     if not ticket:
         raise ArticleInvalid("name the ticket: /kb/suggestions?ticket=T-1042")
     limit = ctx.query_int("limit", low=1, high=10) or actions.SUGGESTIONS
+    language = ctx.query("lang")
+    if language is not None and language not in LANGUAGES:
+        raise ArticleInvalid(f"lang={language[:10]!r}: {LANGUAGE_RULE}")
     ref, terms, articles, tickets = await actions.suggestions(
-        ctx.services, _caller(ctx), ticket, limit=limit
+        ctx.services, _caller(ctx), ticket, limit=limit, language=language
     )
     return SuggestionsOut(
         ticket=ref,

@@ -103,6 +103,7 @@ DONE_MESSAGES: Final = {
     "kb_solved_known": N_("This article was already noted as this ticket's solution."),
     "kb_not_helped": N_("Noted: the article did not help. It is suggested last for this ticket."),
     "kb_not_helped_known": N_("This article was already noted as not helping with this ticket."),
+    "kb_translation": N_("Draft of the other language's version, linked: translate and save."),
 }
 
 # The sign-in form's answers. One sentence for every failure, whatever failed.

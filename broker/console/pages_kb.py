@@ -73,9 +73,13 @@ async def search_page(page: Page) -> web.StreamResponse:
         else:
             results = json_list(found.get("results"))
     to_review: list[dict[str, Json]] = []
+    to_translate: list[dict[str, Json]] = []
     if drafts and not form.searching:
         to_review = json_list(
             await page.api("GET", "/kb/articles", query={"status": "draft", "limit": "20"})
+        )
+        to_translate = json_list(
+            await page.api("GET", "/kb/translation-tasks", query={"limit": "10"})
         )
     return page.render(
         "kb_search.html",
@@ -84,6 +88,7 @@ async def search_page(page: Page) -> web.StreamResponse:
         error=error,
         recent=recent[:RECENT_SHOWN],
         to_review=to_review,
+        to_translate=to_translate,
         oses=oses,
         tags=tags,
         drafts=drafts,
@@ -102,7 +107,18 @@ async def article_page(page: Page) -> web.StreamResponse:
         actions=article_actions(
             page.user, str(article.get("status")), str(article.get("author") or "")
         ),
+        # Staff who write both languages (level 2 and 3) are offered the missing version.
+        may_translate=may_see_drafts(page.user) and not article.get("translation"),
     )
+
+
+async def translate(page: Page) -> web.StreamResponse:
+    """Start the other-language version of an article and open it in the editor."""
+    number = article_number(page)
+    draft = json_dict(
+        await page.api("POST", "/kb/articles/{id}/translation", params={"id": number})
+    )
+    raise redirect(f"{article_url(int(str(draft.get('id'))))}/edit", done="kb_translation")
 
 
 def _diff_query(query: Mapping[str, str], versions: list[dict[str, Json]]) -> dict[str, str]:
@@ -155,6 +171,7 @@ def add_routes(router: web.UrlDispatcher) -> None:
     router.add_get("/console/kb", page_handler(search_page))
     router.add_get("/console/kb/articles/{id}", page_handler(article_page))
     router.add_get("/console/kb/articles/{id}/history", page_handler(history_page))
+    router.add_post("/console/kb/articles/{id}/translate", page_handler(translate))
     for action in STATUS_ACTIONS:
         router.add_post(
             f"/console/kb/articles/{{id}}/{action}", page_handler(status_change(action))

@@ -310,7 +310,12 @@ async def ticket_suggestions(page: Page, ticket: dict[str, Json]) -> dict[str, J
         return None
     try:
         return json_dict(
-            await page.api("GET", "/kb/suggestions", query={"ticket": str(ticket.get("id"))})
+            await page.api(
+                "GET",
+                "/kb/suggestions",
+                # Articles in both languages are shown in the reader's.
+                query={"ticket": str(ticket.get("id")), "lang": page.lang},
+            )
         )
     except BrokerError:
         return None

@@ -101,6 +101,19 @@ class KbNotHelped(Base):
     marked_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
 
 
+class KbTranslation(Base):
+    """Two articles that are the German and the English version of one: a row each way."""
+
+    __tablename__ = "kb_translations"
+
+    article_id: Mapped[int] = mapped_column(
+        ForeignKey("kb_articles.id", ondelete="CASCADE"), primary_key=True
+    )
+    translation_id: Mapped[int] = mapped_column(
+        ForeignKey("kb_articles.id", ondelete="CASCADE"), unique=True
+    )
+
+
 class KbSearchDoc(Base):
     """One searchable document: a published-or-not article, or a solved ticket.
 

@@ -8,14 +8,17 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from broker.api.auth import Principal
 from broker.kb import store
 from broker.kb.analysis import QueryTerms, query_terms
 from broker.kb.article import ArticleContent, StatusAction, format_article_id, parse_tag
 from broker.kb.drafting import draft_from_ticket as prefill
-from broker.kb.errors import ArticleInvalid, KbForbidden, SourceNotFound
+from broker.kb.errors import ArticleInvalid, KbForbidden, SourceNotFound, StatusRefused
 from broker.kb.feedback import feedback_order, tried_last
 from broker.kb.history import FieldDiff, diff_contents
+from broker.kb.languages import other_language
 from broker.kb.machine_fit import machine_order, os_families
 from broker.kb.policy import (
     may_change_status,
@@ -26,7 +29,7 @@ from broker.kb.policy import (
 )
 from broker.kb.render import ArticleDoc, SourceRef, article_html, to_markdown
 from broker.kb.results import Provenance, Result, article_results, ticket_results
-from broker.kb.search_docs import SEARCH_LIMIT_MAX, SearchFilter, search
+from broker.kb.search_docs import SEARCH_LIMIT_MAX, Hit, SearchFilter, search
 from broker.kb.sources import SOLVED_STATUSES, load_ticket, sync_ticket_docs, ticket_customer
 from broker.rules import InvalidName
 from broker.rules.names import format_ticket_id, parse_ticket_ref
@@ -34,6 +37,7 @@ from broker.rules.views import Refused, StaffView
 from broker.services import Services
 
 SUGGESTIONS: int = 3
+_LANGUAGE_NAMES = {"de": "German", "en": "English"}
 
 
 @dataclass(frozen=True)
@@ -138,6 +142,55 @@ async def new_draft(
         actor=caller.name, action="kb.draft", target=record.ref, source=caller.source
     )
     return record
+
+
+async def write_translation(
+    services: Services, caller: Caller, article: int
+) -> store.ArticleRecord:
+    """A draft of the article in the other language, linked to it: the commands, tags, OS
+    names and sources carried over, the texts there to be translated by its author."""
+    source = await read(services, caller, article)
+    decision = may_write(caller.staff, "draft")
+    if isinstance(decision, Refused):
+        raise await _refuse(services, caller, "kb.translate", source.ref, decision)
+    language = other_language(source.content.language)
+    async with services.db() as db, db.begin():
+        existing = (await store.translations(db, [article])).get(article)
+        if existing is not None:
+            raise StatusRefused(
+                f"{source.ref} has its {_LANGUAGE_NAMES[language]} version already: "
+                f"{format_article_id(existing)}",
+                code="translation_exists",
+            )
+        record = await store.create(
+            db,
+            replace(source.content, language=language),
+            author=caller.name,
+            now=services.clock(),
+            sources=source.sources,
+        )
+        await store.link_translation(db, article, record.id)
+    await services.audit.record(
+        actor=caller.name,
+        action="kb.translate",
+        target=record.ref,
+        source=caller.source,
+        details={"of": source.ref, "language": language},
+    )
+    return record
+
+
+async def translation_of(services: Services, article: int) -> int | None:
+    async with services.db() as db:
+        return (await store.translations(db, [article])).get(article)
+
+
+async def translation_tasks(
+    services: Services, caller: Caller, *, limit: int
+) -> list[store.ArticleRecord]:
+    """Published articles that have no version in the other language yet."""
+    async with services.db() as db:
+        return await store.untranslated(db, limit=limit)
 
 
 async def read(services: Services, caller: Caller, article: int) -> store.ArticleRecord:
@@ -283,8 +336,37 @@ async def search_articles(
         return terms, await article_results(db, terms, hits)
 
 
+async def _in_language(
+    db: AsyncSession, terms: QueryTerms, results: list[Result], language: str | None
+) -> list[Result]:
+    """Each article shown in ``language`` where its published version in it exists (its
+    passage highlighted there), each pair once."""
+    if language is None:
+        return results
+    others = await store.translations(db, [r.id for r in results])
+    wanted = [others[r.id] for r in results if r.id in others and r.language != language]
+    swapped = {
+        r.id: r
+        for r in await article_results(db, terms, [Hit("article", i, 0.0) for i in wanted])
+        if r.status == "published" and r.language == language
+    }
+    out: list[Result] = []
+    seen: set[int] = set()
+    for r in results:
+        shown = swapped.get(others.get(r.id, -1), r)
+        if shown.id not in seen:
+            seen.add(shown.id)
+            out.append(replace(shown, rank=r.rank, provenance=r.provenance))
+    return out
+
+
 async def suggestions(
-    services: Services, caller: Caller, ticket: str, *, limit: int = SUGGESTIONS
+    services: Services,
+    caller: Caller,
+    ticket: str,
+    *,
+    limit: int = SUGGESTIONS,
+    language: str | None = None,
 ) -> tuple[str, QueryTerms, list[Result], list[Result]]:
     """Published articles and solved tickets most like ``ticket``."""
     number = ticket_number(ticket)
@@ -311,6 +393,7 @@ async def suggestions(
         articles = tried_last(fitting, tried)[:limit]
         sources = await store.session_sources(db, [r.id for r in articles])
         articles = [_with_provenance(caller, r, sources.get(r.id)) for r in articles]
+        articles = await _in_language(db, terms, articles, language)
         ticket_hits = await search(
             db,
             terms,

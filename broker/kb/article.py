@@ -19,6 +19,7 @@ from typing import Final, Literal
 
 from broker.kb.analysis import fold, words
 from broker.kb.errors import ArticleInvalid, StatusRefused
+from broker.kb.languages import LANGUAGE_RULE, LANGUAGES, guess_language
 from broker.rules import InvalidName
 from broker.rules.names import parse_session_id, sanitize_display_text
 
@@ -93,9 +94,11 @@ class ArticleContent:
     commands: tuple[CommandEntry, ...] = ()
     tags: tuple[str, ...] = ()
     os: tuple[str, ...] = ()
+    language: str = ""  # de | en; "" until check_content guesses it from the text
 
     def as_dict(self) -> dict[str, object]:
         return {
+            "language": self.language,
             "title": self.title,
             "problem": self.problem,
             "environment": self.environment,
@@ -125,6 +128,7 @@ class ArticleContent:
             else (),
             tags=tuple(str(t) for t in tags) if isinstance(tags, list) else (),
             os=tuple(str(o) for o in oses) if isinstance(oses, list) else (),
+            language=str(data.get("language", "")),
         )
 
     def search_texts(self) -> tuple[str, str, str, str, str]:
@@ -193,6 +197,11 @@ def check_content(content: ArticleContent) -> ArticleContent:
         raise ArticleInvalid(f"an article has at most {TAGS_MAX} tags")
     if len(content.os) > OS_MAX:
         raise ArticleInvalid(f"an article names at most {OS_MAX} operating systems")
+    language = content.language or guess_language(content.title, content.problem)
+    if language not in LANGUAGES:
+        raise ArticleInvalid(
+            f"unknown language {sanitize_display_text(language, 10)!r}: {LANGUAGE_RULE}"
+        )
     oses: list[str] = []
     for name in content.os:
         shown = sanitize_display_text(name, OS_NAME_MAX + 1)
@@ -210,6 +219,7 @@ def check_content(content: ArticleContent) -> ArticleContent:
         commands=tuple(check_command(c) for c in content.commands),
         tags=tuple(dict.fromkeys(parse_tag(t) for t in content.tags)),
         os=tuple(oses),
+        language=language,
     )
 
 

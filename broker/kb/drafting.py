@@ -24,6 +24,7 @@ from broker.kb.article import (
     ArticleContent,
     CommandEntry,
 )
+from broker.kb.languages import guess_language
 from broker.rules.names import sanitize_display_text
 
 FACT_MAX: Final = 100
@@ -123,4 +124,7 @@ def draft_from_ticket(ticket: TicketDigest) -> ArticleContent:
         commands=successful_commands(ticket.sessions),
         tags=(),
         os=tuple(oses[:OS_MAX]),
+        # Written in the ticket's language; its author may switch it (the other language's
+        # version is then a task for staff who write both).
+        language=guess_language(ticket.title, ticket.description),
     )

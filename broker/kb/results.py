@@ -13,6 +13,7 @@ from broker.db.models_kb import KbArticle
 from broker.kb.analysis import QueryTerms
 from broker.kb.article import ArticleContent, format_article_id
 from broker.kb.highlight import Segment, count_matches, highlight
+from broker.kb.languages import guess_language
 from broker.kb.machine_fit import article_families
 from broker.kb.search_docs import Hit, doc_kinds
 from broker.rules.names import format_ticket_id
@@ -42,6 +43,7 @@ class Result:
     solved_count: int = 0
     families: frozenset[str] = frozenset()  # OS families the article is for (machine_fit)
     provenance: Provenance | None = None
+    language: str = ""  # of an article: de | en
 
 
 def best_snippet(fields: Sequence[tuple[str, str]], terms: QueryTerms) -> tuple[str, list[Segment]]:
@@ -94,6 +96,7 @@ async def article_results(db: AsyncSession, terms: QueryTerms, hits: Sequence[Hi
                 os=content.os,
                 solved_count=row.solved_count,
                 families=article_families(content.os, commands),
+                language=content.language or guess_language(content.title, content.problem),
             )
         )
     return out

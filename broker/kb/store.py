@@ -17,6 +17,7 @@ from broker.db.models_kb import (
     KbArticleVersion,
     KbNotHelped,
     KbSolved,
+    KbTranslation,
 )
 from broker.db.models_sessions import RemoteSession
 from broker.kb.article import (
@@ -364,6 +365,40 @@ async def not_helped_for(db: AsyncSession, ticket_id: int) -> set[int]:
         select(KbNotHelped.article_id).where(KbNotHelped.ticket_id == ticket_id)
     )
     return set(rows.scalars())
+
+
+async def translations(db: AsyncSession, ids: Sequence[int]) -> dict[int, int]:
+    """The other-language version of each article that has one."""
+    if not ids:
+        return {}
+    rows = await db.execute(
+        select(KbTranslation.article_id, KbTranslation.translation_id).where(
+            KbTranslation.article_id.in_(list(ids))
+        )
+    )
+    return {a: t for a, t in rows.all()}
+
+
+async def link_translation(db: AsyncSession, article_id: int, translation_id: int) -> None:
+    """Link two articles as each other's other-language version (callers check that
+    neither has one yet)."""
+    db.add(KbTranslation(article_id=article_id, translation_id=translation_id))
+    db.add(KbTranslation(article_id=translation_id, translation_id=article_id))
+    await db.flush()
+
+
+async def untranslated(db: AsyncSession, *, limit: int) -> list[ArticleRecord]:
+    """Published articles without a version in the other language, most helpful first."""
+    linked = select(KbTranslation.article_id)
+    rows = (
+        await db.execute(
+            select(KbArticle)
+            .where(KbArticle.status == "published", KbArticle.id.not_in(linked))
+            .order_by(KbArticle.solved_count.desc(), KbArticle.id)
+            .limit(limit)
+        )
+    ).scalars()
+    return [await _record(db, row) for row in rows]
 
 
 @dataclass(frozen=True)

@@ -479,3 +479,31 @@ async def test_ticket_page_did_not_help(api: Api, desk: Desk) -> None:
     assert "Did not help 1\u00d7" in read.text
     bad = await desk.lena.post_form(f"{path}/not-helped", {"article": "KB-x"}, csrf_from=path)
     assert bad.status == 400
+
+
+async def test_other_language_version_is_a_task_for_level_two(api: Api, desk: Desk) -> None:
+    """Level 2 sees a published article without its other-language version among the tasks
+    and gets "Write the English version", which opens the linked draft in the editor; level
+    1 gets neither; the article then links its other version."""
+    article = await published(api, desk)  # its problem is German: a German article
+    ref = f"KB-{article['id']}"
+    kb = await desk.max.get("/console/kb")
+    tasks = kb.text.split("kb-translation-tasks")[1].split("</section>")[0]
+    assert f'href="/console/kb/articles/{ref}"' in tasks
+    assert "German, English version wanted" in tasks
+    assert "kb-translation-tasks" not in (await desk.lena.get("/console/kb")).text
+    assert (
+        "Write the English version" not in (await desk.lena.get(f"/console/kb/articles/{ref}")).text
+    )
+
+    path = f"/console/kb/articles/{ref}"
+    page = await desk.max.get(path)
+    assert "Write the English version" in page.text
+    done = await desk.max.post_form(f"{path}/translate", {}, csrf_from=path)
+    assert done.location is not None
+    assert done.location.endswith("/edit?done=kb_translation")
+    draft_ref = done.location.split("/console/kb/articles/")[1].split("/")[0]
+    linked = await desk.max.get(path)
+    assert f'href="/console/kb/articles/{draft_ref}"' in linked.text
+    assert "English version" in linked.text
+    assert "Write the English version" not in linked.text
