@@ -27,7 +27,8 @@ from broker.kb.policy import may_change_status, may_read, may_write
 from broker.rules.views import Allowed, Refused, StaffView
 
 TEXT_FIELDS: Final = ("problem", "environment", "cause", "solution")
-ARTICLE_FIELDS: Final = ("title", *TEXT_FIELDS, "commands", "tags", "os")
+ARTICLE_FIELDS: Final = ("title", *TEXT_FIELDS, "commands", "tags", "os", "language")
+ARTICLE_LANGUAGES: Final = ("de", "en")
 # Caps on what the form takes: the API's own request limits; its content rules (shorter)
 # still refuse with a sentence saying how long a field may be.
 FIELD_CAPS: Final = {
@@ -192,6 +193,7 @@ class ArticleForm:
     commands: tuple[CommandRow, ...] = ()
     tags: str = ""
     os: str = ""
+    language: str = ""  # de | en; "" lets the KB guess it from the text
     base_version: int | None = None
     note: str = ""
 
@@ -218,6 +220,7 @@ class ArticleForm:
             commands=tuple(rows),
             tags=", ".join(str(t) for t in _strings(article.get("tags"))),
             os=", ".join(str(o) for o in _strings(article.get("os"))),
+            language=_language(article.get("language")),
             base_version=version if isinstance(version, int) else None,
         )
 
@@ -257,6 +260,7 @@ class ArticleForm:
             commands=tuple(r for r in rows if r.command)[:COMMANDS_MAX],
             tags=get("tags"),
             os=get("os"),
+            language=_language(form.get("language", "")),
             base_version=int(base) if VERSION.fullmatch(base) else None,
             note=get("note"),
         )
@@ -279,6 +283,7 @@ class ArticleForm:
             ],
             "tags": split_tags(self.tags),
             "os": split_os(self.os),
+            "language": self.language or None,  # None: guessed (new) or kept (edit)
         }
 
     def rebase(
@@ -308,6 +313,7 @@ class ArticleForm:
             commands=source["commands"].commands,
             tags=source["tags"].tags,
             os=source["os"].os,
+            language=source["language"].language,
             base_version=newer.base_version,
             note=self.note,
         )
@@ -318,9 +324,13 @@ class ArticleForm:
         the body of ``PATCH /kb/articles/{id}``, without ``base_version`` and ``note``."""
         out: dict[str, object] = {}
         for name, value in self.body().items():
-            if _comparable(value) != _comparable(current.get(name)):
+            if value is not None and _comparable(value) != _comparable(current.get(name)):
                 out[name] = value
         return out
+
+
+def _language(value: object) -> str:
+    return value if isinstance(value, str) and value in ARTICLE_LANGUAGES else ""
 
 
 def _strings(value: Json) -> list[str]:

@@ -507,3 +507,24 @@ async def test_other_language_version_is_a_task_for_level_two(api: Api, desk: De
     assert f'href="/console/kb/articles/{draft_ref}"' in linked.text
     assert "English version" in linked.text
     assert "Write the English version" not in linked.text
+
+
+async def test_editor_sets_the_language(api: Api, desk: Desk) -> None:
+    """The editor shows the article's language and saves another one; left out of the post,
+    the language stays as it was."""
+    article = await published(api, desk)
+    path = f"/console/kb/articles/KB-{article['id']}/edit"
+    page = await desk.max.get(path)
+    assert '<option value="de" selected>' in page.text
+    unchanged = await save_form(desk.max, path, edit_fields(page), page)
+    assert unchanged.status == 303
+    _, same = await api.call("GET", f"/kb/articles/{article['id']}", token=desk.tokens["l2"])
+    assert isinstance(same, dict)
+    assert same["language"] == "de"
+    page = await desk.max.get(path)
+    saved = await save_form(desk.max, path, {**edit_fields(page), "language": "en"}, page)
+    assert saved.status == 303
+    _, now = await api.call("GET", f"/kb/articles/{article['id']}", token=desk.tokens["l2"])
+    assert isinstance(now, dict)
+    assert now["language"] == "en"
+    assert '<option value="en" selected>' in (await desk.max.get(path)).text
