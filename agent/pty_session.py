@@ -11,9 +11,11 @@ environment. Its lifetime is tied to the channel:
   SIGKILL, and :meth:`ProcessEvents.process_finished` reports the exit status.
 
 PTY output is read in batches (until the kernel has no more, up to :data:`READ_MAX`),
-so a fast producer becomes few large channel writes. Before each batch the terminal's
-ECHO flag is checked: when it changed, an ``OSC 6973;echo;on|off`` mark precedes the
-batch, so the broker's recorder knows when typed input is a password.
+so a fast producer becomes few large channel writes. Input is written to the PTY as it
+comes; the terminal's ECHO flag is read just before each write and reported with the
+byte count (:meth:`ProcessEvents.input_written`), so the broker records typed input only
+when the terminal echoed it, whatever the session prints (docs/protocol.md, "Input
+reports"). Input to a command on pipes is reported as not echoed: no terminal shows it.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from typing import Final, Protocol
 from agent.errors import SpawnError
 from agent.login import LoginAccount
 from agent.session_signals import session_members, signal_session
-from agent.shell_integration import ECHO_OFF_MARK, ECHO_ON_MARK, ShellLaunch
+from agent.shell_integration import ShellLaunch
 from agent.terminal_modes import PtyRequest, apply_terminal_modes
 
 logger = logging.getLogger(__name__)
@@ -56,6 +58,10 @@ class ProcessEvents(Protocol):
 
     def input_paused(self, paused: bool) -> None:
         """True: stop feeding input until called with False."""
+
+    def input_written(self, count: int, echo: bool) -> None:
+        """``count`` bytes of input reached the terminal (or the pipe), in order; ``echo``:
+        whether the terminal echoed them (its ECHO flag at the moment of the write)."""
 
 
 def _acquire_controlling_tty() -> None:
@@ -113,7 +119,6 @@ class SessionProcess:
         self._on_released = on_released
         #: Set once nothing of the process is left to free.
         self.released = asyncio.Event()
-        self._echo = True
         self._input = bytearray()
         self._writing = False
         self._reading = False
@@ -209,16 +214,19 @@ class SessionProcess:
             pipe = self._pipe(0)
             if isinstance(pipe, asyncio.WriteTransport) and not pipe.is_closing():
                 pipe.write(data)
+                self._report_input(len(data), False)
             return
         if self._master < 0:
             return
         if not self._input:
+            echo = self._echo_on()
             try:
                 written = os.write(self._master, data)
             except BlockingIOError:
                 written = 0
             except OSError:
                 return  # the terminal is gone; the exit will be reported
+            self._report_input(written, echo)
             data = data[written:]
         if data:
             self._input += data
@@ -403,12 +411,15 @@ class SessionProcess:
                 self._events.input_paused(paused)
 
     def _pty_writable(self) -> None:
+        echo = self._echo_on()
         try:
             written = os.write(self._master, self._input)
         except BlockingIOError:
             return
         except OSError:
             written = len(self._input)
+            echo = False  # never reached the terminal: nothing to record as typed
+        self._report_input(written, echo)
         del self._input[:written]
         if not self._input:
             self._loop.remove_writer(self._master)
@@ -435,22 +446,24 @@ class SessionProcess:
             chunks.append(data)
             total += len(data)
         if chunks and self._events is not None:
-            self._events.process_output(self._echo_mark() + b"".join(chunks))
+            self._events.process_output(b"".join(chunks))
         if ended:
             if self._reading:
                 self._loop.remove_reader(self._master)
                 self._reading = False
             self._output_closed()
 
-    def _echo_mark(self) -> bytes:
+    def _echo_on(self) -> bool:
+        # Read at the moment of the write: the line discipline echoes (or not) as it takes
+        # the bytes in. An unreadable flag counts as off, so a doubt never records a secret.
         try:
-            echo = bool(termios.tcgetattr(self._master)[3] & termios.ECHO)
+            return bool(termios.tcgetattr(self._master)[3] & termios.ECHO)
         except termios.error:
-            return b""
-        if echo == self._echo:
-            return b""
-        self._echo = echo
-        return ECHO_ON_MARK if echo else ECHO_OFF_MARK
+            return False
+
+    def _report_input(self, count: int, echo: bool) -> None:
+        if count > 0 and self._events is not None:
+            self._events.input_written(count, echo)
 
 
 class ProcessTable:

@@ -40,8 +40,6 @@ from typing import Final
 
 ESC: Final = b"\x1b"
 BEL: Final = b"\x07"
-ECHO_OFF_MARK: Final = b"\x1b]6973;echo;off\x07"
-ECHO_ON_MARK: Final = b"\x1b]6973;echo;on\x07"
 OSC_PAYLOAD_MAX: Final = 64 * 1024
 
 _ENCODE_RE: Final = re.compile(r"[\\;\x00-\x1f]")
@@ -338,15 +336,7 @@ class CommandEnd:
     status: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class EchoChanged:
-    """``6973;echo``: the terminal's echo was switched on or off (off: input is secret)."""
-
-    offset: int
-    echo: bool
-
-
-ShellEvent = PromptStart | InputStart | CommandLine | CommandStart | CommandEnd | EchoChanged
+ShellEvent = PromptStart | InputStart | CommandLine | CommandStart | CommandEnd
 
 _STATUS_RE: Final = re.compile(r"-?[0-9]{1,10}")
 
@@ -423,8 +413,4 @@ class ShellMarkParser:
             return CommandEnd(offset, status)
         if payload.startswith("633;E;"):
             return CommandLine(offset, decode_command_line(payload[6:].split(";", 1)[0]))
-        if payload == "6973;echo;off":
-            return EchoChanged(offset, False)
-        if payload == "6973;echo;on":
-            return EchoChanged(offset, True)
         return None

@@ -24,6 +24,7 @@ import asyncssh
 from agent.consent import ConsentService, Decision
 from agent.errors import MessageError, SpawnError
 from agent.facts import Facts
+from agent.input_reports import encode_input_report
 from agent.login import LoginAccount, session_environment
 from agent.protocol import (
     BROKER_SSH_USERNAME,
@@ -396,6 +397,13 @@ class AgentSession(asyncssh.SSHServerSession[bytes]):
     def process_stderr(self, data: bytes) -> None:
         if self._chan is not None and not self._closed:
             self._chan.write_stderr(data)
+
+    def input_written(self, count: int, echo: bool) -> None:
+        # Only on a PTY channel: its stderr stream is the agent's alone (the PTY carries the
+        # session's stderr on stdout), so no program on the machine can forge a report.
+        # A command on pipes has no terminal to echo; the broker records none of its input.
+        if self._pty is not None and self._chan is not None and not self._closed:
+            self._chan.write_stderr(encode_input_report(count, echo))
 
     def process_finished(self, returncode: int) -> None:
         if self._live is not None:

@@ -23,6 +23,7 @@ from typing import Final
 
 import asyncssh
 
+from agent.input_reports import InputReport, InputReportReader
 from agent.protocol import ConsentAnswer
 from broker.sessions.facts import MemberEvent, Outcome, SessionFacts, Terminal
 from broker.sessions.hub_core import (
@@ -41,6 +42,7 @@ from broker.sessions.hub_core import (
     Role,
     roles_of,
 )
+from broker.sessions.input_ledger import InputKind, InputLedger
 from broker.transcript import (
     END_AGENT_DISCONNECTED,
     END_DISK_FULL,
@@ -106,6 +108,11 @@ class LiveSession:
         self.recorder = recorder
         self.core = HubCore(limits, time.monotonic())
         self.parser = MarkParser()
+        # Input is recorded from the agent's out-of-band reports only (see
+        # broker.sessions.input_ledger); a command without a PTY has no terminal to echo, so
+        # none of its input is recorded.
+        self.ledger = InputLedger()
+        self.reports = InputReportReader()
         self.started_at = started_at
         self._on_member = on_member
         self._terminals: dict[int, Terminal] = {}
@@ -160,8 +167,36 @@ class LiveSession:
         """A chunk from the agent: parse, record, fan out. The hot path."""
         if not self.running:
             return
+        if stderr and self.facts.term is not None:
+            # A PTY channel's stderr is the agent's own: input reports, or its error text.
+            reports, data = self.reports.feed(data)
+            self._input_reported(reports)
+            if not data:
+                return
         forward, marks = self.parser.feed(data)
         self._emit(forward, marks, stderr)
+
+    def _input_reported(self, reports: list[InputReport]) -> None:
+        for report in reports:
+            self._record_input(self.ledger.reported(report.count, report.echo))
+        if self.ledger.excess:
+            log.warning(
+                "session %s: the agent reported %d bytes of input never sent",
+                self.session_id,
+                self.ledger.excess,
+            )
+            self.ledger.excess = 0
+
+    def _record_input(self, pieces: list[tuple[InputKind, bytes, bool]]) -> None:
+        now = time.time()
+        try:
+            for kind, data, echoed in pieces:
+                if kind == "typed":
+                    self.recorder.input(data, now, echoed=echoed)
+                else:
+                    self.recorder.answer_back(data, now, echoed=echoed)
+        except RecorderError as exc:
+            self._recorder_failed(exc)
 
     def _emit(self, forward: bytes, marks: Sequence[Mark], stderr: bool) -> None:
         if not forward and not marks:
@@ -247,17 +282,29 @@ class LiveSession:
 
     def input(self, pid: int, data: bytes) -> None:
         """Staff typed; only the owner's and joiners' input reaches the shell."""
+        self._send_input(pid, "typed", data)
+
+    def answer_back(self, pid: int, data: bytes) -> None:
+        """The staff terminal answered a query of the session (cursor position, device
+        attributes...): it goes to the shell like input, and is recorded as a reply. Only
+        the owner's terminal answers (its size is the PTY's); every viewer's terminal
+        answers the same query, and the others' replies are dropped without a word."""
+        member = self.core.member(pid)
+        if member is not None and member.role == "owner":
+            self._send_input(pid, "reply", data)
+
+    def _send_input(self, pid: int, kind: InputKind, data: bytes) -> None:
         allowed, actions = self.core.input(pid, time.monotonic())
         if actions:
             self._apply(actions)
         if not allowed or not data or self._chan is None:
             return
-        try:
-            self.recorder.input(data, time.time())
-        except RecorderError as exc:
-            self._recorder_failed(exc)
-            return
-        self._chan.write(data)
+        if self.facts.term is None:
+            self._record_input([(kind, data, False)])
+        else:
+            self._record_input(self.ledger.sent(kind, data))
+        if self.core.phase == "running":
+            self._chan.write(data)
 
     def input_eof(self, pid: int) -> None:
         """The owner closed its input (``ssh host cmd < file``)."""
@@ -425,6 +472,9 @@ class LiveSession:
                 self.recorder.output(tail, time.time(), [])
             for terminal in self._terminals.values():
                 terminal.write_output(tail, False)
+        if code not in ("disk_full", "recorder_failed"):
+            # Never reported: the terminal may not have echoed it, so it stays hidden.
+            self._record_input(self.ledger.close())
         if self._flush_task is not None:
             with contextlib.suppress(RecorderError):
                 await self._flush_task

@@ -7,7 +7,9 @@ A ``.cast`` file is UTF-8 text, one JSON document per line, each line ending in 
   "ticket": ..., "agent": ..., "staff": ...}}``
 - every further line, an event ``[time, code, data]``: ``time`` in seconds since the
   session started, written with exactly six decimals and never decreasing; ``code`` one of
-  ``o`` (output), ``i`` (input), ``r`` (resize, ``"COLSxROWS"``), ``m`` (marker, a label).
+  ``o`` (output), ``i`` (input staff typed), ``a`` (answer-back: the staff terminal's
+  replies to queries, never typed), ``r`` (resize, ``"COLSxROWS"``), ``m`` (marker, a
+  label). Players skip the ``a`` code they do not know.
 
 Every line has one canonical encoding (fixed key order, ``", "``/``": "`` separators,
 non-ASCII written as is, six-decimal times). The strict parser accepts a line only when it
@@ -45,8 +47,8 @@ MAX_EVENT_CHARS: Final = 65536
 # An event holds at most MAX_EVENT_CHARS characters; JSON escaping can make one six bytes.
 MAX_LINE_BYTES: Final = 1 << 20
 
-EventCode = Literal["o", "i", "r", "m"]
-EVENT_CODES: Final[frozenset[str]] = frozenset({"o", "i", "r", "m"})
+EventCode = Literal["o", "i", "a", "r", "m"]
+EVENT_CODES: Final[frozenset[str]] = frozenset({"o", "i", "a", "r", "m"})
 
 # Controls, bidi overrides, invisible formatting and lone surrogates: never in a label.
 _LABEL_BAD: Final = re.compile(
@@ -177,7 +179,7 @@ def encode_event_line(time: float, code: str, data: str) -> bytes:
     if not (math.isfinite(time) and 0.0 <= time < MAX_TIME):
         raise InvalidValue("an event time must be 0 to 1e9 seconds")
     if not _is_code(code):
-        raise InvalidValue("an event code is one of o, i, r, m")
+        raise InvalidValue("an event code is one of o, i, a, r, m")
     try:
         return f"[{time:.6f}, {_dumps(code)}, {_dumps(data)}]".encode()
     except UnicodeEncodeError as exc:
@@ -246,7 +248,7 @@ def event_from_json(doc: object, *, previous_time: float = 0.0) -> CastEvent:
     if type(time) not in (int, float) or not (math.isfinite(time) and 0 <= time < MAX_TIME):
         raise InvalidValue("the event time is not a number of seconds")
     if not _is_code(code):
-        raise InvalidValue("the event code is not o, i, r or m")
+        raise InvalidValue("the event code is not o, i, a, r or m")
     if not isinstance(data, str):
         raise InvalidValue("the event data is not text")
     if time < previous_time:

@@ -11,17 +11,18 @@ It understands (see docs/protocol.md, "Shell integration"):
   start, command start, command end. These stay in ``forward``: terminals expect them.
 - ``ESC]633;E;<command line>``: the command line, ``\\\\`` for a backslash and ``\\xHH``
   for other bytes. Stays in ``forward``.
-- ``ESC]6973;echo;off`` / ``on``: our private echo marker. Every complete ``ESC]6973;...``
-  sequence is **removed** from ``forward``: the staff terminal never sees it.
+
+Nothing else is ours: ``ESC]6973;…`` (once an in-band echo marker) is forwarded and recorded
+like any other sequence a program prints, and changes nothing. Whether typed input echoed
+comes out of band, in the agent's input reports (``agent.input_reports``).
 
 A sequence ends with BEL or ST (``ESC \\``); ``ESC`` followed by anything else, CAN or SUB
 abort it (as terminals do) and yield no mark. Sequences may be split at any byte across
 chunks: feeding a stream in any chunking gives the same concatenated ``forward`` and the
 same marks as feeding it whole. Hostile input is bounded: a mark's payload is capped at
-:data:`MAX_PAYLOAD` bytes (our private marker at 64); past the cap the sequence is forwarded
-as it is and yields no mark (a ``633;E`` command line is kept, truncated). Bytes are never
-dropped except complete private markers; :meth:`MarkParser.close` returns whatever is still
-held back at the end of the stream.
+:data:`MAX_PAYLOAD` bytes; past the cap the sequence is forwarded as it is and yields no
+mark (a ``633;E`` command line is kept, truncated). Bytes are never dropped;
+:meth:`MarkParser.close` returns whatever is still held back at the end of the stream.
 
 :meth:`MarkParser.feed` raises nothing for any bytes. Every mark carries ``offset``: its
 position in the forwarded stream (the byte count of ``forward`` up to the end of the mark),
@@ -40,7 +41,6 @@ from typing import Final
 from broker.transcript.render import render_text, visible_controls
 
 MAX_PAYLOAD: Final = 16384
-MAX_PRIVATE_PAYLOAD: Final = 64
 MAX_COMMAND_CHARS: Final = 4096
 MAX_TYPED_BYTES: Final = 4096
 MAX_COMMANDS: Final = 10000
@@ -96,30 +96,21 @@ class CommandEnd:
     offset: int
 
 
-@dataclass(frozen=True, slots=True)
-class EchoChanged:
-    """``6973;echo;on|off``: the PTY's ECHO flag changed (off: typed input is a secret)."""
-
-    on: bool
-    _: KW_ONLY
-    offset: int
-
-
-Mark = PromptStart | InputStart | CommandLine | CommandStart | CommandEnd | EchoChanged
+Mark = PromptStart | InputStart | CommandLine | CommandStart | CommandEnd
 
 # Parser states.
 _GROUND, _ESC_HELD, _OSC_NUMBER, _OSC_BODY, _OSC_BODY_ESC = range(5)
-# What an OSC body is: a shell mark (forwarded, payload kept), our private marker (held
-# back, dropped when complete) or anything else (forwarded, nothing kept).
-_KIND_SHELL, _KIND_PRIVATE, _KIND_OTHER = range(3)
+# What an OSC body is: a shell mark (forwarded, payload kept) or anything else (forwarded,
+# nothing kept).
+_KIND_SHELL, _KIND_OTHER = range(2)
 
 
 class MarkParser:
-    """Find shell-integration marks in PTY output; strip the private echo marker."""
+    """Find shell-integration marks in PTY output."""
 
     def __init__(self) -> None:
         self._state = _GROUND
-        self._held = bytearray()  # bytes not yet forwarded (ESC, ESC]NNN, private body)
+        self._held = bytearray()  # bytes not yet forwarded (ESC, ESC]NNN, ESC of an ST)
         self._number = bytearray()
         self._kind = _KIND_OTHER
         self._payload = bytearray()
@@ -140,7 +131,7 @@ class MarkParser:
         return forward, marks
 
     def close(self) -> bytes:
-        """End of stream: return the bytes still held back (never a complete marker)."""
+        """End of stream: return the bytes still held back."""
         held = bytes(self._held)
         self._held.clear()
         self._state = _GROUND
@@ -207,18 +198,12 @@ class MarkParser:
         number = bytes(self._number) if byte == ord(";") else b""
         self._payload.clear()
         self._overflow = False
-        if number in (b"133", b"633"):
-            self._kind = _KIND_SHELL
-        elif number == b"6973":
-            self._kind = _KIND_PRIVATE
-        else:
-            self._kind = _KIND_OTHER
+        self._kind = _KIND_SHELL if number in (b"133", b"633") else _KIND_OTHER
         self._state = _OSC_BODY
         if byte == ord(";"):
             self._held.append(byte)
             i += 1
-        if self._kind != _KIND_PRIVATE:
-            self._release(out)
+        self._release(out)
         return i
 
     def _osc_body(self, data: bytes, i: int, out: list[bytes], marks: list[Mark]) -> int:
@@ -244,22 +229,13 @@ class MarkParser:
         if self._kind == _KIND_OTHER:
             self._emit(out, body)
             return
-        cap = MAX_PRIVATE_PAYLOAD if self._kind == _KIND_PRIVATE else MAX_PAYLOAD
-        room = cap - len(self._payload)
+        room = MAX_PAYLOAD - len(self._payload)
         if len(body) > room:
             self._overflow = True
             self._payload += body[: max(room, 0)]
         else:
             self._payload += body
-        if self._kind == _KIND_PRIVATE:
-            if self._overflow:  # not a marker of ours: hand it on untouched
-                self._held += body
-                self._kind = _KIND_OTHER
-                self._release(out)
-            else:
-                self._held += body
-        else:
-            self._emit(out, body)
+        self._emit(out, body)
 
     def _abort(self, out: list[bytes]) -> None:
         self._release(out)
@@ -267,24 +243,13 @@ class MarkParser:
 
     def _finish(self, out: list[bytes], marks: list[Mark], terminator: bytes) -> None:
         self._state = _GROUND
-        self._held.clear()  # a private marker is removed; else it is the ESC of the ST
-        if self._kind == _KIND_PRIVATE:
-            mark = _private_mark(bytes(self._payload), self._forwarded)
-        else:
-            self._emit(out, terminator)
-            if self._kind != _KIND_SHELL:
-                return
-            mark = _shell_mark(bytes(self._payload), self._overflow, self._forwarded)
+        self._held.clear()  # the ESC of the ST, sent with the terminator
+        self._emit(out, terminator)
+        if self._kind != _KIND_SHELL:
+            return
+        mark = _shell_mark(bytes(self._payload), self._overflow, self._forwarded)
         if mark is not None:
             marks.append(mark)
-
-
-def _private_mark(payload: bytes, offset: int) -> Mark | None:
-    if payload == b"echo;off":
-        return EchoChanged(False, offset=offset)
-    if payload == b"echo;on":
-        return EchoChanged(True, offset=offset)
-    return None
 
 
 def _shell_mark(payload: bytes, overflow: bool, offset: int) -> Mark | None:

@@ -4,7 +4,8 @@ The session hub drives it synchronously, and decides when to flush::
 
     forward, marks = parser.feed(chunk)         # a MarkParser per session
     recorder.output(forward, now, marks)        # before or after forwarding, never skipped
-    recorder.input(keystrokes, now)             # staff input (hidden while echo is off)
+    recorder.input(keystrokes, now, echoed=e)   # staff input, once the agent reported it
+    recorder.answer_back(replies, now, echoed=e)  # the staff terminal's replies, likewise
     recorder.flush()                            # at least once a second
     recorder.seal(True, "ended", now)
 
@@ -70,7 +71,7 @@ from broker.transcript.errors import (
     RecorderWriteError,
     SealFormatError,
 )
-from broker.transcript.marks import Command, CommandTracker, EchoChanged, Mark
+from broker.transcript.marks import Command, CommandTracker, Mark
 from broker.transcript.paths import TranscriptPaths, transcript_paths
 
 logger = logging.getLogger(__name__)
@@ -139,10 +140,10 @@ class TranscriptRecorder:
         self._failure: RecorderError | None = None
         self._seal: Seal | None = None
         self._last_time = 0.0
-        self._echo_on = True
         self._hidden_run = False
         self._out_decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._in_decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._reply_decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._tracker = CommandTracker(started_at)
         self._commands: tuple[Command, ...] | None = None
         self._fds: list[int] = []
@@ -185,11 +186,6 @@ class TranscriptRecorder:
 
     # -- recording ------------------------------------------------------------------------
 
-    @property
-    def echo_on(self) -> bool:
-        """Whether the agent's PTY echoes input (input is recorded only then)."""
-        return self._echo_on
-
     def output(self, data: bytes, now: float, marks: Sequence[Mark]) -> None:
         """Record agent output: the ``forward`` bytes and the marks the parser returned."""
         with self._lock:
@@ -197,27 +193,37 @@ class TranscriptRecorder:
             for piece in _split(self._out_decoder.decode(data)):
                 self._append("o", piece, now)
             self._tracker.observe(data, marks, now)
-            for mark in marks:
-                if isinstance(mark, EchoChanged):
-                    self._echo_on = mark.on
-                    if mark.on:
-                        self._hidden_run = False
             full = self._pending_bytes >= self._flush_bytes
         if full:
             self.flush()
 
-    def input(self, data: bytes, now: float) -> None:
-        """Record staff keystrokes; while echo is off, one marker per run instead of them."""
+    def input(self, data: bytes, now: float, *, echoed: bool) -> None:
+        """Record staff keystrokes the agent reported as written to its terminal;
+        ``echoed=False`` (the terminal did not echo them): one marker per run instead."""
+        self._record("i", self._in_decoder, data, now, echoed)
+
+    def answer_back(self, data: bytes, now: float, *, echoed: bool) -> None:
+        """Record the staff terminal's replies to queries (cursor position, device
+        attributes...) as ``a`` events: sent to the shell, never typed by anyone. Hidden
+        like typed input when the terminal did not echo them."""
+        self._record("a", self._reply_decoder, data, now, echoed)
+
+    def _record(
+        self, code: str, decoder: codecs.IncrementalDecoder, data: bytes, now: float, echoed: bool
+    ) -> None:
         with self._lock:
             self._check_recording()
-            if not self._echo_on:
-                self._in_decoder.reset()
+            if not echoed:
+                # A character split across the secret's edge must not leak its first byte
+                # into the next recorded event.
+                decoder.reset()
                 if not self._hidden_run:
                     self._hidden_run = True
                     self._append("m", INPUT_HIDDEN_LABEL, now)
                 return
-            for piece in _split(self._in_decoder.decode(data)):
-                self._append("i", piece, now)
+            self._hidden_run = False
+            for piece in _split(decoder.decode(data)):
+                self._append(code, piece, now)
             full = self._pending_bytes >= self._flush_bytes
         if full:
             self.flush()
@@ -338,8 +344,10 @@ class TranscriptRecorder:
                     tail = self._out_decoder.decode(b"", final=True)
                     if tail:
                         self._append("o", tail, now)
-                    if self._echo_on and (typed := self._in_decoder.decode(b"", final=True)):
+                    if typed := self._in_decoder.decode(b"", final=True):
                         self._append("i", typed, now)
+                    if reply := self._reply_decoder.decode(b"", final=True):
+                        self._append("a", reply, now)
                 pending, self._pending, self._pending_bytes = self._pending, [], 0
             if pending and self._failure is None:
                 with contextlib.suppress(RecorderError):  # kept in self._failure: the seal says

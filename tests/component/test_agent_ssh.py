@@ -176,26 +176,34 @@ async def test_window_change_resizes_the_pty(setup: Setup) -> None:
     process.close()
 
 
-async def test_echo_off_is_marked_in_the_output(setup: Setup) -> None:
-    """A password-style prompt (echo off, waiting for input) is preceded by the echo-off mark."""
-    from agent.shell_integration import ECHO_OFF_MARK, ECHO_ON_MARK
+async def test_input_is_reported_out_of_band_with_the_echo_flag(setup: Setup) -> None:
+    """Each piece of input is reported on the PTY channel's stderr with the ECHO flag read
+    when it was written; what the session prints (a forged report on its stderr, the former
+    in-band echo marker) reaches stdout only and changes no report."""
+    from agent.input_reports import InputReportReader
 
     process = await setup.conn.create_process(
-        "stty -echo; echo secret-now; read answer; stty echo; echo visible-now",
+        "printf 'sl:input 99 on\\n' >&2; printf '\\033]6973;echo;on\\007'; "
+        "stty -echo; echo ready-now; read a; stty echo; echo visible-now; read b; echo done",
         term_type="xterm",
         env=session_env(),
         encoding=None,
     )
     seen = bytearray()
-    await read_until(process.stdout, b"secret-now", seen)
+    await read_until(process.stdout, b"ready-now", seen)
     process.stdin.write(b"hunter2\n")
+    await read_until(process.stdout, b"visible-now", seen)
+    process.stdin.write(b"shown\n")
     async with asyncio.timeout(WAIT):
         output = bytes(seen) + await process.stdout.read()
+        reports, other = InputReportReader().feed(await process.stderr.read())
         await process.wait()
-    off = output.index(ECHO_OFF_MARK)
-    assert off < output.index(b"secret-now") < output.index(ECHO_ON_MARK)
-    assert output.index(ECHO_ON_MARK) < output.index(b"visible-now")
+    assert b"sl:input 99 on" in output  # the forgery went to stdout, as printed
+    assert other == b""
+    flags = [flag for report in reports for flag in [report.echo] * report.count]
+    assert flags == [False] * len(b"hunter2\n") + [True] * len(b"shown\n")
     assert b"hunter2" not in output
+    assert output.index(b"shown") > output.index(b"visible-now")
 
 
 async def test_exec_with_pty_returns_status(setup: Setup) -> None:

@@ -109,7 +109,7 @@ def test_large_buffers_flush_by_themselves(tmp_path: Path) -> None:
     session = Session(tmp_path, flush_bytes=4096)
     for _ in range(10):
         session.out(b"x" * 1000, 1001.0)
-        session.recorder.input(b"y" * 1000, 1001.0)
+        session.recorder.input(b"y" * 1000, 1001.0, echoed=True)
     assert session.recorder.paths.cast.stat().st_size > 15000
 
 
@@ -119,9 +119,9 @@ def test_a_full_session_verifies_and_lists_commands(tmp_path: Path) -> None:
     rec = session.recorder
     rec.marker("consent approved by bob", 1000.0)
     session.out(b"\x1b]133;A\x07$ \x1b]133;B\x07", 1000.5)
-    rec.input(b"ls", 1001.0)
+    rec.input(b"ls", 1001.0, echoed=True)
     session.out(b"ls", 1001.0)
-    rec.input(b"\r", 1001.5)
+    rec.input(b"\r", 1001.5, echoed=True)
     session.out(b"\r\n\x1b]633;E;ls\x07\x1b]133;C\x07a  b\r\n\x1b]133;D;0\x07", 1002.0)
     rec.resize(120, 40, 1002.5)
     rec.marker("participant joined: carol (observer)", 1003.0)
@@ -145,25 +145,27 @@ def test_a_full_session_verifies_and_lists_commands(tmp_path: Path) -> None:
 
 
 def test_password_typed_with_echo_off_never_reaches_the_file(tmp_path: Path) -> None:
-    """Input while echo is off is one marker per hidden run, never the bytes."""
+    """Input reported as not echoed is one marker per hidden run, never the bytes; what the
+    session prints (a forged in-band echo marker included) changes nothing."""
     session = Session(tmp_path)
     rec = session.recorder
-    session.out(b"$ sudo -k true\r\n\x1b]6973;echo;off\x07[sudo] password for bob: ", 1001.0)
-    assert not rec.echo_on
+    session.out(b"$ sudo -k true\r\n[sudo] password for bob: ", 1001.0)
     for key in b"hunter2\r":
-        rec.input(bytes([key]), 1002.0)
+        rec.input(bytes([key]), 1002.0, echoed=False)
     session.out(b"\x1b]6973;echo;on\x07\r\n$ ", 1003.0)
-    rec.input(b"ok", 1004.0)
-    session.out(b"\x1b]6973;echo;off\x07Password: ", 1005.0)
-    rec.input(b"s3cr3t-two\r", 1006.0)
+    rec.input(b"ok", 1004.0, echoed=True)
+    session.out(b"Password: ", 1005.0)
+    rec.input(b"s3cr3t-two\r", 1006.0, echoed=False)
+    rec.answer_back(b"\x1b[5;1R", 1006.5, echoed=False)
+    rec.answer_back(b"\x1b[?1;2c", 1006.6, echoed=True)
     rec.seal(True, "ended", 1007.0)
     raw = rec.paths.cast.read_bytes()
-    for secret in (b"hunter2", b"hunt", b"s3cr3t", b"6973"):
+    for secret in (b"hunter2", b"hunt", b"s3cr3t", b"5;1R"):
         assert secret not in raw
-    assert b"6973" not in session.shown
     markers = [e for e in events(rec.paths.cast) if e[1] == "m"]
     assert [m[2] for m in markers] == [INPUT_HIDDEN_LABEL, INPUT_HIDDEN_LABEL]
     assert ["i", "ok"] in [e[1:] for e in events(rec.paths.cast)]
+    assert ["a", "\x1b[?1;2c"] in [e[1:] for e in events(rec.paths.cast)]
     assert verify_transcript(rec.paths.cast, KEY.public_key()).status == "valid"
 
 
@@ -208,7 +210,8 @@ def test_nothing_is_recorded_after_seal(tmp_path: Path) -> None:
     rec = session.recorder
     for call in (
         lambda: rec.output(b"x", 1002.0, []),
-        lambda: rec.input(b"x", 1002.0),
+        lambda: rec.input(b"x", 1002.0, echoed=True),
+        lambda: rec.answer_back(b"\x1b[0n", 1002.0, echoed=True),
         lambda: rec.resize(80, 24, 1002.0),
         lambda: rec.marker("late", 1002.0),
         rec.flush,
@@ -249,7 +252,7 @@ def test_commands_are_available_while_recording(tmp_path: Path) -> None:
 def test_cut_utf8_input_at_the_end_is_kept_replaced(tmp_path: Path) -> None:
     """Half a character typed last is recorded as U+FFFD, not dropped."""
     session = Session(tmp_path)
-    session.recorder.input(b"\xc3", 1001.0)
+    session.recorder.input(b"\xc3", 1001.0, echoed=True)
     session.recorder.seal(True, "ended", 1002.0)
     assert events(session.recorder.paths.cast) == [[2.0, "i", "\ufffd"]]
 
@@ -338,9 +341,9 @@ def sealed_session(root: Path) -> Path:
     session.recorder.marker("consent approved by bob", 1000.0)
     session.out(b"\x1b]133;A\x07\x1b[32m$\x1b[0m \x1b]133;B\x07", 1000.5)
     session.out(b"echo \xc3\xa9t\xc3\xa9\r\n\x1b]133;C\x07\xc3\xa9t\xc3\xa9\r\n", 1001.0)
-    session.out(b"\x1b]133;D;0\x07\x1b]6973;echo;off\x07Password: ", 1002.0)
-    session.recorder.input(b"secret\r", 1003.0)
-    session.out(b"\x1b]6973;echo;on\x07\r\nbye\r\n", 1004.0)
+    session.out(b"\x1b]133;D;0\x07Password: ", 1002.0)
+    session.recorder.input(b"secret\r", 1003.0, echoed=False)
+    session.out(b"\r\nbye\r\n", 1004.0)
     session.recorder.seal(True, "ended", 1005.0)
     return session.recorder.paths.cast
 

@@ -15,7 +15,6 @@ from agent.shell_integration import (
     CommandEnd,
     CommandLine,
     CommandStart,
-    EchoChanged,
     InputStart,
     PromptStart,
     ShellMarkParser,
@@ -78,16 +77,13 @@ def test_parser_finds_every_mark_in_order() -> None:
     events = ShellMarkParser().feed(STREAM)
     assert _kinds(events) == [
         "PromptStart", "InputStart", "CommandLine", "CommandStart", "CommandEnd",
-        "EchoChanged", "EchoChanged", "CommandEnd",
+        "CommandEnd",
     ]  # fmt: skip
     assert events[2] == CommandLine(events[2].offset, "echo hi; ok")
     assert isinstance(events[4], CommandEnd)
     assert events[4].status == 0
-    assert isinstance(events[5], EchoChanged)
-    assert not events[5].echo
-    assert isinstance(events[6], EchoChanged)
-    assert events[6].echo
-    assert events[7] == CommandEnd(len(STREAM), None)
+    # The former in-band echo marker is no mark: echo is reported out of band.
+    assert events[5] == CommandEnd(len(STREAM), None)
 
 
 def test_parser_offsets_point_after_each_mark() -> None:

@@ -242,7 +242,7 @@ def test_header_parser_refuses_bad_title() -> None:
         (b'[true, "o", "x"]', "not a number"),
         (b'[NaN, "o", "x"]', "not valid JSON"),
         (b'[1e999, "o", "x"]', "not a number"),
-        (b'[1.000000, "z", "x"]', "not o, i, r or m"),
+        (b'[1.000000, "z", "x"]', "not o, i, a, r or m"),
         (b'[1.000000, "o", 5]', "not text"),
         (b'[0.500000, "o", "x"]', "goes backwards"),
         (b'[1.000000, "r", "80-24"]', "COLSxROWS"),
@@ -350,7 +350,7 @@ def test_parser_raises_only_cast_format_errors_on_json(doc: object) -> None:
 @settings(max_examples=300, deadline=None)
 @given(
     st.floats(min_value=0, max_value=1e8, allow_nan=False),
-    st.sampled_from(["o", "i", "m"]),
+    st.sampled_from(["o", "i", "a", "m"]),
     st.text(max_size=50),
 )
 def test_any_event_we_write_parses_back(time: float, code: str, data: str) -> None:

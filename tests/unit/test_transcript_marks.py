@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -11,14 +9,12 @@ from hypothesis import strategies as st
 from broker.transcript.marks import (
     MAX_COMMAND_CHARS,
     MAX_PAYLOAD,
-    MAX_PRIVATE_PAYLOAD,
     MAX_TYPED_BYTES,
     Command,
     CommandEnd,
     CommandLine,
     CommandStart,
     CommandTracker,
-    EchoChanged,
     InputStart,
     Mark,
     MarkParser,
@@ -184,36 +180,13 @@ def test_other_osc_sequences_pass_untouched(seq: bytes) -> None:
     assert marks == []
 
 
-def test_echo_marker_is_removed_from_forward() -> None:
-    """The private 6973 echo marker becomes a mark and never reaches the terminal."""
-    stream = b"pw: " + osc(b"6973;echo;off") + b"x" + osc(b"6973;echo;on", ST) + b"y"
-    forward, marks = feed_all([stream])
-    assert forward == b"pw: xy"
-    assert marks == [EchoChanged(False, offset=4), EchoChanged(True, offset=5)]
-
-
-def test_unknown_private_marker_is_removed_without_mark() -> None:
-    """Any complete sequence in our private 6973 namespace is removed."""
-    forward, marks = feed_all([b"a" + osc(b"6973;other;thing") + b"b"])
-    assert forward == b"ab"
-    assert marks == []
-
-
-def test_overlong_private_marker_is_forwarded() -> None:
-    """A 6973 sequence longer than its cap is not ours: it is forwarded untouched."""
-    seq = osc(b"6973;" + b"e" * (MAX_PRIVATE_PAYLOAD + 1))
-    forward, marks = feed_all([seq[:10], seq[10:40], seq[40:]])
-    assert forward == seq
-    assert marks == []
-
-
-def test_aborted_private_marker_is_forwarded() -> None:
-    """A 6973 sequence aborted by ESC, CAN or SUB is forwarded, not swallowed."""
-    for stop in (b"\x1b[0m", b"\x18", b"\x1a"):
-        seq = b"\x1b]6973;echo;off" + stop + b"z"
-        forward, marks = feed_all([seq])
-        assert forward == seq
-        assert marks == []
+def test_6973_sequences_are_forwarded_like_any_other() -> None:
+    """The former in-band echo marker is a program's output like any other: forwarded
+    whole, in any chunking, and never a mark (echo comes from the agent's input reports)."""
+    for end in (BEL, ST):
+        stream = b"pw: " + osc(b"6973;echo;on", end) + b"x" + osc(b"6973;echo;off", end) + b"y"
+        for chunks in ([stream], [stream[i : i + 1] for i in range(len(stream))]):
+            assert feed_all(chunks) == (stream, [])
 
 
 def test_abort_by_escape_starts_a_new_sequence() -> None:
@@ -280,16 +253,16 @@ def test_never_ending_osc_is_streamed_not_buffered() -> None:
 def test_close_returns_held_bytes() -> None:
     """Bytes held back at the end of the stream are returned by close."""
     parser = MarkParser()
-    assert parser.feed(b"x\x1b]6973;echo") == (b"x", [])
-    assert parser.close() == b"\x1b]6973;echo"
+    assert parser.feed(b"x\x1b]13") == (b"x", [])
+    assert parser.close() == b"\x1b]13"
     assert parser.feed(b"z") == (b"z", [])
 
 
 def test_osc_number_split_across_chunks() -> None:
     """The OSC number may be split at any byte."""
-    forward, marks = feed_all([b"\x1b]", b"69", b"73", b";echo;o", b"ff", b"\x1b", b"\\"])
-    assert forward == b""
-    assert marks == [EchoChanged(False, offset=0)]
+    forward, marks = feed_all([b"\x1b]", b"1", b"33", b";", b"D;", b"7", b"\x1b", b"\\"])
+    assert forward == b"\x1b]133;D;7\x1b\\"
+    assert marks == [CommandEnd(7, offset=len(forward))]
 
 
 def test_decode_command_line_truncated_drops_partial_escape() -> None:
@@ -347,20 +320,12 @@ def test_any_chunking_gives_the_same_result(stream: bytes, cuts: list[int]) -> N
     assert feed_all(chunks) == feed_all([stream])
 
 
-_PRIVATE = re.compile(
-    rb"\x1b\]6973;([^\x07\x18\x1a\x1b]{0,%d})(?:\x07|\x1b\\)" % MAX_PRIVATE_PAYLOAD
-)
-
-
 @settings(max_examples=300, deadline=None)
 @given(stream=_STREAMS)
-def test_only_complete_private_markers_are_removed(stream: bytes) -> None:
-    """Forward is exactly the input less its complete private markers, byte by byte fed."""
+def test_no_byte_is_ever_removed(stream: bytes) -> None:
+    """Forward is exactly the input, byte by byte fed; mark offsets stay in order."""
     forward, marks = feed_all([stream[i : i + 1] for i in range(len(stream))])
-    assert forward == _PRIVATE.sub(b"", stream)
-    echo = [m.on for m in marks if isinstance(m, EchoChanged)]
-    payloads = [m.group(1) for m in _PRIVATE.finditer(stream)]
-    assert echo == [p == b"echo;on" for p in payloads if p in (b"echo;on", b"echo;off")]
+    assert forward == stream
     offsets = [m.offset for m in marks]
     assert offsets == sorted(offsets)
     assert all(0 <= o <= len(forward) for o in offsets)
