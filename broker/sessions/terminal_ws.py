@@ -7,7 +7,10 @@ Protocol (docs/sessions.md, "Console terminal"):
 2. The first client message is a text frame ``{"ticket": "tt_..."}``: a one-time terminal
    ticket from ``POST /api/v1/sessions/terminal-tickets``, bound to the same principal.
 3. Then binary frames carry terminal bytes both ways; text frames carry JSON control:
-   client → ``{"type": "resize", "cols": N, "rows": N}``; server →
+   client → ``{"type": "resize", "cols": N, "rows": N}`` and ``{"type": "reply", "data":
+   "..."}`` (the terminal's answer-back to a query of the session: cursor position, device
+   attributes, DECRQSS...; sent to the shell and recorded as a reply, never as typed input;
+   data that is not made of CSI, OSC or DCS sequences is taken as typed); server →
    ``{"type": "state", "state": "waiting_consent"|"running"|"ended", "reason", "session"}``
    (a refused session's ``ended`` also carries ``"code"``, e.g. ``"session_limit"``),
    ``{"type": "participants", "list": [{"name", "role"}]}`` and
@@ -23,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import time
 from collections import deque
 from typing import Final, cast
@@ -39,6 +43,7 @@ from broker.sessions.errors import SessionError
 from broker.sessions.facts import Outcome
 from broker.sessions.hub import LiveSession
 from broker.sessions.hub_core import Member
+from broker.sessions.input_ledger import InputKind
 from broker.sessions.runtime import SESSIONS
 from broker.sessions.terminal_tickets import TerminalGrant
 
@@ -55,6 +60,14 @@ CLOSE_PROTOCOL: Final = 4400
 CLOSE_INTERNAL: Final = 1011
 TERM: Final = "xterm-256color"
 EARLY_INPUT_MAX: Final = 64 << 10
+MAX_REPLY: Final = 512
+# What a terminal answers with: CSI (DSR, DA, DECRQM, window reports), OSC (colour
+# reports) and DCS (DECRQSS, XTVERSION) sequences, one or more, nothing else.
+_REPLY: Final = re.compile(
+    r"(?:\x1b\[[\x30-\x3f]*[\x20-\x2f]*[\x40-\x7e]"
+    r"|\x1b\][\x20-\x7e]*(?:\x07|\x1b\\)"
+    r"|\x1bP[\x20-\x7e]*\x1b\\)+"
+)
 
 
 class WebTerminal:
@@ -69,14 +82,30 @@ class WebTerminal:
         self.closed = asyncio.Event()
         self.live: LiveSession | None = None
         self.pid = 0
-        self.early = bytearray()  # typed before the session ran; sent when it does
+        # Typed (or answered) before the session ran; sent when it does.
+        self.early: list[tuple[InputKind, bytes]] = []
+        self.early_size = 0
         self._writer = asyncio.get_running_loop().create_task(self._write_loop())
 
     def bind(self, live: LiveSession, member: Member) -> None:
         self.live, self.pid = live, member.pid
-        if self.early:
-            live.input(member.pid, bytes(self.early))
-            self.early.clear()
+        for kind, data in self.early:
+            if kind == "typed":
+                live.input(member.pid, data)
+            else:
+                live.answer_back(member.pid, data)
+        self.early.clear()
+
+    def send_input(self, kind: InputKind, data: bytes) -> None:
+        """What the browser sent: to the session, or kept until it runs."""
+        if self.live is not None:
+            if kind == "typed":
+                self.live.input(self.pid, data)
+            else:
+                self.live.answer_back(self.pid, data)
+        elif self.early_size + len(data) <= EARLY_INPUT_MAX:
+            self.early.append((kind, data))
+            self.early_size += len(data)
 
     # -- Terminal ----------------------------------------------------------------------------
 
@@ -187,14 +216,25 @@ async def _first_ticket(ws: web.WebSocketResponse) -> object:
     return doc["ticket"]
 
 
-def _resize(data: str) -> tuple[int, int] | None:
+def _control(data: str) -> tuple[int, int] | tuple[InputKind, bytes] | None:
+    """A resize ``(cols, rows)``, a reply ``(kind, bytes)``, or None (not understood)."""
     if len(data) > MAX_CONTROL:
         return None
     try:
         doc = json.loads(data)
     except ValueError:
         return None
-    if not isinstance(doc, dict) or doc.get("type") != "resize":
+    if not isinstance(doc, dict):
+        return None
+    if doc.get("type") == "reply" and set(doc) == {"type", "data"}:
+        reply = doc["data"]
+        if not isinstance(reply, str) or not 0 < len(reply) <= MAX_REPLY:
+            return None
+        # Only a terminal's answer counts as one: anything else was typed, and is sent
+        # and recorded as such (so a "reply" can never carry typing past the record).
+        kind: InputKind = "reply" if _REPLY.fullmatch(reply) else "typed"
+        return kind, reply.encode("utf-8", "replace")
+    if doc.get("type") != "resize":
         return None
     cols, rows = doc.get("cols"), doc.get("rows")
     if type(cols) is not int or type(rows) is not int:
@@ -335,17 +375,19 @@ async def _read(ws: web.WebSocketResponse, terminal: WebTerminal, size: list[int
     async for msg in ws:
         live = terminal.live
         if msg.type == WSMsgType.BINARY:
-            if live is not None:
-                live.input(terminal.pid, msg.data)
-            elif len(terminal.early) + len(msg.data) <= EARLY_INPUT_MAX:
-                terminal.early += msg.data
+            terminal.send_input("typed", msg.data)
         elif msg.type == WSMsgType.TEXT:
-            wanted = _resize(msg.data)
-            if wanted is None:
+            control = _control(msg.data)
+            if control is None:
                 terminal.end("that control message is not understood", "", CLOSE_PROTOCOL)
                 return
-            size[:] = list(wanted)
+            if isinstance(control[1], bytes):
+                kind, data = control
+                terminal.send_input(kind, data)
+                continue
+            cols, rows = control
+            size[:] = [cols, rows]
             if live is not None:
-                live.resize(terminal.pid, *wanted)
+                live.resize(terminal.pid, cols, rows)
         else:
             return

@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from broker.sessions.terminal_ws import PATH
+from broker.transcript import transcript_paths
 from tests.component.test_sessions_harness import WAIT, World, world
 from tests.component.test_sessions_shell import open_shell
 from tests.support.api import refusals_of
@@ -230,3 +231,37 @@ async def test_slow_observer_is_cut_off_and_the_owner_goes_on(
             assert "could not keep up" in watcher.controls[-1]["reason"]
             shell.type("exit\n")
             assert await shell.finish() == 0
+
+
+async def test_terminal_replies_are_recorded_as_replies(data_dir: Path, tmp_path: Path) -> None:
+    """A browser terminal's answer-back ({"type": "reply"}) reaches the shell and is recorded
+    as an `a` event, never as typed input; a "reply" that is no terminal answer is typed
+    input; a joiner's or observer's answers are dropped without a notice (only the owner's
+    terminal answers for the session)."""
+    async with world(data_dir, tmp_path) as w:
+        _, dave = await w.add_staff("dave", "level3")
+        owner = await connect(w, w.staff_token, await mint(w, w.staff_token))
+        await owner.read_until(lambda b: b.has_state("running"))
+        _, live = await w.call("GET", "/sessions?live=1", token=w.staff_token, expect=200)
+        sid = live[0]["id"]
+        joiner = await connect(w, dave, await mint(w, dave, mode="join", session=sid))
+        await joiner.read_until(lambda b: b.has_state("running"))
+        # `od` shows what reached the shell; the terminal echoes it too (echo is on).
+        await owner.ws.send_bytes(b"IFS= read -r got; printf '%s' \"$got\" | od -An -c\n")
+        await owner.read_until(lambda b: b"od -An -c" in b.out)
+        for who, data in ((joiner, "\x1b[9;9R"), (owner, "\x1b[12;1R\x1b[?1;2c")):
+            await who.ws.send_str(json.dumps({"type": "reply", "data": data}))
+        await owner.ws.send_str(json.dumps({"type": "reply", "data": "typed-as-reply"}))
+        await owner.ws.send_bytes(b"\n")
+        await owner.read_until(lambda b: b"1   R" in b.out and b"y" in b.out.split(b"od")[-1])
+        await owner.ws.send_bytes(b"exit\n")
+        await owner.read_to_close()
+        assert not any(c["type"] == "notice" for c in joiner.controls)
+        assert b"9   ;   9" not in owner.out
+        cast = transcript_paths(w.services.config.transcripts_dir, sid).cast
+        events = [json.loads(line) for line in cast.read_text().splitlines()[1:]]
+        replies = "".join(e[2] for e in events if e[1] == "a")
+        typed = "".join(e[2] for e in events if e[1] == "i")
+        assert replies == "\x1b[12;1R\x1b[?1;2c"
+        assert "typed-as-reply" in typed
+        assert "\x1b[" not in typed

@@ -71,9 +71,47 @@ const term = new Terminal({
 });
 // OSC 52 (set clipboard) is swallowed explicitly: remote output never reaches the clipboard.
 term.parser.registerOscHandler(52, () => true);
+
+// Answer-back: xterm.js answers some queries in the output (cursor position, device
+// attributes, modes, DECRQSS, colours, window size) through onData, as if typed. Those
+// answers go to the broker as {"type": "reply"} messages, so the transcript records them as
+// terminal replies, never as what staff typed. Each query's handler marks the data that
+// follows in the same parsing turn as a reply and lets xterm.js answer (returns false); no
+// keystroke can come in the middle of a synchronous parse, and the mark ends with the turn.
+let answering = false;
+function answerFollows() {
+  if (!answering) {
+    answering = true;
+    queueMicrotask(() => {
+      answering = false;
+    });
+  }
+  return false;
+}
+for (const id of [
+  { final: "c" }, // DA1
+  { prefix: ">", final: "c" }, // DA2
+  { final: "n" }, // DSR (status, cursor position)
+  { prefix: "?", final: "n" }, // DECDSR
+  { intermediates: "$", final: "p" }, // DECRQM
+  { prefix: "?", intermediates: "$", final: "p" }, // DECRQM (private modes)
+  { final: "t" }, // window size reports
+  { prefix: "?", final: "h" }, // DECSET 1004 answers with the focus state at once
+]) {
+  term.parser.registerCsiHandler(id, answerFollows);
+}
+term.parser.registerDcsHandler({ intermediates: "$", final: "q" }, answerFollows); // DECRQSS
+for (const ident of [4, 10, 11, 12]) term.parser.registerOscHandler(ident, answerFollows);
+// Focus reports (CSI I / CSI O, when the session asked for them) are answers too: xterm.js
+// sends them from its focus handlers, which run after these capturing listeners.
+const focusAnswers = (event) => {
+  if (event.target === term.textarea) answerFollows();
+};
 const fit = new FitAddon();
 term.loadAddon(fit);
 term.open(document.getElementById("terminal-screen"));
+term.element.addEventListener("focus", focusAnswers, true);
+term.element.addEventListener("blur", focusAnswers, true);
 fit.fit();
 window.secondlineTerminal = term; // for the browser tests: the buffer is read, not driven
 
@@ -266,6 +304,10 @@ async function connect() {
 // An observer's keys are sent too: the broker drops them (observers never type) and says so
 // once, which the bar shows. The broker decides, not this page.
 term.onData((data) => {
+  if (answering) {
+    send(JSON.stringify({ type: "reply", data }));
+    return;
+  }
   send(new TextEncoder().encode(data));
 });
 term.onBinary((data) => {
