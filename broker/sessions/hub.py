@@ -25,6 +25,7 @@ import asyncssh
 
 from agent.input_reports import InputReport, InputReportReader
 from agent.protocol import ConsentAnswer
+from broker.sessions.answer_back import AnswerBack
 from broker.sessions.facts import MemberEvent, Outcome, SessionFacts, Terminal
 from broker.sessions.hub_core import (
     Action,
@@ -113,6 +114,7 @@ class LiveSession:
         # none of its input is recorded.
         self.ledger = InputLedger()
         self.reports = InputReportReader()
+        self.answers = AnswerBack()
         self.started_at = started_at
         self._on_member = on_member
         self._terminals: dict[int, Terminal] = {}
@@ -174,6 +176,8 @@ class LiveSession:
             if not data:
                 return
         forward, marks = self.parser.feed(data)
+        if self.facts.term is not None:
+            self.answers.asked(forward)
         self._emit(forward, marks, stderr)
 
     def _input_reported(self, reports: list[InputReport]) -> None:
@@ -281,7 +285,13 @@ class LiveSession:
             self._apply(self.core.buffered(pid, terminal.buffered()))
 
     def input(self, pid: int, data: bytes) -> None:
-        """Staff typed; only the owner's and joiners' input reaches the shell."""
+        """Staff typed; only the owner's and joiners' input reaches the shell. Answers of an
+        SSH client's terminal to a query the output just asked, at the head of its input,
+        are replies (broker.sessions.answer_back)."""
+        if self.answers.open and self.facts.term is not None:
+            replies, data = self.answers.split(data)
+            if replies:
+                self._send_input(pid, "reply", replies)
         self._send_input(pid, "typed", data)
 
     def answer_back(self, pid: int, data: bytes) -> None:
@@ -291,6 +301,7 @@ class LiveSession:
         answers the same query, and the others' replies are dropped without a word."""
         member = self.core.member(pid)
         if member is not None and member.role == "owner":
+            self.answers.split(data)  # the queries it answers are answered
             self._send_input(pid, "reply", data)
 
     def _send_input(self, pid: int, kind: InputKind, data: bytes) -> None:
