@@ -27,7 +27,7 @@ MAX_REPORT_LINE: Final = 64
 #: Largest count one report carries (a longer write is reported in pieces).
 MAX_REPORT_COUNT: Final = 1 << 30
 
-_REPORT_RE: Final = re.compile(rb"sl:input ([1-9][0-9]{0,9}) (on|off)\n")
+_REPORT_RE: Final = re.compile(rb"sl:input ([1-9][0-9]{0,9}) (on|off)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,25 +57,22 @@ class InputReportReader:
     def feed(self, data: bytes) -> tuple[list[InputReport], bytes]:
         """Consume a chunk; return the reports completed in it and the bytes that are not
         reports (to be shown as the agent's own stderr), in stream order per kind."""
+        if self._line:
+            data = bytes(self._line) + data
+            self._line.clear()
+        *lines, rest = data.split(b"\n")
         reports: list[InputReport] = []
         other = bytearray()
-        start = 0
-        while start < len(data):
-            end = data.find(b"\n", start)
-            stop = len(data) if end < 0 else end + 1
-            self._line += data[start:stop]
-            start = stop
-            if end >= 0:
-                line = bytes(self._line)
-                self._line.clear()
-                found = _REPORT_RE.fullmatch(line)
-                if found is not None and int(found.group(1)) <= MAX_REPORT_COUNT:
-                    reports.append(InputReport(int(found.group(1)), found.group(2) == b"on"))
-                else:
-                    other += line
-            elif len(self._line) > MAX_REPORT_LINE:
-                other += self._line
-                self._line.clear()
+        for line in lines:
+            found = _REPORT_RE.fullmatch(line)
+            if found is not None and int(found.group(1)) <= MAX_REPORT_COUNT:
+                reports.append(InputReport(int(found.group(1)), found.group(2) == b"on"))
+            else:
+                other += line + b"\n"
+        if len(rest) > MAX_REPORT_LINE:
+            other += rest  # too long to be a report: hand it on as it came
+        else:
+            self._line += rest
         return reports, bytes(other)
 
     def close(self) -> bytes:
