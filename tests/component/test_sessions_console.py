@@ -247,8 +247,12 @@ async def test_terminal_replies_are_recorded_as_replies(data_dir: Path, tmp_path
         joiner = await connect(w, dave, await mint(w, dave, mode="join", session=sid))
         await joiner.read_until(lambda b: b.has_state("running"))
         # `od` shows what reached the shell; the terminal echoes it too (echo is on).
-        await owner.ws.send_bytes(b"IFS= read -r got; printf '%s' \"$got\" | od -An -c\n")
-        await owner.read_until(lambda b: b"od -An -c" in b.out)
+        # Answers are sent once `read` runs (the terminal echoes then; at the prompt the line
+        # editor has echo off, and they would be hidden input).
+        await owner.ws.send_bytes(
+            b"echo reading-$((2+2)); IFS= read -r got; printf '%s' \"$got\" | od -An -c\n"
+        )
+        await owner.read_until(lambda b: b"reading-4" in b.out)
         for who, data in ((joiner, "\x1b[9;9R"), (owner, "\x1b[12;1R\x1b[?1;2c")):
             await who.ws.send_str(json.dumps({"type": "reply", "data": data}))
         await owner.ws.send_str(json.dumps({"type": "reply", "data": "typed-as-reply"}))
