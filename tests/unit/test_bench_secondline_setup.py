@@ -77,7 +77,7 @@ def test_agent_not_online(text: str) -> None:
 
 
 def test_only_well_formed_host_keys_are_pinned() -> None:
-    """Comment lines and unexpected key types from ssh-keyscan are dropped."""
+    """Comment lines and unexpected key types are dropped."""
     scan = (
         "# 127.0.0.1:2222 SSH-2.0-AsyncSSH_2.24.1\n"
         "[127.0.0.1]:2222 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB\n"
