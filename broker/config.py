@@ -37,6 +37,13 @@ class BrokerConfig:
     # Clients without strict key exchange (Terrapin, CVE-2023-48795) are refused unless this
     # is true; each one let in is then audited (ssh.legacy_kex).
     ssh_allow_legacy_kex: bool = False
+    # The SSH second factor (docs/identity.md): after the key, the gateway asks for the staff
+    # member's authenticator code on every connection (every-session), once per shift
+    # (per-shift: a good code opens a code-less window of ssh_shift_hours for that key), or
+    # never (off). ssh_second_factor_roles overrides it per role: "admin=every-session, ...".
+    ssh_second_factor: str = "per-shift"
+    ssh_second_factor_roles: str = ""
+    ssh_shift_hours: int = 8
     database_url: str = ""
     database_schema: str = ""  # PostgreSQL only: the schema to use (search_path)
     tls_cert: str = ""
@@ -63,6 +70,10 @@ class BrokerConfig:
     ticket_retry_first_seconds: float = 2.0
     ticket_retry_max_seconds: float = 300.0
     ticket_send_timeout_seconds: int = 60
+
+    def second_factor_for(self, role: str) -> str:
+        """The SSH second-factor policy for staff of ``role`` (checked at load)."""
+        return parse_role_policies(self.ssh_second_factor_roles).get(role, self.ssh_second_factor)
 
     @property
     def db_url(self) -> str:
@@ -179,6 +190,24 @@ def load_config(
     return config
 
 
+SECOND_FACTOR_POLICIES: Final = ("every-session", "per-shift", "off")
+_POLICY_ROLES: Final = ("level1", "level2", "level3", "admin")
+
+
+def parse_role_policies(text: str) -> dict[str, str]:
+    """``"admin=every-session, level1=off"`` as {role: policy}; ConfigError names the bad part."""
+    policies: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        role, sep, policy = (x.strip() for x in part.partition("="))
+        if not sep or role not in _POLICY_ROLES or policy not in SECOND_FACTOR_POLICIES:
+            raise ConfigError(
+                f"ssh_second_factor_roles: {part!r} is not ROLE=POLICY; roles are "
+                f"{', '.join(_POLICY_ROLES)}, policies {', '.join(SECOND_FACTOR_POLICIES)}"
+            )
+        policies[role] = policy
+    return policies
+
+
 def _check_ssh_gateway(config: BrokerConfig) -> None:
     """The SSH gateway's limits: 0 would switch a limit off (or refuse everyone), and a huge
     one is no limit at all; one source may never hold more than the overall limit."""
@@ -193,6 +222,14 @@ def _check_ssh_gateway(config: BrokerConfig) -> None:
         )
     if not 1 <= config.ssh_max_channels <= 1000:
         raise ConfigError("ssh_max_channels must be from 1 to 1000")
+    if config.ssh_second_factor not in SECOND_FACTOR_POLICIES:
+        raise ConfigError(
+            f"ssh_second_factor must be one of {', '.join(SECOND_FACTOR_POLICIES)}, "
+            f"not {config.ssh_second_factor!r}"
+        )
+    parse_role_policies(config.ssh_second_factor_roles)
+    if not 1 <= config.ssh_shift_hours <= 24:
+        raise ConfigError("ssh_shift_hours must be from 1 to 24")
 
 
 def _check_ticket_retry(config: BrokerConfig) -> None:

@@ -11,6 +11,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from broker.auth import shift_windows
 from broker.auth.credentials import hash_password, mint_api_token
 from broker.auth.scopes import ROLE_SCOPES, check_scopes, parse_role
 from broker.db.models_staff import ApiToken, Customer, SshKey, User, UserCustomer
@@ -215,6 +216,7 @@ async def remove_key(db: AsyncSession, user: User, fingerprint: str) -> SshKey:
             f"see `secondline user key list {user.name}`"
         )
     await db.delete(key)
+    await shift_windows.end(db, user.id, fingerprint)
     await db.flush()
     return key
 
@@ -223,6 +225,7 @@ async def disable_user(db: AsyncSession, user: User, now: dt.datetime) -> int:
     """Disable an account and revoke its tokens at once; returns how many were revoked."""
     user.disabled = True
     user.session_epoch += 1
+    await shift_windows.end(db, user.id)
     result = await db.execute(
         update(ApiToken)
         .where(ApiToken.user_id == user.id, ApiToken.revoked_at.is_(None))

@@ -15,9 +15,9 @@ from urllib.parse import quote, urlsplit
 from aiohttp import web
 from markupsafe import Markup
 from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.api.routing import SERVICES
+from broker.auth import second_factor, shift_windows
 from broker.auth.credentials import verify_password
 from broker.console import session_store, totp
 from broker.console.auth import console_user, refuse, same_origin
@@ -93,10 +93,6 @@ async def login_page(request: web.Request) -> web.StreamResponse:
     return _login_form(request, request_language(request, None))
 
 
-def _throttle_keys(user_name: str, source: str) -> tuple[str, str]:
-    return f"user:{user_name}", f"src:{source}"
-
-
 async def login_submit(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     renderer = request.app[CONSOLE].renderer
@@ -128,7 +124,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
             error=renderer.gettext(lang, LOGIN_FORM_EXPIRED),
         )
     now_mono = time.monotonic()
-    keys = _throttle_keys(name, source)
+    keys = second_factor.throttle_keys(name, source)
     throttle = services.login_throttle
     if any(throttle.retry_after(k, now_mono) > 0 for k in keys):
         await services.audit.record(
@@ -168,11 +164,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
             if user.totp_secret is None:
                 enrol = True
             else:
-                step = totp.matched_step(
-                    user.totp_secret, code, now.timestamp(), user.totp_last_step
-                )
-                # Claim the step in the database: of two racing sign-ins with one code, one wins.
-                ok = step is not None and await _claim_step(db, user.id, step)
+                ok = await second_factor.claim_code(db, user, code, now)
         new = None
         if ok and user is not None:
             new = await session_store.create(
@@ -224,15 +216,6 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     _set_cookie(response, SESSION_COOKIE, new.cookie_value, None)
     _clear_cookie(response, LOGIN_COOKIE)
     raise response  # type: ignore[misc]
-
-
-async def _claim_step(db: AsyncSession, user_id: int, step: int) -> bool:
-    result = await db.execute(
-        update(User)
-        .where(User.id == user_id, User.totp_last_step < step)
-        .values(totp_last_step=step)
-    )
-    return int(getattr(result, "rowcount", 0) or 0) == 1
 
 
 async def _enrolling(request: web.Request) -> ConsoleUser | None:
@@ -323,7 +306,7 @@ async def totp_setup_submit(request: web.Request) -> web.StreamResponse:
         raise web.HTTPSeeOther("/console/login")
     now = services.clock()
     now_mono = time.monotonic()
-    keys = _throttle_keys(user.name, request.remote or "")
+    keys = second_factor.throttle_keys(user.name, request.remote or "")
     if any(services.login_throttle.retry_after(k, now_mono) > 0 for k in keys):
         raise web.HTTPSeeOther("/console/login")
     step = (
@@ -371,6 +354,8 @@ async def logout(page: Page) -> web.StreamResponse:
     services = page.request.app[SERVICES]
     async with services.db() as db, db.begin():
         await session_store.end(db, page.user.session_id)
+        # Signing out ends the shift: the SSH gateway asks for a code again (docs/identity.md).
+        await shift_windows.end(db, page.user.user_id)
     await page.state.live.close_session(page.user.session_id, "signed_out")
     await services.audit.record(
         actor=page.user.name, action="logout", source=page.request.remote or ""
@@ -384,6 +369,7 @@ async def logout_everywhere(page: Page) -> web.StreamResponse:
     services = page.request.app[SERVICES]
     async with services.db() as db, db.begin():
         epoch = await session_store.end_everywhere(db, page.user.user_id)
+        await shift_windows.end(db, page.user.user_id)
     closed = await page.state.live.close_user(page.user.user_id, "signed_out")
     await services.audit.record(
         actor=page.user.name,

@@ -74,3 +74,19 @@ class ApiToken(Base):
     expires_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
     last_used_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
+class SshShiftWindow(Base):
+    """A code-less window for one staff key: the SSH gateway asks no authenticator code for
+    this key until ``expires_at`` (the ``per-shift`` policy, docs/identity.md). Console
+    sign-out, disabling the account and removing the key delete the row."""
+
+    __tablename__ = "ssh_shift_windows"
+    __table_args__ = (UniqueConstraint("user_id", "fingerprint"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    fingerprint: Mapped[str] = mapped_column(String(100))
+    opened_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    expires_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    opened_via: Mapped[str] = mapped_column(String(16))

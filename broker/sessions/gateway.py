@@ -4,7 +4,9 @@
   not parse is answered with an authentication banner that says why, and no key is
   accepted on that connection.
 - Staff authenticate with a registered public key (``ssh_keys``); revoked keys and
-  disabled accounts are refused exactly like keys nobody registered.
+  disabled accounts are refused exactly like keys nobody registered. Then, unless the
+  policy is ``off`` or a shift window is open for the key, with their authenticator code
+  over keyboard-interactive (``broker/sessions/gateway_second_factor.py``).
 - Failed sign-ins are throttled per source address and per key, and audited. Connections
   that have not signed in are limited in number (overall and per source) and in time.
 - Port, agent and X11 forwarding, subsystems and env requests are refused; nothing the
@@ -24,16 +26,29 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Final
 
 import asyncssh
+from asyncssh.auth import KbdIntChallenge, KbdIntResponse
 from asyncssh.kex import get_kex_algs
 
 from broker.auth.throttle import Throttle
 from broker.rules import InvalidName, SshTarget, parse_ssh_target
 from broker.sessions.access import StaffKey, key_owner
 from broker.sessions.errors import AUDIT_STORE_UNAVAILABLE
+from broker.sessions.gateway_second_factor import (
+    ASK_BANNER,
+    INSTRUCTION,
+    MAX_CODE_PROMPTS,
+    NOT_ENROLLED,
+    PROMPT,
+    THROTTLED,
+    CodeResult,
+    KeyPolicy,
+    check_code,
+    key_policy,
+)
 from broker.sessions.gateway_session import GatewayChannel, GatewaySession
 from broker.sessions.gateway_wire import CheckedListener
 from broker.sessions.manager import DB_ERRORS, SessionManager
@@ -123,6 +138,7 @@ class Gateway:
             agent_forwarding=False,
             x11_forwarding=False,
             allow_scp=False,
+            kbdint_auth=True,  # offered only after a verified key (GatewayServer)
             allow_pty=True,
             line_editor=False,
             encoding=None,
@@ -247,16 +263,28 @@ class GatewayServer(asyncssh.SSHServer):
         self.target: SshTarget | None = None
         self.staff: StaffKey | None = None
         self._conn: asyncssh.SSHServerConnection | None = None
+        self._finish_auth: Callable[[], Awaitable[None]] | None = None
         self._username = ""
         self._admitted = False
         self._signed_in = False
         self._blocked = False
         self._refusals: list[str] = []
         self._checked: dict[str, StaffKey | None] = {}
+        self._policies: dict[str, KeyPolicy] = {}
         self._channels = 0
+        # The second factor: a verified key that still owes its code, the code prompts
+        # asked so far, whether one awaits its answer, and a good code.
+        self._key_proven = False
+        self._prompts = 0
+        self._challenge_open = False
+        self._code_ok = False
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
+        # asyncssh ends the sign-in on a verified key; this stands in front of that to ask
+        # for the code first (see broker/sessions/gateway_second_factor.py).
+        self._finish_auth = conn.send_userauth_success
+        conn.send_userauth_success = self._auth_step_done  # type: ignore[method-assign]
         peer = conn.get_extra_info("peername")
         self.source = str(peer[0]) if peer else ""
         self._admitted = self.gateway.admit(self)
@@ -271,6 +299,10 @@ class GatewayServer(asyncssh.SSHServer):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._admitted:
             self.gateway.gone(self, was_preauth=not self._signed_in)
+        owed = not self._signed_in and self._key_proven and not self._code_ok
+        if owed and not any(r.startswith("code_") for r in self._refusals):
+            # Closed at the prompt, no terminal to answer it, or the login timeout.
+            self._refusals.append("code_not_given")
         if not self._signed_in and self._refusals:
             # A refusal for the broker's own fault (its database was down) is no failed
             # sign-in: counted, ten of them would lock the address out after the recovery.
@@ -312,13 +344,16 @@ class GatewayServer(asyncssh.SSHServer):
         return False
 
     def kbdint_auth_supported(self) -> bool:
-        return False
+        # Only the second step: never instead of a key.
+        # Listed even after the last prompt: an empty list of methods makes OpenSSH try them
+        # all; a client asking past MAX_CODE_PROMPTS is cut off in get_kbdint_challenge.
+        return self._key_proven and not self._code_ok
 
     def host_based_auth_supported(self) -> bool:
         return False
 
     def public_key_auth_supported(self) -> bool:
-        return True
+        return not self._key_proven
 
     async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
         if not username and not self._refusals:
@@ -349,14 +384,101 @@ class GatewayServer(asyncssh.SSHServer):
             self._checked[fingerprint] = owner
         if owner is None:
             return False
+        if fingerprint not in self._policies:
+            try:
+                self._policies[fingerprint] = await key_policy(self.gateway.services, owner)
+            except DB_ERRORS:
+                self._refusals.append("store_unavailable")
+                self._banner(AUDIT_STORE_UNAVAILABLE)
+                return False
+        policy = self._policies[fingerprint]
+        if policy.code_due and not policy.enrolled:
+            self._refusals.append(f"no_authenticator:{fingerprint}")
+            self._banner(NOT_ENROLLED)
+            return False
         self.staff = owner
+        return True
+
+    def _code_due(self) -> bool:
+        if self.staff is None or self._code_ok:
+            return False
+        policy = self._policies.get(self.staff.fingerprint)
+        return policy is None or policy.code_due
+
+    async def _auth_step_done(self) -> None:
+        """asyncssh's success, held back while the code is due: a partial success instead."""
+        if self._code_due() and self._conn is not None:
+            self._key_proven = True
+            self._banner(ASK_BANNER)
+            self._conn.send_userauth_failure(True)
+            return
+        if self._finish_auth is not None:
+            await self._finish_auth()
+
+    def get_kbdint_challenge(self, username: str, lang: str, submethods: str) -> KbdIntChallenge:
+        if not self._key_proven or self._code_ok:
+            return False
+        self._prompts += 1
+        if self._prompts > MAX_CODE_PROMPTS:
+            self._refusals.append("code_prompts_exceeded")
+            asyncio.get_running_loop().call_soon(self.close)
+            return False
+        self._challenge_open = True
+        return "", INSTRUCTION, "", ((PROMPT, False),)
+
+    async def validate_kbdint_response(
+        self, username: str, responses: KbdIntResponse
+    ) -> KbdIntChallenge:
+        staff = self.staff
+        if not self._challenge_open or staff is None:
+            return False  # an answer nobody asked for, or a second answer to one prompt
+        self._challenge_open = False
+        code = responses[0] if len(responses) == 1 else ""
+        policy = self._policies[staff.fingerprint].policy
+        try:
+            outcome = await check_code(self.gateway.services, staff, policy, self.source, code)
+        except DB_ERRORS:
+            self._refusals.append("store_unavailable")
+            self._banner(AUDIT_STORE_UNAVAILABLE)
+            return False
+        target = _printable(self._username, 60)
+        details: dict[str, object] = {"fingerprint": staff.fingerprint, "policy": policy}
+        if outcome.result is CodeResult.THROTTLED:
+            self._refusals.append("code_throttled")
+            self.gateway.audit_soon(staff.name, "ssh.code_throttled", target, self.source, details)
+            self._banner(THROTTLED)
+            asyncio.get_running_loop().call_soon(self.close)
+            return False
+        if outcome.result is CodeResult.REFUSED:
+            self._refusals.append("code_refused")
+            self.gateway.audit_soon(staff.name, "ssh.code_refused", target, self.source, details)
+            return False
+        self._code_ok = True
+        if outcome.window_until is not None:
+            details["shift_window_until"] = outcome.window_until.isoformat()
+        self.gateway.audit_soon(
+            staff.name, "ssh.code_accepted", target, self.source, details, outcome="ok"
+        )
         return True
 
     def auth_completed(self) -> None:
         self._signed_in = True
         self.gateway.signed_in(self)
+        staff = self.staff
         if self._conn is not None:
-            self._conn.set_extra_info(staff=self.staff.name if self.staff else "")
+            self._conn.set_extra_info(staff=staff.name if staff else "")
+        if staff is not None and not self._code_ok:
+            policy = self._policies[staff.fingerprint].policy
+            if policy != "off":
+                # Let in on an open shift window: audited, like a code would be.
+                self.gateway.audit_soon(
+                    staff.name,
+                    "ssh.shift_window_used",
+                    _printable(self._username, 60),
+                    self.source,
+                    {"fingerprint": staff.fingerprint, "policy": policy},
+                    outcome="ok",
+                )
 
     # -- channels --------------------------------------------------------------------------
 
