@@ -24,6 +24,7 @@ from broker.console import (
     pages_sessions,
     pages_tickets,
     session_store,
+    ssh_shift,
 )
 from broker.console.api_calls import ApiIndex
 from broker.console.auth import web_authenticator
@@ -106,6 +107,7 @@ def setup(app: web.Application, *, dist: Path = WEB_DIST) -> None:
     r.add_post("/console/logout-everywhere", page_handler(login.logout_everywhere))
     r.add_get("/console/settings", page_handler(login.settings_page))
     r.add_post("/console/settings/language", page_handler(login.settings_language))
+    r.add_post("/console/settings/ssh-shift", page_handler(ssh_shift.allow_keys_for_shift))
     pages_tickets.add_routes(r)
     pages_sessions.add_routes(r)
     pages_admin.add_routes(r)

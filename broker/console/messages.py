@@ -92,6 +92,10 @@ DONE_MESSAGES: Final = {
     "assigned": N_("Ticket assigned."),
     "resolved": N_("Ticket resolved."),
     "language": N_("Language saved."),
+    "ssh_shift": N_(
+        "Your SSH keys need no code for the rest of this shift, or until you sign out."
+    ),
+    "ssh_shift_no_keys": N_("You have no SSH key registered, so there is nothing to allow."),
     "kb_drafted": N_("Draft written from the ticket. Check it, remove what does not belong, save."),
     "kb_created": N_("Draft saved."),
     "kb_saved": N_("Article saved."),
