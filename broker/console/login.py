@@ -355,10 +355,13 @@ async def logout(page: Page) -> web.StreamResponse:
     async with services.db() as db, db.begin():
         await session_store.end(db, page.user.session_id)
         # Signing out ends the shift: the SSH gateway asks for a code again (docs/identity.md).
-        await shift_windows.end(db, page.user.user_id)
+        ended = await shift_windows.end(db, page.user.user_id)
     await page.state.live.close_session(page.user.session_id, "signed_out")
     await services.audit.record(
-        actor=page.user.name, action="logout", source=page.request.remote or ""
+        actor=page.user.name,
+        action="logout",
+        source=page.request.remote or "",
+        details={"ssh_windows_ended": ended},
     )
     response = web.HTTPSeeOther("/console/login")
     _clear_cookie(response, SESSION_COOKIE)
@@ -369,13 +372,13 @@ async def logout_everywhere(page: Page) -> web.StreamResponse:
     services = page.request.app[SERVICES]
     async with services.db() as db, db.begin():
         epoch = await session_store.end_everywhere(db, page.user.user_id)
-        await shift_windows.end(db, page.user.user_id)
+        ended = await shift_windows.end(db, page.user.user_id)
     closed = await page.state.live.close_user(page.user.user_id, "signed_out")
     await services.audit.record(
         actor=page.user.name,
         action="logout.everywhere",
         source=page.request.remote or "",
-        details={"epoch": epoch, "live_closed_here": closed},
+        details={"epoch": epoch, "live_closed_here": closed, "ssh_windows_ended": ended},
     )
     response = web.HTTPSeeOther("/console/login")
     _clear_cookie(response, SESSION_COOKIE)

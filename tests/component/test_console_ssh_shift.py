@@ -72,6 +72,9 @@ async def test_allow_my_key_opens_the_window_and_sign_out_ends_it(api: Api) -> N
     out = await bob.post_form("/console/logout", {}, csrf_from="/console/settings")
     assert out.status == 303
     assert not await window_open(api, user_id, fingerprint)
+    _, logouts = await api.call("GET", "/audit?action=logout")
+    assert isinstance(logouts, list)
+    assert logouts[0]["details"] == {"ssh_windows_ended": 1}
 
 
 async def test_key_removal_and_disable_end_the_window(api: Api) -> None:

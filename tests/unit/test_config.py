@@ -80,3 +80,38 @@ def test_legacy_kex_setting_is_a_boolean(tmp_path: Path) -> None:
     (tmp_path / "secondline.toml").write_text("ssh_allow_legacy_kex = 1\n")
     with pytest.raises(ConfigError, match="must be true or false"):
         load_config(tmp_path, env={})
+
+
+def test_ssh_second_factor_per_deployment_and_role(tmp_path: Path) -> None:
+    """per-shift for everyone by default; a role override wins for that role only."""
+    assert load_config(tmp_path, env={}).second_factor_for("level2") == "per-shift"
+    config = load_config(
+        tmp_path,
+        env={
+            "SECONDLINE_SSH_SECOND_FACTOR": "off",
+            "SECONDLINE_SSH_SECOND_FACTOR_ROLES": " admin=every-session , level1=per-shift",
+        },
+    )
+    assert [config.second_factor_for(r) for r in ("level1", "level2", "admin")] == [
+        "per-shift",
+        "off",
+        "every-session",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("env", "match"),
+    [
+        ({"SECONDLINE_SSH_SECOND_FACTOR": "sometimes"}, "must be one of every-session"),
+        ({"SECONDLINE_SSH_SECOND_FACTOR_ROLES": "root=off"}, "'root=off' is not ROLE=POLICY"),
+        ({"SECONDLINE_SSH_SECOND_FACTOR_ROLES": "admin"}, "'admin' is not ROLE=POLICY"),
+        ({"SECONDLINE_SSH_SECOND_FACTOR_ROLES": "admin=maybe"}, "roles are level1"),
+        ({"SECONDLINE_SSH_SHIFT_HOURS": "0"}, "ssh_shift_hours must be from 1 to 24"),
+        ({"SECONDLINE_SSH_SHIFT_HOURS": "25"}, "ssh_shift_hours must be from 1 to 24"),
+    ],
+)
+def test_bad_ssh_second_factor_settings_are_named(
+    tmp_path: Path, env: dict[str, str], match: str
+) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_config(tmp_path, env=env)
