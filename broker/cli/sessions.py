@@ -3,14 +3,17 @@
 secondline session list [--live] [--ticket T] [--limit N] [--ids|--json] | show ID [--json]
 secondline session kill ID [--reason TEXT] [--json]
 secondline transcript export SESSION [--format cast|txt|json] [-o FILE]
-secondline transcript verify SESSION|FILE [--public-key PEM] [--json]
+secondline transcript verify SESSION|FILE [--public-key KEY] [--json]
+secondline transcript public-key [--json]
 
 ``export`` writes what offline verification needs: for ``cast``, the seal and the chain file
 beside the copy (``FILE.seal.json``, ``FILE.chain``); ``json`` is a bundle that holds
-everything. ``verify`` checks a file, or a session (its files on the broker host with
+everything; both get the broker's public key and its fingerprint beside them
+(``FILE.pub.pem``). ``verify`` checks a file, or a session (its files on the broker host with
 ``--data-dir``, else its bundle from the API), against the broker's public key: from
-``--public-key``, the data dir, or the API. Exit status: 0 valid (also when cut short, which
-it says), 1 invalid (naming the first bad event), 2 incomplete (no seal).
+``--public-key``, the data dir, the ``FILE.pub.pem`` beside a file, or the API. A file
+verifies with no broker and no data dir. Exit status: 0 valid (also when cut short, which it
+says), 1 invalid (naming the first bad event), 2 incomplete (no seal).
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlencode
 
 from broker.cli.client import CliError
@@ -27,6 +32,11 @@ from broker.cli.runtime import Runtime, add_json
 from broker.config import load_config
 from broker.errors import BrokerError
 from broker.rules import InvalidName, parse_session_id, parse_ticket_ref
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from broker.transcript import VerifyResult
 
 LIST_COLUMNS = ["id", "ticket", "agent_name", "owner", "via", "state", "started_at", "ended_at"]
 SHOW_FIELDS = [
@@ -93,9 +103,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(handler=transcript_export)
     p = transcript.add_parser("verify", help="check a transcript's seal and chain offline")
     p.add_argument("target", metavar="SESSION|FILE")
-    p.add_argument("--public-key", default=None, metavar="PEM", help="the broker's key")
+    p.add_argument(
+        "--public-key",
+        default=None,
+        metavar="KEY",
+        help="the broker's public key (PEM or ssh-ed25519), as `transcript public-key` prints it",
+    )
     add_json(p)
     p.set_defaults(handler=transcript_verify)
+    p = transcript.add_parser(
+        "public-key", help="print the key transcripts are signed with, and its fingerprint"
+    )
+    add_json(p)
+    p.set_defaults(handler=transcript_public_key)
 
 
 def _session_id(text: str) -> str:
@@ -177,6 +197,8 @@ def _write(path: Path, data: bytes) -> None:
 
 
 def transcript_export(rt: Runtime) -> int:
+    from broker.transcript import public_key_beside, public_key_document, public_key_fingerprint
+
     session_id = _session_id(rt.args.session)
     fmt = rt.args.format
     data = _fetch(rt, session_id, fmt)
@@ -195,36 +217,102 @@ def transcript_export(rt: Runtime) -> int:
             chain_path = out.with_name(out.name + ".chain")
             _write(chain_path, chain.encode("ascii"))
             written.append(chain_path)
-    print(f"Wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
     if fmt == "txt":
+        print(f"Wrote {out}", file=sys.stderr)
         print(
             "The text rendering is not signed; verify the cast or json export instead.",
             file=sys.stderr,
         )
+        return 0
+    # An auditor elsewhere has no broker to ask: the key travels with the file.
+    key = _broker_public_key(rt)
+    key_path = public_key_beside(out)
+    _write(key_path, public_key_document(key).encode("ascii"))
+    written.append(key_path)
+    print(f"Wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
+    print(
+        f"Signed by the key with fingerprint {public_key_fingerprint(key)}; "
+        f"verify anywhere with: secondline transcript verify {out}",
+        file=sys.stderr,
+    )
     return 0
 
 
-def _public_key(rt: Runtime) -> bytes:
+def _data_dir_key(rt: Runtime) -> Ed25519PublicKey | None:
+    """The public half of the broker's signing key, on the broker host."""
     from broker.transcript import KeyFormatError, load_public_key
+
+    data_dir = rt.args.data_dir or rt.env.get("SECONDLINE_DATA_DIR")
+    if not data_dir:
+        return None
+    try:
+        return load_public_key(Path(data_dir) / "keys" / "transcript_ed25519.pem")
+    except KeyFormatError:
+        return None
+
+
+def _broker_public_key(rt: Runtime) -> Ed25519PublicKey:
+    """The broker's key from the data dir, else from its API (a public endpoint)."""
+    from broker.transcript import KeyFormatError, load_public_key
+
+    local = _data_dir_key(rt)
+    if local is not None:
+        return local
+    data = rt.api.request("GET", "/transcripts/public-key", auth=False)
+    if not isinstance(data, dict) or not isinstance(data.get("pem"), str):
+        raise CliError("the broker did not give its transcript key; pass --public-key KEY")
+    try:
+        return load_public_key(str(data["pem"]).encode("ascii"))
+    except KeyFormatError as exc:
+        raise CliError(f"the broker's transcript key is not usable: {exc.message}") from None
+
+
+def transcript_public_key(rt: Runtime) -> int:
+    from broker.transcript import public_key_document, public_key_fingerprint
+
+    key = _broker_public_key(rt)
+    if rt.json:
+        pem = public_key_document(key).split("\n", 2)[2]
+        print(json.dumps({"pem": pem, "fingerprint": public_key_fingerprint(key)}, indent=2))
+    else:
+        print(public_key_document(key), end="")
+    return 0
+
+
+@dataclass(frozen=True)
+class _KeyChoice:
+    key: Ed25519PublicKey
+    beside: Path | None = None  # set when the key was the copy that travelled with the file
+
+
+def _verify_key(rt: Runtime, file: Path | None) -> _KeyChoice:
+    """--public-key, else the data dir, else the key beside the file, else the API."""
+    from broker.transcript import KeyFormatError, load_public_key, public_key_beside
 
     if rt.args.public_key:
         try:
-            return Path(rt.args.public_key).read_bytes()
-        except OSError as exc:
-            raise CliError(f"cannot read {rt.args.public_key} ({exc.strerror})") from None
-    data_dir = rt.args.data_dir or rt.env.get("SECONDLINE_DATA_DIR")
-    if data_dir:
-        key_file = Path(data_dir) / "keys" / "transcript_ed25519.pem"
+            return _KeyChoice(load_public_key(Path(rt.args.public_key)))
+        except KeyFormatError as exc:
+            raise CliError(f"the public key is not usable: {exc.message}") from None
+    local = _data_dir_key(rt)
+    if local is not None:
+        return _KeyChoice(local)
+    if file is not None:
+        beside = public_key_beside(file)
+        if beside.is_file():
+            try:
+                return _KeyChoice(load_public_key(beside), beside)
+            except KeyFormatError as exc:
+                raise CliError(f"{beside} is not usable: {exc.message}") from None
         try:
-            pem = key_file.read_bytes()
-            load_public_key(pem)
-            return pem
-        except (OSError, KeyFormatError):
-            pass
-    data = rt.api.request("GET", "/transcripts/public-key", auth=False)
-    if not isinstance(data, dict) or not isinstance(data.get("pem"), str):
-        raise CliError("the broker did not give its transcript key; pass --public-key PEM")
-    return str(data["pem"]).encode("ascii")
+            rt.api  # noqa: B018 - resolves the connection, or says none is configured
+        except CliError:
+            raise CliError(
+                f"no public key to verify {file} with: pass --public-key KEY (the broker "
+                "prints it with `secondline transcript public-key`), or keep the "
+                f"{beside.name} that `transcript export` wrote beside it"
+            ) from None
+    return _KeyChoice(_broker_public_key(rt))
 
 
 def _local_cast(rt: Runtime, session_id: str) -> Path | None:
@@ -240,47 +328,41 @@ def _local_cast(rt: Runtime, session_id: str) -> Path | None:
 
 
 def transcript_verify(rt: Runtime) -> int:
-    from broker.transcript import (
-        KeyFormatError,
-        TranscriptError,
-        VerifyResult,
-        load_public_key,
-        verify_path,
-    )
+    from broker.transcript import TranscriptError, verify_path
     from broker.transcript.verify import verify_bundle_bytes
 
     target = rt.args.target
-    try:
-        key = load_public_key(_public_key(rt))
-    except KeyFormatError as exc:
-        raise CliError(f"the public key is not usable: {exc.message}") from None
+    file = Path(target) if Path(target).exists() else None
+    choice = _verify_key(rt, file)
     result: VerifyResult
     try:
-        if Path(target).exists():
-            result = verify_path(Path(target), key)
+        if file is not None:
+            result = verify_path(file, choice.key)
         else:
             session_id = _session_id(target)
             local = _local_cast(rt, session_id)
             if local is not None:
-                result = verify_path(local, key)
+                result = verify_path(local, choice.key)
             else:
                 bundle = _fetch(rt, session_id, "json")
-                result = verify_bundle_bytes(str(bundle["content"]).encode("utf-8"), key)
+                result = verify_bundle_bytes(str(bundle["content"]).encode("utf-8"), choice.key)
     except TranscriptError as exc:
         raise CliError(exc.message) from None
     if rt.json:
-        print(json.dumps(result.to_json(), indent=2))
+        doc = result.to_json()
+        doc["key_source"] = str(choice.beside) if choice.beside else "given"
+        print(json.dumps(doc, indent=2))
     else:
-        print(_verdict(result))
+        print(verdict(result, choice.beside))
     if result.ok:
         return 0
     return EXIT_INCOMPLETE if result.status == "incomplete" else EXIT_INVALID
 
 
-def _verdict(result: object) -> str:
-    from broker.transcript import VerifyResult
-
-    assert isinstance(result, VerifyResult)
+def verdict(result: VerifyResult, key_beside: Path | None = None) -> str:
+    """What ``verify`` prints: the verdict and the sentence, then the digest of a transcript
+    that verified (a changed one has no digest worth quoting: its first bad event is named),
+    then where the key came from when it travelled with the file."""
     if result.status == "valid":
         head = "valid"
     elif result.status == "valid_cut_short":
@@ -288,11 +370,19 @@ def _verdict(result: object) -> str:
         head = f"valid, but cut short ({reason})"
     elif result.status == "incomplete":
         head = "incomplete"
+    elif result.first_bad_event is not None:
+        head = f"INVALID, first bad event {result.first_bad_event}"
+        if result.first_bad_line is not None:
+            head += f" (line {result.first_bad_line})"
     else:
         head = "INVALID"
-        if result.first_bad_event is not None:
-            head += f": first bad event {result.first_bad_event}"
-            if result.first_bad_line is not None:
-                head += f" (line {result.first_bad_line})"
-    digest = f"; digest {result.seal.final_hash}" if result.seal else ""
-    return f"{head}: {result.message}{digest}"
+    lines = [f"{head}: {result.message}"]
+    if result.ok and result.seal is not None:
+        lines.append(f"digest {result.seal.final_hash}")
+    if key_beside is not None and result.seal is not None:
+        lines.append(
+            f"The key was read from {key_beside}, which travelled with the transcript: check "
+            f"that {result.seal.key_fingerprint} is your broker's fingerprint "
+            "(`secondline transcript public-key`), or pass --public-key."
+        )
+    return "\n".join(lines)

@@ -49,7 +49,13 @@ from broker.transcript.export import (
     text_blocks,
     text_lines,
 )
-from broker.transcript.keys import load_public_key, load_signing_key, public_key_fingerprint
+from broker.transcript.keys import (
+    load_public_key,
+    load_signing_key,
+    public_key_beside,
+    public_key_document,
+    public_key_fingerprint,
+)
 from broker.transcript.marks import (
     Command,
     CommandEnd,
@@ -116,6 +122,8 @@ __all__ = [
     "find_unsealed",
     "load_public_key",
     "load_signing_key",
+    "public_key_beside",
+    "public_key_document",
     "public_key_fingerprint",
     "recover",
     "render_text",

@@ -30,6 +30,25 @@ def public_key_fingerprint(key: Ed25519PublicKey) -> str:
     return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
 
 
+def public_key_document(key: Ed25519PublicKey) -> str:
+    """The public key as an auditor keeps it: two comment lines naming it and its
+    fingerprint, then the PEM. OpenSSL and :func:`load_public_key` skip the lines before
+    ``-----BEGIN``, so the file is used as it is."""
+    pem = key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode("ascii")
+    return (
+        "Secondline transcript signing key (Ed25519, public half)\n"
+        f"fingerprint {public_key_fingerprint(key)}\n{pem}"
+    )
+
+
+def public_key_beside(path: Path) -> Path:
+    """Where ``transcript export`` puts the public key next to an exported file."""
+    path = Path(path)
+    return path.with_name(path.name + ".pub.pem")
+
+
 def _read(source: Path | bytes) -> bytes:
     if isinstance(source, bytes):
         data = source
