@@ -44,6 +44,7 @@ from broker.sessions.hub_core import (
     roles_of,
 )
 from broker.sessions.input_ledger import InputKind, InputLedger
+from broker.sessions.screen_state import ScreenTail
 from broker.transcript import (
     END_AGENT_DISCONNECTED,
     END_DISK_FULL,
@@ -115,6 +116,7 @@ class LiveSession:
         self.ledger = InputLedger()
         self.reports = InputReportReader()
         self.answers = AnswerBack()
+        self.screen = ScreenTail(facts.cols, facts.rows)  # a joiner's first frame
         self.started_at = started_at
         self._on_member = on_member
         self._terminals: dict[int, Terminal] = {}
@@ -212,6 +214,7 @@ class LiveSession:
             return  # nobody sees what was not recorded
         if not forward:
             return
+        self.screen.feed(forward)
         actions: list[Action] = []
         for pid, terminal in self._terminals.items():
             terminal.write_output(forward, stderr)
@@ -258,6 +261,10 @@ class LiveSession:
         self._terminals[member.pid] = terminal
         if announce:
             terminal.show_state("running", "", self.session_id)
+            # Whoever comes in mid-session sees the screen as it is now, then the live stream.
+            frame = self.screen.render()
+            if frame:
+                terminal.write_output(frame, False)
         self._apply(actions)
         self._on_member(member, "joined", "")
         return member
@@ -334,6 +341,7 @@ class LiveSession:
         except RecorderError as exc:
             self._recorder_failed(exc)
             return
+        self.screen.resize(cols, rows)
         self._chan.change_terminal_size(cols, rows)
 
     def send_signal(self, pid: int, name: str) -> None:
