@@ -7,12 +7,16 @@ Protocol (docs/sessions.md, "Console terminal"):
 2. The first client message is a text frame ``{"ticket": "tt_..."}``: a one-time terminal
    ticket from ``POST /api/v1/sessions/terminal-tickets``, bound to the same principal.
 3. Then binary frames carry terminal bytes both ways; text frames carry JSON control:
-   client → ``{"type": "resize", "cols": N, "rows": N}`` and ``{"type": "reply", "data":
-   "..."}`` (the terminal's answer-back to a query of the session: cursor position, device
-   attributes, DECRQSS...; sent to the shell and recorded as a reply, never as typed input;
-   data that is not made of CSI, OSC or DCS sequences is taken as typed); server →
-   ``{"type": "state", "state": "waiting_consent"|"running"|"ended", "reason", "session"}``
-   (a refused session's ``ended`` also carries ``"code"``, e.g. ``"session_limit"``),
+   client → ``{"type": "resize", "cols": N, "rows": N}``, ``{"type": "end"}`` (the owner
+   ends the session) and ``{"type": "reply", "data": "..."}`` (the terminal's answer-back
+   to a query of the session: cursor position, device attributes, DECRQSS...; sent to the
+   shell and recorded as a reply, never as typed input; data that is not made of CSI, OSC or
+   DCS sequences is taken as typed); server →
+   ``{"type": "state", "state": "waiting_consent"|"running"|"ended", "reason", "session"}``;
+   ``ended`` also carries ``"code"`` (how it ended: ``exit``, ``ended_by_owner``,
+   ``end_user``, ``killed``, ``agent_disconnected``, ``shutdown``, …, or the refusal's code,
+   e.g. ``"session_limit"``), ``"refused": true`` for a refusal, and ``"by"`` (who ended it,
+   when someone did), so the console says it in the viewer's language;
    ``{"type": "participants", "list": [{"name", "role"}]}`` and
    ``{"type": "notice", "message"}`` (observers are told once that their input is dropped).
 
@@ -46,6 +50,7 @@ from broker.sessions.hub_core import Member
 from broker.sessions.input_ledger import InputKind
 from broker.sessions.runtime import SESSIONS
 from broker.sessions.terminal_tickets import TerminalGrant
+from broker.transcript import END_ENDED
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +133,16 @@ class WebTerminal:
             self._items.append(json.dumps(message))
             self._wake.set()
 
-    def show_state(self, state: str, reason: str, session_id: str, code: str = "") -> None:
+    def show_state(
+        self,
+        state: str,
+        reason: str,
+        session_id: str,
+        code: str = "",
+        *,
+        refused: bool = False,
+        by: str | None = None,
+    ) -> None:
         message: dict[str, object] = {
             "type": "state",
             "state": state,
@@ -136,7 +150,11 @@ class WebTerminal:
             "session": session_id,
         }
         if code:
-            message["code"] = code  # the API's stable error code, when a refusal has one
+            message["code"] = code  # how it ended, or the API's stable refusal code
+        if refused:
+            message["refused"] = True
+        if by:
+            message["by"] = by
         self._send_json(message)
 
     def show_participants(self, people: list[dict[str, str]]) -> None:
@@ -153,12 +171,21 @@ class WebTerminal:
 
     def finish(self, outcome: Outcome) -> None:
         session = self.live.session_id if self.live is not None else ""
-        self.end(outcome.message, session, 1000)
+        self.end(outcome.message, session, 1000, ended=outcome.code, by=outcome.ended_by)
 
-    def end(self, reason: str, session: str, code: int, *, error: str = "") -> None:
-        """Say ``ended`` (with the refusal's ``error`` code, if any) and close once
-        everything queued is sent."""
-        self.show_state("ended", reason, session, error)
+    def end(
+        self,
+        reason: str,
+        session: str,
+        code: int,
+        *,
+        error: str = "",
+        ended: str = "",
+        by: str | None = None,
+    ) -> None:
+        """Say ``ended`` (with the refusal's ``error`` code, or how it ``ended``) and close
+        once everything queued is sent."""
+        self.show_state("ended", reason, session, error or ended, refused=bool(error), by=by)
         if self._closing is None:
             self._closing = (code, reason[:120])
             self._wake.set()
@@ -214,6 +241,15 @@ async def _first_ticket(ws: web.WebSocketResponse) -> object:
     if not isinstance(doc, dict) or set(doc) != {"ticket"}:
         return None
     return doc["ticket"]
+
+
+def _wants_end(data: str) -> bool:
+    if len(data) > MAX_CONTROL:
+        return False
+    try:
+        return bool(json.loads(data) == {"type": "end"})
+    except ValueError:
+        return False
 
 
 def _control(data: str) -> tuple[int, int] | tuple[InputKind, bytes] | None:
@@ -377,6 +413,9 @@ async def _read(ws: web.WebSocketResponse, terminal: WebTerminal, size: list[int
         if msg.type == WSMsgType.BINARY:
             terminal.send_input("typed", msg.data)
         elif msg.type == WSMsgType.TEXT:
+            if _wants_end(msg.data):
+                _end_by_owner(terminal)
+                continue
             control = _control(msg.data)
             if control is None:
                 terminal.end("that control message is not understood", "", CLOSE_PROTOCOL)
@@ -391,3 +430,18 @@ async def _read(ws: web.WebSocketResponse, terminal: WebTerminal, size: list[int
                 live.resize(terminal.pid, cols, rows)
         else:
             return
+
+
+def _end_by_owner(terminal: WebTerminal) -> None:
+    """ "End session" from whoever holds control; anyone else's request is ignored (a
+    joiner leaves by closing)."""
+    live = terminal.live
+    member = live.core.member(terminal.pid) if live is not None else None
+    if live is None or member is None or member.role != "owner":
+        return
+    live.end(
+        END_ENDED,
+        code="ended_by_owner",
+        message=f"the session was ended by {member.name}",
+        by=member.name,
+    )

@@ -43,6 +43,7 @@ class Stack:
     agent_dir: Path
     ticket: str
     steps: dict[str, int] = field(default_factory=dict)
+    agent: asyncio.subprocess.Process | None = None
 
     @property
     def url(self) -> str:
@@ -118,6 +119,7 @@ async def stack(tmp_path: Path, sqlite_data_dir: Path, front_end: None) -> Async
             env=cli_env(data_dir),
         )  # fmt: skip
         assert agent.stderr is not None
+        stack.agent = agent
         await _read_until(agent.stderr, b"connected to the broker")
         drain = asyncio.get_running_loop().create_task(agent.stderr.read())
         as_lena = ["--token", lena]
@@ -144,7 +146,8 @@ async def stack(tmp_path: Path, sqlite_data_dir: Path, front_end: None) -> Async
             )  # fmt: skip
             assert more.code == 0, more.err
         yield stack
-        agent.terminate()
+        if agent.returncode is None:  # a test may have killed it on purpose
+            agent.terminate()
         await drain
     finally:
         if agent is not None and agent.returncode is None:

@@ -34,6 +34,25 @@ const inviteName = document.getElementById("invite-name");
 let sessionId = app.dataset.session || "";
 let socket = null;
 let ended = false;
+let endTexts = {};
+try {
+  endTexts = JSON.parse(app.dataset.endTexts || "{}");
+} catch {
+  endTexts = {};
+}
+
+// How it ended or why it was refused, in the viewer's language, from the broker's code;
+// the broker's own sentence when the page has no text for that code.
+function endText(code, by, fallback) {
+  let key = code;
+  if (code === "ended_by_owner" && by && by === app.dataset.me) key = "you";
+  const text = endTexts[key];
+  if (!text) return fallback;
+  return text
+    .replaceAll("{by}", safeText(by || "", 64))
+    .replaceAll("{agent}", app.dataset.agentName || app.dataset.agent || "")
+    .replaceAll("{ticket}", app.dataset.ticket || "");
+}
 
 bridgeStyleElements();
 
@@ -138,13 +157,21 @@ function setState(state, reason = "") {
   overlay.hidden = !showOverlay;
   overlay.dataset.state = state;
   overlayTitle.textContent = labels[state] || state;
-  // The waiting text says it all; other states show the broker's reason (names are not
-  // translated, so it stays in the broker's words).
+  // The waiting text says it all; other states show the reason, already in the viewer's
+  // language (endText).
   overlayReason.textContent =
     state === "waiting_consent" ? t("waitingHint") : safeText(reason, 400);
   overlaySpinner.hidden = !(state === "connecting" || state === "waiting_consent");
   const final = ["ended", "refused", "lost", "signed_out"].includes(state);
   overlayLinks.hidden = !final;
+  if (final) {
+    // Nothing left to invite to, paste into or end.
+    if (inviteForm) inviteForm.hidden = true;
+    for (const id of ["btn-paste", "btn-leave"]) {
+      const button = document.getElementById(id);
+      if (button) button.disabled = true;
+    }
+  }
   if (final && sessionId) {
     overlayPlay.href = `/console/sessions/${encodeURIComponent(sessionId)}/play`;
     overlayPlay.hidden = false;
@@ -195,7 +222,9 @@ async function api(path, body) {
   const data = await response.json().catch(() => ({}));
   if (!response.ok) {
     const message = data?.error?.message || `HTTP ${response.status}`;
-    throw new Error(message);
+    const error = new Error(message);
+    error.code = data?.error?.code || "";
+    throw error;
   }
   return data;
 }
@@ -260,7 +289,7 @@ async function connect() {
     ticket = minted.ticket;
   } catch (error) {
     ended = true;
-    setState("refused", error.message);
+    setState("refused", endText(error.code, "", error.message));
     return;
   }
   const scheme = window.location.protocol === "https:" ? "wss" : "ws";
@@ -283,8 +312,13 @@ async function connect() {
         sessionId = safeText(message.session, 24);
         app.dataset.session = sessionId;
       }
-      if (message.state === "ended") ended = true;
-      setState(message.state, message.reason || "");
+      if (message.state === "ended") {
+        ended = true;
+        const reason = endText(message.code || "", message.by || "", message.reason || "");
+        setState(message.refused ? "refused" : "ended", reason);
+      } else {
+        setState(message.state, message.reason || "");
+      }
       if (message.state === "running") sendResize();
     } else if (message.type === "participants") {
       showParticipants(message.list);
@@ -297,7 +331,7 @@ async function connect() {
     if (ended) return;
     ended = true;
     const signedOut = event.reason === "signed_out";
-    setState(signedOut ? "signed_out" : "lost", signedOut ? "" : event.reason);
+    setState(signedOut ? "signed_out" : "lost", signedOut ? "" : t("lostHint"));
   });
 }
 
@@ -347,7 +381,17 @@ term.attachCustomKeyEventHandler((event) => {
 
 document.getElementById("btn-copy")?.addEventListener("click", () => void copySelection());
 document.getElementById("btn-paste")?.addEventListener("click", () => void pasteClipboard());
+// "End session" asks the broker to end it for everyone (the answer says who ended it);
+// "Leave" only closes this terminal. Either way the page says so, never "Connection lost".
 document.getElementById("btn-leave")?.addEventListener("click", () => {
+  if (ended) return;
+  const live = socket && socket.readyState === WebSocket.OPEN && app.dataset.state === "running";
+  if (mode === "open" && live) {
+    send(JSON.stringify({ type: "end" }));
+    return;
+  }
+  ended = true;
+  setState("ended", endText(mode === "open" ? "you" : "left", "", ""));
   if (socket) socket.close(1000, "left");
 });
 

@@ -1,0 +1,143 @@
+"""The browser terminal's first frame and its end states, in headless Chromium against a real
+broker and a real attended agent: an observer who comes in mid-session sees the screen at
+once; every way a session ends (by you, by the end user, by an admin, refused with the
+rule's reason, the agent gone, the broker restarting) has its own text, in the viewer's
+language (German for bob, English for tina).
+
+Screenshots go to docs/screenshots/terminal-*.png (docs/console.md shows them)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator
+
+import pytest
+from playwright.async_api import Browser, Page
+
+from tests.browser import test_console_flows as flows
+from tests.browser.test_console_flows import (
+    SHOTS,
+    WAIT_MS,
+    Stack,
+    enrol_and_sign_in,
+    new_context,
+    terminal_text,
+)
+from tests.support.broker import cli_env
+
+pytestmark = [pytest.mark.browser, pytest.mark.e2e]
+
+# The same broker, agent, staff and ticket as the console flows.
+front_end = flows.front_end
+stack = flows.stack
+
+
+async def open_shell(stack: Stack, page: Page) -> str:
+    """Open a shell on web01 from the terminal page; the end user approves it."""
+    await page.goto(f"{stack.url}/console/terminal?ticket={stack.ticket}&agent=web01&mode=open")
+    await page.locator("#terminal-app[data-state=waiting_consent]").wait_for(timeout=WAIT_MS)
+    session = await page.get_attribute("#terminal-app", "data-session")
+    assert session
+    stack.agent_cli("approve", session)
+    await page.locator("#terminal-app[data-state=running]").wait_for(timeout=WAIT_MS)
+    return session
+
+
+async def ended_with(page: Page, state: str, text: str) -> None:
+    """The terminal reached ``state`` and says ``text``."""
+    await page.locator(f"#terminal-app[data-state={state}]").wait_for(timeout=WAIT_MS)
+    reason = await page.text_content("#overlay-reason") or ""
+    assert text in reason, reason
+    assert await page.text_content("#overlay-title") not in (
+        "Connection lost",
+        "Verbindung verloren",
+    )
+
+
+@pytest.fixture
+async def second_agent(stack: Stack) -> AsyncIterator[list[asyncio.subprocess.Process]]:
+    """Agents this test starts again after killing the stack's; stopped at the end."""
+    started: list[asyncio.subprocess.Process] = []
+    yield started
+    for agent in started:
+        if agent.returncode is None:
+            agent.terminate()
+            async with asyncio.timeout(30):
+                await agent.wait()
+
+
+async def test_first_frame_and_every_end_state(
+    stack: Stack, chromium: Browser, second_agent: list[asyncio.subprocess.Process]
+) -> None:
+    """Tina (English) observes bob's (German) session mid-way and sees its screen before any
+    new output; then each end state shows its own sentence in each viewer's language."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    bob_ctx = await new_context(chromium, lang="de-DE")
+    bob = await bob_ctx.new_page()
+    await enrol_and_sign_in(stack, bob, "bob")
+    tina_ctx = await new_context(chromium)
+    tina = await tina_ctx.new_page()
+    await enrol_and_sign_in(stack, tina, "tina")
+
+    # A joiner's first frame: what is on bob's screen, at once, with no new output.
+    session = await open_shell(stack, bob)
+    await bob.click("#terminal-screen")
+    await bob.keyboard.type("printf '\\033[1;33mvor-dem-beitritt\\033[0m %s\\n' $((6*7))\n")
+    await terminal_text(bob, "vor-dem-beitritt 42").wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
+    await tina.goto(f"{stack.url}/console/terminal?session={session}&mode=observe")
+    await tina.locator("#terminal-app[data-state=running]").wait_for(timeout=WAIT_MS)
+    await terminal_text(tina, "vor-dem-beitritt 42").wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
+    await tina.screenshot(path=SHOTS / "terminal-joiner-first-frame.png")
+
+    # Ended by you ("End session"), and by bob as the observer is told.
+    await bob.click("#btn-leave")
+    await ended_with(bob, "ended", "Sie haben die Sitzung beendet.")
+    await bob.screenshot(path=SHOTS / "terminal-ended-de.png")
+    await ended_with(tina, "ended", "bob ended the session.")
+    await tina.screenshot(path=SHOTS / "terminal-ended-en.png")
+
+    # Refused by the end user (German), and by the rules (English: level 1 gets no shell).
+    await bob.goto(f"{stack.url}/console/terminal?ticket={stack.ticket}&agent=web01&mode=open")
+    await bob.locator("#terminal-app[data-state=waiting_consent]").wait_for(timeout=WAIT_MS)
+    denied = await bob.get_attribute("#terminal-app", "data-session")
+    assert denied
+    stack.agent_cli("deny", denied)
+    await ended_with(bob, "refused", "Die Person am Rechner hat die Sitzung abgelehnt.")
+    await bob.screenshot(path=SHOTS / "terminal-refused-de.png")
+    await tina.goto(f"{stack.url}/console/terminal?ticket={stack.ticket}&agent=web01&mode=open")
+    await ended_with(tina, "refused", f"Ticket {stack.ticket} is at a higher level than yours.")
+    await tina.screenshot(path=SHOTS / "terminal-refused-en.png")
+
+    # Ended by the end user on the machine, and by an admin.
+    session = await open_shell(stack, bob)
+    stack.agent_cli("end", session)
+    await ended_with(bob, "ended", "Die Person am Rechner hat die Sitzung beendet.")
+    session = await open_shell(stack, bob)
+    stack.admin("session", "kill", session)
+    await ended_with(bob, "ended", "Ein Administrator (")
+
+    # The agent gone: its process is killed; then a new one comes back for the last case.
+    session = await open_shell(stack, bob)
+    assert stack.agent is not None
+    stack.agent.kill()
+    await ended_with(bob, "ended", "Der Agent auf dem Rechner hat die Verbindung verloren")
+    await bob.screenshot(path=SHOTS / "terminal-agent-gone-de.png")
+    agent = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent", "run", "--state-dir", str(stack.agent_dir),
+        stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        env=cli_env(stack.broker.data_dir),
+    )  # fmt: skip
+    second_agent.append(agent)
+    assert agent.stderr is not None
+    await flows._read_until(agent.stderr, b"connected to the broker")
+
+    # The broker restarting (SIGTERM drains): said as such, in both languages.
+    session = await open_shell(stack, bob)
+    await tina.goto(f"{stack.url}/console/terminal?session={session}&mode=observe")
+    await tina.locator("#terminal-app[data-state=running]").wait_for(timeout=WAIT_MS)
+    await stack.broker.stop()
+    await ended_with(bob, "ended", "Der Broker startet neu")
+    await ended_with(tina, "ended", "The broker is restarting")
+    await bob_ctx.close()
+    await tina_ctx.close()
