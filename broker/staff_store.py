@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Final
 
 import asyncssh
 from sqlalchemy import func, select, update
@@ -84,12 +85,30 @@ async def get_customer(db: AsyncSession, name: str) -> Customer:
     return row
 
 
+# The languages a session note can be written in (the console's catalogues have both).
+NOTE_LANGUAGES: Final = ("en", "de")
+
+
+def valid_note_language(text: str) -> str:
+    if text not in NOTE_LANGUAGES:
+        raise InputError(
+            f"a customer's note language is {' or '.join(NOTE_LANGUAGES)}, not {text[:20]!r}",
+            code="validation_failed",
+        )
+    return text
+
+
 async def add_customer(
-    db: AsyncSession, name: str, display_name: str, now: dt.datetime
+    db: AsyncSession, name: str, display_name: str, now: dt.datetime, language: str = "en"
 ) -> Customer:
     name = valid_customer_name(name)
     valid_display_name(display_name)
-    customer = Customer(name=name, display_name=display_name or name, created_at=now)
+    customer = Customer(
+        name=name,
+        display_name=display_name or name,
+        created_at=now,
+        language=valid_note_language(language),
+    )
     db.add(customer)
     try:
         await db.flush()

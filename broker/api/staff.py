@@ -15,7 +15,7 @@ from broker import staff_store
 from broker.api.routing import ApiContext, ApiRouter, QueryParam
 from broker.auth.credentials import verify_password
 from broker.auth.scopes import ROLE_SCOPES
-from broker.db.models_staff import ApiToken, User
+from broker.db.models_staff import ApiToken, Customer, User
 from broker.errors import AuthError, ConflictError, ForbiddenError, InputError, NotFoundError
 from broker.sessions.runtime import SESSIONS
 
@@ -86,12 +86,24 @@ class LoginIn(Strict):
 class CustomerCreate(Strict):
     name: str = Field(max_length=63)
     display_name: str = Field(default="", max_length=200)
+    language: str = Field(default="en", max_length=8, description="note language: en or de")
+
+
+class CustomerChange(Strict):
+    language: str = Field(max_length=8, description="note language: en or de")
 
 
 class CustomerOut(BaseModel):
     name: str
     display_name: str
+    language: str
     created_at: dt.datetime
+
+
+def _customer_out(c: Customer) -> CustomerOut:
+    return CustomerOut(
+        name=c.name, display_name=c.display_name, language=c.language, created_at=c.created_at
+    )
 
 
 class Me(BaseModel):
@@ -513,11 +525,13 @@ async def add_customer(ctx: ApiContext) -> CustomerOut:
     body = ctx.payload(CustomerCreate)
     s = ctx.services
     async with s.db() as db, db.begin():
-        c = await staff_store.add_customer(db, body.name, body.display_name, s.clock())
+        c = await staff_store.add_customer(
+            db, body.name, body.display_name, s.clock(), body.language
+        )
     await s.audit.record(
         actor=ctx.principal.name, action="customer.add", target=c.name, source=ctx.source
     )
-    return CustomerOut(name=c.name, display_name=c.display_name, created_at=c.created_at)
+    return _customer_out(c)
 
 
 @router.route("GET", "/customers", summary="List customers", response=CustomerOut, many=True)
@@ -525,11 +539,7 @@ async def list_customers(ctx: ApiContext) -> list[CustomerOut]:
     allowed = ctx.principal.customers
     async with ctx.services.db() as db:
         rows = await staff_store.list_customers(db)
-    return [
-        CustomerOut(name=c.name, display_name=c.display_name, created_at=c.created_at)
-        for c in rows
-        if allowed is None or c.name in allowed
-    ]
+    return [_customer_out(c) for c in rows if allowed is None or c.name in allowed]
 
 
 @router.route("GET", "/customers/{name}", summary="Show a customer", response=CustomerOut)
@@ -540,4 +550,30 @@ async def show_customer(ctx: ApiContext) -> CustomerOut:
         raise NotFoundError(f"there is no customer {name!r}; see `secondline customer list`")
     async with ctx.services.db() as db:
         c = await staff_store.get_customer(db, name)
-    return CustomerOut(name=c.name, display_name=c.display_name, created_at=c.created_at)
+    return _customer_out(c)
+
+
+@router.route(
+    "PATCH",
+    "/customers/{name}",
+    summary="Change a customer's settings (the language of its session notes)",
+    scope="admin",
+    body=CustomerChange,
+    response=CustomerOut,
+)
+async def change_customer(ctx: ApiContext) -> CustomerOut:
+    body = ctx.payload(CustomerChange)
+    name = staff_store.valid_customer_name(ctx.path("name"))
+    language = staff_store.valid_note_language(body.language)
+    s = ctx.services
+    async with s.db() as db, db.begin():
+        c = await staff_store.get_customer(db, name)
+        c.language = language
+    await s.audit.record(
+        actor=ctx.principal.name,
+        action="customer.change",
+        target=c.name,
+        source=ctx.source,
+        details={"language": language},
+    )
+    return _customer_out(c)

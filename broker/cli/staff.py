@@ -81,8 +81,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = cust.add_parser("add", help="add a customer")
     p.add_argument("name")
     p.add_argument("--display-name", default="")
+    p.add_argument(
+        "--language", choices=["en", "de"], default="en", help="language of its session notes"
+    )
     add_json(p)
     p.set_defaults(handler=customer_add)
+    p = cust.add_parser("set", help="change a customer's settings")
+    p.add_argument("name")
+    p.add_argument(
+        "--language", choices=["en", "de"], required=True, help="language of its session notes"
+    )
+    add_json(p)
+    p.set_defaults(handler=customer_set)
     p = cust.add_parser("list", help="list customers")
     add_json(p)
     p.set_defaults(handler=customer_list)
@@ -247,12 +257,22 @@ def login(rt: Runtime) -> int:
 
 def customer_add(rt: Runtime) -> int:
     body = {"name": rt.args.name, "display_name": rt.args.display_name}
+    if rt.args.language != "en":
+        body["language"] = rt.args.language
     rt.show_one(rt.api.request("POST", "/customers", body))
     return 0
 
 
+def customer_set(rt: Runtime) -> int:
+    body = {"language": rt.args.language}
+    rt.show_one(rt.api.request("PATCH", f"/customers/{_seg(rt.args.name)}", body))
+    return 0
+
+
 def customer_list(rt: Runtime) -> int:
-    rt.show_list(rt.api.request("GET", "/customers"), ["name", "display_name", "created_at"])
+    rt.show_list(
+        rt.api.request("GET", "/customers"), ["name", "display_name", "language", "created_at"]
+    )
     return 0
 
 

@@ -17,6 +17,8 @@ class Customer(Base):
     name: Mapped[str] = mapped_column(String(63), unique=True)
     display_name: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    # The language of the session notes written to this customer's tickets (en or de).
+    language: Mapped[str] = mapped_column(String(8), default="en", server_default="en")
 
 
 class User(Base):

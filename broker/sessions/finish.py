@@ -30,6 +30,7 @@ from broker.sessions.facts import Outcome
 from broker.sessions.hub import LiveSession
 from broker.sessions.hub_core import Member
 from broker.sessions.note import NoteFacts, exec_commands, session_note
+from broker.sessions.note_language import NoteTranslations, customer_language
 from broker.transcript import (
     END_INTERRUPTED,
     Command,
@@ -110,6 +111,7 @@ class Finisher:
         self._locks: dict[str, asyncio.Lock] = {}
         self.wake: Callable[[], None] = lambda: None  # the outbox worker sets this
         self.changed = asyncio.Event()  # set after every session end is recorded
+        self._translations = NoteTranslations()  # the note in the customer's language
 
     def _lock(self, sid: str) -> asyncio.Lock:
         return self._locks.setdefault(sid, asyncio.Lock())
@@ -223,6 +225,7 @@ class Finisher:
                     cast = transcript_paths(self.services.config.transcripts_dir, sid).cast
                     files = plan_attachments(cast, sid, self.services.config.max_attachment_bytes)
                     consent = live.consent
+                    language = await customer_language(db, facts.customer)
                     note = session_note(
                         NoteFacts(
                             session_id=sid,
@@ -248,7 +251,8 @@ class Finisher:
                             event_count=seal.event_count,
                             attachments=files.names,
                             left_out=files.left_out,
-                        )
+                        ),
+                        self._translations.gettext(language),
                     )
                 await store.update_session(
                     db,
@@ -334,6 +338,7 @@ class Finisher:
             if seal is not None and row.state == "live":
                 people = [(p.name, p.role) for p in await store.participants(db, sid)]
                 files = plan_attachments(cast, sid, self.services.config.max_attachment_bytes)
+                language = await customer_language(db, row.customer)
                 note = session_note(
                     NoteFacts(
                         session_id=sid,
@@ -359,7 +364,8 @@ class Finisher:
                         event_count=seal.event_count,
                         attachments=files.names,
                         left_out=files.left_out,
-                    )
+                    ),
+                    self._translations.gettext(language),
                 )
             await store.update_session(
                 db,

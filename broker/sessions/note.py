@@ -2,12 +2,16 @@
 
 Everything in it that came from the agent or from typing (command lines) is made inert
 (controls shown as ``\\xHH``) and length-capped; the ticket system shows it as text.
+
+The note is written in the customer's language: the caller passes that language's
+``gettext`` (the console's catalogues, ``broker/console/locale``, hold the texts); names,
+times, digests and command lines are never translated.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -22,6 +26,40 @@ MAX_COMMAND_CHARS: Final = 300
 NOTE_BUDGET: Final = 18_000
 CAST_CONTENT_TYPE: Final = "application/x-asciicast"
 TEXT_CONTENT_TYPE: Final = "text/plain; charset=utf-8"
+
+Gettext = Callable[[str], str]
+
+
+def N_(message: str) -> str:
+    """Marks a text for extraction; it is translated where it is used."""
+    return message
+
+
+# The standard end reasons and roles, as the note says them (other reasons stay as given).
+_REASONS: Final = {
+    reason: reason
+    for reason in (
+        N_("ended"),
+        N_("agent disconnected"),
+        N_("killed"),
+        N_("interrupted"),
+        N_("disk full"),
+        N_("write error"),
+        N_("broker shut down"),
+        N_("ended by the end user"),
+        N_("interrupted (the broker stopped)"),
+    )
+}
+_ROLES: Final = {"owner": N_("owner"), "joiner": N_("joiner"), "observer": N_("observer")}
+_DECISIONS: Final = {
+    "approved": N_("approved"),
+    "denied": N_("denied"),
+    "timeout": N_("no answer in time"),
+}
+
+
+def _english(message: str) -> str:
+    return message
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,32 +108,45 @@ def _inert(text: str, limit: int) -> str:
     return shown if len(shown) <= limit else shown[: limit - 1] + "…"
 
 
-def _status(exit_status: int | None, exit_signal: str | None) -> str:
+def _status(exit_status: int | None, exit_signal: str | None, _: Gettext) -> str:
     if exit_status is not None:
-        return f"exit status {exit_status}"
+        return _("exit status %(status)s") % {"status": exit_status}
     if exit_signal is not None:
-        return f"signal {sanitize_display_text(exit_signal, 20)}"
-    return "no exit status"
+        return _("signal %(signal)s") % {"signal": sanitize_display_text(exit_signal, 20)}
+    return _("no exit status")
 
 
 def _killer(message: str) -> str:
     return message.removeprefix("the session was ended by ")
 
 
-def _consent(facts: NoteFacts) -> str:
+def _consent(facts: NoteFacts, _: Gettext) -> str:
     if facts.consent in (None, "not_required"):
-        return "not required (unattended agent)"
-    by = f" by {sanitize_display_text(facts.consent_by, 32)}" if facts.consent_by else ""
-    return f"{facts.consent}{by} at {_when(facts.consent_at)}"
+        return _("not required (unattended agent)")
+    decision = _(_DECISIONS.get(str(facts.consent), str(facts.consent)))
+    when = _when(facts.consent_at)
+    if facts.consent_by:
+        return _("%(decision)s by %(name)s at %(when)s") % {
+            "decision": decision,
+            "name": sanitize_display_text(facts.consent_by, 32),
+            "when": when,
+        }
+    return _("%(decision)s at %(when)s") % {"decision": decision, "when": when}
 
 
-def _participants(people: Sequence[tuple[str, str]]) -> str:
+def _participants(people: Sequence[tuple[str, str]], _: Gettext) -> str:
     seen: list[str] = []
     for name, role in people:
-        entry = f"{sanitize_display_text(name, 64)} ({role})"
+        entry = f"{sanitize_display_text(name, 64)} ({_(_ROLES.get(role, role))})"
         if entry not in seen:
             seen.append(entry)
     return ", ".join(seen) or "-"
+
+
+def _labelled(rows: Sequence[tuple[str, str]]) -> list[str]:
+    """``Label:   value`` lines, the values aligned (labels differ in length per language)."""
+    width = max(len(label) for label, _value in rows) + 2
+    return [f"{label + ':':<{width}}{value}" for label, value in rows]
 
 
 def _command_line(command: Command) -> str:
@@ -104,36 +155,47 @@ def _command_line(command: Command) -> str:
     return f"  [{status}{took}] {_inert(command.command_line, MAX_COMMAND_CHARS) or '(empty)'}"
 
 
-def session_note(facts: NoteFacts) -> str:
-    """The note's text."""
+def session_note(facts: NoteFacts, _: Gettext = _english) -> str:
+    """The note's text, in the language of ``_`` (English by default)."""
     lines = [
-        f"Remote session {facts.session_id} on {sanitize_display_text(facts.agent_name, 63)} "
-        f"({facts.agent_id}) by {sanitize_display_text(facts.owner, 64)}",
+        _("Remote session %(session)s on %(agent)s (%(agent_id)s) by %(owner)s")
+        % {
+            "session": facts.session_id,
+            "agent": sanitize_display_text(facts.agent_name, 63),
+            "agent_id": facts.agent_id,
+            "owner": sanitize_display_text(facts.owner, 64),
+        },
         "",
-        f"Started:      {_when(facts.started_at)}",
-        f"Ended:        {_when(facts.ended_at)}",
     ]
+    rows = [(_("Started"), _when(facts.started_at)), (_("Ended"), _when(facts.ended_at))]
     if facts.started_at is not None:
         seconds = (facts.ended_at - facts.started_at).total_seconds()
-        lines.append(f"Duration:     {duration_text(seconds)}")
-    lines.append(
-        f"End:          {sanitize_display_text(facts.end_reason, 120)} "
-        f"({_status(facts.exit_status, facts.exit_signal)})"
+        rows.append((_("Duration"), duration_text(seconds)))
+    reason = sanitize_display_text(facts.end_reason, 120)
+    rows.append(
+        (
+            _("End"),
+            f"{_(_REASONS.get(reason, reason))} "
+            f"({_status(facts.exit_status, facts.exit_signal, _)})",
+        )
     )
     if facts.end_reason == END_KILLED and facts.end_message:
         # Who ended it and why (`secondline session kill --reason`): the next reader asks.
-        lines.append(f"Ended by:     {sanitize_display_text(_killer(facts.end_message), 300)}")
-    lines += [
-        f"Consent:      {_consent(facts)}",
-        f"Participants: {_participants(facts.participants)}",
+        rows.append((_("Ended by"), sanitize_display_text(_killer(facts.end_message), 300)))
+    rows += [
+        (_("Consent"), _consent(facts, _)),
+        (_("Participants"), _participants(facts.participants, _)),
     ]
     if facts.kind == "exec" and facts.command is not None:
-        lines.append(f"Command:      {_inert(facts.command, MAX_COMMAND_CHARS)}")
-    tail = _tail(facts)
+        rows.append((_("Command"), _inert(facts.command, MAX_COMMAND_CHARS)))
+    tail_rows = _tail(facts, _)
+    labelled = _labelled(rows + tail_rows)
+    lines += labelled[: len(rows)]
+    tail = labelled[len(rows) :]
     budget = NOTE_BUDGET - sum(len(line) + 1 for line in lines + tail)
-    lines += ["", "Commands run:"]
+    lines += ["", _("Commands run:")]
     if not facts.commands:
-        lines.append("  (none recorded)")
+        lines.append("  " + _("(none recorded)"))
     shown = 0
     for command in facts.commands[:MAX_COMMANDS]:
         line = _command_line(command)
@@ -143,26 +205,30 @@ def session_note(facts: NoteFacts) -> str:
         lines.append(line)
         shown += 1
     if shown < len(facts.commands):
-        lines.append(f"  ... and {len(facts.commands) - shown} more (see the transcript)")
+        more = _("... and %(count)s more (see the transcript)")
+        lines.append("  " + more % {"count": len(facts.commands) - shown})
     return "\n".join([*lines, "", *tail]) + "\n"
 
 
-def _tail(facts: NoteFacts) -> list[str]:
-    lines: list[str] = []
+def _tail(facts: NoteFacts, _: Gettext) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
     if facts.digest is not None:
-        state = "complete" if facts.complete else "cut short"
-        lines.append(
-            f"Transcript:   {facts.event_count} events, sealed {state}, "
-            f"SHA-256 chain digest {facts.digest}"
+        sealed = _("sealed complete") if facts.complete else _("sealed cut short")
+        rows.append(
+            (
+                _("Transcript"),
+                _("%(count)s events, %(sealed)s, SHA-256 chain digest %(digest)s")
+                % {"count": facts.event_count, "sealed": sealed, "digest": facts.digest},
+            )
         )
     else:
-        lines.append("Transcript:   not sealed (tell an admin)")
-    lines.append(f"Verify with:  secondline transcript verify {facts.session_id}")
+        rows.append((_("Transcript"), _("not sealed (tell an admin)")))
+    rows.append((_("Verify with"), f"secondline transcript verify {facts.session_id}"))
     if facts.attachments:
-        lines.append(f"Attached:     {', '.join(facts.attachments)}")
+        rows.append((_("Attached"), ", ".join(facts.attachments)))
     for what in facts.left_out:
-        lines.append(f"Not attached: {what}")
-    return lines
+        rows.append((_("Not attached"), what))
+    return rows
 
 
 def exec_commands(

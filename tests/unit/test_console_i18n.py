@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from babel.messages.extract import extract_from_dir
+from babel.messages.extract import extract_from_dir, extract_from_file
 from babel.messages.pofile import read_po
 
 from broker.console.i18n import LOCALE_DIR, Catalogues, po_path
@@ -27,6 +27,13 @@ def extracted() -> set[str]:
         method_map,
         options_map=options,
         keywords={"_": None, "gettext": None, "N_": None},
+    ):
+        if isinstance(message, str) and message:
+            found.add(message)
+    # The session note is written in the customer's language from the same catalogues.
+    note = ROOT / "broker" / "sessions" / "note.py"
+    for _line, message, _comments, _context in extract_from_file(
+        "python", str(note), keywords={"_": None, "N_": None}
     ):
         if isinstance(message, str) and message:
             found.add(message)

@@ -268,3 +268,22 @@ def test_bad_retry_settings_are_refused(tmp_path: Path, text: str, match: str) -
     (tmp_path / "secondline.toml").write_text(text)
     with pytest.raises(ConfigError, match=match):
         load_config(tmp_path, env={})
+
+
+def test_note_in_german_keeps_names_times_and_digest() -> None:
+    """With the German catalogue the labels, states and roles are German and aligned; names,
+    times, the digest and the verify command are as in English."""
+    from broker.console.i18n import Catalogues
+
+    german = session_note(facts(), Catalogues.load().get("de").gettext)
+    assert german.startswith(f"Fernsitzung {SID} auf web01 (ag-0123456789abcdef) von bob\n"), german
+    assert "Begonnen:     2025-03-04 10:00:00 UTC\n" in german
+    assert "Dauer:        1:02:05\n" in german
+    assert "Ende:         beendet (Exit-Status 0)\n" in german
+    assert "Zustimmung:   zugestimmt von alice am 2025-03-04 10:00:00 UTC\n" in german
+    assert "Teilnehmende: bob (Inhaber), carol (Beobachter)\n" in german
+    assert "Ausgeführte Befehle:\n  [exit 0, 0.5 s] echo one\n" in german
+    assert f"12 Ereignisse, vollständig versiegelt, SHA-256-Kettenprüfsumme {'f' * 64}" in german
+    assert f"Prüfen mit:   secondline transcript verify {SID}\n" in german
+    for english in ("Remote session", "Started", "Participants", "observer", "exit status"):
+        assert english not in german
