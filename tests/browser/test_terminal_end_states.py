@@ -18,6 +18,7 @@ from playwright.async_api import Browser, Page
 from tests.browser import test_console_flows as flows
 from tests.browser.test_console_flows import (
     SHOTS,
+    VIEW,
     WAIT_MS,
     Stack,
     enrol_and_sign_in,
@@ -53,6 +54,51 @@ async def ended_with(page: Page, state: str, text: str) -> None:
         "Connection lost",
         "Verbindung verloren",
     )
+
+
+async def check_ticket_and_playback(stack: Stack, bob: Page, tina: Page, session: str) -> None:
+    await bob.goto(f"{stack.url}/console/tickets/{stack.ticket}")
+    chip = bob.locator(f".note .attachments a.tag-link:text('{session}.cast')")
+    await chip.wait_for(timeout=WAIT_MS)
+    href = await chip.get_attribute("href")
+    assert href == f"/files/tickets/{stack.ticket}/attachments/{session}.cast"
+    download = await bob.request.get(f"{stack.url}{href}")
+    assert download.status == 200
+    assert b'"version": 2' in (await download.body()).split(b"\n", 1)[0]
+    options = " ".join(await bob.locator("select[name=user] option").all_text_contents())
+    assert "(Level 2)" in options, options
+    assert "level2" not in options
+    await tina.goto(f"{stack.url}/console/tickets/{stack.ticket}")
+    quote = tina.locator(".history q").first
+    await quote.wait_for(timeout=WAIT_MS)
+    before = await quote.evaluate("q => getComputedStyle(q, '::before').content")
+    assert "\u201e" not in before, before
+
+    await bob.goto(f"{stack.url}/console/sessions/{session}/play")
+    await bob.locator(".playback-grid.playback-wide").wait_for(timeout=WAIT_MS)
+    cols = int(await bob.get_attribute(".playback-grid", "data-cols") or "0")
+    assert cols >= 150, cols
+    size = await bob.locator(".ap-term").evaluate("t => parseFloat(getComputedStyle(t).fontSize)")
+    assert size >= 12.0, size
+    await bob.locator("#commands .cmd").first.click()
+    await bob.mouse.move(0, 0)
+    await bob.locator("#player").get_by_text("vor-dem-beitritt 42").first.wait_for(timeout=WAIT_MS)
+    # In a low window with the player's top at its top, the recording reaches below the
+    # window and the seek bar is still on screen while it plays.
+    low = {"width": VIEW["width"], "height": 560}
+    await bob.set_viewport_size(low)  # type: ignore[arg-type]
+    await bob.evaluate("document.getElementById('player').scrollIntoView()")
+    bar = bob.locator(".ap-wrapper.ap-hud .ap-control-bar")
+    await bar.wait_for(timeout=WAIT_MS)
+    player = await bob.locator("#player").bounding_box()
+    box = await bar.bounding_box()
+    assert player is not None
+    assert box is not None
+    assert player["y"] + player["height"] > low["height"], player
+    assert box["y"] + box["height"] <= low["height"], box
+    await bob.set_viewport_size(VIEW)  # type: ignore[arg-type]
+    await bob.evaluate("window.scrollTo(0, 0)")
+    await bob.screenshot(path=SHOTS / "playback-wide.png")
 
 
 @pytest.fixture
@@ -96,6 +142,10 @@ async def test_first_frame_and_every_end_state(
     await bob.screenshot(path=SHOTS / "terminal-ended-de.png")
     await ended_with(tina, "ended", "bob ended the session.")
     await tina.screenshot(path=SHOTS / "terminal-ended-en.png")
+
+    # The note's attachments are links that download; roles and quotes are in the viewer's
+    # language; a 160-column recording plays in a readable font with its seek bar in view.
+    await check_ticket_and_playback(stack, bob, tina, session)
 
     # Refused by the end user (German), and by the rules (English: level 1 gets no shell).
     await bob.goto(f"{stack.url}/console/terminal?ticket={stack.ticket}&agent=web01&mode=open")

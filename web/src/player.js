@@ -24,6 +24,8 @@ function create(startAt = 0, autoPlay = false) {
     markers,
     terminalFontFamily: '"DejaVu Sans Mono", Menlo, Consolas, monospace',
     theme: "asciinema",
+    // The seek bar stays in view while playing ("auto" hides it when the mouse rests).
+    controls: true,
   });
   player.addEventListener("error", () => {
     document.getElementById("player-error").hidden = false;
@@ -32,6 +34,26 @@ function create(startAt = 0, autoPlay = false) {
 }
 
 create();
+
+// A wide recording (a 160-column terminal, say) gets the page's whole width, commands below,
+// so that fitted to the width its font stays readable. The player shows a default size until
+// the recording is loaded (and again after a speed change), so follow its size as it is set.
+const grid = document.querySelector(".playback-grid");
+function widenWhenWide() {
+  const term = holder.querySelector(".ap-term");
+  const cols = term ? Number(term.style.getPropertyValue("--term-cols")) : 0;
+  if (cols > 0 && grid.dataset.cols !== String(cols)) {
+    grid.classList.toggle("playback-wide", cols > 110);
+    grid.dataset.cols = String(cols);
+  }
+}
+new MutationObserver(widenWhenWide).observe(holder, {
+  subtree: true,
+  childList: true,
+  attributes: true,
+  attributeFilter: ["style"],
+});
+widenWhenWide();
 
 for (const button of commands) {
   button.addEventListener("click", async () => {
