@@ -49,6 +49,13 @@ CODE_MESSAGES: Final = {
         "The form is too long for the broker; shorten the text (long output belongs in a "
         "ticket attachment) and send it again."
     ),
+    # Sessions (broker.sessions: consent, admission, the manager).
+    "consent_denied": N_("The person at the machine denied the session."),
+    "consent_timeout": N_("Nobody at the machine answered in time."),
+    "session_limit": N_("Too many sessions are open; end one and try again."),
+    "shutting_down": N_("The broker is restarting; try again in a minute."),
+    "session_full": N_("The session has as many participants as it may have."),
+    "agent_refused": N_("The machine's agent refused to open the shell."),
     # Knowledge base (broker.kb.policy.REFUSAL_CODES and broker.kb.errors).
     "level_too_low_to_publish": N_(
         "Level-1 staff do not publish, retire or reopen articles; ask a level-2 or level-3 "

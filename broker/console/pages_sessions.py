@@ -13,6 +13,7 @@ from typing import Final
 from aiohttp import web
 
 from broker.console.api_calls import Json, json_dict, json_list
+from broker.console.messages import CODE_MESSAGES
 from broker.console.pages import Page, page_handler
 from broker.errors import BrokerError, InputError, NotFoundError
 from broker.rules import InvalidName, parse_agent_ref, parse_session_id, parse_ticket_id
@@ -106,6 +107,11 @@ async def terminal_page(page: Page) -> web.StreamResponse:
         tickets_api=TICKETS_API,
         can_hand_over=page.state.api.has("POST", "/sessions/{id}/control"),
         can_invite=page.state.api.has("POST", "/sessions/{id}/invite"),
+        # Refusals in the viewer's language; in English the broker's own sentence (it names
+        # the ticket and machine) is shown instead.
+        refusal_texts={}
+        if page.lang == "en"
+        else {code: page.gettext(text) for code, text in CODE_MESSAGES.items()},
     )
 
 

@@ -156,7 +156,10 @@ async def test_first_frame_and_every_end_state(
     await ended_with(bob, "refused", "Die Person am Rechner hat die Sitzung abgelehnt.")
     await bob.screenshot(path=SHOTS / "terminal-refused-de.png")
     await tina.goto(f"{stack.url}/console/terminal?ticket={stack.ticket}&agent=web01&mode=open")
-    await ended_with(tina, "refused", f"Ticket {stack.ticket} is at a higher level than yours.")
+    # In English the broker's own sentence, which names the ticket and the levels.
+    await ended_with(
+        tina, "refused", f"ticket {stack.ticket} is at level 2 and you work at level 1"
+    )
     await tina.screenshot(path=SHOTS / "terminal-refused-en.png")
 
     # Ended by the end user on the machine, and by an admin.

@@ -34,19 +34,22 @@ const inviteName = document.getElementById("invite-name");
 let sessionId = app.dataset.session || "";
 let socket = null;
 let ended = false;
-let endTexts = {};
-try {
-  endTexts = JSON.parse(app.dataset.endTexts || "{}");
-} catch {
-  endTexts = {};
+function texts(json) {
+  try {
+    return JSON.parse(json || "{}");
+  } catch {
+    return {};
+  }
 }
+const endTexts = texts(app.dataset.endTexts);
+const refusalTexts = texts(app.dataset.refusalTexts);
 
 // How it ended or why it was refused, in the viewer's language, from the broker's code;
 // the broker's own sentence when the page has no text for that code.
-function endText(code, by, fallback) {
+function endText(code, by, fallback, refused = false) {
   let key = code;
   if (code === "ended_by_owner" && by && by === app.dataset.me) key = "you";
-  const text = endTexts[key];
+  const text = refused ? refusalTexts[key] : endTexts[key];
   if (!text) return fallback;
   return text
     .replaceAll("{by}", safeText(by || "", 64))
@@ -289,7 +292,7 @@ async function connect() {
     ticket = minted.ticket;
   } catch (error) {
     ended = true;
-    setState("refused", endText(error.code, "", error.message));
+    setState("refused", endText(error.code, "", error.message, true));
     return;
   }
   const scheme = window.location.protocol === "https:" ? "wss" : "ws";
@@ -314,7 +317,12 @@ async function connect() {
       }
       if (message.state === "ended") {
         ended = true;
-        const reason = endText(message.code || "", message.by || "", message.reason || "");
+        const reason = endText(
+          message.code || "",
+          message.by || "",
+          message.reason || "",
+          Boolean(message.refused),
+        );
         setState(message.refused ? "refused" : "ended", reason);
       } else {
         setState(message.state, message.reason || "");
