@@ -158,7 +158,7 @@ async def test_first_frame_and_every_end_state(
     await tina.goto(f"{stack.url}/console/terminal?ticket={stack.ticket}&agent=web01&mode=open")
     # In English the broker's own sentence, which names the ticket and the levels.
     await ended_with(
-        tina, "refused", f"ticket {stack.ticket} is at level 2 and you work at level 1"
+        tina, "refused", f"Ticket {stack.ticket} is at level 2 and you work at level 1"
     )
     await tina.screenshot(path=SHOTS / "terminal-refused-en.png")
 

@@ -50,7 +50,8 @@ function endText(code, by, fallback, refused = false) {
   let key = code;
   if (code === "ended_by_owner" && by && by === app.dataset.me) key = "you";
   const text = refused ? refusalTexts[key] : endTexts[key];
-  if (!text) return fallback;
+  // The broker's sentences start in lower case (they follow "secondline: " on SSH).
+  if (!text) return fallback ? fallback.charAt(0).toUpperCase() + fallback.slice(1) : "";
   return text
     .replaceAll("{by}", safeText(by || "", 64))
     .replaceAll("{agent}", app.dataset.agentName || app.dataset.agent || "")
@@ -175,7 +176,8 @@ function setState(state, reason = "") {
       if (button) button.disabled = true;
     }
   }
-  if (final && sessionId) {
+  // A refused session has no transcript to play.
+  if (final && sessionId && state !== "refused") {
     overlayPlay.href = `/console/sessions/${encodeURIComponent(sessionId)}/play`;
     overlayPlay.hidden = false;
   }
