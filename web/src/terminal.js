@@ -48,7 +48,8 @@ const refusalTexts = texts(app.dataset.refusalTexts);
 // the broker's own sentence when the page has no text for that code.
 function endText(code, by, fallback, refused = false) {
   let key = code;
-  if (code === "ended_by_owner" && by && by === app.dataset.me) key = "you";
+  const mine = by && by === app.dataset.me;
+  if ((code === "ended_by_owner" || code === "killed") && mine) key = "you";
   const text = refused ? refusalTexts[key] : endTexts[key];
   // The broker's sentences start in lower case (they follow "secondline: " on SSH).
   if (!text) return fallback ? fallback.charAt(0).toUpperCase() + fallback.slice(1) : "";
