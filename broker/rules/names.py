@@ -31,8 +31,8 @@ _DIGITS: Final = "0123456789"
 TICKET_ID_MAX: Final = 999_999_999
 SSH_TARGET_MAX_LEN: Final = 200
 SSH_TARGET_RULE: Final = (
-    "the SSH user name names the target: T-<ticket> or T-<ticket>+<agent name or id>, "
-    "e.g. T-1042 or T-1042+web01"
+    "the SSH user name names the target: T-<ticket>, T-<ticket>+<agent name or id>, or "
+    "T-<ticket>+<session id> to join a live session, e.g. T-1042 or T-1042+web01"
 )
 
 
@@ -214,6 +214,15 @@ def parse_session_id(text: str) -> str:
     return _SESSION_ID.check(text)
 
 
+def is_session_id(text: str) -> bool:
+    """Tell whether ``text`` has the shape of a session id (``^s-[A-Za-z0-9]{22}$``)."""
+    try:
+        _SESSION_ID.check(text)
+    except InvalidName:
+        return False
+    return True
+
+
 def parse_ticket_id(text: str) -> int:
     """Return the number of a ticket id such as ``T-1042`` or raise."""
     return int(_TICKET_ID.check(text)[len(_TICKET_ID.prefix) :])
@@ -271,10 +280,12 @@ def parse_label_value(text: str) -> str:
 
 @dataclass(frozen=True)
 class SshTarget:
-    """What an SSH user name asks for: a ticket, and optionally one of its agents."""
+    """What an SSH user name asks for: a ticket, and optionally one of its agents or one of
+    its live sessions (to join or watch it)."""
 
     ticket: int
     agent: str | None = None
+    session: str | None = None
 
     @property
     def agent_is_id(self) -> bool:
@@ -283,7 +294,8 @@ class SshTarget:
 
     def __str__(self) -> str:
         ticket = format_ticket_id(self.ticket)
-        return ticket if self.agent is None else f"{ticket}+{self.agent}"
+        second = self.session or self.agent
+        return ticket if second is None else f"{ticket}+{second}"
 
 
 def _refuse_target(text: str, problem: str) -> InvalidName:
@@ -311,7 +323,12 @@ def parse_ssh_target(text: str) -> SshTarget:
             raise _refuse_target(text, f"the part {where} '+' is empty")
     try:
         ticket = parse_ticket_id(parts[0])
-        agent = parse_agent_ref(parts[1]) if len(parts) == 2 else None
+        second = parts[1] if len(parts) == 2 else None
+        # A session id (mixed case, 22 characters after "s-") is never read as an agent name:
+        # an agent whose name looks like one is reached by its id.
+        if second is not None and is_session_id(second):
+            return SshTarget(ticket=ticket, session=second)
+        agent = parse_agent_ref(second) if second is not None else None
     except InvalidName as error:
         raise InvalidName(f"invalid SSH user name {_shown(text)}: {error.message}") from None
     return SshTarget(ticket=ticket, agent=agent)

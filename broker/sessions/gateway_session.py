@@ -1,7 +1,8 @@
 """One SSH session channel of the gateway: a staff member's terminal in a live session.
 
-The channel is the session owner's :class:`~broker.sessions.hub.Terminal`. Its input is
-held (SSH flow control) until the session runs; refusals and broker messages go to stderr
+The channel is a participant's :class:`~broker.sessions.hub.Terminal`: the owner's, or
+(``T-1042+s-…``) a joiner's or an observer's, who first get the current screen. Its input
+is held (SSH flow control) until the session runs; refusals and broker messages go to stderr
 as ``secondline: ...`` lines, and a session the broker ended exits with status 255 (the
 status OpenSSH itself uses for "the connection failed"), while a shell or command that
 ended by itself passes its own exit status or signal through.
@@ -18,9 +19,10 @@ from typing import TYPE_CHECKING, Final
 import asyncssh
 
 from broker.sessions.admission import OpenRequest
-from broker.sessions.errors import SessionRefused
+from broker.sessions.errors import SessionNotFound, SessionRefused
 from broker.sessions.facts import Outcome
 from broker.sessions.hub import LiveSession
+from broker.sessions.hub_core import Member
 from broker.transcript.asciicast import TERM_PATTERN
 
 if TYPE_CHECKING:
@@ -34,6 +36,8 @@ MAX_COMMAND_BYTES: Final = 16 << 10
 # there would not last).
 EARLY_INPUT_MAX: Final = 64 << 10
 BROKER_EXIT: Final = 255
+# Refusals to join that still allow watching: the SSH participant then watches.
+WATCH_INSTEAD: Final = frozenset({"not_invited", "observer_only"})
 WRITE_HIGH: Final = 1 << 20
 WRITE_LOW: Final = 256 << 10
 
@@ -120,11 +124,59 @@ class GatewaySession(asyncssh.SSHServerSession[bytes]):
     def session_started(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._open())
 
+    async def _attach(self) -> tuple[LiveSession, Member]:
+        """``T-1042+s-…``: join the live session, or watch it when the rules let this staff
+        member watch but not type (not invited, level 1). The hub sends its current screen
+        first."""
+        server = self._server
+        staff, target = server.staff, server.target
+        assert staff is not None
+        assert target is not None
+        assert target.session is not None
+        if self._exec:
+            raise SessionRefused(
+                "joining a session takes an interactive shell: leave out the command",
+                code="join_needs_shell",
+            )
+        manager = server.gateway.manager
+        try:
+            return await manager.attach(
+                staff_name=staff.name,
+                session_id=target.session,
+                ticket_id=target.ticket,
+                role="joiner",
+                terminal=self,
+                source=server.source,
+            )
+        except SessionRefused as exc:
+            if exc.code not in WATCH_INSTEAD:
+                raise
+        return await manager.attach(
+            staff_name=staff.name,
+            session_id=target.session,
+            ticket_id=target.ticket,
+            role="observer",
+            terminal=self,
+            source=server.source,
+        )
+
     async def _open(self) -> None:
         server = self._server
         staff, target = server.staff, server.target
         assert staff is not None
         assert target is not None
+        if target.session is not None:
+            try:
+                live, member = await self._attach()
+            except (SessionRefused, SessionNotFound) as exc:
+                self._exit_with(exc.message)
+                return
+            except Exception:
+                log.exception("joining a session failed")
+                self._exit_with("the session could not be joined (internal error); tell an admin")
+                return
+            self._started(live, member)
+            return
         request = OpenRequest(
             staff=staff.name,
             target=target,
@@ -145,6 +197,9 @@ class GatewaySession(asyncssh.SSHServerSession[bytes]):
             log.exception("opening a session failed")
             self._exit_with("the session could not be started (internal error); tell an admin")
             return
+        self._started(live, member)
+
+    def _started(self, live: LiveSession, member: Member) -> None:
         if self._closed:
             live.detach(member.pid, "disconnected")
             return

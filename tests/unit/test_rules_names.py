@@ -257,23 +257,28 @@ def test_label_refusals() -> None:
     assert parse_label("a=b") == Label("a", "b")
 
 
-SSH_TARGET = rf"{TICKET_ID}(\+({AGENT_ID}|{AGENT_NAME}))?"
+SSH_TARGET = rf"{TICKET_ID}(\+({AGENT_ID}|{AGENT_NAME}|{SESSION_ID}))?"
 
 
 @given(text=st.one_of(st.text(), st.from_regex(SSH_TARGET, fullmatch=True)))
 @example(text="T-1042")
 @example(text="T-1042+web01")
+@example(text="T-1042+s-AbCdEfGhIjKlMnOpQrStUv")
 def test_ssh_targets_round_trip(text: str) -> None:
-    """An SSH user name parses exactly when it names a ticket (and agent), and prints back."""
+    """An SSH user name parses exactly when it names a ticket (and an agent or a session),
+    and prints back; a session id is never taken for an agent name."""
     outcome = _outcome(parse_ssh_target, text)
-    ticket, plus, agent = text.partition("+")
+    ticket, plus, second = text.partition("+")
+    session = bool(re.fullmatch(SESSION_ID, second))
     valid = bool(re.fullmatch(TICKET_ID, ticket)) and (
-        not plus or bool(re.fullmatch(AGENT_ID, agent)) or _agent_name_ok(agent)
+        not plus or session or bool(re.fullmatch(AGENT_ID, second)) or _agent_name_ok(second)
     )
     if valid:
         assert isinstance(outcome, SshTarget)
         assert str(outcome) == text
         assert outcome.agent_is_id == (outcome.agent is not None and is_agent_id(outcome.agent))
+        assert outcome.session == (second if session else None)
+        assert outcome.agent is None or not session
     else:
         assert isinstance(outcome, InvalidName)
 
@@ -287,6 +292,9 @@ def test_ssh_target_examples_of_the_contract() -> None:
     assert by_id.agent_is_id
     assert not parse_ssh_target("T-1042+web01").agent_is_id
     assert not parse_ssh_target("T-1042").agent_is_id
+    joined = parse_ssh_target("T-1042+s-AbCdEfGhIjKlMnOpQrStUv")
+    assert joined == SshTarget(1042, None, "s-AbCdEfGhIjKlMnOpQrStUv")
+    assert not joined.agent_is_id
 
 
 @pytest.mark.parametrize(
