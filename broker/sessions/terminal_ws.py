@@ -15,8 +15,9 @@ Protocol (docs/sessions.md, "Console terminal"):
    ``{"type": "state", "state": "waiting_consent"|"running"|"ended", "reason", "session"}``;
    ``ended`` also carries ``"code"`` (how it ended: ``exit``, ``ended_by_owner``,
    ``end_user``, ``killed``, ``agent_disconnected``, ``shutdown``, …, or the refusal's code,
-   e.g. ``"session_limit"``), ``"refused": true`` for a refusal, and ``"by"`` (who ended it,
-   when someone did), so the console says it in the viewer's language;
+   e.g. ``"session_limit"``), ``"refused": true`` for a refusal, ``"by"`` (who ended it,
+   when someone did) and ``"detail"`` (a kill's reason), so the console says it in the
+   viewer's language;
    ``{"type": "participants", "list": [{"name", "role"}]}`` and
    ``{"type": "notice", "message"}`` (observers are told once that their input is dropped).
 
@@ -142,6 +143,7 @@ class WebTerminal:
         *,
         refused: bool = False,
         by: str | None = None,
+        detail: str = "",
     ) -> None:
         message: dict[str, object] = {
             "type": "state",
@@ -155,6 +157,8 @@ class WebTerminal:
             message["refused"] = True
         if by:
             message["by"] = by
+        if detail:
+            message["detail"] = detail  # words of the person who ended it (kill --reason)
         self._send_json(message)
 
     def show_participants(self, people: list[dict[str, str]]) -> None:
@@ -171,7 +175,14 @@ class WebTerminal:
 
     def finish(self, outcome: Outcome) -> None:
         session = self.live.session_id if self.live is not None else ""
-        self.end(outcome.message, session, 1000, ended=outcome.code, by=outcome.ended_by)
+        detail = ""
+        if outcome.code == "killed" and outcome.ended_by:
+            # The hub says "the session was ended by NAME: REASON"; the page says the rest.
+            said = f"the session was ended by {outcome.ended_by}: "
+            detail = outcome.message.removeprefix(said) if outcome.message.startswith(said) else ""
+        self.end(
+            outcome.message, session, 1000, ended=outcome.code, by=outcome.ended_by, detail=detail
+        )
 
     def end(
         self,
@@ -182,10 +193,13 @@ class WebTerminal:
         error: str = "",
         ended: str = "",
         by: str | None = None,
+        detail: str = "",
     ) -> None:
         """Say ``ended`` (with the refusal's ``error`` code, or how it ``ended``) and close
         once everything queued is sent."""
-        self.show_state("ended", reason, session, error or ended, refused=bool(error), by=by)
+        self.show_state(
+            "ended", reason, session, error or ended, refused=bool(error), by=by, detail=detail
+        )
         if self._closing is None:
             self._closing = (code, reason[:120])
             self._wake.set()

@@ -167,8 +167,9 @@ async def test_first_frame_and_every_end_state(
     stack.agent_cli("end", session)
     await ended_with(bob, "ended", "Die Person am Rechner hat die Sitzung beendet.")
     session = await open_shell(stack, bob)
-    stack.admin("session", "kill", session)
+    stack.admin("session", "kill", session, "--reason", "Wartungsfenster")
     await ended_with(bob, "ended", "Ein Administrator (")
+    await ended_with(bob, "ended", "— Wartungsfenster")
 
     # The agent gone: its process is killed; then a new one comes back for the last case.
     session = await open_shell(stack, bob)

@@ -320,12 +320,14 @@ async function connect() {
       }
       if (message.state === "ended") {
         ended = true;
-        const reason = endText(
+        let reason = endText(
           message.code || "",
           message.by || "",
           message.reason || "",
           Boolean(message.refused),
         );
+        // A kill's reason, in the words of whoever gave it.
+        if (message.detail) reason += ` — ${safeText(message.detail, 200)}`;
         setState(message.refused ? "refused" : "ended", reason);
       } else {
         setState(message.state, message.reason || "");
