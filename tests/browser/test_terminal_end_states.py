@@ -45,6 +45,14 @@ async def open_shell(stack: Stack, page: Page) -> str:
     return session
 
 
+async def watch(stack: Stack, page: Page, session: str) -> None:
+    """Observe ``session``; the end user approves the watcher too (attended agent)."""
+    await page.goto(f"{stack.url}/console/terminal?session={session}&mode=observe")
+    await page.locator("#terminal-app[data-state=waiting_consent]").wait_for(timeout=WAIT_MS)
+    stack.agent_cli("approve", session, "tina")
+    await page.locator("#terminal-app[data-state=running]").wait_for(timeout=WAIT_MS)
+
+
 async def ended_with(page: Page, state: str, text: str) -> None:
     """The terminal reached ``state`` and says ``text``."""
     await page.locator(f"#terminal-app[data-state={state}]").wait_for(timeout=WAIT_MS)
@@ -131,8 +139,7 @@ async def test_first_frame_and_every_end_state(
     await bob.click("#terminal-screen")
     await bob.keyboard.type("printf '\\033[1;33mvor-dem-beitritt\\033[0m %s\\n' $((6*7))\n")
     await terminal_text(bob, "vor-dem-beitritt 42").wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
-    await tina.goto(f"{stack.url}/console/terminal?session={session}&mode=observe")
-    await tina.locator("#terminal-app[data-state=running]").wait_for(timeout=WAIT_MS)
+    await watch(stack, tina, session)
     await terminal_text(tina, "vor-dem-beitritt 42").wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
     await tina.screenshot(path=SHOTS / "terminal-joiner-first-frame.png")
 
@@ -188,8 +195,7 @@ async def test_first_frame_and_every_end_state(
 
     # The broker restarting (SIGTERM drains): said as such, in both languages.
     session = await open_shell(stack, bob)
-    await tina.goto(f"{stack.url}/console/terminal?session={session}&mode=observe")
-    await tina.locator("#terminal-app[data-state=running]").wait_for(timeout=WAIT_MS)
+    await watch(stack, tina, session)
     await stack.broker.stop()
     await ended_with(bob, "ended", "Der Broker startet neu")
     await ended_with(tina, "ended", "The broker is restarting")
