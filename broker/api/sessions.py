@@ -22,6 +22,7 @@ from broker.db.models_sessions import RemoteSession
 from broker.errors import ForbiddenError, InputError
 from broker.keys import public_pem
 from broker.rules import InvalidName, parse_agent_ref, parse_ticket_ref, parse_user_name
+from broker.secret_scrubber import scrub_secrets
 from broker.sessions import store
 from broker.sessions.errors import SessionConflict, SessionNotFound
 from broker.sessions.hub import KILL_REASON_MAX
@@ -202,7 +203,8 @@ async def show_session(ctx: ApiContext) -> SessionDetailOut:
         ],
         commands=[
             CommandOut(
-                command=str(c.get("command", "")),
+                # Rows written before the scrubber may still hold secrets.
+                command=scrub_secrets(str(c.get("command", ""))),
                 start=_number(c.get("start")),
                 duration=_number(c.get("duration")),
                 exit_status=_integer(c.get("exit_status")),

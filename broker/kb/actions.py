@@ -15,7 +15,13 @@ from broker.kb import store
 from broker.kb.analysis import QueryTerms, query_terms
 from broker.kb.article import ArticleContent, StatusAction, format_article_id, parse_tag
 from broker.kb.drafting import draft_from_ticket as prefill
-from broker.kb.errors import ArticleInvalid, KbForbidden, SourceNotFound, StatusRefused
+from broker.kb.errors import (
+    REDACTION_NEEDED,
+    ArticleInvalid,
+    KbForbidden,
+    SourceNotFound,
+    StatusRefused,
+)
 from broker.kb.feedback import feedback_order, tried_last
 from broker.kb.history import FieldDiff, diff_contents
 from broker.kb.languages import other_language
@@ -244,10 +250,22 @@ async def change_status(
     decision = may_change_status(caller.staff, action)
     if isinstance(decision, Refused):
         raise await _refuse(services, caller, f"kb.{action}", ref, decision)
-    async with services.db() as db, db.begin():
-        record = await store.change_status(
-            db, article, action, by=caller.name, now=services.clock()
-        )
+    try:
+        async with services.db() as db, db.begin():
+            record = await store.change_status(
+                db, article, action, by=caller.name, now=services.clock()
+            )
+    except StatusRefused as exc:
+        if exc.code == REDACTION_NEEDED:  # the refusal is audited; the secret itself is not
+            await services.audit.record(
+                actor=caller.name,
+                action=f"kb.{action}",
+                target=ref,
+                outcome="denied",
+                source=caller.source,
+                details={"code": exc.code, "reason": exc.message[:500]},
+            )
+        raise
     await services.audit.record(
         actor=caller.name,
         action=f"kb.{action}",

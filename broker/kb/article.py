@@ -22,6 +22,7 @@ from broker.kb.errors import ArticleInvalid, StatusRefused
 from broker.kb.languages import LANGUAGE_RULE, LANGUAGES, guess_language
 from broker.rules import InvalidName
 from broker.rules.names import parse_session_id, sanitize_display_text
+from broker.secret_scrubber import find_secrets
 
 ArticleStatus = Literal["draft", "published", "retired"]
 StatusAction = Literal["publish", "retire", "reopen"]
@@ -226,6 +227,20 @@ def check_content(content: ArticleContent) -> ArticleContent:
 def publish_gaps(content: ArticleContent) -> list[str]:
     """What a draft still lacks before it may be published (empty: nothing)."""
     return [name for name in ("problem", "solution") if not getattr(content, name).strip()]
+
+
+def secrets_left(content: ArticleContent) -> list[str]:
+    """Where the article still holds a secret the scrubber detects, as "the solution, line
+    3 (a password option)": an article is read at every customer, so it is not published
+    with one. The secret itself is never named."""
+    places: list[str] = []
+    fields = [(name, getattr(content, name)) for name in ("title", *TEXT_MAX)]
+    fields.append(("commands", "\n".join(c.command for c in content.commands)))
+    for name, text in fields:
+        for finding in find_secrets(text):
+            what = "command" if name == "commands" else "line"
+            places.append(f"the {name}, {what} {finding.line} ({finding.kind})")
+    return places
 
 
 def transition(status: str, action: StatusAction, *, article: int) -> ArticleStatus:

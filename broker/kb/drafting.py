@@ -5,7 +5,9 @@ the words a caller uses, which is what level 1 will type), the escalation reason
 note on the cause, the ticket's solution the solution, the linked machines' facts the
 environment, and the commands of its sessions that ended with exit status 0 the commands.
 Host names and user names from the facts are left out: they belong to one customer, and an
-article is read at every customer. Secrets in commands were redacted by the recorder.
+article is read at every customer. Secrets (passwords on command lines, tokens, keys) are
+replaced by the one scrubber, :mod:`broker.secret_scrubber`, in every field: the session rows
+of old sessions still hold them unscrubbed.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from broker.kb.article import (
 )
 from broker.kb.languages import guess_language
 from broker.rules.names import sanitize_display_text
+from broker.secret_scrubber import scrub_secrets
 
 FACT_MAX: Final = 100
 
@@ -98,7 +101,7 @@ def successful_commands(sessions: Sequence[SessionCommands]) -> tuple[CommandEnt
             if cmd.exit_status != 0 or not line or line in seen:
                 continue
             seen.add(line)
-            out.append(CommandEntry(line[:COMMAND_MAX_CHARS], 0, session.session))
+            out.append(CommandEntry(scrub_secrets(line)[:COMMAND_MAX_CHARS], 0, session.session))
     return tuple(out[:COMMANDS_MAX])
 
 
@@ -115,12 +118,13 @@ def draft_from_ticket(ticket: TicketDigest) -> ArticleContent:
     cause = ""
     if reasons:
         cause = "Escalation notes (rewrite as the cause):\n" + "\n".join(f"- {r}" for r in reasons)
+    title = sanitize_display_text(scrub_secrets(ticket.title), TITLE_MAX)
     return ArticleContent(
-        title=sanitize_display_text(ticket.title, TITLE_MAX) or f"Solution of {ticket.ref}",
-        problem=_cap(ticket.description.strip(), "problem"),
-        environment=_cap("\n".join(lines), "environment"),
-        cause=_cap(cause, "cause"),
-        solution=_cap(ticket.solution.strip(), "solution"),
+        title=title or f"Solution of {ticket.ref}",
+        problem=_cap(scrub_secrets(ticket.description.strip()), "problem"),
+        environment=_cap(scrub_secrets("\n".join(lines)), "environment"),
+        cause=_cap(scrub_secrets(cause), "cause"),
+        solution=_cap(scrub_secrets(ticket.solution.strip()), "solution"),
         commands=successful_commands(ticket.sessions),
         tags=(),
         os=tuple(oses[:OS_MAX]),

@@ -48,6 +48,10 @@ class KbForbidden(KbError):
     http_status = 403
 
 
+# The code of a publish refused because the article still holds a detected secret.
+REDACTION_NEEDED = "article_holds_secret"
+
+
 class StatusRefused(KbError):
     code = "status_refused"
     http_status = 409

@@ -17,6 +17,7 @@ from broker.kb.languages import guess_language
 from broker.kb.machine_fit import article_families
 from broker.kb.search_docs import Hit, doc_kinds
 from broker.rules.names import format_ticket_id
+from broker.secret_scrubber import scrub_secrets
 
 
 @dataclass(frozen=True)
@@ -73,12 +74,14 @@ async def article_results(db: AsyncSession, terms: QueryTerms, hits: Sequence[Hi
             continue
         content = ArticleContent.from_dict(row.content)
         commands = [c.command for c in content.commands]
+        # Snippets are scrubbed like the index: a draft, or an article published before
+        # publishing checked for secrets, may still hold one.
         name, snippet = best_snippet(
             [
-                ("problem", content.problem),
-                ("solution", content.solution),
-                ("cause", content.cause),
-                ("commands", "\n".join(commands)),
+                ("problem", scrub_secrets(content.problem)),
+                ("solution", scrub_secrets(content.solution)),
+                ("cause", scrub_secrets(content.cause)),
+                ("commands", scrub_secrets("\n".join(commands))),
             ],
             terms,
         )
@@ -88,7 +91,7 @@ async def article_results(db: AsyncSession, terms: QueryTerms, hits: Sequence[Hi
                 id=row.id,
                 ref=format_article_id(row.id),
                 status=row.status,
-                title=highlight(content.title, terms, max_words=64),
+                title=highlight(scrub_secrets(content.title), terms, max_words=64),
                 snippet_field=name,
                 snippet=snippet,
                 rank=hit.rank,

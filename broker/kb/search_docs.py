@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.db.models_kb import KbSearchDoc
 from broker.kb.analysis import QueryTerms, fold, fts5_match, pg_query_text, stems_field, words
+from broker.secret_scrubber import scrub_secrets
 
 SEARCH_LIMIT_MAX: Final = 50
 
@@ -65,18 +66,23 @@ class SearchFilter:
 
 
 def doc_values(fields: DocFields, now: dt.datetime) -> dict[str, object]:
-    """The column values of a search document (without its kind and ref id)."""
+    """The column values of a search document (without its kind and ref id).
+
+    The text is scrubbed of secrets: the index feeds result snippets, and a draft or a solved
+    ticket may still hold a password that publishing would refuse."""
+    title, problem, solution, commands = (
+        scrub_secrets(text)
+        for text in (fields.title, fields.problem, fields.solution, fields.commands)
+    )
     return {
         "status": fields.status,
         "customer": fields.customer,
-        "title": fields.title,
-        "problem": fields.problem,
-        "solution": fields.solution,
-        "commands": fields.commands,
+        "title": title,
+        "problem": problem,
+        "solution": solution,
+        "commands": commands,
         "tags": fields.tags,
-        "stems": stems_field(
-            (fields.title, fields.problem, fields.solution, fields.commands, fields.tags)
-        ),
+        "stems": stems_field((title, problem, solution, commands, fields.tags)),
         "os_terms": fields.os_terms,
         "tag_terms": fields.tag_terms,
         "solved_count": fields.solved_count,

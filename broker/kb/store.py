@@ -27,9 +27,10 @@ from broker.kb.article import (
     format_article_id,
     os_terms,
     publish_gaps,
+    secrets_left,
     transition,
 )
-from broker.kb.errors import ArticleNotFound, StatusRefused
+from broker.kb.errors import REDACTION_NEEDED, ArticleNotFound, StatusRefused
 from broker.kb.search_docs import DocFields, upsert_doc
 
 NOTE_MAX = 500
@@ -227,6 +228,14 @@ async def change_status(
                 f"article {format_article_id(article_id)} has no {' and no '.join(gaps)} yet; "
                 "write them before publishing",
                 code="article_incomplete",
+            )
+        secrets = secrets_left(content)
+        if secrets:
+            raise StatusRefused(
+                f"article {format_article_id(article_id)} still holds a secret in "
+                f"{'; in '.join(secrets)}; replace it (e.g. by \u2039redacted\u203a) and "
+                "publish again",
+                code=REDACTION_NEEDED,
             )
         row.reviewer = by
         row.published_at = now

@@ -24,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from broker.db.models_sessions import RemoteSession
 from broker.ports import TicketSystem
+from broker.secret_scrubber import scrub_secrets
 from broker.services import Services
 from broker.sessions import store
 from broker.sessions.facts import Outcome
@@ -100,6 +101,18 @@ def with_final_status(commands: tuple[Command, ...], outcome: Outcome) -> tuple[
     if last.exit_status is not None:
         return commands
     return (*commands[:-1], dataclasses.replace(last, exit_status=outcome.exit_status))
+
+
+def scrubbed(commands: tuple[Command, ...]) -> tuple[Command, ...]:
+    """The command list with secrets replaced: what the note, the session row (its command
+    index in the console and API) and the drafts written from it show."""
+    return tuple(
+        dataclasses.replace(c, command_line=scrub_secrets(c.command_line)) for c in commands
+    )
+
+
+def _scrubbed_command(command: str | None) -> str | None:
+    return None if command is None else scrub_secrets(command)
 
 
 class Finisher:
@@ -214,7 +227,7 @@ class Finisher:
             commands = exec_commands(
                 facts.command, outcome.exit_status, outcome.ended_at - outcome.started_at
             )
-        commands = with_final_status(commands, outcome)
+        commands = scrubbed(with_final_status(commands, outcome))
         seal = outcome.seal
         note: str | None = None
         files = Attachments((), ())
@@ -234,7 +247,7 @@ class Finisher:
                             agent_name=facts.agent_name,
                             agent_id=facts.agent_id,
                             kind=facts.kind,
-                            command=facts.command,
+                            command=_scrubbed_command(facts.command),
                             started_at=started,
                             ended_at=ended,
                             end_reason=outcome.reason,
@@ -332,6 +345,7 @@ class Finisher:
     ) -> None:
         now = self.services.clock()
         sid = row.id
+        commands = scrubbed(commands)
         note: str | None = None
         files = Attachments((), ())
         async with self.services.db() as db, db.begin():
@@ -347,7 +361,7 @@ class Finisher:
                         agent_name=row.agent_name,
                         agent_id=row.agent_id,
                         kind=row.kind,
-                        command=row.command,
+                        command=_scrubbed_command(row.command),
                         started_at=row.started_at,
                         ended_at=now,
                         end_reason=f"{END_INTERRUPTED} (the broker stopped)",

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
+from broker.secret_scrubber import LineScrubber
 from broker.transcript.asciicast import CastEvent, CastHeader, CastReader, read_lines
 from broker.transcript.chain import MAX_SEAL_FILE, ChainFileReader, DigestChain
 from broker.transcript.errors import CastFormatError, TranscriptNotFound
@@ -162,7 +163,8 @@ def text_lines(cast_path: Path, *, markers: bool = True) -> Iterator[str]:
     """The plain-text rendering, line by line (no line ends).
 
     A marker that comes while a line is half drawn (a password prompt, say) follows that
-    line, so that it does not split it.
+    line, so that it does not split it. Secrets are replaced (see
+    :mod:`broker.secret_scrubber`): the ``.cast`` is the unaltered record.
     """
     for block in text_blocks(cast_path, markers=markers):
         yield from block
@@ -173,6 +175,16 @@ def text_blocks(cast_path: Path, *, markers: bool = True) -> Iterator[list[str]]
     or join many lines at once, without a Python step per line."""
     _, events = read_cast(cast_path)
     renderer = TextRenderer()
+    scrubber = LineScrubber()
+    for block in _rendered_blocks(events, renderer, markers):
+        cleaned = list(scrubber.lines(block))
+        if cleaned:
+            yield cleaned
+
+
+def _rendered_blocks(
+    events: Iterator[CastEvent], renderer: TextRenderer, markers: bool
+) -> Iterator[list[str]]:
     waiting: list[str] = []
     for event in events:
         if event.code == "o":

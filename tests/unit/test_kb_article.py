@@ -16,6 +16,7 @@ from broker.kb.article import (
     parse_article_id,
     parse_tag,
     publish_gaps,
+    secrets_left,
     transition,
 )
 from broker.kb.errors import ArticleInvalid, StatusRefused
@@ -145,3 +146,18 @@ def test_os_terms() -> None:
     """OS names become padded folded words for the filter."""
     assert os_terms(["Debian GNU/Linux 12", "Windows 11"]) == " debian gnu linux 12 windows 11 "
     assert os_terms([]) == ""
+
+
+def test_secrets_left_names_field_and_line_never_the_secret() -> None:
+    content = ArticleContent(
+        title="t",
+        problem="p",
+        solution="Run:\nmysql -u app -pHunter2 shop",
+        commands=(CommandEntry("ls", 0), CommandEntry("curl -u a:Hunter2 https://x", 0)),
+    )
+    places = secrets_left(content)
+    assert places == [
+        "the solution, line 2 (password option)",
+        "the commands, command 2 (password option)",
+    ]
+    assert secrets_left(ArticleContent(title="t", solution="mysql -u app -p shop")) == []

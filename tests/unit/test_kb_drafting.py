@@ -70,3 +70,24 @@ def test_draft_of_a_bare_ticket() -> None:
     assert len(c.problem) == 20_000
     assert c.problem.endswith("…")
     assert check_content(c).problem == c.problem
+
+
+def test_secrets_in_every_field_are_scrubbed() -> None:
+    """A password on a command line, in the description, the reasons or the solution comes
+    out as the redaction marker (session rows from before the scrubber still hold them)."""
+    r = "\u2039redacted\u203a"
+    ticket = TicketDigest(
+        id=9,
+        customer="acme",
+        title="DB login fails PGPASSWORD=Hunter2",
+        description="I ran mysql -u root -pHunter2 shop and it failed.",
+        status="resolved",
+        solution="Use https://app:Hunter2@db.example.com now.",
+        escalation_reasons=("token: Hunter2",),
+        sessions=(SessionCommands(S1, (CommandEntry("mysql -u root -pHunter2 shop", 0),)),),
+    )
+    c = draft_from_ticket(ticket)
+    assert "Hunter2" not in repr(c)
+    assert c.commands[0].command == f"mysql -u root -p{r} shop"
+    assert c.problem == f"I ran mysql -u root -p{r} shop and it failed."
+    assert c.title == f"DB login fails PGPASSWORD={r}"
