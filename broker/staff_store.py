@@ -23,6 +23,7 @@ from broker.rules import (
     parse_user_name,
     sanitize_display_text,
 )
+from broker.rules.outside_text import clean_line
 
 
 def valid_user_name(text: str) -> str:
@@ -67,7 +68,7 @@ def parse_ssh_public_key(text: str) -> tuple[str, str, str]:
             "this is not an SSH public key; give the .pub file, e.g. ~/.ssh/id_ed25519.pub",
             code="invalid_ssh_key",
         ) from None
-    comment = key.get_comment() or ""
+    comment = clean_line(key.get_comment() or "", 200)
     return key.export_public_key().decode().strip(), key.get_fingerprint("sha256"), comment
 
 

@@ -17,6 +17,7 @@ from broker.auth.credentials import verify_password
 from broker.auth.scopes import ROLE_SCOPES
 from broker.db.models_staff import ApiToken, Customer, User
 from broker.errors import AuthError, ConflictError, ForbiddenError, InputError, NotFoundError
+from broker.rules.outside_text import clean_line
 from broker.sessions.runtime import SESSIONS
 
 router = ApiRouter(tag="staff")
@@ -358,7 +359,7 @@ async def create_token(ctx: ApiContext) -> NewTokenOut:
                 user,
                 scopes=body.scopes,
                 ttl_seconds=body.ttl_seconds or s.config.token_default_ttl_seconds,
-                label=body.label,
+                label=clean_line(body.label, 100),
                 now=s.clock(),
                 max_tokens=s.config.max_tokens_per_user,
             )

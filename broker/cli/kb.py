@@ -10,10 +10,10 @@ from urllib.parse import quote
 from broker.cli.client import CliError
 from broker.cli.output import print_json
 from broker.cli.runtime import Runtime, add_json
+from broker.rules.outside_text import escape_controls
 
 _ARTICLE = re.compile(r"(?:KB-)?([1-9][0-9]{0,8})")
 # Agent- or user-supplied text must not drive the terminal (see output._cell).
-_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 def _article(text: str) -> str:
@@ -24,7 +24,7 @@ def _article(text: str) -> str:
 
 
 def _plain(text: object) -> str:
-    return _CONTROLS.sub("?", str(text))
+    return escape_controls(str(text))
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

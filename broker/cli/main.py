@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from broker.cli import agents, kb, local, sessions, staff, tickets
 from broker.cli.client import CliError
+from broker.cli.output import TerminalGuard
 from broker.cli.runtime import Handler, Runtime
 from broker.errors import BrokerError
 
@@ -42,6 +43,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Alembic announces its plugins and each migration at INFO: noise on a working broker.
     logging.getLogger("alembic").setLevel(logging.WARNING)
     handler: Handler = args.handler
+    out, err = sys.stdout, sys.stderr
+    # Whatever a command prints (broker messages included) reaches the terminal escaped.
+    sys.stdout, sys.stderr = TerminalGuard(out), TerminalGuard(err)
     try:
         status = handler(Runtime(args))
         sys.stdout.flush()  # a reader that left shows here, where it is handled below
@@ -59,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(f"secondline: {os_error_text(exc)}", file=sys.stderr)
         return 1
+    finally:
+        sys.stdout, sys.stderr = out, err
 
 
 def stdout_closed() -> int:

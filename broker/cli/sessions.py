@@ -32,6 +32,7 @@ from broker.cli.runtime import Runtime, add_json
 from broker.config import load_config
 from broker.errors import BrokerError
 from broker.rules import InvalidName, parse_session_id, parse_ticket_ref
+from broker.rules.outside_text import escape_controls
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -163,7 +164,7 @@ def session_show(rt: Runtime) -> int:
     print("commands:")
     for c in data.get("commands") or []:
         status = "?" if c.get("exit_status") is None else c.get("exit_status")
-        line = "".join(ch if ch.isprintable() else "?" for ch in str(c.get("command", "")))
+        line = escape_controls(str(c.get("command", "")))
         print(f"  [exit {status}] {line}")
     return 0
 

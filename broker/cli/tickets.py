@@ -14,6 +14,7 @@ from urllib.parse import quote, urlencode
 from broker.cli.client import CliError
 from broker.cli.runtime import Runtime, add_json
 from broker.rules import InvalidName, format_ticket_id, parse_ticket_ref
+from broker.rules.outside_text import escape_controls
 
 LIST_COLUMNS = ["id", "level", "status", "assignee", "customer", "agents", "title"]
 STATE_FIELDS = ["id", "title", "customer", "level", "status", "assignee", "agents"]
@@ -119,8 +120,8 @@ def ticket_path(text: str) -> str:
 
 
 def _safe(text: object) -> str:
-    """Outside text for the terminal: no control characters, tabs as spaces."""
-    return "".join(c if c.isprintable() else "?" for c in str(text).replace("\t", "    "))
+    """Outside text for the terminal: control characters escaped, tabs as spaces."""
+    return escape_controls(str(text).replace("\t", "    "))
 
 
 def _show_state(rt: Runtime, data: object) -> int:

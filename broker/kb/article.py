@@ -22,6 +22,7 @@ from broker.kb.errors import ArticleInvalid, StatusRefused
 from broker.kb.languages import LANGUAGE_RULE, LANGUAGES, guess_language
 from broker.rules import InvalidName
 from broker.rules.names import parse_session_id, sanitize_display_text
+from broker.rules.outside_text import UNWANTED, clean_lines
 from broker.secret_scrubber import find_secrets
 
 ArticleStatus = Literal["draft", "published", "retired"]
@@ -52,13 +53,6 @@ TAG_RULE: Final = (
 )
 TAG: Final = re.compile(r"[a-z0-9][a-z0-9.+_-]{0,39}")
 ARTICLE_REF: Final = re.compile(r"(?:KB-)?([1-9][0-9]{0,8})")
-
-# Controls other than tab and line feed, DEL, C1 controls, bidi overrides and invisible
-# characters: nothing a reader needs, and some of them spoof what a reader sees.
-_UNWANTED: Final = re.compile(
-    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u202a-\u202e"
-    "\u2060-\u2064\u2066-\u2069\ufeff\ud800-\udfff]"
-)
 
 
 @dataclass(frozen=True)
@@ -145,7 +139,7 @@ class ArticleContent:
 
 def clean_text(text: str, limit: int, field: str) -> str:
     """Multi-line text without controls, CRLF as LF, trimmed; refused beyond ``limit``."""
-    cleaned = _UNWANTED.sub("", text.replace("\r\n", "\n").replace("\r", "\n")).strip()
+    cleaned = clean_lines(text)
     if len(cleaned) > limit:
         raise ArticleInvalid(
             f"{field} is {len(cleaned)} characters long; keep it under {limit} characters"
@@ -168,7 +162,7 @@ def os_terms(names: Sequence[str]) -> str:
 
 
 def check_command(entry: CommandEntry) -> CommandEntry:
-    command = _UNWANTED.sub("", entry.command).strip()
+    command = UNWANTED.sub("", entry.command).strip()
     if not command:
         raise ArticleInvalid("a command is empty; remove it or give the command line")
     if len(command) > COMMAND_MAX_CHARS:

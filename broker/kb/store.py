@@ -32,6 +32,7 @@ from broker.kb.article import (
 )
 from broker.kb.errors import REDACTION_NEEDED, ArticleNotFound, StatusRefused
 from broker.kb.search_docs import DocFields, upsert_doc
+from broker.rules.outside_text import clean_line
 
 NOTE_MAX = 500
 
@@ -136,7 +137,7 @@ def _version(row: KbArticle, action: str, by: str, now: dt.datetime, note: str) 
         content=row.content,
         saved_by=by,
         saved_at=now,
-        note=note[:NOTE_MAX],
+        note=clean_line(note, NOTE_MAX),
     )
 
 

@@ -13,16 +13,17 @@ Choices beyond the bare patterns, both to keep names from being mistaken for som
   reference such as ``T-1042+ag-…`` can only ever mean an agent id.
 
 ``sanitize_display_text`` is the one function here that never raises: it makes text that came
-from an agent or a user safe to show as plain text (the template still escapes HTML).
+from an agent or a user safe to show as plain text (the template still escapes HTML), by the
+rule of ``outside_text``.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Final
 
 from broker.rules.errors import InvalidName
+from broker.rules.outside_text import clean_line
 
 _LOWER: Final = "abcdefghijklmnopqrstuvwxyz"
 _UPPER: Final = _LOWER.upper()
@@ -334,24 +335,11 @@ def parse_ssh_target(text: str) -> SshTarget:
     return SshTarget(ticket=ticket, agent=agent)
 
 
-# Line and paragraph breaks become one space, so "Debian\nGNU/Linux" stays two words.
-_BREAKS: Final = re.compile("[\t\n\v\f\r\x85\u2028\u2029]+")
-# C0 and C1 controls and DEL; bidi embeddings, overrides, isolates and marks (U+061C,
-# U+200E/F, U+202A-E, U+2066-9); invisible characters that make two names look the same
-# (U+200B, U+2060-4, U+FEFF); and lone surrogates, which cannot be encoded as UTF-8.
-_INVISIBLE: Final = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u202a-\u202e"
-    "\u2060-\u2064\u2066-\u2069\ufeff\ud800-\udfff]"
-)
-
-
 def sanitize_display_text(text: str, max_len: int) -> str:
     """Return ``text`` without controls or bidi tricks, trimmed, at most ``max_len`` long.
 
-    For agent- or user-supplied text shown to people (hostnames, OS strings, titles).
-    It never raises; HTML escaping stays the template's job.
+    For agent- or user-supplied text shown to people (hostnames, OS strings, titles): the
+    one-line form of the rule in :mod:`broker.rules.outside_text`. It never raises; HTML
+    escaping stays the template's job.
     """
-    if max_len <= 0:
-        return ""
-    cleaned = _INVISIBLE.sub("", _BREAKS.sub(" ", text)).strip()
-    return cleaned[:max_len].rstrip()
+    return clean_line(text, max_len)

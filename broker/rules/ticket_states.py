@@ -19,6 +19,7 @@ from typing import Final, Literal
 
 from broker.rules.errors import LevelChangeRefused, TransitionRefused
 from broker.rules.names import format_ticket_id
+from broker.rules.outside_text import clean_line
 
 TicketStatus = Literal["new", "open", "pending", "resolved", "closed"]
 TicketAction = Literal["open", "set_pending", "resume", "resolve", "close", "reopen"]
@@ -152,7 +153,8 @@ def _level(value: int, which: str) -> int:
 
 def _reason(reason: str, kind: LevelChangeKind) -> str:
     verb = "escalate" if kind == "escalate" else "hand it back"
-    text = reason.strip() if isinstance(reason, str) else ""
+    # Cleaned by the one rule for outside text: the reason reaches tables, JSON and drafts.
+    text = clean_line(reason) if isinstance(reason, str) else ""
     if not text:
         raise LevelChangeRefused(
             f"say why you {verb}: a reason is required (up to {REASON_MAX_LEN} characters)",

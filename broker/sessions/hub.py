@@ -25,6 +25,7 @@ import asyncssh
 
 from agent.input_reports import InputReport, InputReportReader
 from agent.protocol import ConsentAnswer
+from broker.rules.outside_text import clean_line
 from broker.sessions.answer_back import AnswerBack
 from broker.sessions.facts import MemberEvent, Outcome, SessionFacts, Terminal
 from broker.sessions.hub_core import (
@@ -224,8 +225,10 @@ class LiveSession:
             self._apply(actions)
 
     def agent_exit(self, status: int | None, signal: str | None, message: str) -> None:
-        self._exit_status, self._exit_signal = status, signal
-        self._exit_message = message[:200]
+        # The agent's words: cleaned where they enter, like all outside text.
+        self._exit_status = status
+        self._exit_signal = None if signal is None else clean_line(signal, 32)
+        self._exit_message = clean_line(message, 200)
 
     def agent_closed(self, exc: Exception | None) -> None:
         self._chan_closed.set()

@@ -14,6 +14,7 @@ import re
 from typing import Final
 
 from broker.rules import LEVELS, sanitize_display_text
+from broker.rules.outside_text import clean_lines
 from broker.tickets.errors import TicketInputError
 
 TITLE_MAX: Final = 200
@@ -26,14 +27,6 @@ IDEMPOTENCY_KEY_MAX: Final = 200
 CONTENT_TYPE_MAX: Final = 100
 DEFAULT_CONTENT_TYPE: Final = "application/octet-stream"
 
-# Every control character but tab and newline (C0, DEL, C1), bidi embeddings, overrides,
-# isolates and marks, invisible joiners and the BOM, and lone surrogates: the same set the
-# rules strip from display text, minus the two breaks a note may keep.
-_CONTROL: Final = re.compile(
-    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u202a-\u202e"
-    "\u2060-\u2064\u2066-\u2069\ufeff\ud800-\udfff]"
-)
-_LINE_BREAKS: Final = re.compile("\r\n?|[\u2028\u2029\x85]")
 _NAME_OK: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _NAME_MAPPED: Final = re.compile(r"[^A-Za-z0-9._-]")
 _IDEMPOTENCY_KEY: Final = re.compile(r"[A-Za-z0-9._:/+=-]{1,200}")
@@ -74,7 +67,7 @@ def clean_text(value: object, what: str, limit: int, *, required: bool) -> str:
     text = _require_text(value, what)
     if len(text) > limit:
         raise _refuse_size(what, len(text), limit)
-    cleaned = _CONTROL.sub("", _LINE_BREAKS.sub("\n", text)).strip()
+    cleaned = clean_lines(text)
     if required and not cleaned:
         raise TicketInputError(f"the {what} is empty; write what you want to say")
     return cleaned

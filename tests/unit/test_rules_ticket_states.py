@@ -196,3 +196,12 @@ def test_error_tree() -> None:
     assert issubclass(TransitionRefused, RulesError)
     assert issubclass(RulesError, ValueError)
     assert RulesError("x").code == "refused"
+
+
+def test_level_change_reason_is_cleaned_where_it_enters() -> None:
+    """C1 controls (CSI, OSC), bidi overrides and line breaks never reach the history."""
+    change = escalate(1, 2, " CUPS \x9b2J hangs\x9d0;pwn\x07 \u202eexe.\r\nsee log ")
+    assert change.reason == "CUPS 2J hangs0;pwn exe. see log"
+    with pytest.raises(LevelChangeRefused) as raised:
+        hand_back(2, 1, "\x9b\u202e\x9d")
+    assert raised.value.code == "reason_required"

@@ -205,4 +205,4 @@ def test_cli_ticket_ids_and_safe_output() -> None:
     for bad in ("T-0", "abc", "1042/../x", "T-01"):
         with pytest.raises(CliError):
             ticket_path(bad)
-    assert _safe("a\x1b[31mb\tc") == "a?[31mb    c"
+    assert _safe("a\x1b[31mb\tc") == "a\\u001b[31mb    c"
