@@ -121,7 +121,7 @@ def _out(row: RemoteSession, ctx: ApiContext) -> SessionOut:
         agent_name=row.agent_name,
         owner=row.owner,
         kind=row.kind,
-        command=row.command,
+        command=None if row.command is None else scrub_secrets(row.command),
         via=row.via,
         state=row.state,
         live_here=runtime is not None and row.id in runtime.manager.live,

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.db.models_sessions import RemoteSession, SessionOutbox, SessionParticipant
 from broker.db.models_staff import User
+from broker.secret_scrubber import scrub_secrets
 from broker.sessions.facts import SessionFacts
 
 # States of a session that has not ended: it counts against the owner's limit and is
@@ -32,7 +33,9 @@ async def insert_session(
             owner=facts.owner,
             owner_level=facts.owner_level,
             kind=facts.kind,
-            command=facts.command,
+            # A one-command session's command line is shown in lists: scrubbed like the
+            # command index (the .cast keeps what ran).
+            command=None if facts.command is None else scrub_secrets(facts.command),
             via=facts.via,
             source=facts.source[:64],
             node=node[:64],

@@ -88,6 +88,15 @@ async def test_typed_secrets_are_scrubbed_from_everything_derived(site: Site) ->
     assert f"true --password={REDACTED}" in index
     assert not [c for c in index if "Hunter2" in c]
 
+    # A one-command session: its command line is scrubbed in the session list and its note.
+    mark = len(site.broker.output)
+    ran = await site.ssh(ref, "echo --password=Hunter2exec")
+    assert ran.code == 0, ran.err
+    exec_session = next(s for s in sessions_of(site, ref) if s["id"] != session_id)
+    assert exec_session["command"] == f"echo --password={REDACTED}"
+    exec_note = await wait_note(site, ref, str(exec_session["id"]), mark)
+    assert "Hunter2" not in str(exec_note["text"])
+
     solution = "Cleared the queue; the database password is now PGPASSWORD=Hunter2sol for psql."
     resolved = secondline(
         "--token", bob, "ticket", "resolve", ref, "--solution", solution, data_dir=site.data_dir
