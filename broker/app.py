@@ -14,6 +14,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from broker.agents import feature as agents_feature
 from broker.api import agents as agents_api
 from broker.api import audit as audit_api
+from broker.api import connectors as connectors_api
 from broker.api import kb as kb_api
 from broker.api import sessions as sessions_api
 from broker.api import staff as staff_api
@@ -23,6 +24,7 @@ from broker.api.openapi import build_openapi
 from broker.api.routing import SERVICES, ApiRouter, add_routes
 from broker.audit.log import AuditLog
 from broker.config import BrokerConfig
+from broker.connectors import feature as connectors_feature
 from broker.console import feature as console_feature
 from broker.db.engine import create_engine, session_factory
 from broker.keys import BrokerKeys, load_keys
@@ -55,12 +57,19 @@ def api_routers() -> list[ApiRouter]:
         kb_api.router,
         tickets_api.router,
         sessions_api.router,
+        connectors_api.router,
     ]
 
 
 def features() -> list[Feature]:
     """Every feature beyond the REST API (agent tunnel, SSH gateway, console, ...)."""
-    return [agents_feature.setup, tickets_feature.setup, console_feature.setup, sessions.setup]
+    return [
+        agents_feature.setup,
+        tickets_feature.setup,
+        connectors_feature.setup,
+        console_feature.setup,
+        sessions.setup,
+    ]
 
 
 async def _services_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -70,6 +70,9 @@ class BrokerConfig:
     ticket_retry_first_seconds: float = 2.0
     ticket_retry_max_seconds: float = 300.0
     ticket_send_timeout_seconds: int = 60
+    # Ticket-system connectors (broker.connectors): each one's change feed is read every
+    # connector_poll_seconds, so the mirror follows the external system within a minute.
+    connector_poll_seconds: float = 15.0
 
     def second_factor_for(self, role: str) -> str:
         """The SSH second-factor policy for staff of ``role`` (checked at load)."""
@@ -187,6 +190,9 @@ def load_config(
     _check_ticket_retry(config)
     _check_ssh_gateway(config)
     config.db_url  # noqa: B018 - refuses a database URL no driver of ours can use, now
+    # The issue's promise is "within 60 s"; faster than 10 ms only hammers the other side.
+    if not 0.01 <= config.connector_poll_seconds <= 60:
+        raise ConfigError("connector_poll_seconds must be between 0.01 and 60")
     return config
 
 

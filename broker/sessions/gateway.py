@@ -1,8 +1,9 @@
 """The SSH gateway: an asyncssh server on ``config.ssh_port`` for staff's own OpenSSH.
 
-- The SSH user name names the target (``T-1042`` or ``T-1042+web01``); a name that does
-  not parse is answered with an authentication banner that says why, and no key is
-  accepted on that connection.
+- The SSH user name names the target (``T-1042`` or ``T-1042+web01``), or a ticket mirrored
+  from a connector by its number there (``RT-1234``, ``RT-1234+web01``); a name that does
+  not parse or names no ticket is answered with an authentication banner that says why,
+  and no key is accepted on that connection.
 - Staff authenticate with a registered public key (``ssh_keys``); revoked keys and
   disabled accounts are refused exactly like keys nobody registered. Then, unless the
   policy is ``off`` or a shift window is open for the key, with their authenticator code
@@ -34,6 +35,8 @@ from asyncssh.auth import KbdIntChallenge, KbdIntResponse
 from asyncssh.kex import get_kex_algs
 
 from broker.auth.throttle import Throttle
+from broker.connectors.mirror import ticket_of_external
+from broker.connectors.refs import ExternalTarget, parse_external_target
 from broker.rules import InvalidName, SshTarget, parse_ssh_target
 from broker.sessions.access import StaffKey, key_owner
 from broker.sessions.errors import AUDIT_STORE_UNAVAILABLE
@@ -261,6 +264,7 @@ class GatewayServer(asyncssh.SSHServer):
         self.gateway = gateway
         self.source = ""
         self.target: SshTarget | None = None
+        self._external: ExternalTarget | None = None
         self.staff: StaffKey | None = None
         self._conn: asyncssh.SSHServerConnection | None = None
         self._finish_auth: Callable[[], Awaitable[None]] | None = None
@@ -328,8 +332,15 @@ class GatewayServer(asyncssh.SSHServer):
         try:
             self.target = parse_ssh_target(username)
         except InvalidName as exc:
-            self._refusals.append("invalid_target")
-            self._banner(exc.message)
+            problem = exc.message
+            try:
+                # Resolved to our ticket in validate_public_key, which may wait for the store.
+                self._external = parse_external_target(username)
+            except InvalidName as agent_error:
+                problem = agent_error.message
+            if self._external is None:
+                self._refusals.append("invalid_target")
+                self._banner(problem)
         wait = self.gateway.retry_after(f"source:{self.source}")
         if wait > 0:
             self._blocked = True
@@ -339,6 +350,27 @@ class GatewayServer(asyncssh.SSHServer):
                 f"too many failed sign-ins from your address; try again in {minutes} minutes"
             )
         return True
+
+    async def _resolve_external(self, external: ExternalTarget) -> None:
+        """Our ticket for ``RT-1234``; a banner saying why when there is none."""
+        self._external = None
+        try:
+            number = await ticket_of_external(
+                self.gateway.services, external.prefix, external.external_id
+            )
+        except DB_ERRORS:
+            self._refusals.append("store_unavailable")
+            self._banner(AUDIT_STORE_UNAVAILABLE)
+            return
+        if number is None:
+            self._refusals.append("unknown_external_ticket")
+            self._banner(
+                f"there is no ticket {external.ref} here: no connector has the prefix "
+                f"{external.prefix!r} or it has not mirrored that ticket (yet); see "
+                "`secondline connector list` and `secondline ticket list`"
+            )
+            return
+        self.target = SshTarget(ticket=number, agent=external.agent)
 
     def password_auth_supported(self) -> bool:
         return False
@@ -359,7 +391,11 @@ class GatewayServer(asyncssh.SSHServer):
         if not username and not self._refusals:
             # asyncssh does not call begin_auth for an empty user name.
             self.begin_auth(username)
-        if self._blocked or self.target is None:
+        if self._blocked:
+            return False
+        if self.target is None and self._external is not None:
+            await self._resolve_external(self._external)
+        if self.target is None:
             return False
         fingerprint = key.get_fingerprint("sha256")
         if fingerprint in self._checked:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Final
 
 from sqlalchemy import func, select
@@ -70,6 +70,8 @@ _ID_ATTEMPTS: Final = 20
 
 # Judges whether an agent may be linked to the ticket being created (see ``create``).
 LinkVetter = Callable[[TicketView, AgentView], Decision]
+# Writes more rows for the ticket being created, in its transaction (see ``create``).
+CreateHook = Callable[[AsyncSession, int], Awaitable[None]]
 
 
 class _IdTaken(Exception):
@@ -139,11 +141,14 @@ class TicketStore:
         actor: str,
         source: str = "",
         vet_link: LinkVetter | None = None,
+        also: CreateHook | None = None,
     ) -> TicketInfo:
         """Create a ticket with status ``new``, numbered from 1001, with its agents linked.
 
         ``vet_link`` judges each agent against the new ticket (the caller's
         ``may_link_agent``); a refusal raises :class:`TicketRefused` and nothing is created.
+        ``also`` writes more rows in the same transaction (a connector's link to the
+        original), so the ticket never exists without them.
         """
         title = text.clean_title(new.title)
         description = text.clean_text(
@@ -193,6 +198,8 @@ class TicketStore:
                                 ticket_id=number, agent_id=agent.id, linked_by=actor, linked_at=now
                             )
                         )
+                    if also is not None:
+                        await also(db, number)
             except _IdTaken:
                 continue
             break

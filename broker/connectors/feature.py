@@ -1,0 +1,39 @@
+"""The connectors feature: the connector store, the sync task, and the ticket system the
+sessions write to (``TICKETS``) set to one that also writes to the external systems."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from broker.api.routing import SERVICES
+from broker.connectors.keys import CONNECTOR_SYNC, CONNECTOR_SYSTEMS, CONNECTORS
+from broker.connectors.mirror import Mirror
+from broker.connectors.store import ConnectorStore
+from broker.connectors.sync import ConnectorSync, Systems
+from broker.connectors.tickets import ConnectedTickets
+from broker.tickets import TICKET_STORE, TICKETS
+
+
+async def _connectors_ctx(app: web.Application) -> AsyncIterator[None]:
+    services = app[SERVICES]
+    store = app[TICKET_STORE]
+    connectors = ConnectorStore(services.db, services.audit, services.clock)
+    systems = Systems()
+    sync = ConnectorSync(services, connectors, Mirror(services, store), systems)
+    app[CONNECTORS] = connectors
+    app[CONNECTOR_SYSTEMS] = systems
+    app[CONNECTOR_SYNC] = sync
+    app[TICKETS] = ConnectedTickets(services, store, connectors, systems)
+    sync.start()
+    try:
+        yield
+    finally:
+        await sync.close()
+        await systems.close()
+
+
+def setup(app: web.Application) -> None:
+    """After the tickets feature: it needs the built-in store."""
+    app.cleanup_ctx.append(_connectors_ctx)

@@ -1,0 +1,212 @@
+"""Request Tracker 5 as the ticket system, for real: Debian's RT served by its own
+`rt-server` (one per module, tests/support/request_tracker.py), a real `secondline serve`,
+a really enrolled agent and the real OpenSSH client.
+
+A ticket created in RT's level-1 queue through RT's API is mirrored into Secondline; level 1
+escalates it in RT; a level-2 staff member runs `ssh RT-<n>@broker`; the session's note lands
+in RT's ticket history as one comment with both transcripts attached, also when RT was down
+for the write-back or the connection was cut after the comment was sent."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.broker import BrokerProcess, secondline, start_broker
+from tests.support.cutting_proxy import CuttingProxy
+from tests.support.request_tracker import RequestTracker, RtApi
+from tests.support.site import Site, ok, sessions_of, start_agent, ticket_json
+
+pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
+
+CONNECTOR = "rt-acme"
+NOTE_KEY = "secondline-session-note:"  # broker.sessions.store.note_key
+
+
+def configure(data_dir: Path, **settings: float) -> None:
+    """Set broker settings in the data dir's config file (replacing earlier ones)."""
+    path = data_dir / "secondline.toml"
+    lines = [line for line in path.read_text().splitlines() if line.split(" = ")[0] not in settings]
+    lines += [f"{key} = {value!r}" for key, value in settings.items()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="module")
+def rt(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RequestTracker]:
+    """One RT for the module: each test adds its own tickets to it."""
+    tracker = RequestTracker(tmp_path_factory.mktemp("rt"))
+    tracker.prepare()
+    tracker.start()
+    try:
+        yield tracker
+    finally:
+        tracker.stop()
+
+
+@pytest.fixture
+async def broker(data_dir: Path) -> AsyncIterator[BrokerProcess]:
+    """A broker that reads the change feed five times a second and retries notes fast."""
+    configure(
+        data_dir,
+        connector_poll_seconds=0.2,
+        ticket_retry_first_seconds=0.2,
+        ticket_retry_max_seconds=1.0,
+    )
+    proc = await start_broker(data_dir)
+    try:
+        yield proc
+    finally:
+        await proc.stop()
+
+
+def add_connector(site: Site, rt: RequestTracker, url: str | None = None) -> None:
+    credential = site.tmp / "rt.token"
+    credential.write_text(rt.token + "\n")
+    credential.chmod(0o600)
+    ok(
+        site.admin(
+            "connector", "add", CONNECTOR, "--kind", "rt", "--url", url or rt.url,
+            "--credential-file", str(credential), "--customer", "acme",
+        )
+    )  # fmt: skip
+
+
+async def mirrored(site: Site, number: str, mark: int) -> str:
+    """Wait until RT's ticket ``number`` is mirrored; our ticket's ref."""
+    line = await site.broker.wait_for_line(
+        rf"connector {CONNECTOR}: RT-{number} mirrored as (T-\d+)".encode(), mark
+    )
+    found = re.search(rb"(T-\d+)", line.split(b"mirrored as")[1])
+    assert found is not None
+    return found.group(1).decode()
+
+
+async def level2_ticket(site: Site, api: RtApi, subject: str) -> tuple[str, str]:
+    """A ticket created in RT's level-1 queue, mirrored, its machine linked by level 1 in
+    Secondline, and escalated by level 1 in RT; (RT number, our ref)."""
+    mark = len(site.broker.output)
+    number = await api.create_ticket("Level 1", subject, "eve@example.com")
+    ref = await mirrored(site, number, mark)
+    lena = ok(site.admin("user", "token", "lena"))
+    ok(secondline("--token", lena, "ticket", "link", ref, "web01", data_dir=site.data_dir))
+    mark = len(site.broker.output)
+    await api.move(number, "Level 2")
+    await site.broker.wait_for_line(
+        rf"connector {CONNECTOR}: RT-{number} \({ref}\): .*level 1 -> 2".encode(), mark
+    )
+    return number, ref
+
+
+async def shell_session(site: Site, user: str) -> None:
+    """An interactive session as `ssh -tt USER@broker` running two commands."""
+    term = await site.interactive(user)
+    term.type("echo rt-$((6*7))\n")
+    await term.expect(b"rt-42")
+    term.type("false\n")
+    term.type("exit 4\n")
+    code, _ = await term.finish()
+    assert code == 4
+
+
+async def test_rt_ticket_escalated_in_rt_worked_over_ssh_noted_once(
+    site: Site, rt: RequestTracker
+) -> None:
+    """RT level-1 ticket → mirrored (hostile title cleaned) → escalated in RT → `ssh
+    RT-<n>` → one RT comment with the commands, their exit statuses and both attachments."""
+    api = rt.api()
+    add_connector(site, rt)
+    tested = site.admin("connector", "test", CONNECTOR)
+    assert tested.code == 0, tested
+    assert "level 2 is queue 'Level 2'" in tested.out
+    listed = json.loads(ok(site.admin("connector", "list", "--json")))
+    assert [(c["name"], c["prefix"]) for c in listed] == [(CONNECTOR, "RT")]
+    assert rt.token not in json.dumps(listed)
+    await start_agent(site, "web01", "unattended")
+    number, ref = await level2_ticket(site, api, "Printer \x1b[31mjammed\u202e <b>now</b>")
+
+    ticket = ticket_json(site, ref)
+    assert ticket["level"] == 2
+    assert ticket["title"] == "Printer [31mjammed <b>now</b>"
+    history = json.dumps(ticket)
+    assert "moved in RT by root from queue 'Level 1' to 'Level 2'" in history
+
+    mark = len(site.broker.output)
+    await shell_session(site, f"RT-{number}")
+    session_id = str(sessions_of(site, ref)[0]["id"])
+    await site.broker.wait_for_line(f"session {session_id}: note delivered to {ref}".encode(), mark)
+    comments = await api.comments(number)
+    assert len(comments) == 1, comments
+    comment = comments[0]
+    assert NOTE_KEY + session_id in str(comment["subject"])
+    text = str(comment["text"])
+    assert "echo rt-$((6*7))" in text
+    assert "[exit 0" in text
+    assert "[exit 1" in text
+    files = comment["files"]
+    assert isinstance(files, dict)
+    assert sorted(files) == sorted([f"{session_id}.cast", f"{session_id}.txt"])
+    assert b"rt-42" in files[f"{session_id}.cast"]
+
+
+async def test_rt_down_for_the_write_back_then_delivered_once(
+    site: Site, rt: RequestTracker
+) -> None:
+    """rt-server stopped: a session still opens on the mirrored ticket, its note waits
+    (the connector is marked unhealthy); rt-server started again: the note arrives once."""
+    api = rt.api()
+    add_connector(site, rt)
+    await start_agent(site, "web01", "unattended")
+    number, ref = await level2_ticket(site, api, "Disk full")
+    mark = len(site.broker.output)
+    rt.stop()
+    try:
+        await site.broker.wait_for_line(
+            rf"connector {CONNECTOR} is unhealthy: Request Tracker .* cannot be reached".encode(),
+            mark,
+        )
+        listed = json.loads(ok(site.admin("connector", "list", "--json")))
+        assert listed[0]["healthy"] is False
+        result = await site.ssh(f"RT-{number}", "echo while-rt-is-down; exit 3")
+        assert (result.code, result.out) == (3, "while-rt-is-down\n"), result.err
+        session_id = str(sessions_of(site, ref)[0]["id"])
+        await site.broker.wait_for_line(
+            rf"session {session_id}: note for {ref} not delivered yet \(attempt 2".encode(), mark
+        )
+    finally:
+        rt.start()
+    await site.broker.wait_for_line(f"session {session_id}: note delivered to {ref}".encode(), mark)
+    comments = await api.comments(number)
+    assert len(comments) == 1, comments
+    assert "while-rt-is-down" in str(comments[0]["text"])
+    await site.broker.wait_for_line(f"connector {CONNECTOR} is healthy again".encode(), mark)
+
+
+async def test_connection_cut_after_the_comment_was_sent_adds_it_once(
+    site: Site, rt: RequestTracker
+) -> None:
+    """The comment request reaches RT, the answer is lost: the next try finds the comment
+    in the ticket's history and does not send it again."""
+    api = rt.api()
+    async with CuttingProxy("127.0.0.1", rt.port, b"/comment HTTP/1.1") as proxy:
+        add_connector(site, rt, url=f"http://127.0.0.1:{proxy.port}")
+        await start_agent(site, "web01", "unattended")
+        number, ref = await level2_ticket(site, api, "VPN drops")
+        proxy.armed = True
+        mark = len(site.broker.output)
+        result = await site.ssh(f"RT-{number}", "echo cut-after-send")
+        assert result.code == 0, result.err
+        session_id = str(sessions_of(site, ref)[0]["id"])
+        await site.broker.wait_for_line(
+            f"session {session_id}: note delivered to {ref}".encode(), mark
+        )
+        assert proxy.cut.is_set()
+    failed = f"session {session_id}: note for {ref} not delivered yet (attempt 1".encode()
+    assert any(failed in line for line in site.broker.output[mark:])
+    found_again = f"RT-{number} holds the note {NOTE_KEY}{session_id} already".encode()
+    assert any(found_again in line for line in site.broker.output[mark:])
+    comments = await api.comments(number)
+    assert len(comments) == 1, comments

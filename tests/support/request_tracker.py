@@ -1,0 +1,224 @@
+"""A real Request Tracker 5 for the connector tests: Debian's packages (`.ci/run` installs
+them), on a private copy of the SQLite database the packages set up, served by the real
+`rt-server` on a free loopback port.
+
+The test process binds the listening socket itself and hands it to `rt-server` (Starlet
+takes a socket from ``SERVER_STARTER_PORT``): the port is known before RT starts, the first
+request simply waits in the socket's backlog until RT accepts it (no polling, no sleeps),
+and :meth:`RequestTracker.stop` / :meth:`start` take RT away and bring it back on the same
+port, as an outage does. Before the first start a Perl script run against the same
+database creates the level queues and an auth token for root, as an admin would in RT's
+UI (Logged in as → Settings → Auth Tokens).
+
+:class:`RtApi` is the test's own REST 2 client: it plays RT's users (creating tickets,
+moving them between queues) and reads the ticket history the connector wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import subprocess
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+RT_SHARE: Final = Path("/usr/share/request-tracker5")
+RT_SERVER: Final = RT_SHARE / "libexec" / "rt-server"
+# The database Debian's rt5-db-sqlite set up (user root, password "password").
+RT_DATABASE: Final = Path("/var/lib/dbconfig-common/sqlite3/request-tracker5/rtdb")
+LEVEL_QUEUES: Final = ("Level 1", "Level 2", "Level 3")
+WAIT: Final = 90.0  # failure bound for RT to start and answer (it takes about 5 s)
+
+SETUP_SCRIPT: Final = r"""
+use strict; use warnings;
+use lib '/usr/share/request-tracker5/lib';
+use RT;
+RT::LoadConfig();
+RT::Init();
+my $root = RT::User->new(RT->SystemUser);
+$root->Load('root') or die "no root user\n";
+for my $name (@ARGV) {
+    my $queue = RT::Queue->new(RT->SystemUser);
+    $queue->Load($name);
+    next if $queue->Id;
+    my ($ok, $msg) = $queue->Create(Name => $name);
+    die "queue $name: $msg\n" unless $ok;
+}
+my $token = RT::AuthToken->new(RT::CurrentUser->new($root));
+my ($id, $msg, $auth) = $token->Create(Owner => $root->Id, Description => 'secondline');
+die "token: $msg\n" unless $id;
+print "$auth\n";
+"""
+
+
+def rt_installed() -> bool:
+    return RT_SERVER.exists() and RT_DATABASE.exists()
+
+
+@dataclass
+class RequestTracker:
+    """One private RT: its directory, port, token and server process."""
+
+    root: Path
+    port: int = 0
+    token: str = ""
+    process: subprocess.Popen[bytes] | None = None
+    _listener: socket.socket | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def database(self) -> Path:
+        return self.root / "rtdb"
+
+    @property
+    def config_dir(self) -> Path:
+        return self.root / "RT_SiteConfig.d"
+
+    def _env(self) -> dict[str, str]:
+        # RT reads its site config from this directory instead of /etc's.
+        return {**os.environ, "RT_SITE_CONFIG_DIR": str(self.config_dir)}
+
+    def prepare(self) -> None:
+        """Copy the database, write the config, create the queues and the token."""
+        assert rt_installed(), "Request Tracker 5 is not installed: run .ci/run"
+        self.root.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(RT_DATABASE, self.database)
+        self._listener = self._listen(0)
+        self.port = int(self._listener.getsockname()[1])
+        self.config_dir.mkdir(exist_ok=True)
+        (self.config_dir / "50-secondline-test.pm").write_text(
+            "\n".join(
+                [
+                    "Set($rtname, 'secondline-test');",
+                    "Set($Organization, 'secondline-test');",
+                    "Set($Timezone, 'UTC');",
+                    "Set($DatabaseType, 'SQLite');",
+                    f"Set($DatabaseName, '{self.database}');",
+                    "Set($WebPath, '');",
+                    "Set($WebDomain, '127.0.0.1');",
+                    f"Set($WebPort, {self.port});",
+                    f"Set($WebBaseURL, 'http://127.0.0.1:{self.port}');",
+                    "Set($LogToSTDERR, 'error');",
+                    "Set($LogToSyslog, undef);",
+                    "1;",
+                ]
+            )
+            + "\n"
+        )
+        script = self.root / "setup.pl"
+        script.write_text(SETUP_SCRIPT)
+        done = subprocess.run(
+            ["perl", str(script), *LEVEL_QUEUES],
+            env=self._env(),
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        self.token = done.stdout.strip().splitlines()[-1]
+
+    def _listen(self, port: int) -> socket.socket:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", port))
+        listener.listen(128)
+        return listener
+
+    def start(self) -> None:
+        """Start `rt-server` on the port (again, after :meth:`stop`)."""
+        if self._listener is None:
+            self._listener = self._listen(self.port)
+        fd = self._listener.fileno()
+        with open(self.root / "rt-server.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [str(RT_SERVER), "--max-workers", "2"],
+                env={**self._env(), "SERVER_STARTER_PORT": f"127.0.0.1:{self.port}={fd}"},
+                pass_fds=[fd],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        # The server holds the socket now; ours closes, so a stop really refuses connections.
+        self._listener.close()
+        self._listener = None
+
+    def stop(self) -> None:
+        """Stop `rt-server`: from now on connections to the port are refused."""
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=WAIT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=WAIT)
+            self.process = None
+
+    def api(self) -> RtApi:
+        return RtApi(self.url, self.token)
+
+
+@dataclass
+class RtApi:
+    """The test's REST 2 client (blocking; call it through :meth:`call`)."""
+
+    url: str
+    token: str
+
+    def request(self, method: str, path: str, body: object = None) -> object:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(f"{self.url}/REST/2.0{path}", data=data, method=method)  # noqa: S310 - loopback
+        req.add_header("Authorization", f"token {self.token}")
+        req.add_header("Accept", "application/json")
+        if data is not None:
+            req.add_header("Content-Type", "application/json")
+        with urllib.request.urlopen(req, timeout=WAIT) as resp:  # noqa: S310 - loopback
+            return json.loads(resp.read() or b"null")
+
+    async def call(self, method: str, path: str, body: object = None) -> object:
+        return await asyncio.to_thread(self.request, method, path, body)
+
+    async def create_ticket(self, queue: str, subject: str, requester: str = "") -> str:
+        body: dict[str, object] = {"Queue": queue, "Subject": subject, "Content": subject}
+        if requester:
+            body["Requestor"] = requester
+        created = await self.call("POST", "/ticket", body)
+        assert isinstance(created, dict), created
+        return str(created["id"])
+
+    async def move(self, ticket: str, queue: str) -> None:
+        await self.call("PUT", f"/ticket/{ticket}", {"Queue": queue})
+
+    async def comments(self, ticket: str) -> list[dict[str, object]]:
+        """The ticket's comment transactions: subject (``Data``) and attachments."""
+        history = await self.call("GET", f"/ticket/{ticket}/history?per_page=100&fields=Type,Data")
+        assert isinstance(history, dict)
+        found: list[dict[str, object]] = []
+        for tx in history["items"]:
+            if tx.get("Type") != "Comment":
+                continue
+            parts = await self.call(
+                "GET",
+                f"/transaction/{tx['id']}/attachments?fields=Filename,ContentType,Content",
+            )
+            assert isinstance(parts, dict)
+            files: dict[str, bytes] = {}
+            text = b""
+            for part in parts["items"]:
+                # RT hands text parts out as they are (the note and both files are text).
+                content = str(part.get("Content") or "").encode()
+                if part.get("Filename"):
+                    files[str(part["Filename"])] = content
+                elif str(part.get("ContentType", "")).startswith("text/plain"):
+                    text += content
+            found.append({"subject": tx.get("Data"), "text": text.decode(), "files": files})
+        return found
