@@ -8,6 +8,7 @@ import hashlib
 
 import pytest
 
+from broker.connectors.tickets import ConnectedTickets
 from broker.ports import NoteAttachment, TicketSystem
 from broker.rules import escalate
 from broker.tickets import (
@@ -33,9 +34,11 @@ def system(world: World) -> TicketSystem:
 
 
 async def test_tickets_key_holds_the_builtin_store(world: World) -> None:
-    """app[TICKETS] is the built-in store; get() answers TicketInfo or None."""
+    """app[TICKETS] is the built-in store (behind the connectors, which pass a ticket with
+    no external original straight to it); get() answers TicketInfo or None."""
     tickets = system(world)
-    assert tickets is world.store
+    assert isinstance(tickets, ConnectedTickets)
+    assert tickets.store is world.store
     ref = await world.escalated()
     info = await tickets.get(int(ref[2:]))
     assert info is not None
