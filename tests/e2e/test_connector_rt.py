@@ -204,9 +204,9 @@ async def test_connection_cut_after_the_comment_was_sent_adds_it_once(
             f"session {session_id}: note delivered to {ref}".encode(), mark
         )
         assert proxy.cut.is_set()
+    comments = await api.comments(number)
+    assert len(comments) == 1, comments
     failed = f"session {session_id}: note for {ref} not delivered yet (attempt 1".encode()
     assert any(failed in line for line in site.broker.output[mark:])
     found_again = f"RT-{number} holds the note {NOTE_KEY}{session_id} already".encode()
     assert any(found_again in line for line in site.broker.output[mark:])
-    comments = await api.comments(number)
-    assert len(comments) == 1, comments
