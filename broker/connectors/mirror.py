@@ -241,8 +241,9 @@ class Mirror:
         place = remote.place[:PLACE_MAX]
         if place != link.seen_queue:
             moved = await self._move(record, ticket_id, link.seen_queue, remote)
-            if moved:
-                changes.append(moved)
+            # A move to the level the ticket has here already (ours, come back through the
+            # feed) changes nothing here; it is noted so the log shows the feed caught up.
+            changes.append(moved or f"queue {sanitize_display_text(remote.place, PLACE_MAX)!r}")
         async with self.services.db() as db, db.begin():
             await db.execute(
                 update(ExternalTicket)

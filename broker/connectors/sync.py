@@ -19,6 +19,7 @@ from typing import Final
 
 from broker.connectors.errors import ExternalError, ExternalRefused
 from broker.connectors.mirror import Mirror
+from broker.connectors.outbound import Outbound
 from broker.connectors.remote import ExternalSystem
 from broker.connectors.store import ConnectorRecord, ConnectorStore, build_system
 from broker.services import Services
@@ -59,6 +60,7 @@ class ConnectorSync:
         self.store = store
         self.mirror = mirror
         self.systems = systems
+        self.outbound = Outbound(services)
         self.interval = services.config.connector_poll_seconds
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -108,15 +110,27 @@ class ConnectorSync:
                     break
                 cursor = changes.cursor
                 await self.store.set_cursor(record, cursor)
+            # After the feed: a change made there meanwhile is in the mirror before ours goes.
+            await self.outbound.deliver(record, system)
         except ExternalError as exc:
             if await self.store.set_health(record, False, exc.message):
                 level = logging.ERROR if isinstance(exc, ExternalRefused) else logging.WARNING
                 log.log(level, "connector %s is unhealthy: %s", record.name, exc.message)
             return
-        if not record.healthy or record.health_message != "ok":
-            await self.store.set_health(record, True, "ok")
-            if not record.healthy:
+        if record.healthy and record.checked_at is not None:
+            return
+        # Healthy again only when everything `connector test` checks passes, so a queue or
+        # a right that is missing stays reported while the feed itself can be read.
+        try:
+            health = await system.check()
+        except ExternalError as exc:
+            await self.store.set_health(record, False, exc.message)
+            return
+        if await self.store.set_health(record, health.ok, health.summary()):
+            if health.ok:
                 log.info("connector %s is healthy again", record.name)
+            else:
+                log.warning("connector %s is unhealthy: %s", record.name, health.summary())
 
     async def _apply(
         self, record: ConnectorRecord, system: ExternalSystem, external_id: str

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from broker.db.base import Base, UtcDateTime
@@ -58,3 +58,27 @@ class ExternalTicket(Base):
     # Set when the original was merged into another ticket: notes go there.
     merged_into: Mapped[str | None] = mapped_column(String(64), nullable=True)
     synced_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+
+
+class ConnectorOutbox(Base):
+    """A change made in Secondline to a mirrored ticket, on its way to the external system
+    (written in the transaction of the change itself, so none is lost)."""
+
+    __tablename__ = "connector_outbox"
+    __table_args__ = (Index("ix_connector_outbox_due", "connector_id", "state", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    connector_id: Mapped[int] = mapped_column(ForeignKey("connectors.id", ondelete="CASCADE"))
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id", ondelete="CASCADE"))
+    external_id: Mapped[str] = mapped_column(String(64))
+    # The note that goes with the change carries this key, so a retry finds it (see tickets).
+    key: Mapped[str] = mapped_column(String(200), unique=True)
+    place: Mapped[str] = mapped_column(String(200))  # where the ticket goes (RT: the queue)
+    text: Mapped[str] = mapped_column(Text)  # the note saying who changed what, and why
+    state: Mapped[str] = mapped_column(String(16))  # pending | delivered
+    attempts: Mapped[int] = mapped_column(Integer)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    claimed_until: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)

@@ -10,6 +10,7 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.db.models_agents import Agent
+from broker.db.models_connectors import Connector, ExternalTicket
 from broker.db.models_staff import Customer
 from broker.db.models_tickets import (
     Ticket,
@@ -22,6 +23,7 @@ from broker.ports import TicketInfo
 from broker.rules import TICKET_ID_MAX, LevelChangeKind
 from broker.tickets.records import (
     AttachmentRecord,
+    ExternalRef,
     LevelChangeRecord,
     LinkedAgent,
     NoteRecord,
@@ -216,7 +218,17 @@ async def ticket_detail(db: AsyncSession, ticket_id: int) -> TicketDetail | None
         .scalars()
         .all()
     )
+    original = (
+        await db.execute(
+            select(Connector.prefix, ExternalTicket.external_id, ExternalTicket.url)
+            .join(Connector, Connector.id == ExternalTicket.connector_id)
+            .where(ExternalTicket.ticket_id == ticket_id)
+        )
+    ).one_or_none()
     return TicketDetail(
+        external=None
+        if original is None
+        else ExternalRef(ref=f"{original[0]}-{original[1]}", url=original[2]),
         summary=_summary(row, customer, [(a.id, a.name) for a in agents]),
         description=row.description,
         solution=row.solution,

@@ -88,6 +88,14 @@ class AttachmentRecord:
 
 
 @dataclass(frozen=True)
+class ExternalRef:
+    """The original of a ticket mirrored from an external system (broker.connectors)."""
+
+    ref: str  # the number staff know there, with the connector's prefix: RT-1234
+    url: str  # a link to it in that system's own UI ("" when there is none)
+
+
+@dataclass(frozen=True)
 class TicketDetail:
     """Everything ``ticket show`` prints, but the sessions (see ``sessions_hook``)."""
 
@@ -101,3 +109,4 @@ class TicketDetail:
     notes: tuple[NoteRecord, ...] = ()
     history: tuple[LevelChangeRecord, ...] = ()
     attachments: tuple[AttachmentRecord, ...] = field(default_factory=tuple)
+    external: ExternalRef | None = None

@@ -104,7 +104,14 @@ class AttachmentOut(BaseModel):
     note_id: int | None
 
 
+class ExternalOut(BaseModel):
+    ref: str
+    url: str
+
+
 class TicketDetailOut(TicketOut):
+    # The original in an external ticket system (RT-1234 and a link), for mirrored tickets.
+    external: ExternalOut | None = None
     description: str
     solution: str | None
     resolved_at: dt.datetime | None
@@ -205,4 +212,7 @@ def detail_out(detail: TicketDetail, sessions: list[dict[str, object]]) -> Ticke
         ],
         attachments=[attachment_out(a, base.id) for a in detail.attachments],
         sessions=sessions,
+        external=None
+        if detail.external is None
+        else ExternalOut(ref=detail.external.ref, url=detail.external.url),
     )

@@ -72,6 +72,9 @@ _ID_ATTEMPTS: Final = 20
 LinkVetter = Callable[[TicketView, AgentView], Decision]
 # Writes more rows for the ticket being created, in its transaction (see ``create``).
 CreateHook = Callable[[AsyncSession, int], Awaitable[None]]
+# Writes more rows for an escalation or hand-back, in its transaction (``level_hooks``):
+# (db, ticket as judged, the change, actor).
+LevelHook = Callable[[AsyncSession, TicketInfo, LevelChange, str], Awaitable[None]]
 
 
 class _IdTaken(Exception):
@@ -97,6 +100,9 @@ class TicketStore:
         self.files = files
         self._clock = clock
         self.notes = NoteBook(db, audit, files, clock)
+        # Run inside every level change's transaction (a connector queues the change for
+        # its external system there, so the two are committed together or not at all).
+        self.level_hooks: list[LevelHook] = []
 
     @classmethod
     def from_services(cls, services: Services) -> TicketStore:
@@ -265,6 +271,8 @@ class TicketStore:
                     at=self._clock(),
                 )
             )
+            for hook in self.level_hooks:
+                await hook(db, seen, change, actor)
         await self._audit.record(
             actor=actor,
             action=f"ticket.{change.kind}",

@@ -131,6 +131,11 @@ async def test_rt_ticket_escalated_in_rt_worked_over_ssh_noted_once(
     ticket = ticket_json(site, ref)
     assert ticket["level"] == 2
     assert ticket["title"] == "Printer [31mjammed <b>now</b>"
+    assert ticket["requester"] == "eve@example.com"
+    assert ticket["external"] == {
+        "ref": f"RT-{number}",
+        "url": f"{rt.url}/Ticket/Display.html?id={number}",
+    }
     history = json.dumps(ticket)
     assert "moved in RT by root from queue 'Level 1' to 'Level 2'" in history
 
@@ -210,3 +215,84 @@ async def test_connection_cut_after_the_comment_was_sent_adds_it_once(
     assert any(failed in line for line in site.broker.output[mark:])
     found_again = f"RT-{number} holds the note {NOTE_KEY}{session_id} already".encode()
     assert any(found_again in line for line in site.broker.output[mark:])
+
+
+async def test_escalated_in_secondline_is_escalated_in_rt_once(
+    site: Site, rt: RequestTracker
+) -> None:
+    """Level 1 escalates a mirrored ticket in Secondline: RT's ticket moves to the level-2
+    queue with a comment giving who and why; the move coming back through RT's change feed
+    is no second escalation here."""
+    api = rt.api()
+    add_connector(site, rt)
+    mark = len(site.broker.output)
+    number = await api.create_ticket("Level 1", "Mail bounces")
+    ref = await mirrored(site, number, mark)
+    lena = ok(site.admin("user", "token", "lena"))
+    mark = len(site.broker.output)
+    ok(
+        secondline(
+            "--token", lena, "ticket", "escalate", ref, "--to", "2",
+            "--reason", "needs the mail server's logs", data_dir=site.data_dir,
+        )
+    )  # fmt: skip
+    await site.broker.wait_for_line(
+        rf"connector {CONNECTOR}: level change of {ref} written to RT-{number}".encode(), mark
+    )
+    await site.broker.wait_for_line(
+        rf"connector {CONNECTOR}: RT-{number} \({ref}\): queue 'Level 2'".encode(), mark
+    )
+    shown = await api.call("GET", f"/ticket/{number}")
+    assert isinstance(shown, dict)
+    queue = await api.call("GET", f"/queue/{shown['Queue']['id']}")
+    assert isinstance(queue, dict)
+    assert queue["Name"] == "Level 2"
+    comments = await api.comments(number)
+    assert len(comments) == 1, comments
+    assert "Escalated in Secondline by lena from level 1 to level 2" in str(comments[0]["text"])
+    assert "needs the mail server's logs" in str(comments[0]["text"])
+    ticket = ticket_json(site, ref)
+    assert ticket["level"] == 2
+    history = ticket["history"]
+    assert isinstance(history, list)
+    assert len(history) == 1, history
+
+
+async def test_wrong_token_or_missing_queue_is_named_and_marks_unhealthy(
+    site: Site, rt: RequestTracker
+) -> None:
+    """`connector test` names what is missing (a refused token; a queue that does not exist)
+    and exits non-zero; `connector list` shows the connector unhealthy with the reason; the
+    token never appears in what the broker prints or logs."""
+    wrong = site.tmp / "wrong.token"
+    wrong.write_text("1-14-00000000000000000000000000000000\n")
+    ok(
+        site.admin(
+            "connector", "add", "rt-wrong", "--kind", "rt", "--url", rt.url,
+            "--credential-file", str(wrong), "--customer", "acme", "--prefix", "RTW",
+        )
+    )  # fmt: skip
+    tested = site.admin("connector", "test", "rt-wrong")
+    assert tested.code == 1, tested
+    assert "the token is refused" in tested.out
+    right = site.tmp / "rt.token"
+    right.write_text(rt.token + "\n")
+    ok(
+        site.admin(
+            "connector", "add", "rt-noq", "--kind", "rt", "--url", rt.url,
+            "--credential-file", str(right), "--customer", "acme", "--prefix", "RTN",
+            "--levels", "1=Level 1,2=Level 2,3=Engineering",
+        )
+    )  # fmt: skip
+    tested = site.admin("connector", "test", "rt-noq")
+    assert tested.code == 1, tested
+    assert "ok       level 2 is queue 'Level 2'" in tested.out
+    assert "MISSING  queue 'Engineering' for level 3 is missing" in tested.out
+    listed = {c["name"]: c for c in json.loads(ok(site.admin("connector", "list", "--json")))}
+    assert listed["rt-wrong"]["healthy"] is False
+    assert "refused" in str(listed["rt-wrong"]["health"])
+    assert listed["rt-noq"]["healthy"] is False
+    assert "Engineering" in str(listed["rt-noq"]["health"])
+    printed = b"".join(site.broker.output).decode(errors="replace")
+    assert rt.token not in printed
+    assert "1-14-0000000000" not in printed

@@ -74,9 +74,47 @@ def upgrade() -> None:
         batch_op.create_index(
             batch_op.f("ix_external_tickets_connector_id"), ["connector_id"], unique=False
         )
+    op.create_table(
+        "connector_outbox",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("connector_id", sa.Integer(), nullable=False),
+        sa.Column("ticket_id", sa.Integer(), nullable=False),
+        sa.Column("external_id", sa.String(length=64), nullable=False),
+        sa.Column("key", sa.String(length=200), nullable=False),
+        sa.Column("place", sa.String(length=200), nullable=False),
+        sa.Column("text", sa.Text(), nullable=False),
+        sa.Column("state", sa.String(length=16), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("next_attempt_at", broker.db.base.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("claimed_until", broker.db.base.UtcDateTime(timezone=True), nullable=True),
+        sa.Column("last_error", sa.Text(), nullable=True),
+        sa.Column("created_at", broker.db.base.UtcDateTime(timezone=True), nullable=False),
+        sa.Column("delivered_at", broker.db.base.UtcDateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["connector_id"],
+            ["connectors.id"],
+            name=op.f("fk_connector_outbox_connector_id_connectors"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["ticket_id"],
+            ["tickets.id"],
+            name=op.f("fk_connector_outbox_ticket_id_tickets"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_connector_outbox")),
+        sa.UniqueConstraint("key", name=op.f("uq_connector_outbox_key")),
+    )
+    with op.batch_alter_table("connector_outbox", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_connector_outbox_due", ["connector_id", "state", "next_attempt_at"], unique=False
+        )
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("connector_outbox", schema=None) as batch_op:
+        batch_op.drop_index("ix_connector_outbox_due")
+    op.drop_table("connector_outbox")
     with op.batch_alter_table("external_tickets", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_external_tickets_connector_id"))
     op.drop_table("external_tickets")
