@@ -1,5 +1,6 @@
-"""The small admin view: agents with their online state, staff, tokens, and the audit log with
-the result of verifying its chain. Read through the REST API with the admin's rights."""
+"""The small admin view: agents with their online state, staff, tokens, the ticket-system
+connectors with their health, and the audit log with the result of verifying its chain.
+Read through the REST API with the admin's rights."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ async def admin_page(page: Page) -> web.StreamResponse:
         staff=staff,
         enrollment_tokens=json_list(await _maybe(page, "/enrollment-tokens")),
         api_tokens=api_tokens,
+        connectors=json_list(await _maybe(page, "/connectors")),
         audit=json_list(await _maybe(page, "/audit", limit="50")),
         verify=await _maybe(page, "/audit/verify"),
     )

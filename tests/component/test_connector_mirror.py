@@ -10,7 +10,7 @@ import json
 import pytest
 
 from broker.api.routing import SERVICES
-from broker.connectors.keys import CONNECTORS
+from broker.connectors.keys import CONNECTOR_SYNC, CONNECTORS
 from broker.connectors.mirror import Mirror, link_of_ticket
 from broker.connectors.remote import RemoteTicket
 from broker.tickets import TICKET_STORE
@@ -141,3 +141,22 @@ async def test_a_deleted_or_merged_original_closes_the_mirror(api: Api) -> None:
     _, events = await api.call("GET", "/audit?action=ticket.external_gone")
     assert isinstance(events, list)
     assert len(events) == 2
+
+
+async def test_admins_see_an_unhealthy_connector_in_the_console(api: Api) -> None:
+    """A round of the sync against a system that cannot be reached marks the connector
+    unhealthy; the console's administration view says so with the reason, never the token."""
+    await setup(api)
+    app = api.client.app
+    record = await app[CONNECTORS].get("rt-acme")
+    await app[CONNECTOR_SYNC].sync(record)
+    await add_staff(api, "root2", "admin")
+    admin = browser(api)
+    await admin.enrol("root2")
+    page = await admin.get("/console/admin")
+    assert page.status == 200
+    section = page.text.split('id="connectors"')[1].split("</section>")[0]
+    assert "rt-acme" in section
+    assert "unhealthy" in section
+    assert "cannot be reached" in section
+    assert "1-14-secret" not in page.text
