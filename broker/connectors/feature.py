@@ -10,7 +10,7 @@ from aiohttp import web
 from broker.api.routing import SERVICES
 from broker.connectors.keys import CONNECTOR_SYNC, CONNECTOR_SYSTEMS, CONNECTORS
 from broker.connectors.mirror import Mirror
-from broker.connectors.outbound import level_hook
+from broker.connectors.outbound import change_hook
 from broker.connectors.store import ConnectorStore
 from broker.connectors.sync import ConnectorSync, Systems
 from broker.connectors.tickets import ConnectedTickets
@@ -27,7 +27,7 @@ async def _connectors_ctx(app: web.Application) -> AsyncIterator[None]:
     app[CONNECTOR_SYSTEMS] = systems
     app[CONNECTOR_SYNC] = sync
     app[TICKETS] = ConnectedTickets(services, store, connectors, systems)
-    store.level_hooks.append(level_hook(services.clock))
+    store.change_hooks.append(change_hook(services.clock))
     sync.start()
     try:
         yield

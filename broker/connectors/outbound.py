@@ -1,13 +1,21 @@
 """Changes made in Secondline to a mirrored ticket, written to its external system.
 
-An escalation or hand-back of a mirrored ticket queues a row in ``connector_outbox`` inside
-the change's own transaction (``queue_level_change``, a ``TicketStore.level_hooks`` entry),
-so a committed change is never lost and a refused one never leaves. The sync task then
-delivers each connector's due rows after reading its change feed: a note on the external
-ticket saying who moved it, from where to where and why, then the move itself. Both are
-checked before they are made (the note by the key in its subject, the move by reading the
-ticket's place), so a retry after a lost answer neither doubles the note nor moves twice.
-A change that came *from* the external system (actor ``connector:…``) is not sent back.
+An escalation or hand-back, an assignment or a status action on a mirrored ticket queues a
+row in ``connector_outbox`` inside the change's own transaction (``change_hook``, a
+``TicketStore.change_hooks`` entry), so a committed change is never lost and a refused one
+never leaves. The sync task then delivers each connector's due rows, oldest first, after
+reading its change feed:
+
+- ``level``: a note saying who moved the ticket, from where to where and why; then the move;
+- ``assign``: the owner (a user of the same name there);
+- ``status``: for a resolve, a note with the solution; then the status.
+
+Each step is checked before it is made (a note by the key in its subject, a field by reading
+the ticket), so a retry after a lost answer does nothing twice; a field the system did not
+take when asked is a refusal. A system that is down keeps the row for later; one that
+refuses it (no such user, no right) marks it ``refused``: it is logged and audited, never
+retried. A change that came *from* the external system (actor ``connector:…``) is not sent
+back.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from typing import Final
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from broker.connectors.errors import ExternalDown, ExternalError
+from broker.connectors.errors import ExternalDown, ExternalError, ExternalRejected
 from broker.connectors.remote import ExternalSystem
 from broker.connectors.settings import LevelMap
 from broker.connectors.store import ConnectorRecord
@@ -31,15 +39,16 @@ from broker.ports import TicketInfo
 from broker.rules import LevelChange, sanitize_display_text
 from broker.services import Services
 from broker.sessions.outbox import retry_delay
-from broker.tickets.store import LevelHook
+from broker.tickets.records import Assigned, StatusChanged
+from broker.tickets.store import ChangeHook, TicketChange
 
 log = logging.getLogger(__name__)
 
-KEY_PREFIX: Final = "secondline-level-change:"
+KEY_PREFIX: Final = "secondline-change:"
 FROM_CONNECTOR: Final = "connector:"
 BATCH: Final = 20
 CLAIM_SECONDS: Final = 120.0
-SUBJECT: Final = "Secondline level change"
+SUBJECT: Final = "Secondline ticket change"
 
 
 def change_text(change: LevelChange, actor: str, place: str) -> str:
@@ -51,11 +60,17 @@ def change_text(change: LevelChange, actor: str, place: str) -> str:
     )
 
 
-def level_hook(clock: Callable[[], dt.datetime]) -> LevelHook:
-    """The hook that queues a mirrored ticket's level change for its external system."""
+def resolve_text(actor: str, solution: str) -> str:
+    return (
+        f"Resolved in Secondline by {sanitize_display_text(actor, 64)}.\n\nSolution: {solution}\n"
+    )
 
-    async def queue_level_change(
-        db: AsyncSession, seen: TicketInfo, change: LevelChange, actor: str
+
+def change_hook(clock: Callable[[], dt.datetime]) -> ChangeHook:
+    """The hook that queues a mirrored ticket's changes for its external system."""
+
+    async def queue_change(
+        db: AsyncSession, seen: TicketInfo, change: TicketChange, actor: str
     ) -> None:
         if actor.startswith(FROM_CONNECTOR):
             return
@@ -69,7 +84,14 @@ def level_hook(clock: Callable[[], dt.datetime]) -> LevelHook:
         if found is None:
             return
         link, settings = found
-        place = LevelMap.from_json(settings.get("levels")).place_of(change.to_level)
+        if isinstance(change, Assigned):
+            kind, value, text = "assign", change.assignee, ""
+        elif isinstance(change, StatusChanged):
+            kind, value = "status", change.status
+            text = resolve_text(actor, change.solution) if change.solution else ""
+        else:
+            place = LevelMap.from_json(settings.get("levels")).place_of(change.to_level)
+            kind, value, text = "level", place, change_text(change, actor, place)
         now = clock()
         db.add(
             ConnectorOutbox(
@@ -77,8 +99,9 @@ def level_hook(clock: Callable[[], dt.datetime]) -> LevelHook:
                 ticket_id=seen.id,
                 external_id=link.merged_into or link.external_id,
                 key=f"{KEY_PREFIX}{seen.id}-{secrets.token_hex(8)}",
-                place=place,
-                text=change_text(change, actor, place),
+                kind=kind,
+                value=value[:200],
+                text=text,
                 state="pending",
                 attempts=0,
                 next_attempt_at=now,
@@ -86,7 +109,7 @@ def level_hook(clock: Callable[[], dt.datetime]) -> LevelHook:
             )
         )
 
-    return queue_level_change
+    return queue_change
 
 
 class Outbound:
@@ -126,6 +149,9 @@ class Outbound:
                 continue
             try:
                 await self._send(system, row)
+            except ExternalRejected as exc:
+                await self._refused(record, row, exc.message)
+                continue
             except ExternalError as exc:
                 await self._failed(row, exc.message)
                 if isinstance(exc, ExternalDown):
@@ -143,9 +169,11 @@ class Outbound:
                     )
                 )
             log.info(
-                "connector %s: level change of T-%d written to %s-%s",
+                "connector %s: %s change of T-%d to %r written to %s-%s",
                 record.name,
+                row.kind,
                 row.ticket_id,
+                row.value,
                 record.prefix,
                 row.external_id,
             )
@@ -172,13 +200,58 @@ class Outbound:
             ).scalar_one()
 
     async def _send(self, system: ExternalSystem, row: ConnectorOutbox) -> None:
-        if not await system.has_note(row.external_id, row.key):
+        if row.text and not await system.has_note(row.external_id, row.key):
             await system.add_note(
                 row.external_id, key=row.key, subject=SUBJECT, text=row.text, attachments=()
             )
         remote = await system.ticket(row.external_id)
-        if remote is not None and remote.place != row.place:
-            await system.move(row.external_id, row.place)
+        if remote is None:
+            raise ExternalRejected(f"the ticket {row.external_id} is gone from the system")
+        if row.kind == "level" and remote.place != row.value:
+            await system.move(row.external_id, row.value)
+        elif row.kind == "assign" and remote.owner != row.value:
+            await system.assign(row.external_id, row.value)
+        elif row.kind == "status" and remote.state != system.status_for(row.value):
+            await system.set_status(row.external_id, row.value)
+        else:
+            return  # there already: an earlier try arrived, or someone did it over there
+        # Systems answer some refusals (no such user, a right missing) with success and a
+        # message: only the ticket itself says whether the change was taken.
+        after = await system.ticket(row.external_id)
+        taken = after is not None and (
+            (row.kind == "level" and after.place == row.value)
+            or (row.kind == "assign" and after.owner == row.value)
+            or (row.kind == "status" and after.state == system.status_for(row.value))
+        )
+        if not taken:
+            raise ExternalRejected(
+                f"the system did not take the {row.kind} change to {row.value!r}; "
+                "check that the user exists there and the token's rights"
+            )
+
+    async def _refused(self, record: ConnectorRecord, row: ConnectorOutbox, error: str) -> None:
+        async with self.services.db() as db, db.begin():
+            await db.execute(
+                update(ConnectorOutbox)
+                .where(ConnectorOutbox.id == row.id)
+                .values(state="refused", claimed_until=None, last_error=error[:300])
+            )
+        await self.services.audit.record(
+            actor=f"{FROM_CONNECTOR}{record.name}",
+            action="connector.change_refused",
+            target=f"T-{row.ticket_id}",
+            outcome="failed",
+            details={"kind": row.kind, "value": row.value, "error": error[:300]},
+        )
+        log.error(
+            "connector %s: %s change of T-%d refused by %s-%s: %s",
+            record.name,
+            row.kind,
+            row.ticket_id,
+            record.prefix,
+            row.external_id,
+            error,
+        )
 
     async def _failed(self, row: ConnectorOutbox, error: str) -> None:
         attempts = min(row.attempts + 1, 2**31 - 1)

@@ -91,5 +91,15 @@ class ExternalSystem(Protocol):
     async def move(self, external_id: str, place: str) -> None:
         """Move the ticket to ``place`` (the escalation written back)."""
 
+    async def assign(self, external_id: str, owner: str) -> None:
+        """Make ``owner`` (a user name there) the ticket's owner."""
+
+    def status_for(self, status: str) -> str:
+        """The system's status for ours (``resolved`` …); what ``RemoteTicket.state`` shows
+        once :meth:`set_status` is done."""
+
+    async def set_status(self, external_id: str, status: str) -> None:
+        """Give the ticket the system's status for our ``status``."""
+
     async def close(self) -> None:
         """Release the connection."""

@@ -44,6 +44,14 @@ STATUS_MAP: Final = {
     "rejected": "closed",
     "deleted": "closed",
 }
+# Ours as RT's: RT's default lifecycle has no "closed" after "resolved".
+RT_STATUS: Final = {
+    "new": "new",
+    "open": "open",
+    "pending": "stalled",
+    "resolved": "resolved",
+    "closed": "resolved",
+}
 NOBODY: Final = "Nobody"
 TX_FIELDS: Final = "ObjectId,Type"
 
@@ -297,6 +305,16 @@ class RtSystem:
 
     async def move(self, external_id: str, place: str) -> None:
         await self._call("PUT", f"/ticket/{quote(external_id)}", body={"Queue": place})
+
+    async def assign(self, external_id: str, owner: str) -> None:
+        await self._call("PUT", f"/ticket/{quote(external_id)}", body={"Owner": owner})
+
+    def status_for(self, status: str) -> str:
+        return RT_STATUS.get(status, "open")
+
+    async def set_status(self, external_id: str, status: str) -> None:
+        body = {"Status": self.status_for(status)}
+        await self._call("PUT", f"/ticket/{quote(external_id)}", body=body)
 
 
 def _items(answer: object) -> list[Mapping[str, object]]:

@@ -61,8 +61,9 @@ class ExternalTicket(Base):
 
 
 class ConnectorOutbox(Base):
-    """A change made in Secondline to a mirrored ticket, on its way to the external system
-    (written in the transaction of the change itself, so none is lost)."""
+    """A change made in Secondline to a mirrored ticket (an escalation or hand-back, an
+    assignment, a status action), on its way to the external system; written in the
+    transaction of the change itself, so none is lost."""
 
     __tablename__ = "connector_outbox"
     __table_args__ = (Index("ix_connector_outbox_due", "connector_id", "state", "next_attempt_at"),)
@@ -73,8 +74,10 @@ class ConnectorOutbox(Base):
     external_id: Mapped[str] = mapped_column(String(64))
     # The note that goes with the change carries this key, so a retry finds it (see tickets).
     key: Mapped[str] = mapped_column(String(200), unique=True)
-    place: Mapped[str] = mapped_column(String(200))  # where the ticket goes (RT: the queue)
-    text: Mapped[str] = mapped_column(Text)  # the note saying who changed what, and why
+    kind: Mapped[str] = mapped_column(String(16))  # level | assign | status
+    # level: where the ticket goes (RT: the queue); assign: the owner; status: ours.
+    value: Mapped[str] = mapped_column(String(200))
+    text: Mapped[str] = mapped_column(Text)  # the note saying who changed what, and why ("")
     state: Mapped[str] = mapped_column(String(16))  # pending | delivered
     attempts: Mapped[int] = mapped_column(Integer)
     next_attempt_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)

@@ -88,6 +88,22 @@ class AttachmentRecord:
 
 
 @dataclass(frozen=True)
+class Assigned:
+    """A ticket given to a staff member (what ``TicketStore.change_hooks`` are told)."""
+
+    assignee: str
+
+
+@dataclass(frozen=True)
+class StatusChanged:
+    """A status action applied (what ``TicketStore.change_hooks`` are told)."""
+
+    action: str
+    status: str
+    solution: str | None
+
+
+@dataclass(frozen=True)
 class ExternalRef:
     """The original of a ticket mirrored from an external system (broker.connectors)."""
 

@@ -57,9 +57,11 @@ from broker.tickets.files import AttachmentFiles
 from broker.tickets.guard import WORK_GUARDS, guarded_update, ticket_changed
 from broker.tickets.notes import NoteBook
 from broker.tickets.records import (
+    Assigned,
     AttachmentRecord,
     NewTicket,
     NoteRecord,
+    StatusChanged,
     TicketDetail,
     TicketFilter,
     TicketSummary,
@@ -72,9 +74,11 @@ _ID_ATTEMPTS: Final = 20
 LinkVetter = Callable[[TicketView, AgentView], Decision]
 # Writes more rows for the ticket being created, in its transaction (see ``create``).
 CreateHook = Callable[[AsyncSession, int], Awaitable[None]]
-# Writes more rows for an escalation or hand-back, in its transaction (``level_hooks``):
+# What a change hook is told: an escalation or hand-back, an assignment, a status action.
+TicketChange = LevelChange | Assigned | StatusChanged
+# Writes more rows for a change, in its transaction (``change_hooks``):
 # (db, ticket as judged, the change, actor).
-LevelHook = Callable[[AsyncSession, TicketInfo, LevelChange, str], Awaitable[None]]
+ChangeHook = Callable[[AsyncSession, TicketInfo, TicketChange, str], Awaitable[None]]
 
 
 class _IdTaken(Exception):
@@ -100,9 +104,10 @@ class TicketStore:
         self.files = files
         self._clock = clock
         self.notes = NoteBook(db, audit, files, clock)
-        # Run inside every level change's transaction (a connector queues the change for
-        # its external system there, so the two are committed together or not at all).
-        self.level_hooks: list[LevelHook] = []
+        # Run inside the transaction of every level change, assignment and status action (a
+        # connector queues the change for its external system there, so the two are
+        # committed together or not at all).
+        self.change_hooks: list[ChangeHook] = []
 
     @classmethod
     def from_services(cls, services: Services) -> TicketStore:
@@ -271,7 +276,7 @@ class TicketStore:
                     at=self._clock(),
                 )
             )
-            for hook in self.level_hooks:
+            for hook in self.change_hooks:
                 await hook(db, seen, change, actor)
         await self._audit.record(
             actor=actor,
@@ -300,6 +305,8 @@ class TicketStore:
         try:
             async with self._db() as db, db.begin():
                 await guarded_update(db, seen, {"assignee": assignee}, self._clock())
+                for hook in self.change_hooks:
+                    await hook(db, seen, Assigned(assignee), actor)
         except TicketConflict:
             now = await self.get(seen.id)
             if seen.assignee is None and now is not None and now.assignee is not None:
@@ -349,6 +356,16 @@ class TicketStore:
             values["assignee"] = assign_to
         async with self._db() as db, db.begin():
             await guarded_update(db, seen, values, self._clock())
+            for hook in self.change_hooks:
+                solved = values.get("solution")
+                await hook(
+                    db,
+                    seen,
+                    StatusChanged(action, target, solved if isinstance(solved, str) else None),
+                    actor,
+                )
+                if assign_to is not None and assign_to != seen.assignee:
+                    await hook(db, seen, Assigned(assign_to), actor)
         await self._audit.record(
             actor=actor,
             action=f"ticket.{action}",

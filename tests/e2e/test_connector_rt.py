@@ -75,6 +75,12 @@ def add_connector(site: Site, rt: RequestTracker, url: str | None = None) -> Non
     )  # fmt: skip
 
 
+def written(kind: str, ref: str, value: str, number: str) -> bytes:
+    """The broker's line saying a change made in Secondline reached RT."""
+    line = f"connector {CONNECTOR}: {kind} change of {ref} to '{value}' written to RT-{number}"
+    return line.encode()
+
+
 async def mirrored(site: Site, number: str, mark: int) -> str:
     """Wait until RT's ticket ``number`` is mirrored; our ticket's ref."""
     line = await site.broker.wait_for_line(
@@ -116,7 +122,8 @@ async def test_rt_ticket_escalated_in_rt_worked_over_ssh_noted_once(
     site: Site, rt: RequestTracker
 ) -> None:
     """RT level-1 ticket → mirrored (hostile title cleaned) → escalated in RT → `ssh
-    RT-<n>` → one RT comment with the commands, their exit statuses and both attachments."""
+    RT-<n>` → one RT comment with the commands, their exit statuses and both attachments;
+    the session's assignment and the resolve in Secondline reach RT too."""
     api = rt.api()
     add_connector(site, rt)
     tested = site.admin("connector", "test", CONNECTOR)
@@ -155,6 +162,24 @@ async def test_rt_ticket_escalated_in_rt_worked_over_ssh_noted_once(
     assert isinstance(files, dict)
     assert sorted(files) == sorted([f"{session_id}.cast", f"{session_id}.txt"])
     assert b"rt-42" in files[f"{session_id}.cast"]
+
+    # The session gave the ticket to bob; bob resolves it in Secondline: both reach RT.
+    mark = len(site.broker.output)
+    bob = ok(site.admin("user", "token", "bob"))
+    ok(
+        secondline(
+            "--token", bob, "ticket", "resolve", ref, "--solution", "cleared the spool",
+            data_dir=site.data_dir,
+        )
+    )  # fmt: skip
+    await site.broker.wait_for_line(written("status", ref, "resolved", number), mark)
+    shown = await api.call("GET", f"/ticket/{number}")
+    assert isinstance(shown, dict)
+    assert (shown["Status"], shown["Owner"]["id"]) == ("resolved", "bob")
+    comments = await api.comments(number)
+    assert len(comments) == 2, comments
+    assert "Resolved in Secondline by bob" in str(comments[1]["text"])
+    assert "cleared the spool" in str(comments[1]["text"])
 
 
 async def test_rt_down_for_the_write_back_then_delivered_once(
@@ -236,9 +261,7 @@ async def test_escalated_in_secondline_is_escalated_in_rt_once(
             "--reason", "needs the mail server's logs", data_dir=site.data_dir,
         )
     )  # fmt: skip
-    await site.broker.wait_for_line(
-        rf"connector {CONNECTOR}: level change of {ref} written to RT-{number}".encode(), mark
-    )
+    await site.broker.wait_for_line(written("level", ref, "Level 2", number), mark)
     await site.broker.wait_for_line(
         rf"connector {CONNECTOR}: RT-{number} \({ref}\): queue 'Level 2'".encode(), mark
     )

@@ -8,7 +8,8 @@ request simply waits in the socket's backlog until RT accepts it (no polling, no
 and :meth:`RequestTracker.stop` / :meth:`start` take RT away and bring it back on the same
 port, as an outage does. Before the first start a Perl script run against the same
 database creates the level queues and an auth token for root, as an admin would in RT's
-UI (Logged in as → Settings → Auth Tokens).
+UI (Logged in as → Settings → Auth Tokens), and the RT user ``bob`` (staff ``bob`` there),
+who may own tickets of those queues.
 
 :class:`RtApi` is the test's own REST 2 client: it plays RT's users (creating tickets,
 moving them between queues) and reads the ticket history the connector wrote.
@@ -49,6 +50,21 @@ for my $name (@ARGV) {
     next if $queue->Id;
     my ($ok, $msg) = $queue->Create(Name => $name);
     die "queue $name: $msg\n" unless $ok;
+}
+# A staff member who is also an RT user, so tickets can be given to them from Secondline.
+my $bob = RT::User->new(RT->SystemUser);
+$bob->Load('bob');
+unless ($bob->Id) {
+    my ($ok, $msg) = $bob->Create(
+        Name => 'bob', Privileged => 1, EmailAddress => 'bob@example.com');
+    die "user bob: $msg\n" unless $ok;
+}
+my $privileged = RT::Group->new(RT->SystemUser);
+$privileged->LoadSystemInternalGroup('Privileged');
+for my $name (@ARGV) {
+    my $queue = RT::Queue->new(RT->SystemUser);
+    $queue->Load($name);
+    $privileged->PrincipalObj->GrantRight(Right => 'OwnTicket', Object => $queue);
 }
 my $token = RT::AuthToken->new(RT::CurrentUser->new($root));
 my ($id, $msg, $auth) = $token->Create(Owner => $root->Id, Description => 'secondline');
