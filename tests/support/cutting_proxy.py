@@ -47,12 +47,28 @@ class CuttingProxy:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
+        up_writer: asyncio.StreamWriter | None = None
+        # Every path out (also a cancel at close while dialling upstream) closes both sides,
+        # so no socket outlives the test's event loop.
         try:
-            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
-        except OSError:
-            writer.close()
+            try:
+                up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+            except OSError:
+                return
+            await self._pump(reader, writer, up_reader, up_writer)
+        finally:
+            for w in (writer, up_writer):
+                if w is not None:
+                    w.transport.abort()
             self._tasks.discard(task)
-            return
+
+    async def _pump(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        up_reader: asyncio.StreamReader,
+        up_writer: asyncio.StreamWriter,
+    ) -> None:
         cutting = asyncio.Event()
 
         async def upward() -> None:
@@ -86,6 +102,3 @@ class CuttingProxy:
                 side.cancel()
                 with contextlib.suppress(BaseException):
                     await side
-            for w in (writer, up_writer):
-                w.transport.abort()
-            self._tasks.discard(task)
