@@ -21,11 +21,11 @@ anonymous refusals) is the pure bookkeeping; :class:`RefusalAuditor` writes the 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
 from broker.audit.refusals import WINDOW_S, RefusalDigest, Summary
+from broker.audit.summary_writer import SummaryWriter
 from broker.services import Services
 
 log = logging.getLogger(__name__)
@@ -33,14 +33,12 @@ log = logging.getLogger(__name__)
 __all__ = ["WINDOW_S", "RefusalAuditor", "RefusalDigest", "Summary"]
 
 
-class RefusalAuditor:
+class RefusalAuditor(SummaryWriter):
     """Writes the audit events :class:`RefusalDigest` asks for (one per node)."""
 
     def __init__(self, services: Services, window: float = WINDOW_S) -> None:
+        super().__init__(RefusalDigest(window=window))
         self._services = services
-        self._digest = RefusalDigest(window=window)
-        self._timer: asyncio.TimerHandle | None = None
-        self._writing: set[asyncio.Task[None]] = set()
 
     async def refused(
         self, agent_id: str, *, enrolled: bool, source: str, reason: str, **details: object
@@ -62,27 +60,6 @@ class RefusalAuditor:
             source=source,
             details=details,
         )
-
-    def _arm(self) -> None:
-        """Come back when the next window ends (one timer for all of them)."""
-        ends = self._digest.next_end()
-        if ends is None or self._timer is not None:
-            return
-        loop = asyncio.get_running_loop()
-        delay = max(0.0, ends - time.monotonic())
-        self._timer = loop.call_at(loop.time() + delay, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        task = asyncio.get_running_loop().create_task(self._write_due())
-        self._writing.add(task)
-        task.add_done_callback(self._writing.discard)
-
-    async def _write_due(self) -> None:
-        try:
-            await self._write(self._digest.take_due(time.monotonic()))
-        finally:
-            self._arm()
 
     async def _write(self, summaries: list[Summary]) -> None:
         for summary in summaries:
@@ -106,12 +83,3 @@ class RefusalAuditor:
                     source,
                     reason,
                 )
-
-    async def close(self) -> None:
-        """Write the counts of every open window (shutdown)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._writing:
-            await asyncio.gather(*self._writing, return_exceptions=True)
-        await self._write(self._digest.take_all())

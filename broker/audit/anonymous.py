@@ -23,6 +23,7 @@ from typing import Final
 
 from broker.audit.log import AuditLog
 from broker.audit.refusals import RefusalDigest, Summary
+from broker.audit.summary_writer import SummaryWriter
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +34,15 @@ ACTION: Final = "anonymous.refused"
 _LABEL_MAX: Final = 100
 
 
-class AnonymousRefusals:
+class AnonymousRefusals(SummaryWriter):
     """Counts refusals of unauthenticated requests and writes their summaries."""
 
     def __init__(
         self, audit: AuditLog, clock: Callable[[], dt.datetime], window: float = WINDOW_S
     ) -> None:
+        super().__init__(RefusalDigest(window=window, max_windows=MAX_SOURCES, first_alone=False))
         self._audit = audit
         self._clock = clock
-        self._digest = RefusalDigest(window=window, max_windows=MAX_SOURCES, first_alone=False)
-        self._timer: asyncio.TimerHandle | None = None
-        self._writing: set[asyncio.Task[None]] = set()
-        self._lock = asyncio.Lock()
         #: Set after each batch of summaries is written (tests wait on it).
         self.changed = asyncio.Event()
 
@@ -63,41 +61,6 @@ class AnonymousRefusals:
             )
             return
         self._arm()
-
-    async def flush(self) -> None:
-        """Write every summary counted so far (before an audit read, and at shutdown)."""
-        async with self._lock:
-            await self._write(self._digest.take_all())
-
-    async def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._writing:
-            await asyncio.gather(*self._writing, return_exceptions=True)
-        await self.flush()
-
-    def _arm(self) -> None:
-        """Come back when the next window ends (one timer for all of them)."""
-        ends = self._digest.next_end()
-        if ends is None or self._timer is not None:
-            return
-        loop = asyncio.get_running_loop()
-        delay = max(0.0, ends - time.monotonic())
-        self._timer = loop.call_at(loop.time() + delay, self._on_timer)
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        task = asyncio.get_running_loop().create_task(self._write_due())
-        self._writing.add(task)
-        task.add_done_callback(self._writing.discard)
-
-    async def _write_due(self) -> None:
-        try:
-            async with self._lock:
-                await self._write(self._digest.take_due(time.monotonic()))
-        finally:
-            self._arm()
 
     async def _write(self, summaries: list[Summary]) -> None:
         for summary in summaries:
