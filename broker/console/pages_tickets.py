@@ -339,22 +339,17 @@ async def write_up(page: Page) -> web.StreamResponse:
 
 async def mark_solved(page: Page) -> web.StreamResponse:
     """ "This solved it": the article is linked to the ticket and counted as having helped."""
-    ref = ticket_ref(page)
-    try:
-        article = str(parse_article_id(page.field("article", cap=20)))
-    except KbError:
-        raise InputError("choose an article from the suggestions", code="article_invalid") from None
-    result = json_dict(
-        await page.api(
-            "POST", "/kb/articles/{id}/solved", params={"id": article}, body={"ticket": ref}
-        )
-    )
-    done = "kb_solved" if result.get("linked") else "kb_solved_known"
-    raise redirect(f"/console/tickets/{ref}", done=done)
+    return await _mark_suggestion(page, "solved", done="kb_solved")
 
 
 async def mark_not_helped(page: Page) -> web.StreamResponse:
     """ "Did not help": the suggestion goes last on this ticket and counts against it."""
+    return await _mark_suggestion(page, "not-helped", done="kb_not_helped")
+
+
+async def _mark_suggestion(page: Page, verb: str, *, done: str) -> web.StreamResponse:
+    """Send a level-1 verdict on a suggested article; ``done`` names the notice, with
+    ``_known`` when the ticket had that verdict already."""
     ref = ticket_ref(page)
     try:
         article = str(parse_article_id(page.field("article", cap=20)))
@@ -362,11 +357,12 @@ async def mark_not_helped(page: Page) -> web.StreamResponse:
         raise InputError("choose an article from the suggestions", code="article_invalid") from None
     result = json_dict(
         await page.api(
-            "POST", "/kb/articles/{id}/not-helped", params={"id": article}, body={"ticket": ref}
+            "POST", f"/kb/articles/{{id}}/{verb}", params={"id": article}, body={"ticket": ref}
         )
     )
-    done = "kb_not_helped" if result.get("linked") else "kb_not_helped_known"
-    raise redirect(f"/console/tickets/{ref}", done=done)
+    raise redirect(
+        f"/console/tickets/{ref}", done=done if result.get("linked") else f"{done}_known"
+    )
 
 
 def add_routes(router: web.UrlDispatcher) -> None:
