@@ -30,7 +30,9 @@ from broker.db.engine import create_engine, session_factory
 from broker.keys import BrokerKeys, load_keys
 from broker.services import Services
 from broker.sessions import feature as sessions
+from broker.ssh_gateway import feature as ssh_gateway_feature
 from broker.tickets import feature as tickets_feature
+from broker.web import feature as web_feature
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,9 @@ def features() -> list[Feature]:
         connectors_feature.setup,
         console_feature.setup,
         sessions.setup,
+        # After the sessions: the gateway starts with the session manager it hands sessions to.
+        ssh_gateway_feature.setup,
+        web_feature.setup,
     ]
 
 

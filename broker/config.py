@@ -27,7 +27,7 @@ class BrokerConfig:
     listen_host: str = "0.0.0.0"  # noqa: S104 - agents on customer networks must reach the broker
     https_port: int = 8443
     ssh_port: int = 2222
-    # The SSH gateway (broker.sessions.gateway): a connection that has not signed in after
+    # The SSH gateway (broker.ssh_gateway.gateway): a connection that has not signed in after
     # ssh_login_timeout_seconds is closed; at most ssh_max_preauth such connections in all
     # and ssh_max_preauth_per_source from one address; ssh_max_channels sessions on one.
     ssh_login_timeout_seconds: int = 20
@@ -63,7 +63,7 @@ class BrokerConfig:
     web_session_max_seconds: int = 12 * 60 * 60
     max_sessions_per_staff: int = 10
     max_tokens_per_user: int = 50
-    # The session outbox (broker.sessions.outbox): the first retry of a note comes after
+    # The session outbox (broker.tickets.outbox): the first retry of a note comes after
     # about ticket_retry_first_seconds, each later one after twice as long (with jitter), up
     # to ticket_retry_max_seconds; one try at the ticket system is cut off after
     # ticket_send_timeout_seconds, and a row stays claimed for twice that.

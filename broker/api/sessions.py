@@ -30,6 +30,7 @@ from broker.sessions.hub_core import HubClosed, HubRefused, roles_of
 from broker.sessions.reads import readable_session, transcript, transcript_format
 from broker.sessions.runtime import SESSIONS
 from broker.transcript import TranscriptNotFound, public_key_fingerprint
+from broker.web.terminals import TERMINALS
 
 router = ApiRouter(tag="sessions")
 
@@ -403,10 +404,9 @@ async def terminal_ticket(ctx: ApiContext) -> TerminalTicketOut:
         )
         if row.ticket_id != ticket_id:
             raise SessionNotFound(f"ticket T-{ticket_id} has no session {body.session}")
-    runtime = ctx.request.app[SESSIONS]
     token = "tt_" + secrets.token_urlsafe(32)
     try:
-        grant = runtime.terminal_tickets.mint(
+        grant = ctx.request.app[TERMINALS].tickets.mint(
             token,
             user_id=ctx.principal.user_id,
             staff=ctx.principal.name,

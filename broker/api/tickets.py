@@ -7,7 +7,7 @@ serve. Changes need a token with the ``write`` scope (staff) or the ``admin`` sc
 reach the rules, which let them create, assign and link but refuse them the work itself
 (``admin_not_worker``), so the answer says why rather than naming a scope they cannot hold.
 Attachments are uploaded as ``multipart/form-data`` (one ``file`` part) and downloaded from
-``/files/tickets/{id}/attachments/{name}`` (``broker.tickets.downloads``), because the API's
+``/files/tickets/{id}/attachments/{name}`` (``broker.web.ticket_downloads``), because the API's
 routes answer JSON only. docs/tickets.md describes it all.
 """
 

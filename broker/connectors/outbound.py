@@ -38,7 +38,7 @@ from broker.db.models_connectors import Connector, ConnectorOutbox, ExternalTick
 from broker.ports import TicketInfo
 from broker.rules import LevelChange, sanitize_display_text
 from broker.services import Services
-from broker.sessions.outbox import retry_delay
+from broker.tickets.outbox import retry_delay
 from broker.tickets.records import Assigned, StatusChanged
 from broker.tickets.store import ChangeHook, TicketChange
 

@@ -1,5 +1,7 @@
-"""Remote sessions: the SSH gateway, the session hub, the console terminal and the outbox
-that writes each session back to its ticket.
+"""Remote sessions: the session hub, starting, joining and ending sessions, and their rows
+and notes. The ways in are elsewhere: the SSH gateway (``broker.ssh_gateway``) and the
+browser terminal and transcript downloads (``broker.web``); the outbox that carries each
+note to its ticket is ``broker.tickets.outbox``.
 
 What other parts use::
 
@@ -8,18 +10,13 @@ What other parts use::
     runtime.manager.live                         # {session id: LiveSession} on this node
     await runtime.manager.kill(session_id, by="alice")
 
-Browser terminals attach through ``GET /console/ws/terminal`` with a one-time ticket from
-``POST /api/v1/sessions/terminal-tickets`` (see ``terminal_ws`` and docs/sessions.md).
-
 Modules: ``hub_core`` (pure participant, buffer and limit bookkeeping), ``facts`` (what a
 session is, how it ended, what a terminal is), ``hub`` (one live session: agent channel,
 terminals, recorder), ``admission`` (the session rules applied, audited refusals),
 ``consent`` (asking the end user), ``manager`` (start, attach, kill, drain), ``finish``
 (rows, audit and note when a session ends; crash recovery), ``note`` (the note's text,
-pure), ``outbox`` (delivery to the ticket system), ``gateway`` and ``gateway_session`` (the
-SSH server), ``terminal_tickets`` (pure) and ``terminal_ws`` (the browser terminal),
-``reads`` and ``downloads`` (object-level read checks, transcript files), ``access`` and
-``store`` (database reads and writes), ``runtime`` (app keys), ``feature`` (``setup``).
+pure), ``reads`` (object-level read checks, transcript files), ``access`` and ``store``
+(database reads and writes), ``runtime`` (app keys), ``feature`` (``setup``).
 
 Errors (``errors``): the root is :class:`SessionError`, a :class:`broker.errors.BrokerError`:
 

@@ -1,29 +1,24 @@
-"""The sessions feature of the broker app: the SSH gateway, the session manager, the
-outbox worker, the console terminal WebSocket, start-up recovery and the SIGTERM drain."""
+"""The sessions feature of the broker app: the session manager, the outbox worker that
+writes each session to its ticket, start-up recovery and the SIGTERM drain. The ways into a
+session are features of their own: ``broker.ssh_gateway`` and ``broker.web``."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from aiohttp import WSCloseCode, web
+from aiohttp import web
 
 from broker.api.routing import SERVICES
-from broker.sessions.downloads import DOWNLOAD_PATH, download_transcript
-from broker.sessions.gateway import Gateway
 from broker.sessions.manager import SessionManager
-from broker.sessions.outbox import OutboxWorker
 from broker.sessions.runtime import SESSIONS, SessionsRuntime, agent_tunnels, ticket_system
-from broker.sessions.terminal_ws import PATH, terminal_socket
+from broker.tickets.outbox import OutboxWorker
 
 log = logging.getLogger(__name__)
 
 
 def setup(app: web.Application) -> None:
-    """Add the terminal WebSocket route, the session machinery and its shutdown drain."""
-    app.router.add_get(PATH, terminal_socket)
-    app.router.add_get(DOWNLOAD_PATH, download_transcript)
+    """Add the session machinery and its shutdown drain."""
     app.cleanup_ctx.append(_sessions_ctx)
     # First of all shutdown handlers: sessions end (and say why) before the agent tunnels
     # they run over are closed.
@@ -40,26 +35,20 @@ async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
     recovered = await manager.finisher.recover_interrupted()
     if recovered:
         log.warning("%d sessions were interrupted by the last broker stop; sealed", recovered)
-    gateway = Gateway(manager)
-    await gateway.start(services.config.listen_host, services.config.ssh_port)
     manager.start()
     outbox.start()
-    app[SESSIONS] = SessionsRuntime(manager=manager, gateway=gateway, outbox=outbox)
+    app[SESSIONS] = SessionsRuntime(manager=manager, outbox=outbox)
     try:
         yield
     finally:
         await _drain(app)
-        await gateway.stop()
 
 
 async def _drain(app: web.Application) -> None:
-    """Tell every participant, end and seal every session, close the browser terminals."""
+    """Tell every participant, end and seal every session, send the last notes."""
     runtime = app.get(SESSIONS)
     if runtime is None:
         return
     await runtime.manager.drain()
     # One last round, so notes of the sessions just ended leave before the process does.
     await runtime.outbox.close()
-    for ws in list(runtime.sockets):
-        with contextlib.suppress(Exception):
-            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"the broker is shutting down")

@@ -24,8 +24,6 @@ MAX_COMMAND_CHARS: Final = 300
 # Ticket systems cap a note (the built-in store at 20,000 characters): the command list
 # gives way first, the rest of the note is short and bounded.
 NOTE_BUDGET: Final = 18_000
-CAST_CONTENT_TYPE: Final = "application/x-asciicast"
-TEXT_CONTENT_TYPE: Final = "text/plain; charset=utf-8"
 
 Gettext = Callable[[str], str]
 

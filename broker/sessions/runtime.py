@@ -1,18 +1,18 @@
 """What the sessions feature keeps in the app (``app[SESSIONS]``), and where it finds the
-ticket system and the agent tunnels it uses."""
+ticket system and the agent tunnels it uses. The SSH gateway (``broker.ssh_gateway``) and
+the browser terminal (``broker.web``) keep their own state: they use the sessions, not the
+other way round."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
 from aiohttp import web
 
 from broker.ports import AgentTunnels, TicketSystem
-from broker.sessions.gateway import Gateway
 from broker.sessions.manager import SessionManager
-from broker.sessions.outbox import OutboxWorker
-from broker.sessions.terminal_tickets import TerminalTickets
+from broker.tickets.outbox import OutboxWorker
 
 # Set these before the app starts to use another ticket system or tunnel registry than the
 # built-in ones (an outside connector, or a test's stand-in agent); otherwise the sessions
@@ -26,10 +26,7 @@ class SessionsRuntime:
     """The running session machinery of one broker process."""
 
     manager: SessionManager
-    gateway: Gateway
     outbox: OutboxWorker
-    terminal_tickets: TerminalTickets = field(default_factory=TerminalTickets)
-    sockets: set[web.WebSocketResponse] = field(default_factory=set)
 
 
 SESSIONS: Final = web.AppKey("sessions", SessionsRuntime)

@@ -1,4 +1,5 @@
-"""The session rows, their participants and the outbox, in the database."""
+"""The session rows and their participants, in the database. The outbox that carries each
+session's note to its ticket is ``broker.tickets.outbox``."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ from typing import Final
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from broker.db.models_sessions import RemoteSession, SessionOutbox, SessionParticipant
+from broker.db.models_sessions import RemoteSession, SessionParticipant
 from broker.db.models_staff import User
 from broker.secret_scrubber import scrub_secrets
 from broker.sessions.facts import SessionFacts
+
+# Re-exported: finish.py writes the note with the session's end, in the same transaction.
+from broker.tickets.outbox import enqueue_note as enqueue_note
 
 # States of a session that has not ended: it counts against the owner's limit and is
 # "live" to `session list --live`; after a crash these become "interrupted".
@@ -147,40 +151,3 @@ async def participants(db: AsyncSession, session_id: str) -> Sequence[SessionPar
         .order_by(SessionParticipant.id)
     )
     return (await db.execute(stmt)).scalars().all()
-
-
-def note_key(session_id: str) -> str:
-    """The idempotency key of a session's note: the same on every retry and every node."""
-    return f"secondline-session-note:{session_id}"
-
-
-async def enqueue_note(
-    db: AsyncSession,
-    *,
-    session_id: str,
-    ticket_id: int,
-    author: str,
-    text: str,
-    attachments: Sequence[str],
-    now: dt.datetime,
-) -> None:
-    """Put the session's note in the outbox (once: a second call changes nothing)."""
-    exists = (
-        await db.execute(select(SessionOutbox.id).where(SessionOutbox.session_id == session_id))
-    ).scalar_one_or_none()
-    if exists is not None:
-        return
-    db.add(
-        SessionOutbox(
-            session_id=session_id,
-            ticket_id=ticket_id,
-            idempotency_key=note_key(session_id),
-            author=author,
-            text=text,
-            attachments=list(attachments),
-            state="pending",
-            attempts=0,
-            next_attempt_at=now,
-            created_at=now,
-        )
-    )

@@ -19,7 +19,8 @@ Modules: ``text`` (what text and attachment names are accepted; pure), ``records
 values handed out), ``queries`` (reads), ``guard`` (conditional updates), ``store`` (the
 store), ``notes`` (notes and attachments, ``store.notes``), ``files`` (attachment files),
 ``access`` (callers, agents and refusals as the rules see them), ``schemas`` (REST models),
-``downloads`` (``GET /files/tickets/{id}/attachments/{name}``), ``help_request``
+``outbox`` (each ended session's note, enqueued and carried to its ticket once; the
+attachment downloads are served by ``broker.web.ticket_downloads``), ``help_request``
 (``POST /agent/v1/help``), ``sessions_hook``, ``keys`` (app keys), ``feature`` (``setup``).
 docs/tickets.md describes the behaviour.
 

@@ -1,5 +1,6 @@
 """The ticket feature: the store on the app (``TICKETS``, ``TICKET_STORE``), the end user's
-help request route and attachment downloads. The REST routes are in ``broker.api.tickets``."""
+help request route. The REST routes are in ``broker.api.tickets``, attachment downloads in
+``broker.web.ticket_downloads``."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from broker.api.routing import SERVICES
-from broker.tickets.downloads import DOWNLOAD_PATH, download
 from broker.tickets.help_request import HELP_PATH, handle_help
 from broker.tickets.keys import TICKET_STORE, TICKETS
 from broker.tickets.store import TicketStore
@@ -29,4 +29,3 @@ async def _help(request: web.Request) -> web.Response:
 def setup(app: web.Application) -> None:
     app.cleanup_ctx.append(_store_ctx)
     app.router.add_post(HELP_PATH, _help)
-    app.router.add_get(DOWNLOAD_PATH, download)

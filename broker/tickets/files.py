@@ -16,9 +16,20 @@ import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from broker.rules import format_ticket_id
 from broker.tickets.errors import TicketInputError
+
+# Where an attachment is downloaded: an address of the ticket's record (``schemas``), served
+# by the web edge (``broker.web.ticket_downloads``).
+DOWNLOAD_PATH: Final = "/files/tickets/{id}/attachments/{name}"
+
+
+def download_url(ticket_ref: str, name: str) -> str:
+    """The path a stored attachment is downloaded from (names are URL-safe by construction)."""
+    return DOWNLOAD_PATH.replace("{id}", ticket_ref).replace("{name}", name)
+
 
 # Staged uploads start with a dot, which no attachment name may: they can never be served.
 _STAGE_PREFIX = ".upload-"

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from broker.rules import REASON_MAX_LEN, allowed_actions
 from broker.tickets import text
-from broker.tickets.downloads import download_url
+from broker.tickets.files import download_url
 from broker.tickets.records import AttachmentRecord, TicketDetail, TicketSummary
 
 

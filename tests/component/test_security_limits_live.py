@@ -22,9 +22,9 @@ from broker.db.models_audit import AuditEvent
 from broker.db.models_sessions import RemoteSession
 from broker.keys import public_pem
 from broker.services import Services
-from broker.sessions.terminal_tickets import MAX_PER_PRINCIPAL
-from broker.sessions.terminal_ws import CLOSE_REFUSED, MAX_MESSAGE
 from broker.transcript import load_public_key, transcript_paths, verify_transcript
+from broker.web.terminal_tickets import MAX_PER_PRINCIPAL
+from broker.web.terminal_ws import CLOSE_REFUSED, MAX_MESSAGE
 from tests.component.test_agents_harness import WAIT, AgentsApp, LoopbackAgent, start_agents_app
 from tests.component.test_sessions_console import Browser, connect, mint
 from tests.component.test_sessions_harness import World, world

@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.sessions.gateway import ENCRYPTION_ALGS, KEX_ALGS, MAC_ALGS
-from broker.sessions.gateway_wire import ClientCleartext
+from broker.ssh_gateway.gateway import ENCRYPTION_ALGS, KEX_ALGS, MAC_ALGS
+from broker.ssh_gateway.wire import ClientCleartext
 from tests.component.test_sessions_harness import World, world
 from tests.support.raw_ssh import (
     DISCONNECT_PROTOCOL_ERROR,

@@ -11,8 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from broker.sessions.terminal_ws import PATH
 from broker.transcript import transcript_paths
+from broker.web.terminal_ws import PATH
 from tests.component.test_sessions_harness import WAIT, World, world
 from tests.component.test_sessions_shell import open_shell
 from tests.support.api import refusals_of

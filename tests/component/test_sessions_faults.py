@@ -25,9 +25,9 @@ from broker.keys import public_pem
 from broker.ports import NoteAttachment, TicketInfo, TicketSystem
 from broker.sessions import SESSIONS, TICKET_SYSTEM, store
 from broker.sessions.facts import SessionFacts
-from broker.sessions.gateway import FAILURES_ALLOWED
-from broker.sessions.outbox import OutboxWorker
+from broker.ssh_gateway.gateway import FAILURES_ALLOWED
 from broker.tickets import TICKETS
+from broker.tickets.outbox import OutboxWorker
 from broker.transcript import (
     MarkParser,
     load_public_key,

@@ -35,7 +35,13 @@ from broker.api.routing import SERVICES
 from broker.app import create_app
 from broker.config import load_config
 from broker.services import Services
-from broker.sessions import AGENT_TUNNELS, SESSIONS, SessionsRuntime
+from broker.sessions import AGENT_TUNNELS, SESSIONS
+from broker.sessions.manager import SessionManager
+from broker.ssh_gateway import GATEWAY
+from broker.ssh_gateway.gateway import Gateway
+from broker.tickets.outbox import OutboxWorker
+from broker.web.terminal_tickets import TerminalTickets
+from broker.web.terminals import TERMINALS
 
 WAIT = 20.0  # failure bound for waits in these tests, never a pause
 
@@ -119,6 +125,16 @@ async def start_agent(
     return agent
 
 
+@dataclass(frozen=True)
+class Running:
+    """The running session parts of the app under test, each from its feature's app key."""
+
+    manager: SessionManager
+    outbox: OutboxWorker
+    gateway: Gateway
+    terminal_tickets: TerminalTickets
+
+
 @dataclass
 class World:
     """A broker app with one staff member, one agent and one ticket ready for a session."""
@@ -136,8 +152,13 @@ class World:
     agents: dict[str, StandInAgent] = field(default_factory=dict)
 
     @property
-    def runtime(self) -> SessionsRuntime:
-        return self.app[SESSIONS]
+    def runtime(self) -> Running:
+        return Running(
+            manager=self.app[SESSIONS].manager,
+            outbox=self.app[SESSIONS].outbox,
+            gateway=self.app[GATEWAY],
+            terminal_tickets=self.app[TERMINALS].tickets,
+        )
 
     @property
     def gateway_port(self) -> int:

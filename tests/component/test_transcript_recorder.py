@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from broker.sessions.outbox import TEXT_ATTACHMENT_MAX, read_attachments
+from broker.tickets.outbox import TEXT_ATTACHMENT_MAX, read_attachments
 from broker.transcript import (
     INPUT_HIDDEN_LABEL,
     CastHeader,

@@ -24,7 +24,7 @@ from tests.support.site import Site, ok, sessions_of, start_agent, ticket_json
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
 
 CONNECTOR = "rt-acme"
-NOTE_KEY = "secondline-session-note:"  # broker.sessions.store.note_key
+NOTE_KEY = "secondline-session-note:"  # broker.tickets.outbox.note_key
 
 
 def configure(data_dir: Path, **settings: float) -> None:

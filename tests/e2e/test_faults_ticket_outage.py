@@ -23,7 +23,7 @@ import asyncpg
 import pytest
 
 from broker.config import BrokerConfig
-from broker.sessions.outbox import retry_delay
+from broker.tickets.outbox import retry_delay
 from tests.support.broker import BrokerProcess, start_broker
 from tests.support.database import Backend, plain_dsn
 from tests.support.site import (
@@ -42,7 +42,7 @@ OUTAGE = 600.0  # the issue's "failing for 10 minutes", at the default schedule
 SCALE = 0.01  # the broker here retries 100 times faster: the same doublings, up to the cap
 FIRST = DEFAULT_FIRST * SCALE
 CAP = DEFAULT_CAP * SCALE
-NOTE_KEY = "secondline-session-note:"  # broker.sessions.store.note_key
+NOTE_KEY = "secondline-session-note:"  # broker.tickets.outbox.note_key
 
 
 def attempts_within(seconds: float, first: float, cap: float) -> int:

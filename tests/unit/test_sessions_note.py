@@ -19,7 +19,7 @@ from broker.sessions.note import (
     exec_commands,
     session_note,
 )
-from broker.sessions.outbox import (
+from broker.tickets.outbox import (
     BACKOFF_CAP,
     BACKOFF_FIRST,
     IDLE_WAKE,

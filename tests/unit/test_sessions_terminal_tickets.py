@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.sessions.terminal_tickets import (
+from broker.web.terminal_tickets import (
     MAX_PER_PRINCIPAL,
     TICKET_TTL,
     TerminalTickets,

@@ -7,13 +7,13 @@
 - Staff authenticate with a registered public key (``ssh_keys``); revoked keys and
   disabled accounts are refused exactly like keys nobody registered. Then, unless the
   policy is ``off`` or a shift window is open for the key, with their authenticator code
-  over keyboard-interactive (``broker/sessions/gateway_second_factor.py``).
+  over keyboard-interactive (``broker/ssh_gateway/second_factor.py``).
 - Failed sign-ins are throttled per source address and per key, and audited. Connections
   that have not signed in are limited in number (overall and per source) and in time.
 - Port, agent and X11 forwarding, subsystems and env requests are refused; nothing the
   gateway accepts runs on the broker host itself.
 - Out-of-phase messages end the connection: asyncssh (2.24.1, pinned) enforces strict key
-  exchange and message order; ``broker/sessions/gateway_wire.py`` checks what asyncssh
+  exchange and message order; ``broker/ssh_gateway/wire.py`` checks what asyncssh
   leaves open in a client's cleartext start and user-auth request.
 - Clients without strict key exchange (Terrapin) are refused before any key exchange
   reply, unless ``ssh_allow_legacy_kex`` lets them in (each one audited). Only a modern
@@ -40,7 +40,8 @@ from broker.connectors.refs import ExternalTarget, parse_external_target
 from broker.rules import InvalidName, SshTarget, parse_ssh_target
 from broker.sessions.access import StaffKey, key_owner
 from broker.sessions.errors import AUDIT_STORE_UNAVAILABLE
-from broker.sessions.gateway_second_factor import (
+from broker.sessions.manager import DB_ERRORS, SessionManager
+from broker.ssh_gateway.second_factor import (
     ASK_BANNER,
     INSTRUCTION,
     MAX_CODE_PROMPTS,
@@ -52,9 +53,8 @@ from broker.sessions.gateway_second_factor import (
     check_code,
     key_policy,
 )
-from broker.sessions.gateway_session import GatewayChannel, GatewaySession
-from broker.sessions.gateway_wire import CheckedListener
-from broker.sessions.manager import DB_ERRORS, SessionManager
+from broker.ssh_gateway.session import GatewayChannel, GatewaySession
+from broker.ssh_gateway.wire import CheckedListener
 
 log = logging.getLogger(__name__)
 
@@ -286,7 +286,7 @@ class GatewayServer(asyncssh.SSHServer):
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
         # asyncssh ends the sign-in on a verified key; this stands in front of that to ask
-        # for the code first (see broker/sessions/gateway_second_factor.py).
+        # for the code first (see broker/ssh_gateway/second_factor.py).
         self._finish_auth = conn.send_userauth_success
         conn.send_userauth_success = self._auth_step_done  # type: ignore[method-assign]
         peer = conn.get_extra_info("peername")

@@ -9,8 +9,6 @@ uploaded page or script instead of running it on the broker's origin.
 
 from __future__ import annotations
 
-from typing import Final
-
 from aiohttp import web
 
 from broker.api.auth import authenticate
@@ -21,13 +19,6 @@ from broker.tickets.access import Desk
 from broker.tickets.errors import TicketInputError
 from broker.tickets.keys import TICKET_STORE
 from broker.tickets.text import content_disposition
-
-DOWNLOAD_PATH: Final = "/files/tickets/{id}/attachments/{name}"
-
-
-def download_url(ticket_ref: str, name: str) -> str:
-    """The path a stored attachment is downloaded from (names are URL-safe by construction)."""
-    return DOWNLOAD_PATH.replace("{id}", ticket_ref).replace("{name}", name)
 
 
 async def download(request: web.Request) -> web.Response:

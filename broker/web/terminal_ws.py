@@ -50,8 +50,9 @@ from broker.sessions.hub import LiveSession
 from broker.sessions.hub_core import Member
 from broker.sessions.input_ledger import InputKind
 from broker.sessions.runtime import SESSIONS
-from broker.sessions.terminal_tickets import TerminalGrant
 from broker.transcript import END_ENDED
+from broker.web.terminal_tickets import TerminalGrant
+from broker.web.terminals import TERMINALS
 
 log = logging.getLogger(__name__)
 
@@ -314,11 +315,12 @@ async def terminal_socket(request: web.Request) -> web.StreamResponse:
     # allowed, as documented.
     ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE + 1, heartbeat=30.0)
     await ws.prepare(request)
-    runtime.sockets.add(ws)
+    terminals = request.app[TERMINALS]
+    terminals.sockets.add(ws)
     terminal = WebTerminal(ws)
     try:
         token = await _first_ticket(ws)
-        grant = runtime.terminal_tickets.redeem(token, user_id=principal.user_id, now=time.time())
+        grant = terminals.tickets.redeem(token, user_id=principal.user_id, now=time.time())
         if grant is None or grant.staff != principal.name:
             await runtime.manager.audit(
                 principal.name,
@@ -340,7 +342,7 @@ async def terminal_socket(request: web.Request) -> web.StreamResponse:
             await _until_closed(ws, terminal)
     finally:
         await terminal.stop()
-        runtime.sockets.discard(ws)
+        terminals.sockets.discard(ws)
         if not ws.closed:
             await ws.close()
     return ws

@@ -1,4 +1,4 @@
-"""The outbox worker: carries each ended session's note to its ticket, once.
+"""The session outbox: each ended session's note, enqueued with its end, carried to its ticket once.
 
 A row is claimed (``claimed_until``) before it is sent, so two broker nodes never send it
 at the same time; the ticket system gets the same idempotency key on every try, so a note
@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Final
 
 from sqlalchemy import or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.config import BrokerConfig
 from broker.db.models_sessions import SessionOutbox
 from broker.ports import NoteAttachment, TicketSystem
 from broker.services import Services
-from broker.sessions.note import CAST_CONTENT_TYPE, TEXT_CONTENT_TYPE
 from broker.transcript import TranscriptError, text_blocks, transcript_paths
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,8 @@ class Schedule:
 # 10 MiB of a streamed session cost seconds of broker CPU per note, which a broker stopping
 # after many such sessions spent past its shutdown bound; the .cast stays the full record.
 TEXT_ATTACHMENT_MAX: Final = 1 << 20
+CAST_CONTENT_TYPE: Final = "application/x-asciicast"
+TEXT_CONTENT_TYPE: Final = "text/plain; charset=utf-8"
 
 
 def read_attachments(
@@ -147,6 +149,43 @@ def _text(cast: Path, max_bytes: int) -> bytes:
     if len(data) > budget:
         data, over = data[: data.rfind(b"\n", 0, budget) + 1], True
     return data + cut if over else data
+
+
+def note_key(session_id: str) -> str:
+    """The idempotency key of a session's note: the same on every retry and every node."""
+    return f"secondline-session-note:{session_id}"
+
+
+async def enqueue_note(
+    db: AsyncSession,
+    *,
+    session_id: str,
+    ticket_id: int,
+    author: str,
+    text: str,
+    attachments: Sequence[str],
+    now: dt.datetime,
+) -> None:
+    """Put the session's note in the outbox (once: a second call changes nothing)."""
+    exists = (
+        await db.execute(select(SessionOutbox.id).where(SessionOutbox.session_id == session_id))
+    ).scalar_one_or_none()
+    if exists is not None:
+        return
+    db.add(
+        SessionOutbox(
+            session_id=session_id,
+            ticket_id=ticket_id,
+            idempotency_key=note_key(session_id),
+            author=author,
+            text=text,
+            attachments=list(attachments),
+            state="pending",
+            attempts=0,
+            next_attempt_at=now,
+            created_at=now,
+        )
+    )
 
 
 class OutboxWorker:

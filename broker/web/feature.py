@@ -1,0 +1,29 @@
+"""The web edge's routes: the console terminal WebSocket and the file downloads (session
+transcripts, ticket attachments), and the closing of open terminals on shutdown."""
+
+from __future__ import annotations
+
+import contextlib
+
+from aiohttp import WSCloseCode, web
+
+from broker.tickets.files import DOWNLOAD_PATH as ATTACHMENT_PATH
+from broker.web import session_downloads, terminal_ws, ticket_downloads
+from broker.web.terminals import TERMINALS, Terminals
+
+
+def setup(app: web.Application) -> None:
+    """Add the terminal WebSocket and download routes; close the terminals on shutdown."""
+    app[TERMINALS] = Terminals()
+    app.router.add_get(terminal_ws.PATH, terminal_ws.terminal_socket)
+    app.router.add_get(session_downloads.DOWNLOAD_PATH, session_downloads.download_transcript)
+    app.router.add_get(ATTACHMENT_PATH, ticket_downloads.download)
+    # Appended: the sessions' drain (first of all shutdown handlers) has told every terminal
+    # why its session ended before its socket closes.
+    app.on_shutdown.append(_close_terminals)
+
+
+async def _close_terminals(app: web.Application) -> None:
+    for ws in list(app[TERMINALS].sockets):
+        with contextlib.suppress(Exception):
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"the broker is shutting down")
