@@ -19,16 +19,18 @@ from broker.api import kb as kb_api
 from broker.api import sessions as sessions_api
 from broker.api import staff as staff_api
 from broker.api import tickets as tickets_api
-from broker.api.errors import error_middleware, error_response
+from broker.api.errors import error_middleware
+from broker.api.in_process import ApiIndex
 from broker.api.openapi import build_openapi
-from broker.api.routing import SERVICES, ApiRouter, add_routes
+from broker.api.routing import ApiRouter, add_routes
 from broker.audit.log import AuditLog
 from broker.config import BrokerConfig
 from broker.connectors import feature as connectors_feature
 from broker.console import feature as console_feature
 from broker.db.engine import create_engine, session_factory
+from broker.errors import error_response
 from broker.keys import BrokerKeys, load_keys
-from broker.services import Services
+from broker.services import SERVICES, Services
 from broker.sessions import feature as sessions
 from broker.ssh_gateway import feature as ssh_gateway_feature
 from broker.tickets import feature as tickets_feature
@@ -64,12 +66,14 @@ def api_routers() -> list[ApiRouter]:
 
 
 def features() -> list[Feature]:
-    """Every feature beyond the REST API (agent tunnel, SSH gateway, console, ...)."""
+    """Every feature beyond the REST API (agent tunnel, SSH gateway, console, ...), each
+    handed what it needs from above: no feature imports the API or this module."""
+    console_api = ApiIndex.of(api_routers())
     return [
         agents_feature.setup,
         tickets_feature.setup,
         connectors_feature.setup,
-        console_feature.setup,
+        lambda app: console_feature.setup(app, api=console_api),
         sessions.setup,
         # After the sessions: the gateway starts with the session manager it hands sessions to.
         ssh_gateway_feature.setup,

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlencode, urlsplit
 
-from broker.console import totp
+from broker.auth import totp
 from broker.console.feature import WEB_DIST
 
 CUSTOMER: Final = "demo"

@@ -13,6 +13,8 @@ BrokerError                 root; ``code`` is stable snake_case, ``http_status``
 
 from __future__ import annotations
 
+from aiohttp import web
+
 
 class BrokerError(Exception):
     """Root of every error the broker raises on purpose."""
@@ -69,3 +71,9 @@ class ConflictError(BrokerError):
 class UnavailableError(BrokerError):
     code = "unavailable"
     http_status = 503
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    """The one JSON shape of every refusal the broker answers over HTTP, from the API's
+    middleware and from the endpoints outside it (agent tunnel, downloads)."""
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)

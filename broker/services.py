@@ -5,7 +5,9 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Final
 
+from aiohttp import web
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from broker.audit.anonymous import AnonymousRefusals
@@ -34,3 +36,7 @@ class Services:
 
     def __post_init__(self) -> None:
         self.anonymous = AnonymousRefusals(self.audit, lambda: self.clock())
+
+
+# Where the app keeps them: set by the composition root (broker.app) before any feature starts.
+SERVICES: Final = web.AppKey("services", Services)

@@ -26,10 +26,9 @@ from agent.protocol import TUNNEL_PATH, Ed25519PublicKey, load_json_object
 from broker.agents import agent_store
 from broker.agents.facts_policy import FactsRefused, clean_facts
 from broker.agents.tokens import claim_token
-from broker.api.routing import SERVICES
 from broker.errors import BrokerError, ForbiddenError, InputError
 from broker.rules import InvalidName, parse_agent_name
-from broker.services import Services
+from broker.services import SERVICES, Services
 
 log = logging.getLogger(__name__)
 

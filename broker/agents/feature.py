@@ -23,8 +23,7 @@ from broker.agents.tunnel_endpoint import (
     TunnelSettings,
     tunnel_handler,
 )
-from broker.api.routing import SERVICES
-from broker.services import Services
+from broker.services import SERVICES, Services
 
 log = logging.getLogger(__name__)
 

@@ -56,10 +56,8 @@ from broker.agents.presence import PresenceWriter
 from broker.agents.refusal_audit import WINDOW_S, RefusalAuditor
 from broker.agents.registry import AgentRegistry, LiveTunnel
 from broker.agents.ws_stream import AiohttpStream
-from broker.api.errors import error_response
-from broker.api.routing import SERVICES
-from broker.errors import ForbiddenError, InputError
-from broker.services import Services
+from broker.errors import ForbiddenError, InputError, error_response
+from broker.services import SERVICES, Services
 
 log = logging.getLogger(__name__)
 

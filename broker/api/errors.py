@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from broker.errors import BrokerError
+from broker.errors import BrokerError, error_response
 
 log = logging.getLogger(__name__)
 
@@ -20,10 +20,6 @@ _HTTP_CODES = {
     413: "body_too_large",
     415: "unsupported_media_type",
 }
-
-
-def error_response(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status)
 
 
 def _wants_json(request: web.Request) -> bool:

@@ -11,13 +11,13 @@ from typing import Final, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from broker.api.auth import Principal, authenticate
+from broker.auth.principal import Principal
 from broker.auth.scopes import ROLE_SCOPES
 from broker.errors import ForbiddenError, InputError
-from broker.services import Services
+from broker.services import SERVICES, Services
+from broker.web.auth import authenticate
 
 API_PREFIX: Final = "/api/v1"
-SERVICES: Final = web.AppKey("services", Services)
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -13,7 +13,7 @@ import datetime as dt
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from broker.console import totp
+from broker.auth import totp
 from broker.db.models_staff import User
 
 

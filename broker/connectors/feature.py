@@ -7,13 +7,13 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from broker.api.routing import SERVICES
 from broker.connectors.keys import CONNECTOR_SYNC, CONNECTOR_SYSTEMS, CONNECTORS
 from broker.connectors.mirror import Mirror
 from broker.connectors.outbound import change_hook
 from broker.connectors.store import ConnectorStore
 from broker.connectors.sync import ConnectorSync, Systems
 from broker.connectors.tickets import ConnectedTickets
+from broker.services import SERVICES
 from broker.tickets import TICKET_STORE, TICKETS
 
 

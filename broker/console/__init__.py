@@ -3,18 +3,20 @@
 Modules (pure decisions first, then the aiohttp layer):
 
 - ``web_session``: cookie secrets, session validity, CSRF token comparison, redirects (pure);
-- ``totp``: one-time codes, enrolment URI and QR code (pure but for drawing secrets);
 - ``language``: the page language from the account and Accept-Language (pure);
 - ``i18n``, ``render``: gettext catalogues compiled from .po at start-up, Jinja2 rendering,
   the Content-Security-Policy and other page headers;
 - ``session_store``: console sessions in the database (``console_sessions``);
 - ``auth``: the cookie, CSRF and same-origin checks; the REST API's ``WEB_AUTH`` hook;
 - ``live``: open event streams and terminals per session, closed when the session ends;
-- ``api_calls``: pages read and write through the REST API's own handlers;
+- ``api_calls``: pages read and write through the REST API's own handlers, which
+  ``create_app`` hands to ``setup`` (the console never imports ``broker.api``);
 - ``kb_view``: the knowledge-base pages' buttons, edit form and search form (pure);
 - ``pages``, ``login``, ``pages_tickets``, ``pages_sessions``, ``pages_admin``, ``pages_kb``,
   ``pages_kb_edit``, ``events``;
-- ``feature``: ``setup(app)``, the broker feature.
+- ``feature``: ``setup(app, api=...)``, the broker feature.
+
+One-time codes (TOTP) are ``broker.auth.totp``: the SSH gateway checks them too.
 
 Errors (``errors``):
 

@@ -12,8 +12,7 @@ from typing import Final
 
 from aiohttp import web
 
-from broker.api.auth import Principal
-from broker.api.routing import SERVICES
+from broker.auth.principal import Principal
 from broker.console import session_store
 from broker.console.errors import CsrfRefused, OriginRefused
 from broker.console.live import hold_upgrade
@@ -21,6 +20,7 @@ from broker.console.session_store import ConsoleUser
 from broker.console.state import CONSOLE
 from broker.console.web_session import CSRF_HEADER, SAFE_METHODS, SESSION_COOKIE, tokens_match
 from broker.origin import origin_allowed
+from broker.services import SERVICES
 
 _USER: Final = web.RequestKey("console_user", ConsoleUser)
 _LOOKED_UP: Final = web.RequestKey("console_user_looked_up", bool)

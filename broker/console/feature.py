@@ -12,8 +12,7 @@ from typing import Final
 
 from aiohttp import web
 
-from broker.api.auth import WEB_AUTH
-from broker.api.routing import SERVICES
+from broker.auth.principal import WEB_AUTH
 from broker.console import (
     events,
     live,
@@ -26,14 +25,14 @@ from broker.console import (
     session_store,
     ssh_shift,
 )
-from broker.console.api_calls import ApiIndex
+from broker.console.api_calls import ApiCalls
 from broker.console.auth import web_authenticator
 from broker.console.i18n import Catalogues
 from broker.console.live import LiveConnections
 from broker.console.pages import page_handler
 from broker.console.render import Renderer
 from broker.console.state import CONSOLE, ConsoleState
-from broker.services import Services
+from broker.services import SERVICES, Services
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +85,11 @@ async def _purge(services: Services, stop: asyncio.Event) -> None:
                 await stop.wait()
 
 
-def setup(app: web.Application, *, dist: Path = WEB_DIST) -> None:
-    """Add the console to the broker app."""
-    from broker.app import api_routers  # the app module imports this one: import at use
-
+def setup(app: web.Application, *, api: ApiCalls, dist: Path = WEB_DIST) -> None:
+    """Add the console to the broker app; ``api`` runs the REST API's handlers in-process."""
     app[CONSOLE] = ConsoleState(
         renderer=Renderer.create(Catalogues.load()),
-        api=ApiIndex.of(api_routers()),
+        api=api,
         live=LiveConnections(),
     )
     app[WEB_AUTH] = web_authenticator

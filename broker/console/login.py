@@ -16,10 +16,9 @@ from aiohttp import web
 from markupsafe import Markup
 from sqlalchemy import select, update
 
-from broker.api.routing import SERVICES
-from broker.auth import second_factor, shift_windows
+from broker.auth import second_factor, shift_windows, totp
 from broker.auth.credentials import verify_password
-from broker.console import session_store, totp
+from broker.console import session_store
 from broker.console.auth import console_user, refuse, same_origin
 from broker.console.language import Language
 from broker.console.messages import (
@@ -45,6 +44,7 @@ from broker.db.models_console import ConsoleSession
 from broker.db.models_staff import User
 from broker.errors import InputError
 from broker.rules import InvalidName, parse_user_name
+from broker.services import SERVICES
 
 LOGIN_COOKIE_SECONDS: Final = 3600
 

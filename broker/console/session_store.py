@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from broker.api.auth import Principal, load_customers
+from broker.auth.principal import Principal, load_customers
 from broker.auth.scopes import ROLE_SCOPES, Role, parse_role
 from broker.console.web_session import (
     Invalid,
@@ -147,7 +147,7 @@ async def load(
             customers=None,
             pending_totp=session.pending_totp,
         )
-    customers = await load_customers(services, user.id)
+    customers = await load_customers(services.db, user.id)
     return ConsoleUser(**{**found.__dict__, "customers": customers})
 
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from broker.api.routing import SERVICES
 from broker.auth import shift_windows
 from broker.console.pages import Page, redirect
+from broker.services import SERVICES
 
 
 async def allow_keys_for_shift(page: Page) -> web.StreamResponse:

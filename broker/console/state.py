@@ -7,7 +7,7 @@ from typing import Final
 
 from aiohttp import web
 
-from broker.console.api_calls import ApiIndex
+from broker.console.api_calls import ApiCalls
 from broker.console.live import LiveConnections
 from broker.console.render import Renderer
 
@@ -15,7 +15,7 @@ from broker.console.render import Renderer
 @dataclass(frozen=True)
 class ConsoleState:
     renderer: Renderer
-    api: ApiIndex
+    api: ApiCalls
     live: LiveConnections
 
 

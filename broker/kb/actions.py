@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from broker.api.auth import Principal
+from broker.auth.principal import Principal
 from broker.kb import store
 from broker.kb.analysis import QueryTerms, query_terms
 from broker.kb.article import ArticleContent, StatusAction, format_article_id, parse_tag

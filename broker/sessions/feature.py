@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from broker.api.routing import SERVICES
+from broker.services import SERVICES
 from broker.sessions.manager import SessionManager
 from broker.sessions.runtime import SESSIONS, SessionsRuntime, agent_tunnels, ticket_system
 from broker.tickets.outbox import OutboxWorker

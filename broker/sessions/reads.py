@@ -18,7 +18,7 @@ from typing import Final, Literal
 
 from aiohttp import web
 
-from broker.api.auth import Principal
+from broker.auth.principal import Principal
 from broker.db.models_sessions import RemoteSession
 from broker.errors import InputError
 from broker.rules import InvalidName, Refused, StaffView, may_view_ticket, parse_session_id

@@ -10,8 +10,10 @@ from typing import Final
 
 from aiohttp import web
 
+from broker.agents.feature import AGENT_REGISTRY
 from broker.ports import AgentTunnels, TicketSystem
 from broker.sessions.manager import SessionManager
+from broker.tickets.keys import TICKETS
 from broker.tickets.outbox import OutboxWorker
 
 # Set these before the app starts to use another ticket system or tunnel registry than the
@@ -33,12 +35,11 @@ SESSIONS: Final = web.AppKey("sessions", SessionsRuntime)
 
 
 def ticket_system(app: web.Application) -> TicketSystem | None:
-    """The ticket system sessions write to, looked up when needed."""
+    """The ticket system sessions write to, looked up when needed (a connector may put
+    its own in place while the app starts)."""
     given = app.get(TICKET_SYSTEM)
     if given is not None:
         return given
-    from broker.tickets.keys import TICKETS
-
     return app.get(TICKETS)
 
 
@@ -47,6 +48,4 @@ def agent_tunnels(app: web.Application) -> AgentTunnels | None:
     given = app.get(AGENT_TUNNELS)
     if given is not None:
         return given
-    from broker.agents.feature import AGENT_REGISTRY
-
     return app.get(AGENT_REGISTRY)

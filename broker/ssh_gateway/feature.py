@@ -8,7 +8,7 @@ from typing import Final
 
 from aiohttp import web
 
-from broker.api.routing import SERVICES
+from broker.services import SERVICES
 from broker.sessions.runtime import SESSIONS
 from broker.ssh_gateway.gateway import Gateway
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from broker.api.auth import Principal, load_customers
+from broker.auth.principal import Principal, load_customers
 from broker.auth.scopes import parse_role
 from broker.db.models_agents import Agent
 from broker.db.models_staff import Customer, User
@@ -134,7 +134,7 @@ class Desk:
             name=user.name,
             role=role,
             disabled=user.disabled,
-            customers=await load_customers(self.services, user.id),
+            customers=await load_customers(self.services.db, user.id),
         )
 
     async def agent(self, ref: str, customer: str) -> AgentView:

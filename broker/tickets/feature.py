@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from broker.api.routing import SERVICES
+from broker.services import SERVICES
 from broker.tickets.help_request import HELP_PATH, handle_help
 from broker.tickets.keys import TICKET_STORE, TICKETS
 from broker.tickets.store import TicketStore

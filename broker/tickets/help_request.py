@@ -19,8 +19,8 @@ from aiohttp import web
 from agent.errors import MessageError
 from agent.signing import HelpAnswer, HelpRequest
 from broker.agents.signed_requests import verify_agent_request
-from broker.api.routing import SERVICES
 from broker.rules import sanitize_display_text
+from broker.services import SERVICES
 from broker.tickets import text
 from broker.tickets.errors import TicketInputError
 from broker.tickets.records import NewTicket

@@ -13,13 +13,13 @@ from typing import Final
 
 from aiohttp import web
 
-from broker.api.auth import authenticate
-from broker.api.routing import SERVICES
 from broker.audit import audit_target
 from broker.errors import ForbiddenError
+from broker.services import SERVICES
 from broker.sessions.errors import SessionNotFound
 from broker.sessions.reads import CONTENT_TYPES, readable_session, transcript, transcript_format
 from broker.transcript import TranscriptNotFound
+from broker.web.auth import authenticate
 
 DOWNLOAD_PATH: Final = "/files/sessions/{id}/transcript.{format}"
 

@@ -38,11 +38,10 @@ from typing import Final, cast
 
 from aiohttp import WSMsgType, web
 
-from broker.api.auth import authenticate
-from broker.api.routing import SERVICES
 from broker.errors import ForbiddenError
 from broker.origin import origin_allowed
 from broker.rules import SshTarget
+from broker.services import SERVICES
 from broker.sessions.admission import OpenRequest
 from broker.sessions.errors import SessionError
 from broker.sessions.facts import Outcome
@@ -51,6 +50,7 @@ from broker.sessions.hub_core import Member
 from broker.sessions.input_ledger import InputKind
 from broker.sessions.runtime import SESSIONS
 from broker.transcript import END_ENDED
+from broker.web.auth import authenticate
 from broker.web.terminal_tickets import TerminalGrant
 from broker.web.terminals import TERMINALS
 

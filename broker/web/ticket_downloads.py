@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from broker.api.auth import authenticate
-from broker.api.routing import SERVICES
 from broker.audit import audit_target
 from broker.errors import ForbiddenError
+from broker.services import SERVICES
 from broker.tickets.access import Desk
 from broker.tickets.errors import TicketInputError
 from broker.tickets.keys import TICKET_STORE
 from broker.tickets.text import content_disposition
+from broker.web.auth import authenticate
 
 
 async def download(request: web.Request) -> web.Response:

@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 from playwright.async_api import Browser, BrowserContext, Dialog, Page
 
-from broker.console import totp
+from broker.auth import totp
 from tests.support.broker import BrokerProcess, cli_env, secondline, start_broker
 from tests.support.console import PASSWORD, build_front_end
 

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from playwright.async_api import Browser, Page
 
-from broker.console import totp
+from broker.auth import totp
 from tests.browser.test_console_flows import SHOTS, WAIT_MS, new_context
 from tests.support.broker import BrokerProcess, secondline, start_broker
 from tests.support.console import PASSWORD, build_front_end

@@ -39,11 +39,10 @@ from agent.tunnel import WebsocketsStream, WebSocketTunnel
 from broker.agents.feature import AGENT_REGISTRY, TUNNEL_SETTINGS
 from broker.agents.registry import AgentRegistry
 from broker.agents.tunnel_endpoint import TUNNEL_RUNTIME, TunnelRuntime, TunnelSettings
-from broker.api.routing import SERVICES
 from broker.app import Feature, create_app
 from broker.config import load_config
 from broker.db.models_audit import AuditEvent
-from broker.services import Services
+from broker.services import SERVICES, Services
 from tests.support.api import Api, admin_token
 
 WAIT: Final = 20.0  # failure bound of every wait, never a pause

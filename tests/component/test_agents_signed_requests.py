@@ -15,7 +15,7 @@ from pytest_aiohttp import AiohttpClient
 
 from agent.signing import sign_request
 from broker.agents import verify_agent_request
-from broker.api.routing import SERVICES
+from broker.services import SERVICES
 from tests.component.test_agents_harness import FAST, AgentsApp, LoopbackAgent, start_agents_app
 
 pytestmark = pytest.mark.postgres

@@ -9,8 +9,8 @@ import pyotp
 import pytest
 from sqlalchemy import select
 
-from broker.api.routing import SERVICES
 from broker.db.models_staff import User
+from broker.services import SERVICES
 from tests.support.api import Api, refusals_of
 
 pytestmark = pytest.mark.postgres

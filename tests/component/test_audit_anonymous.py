@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from broker.api.routing import SERVICES
 from broker.audit.anonymous import ACTION, AnonymousRefusals
+from broker.services import SERVICES
 from tests.support.api import Api
 
 pytestmark = pytest.mark.postgres

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import delete, select, update
 
-from broker.api.routing import SERVICES
 from broker.db.models_audit import AuditEvent
+from broker.services import SERVICES
 from tests.support.api import Api
 
 pytestmark = pytest.mark.postgres

@@ -9,10 +9,10 @@ import json
 
 import pytest
 
-from broker.api.routing import SERVICES
 from broker.connectors.keys import CONNECTOR_SYNC, CONNECTORS
 from broker.connectors.mirror import Mirror, link_of_ticket
 from broker.connectors.remote import RemoteTicket
+from broker.services import SERVICES
 from broker.tickets import TICKET_STORE
 from tests.component.test_console_pages import browser
 from tests.support.api import Api

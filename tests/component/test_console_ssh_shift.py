@@ -10,10 +10,10 @@ import asyncssh
 import pytest
 from sqlalchemy import select
 
-from broker.api.routing import SERVICES
 from broker.app import CONFIG
 from broker.auth import shift_windows
 from broker.db.models_staff import User
+from broker.services import SERVICES
 from tests.support.api import Api
 from tests.support.console import ConsoleClient, add_customer, add_staff
 

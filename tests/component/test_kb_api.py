@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from broker.api.routing import SERVICES
 from broker.db.models_agents import Agent
 from broker.db.models_sessions import RemoteSession
 from broker.db.models_staff import Customer
 from broker.db.models_tickets import Ticket, TicketAgent, TicketLevelChange
+from broker.services import SERVICES
 from tests.support.api import Api
 from tests.unit.test_kb_render import Elements
 

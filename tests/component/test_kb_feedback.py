@@ -10,8 +10,8 @@ from collections.abc import Mapping
 import pytest
 from sqlalchemy import select
 
-from broker.api.routing import SERVICES
 from broker.db.models_sessions import RemoteSession
+from broker.services import SERVICES
 from tests.component.test_kb_api import audit_events, seed_ticket, staff
 from tests.support.api import Api
 

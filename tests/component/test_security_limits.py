@@ -27,14 +27,13 @@ from sqlalchemy.orm import InstrumentedAttribute
 
 from agent.signing import sign_request
 from broker.agents.signed_requests import SIGNED_BODY_MAX
-from broker.api.routing import SERVICES
 from broker.app import CONFIG, create_app
 from broker.config import load_config
 from broker.db.models_audit import AuditEvent
 from broker.db.models_console import ConsoleSession
 from broker.db.models_staff import ApiToken, Customer, User
 from broker.db.models_tickets import Ticket, TicketAttachment, TicketNote
-from broker.services import Services
+from broker.services import SERVICES, Services
 from broker.tickets.help_request import HELP_PATH
 from tests.component.test_agents_harness import start_agents_app
 from tests.component.test_tickets_support import make_world

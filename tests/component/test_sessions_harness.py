@@ -31,10 +31,9 @@ from agent.pty_session import ProcessTable
 from agent.session_log import SessionLog, SessionRegistry
 from agent.ssh_server import ServerContext, server_options
 from agent.state import LocalConfig
-from broker.api.routing import SERVICES
 from broker.app import create_app
 from broker.config import load_config
-from broker.services import Services
+from broker.services import SERVICES, Services
 from broker.sessions import AGENT_TUNNELS, SESSIONS
 from broker.sessions.manager import SessionManager
 from broker.ssh_gateway import GATEWAY

@@ -15,7 +15,7 @@ import asyncssh
 import pytest
 from sqlalchemy import update
 
-from broker.console import totp
+from broker.auth import totp
 from broker.db.models_staff import User
 from tests.component.test_sessions_harness import WAIT, World, world
 

@@ -15,11 +15,10 @@ from aiohttp import web
 from sqlalchemy import select, update
 
 from broker import staff_store
-from broker.api.routing import SERVICES
 from broker.db.models_agents import Agent
 from broker.db.models_sessions import RemoteSession
 from broker.db.models_staff import Customer
-from broker.services import Services
+from broker.services import SERVICES, Services
 from broker.tickets import TICKET_STORE, TicketStore
 from tests.support.api import Api
 

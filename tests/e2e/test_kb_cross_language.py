@@ -14,7 +14,7 @@ import time
 import pytest
 from playwright.async_api import Browser
 
-from broker.console import totp
+from broker.auth import totp
 from tests.browser.conftest import chromium  # noqa: F401 - its fixture, for this test too
 from tests.browser.test_console_flows import WAIT_MS, new_context
 from tests.e2e.test_kb_from_recorded_session import api

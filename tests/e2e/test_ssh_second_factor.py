@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.console import totp
+from broker.auth import totp
 from broker.demo import ConsoleBrowser
 from tests.support.broker import BrokerProcess, cli_env, init_dir, secondline
 from tests.support.database import Backend

@@ -14,7 +14,7 @@ from typing import Final
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
-from broker.console import totp
+from broker.auth import totp
 from broker.console.web_session import SESSION_COOKIE
 from tests.support.api import Api
 

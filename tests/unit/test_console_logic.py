@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.console import totp
+from broker.auth import totp
 from broker.console.language import as_language, choose, from_accept_language
 from broker.console.pages_tickets import QueueFilter, queue_order
 from broker.console.render import content_security_policy, display_text, multiline_text

@@ -1,20 +1,21 @@
-"""Who is calling: bearer tokens (CLI, integrations) or a console session (browser).
+"""Who is calling an HTTP endpoint: bearer tokens (CLI, integrations) or a console session
+(browser). The REST API (``broker.api.routing``) and the web edge's own endpoints (terminal
+WebSocket, downloads) authenticate the same way, here.
 
 Credentials in a query string are refused outright: URLs end up in logs and histories."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Final
 
 from aiohttp import web
 from sqlalchemy import select
 
 from broker.auth.credentials import parse_api_token, secret_matches
-from broker.auth.scopes import Role, parse_role
-from broker.db.models_staff import ApiToken, Customer, User, UserCustomer
+from broker.auth.principal import ANONYMOUS, WEB_AUTH, Principal, load_customers
+from broker.auth.scopes import parse_role
+from broker.db.models_staff import ApiToken, User
 from broker.errors import AuthError, InputError
 from broker.services import Services
 
@@ -23,34 +24,6 @@ log = logging.getLogger(__name__)
 _QUERY_CREDENTIALS: Final = frozenset(
     {"token", "access_token", "api_key", "apikey", "auth", "bearer", "key", "session"}
 )
-
-
-@dataclass(frozen=True)
-class Principal:
-    user_id: int
-    name: str
-    role: Role | None  # None: not signed in (public routes only)
-    scopes: frozenset[str]
-    customers: frozenset[str] | None  # None: every customer
-    token_id: str | None = None
-    via: str = "token"  # "token", "web" or "anonymous"
-
-
-ANONYMOUS: Final = Principal(0, "anonymous", None, frozenset(), frozenset(), via="anonymous")
-
-WebAuthenticator = Callable[[web.Request], Awaitable[Principal | None]]
-WEB_AUTH: Final[web.AppKey[WebAuthenticator]] = web.AppKey("web_auth")
-
-
-async def load_customers(services: Services, user_id: int) -> frozenset[str] | None:
-    async with services.db() as db:
-        rows = await db.execute(
-            select(Customer.name)
-            .join(UserCustomer, UserCustomer.customer_id == Customer.id)
-            .where(UserCustomer.user_id == user_id)
-        )
-        names = frozenset(rows.scalars().all())
-    return names or None
 
 
 async def _refuse(request: web.Request, services: Services, why: str, detail: str) -> AuthError:
@@ -88,7 +61,7 @@ async def principal_for_token(services: Services, token: str) -> Principal | Non
         user.name,
         parse_role(user.role),
         frozenset(tok.scopes),
-        await load_customers(services, user.id),
+        await load_customers(services.db, user.id),
         token_id=tok.id,
     )
 
