@@ -12,11 +12,12 @@ What other parts use::
 
 Modules: ``hub_core`` (pure participant, buffer and limit bookkeeping), ``facts`` (what a
 session is, how it ended, what a terminal is), ``hub`` (one live session: agent channel,
-terminals, recorder), ``admission`` (the session rules applied, audited refusals),
-``consent`` (asking the end user), ``manager`` (start, attach, kill, drain), ``finish``
-(rows, audit and note when a session ends; crash recovery), ``note`` (the note's text,
-pure), ``reads`` (object-level read checks, transcript files), ``access`` and ``store``
-(database reads and writes), ``runtime`` (app keys), ``feature`` (``setup``).
+terminals, recorder), ``hub_agent`` (the agent's channel and what its stream carries),
+``admission`` (the session rules applied, audited refusals), ``consent`` (asking the end
+user), ``manager`` (start, attach, kill, drain), ``finish`` (rows, audit and note when a
+session ends; crash recovery), ``note`` (the note's text, pure), ``reads`` (object-level
+read checks, transcript files), ``access`` and ``store`` (database reads and writes),
+``runtime`` (app keys), ``feature`` (``setup``).
 
 Errors (``errors``): the root is :class:`SessionError`, a :class:`broker.errors.BrokerError`:
 

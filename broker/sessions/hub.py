@@ -1,8 +1,9 @@
 """One live session: the PTY channel to the agent, fanned out to the participants'
 terminals and to the recorder.
 
-The decisions live in :class:`~broker.sessions.hub_core.HubCore`; this module reads
-(agent output, staff input), feeds the core and performs what it returns. The hot path
+The decisions live in :class:`~broker.sessions.hub_core.HubCore`; what the agent's channel
+says is sorted by :class:`~broker.sessions.hub_agent.AgentStream`; this module reads (agent
+output, staff input), feeds them and performs what they return. The hot path
 is synchronous: an agent chunk goes through the mark parser, into the recorder's memory
 buffer, then to each terminal's write buffer, with no queue and no task per chunk. Disk
 writes happen at most once a second (or per MiB) and large ones in a worker thread.
@@ -23,11 +24,9 @@ from typing import Final
 
 import asyncssh
 
-from agent.input_reports import InputReport, InputReportReader
 from agent.protocol import ConsentAnswer
-from broker.rules.outside_text import clean_line
-from broker.sessions.answer_back import AnswerBack
 from broker.sessions.facts import MemberEvent, Outcome, SessionFacts, Terminal
+from broker.sessions.hub_agent import AgentChannel, AgentStream
 from broker.sessions.hub_core import (
     Action,
     Disconnect,
@@ -44,15 +43,12 @@ from broker.sessions.hub_core import (
     Role,
     roles_of,
 )
-from broker.sessions.input_ledger import InputKind, InputLedger
+from broker.sessions.input_ledger import InputKind
 from broker.sessions.screen_state import ScreenTail
 from broker.transcript import (
-    END_AGENT_DISCONNECTED,
     END_DISK_FULL,
-    END_ENDED,
     END_KILLED,
     Mark,
-    MarkParser,
     RecorderDiskFull,
     RecorderError,
     Seal,
@@ -70,29 +66,6 @@ SIGNALS: Final = frozenset({"INT", "TERM", "HUP", "QUIT", "KILL", "TSTP", "CONT"
 MAX_TERMINAL_SIZE: Final = 1000
 
 END_SHUTDOWN: Final = "broker shut down"
-END_BY_END_USER: Final = "ended by the end user"
-
-
-class AgentChannel(asyncssh.SSHClientSession[bytes]):
-    """The broker's side of the agent's PTY channel: hands everything to the hub."""
-
-    def __init__(self, live: LiveSession) -> None:
-        self._live = live
-
-    def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
-        self._live.channel_made(chan)
-
-    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
-        self._live.agent_output(data, datatype == asyncssh.EXTENDED_DATA_STDERR)
-
-    def exit_status_received(self, status: int) -> None:
-        self._live.agent_exit(status, None, "")
-
-    def exit_signal_received(self, signal: str, core_dumped: bool, msg: str, lang: str) -> None:
-        self._live.agent_exit(None, signal, msg)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._live.agent_closed(exc)
 
 
 class LiveSession:
@@ -110,13 +83,7 @@ class LiveSession:
         self.facts = facts
         self.recorder = recorder
         self.core = HubCore(limits, time.monotonic())
-        self.parser = MarkParser()
-        # Input is recorded from the agent's out-of-band reports only (see
-        # broker.sessions.input_ledger); a command without a PTY has no terminal to echo, so
-        # none of its input is recorded.
-        self.ledger = InputLedger()
-        self.reports = InputReportReader()
-        self.answers = AnswerBack()
+        self.agent = AgentStream(facts.session_id, pty=facts.term is not None)
         self.screen = ScreenTail(facts.cols, facts.rows)  # a joiner's first frame
         self.started_at = started_at
         self._on_member = on_member
@@ -126,9 +93,6 @@ class LiveSession:
         self._chan_closed = asyncio.Event()
         self._flush_task: asyncio.Task[None] | None = None
         self._flush_again = False
-        self._exit_status: int | None = None
-        self._exit_signal: str | None = None
-        self._exit_message = ""
         self._end: tuple[str, str, str, str | None] | None = None  # reason, code, message, by
         self.outcome: Outcome | None = None
         self.done = asyncio.Event()
@@ -172,27 +136,10 @@ class LiveSession:
         """A chunk from the agent: parse, record, fan out. The hot path."""
         if not self.running:
             return
-        if stderr and self.facts.term is not None:
-            # A PTY channel's stderr is the agent's own: input reports, or its error text.
-            reports, data = self.reports.feed(data)
-            self._input_reported(reports)
-            if not data:
-                return
-        forward, marks = self.parser.feed(data)
-        if self.facts.term is not None:
-            self.answers.asked(forward)
+        forward, marks, typed = self.agent.output(data, stderr)
+        if typed:
+            self._record_input(typed)
         self._emit(forward, marks, stderr)
-
-    def _input_reported(self, reports: list[InputReport]) -> None:
-        for report in reports:
-            self._record_input(self.ledger.reported(report.count, report.echo))
-        if self.ledger.excess:
-            log.warning(
-                "session %s: the agent reported %d bytes of input never sent",
-                self.session_id,
-                self.ledger.excess,
-            )
-            self.ledger.excess = 0
 
     def _record_input(self, pieces: list[tuple[InputKind, bytes, bool]]) -> None:
         now = time.time()
@@ -225,33 +172,13 @@ class LiveSession:
             self._apply(actions)
 
     def agent_exit(self, status: int | None, signal: str | None, message: str) -> None:
-        # The agent's words: cleaned where they enter, like all outside text.
-        self._exit_status = status
-        self._exit_signal = None if signal is None else clean_line(signal, 32)
-        self._exit_message = clean_line(message, 200)
+        self.agent.exited(status, signal, message)
 
     def agent_closed(self, exc: Exception | None) -> None:
         self._chan_closed.set()
-        if self._end is not None:
-            return
-        if self._exit_status is not None:
-            self.end(END_ENDED, code="exit", message="the session ended")
-        elif self._exit_signal is not None:
-            if self._exit_message == "ended by the end user on the machine":
-                self.end(END_BY_END_USER, code="end_user", message=self._exit_message)
-            else:
-                self.end(
-                    END_ENDED,
-                    code="exit",
-                    message=f"the shell ended with signal {self._exit_signal[:20]}",
-                )
-        else:
-            log.info("session %s: the agent channel closed (%s)", self.session_id, exc)
-            self.end(
-                END_AGENT_DISCONNECTED,
-                code="agent_disconnected",
-                message="the agent disconnected, so the session ended",
-            )
+        if self._end is None:
+            reason, code, message = self.agent.end_of_channel(exc)
+            self.end(reason, code=code, message=message)
 
     # -- terminals -------------------------------------------------------------------------
 
@@ -298,8 +225,8 @@ class LiveSession:
         """Staff typed; only the owner's and joiners' input reaches the shell. Answers of an
         SSH client's terminal to a query the output just asked, at the head of its input,
         are replies (broker.sessions.answer_back)."""
-        if self.answers.open and self.facts.term is not None:
-            replies, data = self.answers.split(data)
+        if self.agent.answers.open and self.facts.term is not None:
+            replies, data = self.agent.answers.split(data)
             if replies:
                 self._send_input(pid, "reply", replies)
         self._send_input(pid, "typed", data)
@@ -311,7 +238,7 @@ class LiveSession:
         answers the same query, and the others' replies are dropped without a word."""
         member = self.core.member(pid)
         if member is not None and member.role == "owner":
-            self.answers.split(data)  # the queries it answers are answered
+            self.agent.answers.split(data)  # the queries it answers are answered
             self._send_input(pid, "reply", data)
 
     def _send_input(self, pid: int, kind: InputKind, data: bytes) -> None:
@@ -323,7 +250,7 @@ class LiveSession:
         if self.facts.term is None:
             self._record_input([(kind, data, False)])
         else:
-            self._record_input(self.ledger.sent(kind, data))
+            self._record_input(self.agent.ledger.sent(kind, data))
         if self.core.phase == "running":
             self._chan.write(data)
 
@@ -488,7 +415,7 @@ class LiveSession:
                 await self._chan_closed.wait()
         assert self._end is not None
         reason, code, message, by = self._end
-        tail = self.parser.close()
+        tail = self.agent.parser.close()
         if tail and code not in ("disk_full", "recorder_failed"):
             with contextlib.suppress(RecorderError):
                 self.recorder.output(tail, time.time(), [])
@@ -496,7 +423,7 @@ class LiveSession:
                 terminal.write_output(tail, False)
         if code not in ("disk_full", "recorder_failed"):
             # Never reported: the terminal may not have echoed it, so it stays hidden.
-            self._record_input(self.ledger.close())
+            self._record_input(self.agent.ledger.close())
         if self._flush_task is not None:
             with contextlib.suppress(RecorderError):
                 await self._flush_task
@@ -513,8 +440,8 @@ class LiveSession:
             reason=seal.end_reason if seal is not None else reason,
             code=code,
             message=message,
-            exit_status=self._exit_status,
-            exit_signal=self._exit_signal,
+            exit_status=self.agent.exit_status,
+            exit_signal=self.agent.exit_signal,
             ended_by=by,
             started_at=self.started_at,
             ended_at=time.time(),
