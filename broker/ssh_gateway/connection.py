@@ -1,8 +1,7 @@
 """One SSH connection to the gateway: the target its user name names, the staff key that
 signs in, the second factor, and the session channels it opens (at most
 ``ssh_max_channels``); every forwarding request is refused. What connections share (the
-listener, sign-in limits and throttles, audit writes) is :class:`~broker.ssh_gateway.
-gateway.Gateway`.
+listener, sign-in limits and throttles, audit writes) is ``gateway.Gateway``.
 """
 
 from __future__ import annotations

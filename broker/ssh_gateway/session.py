@@ -26,7 +26,7 @@ from broker.sessions.hub_core import Member
 from broker.transcript.asciicast import TERM_PATTERN
 
 if TYPE_CHECKING:
-    from broker.ssh_gateway.gateway import GatewayServer
+    from broker.ssh_gateway.connection import GatewayServer
 
 log = logging.getLogger(__name__)
 

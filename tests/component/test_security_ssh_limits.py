@@ -132,7 +132,7 @@ async def test_seventeenth_connection_from_a_source_is_closed_at_once(
     """Sixteen connections from one address that have not signed in are served; the
     seventeenth is closed at once; when they have gone, the address is admitted again, and
     connections that signed in do not count."""
-    caplog.set_level(logging.WARNING, logger="broker.ssh_gateway.gateway")
+    caplog.set_level(logging.WARNING, logger="broker.ssh_gateway")
     async with world(data_dir, tmp_path, env=NO_TIMEOUT) as w:
         async with raw_connections() as opened:
             for _ in range(16):
