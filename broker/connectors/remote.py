@@ -1,7 +1,7 @@
 """What every external ticket system offers Secondline: the interface each connector kind
-implements (one class per kind: ``rt.RtSystem`` now; Zammad, Znuny and the signed webhook
-fit the same shape), and the values it hands back. Nothing outside ``broker.connectors``
-knows which kinds exist."""
+implements (one class per kind: ``rt.RtSystem``, ``zammad.ZammadSystem``,
+``znuny.ZnunySystem``; ``store.SYSTEM_CLASSES`` names them), and the values it hands back.
+Nothing outside ``broker.connectors`` knows which kinds exist."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ class RemoteTicket:
 
     external_id: str
     title: str
-    place: str  # where it sits in the system's structure (RT: the queue's name)
+    place: str  # where it sits in the system's structure (RT, Znuny: a queue; Zammad: a group)
     status: str  # ours: new, open, pending, resolved or closed
     state: str  # the external system's own status name
     owner: str | None

@@ -3,8 +3,10 @@
 A connector is named like a customer (``rt-acme``), has a kind (``rt``, ``zammad``, ``znuny``,
 ``webhook``), the base URL of the system, the ticket-number prefix staff type in SSH user
 names (``RT`` for ``RT-1234``), and a level map: which part of the external system's
-structure is which of our three support levels (RT: queue names). The map is text on the
-command line, ``"1=Support,2=Second level,3=Engineering"``; every level needs a place.
+structure is which of our three support levels (RT and Znuny: queue names; Zammad: group
+names). The map is text on the command line, ``"1=Support,2=Second level,3=Engineering"``;
+every level needs a place. The credential is one line: an API token (RT, Zammad) or an
+agent's ``LOGIN:PASSWORD`` (Znuny, whose web service has no tokens).
 """
 
 from __future__ import annotations
@@ -19,10 +21,16 @@ from broker.rules import LEVELS, sanitize_display_text
 
 KINDS: Final = ("rt", "zammad", "znuny", "webhook")
 # Kinds this broker has a class for; the others are accepted by nothing yet.
-BUILT_KINDS: Final = ("rt",)
+BUILT_KINDS: Final = ("rt", "zammad", "znuny")
 DEFAULT_PREFIX: Final = {"rt": "RT", "zammad": "ZM", "znuny": "ZN", "webhook": "WH"}
-# RT: three queues, named for the levels. `connector test` says which of them are missing.
-DEFAULT_LEVELS: Final = {"rt": {1: "Level 1", 2: "Level 2", 3: "Level 3"}}
+# Where each kind's tickets of a level sit unless configured; `connector test` says which
+# are missing. RT: three queues named for the levels. Zammad: "Users", the group a new
+# Zammad files tickets in, then two groups to create. Znuny: "Raw", where new mail lands.
+DEFAULT_LEVELS: Final = {
+    "rt": {1: "Level 1", 2: "Level 2", 3: "Level 3"},
+    "zammad": {1: "Users", 2: "2nd Level", 3: "3rd Level"},
+    "znuny": {1: "Raw", 2: "2nd Level", 3: "3rd Level"},
+}
 NAME: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 PREFIX: Final = re.compile(r"[A-Z][A-Z0-9]{0,9}")
 URL_MAX: Final = 500
@@ -152,14 +160,22 @@ def default_levels(kind: str) -> LevelMap:
     return LevelMap(dict(DEFAULT_LEVELS.get(kind, DEFAULT_LEVELS["rt"])))
 
 
-def check_credential(text: str) -> str:
-    """The credential file's content: one line (a token), stripped of its line end."""
+def check_credential(text: str, kind: str = "rt") -> str:
+    """The credential file's content: one line (a token, or for Znuny LOGIN:PASSWORD),
+    stripped of its line end."""
     value = text.strip()
     if not value:
         raise ConnectorSettingsError("the credential file is empty")
+    what = "the agent's LOGIN:PASSWORD" if kind == "znuny" else "the API token"
     if len(value) > CREDENTIAL_MAX or any(c in value for c in "\r\n\x00"):
         raise ConnectorSettingsError(
-            "the credential file must hold one line (the API token), at most "
-            f"{CREDENTIAL_MAX} characters"
+            f"the credential file must hold one line ({what}), at most {CREDENTIAL_MAX} characters"
         )
+    if kind == "znuny":
+        login, sep, password = value.partition(":")
+        if not sep or not login or not password:
+            raise ConnectorSettingsError(
+                "the credential file of a Znuny connector must hold one line "
+                "LOGIN:PASSWORD (the agent Secondline logs in as)"
+            )
     return value

@@ -28,6 +28,8 @@ from broker.connectors.settings import (
     default_levels,
     parse_levels,
 )
+from broker.connectors.zammad import ZammadSystem
+from broker.connectors.znuny import ZnunySystem
 from broker.db.models_connectors import Connector
 from broker.db.models_staff import Customer
 
@@ -78,11 +80,20 @@ class NewConnector:
     levels: str | None = None
 
 
+# One client class per kind, each made from the URL, the credential and the level map.
+SYSTEM_CLASSES: dict[str, Callable[[str, str, LevelMap], ExternalSystem]] = {
+    "rt": RtSystem,
+    "zammad": ZammadSystem,
+    "znuny": ZnunySystem,
+}
+
+
 def build_system(record: ConnectorRecord) -> ExternalSystem:
-    """The client class of the connector's kind (one class per kind)."""
-    if record.kind == "rt":
-        return RtSystem(record.url, record.credential, record.levels)
-    raise ConnectorInputError(f"connector kind {record.kind!r} is not available")
+    """The client of the connector's kind."""
+    make = SYSTEM_CLASSES.get(record.kind)
+    if make is None:
+        raise ConnectorInputError(f"connector kind {record.kind!r} is not available")
+    return make(record.url, record.credential, record.levels)
 
 
 class ConnectorStore:
@@ -103,7 +114,7 @@ class ConnectorStore:
             url = check_url(new.url)
             prefix = check_prefix(new.prefix or DEFAULT_PREFIX[kind])
             levels = parse_levels(new.levels) if new.levels else default_levels(kind)
-            credential = check_credential(new.credential)
+            credential = check_credential(new.credential, kind)
         except ConnectorSettingsError as exc:
             raise ConnectorInputError(exc.message) from None
         now = self._clock()

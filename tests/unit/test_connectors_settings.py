@@ -56,8 +56,7 @@ def test_names_prefixes_kinds_urls_and_credentials() -> None:
     for bad_prefix in ("T", "rt", "1A", "ABCDEFGHIJK"):
         with pytest.raises(ConnectorSettingsError):
             check_prefix(bad_prefix)
-    with pytest.raises(ConnectorSettingsError, match="not available in this version"):
-        check_kind("zammad")
+    assert (check_kind("zammad"), check_kind("znuny")) == ("zammad", "znuny")
     with pytest.raises(ConnectorSettingsError, match="unknown connector kind"):
         check_kind("jira")
     with pytest.raises(ConnectorSettingsError, match="must not hold credentials"):
@@ -68,6 +67,24 @@ def test_names_prefixes_kinds_urls_and_credentials() -> None:
     for bad_credential in ("", "  \n", "a\nb", "x" * 5000):
         with pytest.raises(ConnectorSettingsError):
             check_credential(bad_credential)
+
+
+def test_a_znuny_credential_is_login_colon_password() -> None:
+    """Znuny's web service has no tokens: the file holds the agent's LOGIN:PASSWORD (the
+    password may hold colons); anything else is refused saying what is expected."""
+    assert check_credential("secondline:pa:ss\n", "znuny") == "secondline:pa:ss"
+    for bad in ("secondline", ":password", "secondline:"):
+        with pytest.raises(ConnectorSettingsError, match="LOGIN:PASSWORD"):
+            check_credential(bad, "znuny")
+    assert check_credential("secondline", "zammad") == "secondline"
+
+
+def test_each_kind_has_default_level_places() -> None:
+    """Zammad's default level 1 is the group a new Zammad has, Znuny's the queue new mail
+    lands in; RT's are three queues named for the levels."""
+    assert default_levels("zammad").places[1] == "Users"
+    assert default_levels("znuny").places[1] == "Raw"
+    assert default_levels("rt").as_text() == "1=Level 1,2=Level 2,3=Level 3"
 
 
 def test_external_ticket_numbers_as_ssh_user_names() -> None:
