@@ -1,9 +1,9 @@
 """A loopback HTTP/1.1 proxy that loses an answer: it forwards every request to the
-upstream and every answer back, except that once armed, the first request whose request
-line contains :attr:`CuttingProxy.match` is forwarded whole, the upstream's answer is
-awaited (the proof that the upstream processed it) and then both connections are closed
-without a byte of that answer reaching the client. That is a network cut after the request
-was sent: the client cannot know whether it arrived.
+upstream and every answer back, except that once armed, the first request that contains
+:attr:`CuttingProxy.match` (in its request line, headers or body) is forwarded whole, the
+upstream's answer is awaited (the proof that the upstream processed it) and then both
+connections are closed without a byte of that answer reaching the client. That is a
+network cut after the request was sent: the client cannot know whether it arrived.
 
 Runs on the test's event loop; the broker under test is another process.
 """
@@ -72,10 +72,12 @@ class CuttingProxy:
         cutting = asyncio.Event()
 
         async def upward() -> None:
+            tail = b""  # the end of the last chunk: a match may straddle two chunks
             while data := await reader.read(CHUNK):
-                if self.armed and self.match in data:
+                if self.armed and self.match in tail + data:
                     self.armed = False
                     cutting.set()
+                tail = data[-len(self.match) :]
                 up_writer.write(data)
                 await up_writer.drain()
             up_writer.write_eof()

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from tests.support.standin_http import StandIn
+from tests.support.standin_http import StandIn, locked
 
 STATES = ("new", "open", "pending reminder", "pending close", "closed", "merged", "removed")
 SEARCH_MAX = 200
@@ -165,6 +165,7 @@ class ZammadStandIn(StandIn):
 
     # -- the test's side: people working in Zammad ------------------------------------------
 
+    @locked
     def add_agent(self, login: str, groups: list[str] | None = None) -> Agent:
         names = self.groups if groups is None else groups
         agent = Agent(login, secrets.token_hex(16), {g: ["full"] for g in names})
@@ -181,6 +182,7 @@ class ZammadStandIn(StandIn):
         self._last = text
         return text
 
+    @locked
     def create_ticket(
         self, group: str, title: str, customer: str = "eve@example.com", organization: str = ""
     ) -> str:
@@ -199,13 +201,16 @@ class ZammadStandIn(StandIn):
         self.tickets[ticket_id] = ticket
         return ticket.number
 
+    @locked
     def by_number(self, number: str) -> Ticket:
         return next(t for t in self.tickets.values() if t.number == number)
 
+    @locked
     def move(self, number: str, group: str, by: str = "anna@example.com") -> None:
         ticket = self.by_number(number)
         ticket.group, ticket.updated_by, ticket.updated_at = group, by, self._stamp()
 
+    @locked
     def add_article(
         self,
         number: str,
@@ -222,6 +227,7 @@ class ZammadStandIn(StandIn):
             self._next_file += 1
         self.articles[article.id] = article
 
+    @locked
     def notes(self, number: str) -> list[Article]:
         """The internal notes on the ticket, oldest first."""
         ticket = self.by_number(number)

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from tests.support.standin_http import Handler, StandIn
+from tests.support.standin_http import Handler, StandIn, locked
 
 BASE = "/otrs/nph-genericinterface.pl/Webservice/GenericTicketConnectorREST"
 STATE_TYPES = {
@@ -135,6 +135,7 @@ class ZnunyStandIn(StandIn):
 
     # -- the test's side: people working in Znuny -------------------------------------------
 
+    @locked
     def add_agent(self, login: str, password: str, queues: list[str] | None = None) -> Agent:
         names = set(self.queues if queues is None else queues)
         agent = Agent(len(self.agents) + 2, login, password, set(names), set(names))
@@ -145,6 +146,7 @@ class ZnunyStandIn(StandIn):
     def _now() -> str:
         return f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M:%S}"
 
+    @locked
     def create_ticket(
         self, queue: str, title: str, customer_user: str = "eve@example.com",
         customer_id: str = "acme",
@@ -164,15 +166,18 @@ class ZnunyStandIn(StandIn):
         self.tickets[ticket_id] = ticket
         return ticket.number
 
+    @locked
     def by_number(self, number: str) -> Ticket:
         return next(t for t in self.tickets.values() if t.number == number)
 
+    @locked
     def move(self, number: str, queue: str, by: str = "anna") -> None:
         ticket = self.by_number(number)
         old, ticket.queue = ticket.queue, queue
         ticket.changed, ticket.change_by = self._now(), self.agents[by].id
         ticket.history.append(self._line("Move", f"%%{queue}%%%%{old}%%", ticket))
 
+    @locked
     def add_article(
         self, number: str, subject: str, body: str, files: list[tuple[str, bytes]] | None = None
     ) -> None:
@@ -184,6 +189,7 @@ class ZnunyStandIn(StandIn):
         ticket.articles.append(article)
         ticket.history.append(self._line("EmailCustomer", "%%", ticket, article.id))
 
+    @locked
     def notes(self, number: str) -> list[Article]:
         """The internal notes on the ticket, oldest first."""
         return [a for a in self.by_number(number).articles if not a.visible_for_customer]
