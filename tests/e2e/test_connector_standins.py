@@ -62,6 +62,9 @@ class System:
     def notes(self, number: str) -> list[Note]:
         raise NotImplementedError
 
+    def place(self, number: str) -> str:
+        raise NotImplementedError
+
 
 class Zammad(System):
     kind, prefix, what, name = "zammad", "ZM", "group", "Zammad"
@@ -85,6 +88,9 @@ class Zammad(System):
             for a in self.zammad.notes(number)
             if a.internal
         ]
+
+    def place(self, number: str) -> str:
+        return self.zammad.by_number(number).group
 
 
 class Znuny(System):
@@ -110,6 +116,9 @@ class Znuny(System):
             Note(a.subject, a.body, {n: d for n, _, d in a.attachments})
             for a in self.znuny.notes(number)
         ]
+
+    def place(self, number: str) -> str:
+        return self.znuny.by_number(number).queue
 
 
 @pytest.fixture(params=["zammad", "znuny"])
@@ -242,6 +251,41 @@ async def test_ticket_escalated_there_worked_over_ssh_noted_once(
     assert "[exit 1" in note.text
     assert sorted(note.files) == sorted([f"{session_id}.cast", f"{session_id}.txt"])
     assert b"zz-42" in note.files[f"{session_id}.cast"]
+
+
+async def test_escalated_in_secondline_is_escalated_there_once(site: Site, system: System) -> None:
+    """Level 1 escalates a mirrored ticket in Secondline: the ticket moves to the level-2
+    place with a note giving who and why; the move coming back through the change feed is
+    no second escalation here."""
+    name = add_connector(site, system)
+    mark = len(site.broker.output)
+    number = system.create(system.places[0], "Mail bounces")
+    ref = await mirrored(site, system, number, mark)
+    lena = ok(site.admin("user", "token", "lena"))
+    mark = len(site.broker.output)
+    ok(
+        secondline(
+            "--token", lena, "ticket", "escalate", ref, "--to", "2",
+            "--reason", "needs the mail server's logs", data_dir=site.data_dir,
+        )
+    )  # fmt: skip
+    written = (
+        f"connector {name}: level change of {ref} to '{system.places[1]}' written to "
+        f"{system.prefix}-{number}"
+    )
+    await site.broker.wait_for_line(written.encode(), mark)
+    back = rf"connector {name}: {system.prefix}-{number} \({ref}\): queue '{system.places[1]}'"
+    await site.broker.wait_for_line(back.encode(), mark)
+    assert system.place(number) == system.places[1]
+    notes = system.notes(number)
+    assert len(notes) == 1, notes
+    assert "Escalated in Secondline by lena from level 1 to level 2" in notes[0].text
+    assert "needs the mail server's logs" in notes[0].text
+    ticket = ticket_json(site, ref)
+    assert ticket["level"] == 2
+    history = ticket["history"]
+    assert isinstance(history, list)
+    assert len(history) == 1, history
 
 
 async def test_system_down_for_the_write_back_then_delivered_once(
