@@ -21,6 +21,8 @@
   with its files attached; its history comment carries the note's key, and the ticket's
   history (TicketHistoryGet, one line per change, no article text) tells whether an
   earlier try arrived. No article or attachment is ever read.
+- A merged ticket names the ticket it was merged into in its ``Merged`` history line: the
+  mirror is closed and its notes go there.
 """
 
 from __future__ import annotations
@@ -322,6 +324,9 @@ class ZnunySystem:
                 if isinstance(item, dict) and isinstance(item.get("Value"), str | int):
                     fields[text_of(item, "Name")] = text_of(item, "Value")
         fields.setdefault("Customer", text_of(answer, "CustomerID"))
+        merged_into = None
+        if text_of(answer, "StateType") == "merged":
+            merged_into = await self._merged_into(ticket_id)
         owner = text_of(answer, "Owner")
         changed_by = text_of(answer, "ChangeBy")
         return RemoteTicket(
@@ -334,21 +339,39 @@ class ZnunySystem:
             requester=text_of(answer, "CustomerUserID"),
             url=f"{self.web}/index.pl?Action=AgentTicketZoom;TicketID={quote(ticket_id)}",
             custom_fields=fields,
+            merged_into=merged_into,
             # TicketGet names the last changer by user id only.
             changed_by=f"agent #{changed_by}" if changed_by else None,
         )
 
-    async def has_note(self, external_id: str, key: str) -> bool:
-        ticket_id = await self._existing_id(external_id)
+    async def _history(self, ticket_id: str) -> list[Mapping[str, object]]:
+        """The ticket's history lines, oldest first (TicketHistoryGet)."""
         answer = await self._op("GET", f"/TicketHistory/{quote(ticket_id)}", "TicketHistoryGet", {})
         histories = answer.get("TicketHistory")
         if not isinstance(histories, list):
             raise ExternalRejected("Znuny sent a TicketHistoryGet answer without a history")
+        lines: list[Mapping[str, object]] = []
         for entry in histories:
-            lines = entry.get("History") if isinstance(entry, dict) else None
-            if isinstance(lines, list) and any(key in text_of(li, "Name") for li in lines):
-                return True
-        return False
+            found = entry.get("History") if isinstance(entry, dict) else None
+            if isinstance(found, list):
+                lines += [line for line in found if isinstance(line, dict)]
+        return lines
+
+    async def _merged_into(self, ticket_id: str) -> str | None:
+        """The number of the ticket this one was merged into, from its ``Merged`` history
+        line (``%%MergedNumber%%MergedID%%MainNumber%%MainID``, Znuny 6 and later)."""
+        for line in reversed(await self._history(ticket_id)):
+            if text_of(line, "HistoryType") != "Merged":
+                continue
+            parts = text_of(line, "Name").split("%%")
+            if len(parts) >= 5 and parts[3].isdigit() and parts[4].isdigit():
+                self._ids[parts[3]] = parts[4]
+                return parts[3]
+        return None
+
+    async def has_note(self, external_id: str, key: str) -> bool:
+        ticket_id = await self._existing_id(external_id)
+        return any(key in text_of(line, "Name") for line in await self._history(ticket_id))
 
     async def add_note(
         self,

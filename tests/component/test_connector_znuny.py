@@ -150,3 +150,18 @@ async def test_refusals_carry_znunys_error_code(znuny: ZnunyStandIn, system: Znu
     znuny.agents[znuny.login].rw.discard("Raw")
     with pytest.raises(ExternalRefused, match=r"TicketUpdate\.AccessDenied"):
         await system.move(number, "2nd Level")
+
+
+async def test_a_merged_ticket_names_the_ticket_it_was_merged_into(
+    znuny: ZnunyStandIn, system: ZnunySystem
+) -> None:
+    """Znuny's Merged history line names the main ticket: the connector hands its number
+    on, and notes for the merged ticket can go there."""
+    number = znuny.create_ticket("Raw", "duplicate")
+    main = znuny.create_ticket("Raw", "original")
+    znuny.merge(number, main)
+    remote = await system.ticket(number)
+    assert remote is not None
+    assert (remote.merged_into, remote.status) == (main, "closed")
+    await system.add_note(main, key="k-1", subject="s", text="t", attachments=())
+    assert await system.has_note(main, "k-1")

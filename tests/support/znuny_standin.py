@@ -178,6 +178,16 @@ class ZnunyStandIn(StandIn):
         ticket.history.append(self._line("Move", f"%%{queue}%%%%{old}%%", ticket))
 
     @locked
+    def merge(self, number: str, into: str, by: str = "anna") -> None:
+        """Merge the ticket into another, as Znuny's TicketMerge does (state ``merged``, a
+        ``Merged`` history line naming both tickets)."""
+        ticket, main = self.by_number(number), self.by_number(into)
+        ticket.state = "merged"
+        ticket.changed, ticket.change_by = self._now(), self.agents[by].id
+        name = f"%%{ticket.number}%%{ticket.id}%%{main.number}%%{main.id}"
+        ticket.history.append(self._line("Merged", name, ticket))
+
+    @locked
     def add_article(
         self, number: str, subject: str, body: str, files: list[tuple[str, bytes]] | None = None
     ) -> None:
