@@ -386,3 +386,37 @@ async def test_wrong_credential_or_missing_place_is_named_and_marks_unhealthy(
     printed = b"".join(site.broker.output).decode(errors="replace")
     assert system.credential not in printed
     assert wrong not in printed
+
+
+async def test_zammad_group_without_write_access_is_named_until_granted(site: Site) -> None:
+    """Secondline's agent may read the level-2 group but not write to it: the note is
+    refused (403), the connector is unhealthy and `connector list` names the group; once
+    full access is granted the waiting note arrives once and the connector is healthy."""
+    system = Zammad()
+    await system.standin.start()
+    try:
+        name = add_connector(site, system)
+        await start_agent(site, "web01", "unattended")
+        number, ref, _ = await level2_ticket(site, system, "Read only")
+        with system.zammad.lock:
+            system.zammad.agents[system.credential].groups["2nd Level"] = ["read"]
+        mark = len(site.broker.output)
+        result = await site.ssh(f"ZM-{number}", "echo refused-first")
+        assert result.code == 0, result.err
+        session_id = str(sessions_of(site, ref)[0]["id"])
+        await site.broker.wait_for_line(
+            rf"session {session_id}: note for {ref} not delivered yet \(attempt 1".encode(), mark
+        )
+        listed = json.loads(ok(site.admin("connector", "list", "--json")))
+        assert listed[0]["healthy"] is False
+        assert "403" in str(listed[0]["health"]) or "2nd Level" in str(listed[0]["health"])
+        assert system.notes(number) == []
+        with system.zammad.lock:
+            system.zammad.agents[system.credential].groups["2nd Level"] = ["full"]
+        await site.broker.wait_for_line(
+            f"session {session_id}: note delivered to {ref}".encode(), mark
+        )
+        assert len(system.notes(number)) == 1
+        await site.broker.wait_for_line(f"connector {name} is healthy again".encode(), mark)
+    finally:
+        await system.standin.close()
