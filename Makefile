@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SRC := broker agent tests bench
 
-.PHONY: demo test check install fmt lint types unit bench web clean
+.PHONY: demo test check install fmt lint types unit bench web clean agent-deb
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -44,5 +44,9 @@ bench: install
 	$(BIN)/python -m bench.kb_eval
 	$(BIN)/python -m bench $(if $(QUICK),--quick,)
 
+# The agent as a Debian package (packaging/deb, tools/build_agent_deb.py): dist/*.deb.
+agent-deb: $(STAMP)
+	$(BIN)/python tools/build_agent_deb.py --out dist
+
 clean:
-	rm -rf $(VENV) web/node_modules web/dist .mypy_cache .pytest_cache .ruff_cache
+	rm -rf dist $(VENV) web/node_modules web/dist .mypy_cache .pytest_cache .ruff_cache

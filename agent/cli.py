@@ -47,6 +47,7 @@ from agent.state import (
     load_enrolled_state,
     read_private,
 )
+from agent.state_owner import become_state_owner
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -77,9 +78,21 @@ def _parser() -> argparse.ArgumentParser:
         "enroll", parents=[common], help="enroll this machine with a broker"
     )
     enroll.add_argument(
-        "broker_url", metavar="BROKER_URL", help="for example https://support.example.com:8443"
+        "broker_url",
+        metavar="BROKER_URL",
+        nargs="?",
+        help="for example https://support.example.com:8443",
     )
-    enroll.add_argument("token", metavar="TOKEN", help="the enrollment token from the helpdesk")
+    enroll.add_argument(
+        "token", metavar="TOKEN", nargs="?", help="the enrollment token from the helpdesk"
+    )
+    enroll.add_argument(
+        "--from-file",
+        type=Path,
+        metavar="FILE",
+        help="read BROKER_URL (first line) and TOKEN (second line) from FILE ('-': standard "
+        "input) instead, so that the token appears on no command line",
+    )
     enroll.add_argument(
         "--name", help="the machine's name at the helpdesk (default: the host name)"
     )
@@ -122,14 +135,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return the exit status."""
     args = _parser().parse_args(argv)
     state_dir = args.state_dir or args.global_state_dir
-    paths = StatePaths(state_dir or default_state_dir(os.geteuid(), os.environ))
+    started_as = os.geteuid()
+    paths = StatePaths(state_dir or default_state_dir(started_as, os.environ))
     try:
+        become_state_owner(paths.root)
         status = _dispatch(paths, args)
         sys.stdout.flush()  # a reader that left shows here, where it is handled below
         return status
     except NotEnrolledError as exc:
         system_dir = default_state_dir(0, os.environ)
-        if state_dir is None and os.geteuid() != 0 and system_dir.exists():
+        if state_dir is None and started_as != 0 and system_dir.exists():
             print(
                 f"{PROG}: the agent of this machine keeps its state in {system_dir}, "
                 "which only root can read; run the command with sudo",
@@ -158,7 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(paths: StatePaths, args: argparse.Namespace) -> int:
     if args.command == "enroll":
-        return _enroll(paths, args.broker_url, args.token, args.name)
+        broker_url, token = _enroll_arguments(args)
+        return _enroll(paths, broker_url, token, args.name)
     if args.command == "run":
         return _run(paths, verbose=args.verbose)
     if args.command == "status":
@@ -171,6 +187,34 @@ def _dispatch(paths: StatePaths, args: argparse.Namespace) -> int:
 
 
 # -- enroll -------------------------------------------------------------------------------
+
+ENROLL_FILE_MAX = 8 * 1024
+
+
+def _enroll_arguments(args: argparse.Namespace) -> tuple[str, str]:
+    """BROKER_URL and TOKEN from the command line or from ``--from-file``."""
+    if args.from_file is None:
+        if args.broker_url is None or args.token is None:
+            raise StateError("give BROKER_URL and TOKEN, or --from-file FILE")
+        return str(args.broker_url), str(args.token)
+    if args.broker_url is not None or args.token is not None:
+        raise StateError("give either BROKER_URL and TOKEN or --from-file FILE, not both")
+    path: Path = args.from_file
+    try:
+        if str(path) == "-":
+            data = sys.stdin.buffer.read(ENROLL_FILE_MAX + 1)
+        else:
+            with path.open("rb") as handle:
+                data = handle.read(ENROLL_FILE_MAX + 1)
+    except OSError as exc:
+        raise StateError(f"cannot read {path} ({exc.strerror})") from None
+    lines = data.decode("utf-8", "replace").splitlines() if len(data) <= ENROLL_FILE_MAX else []
+    if len(lines) != 2 or not all(line.strip() for line in lines):
+        raise StateError(
+            f"{path} must hold two lines: the broker URL, then the token; "
+            "ask the helpdesk for the install command again"
+        )
+    return lines[0].strip(), lines[1].strip()
 
 
 def _enroll(paths: StatePaths, broker_url: str, token_text: str, name: str | None) -> int:

@@ -71,3 +71,37 @@ def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
         main([])
     assert info.value.code == 2
     assert "COMMAND" in capsys.readouterr().err
+
+
+def test_enroll_from_file_takes_two_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--from-file reads the broker URL and the token, checked as on the command line; a
+    file of another shape, or a file beside positional arguments, is refused."""
+    token = f"sle1.abcdefgh1234.{'A' * 32}.{'0' * 64}"
+    state = ["--state-dir", str(tmp_path / "state")]
+    enroll_file = tmp_path / "enroll"
+    enroll_file.write_text(f"http://broker\n{token}\n")
+    code, _, err = _run(capsys, "enroll", "--from-file", str(enroll_file), *state)
+    assert (code, "https://" in err) == (1, True)
+    for text in ("", token, f"https://broker\n{token}\nextra\n", "x" * 9000):
+        enroll_file.write_text(text)
+        code, _, err = _run(capsys, "enroll", "--from-file", str(enroll_file), *state)
+        assert (code, "must hold two lines" in err) == (1, True)
+    code, _, err = _run(capsys, "enroll", "https://b", "--from-file", str(enroll_file), *state)
+    assert (code, "not both" in err) == (1, True)
+    code, _, err = _run(capsys, "enroll", *state)
+    assert (code, "give BROKER_URL and TOKEN" in err) == (1, True)
+
+
+def test_root_becomes_the_packaged_agent_only_for_its_state_dir() -> None:
+    """Root takes the packaged agent's uid for a dir that account owns; nobody else
+    switches, and root keeps its own identity for any other dir."""
+    from agent.state_owner import account_to_become
+
+    assert account_to_become(0, dir_uid=998, agent_uid=998) == 998
+    assert account_to_become(0, dir_uid=0, agent_uid=998) is None
+    assert account_to_become(0, dir_uid=1000, agent_uid=998) is None
+    assert account_to_become(0, dir_uid=None, agent_uid=998) is None
+    assert account_to_become(0, dir_uid=998, agent_uid=None) is None
+    assert account_to_become(1000, dir_uid=998, agent_uid=998) is None
