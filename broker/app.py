@@ -12,6 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from broker.agents import feature as agents_feature
+from broker.api import agent_packages as agent_packages_api
 from broker.api import agents as agents_api
 from broker.api import audit as audit_api
 from broker.api import connectors as connectors_api
@@ -58,6 +59,7 @@ def api_routers() -> list[ApiRouter]:
         staff_api.router,
         audit_api.router,
         agents_api.router,
+        agent_packages_api.router,
         kb_api.router,
         tickets_api.router,
         sessions_api.router,

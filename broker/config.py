@@ -48,6 +48,9 @@ class BrokerConfig:
     database_schema: str = ""  # PostgreSQL only: the schema to use (search_path)
     tls_cert: str = ""
     tls_key: str = ""
+    # Agent packages (secondline-agent_VERSION_ARCH.deb) served at /agent/packages/VERSION/
+    # for the install command of `token create --install-command`; "" = DATA_DIR/agent-packages.
+    agent_packages_dir: str = ""
     log_level: str = "info"
     max_body_bytes: int = 1024 * 1024
     max_attachment_bytes: int = 10 * 1024 * 1024
@@ -87,6 +90,14 @@ class BrokerConfig:
     @property
     def tls_cert_path(self) -> Path:
         return Path(self.tls_cert) if self.tls_cert else self.data_dir / "keys" / "tls.crt"
+
+    @property
+    def agent_packages_path(self) -> Path:
+        return (
+            Path(self.agent_packages_dir)
+            if self.agent_packages_dir
+            else self.data_dir / "agent-packages"
+        )
 
     @property
     def tls_key_path(self) -> Path:

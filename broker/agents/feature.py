@@ -15,6 +15,7 @@ from aiohttp import web
 from agent.protocol import ENROLL_PATH, TUNNEL_PATH
 from broker.agents import agent_store, descriptors, heap_trim, tls_read_buffer
 from broker.agents.enroll_endpoint import enroll_handler
+from broker.agents.packages import PACKAGE_SHELF, PACKAGES_PREFIX, PackageShelf, package_handler
 from broker.agents.registry import AgentRegistry
 from broker.agents.signed_requests import REPLAY_GUARD, ReplayGuard
 from broker.agents.tunnel_endpoint import (
@@ -44,6 +45,8 @@ def setup(app: web.Application) -> None:
     app[REPLAY_GUARD] = ReplayGuard()
     app.router.add_post(ENROLL_PATH, enroll_handler)
     app.router.add_get(TUNNEL_PATH, tunnel_handler)
+    app.router.add_get(PACKAGES_PREFIX + "/{version}/{file}", package_handler)
+    app.cleanup_ctx.append(_packages_ctx)
     app.cleanup_ctx.append(_tunnels_ctx)
     app.on_shutdown.append(_close_tunnels)
 
@@ -67,6 +70,11 @@ def _settings(app: web.Application, services: Services) -> TunnelSettings:
         keepalive_interval=float(config.tunnel_keepalive_interval_seconds),
         keepalive_count_max=config.tunnel_keepalive_count_max,
     )
+
+
+async def _packages_ctx(app: web.Application) -> AsyncIterator[None]:
+    app[PACKAGE_SHELF] = PackageShelf(app[SERVICES].config.agent_packages_path)
+    yield
 
 
 async def _tunnels_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -1,9 +1,10 @@
 """Commands for enrollment tokens and agents:
 
 secondline token create [--customer C] [--label K=V]... [--consent attended|unattended]
-                        [--ttl 1h] [--uses 1] [--json]
+                        [--ttl 1h] [--uses 1] [--install-command [--arch A]] [--json]
 secondline token list [--json] | revoke ID
 secondline agent list [--customer C] [--status S] [--json] | show AGENT [--json] | revoke AGENT
+secondline agent package [--arch A] [--json]
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from __future__ import annotations
 import argparse
 from urllib.parse import quote, urlencode
 
+from broker.agents.install_command import InstallValues, install_command
 from broker.cli.client import CliError
 from broker.cli.runtime import Runtime, add_json
 from broker.cli.staff import parse_ttl
+from broker.errors import InputError
 
 TOKEN_COLUMNS = ["id", "customer", "status", "consent", "uses_left", "expires_at", "labels"]
 AGENT_COLUMNS = ["id", "name", "customer", "status", "last_seen", "consent", "os", "labels"]
@@ -53,6 +56,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--consent", choices=["attended", "unattended"], default="attended")
     p.add_argument("--ttl", default="1h", help="lifetime, e.g. 30m, 1h, 7d (default 1h)")
     p.add_argument("--uses", type=int, default=1, help="how many agents may enroll with it")
+    p.add_argument(
+        "--install-command",
+        action="store_true",
+        help="print a command that installs the agent package with this token instead",
+    )
+    p.add_argument("--arch", default="amd64", help="the package's architecture (default amd64)")
     add_json(p)
     p.set_defaults(handler=token_create)
     p = token.add_parser("list", help="list enrollment tokens, newest first")
@@ -81,6 +90,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--customer", default=None, help="whose agent, when names repeat")
     add_json(p)
     p.set_defaults(handler=agent_revoke)
+    p = agent.add_parser(
+        "package", help="the agent package the install command installs: version, SHA-256"
+    )
+    p.add_argument("--arch", default="amd64", help="the Debian architecture (default amd64)")
+    add_json(p)
+    p.set_defaults(handler=agent_package)
 
 
 def parse_labels(pairs: list[str]) -> dict[str, str]:
@@ -104,14 +119,38 @@ def token_create(rt: Runtime) -> int:
     }
     if a.customer is not None:
         body["customer"] = a.customer
+    if a.install_command:
+        # Checked before a token is spent: without a package there is nothing to install.
+        package = rt.api.request("GET", "/agent-package" + _query(arch=a.arch))
     data = rt.api.request("POST", "/enrollment-tokens", body)
+    if not isinstance(data, dict):
+        raise CliError("the broker sent an unexpected answer")
+    if a.install_command:
+        data = {**data, "install_command": _install_command(package, str(data["token"]))}
     if rt.json:
         rt.show_one(data)
-    elif isinstance(data, dict):
-        print(data["token"])
     else:
-        raise CliError("the broker sent an unexpected answer")
+        print(data["install_command"] if a.install_command else data["token"])
     return 0
+
+
+def _install_command(package: object, token: str) -> str:
+    if not isinstance(package, dict):
+        raise CliError("the broker sent an unexpected answer")
+    try:
+        return install_command(
+            InstallValues(
+                broker_url=str(package["broker_url"]),
+                package_url=str(package["url"]),
+                tls_pin=str(package["tls_pin"]),
+                sha256=str(package["sha256"]),
+                token=token,
+            )
+        )
+    except KeyError:
+        raise CliError("the broker sent an unexpected answer") from None
+    except InputError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _label_text(item: dict[str, object]) -> dict[str, object]:
@@ -180,6 +219,12 @@ def agent_revoke(rt: Runtime) -> int:
         rt.show_one(data)
     elif isinstance(data, dict):
         print(f"Revoked agent {data.get('name')} ({data.get('id')}); its tunnel is closed.")
+    return 0
+
+
+def agent_package(rt: Runtime) -> int:
+    data = rt.api.request("GET", "/agent-package" + _query(arch=rt.args.arch))
+    rt.show_one(data)
     return 0
 
 

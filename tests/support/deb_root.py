@@ -58,6 +58,33 @@ class DebRoot:
     def upper(self) -> Path:
         return self.base / "upper"
 
+    def environment(self, env: dict[str, str] | None = None) -> dict[str, str]:
+        """The environment commands in the root get (nothing of the test's own)."""
+        return {
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "LANG": "C.UTF-8",
+            "HOME": "/root",
+            "DEBIAN_FRONTEND": "noninteractive",
+            **(env or {}),
+        }
+
+    def argv(self, *argv: str) -> list[str]:
+        """The host command that runs ``argv`` inside the root as root."""
+        return [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            _ENTER,
+            "enter",
+            str(self.upper),
+            str(self.base / "work"),
+            str(self.base / "merged"),
+            *argv,
+        ]
+
     def run(
         self,
         *argv: str,
@@ -66,31 +93,11 @@ class DebRoot:
         timeout: float = 300,
     ) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` inside the root as root; its status and output (never raises)."""
-        environment = {
-            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "LANG": "C.UTF-8",
-            "HOME": "/root",
-            "DEBIAN_FRONTEND": "noninteractive",
-            **(env or {}),
-        }
         return subprocess.run(
-            [
-                "unshare",
-                "--mount",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                _ENTER,
-                "enter",
-                str(self.upper),
-                str(self.base / "work"),
-                str(self.base / "merged"),
-                *argv,
-            ],
+            self.argv(*argv),
             capture_output=True,
             text=True,
-            env=environment,
+            env=self.environment(env),
             input=input_text,
             timeout=timeout,
             check=False,

@@ -1,0 +1,184 @@
+"""The one-line install: `secondline token create --install-command` prints a command that,
+run on a fresh machine (an overlay root here), downloads the package from a real broker
+with curl pinned to its key, checks the SHA-256, installs it with apt-get, and enrolls; the
+packaged agent then connects. A tampered package or another pin installs nothing. The
+package also enrolls from debconf answers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import ssl
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from broker.agents.install_command import InstallValues, install_command
+from tests.support.broker import BrokerProcess, secondline
+from tests.support.deb_root import DebRoot
+from tests.support.packages import build_agent_deb
+from tests.support.site import ok
+
+pytestmark = [pytest.mark.e2e, pytest.mark.parametrize("backend", ["sqlite"], indirect=True)]
+
+STATE = "/var/lib/secondline-agent"
+
+
+@pytest.fixture
+def roots(tmp_path: Path) -> Iterator[list[DebRoot]]:
+    made: list[DebRoot] = []
+    yield made
+    for r in made:
+        r.cleanup()
+
+
+def _root(roots: list[DebRoot], tmp_path: Path) -> DebRoot:
+    r = DebRoot(tmp_path / f"root{len(roots)}")
+    roots.append(r)
+    return r
+
+
+def _shelve(broker: BrokerProcess) -> Path:
+    shelf = broker.data_dir / "agent-packages"
+    shelf.mkdir(exist_ok=True)
+    deb = build_agent_deb()
+    return Path(shutil.copy(deb, shelf / deb.name))
+
+
+def _status(url: str) -> int:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the broker's own self-signed certificate
+    try:
+        with urllib.request.urlopen(url, context=context, timeout=30) as answer:  # noqa: S310
+            answer.read()
+            return int(answer.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def _agents(broker: BrokerProcess) -> dict[str, dict[str, object]]:
+    listed = json.loads(ok(secondline("agent", "list", "--json", data_dir=broker.data_dir)))
+    return {str(a["name"]): a for a in listed}
+
+
+async def test_install_command_installs_enrolls_and_the_agent_connects(
+    broker: BrokerProcess, tmp_path: Path, roots: list[DebRoot]
+) -> None:
+    """The printed command installs and enrolls as the agent's own account; the packaged
+    agent dials the broker and is online."""
+    ok(secondline("customer", "add", "acme", data_dir=broker.data_dir))
+    _shelve(broker)
+    command = ok(
+        secondline(
+            "token", "create", "--customer", "acme", "--install-command",
+            data_dir=broker.data_dir,
+        )
+    )  # fmt: skip
+    assert command.count("\n") == 0
+    assert command.startswith("sudo sh -c ")
+
+    root = _root(roots, tmp_path)
+    result = root.run("sh", "-c", command)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert root.mode(f"{STATE}/state.json") == ("600", "secondline-agent", "secondline-agent")
+    assert root.mode(f"{STATE}/agent_key") == ("600", "secondline-agent", "secondline-agent")
+    assert root.run("test", "-e", "/etc/secondline-agent").returncode == 1  # the token is gone
+    hostname = root.ok("hostname").strip().lower()
+    agents = _agents(broker)
+    assert list(agents) == [hostname]
+    assert agents[hostname]["status"] == "offline"
+
+    # Root starts it as the service would; it runs as the account that owns the state.
+    mark = len(broker.output)
+    agent = await asyncio.create_subprocess_exec(
+        *root.argv("secondline-agent", "run"),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env=root.environment(),
+    )
+    try:
+        await broker.wait_for_line(rb"agent \S+ \(%s\) online" % hostname.encode(), mark)
+        assert _agents(broker)[hostname]["status"] == "online"
+        owner = root.ok("ps", "-o", "user=", "-C", "secondline-agent")
+        assert owner.split() == ["secondline-agent"], owner
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            _, err = await agent.communicate()
+    assert agent.returncode == 0, err
+
+
+async def test_tampered_package_or_other_key_installs_nothing(
+    broker: BrokerProcess, tmp_path: Path, roots: list[DebRoot]
+) -> None:
+    """A package changed after the command was printed fails the digest check; a broker
+    showing another key fails the pin; either way nothing is installed or written."""
+    ok(secondline("customer", "add", "acme", data_dir=broker.data_dir))
+    shelved = _shelve(broker)
+    args = ("token", "create", "--customer", "acme", "--install-command")
+    command = ok(secondline(*args, data_dir=broker.data_dir))
+    with shelved.open("ab") as f:
+        f.write(b"\0")
+
+    root = _root(roots, tmp_path)
+    result = root.run("sh", "-c", command)
+    assert result.returncode != 0
+    assert "the package is not the one this command names" in result.stderr
+    assert root.run("dpkg", "-s", "secondline-agent").returncode == 1
+    assert root.run("test", "-e", "/etc/secondline-agent").returncode == 1
+
+    shutil.copy(build_agent_deb(), shelved)
+    package = json.loads(ok(secondline("agent", "package", "--json", data_dir=broker.data_dir)))
+    # Served only under its own version; any other path is no package.
+    assert _status(broker.url + package["path"]) == 200
+    for path in (
+        package["path"].replace(f"/{package['version']}/", "/9.9.9/"),
+        f"/agent/packages/{package['version']}/..%2Fsecondline.toml",
+        f"/agent/packages/{package['version']}/secondline-agent.deb",
+    ):
+        assert _status(broker.url + path) == 404, path
+    token = json.loads(ok(secondline(*args[:-1], "--json", data_dir=broker.data_dir)))["token"]
+    other_pin = install_command(
+        InstallValues(
+            broker_url=package["broker_url"],
+            package_url=package["url"],
+            tls_pin="sha256//" + "A" * 43 + "=",
+            sha256=package["sha256"],
+            token=token,
+        )
+    )
+    result = root.run("sh", "-c", other_pin)
+    assert result.returncode != 0
+    assert "pinned public key" in result.stderr
+    assert "could not download the agent" in result.stderr
+    assert root.run("dpkg", "-s", "secondline-agent").returncode == 1
+    assert _agents(broker) == {}
+
+
+async def test_postinst_enrolls_from_debconf_answers(
+    broker: BrokerProcess, tmp_path: Path, roots: list[DebRoot]
+) -> None:
+    """Preseeded broker URL and token enroll at install; the token does not stay in the
+    debconf database."""
+    ok(secondline("customer", "add", "acme", data_dir=broker.data_dir))
+    token = ok(secondline("token", "create", "--customer", "acme", data_dir=broker.data_dir))
+    root = _root(roots, tmp_path)
+    root.ok(
+        "debconf-set-selections",
+        input_text=(
+            f"secondline-agent secondline-agent/broker_url string {broker.url}\n"
+            f"secondline-agent secondline-agent/token password {token}\n"
+        ),
+    )
+    root.put(build_agent_deb(), "/tmp/secondline-agent.deb")
+    root.ok("dpkg", "-i", "/tmp/secondline-agent.deb")
+    assert root.mode(f"{STATE}/state.json") == ("600", "secondline-agent", "secondline-agent")
+    assert len(_agents(broker)) == 1
+    kept = root.ok("debconf-show", "secondline-agent")
+    assert token not in kept
