@@ -3,16 +3,17 @@
 Blocking (stdlib ``http.client``), because only the CLI uses them. The broker's
 certificate is pinned: after the TLS handshake and *before a byte of the request is
 sent*, the SHA-256 of the certificate the broker presented must equal the pinned
-fingerprint (the token's at enrollment, ``broker.pem``'s afterwards). ``HTTPS_PROXY``
-is honoured through HTTP CONNECT, as for the tunnel.
+fingerprint (the token's at enrollment, ``broker.pem``'s afterwards). A proxy
+(agent.proxy: agent.toml's ``proxy_url``, else ``HTTPS_PROXY`` unless ``NO_PROXY``) is
+used through HTTP CONNECT with its Basic credentials, as for the tunnel.
 """
 
 from __future__ import annotations
 
 import http.client
+import os
 import ssl
 import time
-import urllib.request
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
@@ -27,6 +28,7 @@ from agent.errors import (
     MessageError,
 )
 from agent.protocol import ENROLL_PATH, HELP_PATH, cert_fingerprint
+from agent.proxy import select_proxy
 from agent.signing import HelpAnswer, HelpRequest, sign_request
 
 TIMEOUT_SECONDS: Final = 30.0
@@ -42,16 +44,6 @@ class HTTPAnswer:
     body: bytes
 
 
-def _proxy_for(host: str) -> tuple[str, int] | None:
-    proxy = urllib.request.getproxies().get("https")
-    if not proxy or urllib.request.proxy_bypass(host):
-        return None
-    parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-    if not parts.hostname:
-        return None
-    return parts.hostname, parts.port or 3128
-
-
 def post_pinned(
     base_url: str,
     path: str,
@@ -60,6 +52,7 @@ def post_pinned(
     fingerprint: str,
     headers: dict[str, str] | None = None,
     timeout: float = TIMEOUT_SECONDS,
+    proxy_url: str | None = None,
 ) -> HTTPAnswer:
     """``POST`` JSON to ``base_url + path`` once the broker's certificate matched."""
     check_url(base_url, "the broker URL", "https")
@@ -71,12 +64,13 @@ def post_pinned(
     # Trust comes from the pinned fingerprint, checked below before anything is sent.
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
-    proxy = _proxy_for(host)
+    proxy = select_proxy(proxy_url, host, os.environ)
     if proxy is None:
         conn = http.client.HTTPSConnection(host, port, timeout=timeout, context=context)
     else:
-        conn = http.client.HTTPSConnection(proxy[0], proxy[1], timeout=timeout, context=context)
-        conn.set_tunnel(host, port)
+        conn = http.client.HTTPSConnection(proxy.host, proxy.port, timeout=timeout, context=context)
+        auth = proxy.authorization
+        conn.set_tunnel(host, port, headers={"Proxy-Authorization": auth} if auth else None)
     try:
         try:
             conn.connect()
@@ -123,6 +117,9 @@ def _reason(exc: BaseException) -> str:
         return "timed out"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
+    if isinstance(exc, OSError) and str(exc).startswith("Tunnel connection failed"):
+        # http.client's words for the proxy's refusal, e.g. "407 Proxy Authentication Required"
+        return "the proxy refused: " + str(exc).removeprefix("Tunnel connection failed: ")
     return type(exc).__name__
 
 
@@ -139,10 +136,16 @@ def _refusal(answer: HTTPAnswer) -> BrokerRefusedError:
     return BrokerRefusedError(answer.status, error.code, f"the broker refused: {error.message}")
 
 
-def enroll(base_url: str, request: EnrollmentRequest) -> EnrollmentAnswer:
+def enroll(
+    base_url: str, request: EnrollmentRequest, *, proxy_url: str | None = None
+) -> EnrollmentAnswer:
     """Enroll with the broker; the answer's certificate must be the token's."""
     answer = post_pinned(
-        base_url, ENROLL_PATH, request.serialize(), fingerprint=request.token.fingerprint
+        base_url,
+        ENROLL_PATH,
+        request.serialize(),
+        fingerprint=request.token.fingerprint,
+        proxy_url=proxy_url,
     )
     if answer.status != 200:
         raise _refusal(answer)
@@ -167,11 +170,15 @@ def request_help(
     fingerprint: str,
     help_request: HelpRequest,
     now: float | None = None,
+    *,
+    proxy_url: str | None = None,
 ) -> HelpAnswer:
     """Open a ticket for the end user's request; return its id."""
     body = help_request.serialize()
     headers = sign_request(key, agent_id, body, time.time() if now is None else now)
-    answer = post_pinned(base_url, HELP_PATH, body, fingerprint=fingerprint, headers=headers)
+    answer = post_pinned(
+        base_url, HELP_PATH, body, fingerprint=fingerprint, headers=headers, proxy_url=proxy_url
+    )
     if answer.status != 200:
         raise _refusal(answer)
     try:

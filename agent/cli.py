@@ -239,6 +239,8 @@ def _enroll(paths: StatePaths, broker_url: str, token_text: str, name: str | Non
             "starting with a letter or digit); choose another --name"
         )
     ensure_state_dir(paths)
+    # agent.toml may be there before enrollment, to name the proxy to enroll through.
+    proxy_url = load_config(paths).proxy_url
     if paths.state_json.exists():
         state = load_enrolled_state(paths)
         raise StateError(
@@ -265,7 +267,7 @@ def _enroll(paths: StatePaths, broker_url: str, token_text: str, name: str | Non
         public_key=Ed25519PublicKey.parse(public_line.decode("ascii")),
         facts=facts,
     )
-    answer: EnrollmentAnswer = enroll(broker_url.rstrip("/"), request)
+    answer: EnrollmentAnswer = enroll(broker_url.rstrip("/"), request, proxy_url=proxy_url)
     atomic_write(paths.broker_pem, answer.tls_cert_pem.strip().encode() + b"\n")
     state = EnrolledState.from_answer(broker_url.rstrip("/"), answer, time.time())
     atomic_write(paths.state_json, state.serialize())
@@ -303,12 +305,18 @@ def _run(paths: StatePaths, *, verbose: bool) -> int:
     LoginAccount.resolve(config.login_user, config.shell)  # fail now, not at the first session
     key_data, _, broker_pem = _read_credentials(paths)
     agent_key = asyncssh.import_private_key(key_data)
+    from urllib.parse import urlsplit
+
+    from agent.proxy import select_proxy
+
+    proxy = select_proxy(config.proxy_url, urlsplit(state.tunnel_url).hostname or "", os.environ)
     settings = RunnerSettings(
         paths=paths,
         state=state,
         config=config,
         agent_key=agent_key,
         broker_pem=broker_pem,
+        proxy=proxy,
         terminal_prompt=state.consent == "attended" and sys.stdin.isatty() and sys.stderr.isatty(),
     )
 
@@ -454,7 +462,14 @@ def _help(paths: StatePaths, text: str) -> int:
     state = load_enrolled_state(paths)
     _, key, pem = _read_credentials(paths)
     fingerprint = cert_fingerprint(pem_to_der(pem, "broker.pem"))
-    answer = request_help(state.broker_url, state.agent_id, key, fingerprint, help_request)
+    answer = request_help(
+        state.broker_url,
+        state.agent_id,
+        key,
+        fingerprint,
+        help_request,
+        proxy_url=load_config(paths).proxy_url,
+    )
     print(answer.ticket)
     return 0
 

@@ -40,6 +40,7 @@ from agent.control import ControlRequest, ControlServer
 from agent.errors import ControlError, TunnelRefusedError
 from agent.facts import Facts, collect_facts
 from agent.protocol import AGENT_ID_HEADER, MAX_TUNNEL_MESSAGE, iso_utc
+from agent.proxy import Proxy
 from agent.pty_session import ProcessTable
 from agent.session_log import SessionLog, SessionRegistry
 from agent.shell_integration import ZshStartupFiles
@@ -79,6 +80,8 @@ class RunnerSettings:
     backoff_cap: float = 60.0
     stable_after: float = 60.0
     terminal_prompt: bool = False
+    #: The HTTP proxy to the broker (agent.proxy.select_proxy), None: connect directly.
+    proxy: Proxy | None = None
 
 
 def tunnel_ssl_context(broker_pem: str) -> ssl.SSLContext:
@@ -247,7 +250,7 @@ class AgentRunner:
                     else settings.ping_timeout
                 ),
                 close_timeout=settings.close_timeout,
-                proxy=True,
+                proxy=settings.proxy.url if settings.proxy is not None else None,
             )
         except InvalidStatus as exc:
             if exc.response.status_code in (401, 403):

@@ -7,7 +7,7 @@ Layout (docs/protocol.md)::
       broker.pem      0600  the broker's TLS certificate, pinned at enrollment
       state.json      0600  the enrollment (written last: it marks the dir as enrolled)
       agent.toml      0600  optional local config (login_user, consent_timeout_seconds, shell,
-                            keepalive_interval_seconds, keepalive_count_max)
+                            keepalive_interval_seconds, keepalive_count_max, proxy_url)
       sessions.jsonl  0600  local session log
       status.json     0600  written by ``run``
       control.sock    0600  control socket of the running agent
@@ -43,6 +43,7 @@ from agent.protocol import (
     parse_iso_utc,
     require_match,
 )
+from agent.proxy import parse_proxy_url
 
 DIR_MODE: Final = 0o700
 FILE_MODE: Final = 0o600
@@ -259,6 +260,9 @@ class LocalConfig:
     #: Unanswered keepalives after which the tunnel counts as dead: it is closed and dialled
     #: again, so a dead tunnel is noticed within interval x (count + 1) seconds.
     keepalive_count_max: int = KEEPALIVE_COUNT_MAX
+    #: The HTTP proxy to the broker (``http://user:password@host:port``); None: the
+    #: environment's HTTPS_PROXY / NO_PROXY.
+    proxy_url: str | None = None
 
     @property
     def ping_timeout_seconds(self) -> float:
@@ -273,6 +277,7 @@ _CONFIG_KEYS: Final = (
     "shell",
     "keepalive_interval_seconds",
     "keepalive_count_max",
+    "proxy_url",
 )
 
 
@@ -327,7 +332,13 @@ def parse_config(text: str) -> LocalConfig:
         not isinstance(shell, str) or not shell.startswith("/") or "\0" in shell
     ):
         raise ConfigError("agent.toml: shell must be an absolute path such as '/bin/bash'")
+    proxy_url = raw.get("proxy_url")
+    if proxy_url is not None:
+        if not isinstance(proxy_url, str):
+            raise ConfigError("agent.toml: proxy_url must be a URL such as 'http://proxy:3128'")
+        parse_proxy_url(proxy_url, "agent.toml: proxy_url")
     return LocalConfig(
+        proxy_url=proxy_url,
         login_user=login_user,
         consent_timeout_seconds=float(timeout),
         shell=shell,

@@ -2,7 +2,8 @@
 
 What it does on the customer's machine, as root::
 
-    download the package from the broker with curl, pinned to the broker certificate's
+    read /etc/default/secondline-agent if it is there (HTTPS_PROXY, NO_PROXY), download
+    the package from the broker with curl, pinned to the broker certificate's
     public key (curl --pinnedpubkey; the certificate is self-signed unless the admin set
     another, so no CA is asked), check its SHA-256, write the broker URL and the token to
     /etc/secondline-agent/enroll (0600), and install it with apt-get, whose postinst
@@ -40,6 +41,9 @@ _FIELD_MAX: Final = 2048
 INSTALL_SCRIPT: Final = "; ".join(
     (
         "set -eu",
+        # Behind a proxy: HTTPS_PROXY in the service's settings file serves curl too.
+        "if [ -r /etc/default/secondline-agent ]; then set -a;"
+        " . /etc/default/secondline-agent; set +a; fi",
         "d=$(mktemp -d)",
         'trap "rm -rf -- \\"\\$d\\"" EXIT',
         'curl -fsS --proto =https --insecure --pinnedpubkey "$3" -o "$d/secondline-agent.deb"'
