@@ -2,12 +2,14 @@
 run on a fresh machine (an overlay root here), downloads the package from a real broker
 with curl pinned to its key, checks the SHA-256, installs it with apt-get, and enrolls; the
 packaged agent then connects. A tampered package or another pin installs nothing. The
-package also enrolls from debconf answers."""
+package also enrolls from debconf answers, and docs/agent.md's package commands run as
+written."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import signal
 import ssl
@@ -21,8 +23,9 @@ import pytest
 from broker.agents.install_command import InstallValues, install_command
 from tests.support.broker import BrokerProcess, secondline
 from tests.support.deb_root import DebRoot
-from tests.support.packages import build_agent_deb
+from tests.support.packages import ROOT, build_agent_deb
 from tests.support.site import ok
+from tests.support.walkthrough import substitute
 
 pytestmark = [pytest.mark.e2e, pytest.mark.parametrize("backend", ["sqlite"], indirect=True)]
 
@@ -182,3 +185,56 @@ async def test_postinst_enrolls_from_debconf_answers(
     assert len(_agents(broker)) == 1
     kept = root.ok("debconf-show", "secondline-agent")
     assert token not in kept
+
+
+PACKAGE_BLOCK = re.compile(
+    r"^<!-- package walkthrough(?::\s*([^>]*?))?\s*-->\n```sh\n(.*?)^```", re.M | re.S
+)
+
+
+def _package_blocks(broker: BrokerProcess, deb: Path) -> list[tuple[str, str]]:
+    """docs/agent.md's package blocks (label, text) as they run in the throwaway root: the
+    broker's host and port, the package's place, and no systemctl (no systemd runs there)."""
+    doc = (ROOT / "docs" / "agent.md").read_text(encoding="utf-8")
+    assert f"./{deb.name}" in doc  # the page names the package this checkout builds
+    table = [
+        ("support.example.com", "127.0.0.1"),
+        ("8443", str(broker.https_port)),
+        (f"./{deb.name}", f"/tmp/{deb.name}"),
+        ("sudo systemctl daemon-reload && sudo systemctl restart secondline-agent", "true"),
+        ("sudo systemctl restart secondline-agent", "true"),
+    ]
+    return [
+        ((m.group(1) or "").strip(), substitute(m.group(2), table))
+        for m in PACKAGE_BLOCK.finditer(doc)
+    ]
+
+
+async def test_agent_doc_package_blocks_run_as_written(
+    broker: BrokerProcess, tmp_path: Path, roots: list[DebRoot]
+) -> None:
+    """docs/agent.md's package blocks run in throwaway roots: install by hand and enroll,
+    then the drop-in for sessions as another account; and, in a second root, enrollment
+    from debconf answers."""
+    # Two customers: both roots have the host's name, which is the agent's name by default.
+    for customer in ("acme", "globex"):
+        ok(secondline("customer", "add", customer, data_dir=broker.data_dir))
+    deb = build_agent_deb()
+    blocks = _package_blocks(broker, deb)
+    assert [label for label, _ in blocks] == ["", "debconf", ""]
+    by_hand, debconf = _root(roots, tmp_path), _root(roots, tmp_path)
+    for label, text in blocks:
+        root = debconf if label == "debconf" else by_hand
+        root.put(deb, f"/tmp/{deb.name}")
+        customer = "globex" if root is debconf else "acme"
+        args = ("token", "create", "--customer", customer)
+        token = ok(secondline(*args, data_dir=broker.data_dir))
+        result = root.run("bash", "-e", "-o", "pipefail", "-c", text, env={"TOKEN": token})
+        assert result.returncode == 0, (label, text, result.stdout, result.stderr)
+    for root in (by_hand, debconf):
+        assert root.mode(f"{STATE}/state.json") == ("600", "secondline-agent", "secondline-agent")
+    listed = json.loads(ok(secondline("agent", "list", "--json", data_dir=broker.data_dir)))
+    assert sorted(a["customer"] for a in listed) == ["acme", "globex"]
+    drop_in = "/etc/systemd/system/secondline-agent.service.d/sessions-as-login-user.conf"
+    assert by_hand.run("test", "-L", drop_in).returncode == 0
+    assert by_hand.ok("cat", f"{STATE}/agent.toml") == 'login_user = "support"\n'
