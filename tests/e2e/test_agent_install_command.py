@@ -8,6 +8,7 @@ written."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import shutil
@@ -15,7 +16,7 @@ import signal
 import ssl
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ from broker.agents.install_command import InstallValues, install_command
 from tests.support.broker import BrokerProcess, secondline
 from tests.support.deb_root import DebRoot
 from tests.support.packages import ROOT, build_agent_deb
-from tests.support.site import ok
+from tests.support.site import Site, new_ticket, ok
 from tests.support.walkthrough import substitute
 
 pytestmark = [pytest.mark.e2e, pytest.mark.parametrize("backend", ["sqlite"], indirect=True)]
@@ -70,17 +71,19 @@ def _agents(broker: BrokerProcess) -> dict[str, dict[str, object]]:
     return {str(a["name"]): a for a in listed}
 
 
-async def test_install_command_installs_enrolls_and_the_agent_connects(
-    broker: BrokerProcess, tmp_path: Path, roots: list[DebRoot]
+async def test_install_command_installs_enrolls_and_sessions_run(
+    site: Site, tmp_path: Path, roots: list[DebRoot]
 ) -> None:
     """The printed command installs and enrolls as the agent's own account; the packaged
-    agent dials the broker and is online."""
-    ok(secondline("customer", "add", "acme", data_dir=broker.data_dir))
+    agent comes online and a staff member's command runs as that account; with the state
+    dir root's and login_user set (what the drop-in makes of the service), it runs as
+    login_user."""
+    broker = site.broker
     _shelve(broker)
     command = ok(
-        secondline(
-            "token", "create", "--customer", "acme", "--install-command",
-            data_dir=broker.data_dir,
+        site.admin(
+            "token", "create", "--customer", "acme", "--consent", "unattended",
+            "--install-command",
         )
     )  # fmt: skip
     assert command.count("\n") == 0
@@ -98,6 +101,27 @@ async def test_install_command_installs_enrolls_and_the_agent_connects(
     assert agents[hostname]["status"] == "offline"
 
     # Root starts it as the service would; it runs as the account that owns the state.
+    async with _running(root, broker, hostname):
+        assert _agents(broker)[hostname]["status"] == "online"
+        owner = root.ok("ps", "-o", "user=", "-C", "secondline-agent")
+        assert owner.split() == ["secondline-agent"], owner
+        ticket = new_ticket(site, hostname)
+        shown = await site.ssh(ticket, "id -un; pwd")
+        assert (shown.code, shown.out) == (0, "secondline-agent\n/\n"), shown
+
+    root.ok("useradd", "--create-home", "--shell", "/bin/bash", "support")
+    root.ok("chown", "-R", "root:root", STATE)  # systemd's StateDirectory= for User=root
+    root.ok("sh", "-c", f"umask 077; echo 'login_user = \"support\"' > {STATE}/agent.toml")
+    async with _running(root, broker, hostname):
+        owner = root.ok("ps", "-o", "user=", "-C", "secondline-agent")
+        assert owner.split() == ["root"], owner
+        shown = await site.ssh(ticket, "id -un; pwd")
+        assert (shown.code, shown.out) == (0, "support\n/home/support\n"), shown
+
+
+@contextlib.asynccontextmanager
+async def _running(root: DebRoot, broker: BrokerProcess, name: str) -> AsyncIterator[None]:
+    """The packaged agent, started by root in ``root``, until the block ends."""
     mark = len(broker.output)
     agent = await asyncio.create_subprocess_exec(
         *root.argv("secondline-agent", "run"),
@@ -106,10 +130,8 @@ async def test_install_command_installs_enrolls_and_the_agent_connects(
         env=root.environment(),
     )
     try:
-        await broker.wait_for_line(rb"agent \S+ \(%s\) online" % hostname.encode(), mark)
-        assert _agents(broker)[hostname]["status"] == "online"
-        owner = root.ok("ps", "-o", "user=", "-C", "secondline-agent")
-        assert owner.split() == ["secondline-agent"], owner
+        await broker.wait_for_line(rb"agent \S+ \(%s\) online" % name.encode(), mark)
+        yield
     finally:
         agent.send_signal(signal.SIGTERM)
         async with asyncio.timeout(30):
@@ -120,11 +142,17 @@ async def test_install_command_installs_enrolls_and_the_agent_connects(
 async def test_tampered_package_or_other_key_installs_nothing(
     broker: BrokerProcess, tmp_path: Path, roots: list[DebRoot]
 ) -> None:
-    """A package changed after the command was printed fails the digest check; a broker
-    showing another key fails the pin; either way nothing is installed or written."""
+    """No package on the broker: no command and no token. A package changed after the
+    command was printed fails the digest check; a broker showing another key fails the pin;
+    either way nothing is installed or written."""
     ok(secondline("customer", "add", "acme", data_dir=broker.data_dir))
-    shelved = _shelve(broker)
     args = ("token", "create", "--customer", "acme", "--install-command")
+    # Without a package there is nothing to install, and no token is spent on it.
+    missing = secondline(*args, data_dir=broker.data_dir)
+    assert missing.code != 0
+    assert "has no agent package for amd64; build one (make agent-deb)" in missing.err
+    assert json.loads(ok(secondline("token", "list", "--json", data_dir=broker.data_dir))) == []
+    shelved = _shelve(broker)
     command = ok(secondline(*args, data_dir=broker.data_dir))
     with shelved.open("ab") as f:
         f.write(b"\0")
