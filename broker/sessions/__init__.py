@@ -13,9 +13,11 @@ What other parts use::
 Modules: ``hub_core`` (pure participant, buffer and limit bookkeeping), ``facts`` (what a
 session is, how it ended, what a terminal is), ``hub`` (one live session: agent channel,
 terminals, recorder), ``hub_agent`` (the agent's channel and what its stream carries),
-``admission`` (the session rules applied, audited refusals), ``consent`` (asking the end
-user), ``manager`` (start, attach, kill, drain), ``finish`` (rows, audit and note when a
-session ends; crash recovery), ``note`` (the note's text, pure), ``reads`` (object-level
+``admission`` (who may open, join or watch; audited refusals), ``consent`` (asking the end
+user), ``lifecycle`` (a session's states, events and actions as a table, pure),
+``manager`` (its executor: start, attach, kill, drain) with ``opening`` (the steps of a
+start), ``session_end`` (what an end writes) and ``finish`` (writing it, for ended,
+refused and crashed sessions), ``note`` (the note's text, pure), ``reads`` (object-level
 read checks, transcript files), ``access`` and ``store`` (database reads and writes),
 ``runtime`` (app keys), ``feature`` (``setup``).
 

@@ -1,6 +1,7 @@
-"""Who may open which session: the staff member, the ticket and the agent judged by the
-session rules (``broker.rules``), in an order that never tells out-of-scope staff about a
-ticket, plus the per-staff session limit. Every refusal is audited."""
+"""Who may open which session, and who may join or watch a live one: the staff member,
+the ticket and the agent judged by the session rules (``broker.rules``), in an order that
+never tells out-of-scope staff about a ticket, plus the per-staff session limit. Every
+refusal is audited."""
 
 from __future__ import annotations
 
@@ -15,8 +16,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from broker.ports import AgentTunnels, TicketSystem
 from broker.rules import (
     Allowed,
+    LiveSessionView,
     Refused,
     SshTarget,
+    StaffView,
+    may_join_session,
+    may_observe_session,
     may_open_session,
     may_view_ticket,
     sanitize_display_text,
@@ -24,8 +29,15 @@ from broker.rules import (
 from broker.services import Services
 from broker.sessions import store
 from broker.sessions.access import choose_agent, find_agents, load_agents, load_staff
-from broker.sessions.errors import AUDIT_STORE_UNAVAILABLE, SessionRefused, StoreUnavailable
+from broker.sessions.errors import (
+    AUDIT_STORE_UNAVAILABLE,
+    SessionNotFound,
+    SessionRefused,
+    StoreUnavailable,
+)
 from broker.sessions.facts import Kind, SessionFacts
+from broker.sessions.hub import LiveSession
+from broker.sessions.hub_core import Role
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +182,77 @@ async def admit(
         rows=max(1, min(req.rows, 1000)),
     )
     return Admitted(facts, decision, ticket.status, tickets)
+
+
+@dataclass(frozen=True, kw_only=True)
+class JoinRequest:
+    """A staff member asks to join (type in) or observe (watch) a live session."""
+
+    staff: str
+    session_id: str
+    ticket_id: int
+    role: Role  # joiner or observer
+    source: str
+
+    @property
+    def action(self) -> str:
+        """What the audit log calls it."""
+        return "session.join" if self.role == "joiner" else "session.observe"
+
+
+async def admit_member(
+    services: Services,
+    req: JoinRequest,
+    live: LiveSession | None,
+    tickets: TicketSystem | None,
+    tunnels: AgentTunnels | None,
+) -> tuple[StaffView, Allowed]:
+    """Judge ``req`` against ``live`` (None: not running on this node); raises
+    SessionNotFound or SessionRefused (audited), or StoreUnavailable."""
+    try:
+        async with services.db() as db:
+            staff = await load_staff(db, req.staff)
+            agents = await load_agents(db, [live.facts.agent_id]) if live else []
+    except DB_ERRORS:
+        raise StoreUnavailable(AUDIT_STORE_UNAVAILABLE) from None
+    ticket = await tickets.get(req.ticket_id) if tickets is not None else None
+    if live is None or staff is None or ticket is None or not agents or not live.running:
+        await _audit_member_refusal(services, req, "not_live")
+        raise SessionNotFound(
+            f"there is no live session {req.session_id} on ticket T-{req.ticket_id}; "
+            "see the ticket's sessions"
+        )
+    view = LiveSessionView(
+        id=req.session_id,
+        ticket=live.facts.ticket_id,
+        owner=live.facts.owner,
+        invited=live.core.invited,
+    )
+    now = services.clock()
+    agent = agents[0].view(tunnels)
+    if req.role == "joiner":
+        decision = may_join_session(staff, ticket.view(), view, agent, now)
+    else:
+        attended = agent.consent == "attended"
+        decision = may_observe_session(staff, ticket.view(), view, now, attended=attended)
+    if isinstance(decision, Refused):
+        await _audit_member_refusal(services, req, decision.code)
+        raise SessionRefused(decision.reason, code=decision.code)
+    return staff, decision
+
+
+async def _audit_member_refusal(services: Services, req: JoinRequest, code: str) -> None:
+    try:
+        await services.audit.record(
+            actor=req.staff,
+            action=req.action,
+            target=req.session_id,
+            outcome="denied",
+            source=req.source,
+            details={"code": code},
+        )
+    except DB_ERRORS:
+        raise StoreUnavailable(AUDIT_STORE_UNAVAILABLE) from None
 
 
 _NO_TICKETS: Final = Refused(

@@ -1,6 +1,7 @@
 """What happens after a session ends: its row, its participants, its audit event and its
-note in the outbox, written until the database takes them (a database that is down delays
-the record, it never loses it: the row stays "live" and the next start recovers it).
+note in the outbox, written by one writer (:meth:`Finisher.write_end`, of a record built in
+``broker.sessions.session_end``) until the database takes them (a database that is down
+delays the record, it never loses it: the row stays "live" and the next start recovers it).
 Participants joining and leaving, and sessions refused after their row was written, are
 retried the same way (:meth:`Finisher.until_stored`).
 
@@ -12,28 +13,32 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime as dt
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from broker.db.models_sessions import RemoteSession
 from broker.ports import TicketSystem
-from broker.secret_scrubber import scrub_secrets
 from broker.services import Services
 from broker.sessions import store
 from broker.sessions.facts import Outcome
 from broker.sessions.hub import LiveSession
 from broker.sessions.hub_core import Member
-from broker.sessions.note import NoteFacts, exec_commands, session_note
+from broker.sessions.lifecycle import AuditEnd, Recovered, SessionLifecycle, WriteEnd
+from broker.sessions.note import session_note
 from broker.sessions.note_language import NoteTranslations, customer_language
+from broker.sessions.session_end import (
+    RENDER_MAX,
+    Attachments,
+    EndRecord,
+    end_of_hub,
+    end_of_row,
+    plan_attachments,
+)
 from broker.transcript import (
-    END_INTERRUPTED,
     Command,
     Seal,
     TranscriptError,
@@ -42,7 +47,6 @@ from broker.transcript import (
     recover,
     transcript_paths,
 )
-from broker.transcript.render import commands_to_dicts
 
 log = logging.getLogger(__name__)
 
@@ -51,68 +55,8 @@ DB_ERRORS: Final = (SQLAlchemyError, OSError)
 # back, ended sessions are recorded (and their notes queued) within seconds, not half a
 # minute later; one connection attempt per waiting record every 10 s costs nothing.
 RETRY_CAP: Final = 10.0
-RENDER_MAX: Final = 64 << 20
-
-
-def _utc(seconds: float) -> dt.datetime:
-    return dt.datetime.fromtimestamp(seconds, dt.UTC)
-
-
-@dataclass(frozen=True)
-class Attachments:
-    """Which transcript files go with the note, decided when it is queued."""
-
-    names: tuple[str, ...]
-    left_out: tuple[str, ...]
-
-
-def plan_attachments(cast: Path, session_id: str, max_bytes: int) -> Attachments:
-    """The ``.cast`` and its text rendering, unless the ``.cast`` exceeds ``max_bytes``;
-    past :data:`RENDER_MAX` not even the text is rendered (it would hold up the outbox)."""
-    try:
-        size = cast.stat().st_size
-    except OSError:
-        return Attachments((), (f"{session_id}.cast (the transcript file is missing)",))
-    if size > RENDER_MAX:
-        hint = f"secondline transcript export {session_id}"
-        mib = size / (1 << 20)
-        return Attachments(
-            (),
-            (f"{session_id}.cast and {session_id}.txt ({mib:.0f} MiB, too large; {hint})",),
-        )
-    if size > max_bytes:
-        mib = size / (1 << 20)
-        return Attachments(
-            (f"{session_id}.txt",),
-            (
-                f"{session_id}.cast ({mib:.1f} MiB, over the attachment limit; "
-                f"secondline transcript export {session_id})",
-            ),
-        )
-    return Attachments((f"{session_id}.cast", f"{session_id}.txt"), ())
-
-
-def with_final_status(commands: tuple[Command, ...], outcome: Outcome) -> tuple[Command, ...]:
-    """A shell that exited by itself ended with its last command (``exit 3``, ``logout``):
-    that command's status is the shell's. Killed or cut-off sessions keep "unknown"."""
-    if not commands or outcome.code != "exit" or outcome.exit_status is None:
-        return commands
-    last = commands[-1]
-    if last.exit_status is not None:
-        return commands
-    return (*commands[:-1], dataclasses.replace(last, exit_status=outcome.exit_status))
-
-
-def scrubbed(commands: tuple[Command, ...]) -> tuple[Command, ...]:
-    """The command list with secrets replaced: what the note, the session row (its command
-    index in the console and API) and the drafts written from it show."""
-    return tuple(
-        dataclasses.replace(c, command_line=scrub_secrets(c.command_line)) for c in commands
-    )
-
-
-def _scrubbed_command(command: str | None) -> str | None:
-    return None if command is None else scrub_secrets(command)
+# Tests and the outbox name these here, where the note's attachments were always planned.
+__all__ = ["RENDER_MAX", "Attachments", "Finisher", "plan_attachments"]
 
 
 class Finisher:
@@ -202,13 +146,20 @@ class Finisher:
             return True
 
     async def finish(
-        self, live: LiveSession, outcome: Outcome, *, closing: Callable[[], bool]
+        self,
+        live: LiveSession,
+        outcome: Outcome,
+        write: WriteEnd,
+        audit: AuditEnd | None,
+        *,
+        closing: Callable[[], bool],
     ) -> None:
         """Record the end; retries while the database is down (bounded while closing)."""
-        # _write is safe to repeat: the row update and the participants' close are the
-        # same again, the note is queued once, and the audit event comes last.
+        record = end_of_hub(live, outcome, write, audit, self.services.config)
+        # Safe to repeat: the row update and the participants' close are the same again,
+        # the note is queued once, and the audit event comes last.
         written = await self.until_stored(
-            live.session_id, "its end", lambda: self._write(live, outcome), closing
+            live.session_id, "its end", lambda: self.write_end(record), closing
         )
         if not written:
             return  # still "live" in the database: the next start recovers it
@@ -217,96 +168,45 @@ class Finisher:
         self.changed.set()
         self.wake()
 
-    async def _write(self, live: LiveSession, outcome: Outcome) -> None:
-        facts = live.facts
-        sid = facts.session_id
-        started = _utc(outcome.started_at)
-        ended = _utc(outcome.ended_at)
-        commands: tuple[Command, ...] = outcome.commands
-        if facts.kind == "exec" and not commands:
-            commands = exec_commands(
-                facts.command, outcome.exit_status, outcome.ended_at - outcome.started_at
-            )
-        commands = scrubbed(with_final_status(commands, outcome))
-        seal = outcome.seal
-        note: str | None = None
-        files = Attachments((), ())
+    async def write_end(self, record: EndRecord) -> None:
+        """The one writer of a session's end: its row, its participants' leave and its note
+        in one transaction, then its audit event. For sessions that ended here, refused
+        ones, and those a crash left behind."""
+        sid = record.session_id
         async with self._lock(sid):
             async with self.services.db() as db, db.begin():
-                people = [(p.name, p.role) for p in await store.participants(db, sid)]
-                if live.channel_opened and seal is not None:
-                    cast = transcript_paths(self.services.config.transcripts_dir, sid).cast
-                    files = plan_attachments(cast, sid, self.services.config.max_attachment_bytes)
-                    consent = live.consent
-                    language = await customer_language(db, facts.customer)
+                note: str | None = None
+                if record.note is not None:
+                    people = [(p.name, p.role) for p in await store.participants(db, sid)]
+                    language = await customer_language(db, record.customer)
                     note = session_note(
-                        NoteFacts(
-                            session_id=sid,
-                            ticket_ref=facts.ticket_ref,
-                            owner=facts.owner,
-                            agent_name=facts.agent_name,
-                            agent_id=facts.agent_id,
-                            kind=facts.kind,
-                            command=_scrubbed_command(facts.command),
-                            started_at=started,
-                            ended_at=ended,
-                            end_reason=outcome.reason,
-                            end_message=outcome.message,
-                            exit_status=outcome.exit_status,
-                            exit_signal=outcome.exit_signal,
-                            consent=consent.decision if consent else None,
-                            consent_by=consent.by if consent else None,
-                            consent_at=consent.at if consent else None,
-                            participants=people or [(facts.owner, "owner")],
-                            commands=commands,
-                            digest=seal.final_hash,
-                            complete=seal.complete,
-                            event_count=seal.event_count,
-                            attachments=files.names,
-                            left_out=files.left_out,
+                        dataclasses.replace(
+                            record.note, participants=people or [(record.note.owner, "owner")]
                         ),
                         self._translations.gettext(language),
                     )
-                await store.update_session(
-                    db,
-                    sid,
-                    state="ended" if live.channel_opened else "failed",
-                    started_at=started,
-                    ended_at=ended,
-                    end_reason=outcome.reason[:200],
-                    ended_by=outcome.ended_by,
-                    exit_status=outcome.exit_status,
-                    exit_signal=(outcome.exit_signal or None) and outcome.exit_signal[:32],
-                    transcript_digest=seal.final_hash if seal else None,
-                    transcript_complete=seal.complete if seal else None,
-                    transcript_events=seal.event_count if seal else None,
-                    commands=commands_to_dicts(commands),
-                )
-                await store.close_participants(db, sid, now=ended, reason="session ended")
-                if note is not None:
+                await store.update_session(db, sid, only_from=(), **record.values)
+                if record.participants_left is not None:
+                    await store.close_participants(
+                        db, sid, now=record.ended_at, reason=record.participants_left
+                    )
+                if record.note is not None and note is not None:
                     await store.enqueue_note(
                         db,
                         session_id=sid,
-                        ticket_id=facts.ticket_id,
-                        author=facts.owner,
+                        ticket_id=record.ticket_id,
+                        author=record.note.owner,
                         text=note,
-                        attachments=files.names,
-                        now=self.services.clock(),
+                        attachments=record.note.attachments,
+                        now=record.queued_at or self.services.clock(),
                     )
-            await self.services.audit.record(
-                actor=outcome.ended_by or facts.owner,
-                action="session.end",
-                target=sid,
-                details={
-                    "ticket": facts.ticket_ref,
-                    "reason": outcome.reason,
-                    "code": outcome.code,
-                    "exit_status": outcome.exit_status,
-                    "exit_signal": outcome.exit_signal,
-                    "digest": seal.final_hash if seal else None,
-                    "complete": seal.complete if seal else None,
-                },
-            )
+            if record.audit is not None:
+                await self.services.audit.record(
+                    actor=record.audit.actor,
+                    action=record.audit.action,
+                    target=sid,
+                    details=record.audit.details,
+                )
 
     # -- start-up recovery -----------------------------------------------------------------
 
@@ -318,7 +218,18 @@ class Finisher:
         for row in rows:
             cast = transcript_paths(root, row.id).cast
             seal, commands = await asyncio.to_thread(self._recover_files, cast)
-            await self._record_interrupted(row, seal, commands, cast)
+            lifecycle = SessionLifecycle.restored(row.state)
+            actions = lifecycle.feed(Recovered(sealed=seal is not None))
+            write = next(a for a in actions if isinstance(a, WriteEnd))
+            audit = next((a for a in actions if isinstance(a, AuditEnd)), None)
+            now = self.services.clock()
+            max_bytes = self.services.config.max_attachment_bytes
+            await self.write_end(
+                end_of_row(row, seal, commands, cast, write, audit, now, max_bytes)
+            )
+            log.warning(
+                "session %s was interrupted by a broker stop; its transcript is sealed", row.id
+            )
         if root.is_dir():
             for orphan in await asyncio.to_thread(find_unsealed, root):
                 await asyncio.to_thread(self._recover_files, orphan)
@@ -339,78 +250,3 @@ class Finisher:
         except TranscriptError:
             commands = ()
         return seal, commands
-
-    async def _record_interrupted(
-        self, row: RemoteSession, seal: Seal | None, commands: tuple[Command, ...], cast: Path
-    ) -> None:
-        now = self.services.clock()
-        sid = row.id
-        commands = scrubbed(commands)
-        note: str | None = None
-        files = Attachments((), ())
-        async with self.services.db() as db, db.begin():
-            if seal is not None and row.state == "live":
-                people = [(p.name, p.role) for p in await store.participants(db, sid)]
-                files = plan_attachments(cast, sid, self.services.config.max_attachment_bytes)
-                language = await customer_language(db, row.customer)
-                note = session_note(
-                    NoteFacts(
-                        session_id=sid,
-                        ticket_ref=f"T-{row.ticket_id}",
-                        owner=row.owner,
-                        agent_name=row.agent_name,
-                        agent_id=row.agent_id,
-                        kind=row.kind,
-                        command=_scrubbed_command(row.command),
-                        started_at=row.started_at,
-                        ended_at=now,
-                        end_reason=f"{END_INTERRUPTED} (the broker stopped)",
-                        end_message="the broker stopped during the session",
-                        exit_status=None,
-                        exit_signal=None,
-                        consent=row.consent,
-                        consent_by=row.consent_by,
-                        consent_at=row.consent_at,
-                        participants=people or [(row.owner, "owner")],
-                        commands=commands,
-                        digest=seal.final_hash,
-                        complete=seal.complete,
-                        event_count=seal.event_count,
-                        attachments=files.names,
-                        left_out=files.left_out,
-                    ),
-                    self._translations.gettext(language),
-                )
-            await store.update_session(
-                db,
-                sid,
-                state="interrupted",
-                ended_at=now,
-                end_reason=END_INTERRUPTED,
-                transcript_digest=seal.final_hash if seal else None,
-                transcript_complete=seal.complete if seal else None,
-                transcript_events=seal.event_count if seal else None,
-                commands=commands_to_dicts(commands),
-            )
-            await store.close_participants(db, sid, now=now, reason="broker stopped")
-            if note is not None:
-                await store.enqueue_note(
-                    db,
-                    session_id=sid,
-                    ticket_id=row.ticket_id,
-                    author=row.owner,
-                    text=note,
-                    attachments=files.names,
-                    now=now,
-                )
-        await self.services.audit.record(
-            actor="secondline",
-            action="session.interrupted",
-            target=sid,
-            details={
-                "ticket": f"T-{row.ticket_id}",
-                "state_was": row.state,
-                "digest": seal.final_hash if seal else None,
-            },
-        )
-        log.warning("session %s was interrupted by a broker stop; its transcript is sealed", sid)

@@ -343,8 +343,8 @@ def _rows() -> dict[tuple[SessionState, str], tuple[SessionState, tuple[ActionKi
         # Ended while its channel opened: the row is marked only if nothing ended it yet.
         ("ending", "channel_opened"): ("ending", ("mark_live",)),
         ("live", "channel_refused"): ("ending", ("end_hub",)),
-        ("ending", "channel_refused"): ("ending", ()),
-        ("live", "start_failed"): ("ending", ("end_hub",)),
+        ("ending", "channel_refused"): ("ending", ()),  # killed meanwhile: it ends anyway
+        ("live", "start_failed"): ("ending", ("end_hub",)),  # its owner left while it opened
         ("live", "mark_failed"): ("ending", ("end_hub",)),
         ("ending", "mark_failed"): ("ending", ()),
         ("live", "hub_ended_unopened"): ("failed", ("write_end", "audit_end")),

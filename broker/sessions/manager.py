@@ -1,12 +1,14 @@
-"""Starting, attaching to, killing and draining sessions on this broker node.
+"""Starting, attaching to, killing and draining sessions on this broker node: the thin
+executor of ``broker.sessions.lifecycle``.
 
-A session starts only when, in this order: the staff member, the ticket and the agent pass
-the session rules (``admission``); the session row is written; the end user approved
-(attended agents, ``consent``); the recorder exists; the start is audited. Any store that
-fails on the way refuses the session ("audit store unavailable"): every session has a
-ticket, a recorder and an audit trail, or it does not start. After that the session is a
-:class:`~broker.sessions.hub.LiveSession`; when it ends, ``broker.sessions.finish`` writes
-its row, its audit event and its note to the outbox.
+The table decides the order; this module performs its actions and feeds back what
+happened. A session starts only when, in this order: the staff member, the ticket and the
+agent pass the session rules (``admission``); the session row is written; the agent is
+reached; the end user approved (attended agents, ``consent``); the recorder exists; the
+start is audited. Any store that fails on the way refuses the session ("audit store
+unavailable"): every session has a ticket, a recorder and an audit trail, or it does not
+start. After that the session is a :class:`~broker.sessions.hub.LiveSession`; when it ends,
+``broker.sessions.finish`` writes its row, its audit event and its note to the outbox.
 """
 
 from __future__ import annotations
@@ -18,26 +20,22 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from typing import Final, Literal
 
-import asyncssh
 from sqlalchemy.exc import SQLAlchemyError
 
-from agent.protocol import SessionEnv
-from broker.errors import BrokerError
 from broker.ports import AgentTunnels, TicketSystem
-from broker.rules import (
-    Allowed,
-    LiveSessionView,
-    Refused,
-    may_join_session,
-    may_observe_session,
-)
+from broker.rules import Refused
 from broker.services import Services
-from broker.sessions import store
-from broker.sessions.access import load_agents, load_staff
-from broker.sessions.admission import OpenRequest, admit, refuse
+from broker.sessions import lifecycle as lc
+from broker.sessions import opening, store
+from broker.sessions.admission import (
+    JoinRequest,
+    OpenRequest,
+    admit,
+    admit_member,
+    refuse,
+)
 from broker.sessions.consent import ASKED_ROLE, ConsentGrant, Grants, ask_consent
 from broker.sessions.errors import (
     AUDIT_STORE_UNAVAILABLE,
@@ -48,19 +46,23 @@ from broker.sessions.errors import (
 from broker.sessions.facts import SessionFacts, Terminal
 from broker.sessions.finish import Finisher
 from broker.sessions.hub import END_SHUTDOWN, LiveSession
-from broker.sessions.hub_core import HubClosed, HubFull, HubLimits, Member, Role
+from broker.sessions.hub_core import HubClosed, HubFull, Member, Role
+from broker.sessions.opening import SessionRun, killed_refusal, session_env
 from broker.sessions.recording import (
     END_REVOKED,
     end_disabled_accounts,
     end_sessions_of,
     new_recorder,
 )
+from broker.sessions.session_end import end_of_start
 from broker.transcript import TranscriptRecorder
 
 log = logging.getLogger(__name__)
 
 DB_ERRORS: Final = (SQLAlchemyError, OSError)
 ACCOUNT_CHECK_TICKS: Final = 3
+# A kill waits this long for a start to stop, a hub to seal and its end to be written.
+KILL_WAIT: Final = 3.0
 
 
 class SessionManager:
@@ -80,12 +82,11 @@ class SessionManager:
         self.node = (node or socket.gethostname())[:64]
         self.live: dict[str, LiveSession] = {}
         self.finisher = Finisher(services, tickets)
+        self._runs: dict[str, SessionRun] = {}  # from the row's insert to the end's write
         self._supervisors: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._closing = False
         self._ticker: asyncio.Task[None] | None = None
-        self._starting: dict[str, asyncio.Task[object]] = {}  # waiting to start (consent)
-        self._killed: dict[str, str] = {}  # killed while starting: by whom
         # The end user's approvals in force; a withdrawal's audit is retried like the end's.
         self.grants = Grants(
             services,
@@ -96,12 +97,6 @@ class SessionManager:
         )
 
     # -- plumbing --------------------------------------------------------------------------
-
-    def tickets(self) -> TicketSystem | None:
-        return self._tickets()
-
-    def tunnels(self) -> AgentTunnels | None:
-        return self._tunnels()
 
     def start(self) -> None:
         """Start the once-a-second tick (flushes, idle and length limits)."""
@@ -137,12 +132,9 @@ class SessionManager:
         """Revoking an agent ends its sessions here as "revoked" (before its tunnel closes,
         which would read as "agent disconnected"); how many."""
         ended = [live for live in self.live.values() if live.facts.agent_id == agent_id]
+        message = "the agent was revoked, so the session ended"
         for live in ended:
-            live.end(
-                END_REVOKED,
-                code="agent_revoked",
-                message="the agent was revoked, so the session ended",
-            )
+            self._feed_now(live.session_id, lc.EndAsked(END_REVOKED, "agent_revoked", message))
         return len(ended)
 
     def spawn(self, work: Awaitable[object], what: str) -> None:
@@ -189,226 +181,185 @@ class SessionManager:
                 code="shutting_down",
                 status=503,
             )
-        tickets, tunnels = self._tickets(), self._tunnels()
-        admitted = await admit(self.services, req, tickets, tunnels)
+        tunnels = self._tunnels()
+        admitted = await admit(self.services, req, self._tickets(), tunnels)
         facts, decision = admitted.facts, admitted.decision
-        now = self.services.clock()
-        sid = facts.session_id
-        try:
-            async with self.services.db() as db, db.begin():
-                state = "waiting_consent" if decision.needs_consent else "starting"
-                await store.insert_session(db, facts, state=state, now=now, node=self.node)
-        except DB_ERRORS:
-            raise StoreUnavailable(AUDIT_STORE_UNAVAILABLE) from None
-        current = asyncio.current_task()
-        if current is not None:
-            self._starting[sid] = current
-        try:
-            return await self._start(
-                req, facts, decision, admitted.tickets, tunnels, owner, admitted.ticket_status
+        lifecycle, insert = lc.SessionLifecycle.begin(
+            lc.StartPlan(
+                needs_consent=decision.needs_consent,
+                assign=decision.assign_to_caller,
+                ticket_new=admitted.ticket_status == "new",
             )
+        )
+        env = session_env(facts, facts.owner, facts.owner_level, "owner")
+        run = SessionRun(lifecycle, req, admitted, owner, env, tunnels)
+        await self._insert(run, insert)
+        run.task = asyncio.current_task()
+        self._runs[run.sid] = run
+        try:
+            event: lc.Event | None = lc.RowInserted()
+            while event is not None:
+                event = await self._step(run, event)
+            assert run.live is not None
+            assert run.member is not None
+            return run.live, run.member
         except BaseException as exc:
-            killed_by = self._killed.pop(sid, None)
-            if killed_by is not None and isinstance(exc, asyncio.CancelledError):
-                # Killed while it waited (for the end user): a refusal, not a cancellation.
-                if current is not None:
-                    current.uncancel()
-                exc = SessionRefused(
-                    f"the session was ended by {killed_by} before it started", code="killed"
-                )
-            reason = exc.message if isinstance(exc, SessionRefused) else "not started"
-            state = "refused" if isinstance(exc, SessionRefused) else "failed"
-            # Retried while the database is down: a row left "starting" or
-            # "waiting_consent" would count against the owner's limit until a restart.
-            abandon = functools.partial(self._abandon, sid, state, reason)
-            retried = self.finisher.until_stored(sid, "its refusal", abandon, lambda: self._closing)
-            self.spawn(retried, f"abandoning session {sid}")
-            if killed_by is not None and isinstance(exc, SessionRefused):
-                raise exc from None
-            raise
+            refusal = self._broke_off(run, exc)
+            if refusal is None:
+                raise
+            raise refusal from None
         finally:
-            self._starting.pop(sid, None)
+            run.task = None
+            if not run.registered:
+                self._runs.pop(run.sid, None)
 
-    async def _start(
-        self,
-        req: OpenRequest,
-        facts: SessionFacts,
-        decision: Allowed,
-        tickets: TicketSystem,
-        tunnels: AgentTunnels | None,
-        owner: Terminal,
-        ticket_status: str,
-    ) -> tuple[LiveSession, Member]:
-        sid, staff = facts.session_id, facts.owner
-        owner_env = SessionEnv(
-            session=sid,
-            staff=staff,
-            staff_level=facts.owner_level,
-            ticket=facts.ticket_ref,
-            ticket_title=facts.ticket_title,
-            role="owner",
-        )
-        conn = tunnels.connection(facts.agent_id) if tunnels is not None else None
-        if conn is None:
-            offline = Refused(
-                "agent_offline",
-                f"agent {facts.agent_name} is offline; it must be running and connected",
-            )
-            raise await refuse(self.services, req, offline, target=sid)
-        if decision.assign_to_caller:
-            try:
-                await tickets.assign(facts.ticket_id, staff, actor=staff)
-            except DB_ERRORS:
-                raise StoreUnavailable(AUDIT_STORE_UNAVAILABLE) from None
-        grant: ConsentGrant | None = None
-        if decision.needs_consent:
-            owner.show_state(
-                "waiting_consent",
-                f"waiting for the end user's approval on {facts.agent_name}",
-                sid,
-            )
-            grant = await ask_consent(self.services, conn, owner_env, source=req.source)
-        try:
-            return await self._start_live(
-                req, facts, tickets, conn, owner, ticket_status, owner_env, grant
-            )
-        except BaseException:
-            if grant is not None:
-                grant.close()
-            raise
-
-    async def _start_live(
-        self,
-        req: OpenRequest,
-        facts: SessionFacts,
-        tickets: TicketSystem,
-        conn: asyncssh.SSHClientConnection,
-        owner: Terminal,
-        ticket_status: str,
-        owner_env: SessionEnv,
-        grant: ConsentGrant | None,
-    ) -> tuple[LiveSession, Member]:
-        sid, staff = facts.session_id, facts.owner
-        env = replace(owner_env, role=None).to_env()  # the shell's channel names no role
-        consent = grant.answer if grant is not None else None
-        recorder = self._recorder(facts)
-        left: set[int] = set()  # members whose leave is recorded (see _member_changed)
-        live = LiveSession(
-            facts,
-            recorder,
-            HubLimits(
-                idle_timeout=float(self.services.config.session_idle_timeout_seconds),
-                max_seconds=float(self.services.config.session_max_seconds),
-            ),
-            on_member=lambda member, what, why: self._member_changed(sid, member, what, why, left),
-            started_at=time.time(),
-        )
-        live.consent = consent
-        if consent is not None:
-            by = f" by {consent.by}" if consent.by else ""
-            live.marker(f"consent {consent.decision}{by}")
-        try:
-            await self.audit(
-                staff,
-                "session.start",
-                sid,
-                source=req.source,
-                details={
-                    "ticket": facts.ticket_ref,
-                    "agent": facts.agent_id,
-                    "kind": facts.kind,
-                    "via": facts.via,
-                    "consent": consent.decision if consent else "not_required",
-                },
-            )
-        except DB_ERRORS:
-            await asyncio.to_thread(recorder.seal, False, "not started", time.time())
-            raise StoreUnavailable(AUDIT_STORE_UNAVAILABLE) from None
-        self.live[sid] = live
-        self._supervisors[sid] = asyncio.get_running_loop().create_task(self._supervise(live))
-        member = live.attach(owner, staff, "owner", facts.via, announce=False)
-        if grant is not None:
-            self.grants.keep(live, member, owner_env, grant, req.source)
-        try:
-            await live.open_channel(conn, env)
-        except (asyncssh.Error, OSError) as exc:
-            log.warning("session %s: the agent refused the channel: %s", sid, exc)
-            live.end(
-                "not started",
-                code="agent_refused",
-                message=f"agent {facts.agent_name} refused to open the session; "
-                "check that it runs, and for attended agents that the end user approved",
-            )
-            return live, member
-        if live.running:
-            owner.show_state("running", "", sid)
-        # Off the path to the first prompt: the start is audited already, and a store that
-        # fails here still ends the session.
-        self.spawn(self._mark_live(live, tickets, ticket_status), f"starting {sid}")
-        return live, member
-
-    async def _mark_live(
-        self, live: LiveSession, tickets: TicketSystem, ticket_status: str
-    ) -> None:
-        sid, staff = live.session_id, live.facts.owner
+    async def _insert(self, run: SessionRun, insert: lc.InsertRow) -> None:
+        now = self.services.clock()
         try:
             async with self.services.db() as db, db.begin():
-                await store.update_session(
-                    db,
-                    sid,
-                    only_from=("starting", "waiting_consent"),
-                    state="live",
-                    started_at=self.services.clock(),
+                await store.insert_session(
+                    db, run.facts, state=insert.state, now=now, node=self.node
                 )
         except DB_ERRORS:
-            live.end(
-                "audit store unavailable",
-                code="store_unavailable",
-                message=AUDIT_STORE_UNAVAILABLE,
-            )
-            return
-        if ticket_status == "new":
-            # Work has started on the ticket; someone else may have opened it meanwhile.
-            try:
-                await tickets.change_status(live.facts.ticket_id, "open", actor=staff)
-            except BrokerError as exc:
-                log.info("session %s: ticket not opened: %s", sid, exc.code)
+            raise StoreUnavailable(AUDIT_STORE_UNAVAILABLE) from None
+
+    async def _step(self, run: SessionRun, event: lc.Event) -> lc.Event | None:
+        """Feed ``event`` and perform what it leads to; the next event, if any."""
+        if not run.lifecycle.accepts(event):
+            if run.killed_by is not None:
+                raise killed_refusal(run.killed_by)  # killed while the last step ran
+            if run.lifecycle.has_ended:
+                return None  # the hub ended before its channel did: nothing left to start
+        following: lc.Event | None = None
+        for action in run.lifecycle.feed(event):
+            following = await self._perform(run, action) or following
+        return following
+
+    async def _perform(self, run: SessionRun, action: lc.Action) -> lc.Event | None:
+        """One action of a start; what it reports."""
+        match action:
+            case lc.ReachAgent():
+                return opening.reach_agent(run)
+            case lc.AuditRefusal(code=code, reason=reason):
+                raise await refuse(self.services, run.req, Refused(code, reason), target=run.sid)
+            case lc.AssignTicket():
+                await opening.assign_ticket(run)
+            case lc.AskConsent():
+                return await opening.ask_owner(self.services, run)
+            case lc.RecordStart():
+                recorder = self._recorder(run.facts)
+
+                def on_member(member: Member, what: Literal["joined", "left"], why: str) -> None:
+                    self._member_changed(run, member, what, why)
+
+                return await opening.record_start(self.services, run, recorder, on_member)
+            case lc.RegisterHub():
+                self._register(run)
+            case lc.OpenChannel():
+                return await opening.open_channel(run)
+            case _:
+                self._perform_now(run, action)
+        return None
+
+    def _perform_now(self, run: SessionRun, action: lc.Action) -> None:
+        """An action that needs no waiting: handed to the hub or to the background."""
+        match action:
+            case lc.MarkLive():
+                failed = functools.partial(self._feed_now, run.sid, lc.MarkFailed())
+                work = opening.mark_live(self.services, run, action, failed)
+                self.spawn(work, f"starting {run.sid}")
+            case lc.EndHub(reason=reason, code=code, message=message):
+                if run.live is not None:
+                    run.live.end(reason, code=code, message=message)
+            case lc.KillHub(by=by, reason=reason):
+                if run.live is not None:
+                    run.live.kill(by, reason)
+            case lc.WriteEnd():
+                # Retried while the database is down: a row left "starting" or
+                # "waiting_consent" would count against the owner's limit until a restart.
+                self.spawn(self._write_start_end(run, action), f"abandoning session {run.sid}")
+            case _:
+                raise AssertionError(f"{action} is not performed here")
+
+    def _feed_now(self, sid: str, event: lc.Event) -> None:
+        """Feed a session of this node an event whose actions need no waiting."""
+        run = self._runs.get(sid)
+        if run is not None and run.lifecycle.accepts(event):
+            for action in run.lifecycle.feed(event):
+                self._perform_now(run, action)
+
+    def _broke_off(self, run: SessionRun, exc: BaseException) -> BaseException | None:
+        """The start raised ``exc``: feed it to the table; what to raise instead (None:
+        ``exc`` itself)."""
+        if run.grant is not None:
+            run.grant.close()
+        if run.live is not None and not run.registered:
+            # Made but never run (killed meanwhile): sealed as not started.
+            seal = run.live.recorder.seal
+            work = asyncio.to_thread(seal, False, lc.END_NOT_STARTED, time.time())
+            self.spawn(work, f"sealing session {run.sid}")
+        if run.killed_by is not None and run.lifecycle.state == "refused":
+            if isinstance(exc, asyncio.CancelledError):
+                # Killed while it waited (for the end user): a refusal, not a cancellation.
+                if run.task is not None:
+                    run.task.uncancel()
+                return killed_refusal(run.killed_by)
+            return None
+        if isinstance(exc, SessionRefused) and not run.registered:
+            self._feed_now(run.sid, lc.StartRefused(exc.message))
+        else:
+            self._feed_now(run.sid, lc.StartFailed())
+        return None
+
+    def _register(self, run: SessionRun) -> None:
+        live, facts = run.live, run.facts
+        assert live is not None
+        self.live[run.sid] = live
+        run.registered = True
+        self._supervisors[run.sid] = asyncio.get_running_loop().create_task(self._supervise(run))
+        run.member = live.attach(run.owner, facts.owner, "owner", facts.via, announce=False)
+        if run.grant is not None:
+            self.grants.keep(live, run.member, run.env, run.grant, run.req.source)
 
     def _recorder(self, facts: SessionFacts) -> TranscriptRecorder:
         return new_recorder(self.services, facts)
 
-    async def _abandon(self, sid: str, state: str, reason: str) -> None:
-        async with self.services.db() as db, db.begin():
-            await store.update_session(
-                db,
-                sid,
-                state=state,
-                end_reason=reason[:200],
-                ended_at=self.services.clock(),
-            )
+    async def _write_start_end(self, run: SessionRun, write: lc.WriteEnd) -> None:
+        record = end_of_start(run.facts, write, self.services.clock())
+        await self.finisher.until_stored(
+            run.sid, "its refusal", lambda: self.finisher.write_end(record), lambda: self._closing
+        )
 
     # -- the end ---------------------------------------------------------------------------
 
-    async def _supervise(self, live: LiveSession) -> None:
+    async def _supervise(self, run: SessionRun) -> None:
+        live = run.live
+        assert live is not None
         try:
             outcome = await live.run()
         finally:
-            self.live.pop(live.session_id, None)
-        await self.finisher.finish(live, outcome, closing=lambda: self._closing)
-        self._supervisors.pop(live.session_id, None)
+            self.live.pop(run.sid, None)
+        actions = run.lifecycle.feed(
+            lc.HubEnded(opened=live.channel_opened, sealed=outcome.seal is not None)
+        )
+        write = next(a for a in actions if isinstance(a, lc.WriteEnd))
+        audit = next((a for a in actions if isinstance(a, lc.AuditEnd)), None)
+        await self.finisher.finish(live, outcome, write, audit, closing=lambda: self._closing)
+        self._supervisors.pop(run.sid, None)
+        self._runs.pop(run.sid, None)
 
     def _member_changed(
-        self, sid: str, member: Member, what: Literal["joined", "left"], why: str, left: set[int]
+        self, run: SessionRun, member: Member, what: Literal["joined", "left"], why: str
     ) -> None:
         if what == "left":
-            self.grants.release(sid, member.pid)
+            self.grants.release(run.sid, member.pid)
             # The hub reports a terminal still attached at the end as left ("session
             # ended") and again when its channel closes ("disconnected"): record one leave.
-            if member.pid in left:
+            if member.pid in run.left:
                 return
-            left.add(member.pid)
+            run.left.add(member.pid)
         self.spawn(
-            self.finisher.member_changed(sid, member, what, why, closing=lambda: self._closing),
+            self.finisher.member_changed(run.sid, member, what, why, closing=lambda: self._closing),
             f"recording {what}",
         )
 
@@ -427,50 +378,19 @@ class SessionManager:
         """Join (type) or observe (watch) a live session of this node; audited."""
         if role == "owner":
             raise ValueError("the owner attaches by opening the session")
-        action = "session.join" if role == "joiner" else "session.observe"
+        req = JoinRequest(
+            staff=staff_name, session_id=session_id, ticket_id=ticket_id, role=role, source=source
+        )
         live = self.live.get(session_id)
-        tickets = self._tickets()
-        try:
-            async with self.services.db() as db:
-                staff = await load_staff(db, staff_name)
-                agents = await load_agents(db, [live.facts.agent_id]) if live else []
-        except DB_ERRORS:
-            raise StoreUnavailable(AUDIT_STORE_UNAVAILABLE) from None
-        ticket = await tickets.get(ticket_id) if tickets is not None else None
-        if live is None or staff is None or ticket is None or not agents or not live.running:
-            await self._audit_refusal(staff_name, action, session_id, source, "not_live")
-            raise SessionNotFound(
-                f"there is no live session {session_id} on ticket T-{ticket_id}; "
-                "see the ticket's sessions"
-            )
-        view = LiveSessionView(
-            id=session_id,
-            ticket=live.facts.ticket_id,
-            owner=live.facts.owner,
-            invited=live.core.invited,
+        staff, decision = await admit_member(
+            self.services, req, live, self._tickets(), self._tunnels()
         )
-        now = self.services.clock()
-        if role == "joiner":
-            decision = may_join_session(
-                staff, ticket.view(), view, agents[0].view(self._tunnels()), now
-            )
-        else:
-            attended = agents[0].view(self._tunnels()).consent == "attended"
-            decision = may_observe_session(staff, ticket.view(), view, now, attended=attended)
-        if isinstance(decision, Refused):
-            await self._audit_refusal(staff_name, action, session_id, source, decision.code)
-            raise SessionRefused(decision.reason, code=decision.code)
-        env = SessionEnv(
-            session=session_id,
-            staff=staff.name,
-            staff_level=staff.level or 0,
-            ticket=live.facts.ticket_ref,
-            ticket_title=live.facts.ticket_title,
-            role=ASKED_ROLE[role],
-        )
+        assert live is not None  # admit_member refuses a session that is not live here
+        env = session_env(live.facts, staff.name, staff.level or 0, ASKED_ROLE[role])
         grant: ConsentGrant | None = None
         if decision.needs_consent:
-            conn = (self._tunnels() or _NoTunnels()).connection(live.facts.agent_id)
+            tunnels = self._tunnels()
+            conn = tunnels.connection(live.facts.agent_id) if tunnels is not None else None
             if conn is None:
                 raise SessionRefused("the agent is offline", code="agent_offline")
             terminal.show_state(
@@ -480,7 +400,7 @@ class SessionManager:
             # approval. A refusal is audited and marked in the transcript.
             grant = await ask_consent(self.services, conn, env, source=source, marker=live.marker)
         try:
-            member = await self._admit_member(live, staff.name, role, action, terminal, source)
+            member = await self._admit_member(live, staff.name, req, terminal)
         except BaseException:
             if grant is not None:
                 grant.close()
@@ -490,78 +410,67 @@ class SessionManager:
         return live, member
 
     async def _admit_member(
-        self,
-        live: LiveSession,
-        name: str,
-        role: Role,
-        action: str,
-        terminal: Terminal,
-        source: str,
+        self, live: LiveSession, name: str, req: JoinRequest, terminal: Terminal
     ) -> Member:
         try:
             await self.audit(
                 name,
-                action,
+                req.action,
                 live.session_id,
-                source=source,
+                source=req.source,
                 details={"ticket": live.facts.ticket_ref},
             )
         except DB_ERRORS:
             raise StoreUnavailable(AUDIT_STORE_UNAVAILABLE) from None
         try:
-            return live.attach(terminal, name, role, "web")
+            return live.attach(terminal, name, req.role, "web")
         except (HubClosed, HubFull) as exc:
             raise SessionRefused(f"you cannot attach: {exc}", code="session_full") from None
-
-    async def _audit_refusal(
-        self, actor: str, action: str, target: str, source: str, code: str
-    ) -> None:
-        try:
-            await self.audit(
-                actor, action, target, outcome="denied", source=source, details={"code": code}
-            )
-        except DB_ERRORS:
-            raise StoreUnavailable(AUDIT_STORE_UNAVAILABLE) from None
 
     async def kill(self, session_id: str, by: str, *, source: str = "", reason: str = "") -> bool:
         """End a session of this node within two seconds (a live one is sealed; one still
         waiting for the end user is refused); False when none runs here. ``reason`` (may
         be empty) goes to the participants, the transcript, the note and the audit."""
+        run = self._runs.get(session_id)
+        event = lc.Killed(by, reason)
+        if run is None or not run.lifecycle.accepts(event):
+            return False
         details: dict[str, object] = {"reason": reason} if reason else {}
-        live = self.live.get(session_id)
-        if live is None:
-            starting = self._starting.get(session_id)
-            if starting is None:
-                return False
-            await self.audit(by, "session.kill", session_id, source=source, details=details)
-            self._killed[session_id] = by
-            starting.cancel()
-            await asyncio.wait({starting}, timeout=3.0)
-            why = f": {reason}" if reason else ""
-            await self._abandon(session_id, "refused", f"ended by {by} before it started{why}")
-            return True
+        # Audited before anything changes: a kill the audit log cannot take does not happen.
         await self.audit(by, "session.kill", session_id, source=source, details=details)
-        live.kill(by, reason)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(3.0):
-                await live.done.wait()
-        supervisor = self._supervisors.get(session_id)
-        if supervisor is not None:
+        if not run.lifecycle.accepts(event):
+            return True  # it ended while the kill was audited
+        if not run.registered:
+            run.killed_by = by
+        for action in run.lifecycle.feed(event):
+            if isinstance(action, lc.CancelStart):
+                if run.task is not None:
+                    run.task.cancel()
+                    await asyncio.wait({run.task}, timeout=KILL_WAIT)
+            elif isinstance(action, lc.WriteEnd):
+                await self._write_start_end(run, action)
+            else:
+                self._perform_now(run, action)
+        if run.live is not None and run.registered:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(3.0):
-                    await asyncio.shield(supervisor)
+                async with asyncio.timeout(KILL_WAIT):
+                    await run.live.done.wait()
+            supervisor = self._supervisors.get(session_id)
+            if supervisor is not None:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(KILL_WAIT):
+                        await asyncio.shield(supervisor)
         return True
 
     async def drain(self, grace: float = 10.0) -> None:
         """SIGTERM: tell everyone, end every session, seal and record them, stop."""
         self._closing = True
-        for live in list(self.live.values()):
-            live.end(
-                END_SHUTDOWN,
-                code="shutdown",
-                message="the broker is shutting down, so the session ended; "
-                "its transcript is saved. Open a new session in a minute",
-            )
+        message = (
+            "the broker is shutting down, so the session ended; "
+            "its transcript is saved. Open a new session in a minute"
+        )
+        for sid in list(self.live):
+            self._feed_now(sid, lc.EndAsked(END_SHUTDOWN, "shutdown", message))
         pending = list(self._supervisors.values())
         if pending:
             with contextlib.suppress(TimeoutError):
@@ -584,8 +493,3 @@ class SessionManager:
         if live is None:
             raise SessionNotFound(f"there is no live session {session_id} on this broker")
         return live
-
-
-class _NoTunnels:
-    def connection(self, agent_id: str) -> asyncssh.SSHClientConnection | None:
-        return None
