@@ -24,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from broker.ports import TicketSystem
 from broker.services import Services
 from broker.sessions import store
-from broker.sessions.facts import Outcome
+from broker.sessions.facts import Outcome, SessionFacts
 from broker.sessions.hub import LiveSession
 from broker.sessions.hub_core import Member
 from broker.sessions.lifecycle import AuditEnd, Recovered, SessionLifecycle, WriteEnd
@@ -36,6 +36,7 @@ from broker.sessions.session_end import (
     EndRecord,
     end_of_hub,
     end_of_row,
+    end_of_start,
     plan_attachments,
 )
 from broker.transcript import (
@@ -55,7 +56,7 @@ DB_ERRORS: Final = (SQLAlchemyError, OSError)
 # back, ended sessions are recorded (and their notes queued) within seconds, not half a
 # minute later; one connection attempt per waiting record every 10 s costs nothing.
 RETRY_CAP: Final = 10.0
-# Tests and the outbox name these here, where the note's attachments were always planned.
+# Still importable from here, where they were first written (the note tests do).
 __all__ = ["RENDER_MAX", "Attachments", "Finisher", "plan_attachments"]
 
 
@@ -168,6 +169,17 @@ class Finisher:
         self.changed.set()
         self.wake()
 
+    async def finish_unstarted(
+        self, facts: SessionFacts, write: WriteEnd, *, closing: Callable[[], bool]
+    ) -> None:
+        """Record the end of a session refused or broken off before it ran (only its row;
+        retried like every end: a row left "starting" or "waiting_consent" would count
+        against the owner's limit until a restart)."""
+        record = end_of_start(facts, write, self.services.clock())
+        sid = facts.session_id
+        if await self.until_stored(sid, "its refusal", lambda: self.write_end(record), closing):
+            self._locks.pop(sid, None)
+
     async def write_end(self, record: EndRecord) -> None:
         """The one writer of a session's end: its row, its participants' leave and its note
         in one transaction, then its audit event. For sessions that ended here, refused
@@ -178,7 +190,7 @@ class Finisher:
                 note: str | None = None
                 if record.note is not None:
                     people = [(p.name, p.role) for p in await store.participants(db, sid)]
-                    language = await customer_language(db, record.customer)
+                    language = await customer_language(db, record.about.customer)
                     note = session_note(
                         dataclasses.replace(
                             record.note, participants=people or [(record.note.owner, "owner")]
@@ -194,7 +206,7 @@ class Finisher:
                     await store.enqueue_note(
                         db,
                         session_id=sid,
-                        ticket_id=record.ticket_id,
+                        ticket_id=record.about.ticket_id,
                         author=record.note.owner,
                         text=note,
                         attachments=record.note.attachments,
@@ -227,6 +239,7 @@ class Finisher:
             await self.write_end(
                 end_of_row(row, seal, commands, cast, write, audit, now, max_bytes)
             )
+            self._locks.pop(row.id, None)
             log.warning(
                 "session %s was interrupted by a broker stop; its transcript is sealed", row.id
             )

@@ -54,7 +54,6 @@ from broker.sessions.recording import (
     end_sessions_of,
     new_recorder,
 )
-from broker.sessions.session_end import end_of_start
 from broker.transcript import TranscriptRecorder
 
 log = logging.getLogger(__name__)
@@ -275,8 +274,6 @@ class SessionManager:
                 if run.live is not None:
                     run.live.kill(by, reason)
             case lc.WriteEnd():
-                # Retried while the database is down: a row left "starting" or
-                # "waiting_consent" would count against the owner's limit until a restart.
                 self.spawn(self._write_start_end(run, action), f"abandoning session {run.sid}")
             case _:
                 raise AssertionError(f"{action} is not performed here")
@@ -325,10 +322,7 @@ class SessionManager:
         return new_recorder(self.services, facts)
 
     async def _write_start_end(self, run: SessionRun, write: lc.WriteEnd) -> None:
-        record = end_of_start(run.facts, write, self.services.clock())
-        await self.finisher.until_stored(
-            run.sid, "its refusal", lambda: self.finisher.write_end(record), lambda: self._closing
-        )
+        await self.finisher.finish_unstarted(run.facts, write, closing=lambda: self._closing)
 
     # -- the end ---------------------------------------------------------------------------
 

@@ -94,14 +94,18 @@ class EndAudit:
     details: dict[str, object]
 
 
-@dataclass(frozen=True, kw_only=True)
+# What a session is about, as its hub knew it or as a row a crash left tells it: both name
+# the ticket, the customer, the owner and the agent the same way.
+About = SessionFacts | RemoteSession
+
+
+@dataclass(frozen=True)
 class EndRecord:
-    """Everything a session's end writes (:meth:`Finisher.write_end`), decided before it
-    is written so that a retry writes the same again."""
+    """Everything a session's end writes (:meth:`broker.sessions.finish.Finisher.write_end`),
+    decided before it is written so that a retry writes the same again."""
 
     session_id: str
-    ticket_id: int
-    customer: str
+    about: About
     values: dict[str, object]  # the row's columns
     ended_at: dt.datetime
     participants_left: str | None  # close open participations with this reason
@@ -119,6 +123,55 @@ def _seal_values(seal: Seal | None, commands: tuple[Command, ...]) -> dict[str, 
     }
 
 
+@dataclass(frozen=True)
+class _Told:
+    """How the note tells the end: times, reason, the people's sentence, exit, consent."""
+
+    started_at: dt.datetime | None
+    ended_at: dt.datetime
+    reason: str
+    message: str
+    exit_status: int | None = None
+    exit_signal: str | None = None
+    consent: tuple[str | None, str | None, dt.datetime | None] = (None, None, None)
+
+
+def _note(
+    sid: str,
+    about: About,
+    told: _Told,
+    commands: tuple[Command, ...],
+    seal: Seal,
+    files: Attachments,
+) -> NoteFacts:
+    decision, by, at = told.consent
+    return NoteFacts(
+        session_id=sid,
+        ticket_ref=f"T-{about.ticket_id}",
+        owner=about.owner,
+        agent_name=about.agent_name,
+        agent_id=about.agent_id,
+        kind=about.kind,
+        command=_scrubbed_command(about.command),
+        started_at=told.started_at,
+        ended_at=told.ended_at,
+        end_reason=told.reason,
+        end_message=told.message,
+        exit_status=told.exit_status,
+        exit_signal=told.exit_signal,
+        consent=decision,
+        consent_by=by,
+        consent_at=at,
+        participants=(),
+        commands=commands,
+        digest=seal.final_hash,
+        complete=seal.complete,
+        event_count=seal.event_count,
+        attachments=files.names,
+        left_out=files.left_out,
+    )
+
+
 def end_of_hub(
     live: LiveSession,
     outcome: Outcome,
@@ -129,8 +182,7 @@ def end_of_hub(
     """The end of a session whose hub ran on this node."""
     facts = live.facts
     sid = facts.session_id
-    started = _utc(outcome.started_at)
-    ended = _utc(outcome.ended_at)
+    started, ended = _utc(outcome.started_at), _utc(outcome.ended_at)
     commands: tuple[Command, ...] = outcome.commands
     if facts.kind == "exec" and not commands:
         commands = exec_commands(
@@ -143,31 +195,17 @@ def end_of_hub(
         cast = transcript_paths(config.transcripts_dir, sid).cast
         files = plan_attachments(cast, sid, config.max_attachment_bytes)
         consent = live.consent
-        note = NoteFacts(
-            session_id=sid,
-            ticket_ref=facts.ticket_ref,
-            owner=facts.owner,
-            agent_name=facts.agent_name,
-            agent_id=facts.agent_id,
-            kind=facts.kind,
-            command=_scrubbed_command(facts.command),
-            started_at=started,
-            ended_at=ended,
-            end_reason=outcome.reason,
-            end_message=outcome.message,
-            exit_status=outcome.exit_status,
-            exit_signal=outcome.exit_signal,
-            consent=consent.decision if consent else None,
-            consent_by=consent.by if consent else None,
-            consent_at=consent.at if consent else None,
-            participants=(),
-            commands=commands,
-            digest=seal.final_hash,
-            complete=seal.complete,
-            event_count=seal.event_count,
-            attachments=files.names,
-            left_out=files.left_out,
+        told = _Told(
+            started,
+            ended,
+            outcome.reason,
+            outcome.message,
+            outcome.exit_status,
+            outcome.exit_signal,
+            (consent.decision, consent.by, consent.at) if consent else (None, None, None),
         )
+        note = _note(sid, facts, told, commands, seal, files)
+    signal = outcome.exit_signal
     values: dict[str, object] = {
         "state": write.state,
         "started_at": started,
@@ -175,7 +213,7 @@ def end_of_hub(
         "end_reason": (write.reason or outcome.reason)[:200],
         "ended_by": outcome.ended_by,
         "exit_status": outcome.exit_status,
-        "exit_signal": (outcome.exit_signal or None) and outcome.exit_signal[:32],
+        "exit_signal": (signal or None) and signal[:32],
         **_seal_values(seal, commands),
     }
     details: dict[str, object] = {
@@ -183,23 +221,13 @@ def end_of_hub(
         "reason": outcome.reason,
         "code": outcome.code,
         "exit_status": outcome.exit_status,
-        "exit_signal": outcome.exit_signal,
+        "exit_signal": signal,
         "digest": seal.final_hash if seal else None,
         "complete": seal.complete if seal else None,
     }
-    return EndRecord(
-        session_id=sid,
-        ticket_id=facts.ticket_id,
-        customer=facts.customer,
-        values=values,
-        ended_at=ended,
-        participants_left="session ended",
-        note=note,
-        queued_at=None,
-        audit=None
-        if audit is None
-        else EndAudit(outcome.ended_by or facts.owner, audit.action, details),
-    )
+    actor = outcome.ended_by or facts.owner
+    event = None if audit is None else EndAudit(actor, audit.action, details)
+    return EndRecord(sid, facts, values, ended, "session ended", note, None, event)
 
 
 def end_of_row(
@@ -218,31 +246,11 @@ def end_of_row(
     note: NoteFacts | None = None
     if write.note and seal is not None:
         files = plan_attachments(cast, sid, max_bytes)
-        note = NoteFacts(
-            session_id=sid,
-            ticket_ref=f"T-{row.ticket_id}",
-            owner=row.owner,
-            agent_name=row.agent_name,
-            agent_id=row.agent_id,
-            kind=row.kind,
-            command=_scrubbed_command(row.command),
-            started_at=row.started_at,
-            ended_at=now,
-            end_reason=f"{END_INTERRUPTED} (the broker stopped)",
-            end_message="the broker stopped during the session",
-            exit_status=None,
-            exit_signal=None,
-            consent=row.consent,
-            consent_by=row.consent_by,
-            consent_at=row.consent_at,
-            participants=(),
-            commands=commands,
-            digest=seal.final_hash,
-            complete=seal.complete,
-            event_count=seal.event_count,
-            attachments=files.names,
-            left_out=files.left_out,
-        )
+        reason = f"{END_INTERRUPTED} (the broker stopped)"
+        message = "the broker stopped during the session"
+        consent = (row.consent, row.consent_by, row.consent_at)
+        told = _Told(row.started_at, now, reason, message, consent=consent)
+        note = _note(sid, row, told, commands, seal, files)
     values: dict[str, object] = {
         "state": write.state,
         "ended_at": now,
@@ -254,31 +262,13 @@ def end_of_row(
         "state_was": row.state,
         "digest": seal.final_hash if seal else None,
     }
-    return EndRecord(
-        session_id=sid,
-        ticket_id=row.ticket_id,
-        customer=row.customer,
-        values=values,
-        ended_at=now,
-        participants_left="broker stopped",
-        note=note,
-        queued_at=now,
-        audit=None if audit is None else EndAudit("secondline", audit.action, details),
-    )
+    event = None if audit is None else EndAudit("secondline", audit.action, details)
+    return EndRecord(sid, row, values, now, "broker stopped", note, now, event)
 
 
 def end_of_start(facts: SessionFacts, write: WriteEnd, now: dt.datetime) -> EndRecord:
     """The end of a session refused, or broken off, before its hub existed: only its row
     (the refusal is audited where it was decided; nobody had joined yet)."""
     reason = write.reason or END_NOT_STARTED
-    return EndRecord(
-        session_id=facts.session_id,
-        ticket_id=facts.ticket_id,
-        customer=facts.customer,
-        values={"state": write.state, "end_reason": reason[:200], "ended_at": now},
-        ended_at=now,
-        participants_left=None,
-        note=None,
-        queued_at=None,
-        audit=None,
-    )
+    values: dict[str, object] = {"state": write.state, "end_reason": reason[:200], "ended_at": now}
+    return EndRecord(facts.session_id, facts, values, now, None, None, None, None)
