@@ -16,6 +16,7 @@ from broker.api import agent_packages as agent_packages_api
 from broker.api import agents as agents_api
 from broker.api import audit as audit_api
 from broker.api import connectors as connectors_api
+from broker.api import directories as directories_api
 from broker.api import kb as kb_api
 from broker.api import sessions as sessions_api
 from broker.api import staff as staff_api
@@ -29,10 +30,12 @@ from broker.config import BrokerConfig
 from broker.connectors import feature as connectors_feature
 from broker.console import feature as console_feature
 from broker.db.engine import create_engine, session_factory
+from broker.directory import feature as directory_feature
 from broker.errors import error_response
 from broker.keys import BrokerKeys, load_keys
 from broker.services import SERVICES, Services
 from broker.sessions import feature as sessions
+from broker.sessions.runtime import SESSIONS
 from broker.ssh_gateway import feature as ssh_gateway_feature
 from broker.tickets import feature as tickets_feature
 from broker.web import feature as web_feature
@@ -64,7 +67,17 @@ def api_routers() -> list[ApiRouter]:
         tickets_api.router,
         sessions_api.router,
         connectors_api.router,
+        directories_api.router,
     ]
+
+
+def _end_account_sessions(app: web.Application, names: set[str]) -> None:
+    """A directory took access from ``names``: their sessions here end at once (other nodes'
+    periodic account check ends theirs within seconds)."""
+    runtime = app.get(SESSIONS)
+    if runtime is not None:
+        for name in names:
+            runtime.manager.end_account_sessions(name)
 
 
 def features() -> list[Feature]:
@@ -75,6 +88,7 @@ def features() -> list[Feature]:
         agents_feature.setup,
         tickets_feature.setup,
         connectors_feature.setup,
+        lambda app: directory_feature.setup(app, end_sessions=_end_account_sessions),
         lambda app: console_feature.setup(app, api=console_api),
         sessions.setup,
         # After the sessions: the gateway starts with the session manager it hands sessions to.

@@ -220,6 +220,14 @@ async def add_key(db: AsyncSession, user: User, text: str, now: dt.datetime) -> 
     return key
 
 
+async def key_source(db: AsyncSession, user: User, fingerprint: str) -> str | None:
+    """Where one of ``user``'s keys comes from (local, directory), or None without it."""
+    found = await db.scalar(
+        select(SshKey.source).where(SshKey.user_id == user.id, SshKey.fingerprint == fingerprint)
+    )
+    return str(found) if found is not None else None
+
+
 async def remove_key(db: AsyncSession, user: User, fingerprint: str) -> SshKey:
     """Delete one of ``user``'s SSH keys (by its SHA256 fingerprint), or NotFoundError.
 

@@ -16,7 +16,16 @@ from broker.api.routing import ApiContext, ApiRouter, QueryParam
 from broker.auth.credentials import verify_password
 from broker.auth.scopes import ROLE_SCOPES
 from broker.db.models_staff import ApiToken, Customer, User
-from broker.errors import AuthError, ConflictError, ForbiddenError, InputError, NotFoundError
+from broker.directory.feature import directory_check
+from broker.errors import (
+    AuthError,
+    ConflictError,
+    ForbiddenError,
+    InputError,
+    NotFoundError,
+    UnavailableError,
+)
+from broker.rules import InvalidName, parse_user_name
 from broker.rules.outside_text import clean_line
 from broker.sessions.runtime import SESSIONS
 
@@ -40,6 +49,7 @@ class KeyOut(BaseModel):
     fingerprint: str
     comment: str
     created_at: dt.datetime
+    source: str = Field(description="local (registered here) or directory (read from it)")
 
 
 class UserOut(BaseModel):
@@ -51,6 +61,9 @@ class UserOut(BaseModel):
     ssh_keys: list[KeyOut]
     totp_enrolled: bool
     created_at: dt.datetime
+    source: str = Field(description="where the account comes from: local, directory or oidc")
+    source_name: str | None = Field(description="the directory's or OpenID provider's name")
+    source_refusal: str | None = Field(description="why the source takes access away")
 
 
 class KeyAdd(Strict):
@@ -123,11 +136,19 @@ def _user_out(rec: staff_store.UserRecord) -> UserOut:
         disabled=u.disabled,
         customers=rec.customers,
         ssh_keys=[
-            KeyOut(fingerprint=k.fingerprint, comment=k.comment, created_at=k.created_at)
+            KeyOut(
+                fingerprint=k.fingerprint,
+                comment=k.comment,
+                created_at=k.created_at,
+                source=k.source,
+            )
             for k in rec.keys
         ],
         totp_enrolled=u.totp_secret is not None,
         created_at=u.created_at,
+        source=u.source,
+        source_name=u.source_name,
+        source_refusal=u.source_refusal,
     )
 
 
@@ -311,6 +332,19 @@ async def remove_key(ctx: ApiContext) -> UserOut:
     s = ctx.services
     async with s.db() as db, db.begin():
         user = await staff_store.get_user(db, name)
+        owner = await staff_store.key_source(db, user, fingerprint)
+    if owner == "directory":
+        # The directory owns its keys: the next sync would bring the key back.
+        await _refuse_own(
+            ctx,
+            "user.key_remove_refused",
+            name,
+            f"the key {fingerprint} comes from the directory {user.source_name}; remove it "
+            "there (the next sync removes it here), or disable the account now",
+            "directory_owned",
+        )
+    async with s.db() as db, db.begin():
+        user = await staff_store.get_user(db, name)
         await staff_store.remove_key(db, user, fingerprint)
         rec = await staff_store.user_record(db, user)
     await s.audit.record(
@@ -454,15 +488,32 @@ async def login(ctx: ApiContext) -> NewTokenOut:
         )
         raise AuthError("too many failed sign-ins; wait 15 minutes and try again", code="throttled")
     try:
+        valid_name = parse_user_name(body.user)
+    except InvalidName:
+        valid_name = ""
+    directory = await directory_check(ctx.request.app, valid_name, body.password)
+    if directory.outcome == "unavailable":
+        await s.audit.record(
+            actor=body.user[:64],
+            action="login.failed",
+            outcome="denied",
+            source=ctx.source,
+            details={"reason": directory.message},
+        )
+        raise UnavailableError(directory.message, code="directory_unavailable")
+    try:
         async with s.db() as db, db.begin():
             user = (
                 await db.execute(select(User).where(User.name == body.user))
             ).scalar_one_or_none()
-            # argon2 takes a good part of a second: in a thread, or every sign-in attempt (the
-            # throttle counts them, it cannot stop them arriving) would stall the event loop.
-            ok = await asyncio.to_thread(
-                verify_password, user.password_hash if user else None, body.password
-            )
+            if directory.outcome == "not_directory":
+                # argon2 takes a good part of a second: in a thread, or every sign-in attempt
+                # (the throttle counts them, it cannot stop them arriving) would stall the loop.
+                ok = await asyncio.to_thread(
+                    verify_password, user.password_hash if user else None, body.password
+                )
+            else:
+                ok = directory.outcome == "ok"
             if ok and user is not None and user.totp_secret is not None:
                 step = int(s.clock().timestamp()) // 30
                 totp = pyotp.TOTP(user.totp_secret)

@@ -112,12 +112,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(handler=audit_verify)
 
 
-USER_COLUMNS = ["name", "role", "disabled", "customers", "keys", "display_name"]
+USER_COLUMNS = ["name", "role", "source", "disabled", "customers", "keys", "display_name"]
 
 
 def _user_row(u: object) -> object:
     if isinstance(u, dict):
-        return {**u, "keys": len(u.get("ssh_keys") or [])}
+        source = str(u.get("source") or "local")
+        if u.get("source_name"):
+            source += f":{u['source_name']}"
+        return {**u, "keys": len(u.get("ssh_keys") or []), "source": source}
     return u
 
 

@@ -22,6 +22,7 @@ from broker.console import session_store
 from broker.console.auth import console_user, refuse, same_origin
 from broker.console.language import Language
 from broker.console.messages import (
+    DIRECTORY_REFUSED,
     LOGIN_FAILED,
     LOGIN_FORM_EXPIRED,
     LOGIN_THROTTLED,
@@ -42,8 +43,10 @@ from broker.console.web_session import (
 )
 from broker.db.models_console import ConsoleSession
 from broker.db.models_staff import User
+from broker.directory.feature import directory_check
 from broker.errors import InputError
 from broker.rules import InvalidName, parse_user_name
+from broker.rules.outside_text import clean_line
 from broker.services import SERVICES
 
 LOGIN_COOKIE_SECONDS: Final = 3600
@@ -128,7 +131,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     throttle = services.login_throttle
     if any(throttle.retry_after(k, now_mono) > 0 for k in keys):
         await services.audit.record(
-            actor=name or "anonymous",
+            actor=clean_line(name, 64) or "anonymous",
             action="login.throttled",
             outcome="denied",
             source=source,
@@ -146,6 +149,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
         valid_name = parse_user_name(name)
     except InvalidName:
         valid_name = ""
+    directory = await directory_check(request.app, valid_name, password)
     now = services.clock()
     async with services.db() as db, db.begin():
         user = None
@@ -153,11 +157,15 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
             user = (
                 await db.execute(select(User).where(User.name == valid_name))
             ).scalar_one_or_none()
-        # Always hash, so an unknown name costs as long as a known one; in a thread, because
-        # argon2 takes a good part of a second that the event loop must not wait for.
-        ok = await asyncio.to_thread(
-            verify_password, user.password_hash if user else None, password
-        )
+        if directory.outcome == "not_directory":
+            # Always hash, so an unknown name costs as long as a known one; in a thread,
+            # because argon2 takes a good part of a second the event loop must not wait for.
+            ok = await asyncio.to_thread(
+                verify_password, user.password_hash if user else None, password
+            )
+        else:
+            # The directory checked the password (a bind as the person) and synced them.
+            ok = directory.outcome == "ok"
         ok = ok and user is not None and not user.disabled
         enrol = False
         if ok and user is not None:
@@ -181,22 +189,29 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
             if old_id is not None:
                 await session_store.end(db, old_id)
     if new is None or user is None:
-        for key in keys:
-            throttle.failed(key, now_mono)
+        if directory.outcome != "unavailable":
+            for key in keys:
+                throttle.failed(key, now_mono)
+        details = {"via": "console"}
+        error, status = renderer.gettext(lang, LOGIN_FAILED), 401
+        if directory.outcome in ("refused", "unavailable"):
+            # Said only after the directory accepted the password, or when it is down (then
+            # for every directory name alike): neither tells who has an account.
+            details["reason"] = directory.message
+            error = directory.message
+            if directory.outcome == "refused":
+                error = renderer.gettext(lang, DIRECTORY_REFUSED).format(reason=directory.message)
+            else:
+                status = 503
         await services.audit.record(
-            actor=name or "anonymous",
+            actor=clean_line(name, 64) or "anonymous",
             action="login.failed",
             outcome="denied",
             source=source,
-            details={"via": "console"},
+            details=details,
         )
         return _login_form(
-            request,
-            lang,
-            next_target=target,
-            status=401,
-            user_name=name,
-            error=renderer.gettext(lang, LOGIN_FAILED),
+            request, lang, next_target=target, status=status, user_name=name, error=error
         )
     if enrol:
         await services.audit.record(

@@ -120,5 +120,7 @@ DONE_MESSAGES: Final = {
 # The sign-in form's answers. One sentence for every failure, whatever failed.
 LOGIN_FAILED: Final = N_("User name, password or code is wrong.")
 LOGIN_THROTTLED: Final = N_("Too many failed sign-ins. Wait 15 minutes, then try again.")
+# The directory accepted the password but gives the account no access (no group, disabled).
+DIRECTORY_REFUSED: Final = N_("The company directory gives your account no access: {reason}.")
 LOGIN_FORM_EXPIRED: Final = N_("The sign-in form was out of date; please try again.")
 TOTP_MISMATCH: Final = N_("That code did not match. Type the code your app shows now.")

@@ -36,6 +36,15 @@ class User(Base):
     # Bumped on disable and password change: web sessions minted before are void.
     session_epoch: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    # Where the account comes from: "local" (made here), "directory" (LDAP, AD) or "oidc".
+    # The source owns the role, customers, display name and (directory) keys it supplies.
+    source: Mapped[str] = mapped_column(String(16), default="local", server_default="local")
+    # The directory's name or the OpenID provider's name, and the person's id there (DN, sub).
+    source_name: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    external_id: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    # Why the source takes access away (removed, disabled, no group); None: it grants it. Kept
+    # apart from an admin's disable, which a sync never undoes.
+    source_refusal: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
 
 class UserCustomer(Base):
@@ -61,6 +70,8 @@ class SshKey(Base):
     public_key: Mapped[str] = mapped_column(Text)
     comment: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
+    # "local" (registered in Secondline) or "directory" (read from it; replaced by each sync).
+    source: Mapped[str] = mapped_column(String(16), default="local", server_default="local")
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
 
 

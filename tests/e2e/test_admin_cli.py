@@ -86,7 +86,13 @@ async def test_admin_walkthrough(broker: BrokerProcess, tmp_path: Path, backend:
     assert alice["customers"] == ["acme"]
     assert alice["ssh_keys"][0]["fingerprint"] == key.get_fingerprint("sha256")
     table = secondline("user", "list", data_dir=d)
-    assert table.out.splitlines()[0].split()[:3] == ["NAME", "ROLE", "DISABLED"]
+    header, *rows = table.out.splitlines()
+    assert header.split()[:4] == ["NAME", "ROLE", "SOURCE", "DISABLED"]
+    assert next(r for r in rows if r.startswith("alice")).split()[:3] == [
+        "alice",
+        "level2",
+        "local",
+    ]
     again = secondline("user", "add", "alice", "--role", "level2", data_dir=d)
     assert again.code != 0
     assert "exists already" in again.err

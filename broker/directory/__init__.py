@@ -1,0 +1,1 @@
+"""Staff accounts from a company directory (LDAP, Active Directory): docs/identity.md."""
