@@ -29,6 +29,7 @@ from broker.audit.log import AuditLog
 from broker.config import BrokerConfig
 from broker.connectors import feature as connectors_feature
 from broker.console import feature as console_feature
+from broker.console import oidc_login
 from broker.db.engine import create_engine, session_factory
 from broker.directory import feature as directory_feature
 from broker.errors import error_response
@@ -90,6 +91,7 @@ def features() -> list[Feature]:
         connectors_feature.setup,
         lambda app: directory_feature.setup(app, end_sessions=_end_account_sessions),
         lambda app: console_feature.setup(app, api=console_api),
+        oidc_login.setup,
         sessions.setup,
         # After the sessions: the gateway starts with the session manager it hands sessions to.
         ssh_gateway_feature.setup,

@@ -28,6 +28,7 @@ from broker.console.messages import (
     LOGIN_THROTTLED,
     TOTP_MISMATCH,
 )
+from broker.console.oidc_login import provider_name
 from broker.console.pages import Page, read_form, redirect, render_page, request_language
 from broker.console.session_store import ConsoleUser
 from broker.console.state import CONSOLE
@@ -64,7 +65,7 @@ def _clear_cookie(response: web.StreamResponse, name: str) -> None:
     response.del_cookie(name, path="/", secure=True, httponly=True, samesite="Strict")
 
 
-def _login_form(
+def login_form(
     request: web.Request,
     lang: Language,
     *,
@@ -83,6 +84,7 @@ def _login_form(
             "error": error,
             "next": safe_next(next_target or request.query.get("next")),
             "user_name": user_name,
+            "oidc_name": provider_name(request.app),
         },
         status=status,
     )
@@ -93,7 +95,7 @@ def _login_form(
 async def login_page(request: web.Request) -> web.StreamResponse:
     if await console_user(request) is not None:
         raise web.HTTPSeeOther(safe_next(request.query.get("next")))
-    return _login_form(request, request_language(request, None))
+    return login_form(request, request_language(request, None))
 
 
 async def login_submit(request: web.Request) -> web.StreamResponse:
@@ -103,7 +105,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     try:
         form = await read_form(request)
     except InputError as exc:
-        return _login_form(request, lang, status=exc.http_status, error=exc.message)
+        return login_form(request, lang, status=exc.http_status, error=exc.message)
     name = str(form.get("user", ""))[:64].strip().lower()
     password = str(form.get("password", ""))[:1024]
     code = str(form.get("code", ""))[:16]
@@ -119,7 +121,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
             target=f"{request.method} {request.path}"[:200],
             reason="sign-in form",
         )
-        return _login_form(
+        return login_form(
             request,
             lang,
             next_target=target,
@@ -137,7 +139,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
             source=source,
             details={"via": "console"},
         )
-        return _login_form(
+        return login_form(
             request,
             lang,
             next_target=target,
@@ -210,7 +212,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
             source=source,
             details=details,
         )
-        return _login_form(
+        return login_form(
             request, lang, next_target=target, status=status, user_name=name, error=error
         )
     if enrol:

@@ -1,7 +1,8 @@
 """The console's "Allow my key for this shift": a code-less SSH window for all of the
 signed-in staff member's keys (docs/identity.md). A console session exists only after a
-sign-in with password and authenticator code, so this is the second factor given in the
-browser, for tools that cannot answer the gateway's prompt (BatchMode, scripts)."""
+sign-in with password and authenticator code, or at an OpenID provider that asserted
+multi-factor (``amr``), so this is the second factor given in the browser, for tools that
+cannot answer the gateway's prompt (BatchMode, scripts)."""
 
 from __future__ import annotations
 

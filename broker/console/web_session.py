@@ -31,7 +31,9 @@ SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 _SECRET_RE: Final = re.compile(r"^[A-Za-z0-9_-]{43}$")
 _NEXT_RE: Final = re.compile(r"^/console/[A-Za-z0-9/_.?=&%+-]{0,300}$")
 
-Stage = Literal["active", "enrol"]
+# enrol: setting up the authenticator; code: signed in at the OpenID provider without
+# multi-factor, the authenticator code still to come.
+Stage = Literal["active", "enrol", "code"]
 Invalid = Literal["stage", "disabled", "epoch", "idle", "expired", "enrol_expired"]
 
 
@@ -83,7 +85,7 @@ def why_invalid(
     if facts.epoch != facts.user_epoch:
         return "epoch"
     age = (now - facts.created_at).total_seconds()
-    if stage == "enrol":
+    if stage in ("enrol", "code"):
         return "enrol_expired" if age > ENROL_SECONDS else None
     if age > limits.max_seconds:
         return "expired"

@@ -49,14 +49,20 @@ async def apply(
     verdict: Verdict,
     now: dt.datetime,
     create: bool,
+    source: str = SOURCE,
 ) -> Applied:
+    """Apply ``verdict`` to ``name``'s account from ``directory`` (an OpenID provider's name
+    with ``source="oidc"``, whose accounts are also bound to the subject ``dn``)."""
     try:
         name = parse_user_name(name)
     except InvalidName as exc:
         return Applied(name[:64], None, skipped=str(exc))
     user = (await db.execute(select(User).where(User.name == name))).scalar_one_or_none()
-    if user is not None and (user.source != SOURCE or user.source_name != directory):
-        return Applied(name, user.id, skipped=f"the account {name} is not from this directory")
+    if user is not None and (user.source != source or user.source_name != directory):
+        return Applied(name, user.id, skipped=f"the account {name} is not from {directory}")
+    if user is not None and source != SOURCE and user.external_id != dn:
+        # The provider gave this user name to another person (a new subject).
+        return Applied(name, user.id, skipped=f"the account {name} belongs to another person")
     customer_ids: set[int] = set()
     if verdict.allowed and verdict.customers:
         customer_ids = await _known_customers(db, name, verdict.customers)
@@ -73,7 +79,7 @@ async def apply(
             display_name="",
             password_hash=None,
             created_at=now,
-            source=SOURCE,
+            source=source,
             source_name=directory,
             external_id=dn,
         )
@@ -88,7 +94,8 @@ async def apply(
             user.source_refusal = (verdict.refusal or "")[:200]
         if lost:
             await _take_access(db, user, now)
-        await _set_keys(db, user, (), now)
+        if source == SOURCE:
+            await _set_keys(db, user, (), now)
         return Applied(name, user.id, lost=lost, refusal=verdict.refusal)
     regained = user.source_refusal is not None
     if regained:
@@ -103,7 +110,8 @@ async def apply(
         # Pages and tokens carry what the role and customers allowed: sign in again.
         user.session_epoch += 1
         await _revoke_tokens(db, user, now)
-    await _set_keys(db, user, verdict.ssh_keys, now)
+    if source == SOURCE:
+        await _set_keys(db, user, verdict.ssh_keys, now)
     return Applied(name, user.id, created=created, regained=regained)
 
 

@@ -258,3 +258,21 @@ async def test_losing_the_group_cuts_the_shell_and_the_console_says_why(
             assert found["dora"]["disabled"] is False
     finally:
         await server.stop()
+
+
+async def test_outage_policy_end_takes_access_until_the_directory_is_back(
+    api: Api, slapd: Slapd
+) -> None:
+    """With `on_outage: end`, a failed sync disables the directory's accounts with that
+    reason; the first good sync after the outage gives access back."""
+    await call(api, "POST", "/customers", {"name": "acme"})
+    await add_directory(api, slapd.url, on_outage="end")
+    await slapd.stop()
+    status, data = await call(api, "POST", "/directories/corp/sync")
+    assert (status, data["healthy"]) == (200, False)
+    dora = (await users(api))["dora"]
+    assert dora["disabled"] is True
+    assert "could not be reached" in dora["source_refusal"]
+    await slapd.start()
+    await call(api, "POST", "/directories/corp/sync", expect=200)
+    assert (await users(api))["dora"]["disabled"] is False
