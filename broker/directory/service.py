@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from broker.db.models_staff import User
 from broker.directory import accounts
@@ -102,6 +102,9 @@ class Directories:
                     wait = min(wait, max(0.0, due - loop.time()))
             except asyncio.CancelledError:
                 raise
+            except (SQLAlchemyError, OSError) as exc:
+                # The database is down: said once a round, without a traceback; next round.
+                log.error("directory sync: the database is unavailable (%s)", type(exc).__name__)
             except Exception:
                 log.exception("the directories could not be synced; retrying")
             async with self._round_done:
