@@ -39,6 +39,7 @@ from broker.sessions.session_end import (
     end_of_start,
     plan_attachments,
 )
+from broker.tickets.outbox import enqueue_note
 from broker.transcript import (
     Command,
     Seal,
@@ -203,7 +204,7 @@ class Finisher:
                         db, sid, now=record.ended_at, reason=record.participants_left
                     )
                 if record.note is not None and note is not None:
-                    await store.enqueue_note(
+                    await enqueue_note(
                         db,
                         session_id=sid,
                         ticket_id=record.about.ticket_id,

@@ -16,9 +16,6 @@ from broker.secret_scrubber import scrub_secrets
 from broker.sessions.facts import SessionFacts
 from broker.sessions.lifecycle import END_STATES, UNENDED_ROW_STATES
 
-# Re-exported: finish.py writes the note with the session's end, in the same transaction.
-from broker.tickets.outbox import enqueue_note as enqueue_note
-
 # States of a session that has not ended: it counts against the owner's limit and is
 # "live" to `session list --live`; after a crash these become "interrupted".
 LIVE_STATES: Final = UNENDED_ROW_STATES
