@@ -503,9 +503,13 @@ async def login(ctx: ApiContext) -> NewTokenOut:
         raise UnavailableError(directory.message, code="directory_unavailable")
     try:
         async with s.db() as db, db.begin():
+            # A name that is no valid user name is nobody's (and PostgreSQL refuses a NUL in
+            # a query): the password is still checked against nothing, taking as long.
             user = (
-                await db.execute(select(User).where(User.name == body.user))
-            ).scalar_one_or_none()
+                (await db.execute(select(User).where(User.name == valid_name))).scalar_one_or_none()
+                if valid_name
+                else None
+            )
             if directory.outcome == "not_directory":
                 # argon2 takes a good part of a second: in a thread, or every sign-in attempt
                 # (the throttle counts them, it cannot stop them arriving) would stall the loop.

@@ -10,6 +10,7 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Final
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from sqlalchemy import func, select
@@ -30,7 +31,14 @@ log = logging.getLogger(__name__)
 _MAX_FIELD = 200
 
 
+# C0 and C1 controls and DEL, written as \xNN: PostgreSQL's text cannot hold NUL at all (a
+# refused sign-in named "a\0b" must be audited, not turn into a 503), and a name with ESC
+# must not repaint the terminal of whoever reads the log.
+_CONTROLS: Final = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+
+
 def _clip(text: str, limit: int = _MAX_FIELD) -> str:
+    text = text.translate(_CONTROLS)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

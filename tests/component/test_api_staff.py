@@ -223,6 +223,22 @@ async def test_login_throttled_per_account(api: Api) -> None:
     assert "login.throttled" in await audit_actions(api)
 
 
+async def test_login_with_control_characters_in_the_name_is_refused_and_audited(api: Api) -> None:
+    """A sign-in whose user name holds NUL or other control characters is refused like any
+    wrong name (not a 503 from a database that cannot store NUL), and audited, escaped."""
+    for name in ("eve\x00admin", "eve\x1b[2J", "\x00" * 64):
+        _, data = await api.call(
+            "POST", "/auth/login", {"user": name, "password": "whatever123"}, token=None, expect=401
+        )
+        assert isinstance(data, dict)
+        assert data["error"]["code"] == "login_failed"
+    failed = [e for e in await audit_list(api) if e["action"] == "login.failed"]
+    actors = [str(e["actor"]) for e in failed]
+    assert "eve\\x00admin" in actors
+    assert "eve\\x1b[2J" in actors
+    assert not any("\x00" in a or "\x1b" in a for a in actors)
+
+
 async def test_customers(api: Api) -> None:
     """Customers are added once, listed and shown; a scoped user sees only theirs."""
     await api.call("POST", "/customers", {"name": "acme", "display_name": "ACME Corp"}, expect=201)
