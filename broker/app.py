@@ -33,6 +33,7 @@ from broker.console import oidc_login
 from broker.db.engine import create_engine, session_factory
 from broker.directory import feature as directory_feature
 from broker.errors import error_response
+from broker.kb import feature as kb_feature
 from broker.keys import BrokerKeys, load_keys
 from broker.services import SERVICES, Services
 from broker.sessions import feature as sessions
@@ -88,6 +89,7 @@ def features() -> list[Feature]:
     return [
         agents_feature.setup,
         tickets_feature.setup,
+        kb_feature.setup,
         connectors_feature.setup,
         lambda app: directory_feature.setup(app, end_sessions=_end_account_sessions),
         lambda app: console_feature.setup(app, api=console_api),

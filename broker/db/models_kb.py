@@ -117,9 +117,10 @@ class KbTranslation(Base):
 class KbSearchDoc(Base):
     """One searchable document: a published-or-not article, or a solved ticket.
 
-    The text columns are what the index reads; ``stems`` holds German word forms (see
-    ``broker.kb.analysis``). ``os_terms`` and ``tag_terms`` are space-padded folded words
-    for the OS and tag filters. Tickets carry their ``customer`` so results can be scoped.
+    The text columns are what the index reads; ``stems`` holds German word forms and
+    ``concepts`` the glossary concept tokens of the words (see ``broker.kb.analysis``).
+    ``os_terms`` and ``tag_terms`` are space-padded folded words for the OS and tag filters.
+    Tickets carry their ``customer`` so results can be scoped.
     """
 
     __tablename__ = "kb_search_docs"
@@ -139,6 +140,8 @@ class KbSearchDoc(Base):
     commands: Mapped[str] = mapped_column(Text)
     tags: Mapped[str] = mapped_column(Text)
     stems: Mapped[str] = mapped_column(Text)
+    concepts: Mapped[str] = mapped_column(Text, default="")
+    glossary: Mapped[str] = mapped_column(String(16), default="")  # analysis.glossary_version
     os_terms: Mapped[str] = mapped_column(Text, default="")
     tag_terms: Mapped[str] = mapped_column(Text, default="")
     solved_count: Mapped[int] = mapped_column(Integer, default=0)

@@ -7,9 +7,13 @@ the known parts of German compounds ("Druckaufträge" → "druckauftrag", "druck
 case-folded and without diacritics. The query side runs the same functions over what a person
 typed, so "Drucker druckt nicht" finds "Druckaufträge hängen im Netzwerkdrucker".
 
-Words of the bilingual glossary (``broker.kb.glossary``) bring their translations and
-synonyms into the query ("print jobs stuck" also searches "Druckauftrag hängt"), so a ticket
-finds the article written in the other language; highlighting marks those words too.
+The bilingual glossary (``broker.kb.glossary``) joins the languages at write time: the
+``concepts`` field holds the concept token of every glossary concept a document's words
+belong to ("Druckaufträge hängen" → ``kbcdruckerxprinter``-like tokens for print job, queue,
+stuck), and a query searches the tokens of its own words' concepts, so "print jobs stuck"
+finds the German article through a few tokens rather than through every German word of
+those concepts. The concepts' words are still kept on the query (``expansions``), for
+highlighting: a German passage shows which of its words an English ticket matched.
 
 Whatever a person types is only ever split into words: operators, quotes, parentheses, NUL
 and other controls cannot reach the search engine's query language, because each word is
@@ -18,6 +22,7 @@ emitted as a quoted string of letters and digits. Long input is cut, never refus
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator
@@ -27,7 +32,7 @@ from typing import Final, Protocol, cast
 
 import snowballstemmer  # no stubs published: ignore_missing_imports in pyproject
 
-from broker.kb.glossary import GLOSSARY_FILE, Glossary, parse
+from broker.kb.glossary import GLOSSARY_FILE, Concept, Glossary, parse
 
 # Words are runs of letters and digits, as SQLite's unicode61 tokenizer splits them
 # (underscore and punctuation separate words there too).
@@ -144,6 +149,25 @@ def stems_field(texts: Iterable[str]) -> str:
     return " ".join(seen)
 
 
+def concepts_field(title: str, body: Iterable[str]) -> str:
+    """The ``concepts`` field of a document: the glossary concept token of each of its words
+    that belongs to a concept, as often as such words occur (as a word counts as often as it
+    occurs), those of the title twice (a title says what an article is about)."""
+    tokens: list[str] = []
+    for text in (title, title, *body):
+        for word in words(text):
+            if word not in STOPWORDS:
+                tokens += (concept.token for concept in _word_concepts(word))
+    return " ".join(tokens)
+
+
+@lru_cache(maxsize=65_536)
+def _word_concepts(word: str) -> tuple[Concept, ...]:
+    """The glossary concepts a case-folded word belongs to, the same for documents and
+    queries."""
+    return tuple(glossary().expand([(fold(word), _word_analysis_keys(word))]))
+
+
 @dataclass(frozen=True)
 class QueryTerms:
     """What a search string means: distinct words and their German forms, both folded, and
@@ -153,6 +177,11 @@ class QueryTerms:
     german: tuple[str, ...]
     expansions: tuple[str, ...] = ()
     expansion_forms: tuple[str, ...] = ()
+    concepts: tuple[str, ...] = ()  # glossary concept tokens, searched in ``concepts``
+    # What the engines search besides the concepts: the words without a concept, and their
+    # German forms. ``words`` and ``german`` hold every typed word, for highlighting.
+    searched: tuple[str, ...] = ()
+    searched_german: tuple[str, ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -181,6 +210,13 @@ def _word_analysis_keys(word: str) -> tuple[str, ...]:
 
 
 @lru_cache(maxsize=1)
+def glossary_version() -> str:
+    """A fingerprint of the glossary: a search document indexed under another one has
+    concept tokens of another glossary, and is indexed again (``refresh_concepts``)."""
+    return hashlib.sha256(GLOSSARY_FILE.read_bytes()).hexdigest()[:16]
+
+
+@lru_cache(maxsize=1)
 def glossary() -> Glossary:
     """The bilingual glossary, keyed by the same stems the search uses."""
     return Glossary(
@@ -195,7 +231,9 @@ def query_terms(text: str, *, max_terms: int = QUERY_MAX_TERMS, expand: bool = T
     """Split what a person typed into search terms; never raises, whatever the text holds.
 
     Stopwords are dropped unless nothing else is left ("the who" still searches). With
-    ``expand`` the glossary adds the other language's words for the same things.
+    ``expand`` the glossary's concepts of the words are searched instead of the words
+    themselves (``searched``), so a word and its translation count the same, and their
+    words are kept for highlighting (``expansions``).
     """
     text = text[:QUERY_MAX_CHARS]
     all_words = list(dict.fromkeys(words(text)))
@@ -208,15 +246,23 @@ def query_terms(text: str, *, max_terms: int = QUERY_MAX_TERMS, expand: bool = T
     folded = tuple(fold(w) for w in kept)
     added: dict[str, None] = {}
     forms: dict[str, None] = {}
+    concepts: dict[str, None] = {}
+    searched = kept
     if expand:
         seen = {key for w in kept for key in _word_analysis_keys(w)}
-        typed = ((fold(w), _word_analysis_keys(w)) for w in kept if w not in STOPWORDS)
-        for concept in glossary().expand(typed):
+        found: list[Concept] = []
+        searched = []
+        for word in kept:
+            word_concepts = () if word in STOPWORDS else _word_concepts(word)
+            found += word_concepts
+            if not word_concepts:
+                searched.append(word)
+        for concept in dict.fromkeys(found):
+            concepts.setdefault(concept.token, None)
             for side, is_german in ((concept.german, True), (concept.english, False)):
                 taken = 0
                 for word in side:
-                    # One word per stem, a few per language: the engines stem by themselves,
-                    # and every extra term costs time on every matching document.
+                    # One word per stem, a few per language: enough to mark a passage.
                     keys = _word_analysis_keys(word)
                     if taken == EXPANSION_PER_LANGUAGE or seen.intersection(keys):
                         continue
@@ -232,6 +278,9 @@ def query_terms(text: str, *, max_terms: int = QUERY_MAX_TERMS, expand: bool = T
         german=tuple(german),
         expansions=tuple(added)[:EXPANSIONS_MAX],
         expansion_forms=tuple(forms)[:EXPANSIONS_MAX],
+        concepts=tuple(concepts),
+        searched=tuple(fold(w) for w in searched),
+        searched_german=tuple(dict.fromkeys(f for w in searched for f in german_forms(w))),
     )
 
 
@@ -241,15 +290,18 @@ def _quoted(term: str) -> str:
 
 
 def fts5_match(terms: QueryTerms) -> str:
-    """An FTS5 MATCH expression: any word in any column, or a German form in ``stems``."""
-    parts = [_quoted(w) for w in terms.all_words]
-    parts += [f"stems : {_quoted(g)}" for g in terms.all_german]
+    """An FTS5 MATCH expression: each word without a concept in any column or its German
+    forms in ``stems``, or a concept token in ``concepts``."""
+    parts = [_quoted(w) for w in terms.searched]
+    parts += [f"stems : {_quoted(g)}" for g in terms.searched_german]
+    parts += [f"concepts : {_quoted(c)}" for c in terms.concepts]
     return " OR ".join(parts)
 
 
-def pg_query_text(terms: QueryTerms) -> tuple[str, str]:
-    """The words and the German forms as two texts for PostgreSQL's ``to_tsvector``."""
-    return " ".join(terms.all_words), " ".join(terms.all_german)
+def pg_query_text(terms: QueryTerms) -> tuple[str, str, str]:
+    """The words without a concept, their German forms, and the concept tokens, as three
+    texts for PostgreSQL's ``to_tsvector``."""
+    return " ".join(terms.searched), " ".join(terms.searched_german), " ".join(terms.concepts)
 
 
 @lru_cache(maxsize=65_536)

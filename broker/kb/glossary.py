@@ -17,6 +17,7 @@ extend it.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,9 @@ TYPO_MIN_CHARS: Final = 5  # shorter words are too often another real word one e
 Keys = Callable[[str], Iterable[str]]
 
 
+CONCEPT_PREFIX: Final = "kbc"  # no German or English word starts like this
+
+
 @dataclass(frozen=True)
 class Concept:
     german: tuple[str, ...]
@@ -39,14 +43,29 @@ class Concept:
     def words(self) -> tuple[str, ...]:
         return (*self.german, *self.english)
 
+    @property
+    def token(self) -> str:
+        """The concept as one indexed word ("kbcdruckerxprinter"): a document holds the
+        tokens of the concepts its words belong to, and a query searches the tokens of its
+        words' concepts, so a query searches a few tokens instead of every word of every
+        concept it touches. Letters only, so both engines keep it one word."""
+        return CONCEPT_PREFIX + _letters(self.german[0]) + "x" + _letters(self.english[0])
+
+
+def _letters(word: str) -> str:
+    plain = unicodedata.normalize("NFKD", word)  # "hängt" → "hangt", as the engines fold
+    return "".join(c for c in plain if c.isascii() and c.isalnum())
+
 
 def parse(text: str, split: Callable[[str], Iterable[str]]) -> list[Concept]:
     """The concepts of a glossary text; ``split`` turns a side into folded words.
 
     A line without exactly one ``|`` or with an empty side is an error: a glossary that
-    silently lost a line would lose recall nobody notices.
+    silently lost a line would lose recall nobody notices. So is a line whose concept token
+    (``Concept.token``) another line has: the two would be searched as one.
     """
     concepts: list[Concept] = []
+    tokens: dict[str, int] = {}
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
         if not line:
@@ -59,7 +78,14 @@ def parse(text: str, split: Callable[[str], Iterable[str]]) -> list[Concept]:
         )
         if not german or not english:
             raise ValueError(f"glossary line {number}: write 'German words | English words'")
-        concepts.append(Concept(german, english))
+        concept = Concept(german, english)
+        if concept.token in tokens:
+            raise ValueError(
+                f"glossary line {number}: its first German and first English word are those "
+                f"of line {tokens[concept.token]}; put another word first"
+            )
+        tokens[concept.token] = number
+        concepts.append(concept)
     return concepts
 
 
@@ -118,6 +144,10 @@ class Glossary:
         for word in near:
             found |= self._word_concepts[word]
         return found
+
+    def tokens(self, typed: Iterable[tuple[str, Iterable[str]]]) -> list[str]:
+        """The concept tokens of words (each folded, with its analysis keys), each once."""
+        return [concept.token for concept in self.expand(typed)]
 
     def expand(self, typed: Iterable[tuple[str, Iterable[str]]]) -> list[Concept]:
         """The concepts of the typed words, each once, in the order typed; ``typed`` holds

@@ -17,18 +17,33 @@ from sqlalchemy import bindparam, delete, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.db.models_kb import KbSearchDoc
-from broker.kb.analysis import QueryTerms, fold, fts5_match, pg_query_text, stems_field, words
+from broker.kb.analysis import (
+    QueryTerms,
+    concepts_field,
+    fold,
+    fts5_match,
+    glossary_version,
+    pg_query_text,
+    stems_field,
+    words,
+)
 from broker.secret_scrubber import scrub_secrets
 
 SEARCH_LIMIT_MAX: Final = 50
+# PostgreSQL ranks this many candidates by the whole document (see ``search``); at 10,000
+# articles the top 3 of every benchmark query came out the same as ranking them all.
+FIRST_STAGE: Final = 200
 
-# SQLite column weights for bm25: title, problem, solution, commands, tags, stems.
-_BM25: Final = "bm25(kb_fts, 8.0, 4.0, 2.0, 2.0, 4.0, 1.0)"
+# SQLite column weights for bm25: title, problem, solution, commands, tags, stems, concepts.
+# Concepts weigh most: a concept matched stands for its words in every field and in both
+# languages, chosen by measurement on bench/kb_eval (docs/knowledge-base.md).
+_BM25: Final = "bm25(kb_fts, 8.0, 4.0, 2.0, 2.0, 4.0, 0.5, 12.0)"
 _PG_QUERY: Final = """(SELECT string_agg('''' || replace(replace(l, '\\', '\\\\'), '''', '''''')
         || '''', ' | ')
     FROM unnest(tsvector_to_array(
         to_tsvector('english'::regconfig, :words) || to_tsvector('german'::regconfig, :words)
-        || to_tsvector('simple'::regconfig, :german))) AS l)::tsquery"""
+        || to_tsvector('simple'::regconfig, :german)
+        || to_tsvector('simple'::regconfig, :concepts))) AS l)::tsquery"""
 
 
 @dataclass(frozen=True)
@@ -83,6 +98,8 @@ def doc_values(fields: DocFields, now: dt.datetime) -> dict[str, object]:
         "commands": commands,
         "tags": fields.tags,
         "stems": stems_field((title, problem, solution, commands, fields.tags)),
+        "concepts": concepts_field(title, (problem, solution, commands, fields.tags)),
+        "glossary": glossary_version(),
         "os_terms": fields.os_terms,
         "tag_terms": fields.tag_terms,
         "solved_count": fields.solved_count,
@@ -107,6 +124,29 @@ async def upsert_doc(
             if getattr(doc, key) != value:
                 setattr(doc, key, value)
     await db.flush()
+
+
+async def refresh_concepts(db: AsyncSession, *, batch: int = 500) -> int:
+    """Index the concepts of the documents indexed under another glossary (after staff
+    edited ``glossary.txt``) again; returns how many. The text is the stored, scrubbed one."""
+    version = glossary_version()
+    done = 0
+    while True:
+        docs = (
+            await db.execute(
+                select(KbSearchDoc).where(KbSearchDoc.glossary != version).limit(batch)
+            )
+        ).scalars()
+        changed = 0
+        for doc in docs:
+            body = (doc.problem, doc.solution, doc.commands, doc.tags)
+            doc.concepts = concepts_field(doc.title, body)
+            doc.glossary = version
+            changed += 1
+        await db.flush()
+        done += changed
+        if changed < batch:
+            return done
 
 
 async def set_doc_status(db: AsyncSession, kind: str, ref_id: int, status: str) -> None:
@@ -168,11 +208,19 @@ async def search(db: AsyncSession, terms: QueryTerms, flt: SearchFilter) -> list
             "ORDER BY rank, d.solved_count DESC, d.ref_id LIMIT :limit"
         )
     else:
-        params["words"], params["german"] = pg_query_text(terms)
+        params["words"], params["german"], params["concepts"] = pg_query_text(terms)
+        params["first"] = FIRST_STAGE
+        # Two stages: reading the whole ``tsv`` of every matching row is what costs (it is
+        # large), so the candidates are ranked first by the small ``tsv_head`` (title and
+        # concepts), and only the best FIRST_STAGE of them by the whole document.
         sql = (
-            f"SELECT d.kind, d.ref_id, ts_rank(d.tsv, q.q) AS rank "  # noqa: S608 - as above
-            f"FROM kb_search_docs d, (SELECT {_PG_QUERY} AS q) q "
+            f"WITH q AS (SELECT {_PG_QUERY} AS q), "  # noqa: S608 - as above
+            "c AS (SELECT d.id FROM kb_search_docs d, q "
             f"WHERE d.tsv @@ q.q AND {' AND '.join(where)} "
+            "ORDER BY ts_rank(d.tsv_head, q.q) DESC, d.solved_count DESC, d.ref_id "
+            "LIMIT :first) "
+            "SELECT d.kind, d.ref_id, ts_rank(d.tsv, q.q) AS rank "
+            "FROM c JOIN kb_search_docs d ON d.id = c.id, q "
             "ORDER BY rank DESC, d.solved_count DESC, d.ref_id LIMIT :limit"
         )
     statement = text(sql).bindparams(*(bindparam(n, expanding=True) for n in expanding))

@@ -12,10 +12,12 @@ from broker.kb.analysis import (
     QUERY_MAX_TERMS,
     QueryTerms,
     compound_parts,
+    concepts_field,
     fold,
     fts5_match,
     german_forms,
     german_stem,
+    glossary,
     pg_query_text,
     query_terms,
     stems_field,
@@ -110,21 +112,45 @@ def test_keys_cover_every_form() -> None:
 
 
 def test_pg_query_text() -> None:
-    """PostgreSQL gets the words and the German forms as two texts."""
+    """PostgreSQL gets the words, the German forms and the concept tokens as three texts."""
     assert pg_query_text(query_terms("Drucker hängt", expand=False)) == (
         "drucker hangt",
         "druck hangt",
+        "",
     )
+    printer, stuck = (c.token for c in glossary().concepts if c.german[0] in {"drucker", "hängen"})
+    assert pg_query_text(query_terms("Drucker hängt foo")) == ("foo", "foo", f"{printer} {stuck}")
+
+
+def test_concept_words_are_searched_by_their_concepts() -> None:
+    """A word of a glossary concept is searched as the concept's token, in the concepts
+    column, so a word and its translation weigh the same; other words as typed."""
+    terms = query_terms("printer Kyocera")
+    (printer,) = (c.token for c in glossary().concepts if c.english[0] == "printer")
+    assert terms.concepts == (printer,)
+    assert terms.searched == ("kyocera",)
+    assert fts5_match(terms) == f'"kyocera" OR stems : "kyocera" OR concepts : "{printer}"'
+    assert "drucker" in terms.expansions  # kept for highlighting the German passage
+
+
+def test_documents_carry_their_concepts_as_often_as_their_words() -> None:
+    """The concepts field has a token per concept word of a document, the title's twice, so
+    a German article and an English query meet on the same tokens."""
+    tokens = {c.english[0]: c.token for c in glossary().concepts}
+    field = concepts_field("Drucker", ["Der Druckauftrag hängt, der Drucker auch"]).split()
+    assert field.count(tokens["printer"]) == 3
+    assert field.count(tokens["job"]) == 1
+    assert set(query_terms("printer job stuck").concepts) <= set(field)
 
 
 @pytest.fixture(scope="module")
 def fts() -> sqlite3.Connection:
     conn = sqlite3.connect(":memory:")
     conn.execute(
-        "CREATE VIRTUAL TABLE t USING fts5(title, stems, "
+        "CREATE VIRTUAL TABLE t USING fts5(title, stems, concepts, "
         "tokenize='porter unicode61 remove_diacritics 2')"
     )
-    conn.execute("INSERT INTO t VALUES ('printer queue', 'druck')")
+    conn.execute("INSERT INTO t VALUES ('printer queue', 'druck', '')")
     return conn
 
 

@@ -78,3 +78,13 @@ def test_highlight_marks_the_translation_in_the_article() -> None:
     """An English ticket's words mark the German passage that matched them."""
     text = "Die Druckaufträge bleiben in der Warteschlange hängen."
     assert marked(text, "print jobs stuck in queue") == ["Druckaufträge", "Warteschlange", "hängen"]
+
+
+def test_two_lines_with_one_concept_token_are_refused() -> None:
+    """Each concept is indexed under a token of its first words; two lines sharing it would
+    be searched as one, so the glossary says which line to change."""
+    text = "drucker | printer\nnetz | network\ndrucker drucken | printer print\n"
+    with pytest.raises(ValueError, match=r"glossary line 3: .* those of line 1"):
+        parse(text, words)
+    (concept,) = parse("hängen | stuck", words)
+    assert concept.token == "kbchangenxstuck"
