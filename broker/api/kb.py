@@ -75,6 +75,7 @@ class SearchIn(Strict):
     tag: str | None = Field(default=None, max_length=40)
     status: str | None = Field(default=None, max_length=16)
     limit: int = Field(default=20, ge=1, le=SEARCH_LIMIT_MAX)
+    lang: str | None = Field(default=None, max_length=8)
 
 
 class CommandOut(BaseModel):
@@ -568,7 +569,14 @@ _SEARCH_QUERY = (
     QueryParam("tag", "string", "only articles with this tag"),
     QueryParam("status", "string", "published (default); level 2+: draft, retired or any"),
     QueryParam("limit", "integer", f"at most this many (1-{SEARCH_LIMIT_MAX}, default 20)"),
+    QueryParam("lang", "string", "de or en: show an article's version in this language"),
 )
+
+
+def _language(value: str | None) -> str | None:
+    if value is not None and value not in LANGUAGES:
+        raise ArticleInvalid(f"lang={value[:10]!r}: {LANGUAGE_RULE}")
+    return value
 
 
 @router.route(
@@ -588,6 +596,7 @@ async def search_get(ctx: ApiContext) -> SearchOut:
         tag=ctx.query("tag"),
         status=ctx.query("status"),
         limit=limit,
+        language=_language(ctx.query("lang")),
     )
     return _search_out(terms, results)
 
@@ -610,6 +619,7 @@ async def search_post(ctx: ApiContext) -> SearchOut:
         tag=body.tag,
         status=body.status,
         limit=body.limit,
+        language=_language(body.lang),
     )
     return _search_out(terms, results)
 
@@ -630,9 +640,7 @@ async def suggestions(ctx: ApiContext) -> SuggestionsOut:
     if not ticket:
         raise ArticleInvalid("name the ticket: /kb/suggestions?ticket=T-1042")
     limit = ctx.query_int("limit", low=1, high=10) or actions.SUGGESTIONS
-    language = ctx.query("lang")
-    if language is not None and language not in LANGUAGES:
-        raise ArticleInvalid(f"lang={language[:10]!r}: {LANGUAGE_RULE}")
+    language = _language(ctx.query("lang"))
     ref, terms, articles, tickets = await actions.suggestions(
         ctx.services, _caller(ctx), ticket, limit=limit, language=language
     )

@@ -67,7 +67,9 @@ async def search_page(page: Page) -> web.StreamResponse:
     error: tuple[str, str] | None = None
     if form.searching:
         try:
-            found = json_dict(await page.api("GET", "/kb/search", query=form.api_query()))
+            # Articles in both languages are shown in the reader's, as suggestions are.
+            query = form.api_query() | {"lang": page.lang}
+            found = json_dict(await page.api("GET", "/kb/search", query=query))
         except BrokerError as exc:  # a bad filter is said on the page, never an error page
             error = page.explain(exc)
         else:

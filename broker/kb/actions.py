@@ -8,8 +8,6 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from broker.auth.principal import Principal
 from broker.kb import store
 from broker.kb.analysis import QueryTerms, query_terms
@@ -34,8 +32,14 @@ from broker.kb.policy import (
     sees_customer,
 )
 from broker.kb.render import ArticleDoc, SourceRef, article_html, to_markdown
-from broker.kb.results import Provenance, Result, article_results, ticket_results
-from broker.kb.search_docs import SEARCH_LIMIT_MAX, Hit, SearchFilter, search
+from broker.kb.results import (
+    Provenance,
+    Result,
+    article_results,
+    in_language,
+    ticket_results,
+)
+from broker.kb.search_docs import SEARCH_LIMIT_MAX, SearchFilter, search
 from broker.kb.sources import SOLVED_STATUSES, load_ticket, sync_ticket_docs, ticket_customer
 from broker.rules import InvalidName
 from broker.rules.names import format_ticket_id, parse_ticket_ref
@@ -339,8 +343,10 @@ async def search_articles(
     tag: str | None = None,
     status: str | None = None,
     limit: int = 20,
+    language: str | None = None,
 ) -> tuple[QueryTerms, list[Result]]:
-    """Articles for what a person typed; published only unless level 2+ asks for more."""
+    """Articles for what a person typed; published only unless level 2+ asks for more; an
+    article with a published version in ``language`` is shown in that one, once."""
     terms = query_terms(text)
     flt = SearchFilter(
         kind="article",
@@ -351,31 +357,8 @@ async def search_articles(
     )
     async with services.db() as db:
         hits = await search(db, terms, flt)
-        return terms, await article_results(db, terms, hits)
-
-
-async def _in_language(
-    db: AsyncSession, terms: QueryTerms, results: list[Result], language: str | None
-) -> list[Result]:
-    """Each article shown in ``language`` where its published version in it exists (its
-    passage highlighted there), each pair once."""
-    if language is None:
-        return results
-    others = await store.translations(db, [r.id for r in results])
-    wanted = [others[r.id] for r in results if r.id in others and r.language != language]
-    swapped = {
-        r.id: r
-        for r in await article_results(db, terms, [Hit("article", i, 0.0) for i in wanted])
-        if r.status == "published" and r.language == language
-    }
-    out: list[Result] = []
-    seen: set[int] = set()
-    for r in results:
-        shown = swapped.get(others.get(r.id, -1), r)
-        if shown.id not in seen:
-            seen.add(shown.id)
-            out.append(replace(shown, rank=r.rank, provenance=r.provenance))
-    return out
+        results = await article_results(db, terms, hits)
+        return terms, await in_language(db, terms, results, language)
 
 
 async def suggestions(
@@ -411,7 +394,7 @@ async def suggestions(
         articles = tried_last(fitting, tried)[:limit]
         sources = await store.session_sources(db, [r.id for r in articles])
         articles = [_with_provenance(caller, r, sources.get(r.id)) for r in articles]
-        articles = await _in_language(db, terms, articles, language)
+        articles = await in_language(db, terms, articles, language)
         ticket_hits = await search(
             db,
             terms,

@@ -4,12 +4,13 @@ field that matched best, and for articles their tags, OS names and how often the
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.db.models_kb import KbArticle
+from broker.kb import store
 from broker.kb.analysis import QueryTerms
 from broker.kb.article import ArticleContent, format_article_id
 from broker.kb.highlight import Segment, count_matches, highlight
@@ -127,4 +128,28 @@ async def ticket_results(db: AsyncSession, terms: QueryTerms, hits: Sequence[Hit
                 rank=hit.rank,
             )
         )
+    return out
+
+
+async def in_language(
+    db: AsyncSession, terms: QueryTerms, results: list[Result], language: str | None
+) -> list[Result]:
+    """Each article shown in ``language`` where its published version in it exists (its
+    passage highlighted there), each pair once."""
+    if language is None:
+        return results
+    others = await store.translations(db, [r.id for r in results])
+    wanted = [others[r.id] for r in results if r.id in others and r.language != language]
+    swapped = {
+        r.id: r
+        for r in await article_results(db, terms, [Hit("article", i, 0.0) for i in wanted])
+        if r.status == "published" and r.language == language
+    }
+    out: list[Result] = []
+    seen: set[int] = set()
+    for r in results:
+        shown = swapped.get(others.get(r.id, -1), r)
+        if shown.id not in seen:
+            seen.add(shown.id)
+            out.append(replace(shown, rank=r.rank, provenance=r.provenance))
     return out

@@ -72,3 +72,16 @@ async def test_other_language_version_is_linked_and_suggested_in_the_readers(api
         assert all(m in str(text["problem"]) + str(text["solution"]) for m in marked), marked
     status, _ = await api.call("GET", f"{base}&lang=fr", token=tokens["l1"])
     assert status == 422
+
+    # Search results too: the pair once, in the language asked for; both without one.
+    search = "/kb/search?q=print+jobs+stuck+Drucker"
+    found = await call(api, "GET", search, tokens["l1"])
+    assert {r["ref"] for r in found["results"]} == {german["ref"], english["ref"]}
+    for lang, want in (("de", german), ("en", english)):
+        found = await call(api, "GET", f"{search}&lang={lang}", tokens["l1"])
+        assert [r["ref"] for r in found["results"]] == [want["ref"]]
+        body = {"q": "Warteschlange queue", "lang": lang}
+        found = await call(api, "POST", "/kb/search", tokens["l1"], body)
+        assert [r["ref"] for r in found["results"]] == [want["ref"]]
+    status, _ = await api.call("GET", f"{search}&lang=fr", token=tokens["l1"])
+    assert status == 422
