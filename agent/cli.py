@@ -247,7 +247,7 @@ def _enroll(paths: StatePaths, broker_url: str, token_text: str, name: str | Non
             f"this machine is already enrolled as {state.name} ({state.agent_id}); to enroll "
             f"again, stop the agent and remove {paths.root}"
         )
-    facts = collect_facts()
+    facts = collect_facts(software=False)  # packages come with sl:facts, once connected
     key = Ed25519PrivateKey.generate()
     # The key is on disk before the token is spent, so a crash cannot strand an enrollment.
     atomic_write(

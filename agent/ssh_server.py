@@ -235,14 +235,21 @@ class AgentSession(asyncssh.SSHServerSession[bytes]):
         chan = self._chan
         assert chan is not None
         if self._kind == "facts":
-            chan.write(self._ctx.facts().serialize() + b"\n")
-            chan.exit(0)
+            self._task = asyncio.get_running_loop().create_task(self._send_facts())
         elif self._kind == "consent":
             self._task = asyncio.get_running_loop().create_task(self._run_consent())
         else:
             # Hold the client's input until the process exists to take it.
             chan.pause_reading()
             self._task = asyncio.get_running_loop().create_task(self._start_process())
+
+    async def _send_facts(self) -> None:
+        # Listing packages runs dpkg-query or rpm: off the loop, which serves sessions.
+        facts = await asyncio.to_thread(self._ctx.facts)
+        if self._closed or self._chan is None:
+            return
+        self._chan.write(facts.serialize() + b"\n")
+        self._chan.exit(0)
 
     async def _run_consent(self) -> None:
         assert self._chan is not None

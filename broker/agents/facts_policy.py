@@ -1,11 +1,13 @@
-"""What the broker accepts as an agent's facts (hostname, OS, kernel, arch, users).
+"""What the broker accepts as an agent's facts (hostname, OS, kernel, arch, users, and from
+newer agents installed packages and running services).
 
 Agent data is hostile. The wire unit :class:`agent.facts.Facts` already refuses unknown
-keys, wrong types, control characters (escape sequences, NUL), texts over 256 characters
-and bad user names; on top of it the broker refuses markup characters (``<``, ``>``) and
-oversized output, and strips bidi and invisible characters with
-:func:`broker.rules.names.sanitize_display_text`, so what is stored is plain, short text
-that looks like what it is. Pure: bytes or objects in, a dict to store out.
+keys, wrong types, control characters (escape sequences, NUL), texts over 256 characters,
+bad user, package and service names, and more of them than the caps; on top of it the
+broker refuses markup characters (``<``, ``>``) and oversized output, and strips bidi and
+invisible characters with :func:`broker.rules.names.sanitize_display_text`, so what is
+stored is plain, short text that looks like what it is. Pure: bytes or objects in, a dict
+to store out.
 """
 
 from __future__ import annotations
@@ -47,6 +49,12 @@ def clean_facts(obj: object) -> dict[str, object]:
             )
         stored[name] = sanitize_display_text(value, FACT_TEXT_MAX)
     stored["users"] = list(facts.users)
+    # Absent for an agent that does not report them (older agents, the enrollment request):
+    # the ranking then knows nothing of the machine's software, as before.
+    if facts.packages:
+        stored["packages"] = list(facts.packages)
+    if facts.services:
+        stored["services"] = list(facts.services)
     return stored
 
 

@@ -482,6 +482,15 @@ async def refresh_facts(
         )
         return
     runtime.presence.facts(agent_id, facts, services.clock())
+    await runtime.presence.flush()
+    # Older agents report no software; say what was stored, once it is stored.
+    packages, services_ = (len(_names(facts, key)) for key in ("packages", "services"))
+    log.info("agent %s facts stored: %d packages, %d services", agent_id, packages, services_)
+
+
+def _names(facts: dict[str, object], key: str) -> list[object]:
+    value = facts.get(key)
+    return value if isinstance(value, list) else []
 
 
 TUNNEL_RUNTIME: Final = web.AppKey("agent_tunnel_runtime", TunnelRuntime)

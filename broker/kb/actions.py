@@ -379,6 +379,7 @@ async def suggestions(
         await sync_ticket_docs(db, services.clock())
     terms = query_terms(f"{digest.title}\n{digest.description}")
     machine = os_families(m.os_name for m in digest.machines)
+    installed = frozenset().union(*(m.software for m in digest.machines))
     async with services.db() as db:
         # More candidates than shown, so that what people marked and articles for the
         # ticket's OS can move up past ones that only match the words a little better.
@@ -390,7 +391,9 @@ async def suggestions(
         marked = await store.not_helped_counts(db, [r.id for r in candidates])
         tried = await store.not_helped_for(db, number)
         by_feedback = feedback_order(candidates, marked)
-        fitting = machine_order(machine, [(r, r.families) for r in by_feedback])
+        fitting = machine_order(
+            machine, [(r, r.families, r.software) for r in by_feedback], installed
+        )
         articles = tried_last(fitting, tried)[:limit]
         sources = await store.session_sources(db, [r.id for r in articles])
         articles = [_with_provenance(caller, r, sources.get(r.id)) for r in articles]

@@ -12,10 +12,12 @@ of old sessions still hold them unscrubbed.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from agent.facts import PACKAGE_RE, SERVICE_RE
 from broker.kb.article import (
     COMMAND_MAX_CHARS,
     COMMANDS_MAX,
@@ -41,6 +43,7 @@ class MachineFacts:
     os_version: str = ""
     kernel: str = ""
     arch: str = ""
+    software: frozenset[str] = frozenset()  # installed packages and running services
 
     @classmethod
     def from_facts(cls, facts: Mapping[str, object]) -> MachineFacts:
@@ -48,7 +51,17 @@ class MachineFacts:
             value = facts.get(key)
             return sanitize_display_text(value, FACT_MAX) if isinstance(value, str) else ""
 
-        return cls(pick("os"), pick("os_version"), pick("kernel"), pick("arch"))
+        def names(key: str, pattern: re.Pattern[str]) -> set[str]:
+            # Checked when stored; checked again, as stored facts may predate the check.
+            value = facts.get(key)
+            if not isinstance(value, list):
+                return set()
+            return {n.casefold() for n in value if isinstance(n, str) and pattern.fullmatch(n)}
+
+        software = names("packages", PACKAGE_RE) | names("services", SERVICE_RE)
+        return cls(
+            pick("os"), pick("os_version"), pick("kernel"), pick("arch"), frozenset(software)
+        )
 
     @property
     def os_name(self) -> str:

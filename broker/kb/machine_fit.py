@@ -8,6 +8,12 @@ for an article without OS names from its commands (``apt-get``, ``systemctl`` ar
 ``ipconfig``, ``Get-Printer`` are Windows). An article whose families are known and share
 none with the ticket's machines goes after the ones that fit, never out of the list: the
 machine may not be where the problem is (a Windows client of a Linux print server).
+
+Newer agents also report the machine's installed packages and running services. An article
+names software through its commands (``systemctl restart cups``, ``apt-get install
+--reinstall cups-filters``, ``service smbd restart``) and its tags (``cups``); among the
+articles that fit the machine's OS, those naming software the machine has come first, each
+group keeping its order: the session that solved it worked on the same software.
 """
 
 from __future__ import annotations
@@ -88,9 +94,62 @@ def fits(machine: frozenset[str], article: frozenset[str]) -> bool:
     return not machine or not article or bool(machine & article)
 
 
-def machine_order(machine: frozenset[str], items: Sequence[tuple[T, frozenset[str]]]) -> list[T]:
-    """``items`` (best first, with their families) with those not fitting the machine moved
-    after the others, each group keeping its order."""
-    fitting = [item for item, families in items if fits(machine, families)]
-    others = [item for item, families in items if not fits(machine, families)]
-    return fitting + others
+def machine_order(
+    machine: frozenset[str],
+    items: Sequence[tuple[T, frozenset[str], frozenset[str]]],
+    installed: frozenset[str] = frozenset(),
+) -> list[T]:
+    """``items`` (best first, with the OS families each is for and the software it names)
+    in groups, each keeping its order: fitting the machine's OS and naming software it has
+    (``installed``), fitting, not fitting and naming its software, not fitting."""
+    fitting = [(item, names) for item, families, names in items if fits(machine, families)]
+    others = [(item, names) for item, families, names in items if not fits(machine, families)]
+    return software_first(installed, fitting) + software_first(installed, others)
+
+
+# Commands that name software as arguments: the program, the verbs after which names follow.
+_SERVICE_VERBS: Final = frozenset(
+    ("start", "stop", "restart", "reload", "status", "enable", "disable", "try-restart")
+)
+_PACKAGE_VERBS: Final = frozenset(["install", "reinstall", "remove", "purge", "upgrade", "update"])
+_PACKAGERS: Final = frozenset(["apt", "apt-get", "aptitude", "dnf", "yum", "zypper"])
+_NAME: Final = re.compile(r"[a-z0-9][a-z0-9@:+._-]{0,99}")
+
+
+def command_software(command: str) -> frozenset[str]:
+    """The packages and services a command line acts on ("systemctl restart cups" → cups,
+    "apt-get install --reinstall cups-filters" → cups-filters); none when unclear."""
+    parts = command.strip().split()
+    if parts[:1] == ["sudo"]:
+        parts = parts[1:]
+    if not parts:
+        return frozenset()
+    program = parts[0].rsplit("/", 1)[-1].casefold()
+    args = [a.casefold() for a in parts[1:] if not a.startswith("-")]
+    if program == "systemctl" and args and args[0] in _SERVICE_VERBS:
+        names = args[1:]
+    elif program == "service" and len(args) >= 2:
+        names = args[:1]
+    elif program in _PACKAGERS and args and args[0] in _PACKAGE_VERBS:
+        names = args[1:]
+    else:
+        return frozenset()
+    found = {name.removesuffix(".service") for name in names}
+    return frozenset(name for name in found if _NAME.fullmatch(name))
+
+
+def article_software(commands: Sequence[str], tags: Sequence[str]) -> frozenset[str]:
+    """The software an article is about: what its commands act on, and its tags (a tag
+    ``cups`` is the package and the service of that name)."""
+    found = {t.casefold() for t in tags if _NAME.fullmatch(t.casefold())}
+    for command in commands:
+        found |= command_software(command)
+    return frozenset(found)
+
+
+def software_first(installed: frozenset[str], items: Sequence[tuple[T, frozenset[str]]]) -> list[T]:
+    """``items`` (best first, with the software each names) with those naming software the
+    machine has moved before the others, each group keeping its order."""
+    sharing = [item for item, names in items if installed & names]
+    others = [item for item, names in items if not installed & names]
+    return sharing + others

@@ -15,7 +15,7 @@ from broker.kb.analysis import QueryTerms
 from broker.kb.article import ArticleContent, format_article_id
 from broker.kb.highlight import Segment, count_matches, highlight
 from broker.kb.languages import guess_language
-from broker.kb.machine_fit import article_families
+from broker.kb.machine_fit import article_families, article_software
 from broker.kb.search_docs import Hit, doc_kinds
 from broker.rules.names import format_ticket_id
 from broker.secret_scrubber import scrub_secrets
@@ -44,6 +44,7 @@ class Result:
     os: tuple[str, ...] = ()
     solved_count: int = 0
     families: frozenset[str] = frozenset()  # OS families the article is for (machine_fit)
+    software: frozenset[str] = frozenset()  # packages and services it names (machine_fit)
     provenance: Provenance | None = None
     language: str = ""  # of an article: de | en
 
@@ -100,6 +101,7 @@ async def article_results(db: AsyncSession, terms: QueryTerms, hits: Sequence[Hi
                 os=content.os,
                 solved_count=row.solved_count,
                 families=article_families(content.os, commands),
+                software=article_software(commands, content.tags),
                 language=content.language or guess_language(content.title, content.problem),
             )
         )

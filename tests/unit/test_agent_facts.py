@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import struct
 from pathlib import Path
 
@@ -11,7 +12,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.errors import MessageError
-from agent.facts import Facts, clean_users, collect_facts, parse_os_release, parse_utmp
+from agent.facts import (
+    Facts,
+    clean_users,
+    collect_facts,
+    parse_os_release,
+    parse_package_list,
+    parse_running_services,
+    parse_utmp,
+)
 from broker.agents.facts_policy import clean_facts
 
 GOOD = {
@@ -44,12 +53,40 @@ def test_facts_round_trip() -> None:
         ({"users": [1]}, "user name"),
         ({"users": [f"u{i}" for i in range(65)]}, "more than 64 users"),
         ({"extra": "x"}, "unknown key 'extra'"),
+        ({"packages": "cups"}, "packages is not a list"),
+        ({"packages": ["cups", 5]}, "packages has characters"),
+        ({"packages": ["-rf"]}, "packages has characters"),
+        ({"services": ["cups\nx"]}, "services has characters"),
+        ({"services": ["s" * 101]}, "services has characters"),
     ],
 )
 def test_facts_validation(change: dict[str, object], message: str) -> None:
     """Hostile or oversized facts are refused with a MessageError saying why."""
     with pytest.raises(MessageError, match=message):
         Facts.parse(json.dumps({**GOOD, **change}))
+
+
+def test_packages_and_services_are_optional_on_the_wire() -> None:
+    """Facts of an older agent (no packages, no services) parse as before and serialize to
+    the same object; a newer agent's round-trip."""
+    assert Facts.parse(json.dumps(GOOD)).packages == ()
+    newer = {**GOOD, "packages": ["cups", "openssh-server"], "services": ["cups"]}
+    facts = Facts.parse(json.dumps(newer))
+    assert facts.services == ("cups",)
+    assert json.loads(facts.serialize()) == newer
+
+
+def test_package_and_service_listings_are_parsed_and_cleaned() -> None:
+    """dpkg-query/rpm lines and systemctl rows give sorted, valid, distinct names."""
+    assert parse_package_list("zsh\ncups\n\ncups\nbad name\n<x>\n") == ("cups", "zsh")
+    units = (
+        "cups.service      loaded active running CUPS Scheduler\n"
+        "ssh.service       loaded active running OpenBSD Secure Shell server\n"
+        "getty@tty1.service loaded active running Getty on tty1\n"
+        "x\\x2dy.service loaded active running escaped\n"
+    )
+    assert parse_running_services(units) == ("cups", "getty@tty1", "ssh")
+    assert len(parse_package_list("\n".join(f"p{i:05d}" for i in range(5000)))) == 4000
 
 
 def test_facts_missing_key_and_non_object() -> None:
@@ -134,6 +171,21 @@ def test_collect_facts_reads_the_machine(tmp_path: Path) -> None:
     assert facts.users == ("carol",)
     assert facts.hostname
     assert Facts.parse(facts.serialize()) == facts
+
+
+def test_collect_facts_lists_this_machines_packages(tmp_path: Path) -> None:
+    """On a machine with dpkg or rpm the packages are listed (the package manager itself
+    among them); the enrollment request leaves them out."""
+    none = tmp_path / "none"
+    facts = collect_facts(os_release=none, utmp=none)
+    if shutil.which("dpkg-query"):
+        assert "dpkg" in facts.packages
+    elif shutil.which("rpm"):
+        assert "rpm" in facts.packages
+    else:
+        assert facts.packages == ()
+    assert Facts.parse(facts.serialize()) == facts
+    assert collect_facts(os_release=none, utmp=none, software=False).packages == ()
 
 
 def test_collect_facts_without_files(tmp_path: Path) -> None:

@@ -56,6 +56,12 @@ def test_bidi_and_invisible_characters_are_stripped() -> None:
         ({"hostname": ""}, "hostname is empty"),
         ({"hostname": 5}, "not a string"),
         ({"extra": "x"}, "unknown key"),
+        ({"packages": ["<script>"]}, "packages has characters"),
+        ({"packages": ["cups filters"]}, "packages has characters"),
+        ({"services": ["cups\x1b[0m"]}, "services has characters"),
+        ({"services": "cups"}, "services is not a list"),
+        ({"packages": [f"p{i}" for i in range(4001)]}, "more than 4000 packages"),
+        ({"services": [f"s{i}" for i in range(401)]}, "more than 400 services"),
     ],
 )
 def test_hostile_facts_are_refused(changes: dict[str, object], needle: str) -> None:
@@ -63,6 +69,14 @@ def test_hostile_facts_are_refused(changes: dict[str, object], needle: str) -> N
     with pytest.raises(FactsRefused, match=needle) as refused:
         clean_facts(with_field(**changes))
     assert refused.value.code == "facts_invalid"
+
+
+def test_packages_and_services_are_stored_and_optional() -> None:
+    """A newer agent's packages and services are stored; an older agent's facts (without
+    them) are stored as before."""
+    newer = with_field(packages=["cups", "cups-filters"], services=["cups", "ssh"])
+    assert clean_facts(newer) == newer
+    assert "packages" not in clean_facts(GOOD)
 
 
 def test_missing_key_and_non_object_are_refused() -> None:

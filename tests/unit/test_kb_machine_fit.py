@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from broker.kb.machine_fit import (
     article_families,
+    article_software,
     command_family,
+    command_software,
     fits,
     machine_order,
     os_families,
@@ -46,11 +48,52 @@ def test_fit_needs_both_sides_known_to_refuse() -> None:
 
 def test_machine_order_moves_misfits_last_keeping_order() -> None:
     """Articles for another OS go after the fitting ones; each group keeps its ranking."""
+    none: frozenset[str] = frozenset()
     items = [
-        ("cups", frozenset({"linux"})),
-        ("spooler", frozenset({"windows"})),
-        ("generic", frozenset()),
-        ("lpd", frozenset({"linux"})),
+        ("cups", frozenset({"linux"}), none),
+        ("spooler", frozenset({"windows"}), none),
+        ("generic", none, none),
+        ("lpd", frozenset({"linux"}), none),
     ]
     assert machine_order(frozenset({"windows"}), items) == ["spooler", "generic", "cups", "lpd"]
     assert machine_order(frozenset(), items) == ["cups", "spooler", "generic", "lpd"]
+
+
+def test_command_software_names_what_commands_act_on() -> None:
+    """Services of systemctl and service, packages of the package managers; options and
+    other programs name nothing."""
+    assert command_software("sudo systemctl restart cups.service") == {"cups"}
+    assert command_software("systemctl --no-pager status cups cups-browsed") == {
+        "cups",
+        "cups-browsed",
+    }
+    assert command_software("service smbd restart") == {"smbd"}
+    assert command_software("apt-get install --reinstall cups-filters") == {"cups-filters"}
+    assert command_software("dnf -y remove PackageKit") == {"packagekit"}
+    assert command_software("systemctl daemon-reload") == frozenset()
+    assert command_software("lpstat -t") == frozenset()
+    assert command_software("apt-get install '<x>'") == frozenset()
+    assert command_software("") == frozenset()
+
+
+def test_article_software_from_commands_and_tags() -> None:
+    """Every tag counts: it matters only if the machine has software of that name."""
+    assert article_software(["systemctl restart cupsd"], ["CUPS"]) == {"cups", "cupsd"}
+    assert article_software(["net stop spooler"], ["windows"]) == {"windows"}
+
+
+def test_articles_naming_installed_software_go_first_among_those_that_fit() -> None:
+    """On a Debian machine with cups: the article whose session restarted cups moves up
+    past a better text match for Linux without it; an article for Windows stays last even
+    if it names something installed."""
+    linux, windows = frozenset({"linux"}), frozenset({"windows"})
+    items = [
+        ("lpd", linux, frozenset({"lpd"})),
+        ("spooler", windows, frozenset({"spooler", "cups"})),
+        ("cups", linux, frozenset({"cups"})),
+        ("generic", frozenset(), frozenset()),
+    ]
+    installed = frozenset({"cups", "openssh-server"})
+    assert machine_order(linux, items, installed) == ["cups", "lpd", "generic", "spooler"]
+    # An older agent reports no software: the order is the OS order alone.
+    assert machine_order(linux, items) == ["lpd", "cups", "generic", "spooler"]
