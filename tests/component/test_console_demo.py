@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from broker.demo import ConsoleBrowser
-from tests.support.broker import cli_env, free_port
+from tests.support.broker import cli_env, free_ports
 from tests.support.console import build_front_end
 
 pytestmark = pytest.mark.e2e
@@ -27,7 +27,7 @@ def front_end() -> None:
 async def test_demo_runs_and_its_login_works(tmp_path: Path) -> None:
     """The demo sets everything up, prints a working sign-in, and stops on SIGINT."""
     data_dir = tmp_path / "demo-data"
-    https_port, ssh_port = free_port(), free_port()
+    https_port, ssh_port = free_ports(2)
     demo = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "broker.demo", "--data-dir", str(data_dir),
         "--https-port", str(https_port), "--ssh-port", str(ssh_port),

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from broker.keys import make_tls_certificate
-from tests.support.broker import free_port, secondline, start_broker
+from tests.support.broker import free_port, free_ports, secondline, start_broker
 from tests.support.database import create_database, drop_database, plain_dsn, run_sync
 
 pytestmark = pytest.mark.e2e
@@ -38,7 +38,8 @@ def pg_database() -> Iterator[tuple[str, str]]:
 
 
 def _init(data_dir: Path, *args: str) -> tuple[int, str]:
-    ports = ("--https-port", str(free_port()), "--ssh-port", str(free_port()))
+    https_port, ssh_port = free_ports(2)
+    ports = ("--https-port", str(https_port), "--ssh-port", str(ssh_port))
     result = secondline("init", "--listen-host", "127.0.0.1", *ports, *args, data_dir=data_dir)
     return result.code, result.err
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.broker import cli_env, free_port, secondline, start_broker
+from tests.support.broker import cli_env, free_ports, secondline, start_broker
 from tests.support.site import ok
 from tests.support.walkthrough import Walkthrough, WalkthroughFailed, blocks, steps, substitute
 
@@ -70,7 +70,7 @@ async def test_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
     """Every walkthrough block of README.md runs in order and succeeds: init, serve,
     customers and staff, an enrolled agent, a ticket escalated by level 1 and assigned,
     alice's OpenSSH sessions, the transcript export and verification, the audit check."""
-    https_port, ssh_port = free_port(), free_port()
+    https_port, ssh_port = free_ports(2)
     table = substitutions(tmp_path, https_port, ssh_port)
     work, env = machine(tmp_path, https_port, ssh_port)
     found = blocks((ROOT / "README.md").read_text(encoding="utf-8"), "README.md")
@@ -104,11 +104,12 @@ async def test_agent_doc_walkthrough_runs_as_written(tmp_path: Path) -> None:
     """docs/agent.md's blocks, with a token the admin made in $TOKEN: enroll, run, the end
     user's status, sessions and help; the help request becomes a ticket whose machine facts
     have no empty line."""
-    data_dir, port = tmp_path / "data", str(free_port())
+    data_dir = tmp_path / "data"
+    port, ssh_port = (str(p) for p in free_ports(2))
     ok(
         secondline(
             "init", "--listen-host", "127.0.0.1", "--https-port", port,
-            "--ssh-port", str(free_port()), "--public-url", f"https://127.0.0.1:{port}",
+            "--ssh-port", ssh_port, "--public-url", f"https://127.0.0.1:{port}",
             data_dir=data_dir,
         )
     )  # fmt: skip

@@ -4,6 +4,7 @@ process, and the `secondline` CLI as a process, the way an admin would."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -31,19 +32,31 @@ READY = re.compile(rb"secondline: serving https://[^:]+:(\d+)")
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` different free loopback ports. The sockets stay bound until all are picked:
+    a port closed first may be handed out again at once, and a broker given the same port
+    for HTTPS and SSH cannot start (seen when tests ran in parallel workers)."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            s = stack.enter_context(socket.socket())
+            s.bind(("127.0.0.1", 0))
+            ports.append(int(s.getsockname()[1]))
+        return ports
 
 
 _TEMPLATES: dict[str, tuple[Path, str]] = {}  # backend kind -> (data dir, database)
 
 
 def _fresh_settings(backend: Backend, settings: dict[str, object]) -> dict[str, object]:
+    https_port, ssh_port = free_ports(2)
     return {
         "listen_host": "127.0.0.1",
-        "https_port": free_port(),
-        "ssh_port": free_port(),
+        "https_port": https_port,
+        "ssh_port": ssh_port,
         # The product default asks staff for an authenticator code on SSH (per-shift); the
         # tests of other features sign in with keys alone, and the second factor's own tests
         # (tests/e2e/test_ssh_second_factor.py) set the policy they test.
@@ -204,7 +217,13 @@ async def start_broker(data_dir: Path, *extra_args: str) -> BrokerProcess:
     )
     broker = BrokerProcess(data_dir, proc)
     broker.start_reading()
-    line = await broker.wait_for_line(READY.pattern)
+    try:
+        line = await broker.wait_for_line(READY.pattern)
+    except BaseException:
+        # A broker that never got ready is no fixture's to stop: left running, it outlives
+        # the test and holds its ports and database.
+        await broker.stop(signal.SIGKILL)
+        raise
     match = READY.search(line)
     assert match is not None
     broker.https_port = int(match.group(1))
