@@ -10,7 +10,6 @@ stops neither the broker nor its shutdown: past the session drain, the app's cle
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import ssl
@@ -87,8 +86,7 @@ async def serve(config: BrokerConfig) -> None:
         # with one clear line instead; any other failure is not hidden behind this one.
         problem = await database_problem(config)
         if problem is None and await schema_missing(config):
-            with contextlib.suppress(Exception):
-                await runner.cleanup()
+            await _cleanup_failed_start(runner)
             raise SystemExit(
                 "secondline: the database holds no Secondline tables (database_url in "
                 "secondline.toml points elsewhere, or the SQLite file was removed); point it "
@@ -96,8 +94,7 @@ async def serve(config: BrokerConfig) -> None:
             ) from None
         if problem is None:
             raise
-        with contextlib.suppress(Exception):
-            await runner.cleanup()
+        await _cleanup_failed_start(runner)
         raise SystemExit(
             f"secondline: the database is unavailable ({problem}), and the broker does not "
             "start without its audit store; start the database (database_url in "
@@ -116,8 +113,7 @@ async def serve(config: BrokerConfig) -> None:
         # A port in use (`secondline serve` says so in one line): clean up in order first,
         # or asyncio.run cancels the app's background work and the database pool logs a
         # traceback about it.
-        with contextlib.suppress(Exception):
-            await runner.cleanup()
+        await _cleanup_failed_start(runner)
         raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -135,6 +131,17 @@ async def serve(config: BrokerConfig) -> None:
         print("secondline: stopped", flush=True)
     else:
         print("secondline: stopped (clean-up cut short; see the log)", flush=True)
+
+
+async def _cleanup_failed_start(runner: web.AppRunner) -> None:
+    """Clean up after a start that failed. The caller reports the start's own failure in
+    one line (the promise of ``secondline serve``); a clean-up that fails too, as it does
+    when the database it needs is the one that is down, is logged at INFO, below the
+    default level, so that it shows with a verbose log and never buries that line."""
+    try:
+        await runner.cleanup()
+    except Exception as exc:  # a boundary: the failure that counts is the start's
+        log.info("cleaning up after the failed start failed too: %s", type(exc).__name__)
 
 
 async def _cleanup(runner: web.AppRunner, cleaning: asyncio.Event) -> bool:

@@ -14,8 +14,10 @@ context) and starts its background work in it, never with a bare ``create_task``
 - :meth:`Supervisor.spawn` runs one piece of work to its end, even when the request that
   started it is cancelled (an audit write of a refusal); a failure is logged the same way.
 
-:meth:`Supervisor.stop` cancels the loops, waits for the spawned work to finish (callers
-bound that wait with ``asyncio.timeout``) and returns when every task has ended. All of it
+:meth:`Supervisor.stop` sets :attr:`Supervisor.stopping` (a loop that watches it may end
+at the end of its round, within ``grace`` seconds), cancels the loops still running, waits
+for the spawned work to finish (callers bound that wait with ``asyncio.timeout``) and
+returns when every task has ended. All of it
 runs in one :class:`asyncio.TaskGroup`, held by the supervisor's own task so that starting
 and stopping may happen in different tasks (aiohttp's start-up and clean-up do); nothing
 started here outlives :meth:`stop`.
@@ -86,7 +88,12 @@ class Supervisor:
         self._queued: list[_Request] = []
         self._kept: set[asyncio.Task[None]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._stopping = asyncio.Event()
+        #: Set once the queued tasks are in the group (or the group is gone).
+        self._entered = asyncio.Event()
+        #: Set when stop begins: a loop may watch it to end between two rounds.
+        self.stopping = asyncio.Event()
+        self._stop = asyncio.Event()  # the runner's signal: set by stop() alone
+        self._grace = 0.0
         self._ended = False
         #: Why the feature is down (a STOP loop failed), or None while it is not.
         self.down: str | None = None
@@ -131,7 +138,7 @@ class Supervisor:
     def _request(self, request: _Request) -> None:
         # Stopping: a new loop would only be cancelled; spawned work still runs while the
         # group waits for the rest, and is refused once the group has ended.
-        if self._ended or (self._stopping.is_set() and request.work is None):
+        if self._ended or (self.stopping.is_set() and request.work is None):
             self._refuse(request)
             return
         self.start()
@@ -171,7 +178,10 @@ class Supervisor:
                 for request in self._queued:
                     self._create(request)
                 self._queued.clear()
-                await self._stopping.wait()
+                self._entered.set()
+                await self._stop.wait()
+                if self._grace > 0 and self._kept:
+                    await asyncio.wait(list(self._kept), timeout=self._grace)
                 for task in list(self._kept):
                     task.cancel()
                 # Leaving the block waits for every task: the loops end cancelled, the
@@ -179,6 +189,7 @@ class Supervisor:
         finally:
             self._ended = True
             self._group = None
+            self._entered.set()
 
     async def _keep(
         self,
@@ -230,12 +241,28 @@ class Supervisor:
 
     # -- stopping --------------------------------------------------------------------------
 
-    async def stop(self) -> None:
-        """Cancel the loops, wait for the spawned work, return when all have ended."""
-        self._stopping.set()
+    async def stop(self, *, grace: float = 0.0) -> None:
+        """Let the loops end by themselves for ``grace`` seconds, cancel the rest, wait for
+        the spawned work; return when all have ended."""
+        self._grace = grace
+        self.stopping.set()
+        self._stop.set()
         if self._runner is not None:
             await asyncio.shield(self._runner)
         self._ended = True
+
+    async def idle(self) -> None:
+        """Return when the spawned work running now has ended (the loops go on)."""
+        if self._runner is not None:
+            await self._entered.wait()  # work handed in before the group opened
+        spawned = [task for task in self._tasks if task not in self._kept]
+        if spawned:
+            await asyncio.wait(spawned)
+
+    @property
+    def stopped(self) -> bool:
+        """Whether stop has begun (or ended)."""
+        return self._ended or self.stopping.is_set()
 
     @property
     def running(self) -> int:

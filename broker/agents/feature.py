@@ -4,7 +4,6 @@ presence bookkeeping at start, while running, and at shutdown."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -25,6 +24,7 @@ from broker.agents.tunnel_endpoint import (
     tunnel_handler,
 )
 from broker.services import SERVICES, Services
+from broker.supervision import OnFailure
 
 log = logging.getLogger(__name__)
 
@@ -86,15 +86,19 @@ async def _tunnels_ctx(app: web.Application) -> AsyncIterator[None]:
     if stale:
         log.info("marked %d agents offline: no tunnel survives a broker restart", stale)
     runtime.presence.start()
-    toucher = asyncio.get_running_loop().create_task(_housekeeping(services, runtime))
+    # RESTART: housekeeping keeps no state a new loop could not rebuild, and without it
+    # last_seen of live agents goes stale and the heap is never trimmed.
+    runtime.tasks.keep(
+        "housekeeping", lambda: _housekeeping(services, runtime), on_failure=OnFailure.RESTART
+    )
     try:
         yield
     finally:
-        toucher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await toucher
-        await runtime.drain_background()
         await runtime.presence.stop()
+        # Ends the loops and waits for refusal audits still under way ...
+        await runtime.tasks.stop()
+        # ... so that the counted refusals written now include theirs.
+        await runtime.refusals.close()
 
 
 async def _housekeeping(services: Services, runtime: TunnelRuntime) -> None:

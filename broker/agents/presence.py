@@ -25,6 +25,7 @@ from sqlalchemy import Table, and_, bindparam, or_, update
 
 from broker.db.models_agents import Agent
 from broker.services import Services
+from broker.supervision import OnFailure, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -122,21 +123,27 @@ _FACTS: Final = (
 class PresenceWriter:
     """The one writer of presence and facts for this node (a background task)."""
 
-    def __init__(self, services: Services, node: str) -> None:
+    def __init__(self, services: Services, node: str, tasks: Supervisor) -> None:
         self._services = services
+        self._tasks = tasks
         self._node = node
         self._pending = PendingChanges()
         self._wake = asyncio.Event()
         self._queued = 0
         self._written = 0
         self._progress = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._started = False
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        # RESTART: what is still to be written lives in this object, not in the loop, so a
+        # new loop writes it; stopping would leave every agent's presence stale until the
+        # next broker start.
+        self._tasks.keep("presence writer", self._run, on_failure=OnFailure.RESTART)
+        self._started = True
 
     async def stop(self) -> None:
-        """Write what is pending (for at most STOP_FLUSH_S), then end the task."""
+        """Write what is pending (for at most STOP_FLUSH_S); the supervisor's stop then
+        ends the loop."""
         try:
             async with asyncio.timeout(STOP_FLUSH_S):
                 await self.flush()
@@ -144,9 +151,6 @@ class PresenceWriter:
             # The database is away: the next start marks every agent offline anyway, so a
             # broker that is told to stop does not wait for it.
             log.warning("presence of %d agents not written at shutdown", len(self._pending))
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
 
     def online(self, agent_id: str, connected_at: dt.datetime) -> None:
         self._pending.presence[agent_id] = Online(connected_at)
@@ -168,7 +172,7 @@ class PresenceWriter:
         """Return once every change queued before this call is in the database."""
         target = self._queued
         while self._written < target:
-            if self._task is None or self._task.done():
+            if not self._started or self._tasks.stopped:
                 return
             progress = self._progress
             await progress.wait()

@@ -57,7 +57,9 @@ from broker.agents.refusal_audit import WINDOW_S, RefusalAuditor
 from broker.agents.registry import AgentRegistry, LiveTunnel
 from broker.agents.ws_stream import AiohttpStream
 from broker.errors import ForbiddenError, InputError, error_response
+from broker.log_context import ContextLogger, context_logger
 from broker.services import SERVICES, Services
+from broker.supervision import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +118,10 @@ class TunnelRuntime:
         self.registry = registry
         self.limiter = settings.limiter()
         self.node = settings.node or node_name()
-        self.presence = PresenceWriter(services, self.node)
+        #: The feature's background work: the presence writer, housekeeping, refusal audits.
+        self.tasks = Supervisor("agent tunnels")
+        self.presence = PresenceWriter(services, self.node, self.tasks)
         self.refusals = RefusalAuditor(services, settings.refusal_window)
-        self._background: set[asyncio.Task[None]] = set()
         self._warned_at: dict[str, float] = {}
         # Built once: every tunnel differs only in the one host key it trusts.
         self.base_options = asyncssh.SSHClientConnectionOptions(
@@ -183,16 +186,15 @@ class TunnelRuntime:
             self._warned_at[topic] = now
             log.warning(message, *args)
 
-    def in_background(self, work: Coroutine[object, object, None]) -> None:
+    def in_background(
+        self, what: str, work: Coroutine[object, object, None], logger: ContextLogger
+    ) -> None:
         """Run ``work`` to its end even if the request that started it is cancelled."""
-        task = asyncio.get_running_loop().create_task(work)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self.tasks.spawn(what, work, logger=logger)
 
     async def drain_background(self) -> None:
         """Wait for background work, then write the counted refusals (at shutdown)."""
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        await self.tasks.idle()
         await self.refusals.close()
 
 
@@ -334,7 +336,11 @@ async def _handshake(
         # The request was cancelled (the peer vanished, or shutdown): the refusal is
         # still recorded, by a task of its own.
         why = stream.problem or "the connection ended during the SSH handshake"
-        runtime.in_background(_refused(runtime, agent.agent_id, source, why))
+        runtime.in_background(
+            "auditing a refused tunnel",
+            _refused(runtime, agent.agent_id, source, why),
+            _tunnel_log(agent.agent_id, source),
+        )
         raise
     except asyncssh.HostKeyNotVerifiable:
         reason = "the SSH host key is not the one this agent enrolled with"
@@ -353,13 +359,21 @@ async def _handshake(
     return None
 
 
+def _tunnel_log(agent_id: str, source: str) -> ContextLogger:
+    """The log of one agent's tunnel. Made when a line is written, not kept with the
+    tunnel: an idle agent must stay small (PERFORMANCE.md). The messages keep their own
+    wording after the context: operators and tests match on it."""
+    return context_logger(__name__, agent=agent_id, peer=source)
+
+
 async def _refused(runtime: TunnelRuntime, agent_id: str, source: str, reason: str) -> None:
     """Log and audit (or count, see refusal_audit) a tunnel refused after its upgrade."""
     refusals = runtime.refusals
+    tlog = _tunnel_log(agent_id, source)
     if await refusals.refused(agent_id, enrolled=True, source=source, reason=reason):
-        log.warning("tunnel of agent %s from %s refused: %s", agent_id, source, reason)
+        tlog.warning("tunnel of agent %s from %s refused: %s", agent_id, source, reason)
     else:
-        log.debug("tunnel of agent %s from %s refused again: %s", agent_id, source, reason)
+        tlog.debug("tunnel of agent %s from %s refused again: %s", agent_id, source, reason)
     runtime.registry.note_refused()
 
 
@@ -381,7 +395,9 @@ async def _serve(
     runtime.presence.online(agent.agent_id, tunnel.connected_at)
     cancelled = False
     try:
-        log.info("agent %s (%s) online from %s", agent.agent_id, agent.name, source)
+        _tunnel_log(agent.agent_id, source).info(
+            "agent %s (%s) online from %s", agent.agent_id, agent.name, source
+        )
         await refresh_facts(services, runtime, agent.agent_id, conn, source)
         registry.mark_ready(tunnel)
         await conn.wait_closed()
@@ -396,12 +412,16 @@ async def _serve(
         client = conn.get_owner()
         lost = client.lost if isinstance(client, TunnelClient) else None
         why = tunnel.close_reason or (str(lost) if lost else "the agent closed the tunnel")
-        log.info("agent %s offline: %s", agent.agent_id, why)
+        _tunnel_log(agent.agent_id, source).info("agent %s offline: %s", agent.agent_id, why)
         problem = stream.problem
         if not problem and isinstance(lost, asyncssh.ProtocolError | asyncssh.MACError):
             problem = f"the agent broke the SSH protocol ({lost})"
         if problem and cancelled:
-            runtime.in_background(_refused(runtime, agent.agent_id, source, problem))
+            runtime.in_background(
+                "auditing a broken tunnel",
+                _refused(runtime, agent.agent_id, source, problem),
+                _tunnel_log(agent.agent_id, source),
+            )
     if problem:
         await _refused(runtime, agent.agent_id, source, problem)
 
@@ -451,12 +471,13 @@ async def refresh_facts(
 ) -> None:
     """Ask the agent for its facts; store them when they pass the facts policy."""
     session = _FactsSession()
+    tlog = _tunnel_log(agent_id, source)
     try:
         async with asyncio.timeout(runtime.settings.facts_timeout):
             chan, _ = await conn.create_session(lambda: session, FACTS_COMMAND, encoding=None)
             await session.done
     except (asyncssh.Error, OSError, TimeoutError) as exc:
-        log.warning("agent %s gave no facts: %s", agent_id, type(exc).__name__)
+        tlog.warning("agent %s gave no facts: %s", agent_id, type(exc).__name__)
         return
     status = chan.get_exit_status()
     try:
@@ -467,11 +488,11 @@ async def refresh_facts(
                 status=413,
             )
         if status != 0:
-            log.warning("agent %s: sl:facts exited %s", agent_id, status)
+            tlog.warning("agent %s: sl:facts exited %s", agent_id, status)
             return
         facts = parse_facts_output(bytes(session.data))
     except FactsRefused as exc:
-        log.warning("agent %s: facts refused: %s", agent_id, exc.message)
+        tlog.warning("agent %s: facts refused: %s", agent_id, exc.message)
         await services.audit.record(
             actor=f"agent:{agent_id}",
             action="agent.facts",

@@ -14,6 +14,7 @@ import asyncio
 import time
 
 from broker.audit.refusals import RefusalDigest, Summary
+from broker.supervision import Supervisor
 
 
 class SummaryWriter(abc.ABC):
@@ -22,7 +23,9 @@ class SummaryWriter(abc.ABC):
     def __init__(self, digest: RefusalDigest) -> None:
         self._digest = digest
         self._timer: asyncio.TimerHandle | None = None
-        self._writing: set[asyncio.Task[None]] = set()
+        # Due summaries are written by spawned tasks; close() waits for them.
+        self._tasks = Supervisor(f"{type(self).__name__} summaries")
+        self._closed = False
         # A flush (audit read, shutdown) and a due window never write the same summary twice.
         self._lock = asyncio.Lock()
 
@@ -36,18 +39,19 @@ class SummaryWriter(abc.ABC):
             await self._write(self._digest.take_all())
 
     async def close(self) -> None:
-        """Write the counts of every open window (shutdown)."""
+        """Write the counts of every open window (shutdown). Counting goes on after it, and
+        another close writes what was counted since."""
+        self._closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._writing:
-            await asyncio.gather(*self._writing, return_exceptions=True)
+        await self._tasks.stop()
         await self.flush()
 
     def _arm(self) -> None:
         """Come back when the next window ends (one timer for all of them)."""
         ends = self._digest.next_end()
-        if ends is None or self._timer is not None:
+        if ends is None or self._timer is not None or self._closed:
             return
         loop = asyncio.get_running_loop()
         delay = max(0.0, ends - time.monotonic())
@@ -55,9 +59,7 @@ class SummaryWriter(abc.ABC):
 
     def _on_timer(self) -> None:
         self._timer = None
-        task = asyncio.get_running_loop().create_task(self._write_due())
-        self._writing.add(task)
-        task.add_done_callback(self._writing.discard)
+        self._tasks.spawn("writing due summaries", self._write_due())
 
     async def _write_due(self) -> None:
         try:

@@ -23,6 +23,7 @@ from broker.connectors.outbound import Outbound
 from broker.connectors.remote import ExternalSystem
 from broker.connectors.store import ConnectorRecord, ConnectorStore, build_system
 from broker.services import Services
+from broker.supervision import OnFailure, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,13 @@ class Systems:
         return system
 
     async def close(self) -> None:
-        for _, system in self._clients.values():
-            with contextlib.suppress(Exception):
+        for connector_id, ((kind, _, _), system) in self._clients.items():
+            try:
                 await system.close()
+            except (
+                Exception
+            ):  # shutdown: one client that fails to close must not keep the rest open
+                log.exception("closing the %s client of connector %d failed", kind, connector_id)
         self._clients.clear()
 
 
@@ -63,20 +68,18 @@ class ConnectorSync:
         self.outbound = Outbound(services)
         self.interval = services.config.connector_poll_seconds
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks = Supervisor("connectors")
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self.run())
+        # RESTART: each connector's cursor is in the store, so a new loop goes on from the
+        # last batch applied; stopped, the mirrors would silently fall behind.
+        self._tasks.keep("connector sync", self.run, on_failure=OnFailure.RESTART)
 
     def wake(self) -> None:
         self._wake.set()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._tasks.stop()
 
     async def run(self) -> None:
         while True:

@@ -33,12 +33,15 @@ from broker.console.pages import page_handler
 from broker.console.render import Renderer
 from broker.console.state import CONSOLE, ConsoleState
 from broker.services import SERVICES, Services
+from broker.supervision import OnFailure, Supervisor
 
 log = logging.getLogger(__name__)
 
 # web/dist next to the package in a source checkout (`make web` builds it).
 WEB_DIST: Final = Path(__file__).resolve().parents[2] / "web" / "dist"
 PURGE_SECONDS: Final = 3600
+#: At shutdown, how long the watcher and the purger may take to finish their round.
+STOP_GRACE_S: Final = 5.0
 
 
 async def _root(_request: web.Request) -> web.StreamResponse:
@@ -63,15 +66,22 @@ def _add_static(app: web.Application, dist: Path) -> None:
 async def _watch_ctx(app: web.Application) -> AsyncIterator[None]:
     state = app[CONSOLE]
     services = app[SERVICES]
-    stop = asyncio.Event()
-    watcher = asyncio.create_task(live.watch(state.live, services, stop), name="console-live")
-    purger = asyncio.create_task(_purge(services, stop), name="console-purge")
+    tasks = Supervisor("console")
+    stop = tasks.stopping
+    # RESTART for both: they keep nothing between rounds (the watcher reads the held
+    # connections and the database afresh), and without them a signed-out console would
+    # keep its live pages, and expired sign-ins would pile up.
+    tasks.keep(
+        "live page watcher",
+        lambda: live.watch(state.live, services, stop),
+        on_failure=OnFailure.RESTART,
+    )
+    tasks.keep("sign-in purger", lambda: _purge(services, stop), on_failure=OnFailure.RESTART)
     try:
         yield
     finally:
-        stop.set()
         await state.live.close_where(lambda _h: True, "shutdown")
-        await asyncio.gather(watcher, purger)
+        await tasks.stop(grace=STOP_GRACE_S)
 
 
 async def _purge(services: Services, stop: asyncio.Event) -> None:

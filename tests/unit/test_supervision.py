@@ -188,3 +188,44 @@ async def test_work_after_stop_is_refused_and_closed(logs: pytest.LogCaptureFixt
         "late loop not started: console has stopped",
     ]
     assert supervisor.running == 0
+
+
+async def test_a_loop_that_watches_stopping_ends_its_round() -> None:
+    """Within the grace period a loop that watches ``stopping`` finishes its round instead
+    of being cancelled in the middle of it."""
+    finished: list[str] = []
+    supervisor = Supervisor("console")
+
+    async def loop() -> None:
+        while not supervisor.stopping.is_set():
+            await supervisor.stopping.wait()
+        finished.append("round finished")
+
+    supervisor.keep("purger", loop, on_failure=OnFailure.RESTART)
+    await supervisor.stop(grace=30.0)
+    assert finished == ["round finished"]
+
+
+async def test_idle_waits_for_spawned_work_only() -> None:
+    """``idle`` returns once the spawned work has ended, while the loops keep running."""
+    release, started = asyncio.Event(), asyncio.Event()
+    done: list[str] = []
+
+    async def loop() -> None:
+        started.set()
+        await release.wait()
+        done.append("loop")
+
+    async def work() -> None:
+        await started.wait()
+        release.set()
+        done.append("work")
+
+    async with Supervisor("agents") as supervisor:
+        supervisor.keep("loop", loop, on_failure=OnFailure.RESTART)
+        supervisor.spawn("work", work())
+        await supervisor.idle()
+        assert "work" in done
+        assert supervisor.running <= 1
+        assert not supervisor.stopped
+    assert supervisor.stopped
