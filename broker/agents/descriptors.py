@@ -151,9 +151,20 @@ def _accept_connection(
         loop.create_task(accept)
 
 
+#: asyncio's own accept batch, as imported (tests compare it with the one copied above).
+ASYNCIO_ACCEPT: Final = selector_events.BaseSelectorEventLoop.__dict__.get("_accept_connection")
+
+
 def install_accept_fix() -> bool:
     """Replace asyncio's accept batch with :func:`_accept_connection` (Python 3.11 only:
-    the replacement is written against its signature); True when in place."""
+    the replacement is written against its signature); True when in place.
+
+    There is no supported way: the accept loop is private to asyncio's selector event
+    loop, with no hook or option around it, and the fix exists upstream only in later
+    Python versions. So the replacement is a copy of 3.11's method with the one change,
+    installed only when the method still has 3.11's signature, and
+    tests/unit/test_library_guards.py fails when the installed asyncio's method differs
+    from the one copied (then port the difference, or drop this once the fix is there)."""
     loop_class = selector_events.BaseSelectorEventLoop
     current = loop_class.__dict__.get("_accept_connection")
     if current is _accept_connection:
@@ -177,6 +188,11 @@ def pin_local_username() -> None:
     /etc/passwd once per tunnel handshake, and fails with "Unknown local username" when
     no descriptor is left, or for a uid without an entry: a good agent is then refused.
     Looked up once, at start, it is a dictionary read.
+
+    Writing the environment is the only way in: asyncssh calls ``getpass.getuser()`` in
+    ``SSHClientConnectionOptions.prepare`` unconditionally, with no option to pass a name
+    (tests/unit/test_library_guards.py fails once it stops, and this can go). It runs
+    once, at start, before the first tunnel's handshake reads it from another thread.
     """
     if any(os.environ.get(name) for name in _USER_VARIABLES):
         return
@@ -200,6 +216,7 @@ def prepare() -> int:
 
 
 __all__ = [
+    "ASYNCIO_ACCEPT",
     "RESERVE_MIN",
     "RESERVE_SHARE",
     "current_budget",

@@ -12,6 +12,13 @@ buffer per thread serves every connection of that thread's event loop, and reads
 :func:`install` swaps in :class:`SharedBufferSSLProtocol` for every TLS connection of the
 process (servers and clients alike) and is idempotent. It does nothing, and says so, on
 an asyncio whose TLS layer is not the one this was written against.
+
+There is no supported way to give asyncio's TLS layer another buffer: the protocol class
+is private and the event loop builds it itself (``sslproto.SSLProtocol(...)``, looked up
+at every connection, which is why swapping the module attribute reaches every one). What
+this relies on, that the base class reads sockets only through ``get_buffer`` and copies
+out of ``_ssl_buffer_view`` at once in ``buffer_updated``, is checked against the
+installed asyncio by tests/unit/test_library_guards.py, which fails when it changes.
 """
 
 from __future__ import annotations

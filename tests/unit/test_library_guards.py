@@ -1,0 +1,199 @@
+"""Where the broker reaches into a library's internals, what it relies on still holds in the
+installed version. Each test fails loudly when the library changed the thing patched, and
+says what to do; none of them skips.
+
+- asyncio's accept batch (broker/agents/descriptors.py: copied with one change);
+- asyncio's TLS protocol (broker/agents/tls_read_buffer.py: one read buffer per thread);
+- asyncssh's handler of ``env`` channel requests (the gateway's channel refuses them);
+- the local user name asyncssh asks for (broker/agents/descriptors.py writes LOGNAME).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import asyncio.sslproto as sslproto
+import datetime as dt
+import hashlib
+import inspect
+import os
+import pwd
+import ssl
+import sys
+import textwrap
+from asyncio import base_events, selector_events
+from pathlib import Path
+
+import asyncssh
+import pytest
+from asyncssh.channel import SSHServerChannel
+from asyncssh.misc import map_handler_name
+
+from broker.agents import descriptors, tls_read_buffer
+from broker.keys import make_tls_certificate
+from broker.ssh_gateway.session import GatewayChannel
+
+#: sha256 of ``inspect.getsource`` of Python 3.11's ``_accept_connection``, dedented: the
+#: method broker/agents/descriptors.py copies. Another digest means asyncio changed it.
+ACCEPT_SOURCE_SHA256 = "a796a1e1085c0998340178865ed7dc7922fe41fe8a878b839079f4f89c7113d6"
+WAIT = 10.0  # failure bound, never a pause
+
+
+def _source(function: object) -> str:
+    return textwrap.dedent(inspect.getsource(function))  # type: ignore[arg-type]
+
+
+def test_the_accept_batch_copied_is_the_installed_one() -> None:
+    """On Python 3.11 asyncio's accept batch is, character for character, the one the fix
+    was copied from, and the private helpers the copy calls still exist; elsewhere the fix
+    stays out."""
+    original = descriptors.ASYNCIO_ACCEPT
+    if sys.version_info[:2] != (3, 11):
+        assert not descriptors.install_accept_fix(), "the fix is written for Python 3.11 only"
+        return
+    assert original is not None, "asyncio has no BaseSelectorEventLoop._accept_connection"
+    digest = hashlib.sha256(_source(original).encode()).hexdigest()
+    assert digest == ACCEPT_SOURCE_SHA256, (
+        "asyncio's _accept_connection is not the one broker/agents/descriptors.py copied: "
+        "port the difference into the copy (or drop the fix if asyncio has it) and update "
+        "ACCEPT_SOURCE_SHA256"
+    )
+    assert tuple(inspect.signature(original).parameters) == tuple(
+        inspect.signature(descriptors._accept_connection).parameters
+    )
+    loop_class = selector_events.BaseSelectorEventLoop
+    expected = {
+        "_accept_connection2": (
+            "self",
+            "protocol_factory",
+            "conn",
+            "extra",
+            "sslcontext",
+            "server",
+            "ssl_handshake_timeout",
+            "ssl_shutdown_timeout",
+        ),
+        "_start_serving": (
+            "self",
+            "protocol_factory",
+            "sock",
+            "sslcontext",
+            "server",
+            "backlog",
+            "ssl_handshake_timeout",
+            "ssl_shutdown_timeout",
+        ),
+        "_remove_reader": ("self", "fd"),
+    }
+    for name, parameters in expected.items():
+        assert tuple(inspect.signature(getattr(loop_class, name)).parameters) == parameters, name
+    assert descriptors.install_accept_fix()
+    assert loop_class.__dict__["_accept_connection"] is descriptors._accept_connection
+
+
+def test_the_tls_layer_reads_only_through_the_buffer_it_hands_out() -> None:
+    """asyncio builds its TLS protocol from the module attribute at every connection, and
+    the protocol copies out of the buffer it handed the loop before anything else runs:
+    what lets one buffer per thread serve every connection."""
+    base = tls_read_buffer.SharedBufferSSLProtocol.__base__
+    assert base is not None
+    assert f"{base.__module__}.{base.__name__}" == "asyncio.sslproto.SSLProtocol"
+    members = vars(base)
+    for builder in (
+        vars(selector_events.BaseSelectorEventLoop)["_make_ssl_transport"],
+        vars(base_events.BaseEventLoop)["start_tls"],
+    ):
+        assert "sslproto.SSLProtocol(" in _source(builder), (
+            f"{builder.__qualname__} no longer builds sslproto.SSLProtocol: swapping the "
+            "class (tls_read_buffer.install) would not reach its connections"
+        )
+    body = _source(base)
+    users = [
+        name
+        for name, member in members.items()
+        if inspect.isfunction(member) and "_ssl_buffer" in _source(member)
+    ]
+    assert sorted(users) == ["__init__", "buffer_updated", "get_buffer"], (
+        "asyncio's SSLProtocol uses its read buffer in more places than "
+        "broker/agents/tls_read_buffer.py knows of: check that sharing it is still safe"
+    )
+    first = _source(members["buffer_updated"]).split("\n")[1].strip()
+    assert first == "self._incoming.write(self._ssl_buffer_view[:nbytes])", (
+        "buffer_updated no longer copies the bytes out first: a shared buffer could be "
+        "overwritten before they are read"
+    )
+    assert "self._ssl_buffer_view = memoryview(self._ssl_buffer)" in body
+    assert "max_size" in _source(members["get_buffer"])
+
+
+async def test_tls_connections_share_one_read_buffer(tmp_path: Path) -> None:
+    """With the shared buffer installed, two real TLS connections on loopback carry their
+    bytes, and both read into the one buffer of this thread."""
+    cert, key = make_tls_certificate("https://localhost", dt.datetime.now(dt.UTC))
+    (tmp_path / "cert.pem").write_bytes(cert)
+    (tmp_path / "key.pem").write_bytes(key)
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    client_ctx = ssl.create_default_context(cafile=tmp_path / "cert.pem")
+    assert tls_read_buffer.install()
+    protocols: list[sslproto.SSLProtocol] = []
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        transport = writer.transport
+        protocols.append(transport._ssl_protocol)  # type: ignore[attr-defined]
+        writer.write(await reader.readline())
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0, ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+    async with asyncio.timeout(WAIT), server:
+        for line in (b"first\n", b"second\n"):
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", port, ssl=client_ctx, server_hostname="localhost"
+            )
+            writer.write(line)
+            assert await reader.readline() == line
+            writer.close()
+            await writer.wait_closed()
+    assert [type(p) for p in protocols] == [tls_read_buffer.SharedBufferSSLProtocol] * 2
+    buffers = {id(vars(p)["_ssl_buffer_view"].obj) for p in protocols}
+    assert len(buffers) == 1
+
+
+def test_env_requests_reach_the_method_the_gateway_overrides() -> None:
+    """asyncssh dispatches an ``env`` channel request to ``_process_env_request`` and, left
+    alone, keeps every variable (unbounded, and logged with its value): the reason the
+    gateway's channel overrides it. A change here means the override no longer refuses."""
+    name = "_process_" + map_handler_name("env") + "_request"
+    assert name == "_process_env_request"
+    base = SSHServerChannel.__dict__.get(name)
+    assert base is not None, "asyncssh no longer handles env requests in SSHServerChannel"
+    assert tuple(inspect.signature(base).parameters) == ("self", "packet")
+    assert "self._env[key] = value" in _source(base), (
+        "asyncssh changed how it keeps env requests: see whether it now offers a supported "
+        "way to refuse them, and drop GatewayChannel._process_env_request if so"
+    )
+    assert GatewayChannel.__dict__[name] is not base
+
+
+def test_asyncssh_still_asks_for_the_local_user_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """asyncssh's client options ask for the local user name, and fail without one: why
+    the broker pins LOGNAME at start. When this stops failing, the pin can go."""
+    for variable in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        monkeypatch.delenv(variable, raising=False)
+
+    def no_entry(_uid: int) -> pwd.struct_passwd:
+        raise KeyError("no passwd entry")
+
+    monkeypatch.setattr(pwd, "getpwuid", no_entry)
+
+    def options() -> asyncssh.SSHClientConnectionOptions:
+        return asyncssh.SSHClientConnectionOptions(
+            config=None, known_hosts=None, client_keys=None, agent_path=None, gss_host=None
+        )
+
+    with pytest.raises(ValueError, match="Unknown local username"):
+        options()
+    descriptors.pin_local_username()
+    assert os.environ["LOGNAME"] == "secondline"
+    options()
