@@ -64,6 +64,8 @@ class _Request:
     run: Callable[[], Coroutine[object, object, None]]
     #: The spawned work (None for a loop): closed unrun when it cannot start.
     work: Work | None
+    #: Cancelled at stop (loops, and work that only makes sense while the feature runs).
+    cancel_at_stop: bool
 
 
 class Supervisor:
@@ -86,7 +88,7 @@ class Supervisor:
         self._group: asyncio.TaskGroup | None = None
         self._runner: asyncio.Task[None] | None = None
         self._queued: list[_Request] = []
-        self._kept: set[asyncio.Task[None]] = set()
+        self._to_cancel: set[asyncio.Task[None]] = set()  # loops, and cancel_at_stop work
         self._tasks: set[asyncio.Task[None]] = set()
         #: Set once the queued tasks are in the group (or the group is gone).
         self._entered = asyncio.Event()
@@ -107,6 +109,12 @@ class Supervisor:
                 self._run(), name=f"{self.name}: supervisor"
             )
 
+    async def open(self) -> None:
+        """Start, and return once the task group is open: from then on :meth:`spawn`
+        hands back the task at once."""
+        self.start()
+        await self._entered.wait()
+
     def keep(
         self,
         name: str,
@@ -121,10 +129,22 @@ class Supervisor:
         async def kept() -> None:
             await self._keep(name, loop, on_failure, where)
 
-        self._request(_Request(name, kept, work=None))
+        self._request(_Request(name, kept, work=None, cancel_at_stop=True))
 
-    def spawn(self, name: str, work: Work, *, logger: ContextLogger | None = None) -> None:
-        """Run ``work`` to its end in the background; a failure is logged, never raised."""
+    def spawn(
+        self,
+        name: str,
+        work: Work,
+        *,
+        logger: ContextLogger | None = None,
+        cancel_at_stop: bool = False,
+    ) -> asyncio.Task[None] | None:
+        """Run ``work`` to its end in the background; a failure is logged, never raised.
+        Stop waits for it, or with ``cancel_at_stop`` cancels it (work that only makes
+        sense while the feature runs, such as starting a session for a connection).
+
+        Returns its task, for a caller that may have to cancel it (a connection that went),
+        or None when it waits for the group to open or was refused."""
         where = logger or self.log
 
         async def spawned() -> None:
@@ -133,21 +153,21 @@ class Supervisor:
             except Exception:  # a task boundary: nobody awaits this work, so say it here
                 where.exception("%s failed", name)
 
-        self._request(_Request(name, spawned, work=work))
+        return self._request(_Request(name, spawned, work=work, cancel_at_stop=cancel_at_stop))
 
-    def _request(self, request: _Request) -> None:
+    def _request(self, request: _Request) -> asyncio.Task[None] | None:
         # Stopping: a new loop would only be cancelled; spawned work still runs while the
         # group waits for the rest, and is refused once the group has ended.
         if self._ended or (self.stopping.is_set() and request.work is None):
             self._refuse(request)
-            return
+            return None
         self.start()
         if self._group is None:
             self._queued.append(request)
-        else:
-            self._create(request)
+            return None
+        return self._create(request)
 
-    def _create(self, request: _Request) -> None:
+    def _create(self, request: _Request) -> asyncio.Task[None] | None:
         assert self._group is not None
         run = request.run()
         try:
@@ -155,12 +175,18 @@ class Supervisor:
         except RuntimeError:  # the group finished its last task a moment ago
             run.close()
             self._refuse(request)
-            return
+            return None
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-        if request.work is None:
-            self._kept.add(task)
-            task.add_done_callback(self._kept.discard)
+        work = request.work
+        if work is not None:
+            # Cancelled before its first step, the wrapper never awaits the work: close it,
+            # or it is reported as never awaited (closing a finished one does nothing).
+            task.add_done_callback(lambda _task: work.close())
+        if request.cancel_at_stop:
+            self._to_cancel.add(task)
+            task.add_done_callback(self._to_cancel.discard)
+        return task
 
     def _refuse(self, request: _Request) -> None:
         """Say that ``request`` will not run, and close its work so nothing is left
@@ -180,9 +206,9 @@ class Supervisor:
                 self._queued.clear()
                 self._entered.set()
                 await self._stop.wait()
-                if self._grace > 0 and self._kept:
-                    await asyncio.wait(list(self._kept), timeout=self._grace)
-                for task in list(self._kept):
+                if self._grace > 0 and self._to_cancel:
+                    await asyncio.wait(list(self._to_cancel), timeout=self._grace)
+                for task in list(self._to_cancel):
                     task.cancel()
                 # Leaving the block waits for every task: the loops end cancelled, the
                 # spawned work ends by itself.
@@ -230,7 +256,7 @@ class Supervisor:
     def _take_down(self, why: str) -> None:
         self.down = why
         current = asyncio.current_task()
-        for task in list(self._kept):
+        for task in list(self._to_cancel):
             if task is not current:
                 task.cancel()
         if self._on_down is not None:
@@ -255,7 +281,7 @@ class Supervisor:
         """Return when the spawned work running now has ended (the loops go on)."""
         if self._runner is not None:
             await self._entered.wait()  # work handed in before the group opened
-        spawned = [task for task in self._tasks if task not in self._kept]
+        spawned = [task for task in self._tasks if task not in self._to_cancel]  # awaited ones
         if spawned:
             await asyncio.wait(spawned)
 
@@ -270,7 +296,7 @@ class Supervisor:
         return len(self._tasks)
 
     async def __aenter__(self) -> Supervisor:
-        self.start()
+        await self.open()
         return self
 
     async def __aexit__(self, *_exc: object) -> None:

@@ -5,6 +5,8 @@ every failure logged with its task's name and context."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import logging
 
 import pytest
@@ -229,3 +231,45 @@ async def test_idle_waits_for_spawned_work_only() -> None:
         assert supervisor.running <= 1
         assert not supervisor.stopped
     assert supervisor.stopped
+
+
+async def test_work_cancelled_at_stop_is_not_waited_for() -> None:
+    """Spawned work marked ``cancel_at_stop`` (a connection's start) is cancelled at stop
+    instead of awaited, and its task is handed back for the connection to cancel."""
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def opening() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    supervisor = Supervisor("SSH gateway")
+    await supervisor.open()
+    task = supervisor.spawn("opening a session", opening(), cancel_at_stop=True)
+    assert task is not None
+    await started.wait()
+    await supervisor.stop()
+    assert cancelled.is_set()
+    assert task.cancelled()
+
+
+async def test_work_cancelled_before_it_ran_is_closed() -> None:
+    """Spawned work whose task is cancelled before its first step is closed, not left
+    un-awaited (the connection went before its session began to open)."""
+    ran: list[str] = []
+
+    async def opening() -> None:
+        ran.append("ran")
+
+    async with Supervisor("SSH gateway") as supervisor:
+        work = opening()
+        task = supervisor.spawn("opening a session", work, cancel_at_stop=True)
+        assert task is not None
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert ran == []
+    assert inspect.getcoroutinestate(work) == inspect.CORO_CLOSED
