@@ -25,6 +25,7 @@ from typing import Final
 import asyncssh
 
 from agent.protocol import ConsentAnswer
+from broker.log_context import context_logger
 from broker.sessions.facts import MemberEvent, Outcome, SessionFacts, Terminal
 from broker.sessions.hub_agent import AgentChannel, AgentStream
 from broker.sessions.hub_core import (
@@ -93,6 +94,9 @@ class LiveSession:
         self._chan_closed = asyncio.Event()
         self._flush_task: asyncio.Task[None] | None = None
         self._flush_again = False
+        self.log = context_logger(
+            __name__, session=facts.session_id, agent=facts.agent_id, staff=facts.owner
+        )
         self._end: tuple[str, str, str, str | None] | None = None  # reason, code, message, by
         self.outcome: Outcome | None = None
         self.done = asyncio.Event()
@@ -331,8 +335,8 @@ class LiveSession:
         """Called once a second by the session manager."""
         if self.core.flushing and (self._flush_task is None or self._flush_task.done()):
             # A flush the core counts on is not running: never leave the agent paused.
-            log.warning("session %s: restarting a lost flush", self.session_id)
-            self._flush_task = asyncio.get_running_loop().create_task(self._flush())
+            self.log.warning("session %s: restarting a lost flush", self.session_id)
+            self._flush_task = asyncio.get_running_loop().create_task(self._flush_logged())
         self._apply(self.core.tick(time.monotonic()))
 
     def _start_flush(self) -> None:
@@ -341,7 +345,15 @@ class LiveSession:
             # output at once): that flush goes round once more.
             self._flush_again = True
             return
-        self._flush_task = asyncio.get_running_loop().create_task(self._flush())
+        # One task per session, kept and awaited at the end; when it dies, the next tick
+        # starts another (the core still counts on it), so its failure is logged here.
+        self._flush_task = asyncio.get_running_loop().create_task(self._flush_logged())
+
+    async def _flush_logged(self) -> None:
+        try:
+            await self._flush()
+        except Exception:  # a task boundary: nobody awaits it until the session ends
+            self.log.exception("flushing the recording failed; the next tick starts again")
 
     async def _flush(self) -> None:
         """Flush until the core is satisfied: a flush that ends with more waiting than a

@@ -25,8 +25,6 @@ writes); one connection's sign-in and channels are ``broker.ssh_gateway.connecti
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections import Counter
@@ -37,9 +35,11 @@ import asyncssh
 from asyncssh.kex import get_kex_algs
 
 from broker.auth.throttle import Throttle
+from broker.log_context import context_logger
 from broker.sessions.manager import DB_ERRORS, SessionManager
 from broker.ssh_gateway.connection import GatewayServer, printable
 from broker.ssh_gateway.wire import CheckedListener
+from broker.supervision import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +98,13 @@ class Gateway:
         self._preauth: Counter[str] = Counter()
         self._acceptor: asyncssh.SSHAcceptor | None = None
         self._servers: set[GatewayServer] = set()
-        self._audits: set[asyncio.Task[None]] = set()
+        #: Audit writes from asyncssh's synchronous callbacks, and each channel's start.
+        self.tasks = Supervisor("SSH gateway")
         self.port = 0
 
     async def start(self, host: str, port: int) -> int:
         """Listen; returns the bound port."""
+        await self.tasks.open()
         self._acceptor = await asyncssh.listen(
             host,
             port,
@@ -139,9 +141,7 @@ class Gateway:
             self._acceptor = None
         for server in list(self._servers):
             server.close()
-        for task in list(self._audits):
-            with contextlib.suppress(Exception):
-                await task
+        await self.tasks.stop()
 
     # -- limits ----------------------------------------------------------------------------
 
@@ -199,7 +199,8 @@ class Gateway:
         self._track(
             self.services.anonymous.refused(
                 source=source, action="ssh.refused", target="", reason="no strict key exchange"
-            )
+            ),
+            source=source,
         )
         return False
 
@@ -220,17 +221,28 @@ class Gateway:
                 actor, action, target, outcome=outcome, source=source, details=details
             )
 
-        self._track(write(), action)
+        self._track(write(), action, source=source)
 
-    def _track(self, write: Coroutine[object, object, None], action: str = "ssh.refused") -> None:
-        """Run an audit write from a synchronous asyncssh callback, keeping its task."""
+    def _track(
+        self,
+        write: Coroutine[object, object, None],
+        action: str = "ssh.refused",
+        *,
+        source: str,
+    ) -> None:
+        """Run an audit write from a synchronous asyncssh callback, to its end."""
+        where = context_logger(__name__, peer=source)
+        if self.tasks.stopped:
+            # A connection closed by the gateway's stop: no task group left to write in.
+            write.close()
+            where.warning("%s not audited: the SSH gateway has stopped", action)
+            return
 
         async def guarded() -> None:
             try:
                 await write
             except DB_ERRORS:
-                log.error("audit store unavailable: %s was not audited", action)
+                # One line, no traceback: the database being away is logged elsewhere too.
+                where.error("audit store unavailable: %s was not audited", action)
 
-        task = asyncio.get_running_loop().create_task(guarded())
-        self._audits.add(task)
-        task.add_done_callback(self._audits.discard)
+        self.tasks.spawn(f"auditing {action}", guarded(), logger=where)

@@ -29,8 +29,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.config import BrokerConfig
 from broker.db.models_sessions import SessionOutbox
+from broker.log_context import context_logger
 from broker.ports import NoteAttachment, TicketSystem
 from broker.services import Services
+from broker.supervision import OnFailure, Supervisor
 from broker.transcript import TranscriptError, text_blocks, transcript_paths
 
 log = logging.getLogger(__name__)
@@ -207,13 +209,22 @@ class OutboxWorker:
         self.delivered = 0
         self.changed = asyncio.Event()  # set after every delivery attempt (tests wait on it)
         self._stopping = False
-        self._task: asyncio.Task[None] | None = None
+        self._tasks = Supervisor("outbox")
+        self._started = False
+        self._finished = False  # the loop ended by itself, its round done
 
     def wake(self) -> None:
         self._wake.set()
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self.run())
+        # RESTART: every note waits in the outbox table, not in the loop, so a new loop
+        # sends them; stopped, notes would pile up until the next broker start.
+        self._tasks.keep("note delivery", self._run_to_end, on_failure=OnFailure.RESTART)
+        self._started = True
+
+    async def _run_to_end(self) -> None:
+        await self.run()
+        self._finished = True
 
     async def close(self, grace: float = 5.0) -> None:
         """Let the round that runs finish, send what is due once more, and stop; a note
@@ -227,11 +238,9 @@ class OutboxWorker:
         self._wake.set()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
-        if self._task is not None:
-            done, _ = await asyncio.wait({self._task}, timeout=grace)
-            if not done:
-                self._task.cancel()
-                await asyncio.wait({self._task})
+        if self._started:
+            await self._tasks.stop(grace=grace)
+            if not self._finished:  # cut off mid-round after the grace period
                 log.warning("the outbox did not empty before shutdown; the rest goes at start")
                 return
         try:
@@ -319,9 +328,16 @@ class OutboxWorker:
             # Stopped mid-send (shutdown): give the row back now, or the next start would
             # wait out the claim before sending it. The ticket system may have taken the note
             # already; its idempotency key makes the next try add nothing then.
-            with contextlib.suppress(Exception):
+            try:
                 async with asyncio.timeout(5.0):
                     await self._release(row.id, until)
+            except Exception as exc:  # the row still goes, once its claim runs out
+                context_logger(__name__, session=row.session_id).warning(
+                    "the note for T-%d could not be given back at shutdown (%s); it goes "
+                    "when its claim runs out",
+                    row.ticket_id,
+                    type(exc).__name__,
+                )
             raise
         now = self.services.clock()
         async with self.services.db() as db, db.begin():

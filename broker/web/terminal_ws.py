@@ -39,6 +39,7 @@ from typing import Final, cast
 from aiohttp import WSMsgType, web
 
 from broker.errors import ForbiddenError
+from broker.log_context import context_logger
 from broker.origin import origin_allowed
 from broker.rules import SshTarget
 from broker.services import SERVICES
@@ -402,7 +403,9 @@ async def _serve(
             terminal.end(exc.message, "", CLOSE_REFUSED, error=exc.code)
             return
         except Exception:  # a connection boundary: the browser gets a sentence, the log the rest
-            log.exception("opening a console terminal failed")
+            context_logger(
+                __name__, session=grant.session or "", staff=grant.staff, peer=source
+            ).exception("opening a console terminal failed")
             terminal.end(
                 "the session could not be started (internal error); tell an admin",
                 "",

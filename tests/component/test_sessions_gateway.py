@@ -7,7 +7,9 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import asyncssh
 import pytest
+from asyncssh.packet import Boolean, String, UInt32
 
 from broker.keys import public_pem
 from broker.transcript import load_public_key, transcript_paths, verify_transcript
@@ -80,3 +82,21 @@ async def test_sustained_output_is_recorded_whole(data_dir: Path, tmp_path: Path
         paths = transcript_paths(w.services.config.transcripts_dir, sid)
         result = verify_transcript(paths.cast, key, paths.seal, paths.chain)
         assert result.status == "valid"
+
+
+async def test_agent_and_x11_forwarding_are_refused(data_dir: Path, tmp_path: Path) -> None:
+    """A session channel asked for agent or X11 forwarding answers no: the gateway's
+    options refuse both, with no override of asyncssh's handlers."""
+    async with world(data_dir, tmp_path) as w:
+        conn = await w.ssh()
+        async with conn:
+            chan, _ = await conn.create_session(asyncssh.SSHClientSession, "cat", encoding=None)
+            # asyncssh's client API cannot ask for these on a gateway connection and see the
+            # answer, so they are made by hand here, asking for a reply.
+            make_request = chan._make_request
+            async with asyncio.timeout(WAIT):
+                assert await make_request(b"auth-agent-req@openssh.com") is False
+                x11 = (Boolean(False), String(b"MIT-MAGIC-COOKIE-1"), String(b"00" * 16))
+                assert await make_request(b"x11-req", *x11, UInt32(0)) is False
+            chan.write_eof()
+            await chan.wait_closed()
