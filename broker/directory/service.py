@@ -31,6 +31,7 @@ from broker.directory.ldap_client import DirectoryClient, DirectoryError
 from broker.directory.rules import Verdict, decide
 from broker.directory.store import DirectoryRecord, DirectoryStore
 from broker.services import Services
+from broker.supervision import OnFailure, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class Directories:
         self.store = store
         self.on_lost = on_lost
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks = Supervisor("directories")
         self._last: dict[int, float] = {}  # directory id → loop time of its last sync
         self.rounds = 0  # finished sync rounds (tests wait on it via ``synced``)
         self._round_done = asyncio.Condition()
@@ -74,18 +75,16 @@ class Directories:
     # -- the periodic sync ---------------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self.run())
+        # RESTART: what the sync works from lives in the database and the directory, so a
+        # new loop picks up where a failed one stopped (its own errors are caught per round).
+        self._tasks.keep("directory sync", self.run, on_failure=OnFailure.RESTART)
 
     def wake(self) -> None:
         self._last.clear()
         self._wake.set()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._tasks.stop()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -125,8 +125,13 @@ async def admit(
         ticket = await tickets.get(req.target.ticket)
     except DB_ERRORS:
         raise StoreUnavailable(AUDIT_STORE_UNAVAILABLE) from None
-    except Exception:
-        log.exception("the ticket system failed")
+    except Exception:  # an outside system: whatever it raises refuses this one session
+        log.exception(
+            "the ticket system failed reading T-%s for %s (%s)",
+            req.target.ticket,
+            req.staff,
+            req.source,
+        )
         raise await refuse(services, req, _NO_TICKETS, target=target, status=503) from None
     if ticket is None:
         missing = Refused(

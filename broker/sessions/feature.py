@@ -35,7 +35,7 @@ async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
     recovered = await manager.finisher.recover_interrupted()
     if recovered:
         log.warning("%d sessions were interrupted by the last broker stop; sealed", recovered)
-    manager.start()
+    await manager.start()
     outbox.start()
     app[SESSIONS] = SessionsRuntime(manager=manager, outbox=outbox)
     try:

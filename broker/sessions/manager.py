@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import inspect
 import logging
 import socket
 import time
@@ -54,6 +55,7 @@ from broker.sessions.recording import (
     end_sessions_of,
     new_recorder,
 )
+from broker.supervision import OnFailure, Supervisor
 from broker.transcript import TranscriptRecorder
 
 log = logging.getLogger(__name__)
@@ -82,10 +84,10 @@ class SessionManager:
         self.live: dict[str, LiveSession] = {}
         self.finisher = Finisher(services, tickets)
         self._runs: dict[str, SessionRun] = {}  # from the row's insert to the end's write
+        # Each live session's end-watcher, the tick and background writes, in one group.
+        self._tasks = Supervisor("sessions")
         self._supervisors: dict[str, asyncio.Task[None]] = {}
-        self._background: set[asyncio.Task[None]] = set()
         self._closing = False
-        self._ticker: asyncio.Task[None] | None = None
         # The end user's approvals in force; a withdrawal's audit is retried like the end's.
         self.grants = Grants(
             services,
@@ -97,9 +99,13 @@ class SessionManager:
 
     # -- plumbing --------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Start the once-a-second tick (flushes, idle and length limits)."""
-        self._ticker = asyncio.get_running_loop().create_task(self._tick())
+    async def start(self) -> None:
+        """Open the task group and start the once-a-second tick (flushes, idle and length
+        limits)."""
+        await self._tasks.open()
+        # RESTART: the tick's state is the live sessions themselves; a new tick goes on
+        # with them (a session's own failure is caught and logged inside the round).
+        self._tasks.keep("tick", self._tick, on_failure=OnFailure.RESTART)
 
     async def _tick(self) -> None:
         rounds = 0
@@ -137,19 +143,17 @@ class SessionManager:
         return len(ended)
 
     def spawn(self, work: Awaitable[object], what: str) -> None:
-        """Run ``work`` in the background, keeping a reference and logging failures."""
+        """Run ``work`` in the background to its end; a database outage is one line, any
+        other failure is logged with its traceback by the supervisor."""
 
         async def guarded() -> None:
             try:
                 await work
             except DB_ERRORS as exc:
                 log.error("%s failed: the database is unavailable (%s)", what, type(exc).__name__)
-            except Exception:
-                log.exception("%s failed", what)
 
-        task = asyncio.get_running_loop().create_task(guarded())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        if self._tasks.spawn(what, guarded()) is None and inspect.iscoroutine(work):
+            work.close()  # refused (the manager has stopped): nothing is left un-awaited
 
     async def audit(
         self,
@@ -313,7 +317,9 @@ class SessionManager:
         assert live is not None
         self.live[run.sid] = live
         run.registered = True
-        self._supervisors[run.sid] = asyncio.get_running_loop().create_task(self._supervise(run))
+        supervisor = self._tasks.spawn(f"session {run.sid}", self._supervise(run))
+        if supervisor is not None:
+            self._supervisors[run.sid] = supervisor
         run.member = live.attach(run.owner, facts.owner, "owner", facts.via, announce=False)
         if run.grant is not None:
             self.grants.keep(live, run.member, run.env, run.grant, run.req.source)
@@ -470,14 +476,10 @@ class SessionManager:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(grace):
                     await asyncio.gather(*pending, return_exceptions=True)
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
-        for task in list(self._background):
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                async with asyncio.timeout(2.0):
-                    await task
+        # The tick ends; background writes (leaves, audits) get two seconds to finish.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2.0):
+                await self._tasks.stop()
 
     def get(self, session_id: str) -> LiveSession | None:
         return self.live.get(session_id)
