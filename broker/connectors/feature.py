@@ -3,6 +3,7 @@ sessions write to (``TICKETS``) set to one that also writes to the external syst
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -10,17 +11,25 @@ from aiohttp import web
 from broker.connectors.keys import CONNECTOR_SYNC, CONNECTOR_SYSTEMS, CONNECTORS
 from broker.connectors.mirror import Mirror
 from broker.connectors.outbound import change_hook
+from broker.connectors.sealing import CredentialSealer
 from broker.connectors.store import ConnectorStore
 from broker.connectors.sync import ConnectorSync, Systems
 from broker.connectors.tickets import ConnectedTickets
 from broker.services import SERVICES
 from broker.tickets import TICKET_STORE, TICKETS
 
+log = logging.getLogger(__name__)
+
 
 async def _connectors_ctx(app: web.Application) -> AsyncIterator[None]:
     services = app[SERVICES]
     store = app[TICKET_STORE]
-    connectors = ConnectorStore(services.db, services.audit, services.clock)
+    connectors = ConnectorStore(
+        services.db, services.audit, services.clock, CredentialSealer(services.keys.audit_key)
+    )
+    sealed = await connectors.seal_plain()
+    if sealed:
+        log.info("%d connector credentials stored in plain text are encrypted now", sealed)
     systems = Systems()
     sync = ConnectorSync(services, connectors, Mirror(services, store), systems)
     app[CONNECTORS] = connectors

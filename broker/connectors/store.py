@@ -1,6 +1,7 @@
 """The configured connectors, in the database: adding, listing, removing, their health and
-the cursor of their change feed. Every change is audited; the credential is stored for the
-sync to use and never handed out by a listing or written to a log."""
+the cursor of their change feed. Every change is audited; the credential is stored
+encrypted (``sealing``) for the sync to use and never handed out by a listing or written to
+a log."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from broker.audit.log import AuditLog
 from broker.connectors.errors import ConnectorConflict, ConnectorInputError, ConnectorNotFound
 from broker.connectors.remote import ExternalSystem
 from broker.connectors.rt import RtSystem
+from broker.connectors.sealing import CredentialSealer, CredentialUnreadable, is_sealed
 from broker.connectors.settings import (
     DEFAULT_PREFIX,
     ConnectorSettingsError,
@@ -102,10 +104,12 @@ class ConnectorStore:
         db: async_sessionmaker[AsyncSession],
         audit: AuditLog,
         clock: Callable[[], dt.datetime],
+        sealer: CredentialSealer,
     ) -> None:
         self._db = db
         self._audit = audit
         self._clock = clock
+        self._sealer = sealer
 
     async def add(self, new: NewConnector, *, actor: str, source: str = "") -> ConnectorRecord:
         try:
@@ -141,7 +145,7 @@ class ConnectorStore:
                             "levels": levels.as_json(),
                             "customer_field": DEFAULT_CUSTOMER_FIELD,
                         },
-                        credential=credential,
+                        credential=self._sealer.seal(credential),
                         healthy=True,
                         health_message="not checked yet",
                         checked_at=None,
@@ -178,7 +182,7 @@ class ConnectorStore:
             raise ConnectorNotFound(
                 f"there is no connector {name[:40]!r}; see `secondline connector list`"
             )
-        return _record(row[0], row[1])
+        return self._record(row[0], row[1])
 
     async def all(self) -> list[ConnectorRecord]:
         async with self._db() as db:
@@ -189,7 +193,7 @@ class ConnectorStore:
                     .order_by(Connector.name)
                 )
             ).all()
-        return [_record(r[0], r[1]) for r in rows]
+        return [self._record(r[0], r[1]) for r in rows]
 
     async def by_prefix(self, prefix: str) -> ConnectorRecord | None:
         for record in await self.all():
@@ -231,21 +235,41 @@ class ConnectorStore:
                 update(Connector).where(Connector.id == record.id).values(cursor=cursor)
             )
 
+    async def seal_plain(self) -> int:
+        """Encrypt credentials stored in plain text by a broker from before encryption; how
+        many were sealed."""
+        async with self._db() as db, db.begin():
+            rows = (await db.execute(select(Connector.id, Connector.credential))).all()
+            plain = [(row_id, value) for row_id, value in rows if not is_sealed(value)]
+            for row_id, value in plain:
+                await db.execute(
+                    update(Connector)
+                    .where(Connector.id == row_id, Connector.credential == value)
+                    .values(credential=self._sealer.seal(value))
+                )
+        return len(plain)
 
-def _record(row: Connector, customer: str | None) -> ConnectorRecord:
-    settings = row.settings or {}
-    return ConnectorRecord(
-        id=row.id,
-        name=row.name,
-        kind=row.kind,
-        url=row.url,
-        prefix=row.prefix,
-        customer=customer,
-        levels=LevelMap.from_json(settings.get("levels")),
-        customer_field=str(settings.get("customer_field") or DEFAULT_CUSTOMER_FIELD),
-        healthy=row.healthy,
-        health_message=row.health_message,
-        checked_at=row.checked_at,
-        cursor=row.cursor,
-        credential=row.credential,
-    )
+    def _record(self, row: Connector, customer: str | None) -> ConnectorRecord:
+        settings = row.settings or {}
+        healthy, message = row.healthy, row.health_message
+        try:
+            credential = self._sealer.open(row.credential)
+        except CredentialUnreadable as exc:
+            # The system is then called without one, refuses, and the connector stays
+            # unhealthy with this reason in `connector list`.
+            credential, healthy, message = "", False, str(exc)
+        return ConnectorRecord(
+            id=row.id,
+            name=row.name,
+            kind=row.kind,
+            url=row.url,
+            prefix=row.prefix,
+            customer=customer,
+            levels=LevelMap.from_json(settings.get("levels")),
+            customer_field=str(settings.get("customer_field") or DEFAULT_CUSTOMER_FIELD),
+            healthy=healthy,
+            health_message=message,
+            checked_at=row.checked_at,
+            cursor=row.cursor,
+            credential=credential,
+        )
