@@ -1,5 +1,7 @@
-"""The connectors feature: the connector store, the sync task, and the ticket system the
-sessions write to (``TICKETS``) set to one that also writes to the external systems."""
+"""The connectors feature: the connector store, the sync task, the ticket system the
+sessions write to (``TICKETS``) set to one that also writes to the external systems, the
+inbound webhook endpoint, and the hooks that queue webhook events and tell live sessions
+when their ticket is gone over there."""
 
 from __future__ import annotations
 
@@ -15,10 +17,25 @@ from broker.connectors.sealing import CredentialSealer
 from broker.connectors.store import ConnectorStore
 from broker.connectors.sync import ConnectorSync, Systems
 from broker.connectors.tickets import ConnectedTickets
+from broker.connectors.webhook_events import session_started_hook
+from broker.connectors.webhook_inbound import INBOUND_PATH, receive
 from broker.services import SERVICES
+from broker.sessions.hooks import SESSION_START_HOOKS
+from broker.sessions.runtime import SESSIONS
 from broker.tickets import TICKET_STORE, TICKETS
 
 log = logging.getLogger(__name__)
+
+
+def tell_sessions(app: web.Application, ticket_id: int, message: str) -> None:
+    """Tell the live sessions of this broker node on the ticket (a ``mirror.GoneHook``)."""
+    runtime = app.get(SESSIONS)
+    if runtime is None:
+        return
+    for live in list(runtime.manager.live.values()):
+        if live.facts.ticket_id == ticket_id:
+            log.info("session %s: told that %s", live.session_id, message)
+            live.notice(message)
 
 
 async def _connectors_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -31,11 +48,14 @@ async def _connectors_ctx(app: web.Application) -> AsyncIterator[None]:
     if sealed:
         log.info("%d connector credentials stored in plain text are encrypted now", sealed)
     systems = Systems()
-    sync = ConnectorSync(services, connectors, Mirror(services, store), systems)
+    mirror = Mirror(services, store, on_gone=lambda ticket, text: tell_sessions(app, ticket, text))
+    sync = ConnectorSync(services, connectors, mirror, systems)
     app[CONNECTORS] = connectors
     app[CONNECTOR_SYSTEMS] = systems
     app[CONNECTOR_SYNC] = sync
-    app[TICKETS] = ConnectedTickets(services, store, connectors, systems)
+    app[TICKETS] = ConnectedTickets(services, store, connectors, systems, wake=sync.wake)
+    # The sessions feature starts after this one and takes its hooks from here.
+    app[SESSION_START_HOOKS] = [*app.get(SESSION_START_HOOKS, []), session_started_hook]
     store.change_hooks.append(change_hook(services.clock))
     sync.start()
     try:
@@ -47,4 +67,5 @@ async def _connectors_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def setup(app: web.Application) -> None:
     """After the tickets feature: it needs the built-in store."""
+    app.router.add_post(INBOUND_PATH, receive)
     app.cleanup_ctx.append(_connectors_ctx)

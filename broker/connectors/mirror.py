@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from typing import Final
 
 from sqlalchemy import select, update
@@ -43,6 +44,9 @@ URL_MAX: Final = 500
 PLACE_MAX: Final = 200
 STATE_MAX: Final = 32
 NO_TITLE: Final = "(no subject)"
+GONE: Final = "gone"
+# Told a ticket's live sessions: (our ticket number, what to tell them).
+GoneHook = Callable[[int, str], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +59,8 @@ class MirrorLink:
     external_id: str
     url: str
     merged_into: str | None
+    # Deleted or merged over there (a merged one's notes go to ``merged_into``).
+    gone: bool = False
 
     @property
     def external_ref(self) -> str:
@@ -106,15 +112,19 @@ def _link(row: ExternalTicket, name: str, prefix: str) -> MirrorLink:
         external_id=row.external_id,
         url=row.url,
         merged_into=row.merged_into,
+        gone=row.seen_status == GONE,
     )
 
 
 class Mirror:
     """Applies what a connector read to the built-in store."""
 
-    def __init__(self, services: Services, store: TicketStore) -> None:
+    def __init__(
+        self, services: Services, store: TicketStore, on_gone: GoneHook | None = None
+    ) -> None:
         self.services = services
         self.store = store
+        self.on_gone = on_gone
 
     async def apply(
         self, record: ConnectorRecord, external_id: str, remote: RemoteTicket | None
@@ -194,13 +204,13 @@ class Mirror:
         now = self.services.clock()
         if remote is None or remote.merged_into is not None:
             merged = None if remote is None else remote.merged_into
-            if link.merged_into == merged and link.seen_status == "gone":
+            if link.merged_into == merged and link.seen_status == GONE:
                 return None
             async with self.services.db() as db, db.begin():
                 await db.execute(
                     update(ExternalTicket)
                     .where(ExternalTicket.ticket_id == ticket_id)
-                    .values(merged_into=merged, seen_status="gone", synced_at=now)
+                    .values(merged_into=merged, seen_status=GONE, synced_at=now)
                 )
                 await db.execute(
                     update(Ticket)
@@ -215,6 +225,17 @@ class Mirror:
                 source=record.prefix,
                 details={"external": ref, "what": what},
             )
+            if self.on_gone is not None:
+                where = (
+                    f"its note goes to {record.prefix}-{merged}"
+                    if merged is not None
+                    else "its note is kept in Secondline only"
+                )
+                self.on_gone(
+                    ticket_id,
+                    f"{ref} was {what} in the ticket system and T-{ticket_id} is closed; "
+                    f"this session may go on, and {where}.",
+                )
             return f"{ref} was {what}; T-{ticket_id} closed"
         changes: list[str] = []
         values: dict[str, object] = {}

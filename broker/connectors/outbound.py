@@ -8,7 +8,8 @@ reading its change feed:
 
 - ``level``: a note saying who moved the ticket, from where to where and why; then the move;
 - ``assign``: the owner (a user of the same name there);
-- ``status``: for a resolve, a note with the solution; then the status.
+- ``status``: for a resolve, a note with the solution; then the status;
+- ``event`` (webhook connectors): the signed event in ``text`` (``webhook_events``).
 
 Each step is checked before it is made (a note by the key in its subject, a field by reading
 the ticket), so a retry after a lost answer does nothing twice; a field the system did not
@@ -30,10 +31,17 @@ from typing import Final
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from broker.connectors.errors import ExternalDown, ExternalError, ExternalRejected
+from broker.connectors.errors import (
+    ExternalDown,
+    ExternalError,
+    ExternalRefused,
+    ExternalRejected,
+)
 from broker.connectors.remote import ExternalSystem
 from broker.connectors.settings import LevelMap
 from broker.connectors.store import ConnectorRecord
+from broker.connectors.webhook import WebhookSystem
+from broker.connectors.webhook_events import EVENT_KIND, WEBHOOK_KIND, change_event, queue_event
 from broker.db.models_connectors import Connector, ConnectorOutbox, ExternalTicket
 from broker.ports import TicketInfo
 from broker.rules import LevelChange, sanitize_display_text
@@ -76,14 +84,28 @@ def change_hook(clock: Callable[[], dt.datetime]) -> ChangeHook:
             return
         found = (
             await db.execute(
-                select(ExternalTicket, Connector.settings)
+                select(ExternalTicket, Connector.settings, Connector.kind, Connector.name)
+                .add_columns(Connector.prefix)
                 .join(Connector, Connector.id == ExternalTicket.connector_id)
                 .where(ExternalTicket.ticket_id == seen.id)
             )
         ).one_or_none()
         if found is None:
             return
-        link, settings = found
+        link, settings, connector_kind, connector, prefix = found
+        if connector_kind == WEBHOOK_KIND:
+            event_type, data = change_event(change, actor)
+            queue_event(
+                db,
+                link=link,
+                connector=connector,
+                prefix=prefix,
+                key=f"{KEY_PREFIX}{seen.id}-{secrets.token_hex(8)}",
+                event_type=event_type,
+                data=data,
+                now=clock(),
+            )
+            return
         if isinstance(change, Assigned):
             kind, value, text = "assign", change.assignee, ""
         elif isinstance(change, StatusChanged):
@@ -154,7 +176,7 @@ class Outbound:
                 continue
             except ExternalError as exc:
                 await self._failed(row, exc.message)
-                if isinstance(exc, ExternalDown):
+                if isinstance(exc, ExternalDown | ExternalRefused):
                     raise
                 continue
             async with self.services.db() as db, db.begin():
@@ -200,6 +222,11 @@ class Outbound:
             ).scalar_one()
 
     async def _send(self, system: ExternalSystem, row: ConnectorOutbox) -> None:
+        if row.kind == EVENT_KIND:
+            if not isinstance(system, WebhookSystem):
+                raise ExternalRejected(f"a {row.value} event is for a webhook connector only")
+            await system.send_event(row.key, row.text)
+            return
         if row.text and not await system.has_note(row.external_id, row.key):
             await system.add_note(
                 row.external_id, key=row.key, subject=SUBJECT, text=row.text, attachments=()

@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
 
+from broker.connectors.webhook_signing import check_secret
 from broker.rules import LEVELS, sanitize_display_text
 
 KINDS: Final = ("rt", "zammad", "znuny", "webhook")
-# Kinds this broker has a class for; the others are accepted by nothing yet.
-BUILT_KINDS: Final = ("rt", "zammad", "znuny")
 DEFAULT_PREFIX: Final = {"rt": "RT", "zammad": "ZM", "znuny": "ZN", "webhook": "WH"}
 # Where each kind's tickets of a level sit unless configured; `connector test` says which
 # are missing. RT: three queues named for the levels. Zammad: "Users", the group a new
@@ -87,11 +86,6 @@ def check_kind(value: str) -> str:
     if value not in KINDS:
         raise ConnectorSettingsError(
             f"unknown connector kind {value[:20]!a}; kinds are: {', '.join(KINDS)}"
-        )
-    if value not in BUILT_KINDS:
-        raise ConnectorSettingsError(
-            f"connector kind {value!r} is not available in this version; "
-            f"available: {', '.join(BUILT_KINDS)}"
         )
     return value
 
@@ -161,12 +155,14 @@ def default_levels(kind: str) -> LevelMap:
 
 
 def check_credential(text: str, kind: str = "rt") -> str:
-    """The credential file's content: one line (a token, or for Znuny LOGIN:PASSWORD),
-    stripped of its line end."""
+    """The credential file's content: one line (a token, for Znuny LOGIN:PASSWORD, for a
+    webhook the shared secret of at least 32 characters), stripped of its line end."""
     value = text.strip()
     if not value:
         raise ConnectorSettingsError("the credential file is empty")
-    what = "the agent's LOGIN:PASSWORD" if kind == "znuny" else "the API token"
+    what = {"znuny": "the agent's LOGIN:PASSWORD", "webhook": "the shared secret"}.get(
+        kind, "the API token"
+    )
     if len(value) > CREDENTIAL_MAX or any(c in value for c in "\r\n\x00"):
         raise ConnectorSettingsError(
             f"the credential file must hold one line ({what}), at most {CREDENTIAL_MAX} characters"
@@ -178,4 +174,9 @@ def check_credential(text: str, kind: str = "rt") -> str:
                 "the credential file of a Znuny connector must hold one line "
                 "LOGIN:PASSWORD (the agent Secondline logs in as)"
             )
+    if kind == "webhook":
+        try:
+            check_secret(value)
+        except ValueError as exc:
+            raise ConnectorSettingsError(str(exc)) from None
     return value

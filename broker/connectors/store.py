@@ -30,6 +30,7 @@ from broker.connectors.settings import (
     default_levels,
     parse_levels,
 )
+from broker.connectors.webhook import WebhookSystem
 from broker.connectors.zammad import ZammadSystem
 from broker.connectors.znuny import ZnunySystem
 from broker.db.models_connectors import Connector
@@ -87,6 +88,7 @@ SYSTEM_CLASSES: dict[str, Callable[[str, str, LevelMap], ExternalSystem]] = {
     "rt": RtSystem,
     "zammad": ZammadSystem,
     "znuny": ZnunySystem,
+    "webhook": WebhookSystem,
 }
 
 

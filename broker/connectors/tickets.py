@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+from sqlalchemy.exc import IntegrityError
 
 from broker.connectors.errors import ExternalRefused
 from broker.connectors.mirror import link_of_ticket
 from broker.connectors.store import ConnectorStore
 from broker.connectors.sync import Systems
+from broker.connectors.webhook_events import WEBHOOK_KIND, queue_session_ended
 from broker.ports import NoteAttachment, TicketInfo
 from broker.services import Services
 from broker.tickets import TicketStore
@@ -36,11 +39,14 @@ class ConnectedTickets:
         store: TicketStore,
         connectors: ConnectorStore,
         systems: Systems,
+        wake: Callable[[], None] | None = None,
     ) -> None:
         self.services = services
         self.store = store
         self.connectors = connectors
         self.systems = systems
+        # Wakes the sync task, which sends queued webhook events.
+        self.wake = wake
 
     async def get(self, ticket_id: int) -> TicketInfo | None:
         return await self.store.get(ticket_id)
@@ -63,8 +69,15 @@ class ConnectedTickets:
         now: dt.datetime | None = None,
     ) -> None:
         link = await link_of_ticket(self.services, ticket_id)
+        if link is not None and link.gone and link.merged_into is None:
+            link = None  # deleted over there: the note stays here (the sessions were told)
         if link is not None and idempotency_key is not None:
             record = await self.connectors.get(link.connector)
+            if record.kind == WEBHOOK_KIND:
+                await self._note_to_webhook(
+                    ticket_id, author, text, internal, attachments, idempotency_key, now
+                )
+                return
             system = self.systems.get(record)
             target = link.note_target
             try:
@@ -95,3 +108,40 @@ class ConnectedTickets:
             idempotency_key=idempotency_key,
             now=now,
         )
+
+    async def _note_to_webhook(
+        self,
+        ticket_id: int,
+        author: str,
+        text: str,
+        internal: bool,
+        attachments: Sequence[NoteAttachment],
+        key: str,
+        now: dt.datetime | None,
+    ) -> None:
+        """Stored here first, so the links of the ``session.ended`` event can be fetched
+        when it arrives; then the event, once (both steps skip what a retry finds done)."""
+        await self.store.add_note(
+            ticket_id,
+            author=author,
+            text=text,
+            internal=internal,
+            attachments=attachments,
+            idempotency_key=key,
+            now=now,
+        )
+        try:
+            async with self.services.db() as db, db.begin():
+                queued = await queue_session_ended(
+                    db,
+                    ticket_id=ticket_id,
+                    key=key,
+                    author=author,
+                    text=text,
+                    public_url=self.services.config.public_url,
+                    now=self.services.clock(),
+                )
+        except IntegrityError:
+            queued = False  # another broker node queued it a moment ago
+        if queued and self.wake is not None:
+            self.wake()

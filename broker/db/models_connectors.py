@@ -74,8 +74,9 @@ class ConnectorOutbox(Base):
     external_id: Mapped[str] = mapped_column(String(64))
     # The note that goes with the change carries this key, so a retry finds it (see tickets).
     key: Mapped[str] = mapped_column(String(200), unique=True)
-    kind: Mapped[str] = mapped_column(String(16))  # level | assign | status
-    # level: where the ticket goes (RT: the queue); assign: the owner; status: ours.
+    kind: Mapped[str] = mapped_column(String(16))  # level | assign | status | event
+    # level: where the ticket goes (RT: the queue); assign: the owner; status: ours;
+    # event: the webhook event's type (its JSON body is in text, its id in key).
     value: Mapped[str] = mapped_column(String(200))
     text: Mapped[str] = mapped_column(Text)  # the note saying who changed what, and why ("")
     state: Mapped[str] = mapped_column(String(16))  # pending | delivered
@@ -85,3 +86,16 @@ class ConnectorOutbox(Base):
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UtcDateTime)
     delivered_at: Mapped[dt.datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
+class WebhookReceipt(Base):
+    """An event id a webhook connector's system sent us, kept for a week: the same id
+    again is a replay (or a retry of one that arrived) and changes nothing."""
+
+    __tablename__ = "webhook_receipts"
+
+    connector_id: Mapped[int] = mapped_column(
+        ForeignKey("connectors.id", ondelete="CASCADE"), primary_key=True
+    )
+    event_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    received_at: Mapped[dt.datetime] = mapped_column(UtcDateTime, index=True)

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from broker.services import SERVICES
+from broker.sessions.hooks import SESSION_START_HOOKS, SessionStartHook
 from broker.sessions.manager import SessionManager
 from broker.sessions.runtime import SESSIONS, SessionsRuntime, agent_tunnels, ticket_system
 from broker.tickets.outbox import OutboxWorker
@@ -30,6 +31,8 @@ async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
     manager = SessionManager(
         services, tickets=lambda: ticket_system(app), tunnels=lambda: agent_tunnels(app)
     )
+    hooks: list[SessionStartHook] = app.get(SESSION_START_HOOKS) or []
+    manager.start_hooks = list(hooks)
     outbox = OutboxWorker(services, lambda: ticket_system(app))
     manager.finisher.wake = outbox.wake
     recovered = await manager.finisher.recover_interrupted()

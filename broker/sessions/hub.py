@@ -301,6 +301,15 @@ class LiveSession:
         except RecorderError as exc:
             self._recorder_failed(exc)
 
+    def notice(self, message: str) -> None:
+        """Tell everyone in the session what happened outside it (the ticket closed in its
+        external system), and put it in the transcript."""
+        if self.core.phase == "ended":
+            return
+        for terminal in list(self._terminals.values()):
+            terminal.show_notice(message)
+        self.marker(message)
+
     # -- actions ---------------------------------------------------------------------------
 
     def _apply(self, actions: list[Action]) -> None:

@@ -46,6 +46,7 @@ from broker.sessions.errors import (
 )
 from broker.sessions.facts import SessionFacts, Terminal
 from broker.sessions.finish import Finisher
+from broker.sessions.hooks import SessionStartHook
 from broker.sessions.hub import END_SHUTDOWN, LiveSession
 from broker.sessions.hub_core import HubClosed, HubFull, Member, Role
 from broker.sessions.opening import SessionRun, killed_refusal, session_env
@@ -88,6 +89,8 @@ class SessionManager:
         self._tasks = Supervisor("sessions")
         self._supervisors: dict[str, asyncio.Task[None]] = {}
         self._closing = False
+        # Run in the transaction that marks a session live (broker.sessions.hooks).
+        self.start_hooks: list[SessionStartHook] = []
         # The end user's approvals in force; a withdrawal's audit is retried like the end's.
         self.grants = Grants(
             services,
@@ -269,7 +272,7 @@ class SessionManager:
         match action:
             case lc.MarkLive():
                 failed = functools.partial(self._feed_now, run.sid, lc.MarkFailed())
-                work = opening.mark_live(self.services, run, action, failed)
+                work = opening.mark_live(self.services, run, action, failed, self.start_hooks)
                 self.spawn(work, f"starting {run.sid}")
             case lc.EndHub(reason=reason, code=code, message=message):
                 if run.live is not None:

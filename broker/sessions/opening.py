@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Final
 
@@ -26,6 +26,7 @@ from broker.sessions.admission import Admitted, OpenRequest
 from broker.sessions.consent import ConsentGrant, ask_consent
 from broker.sessions.errors import AUDIT_STORE_UNAVAILABLE, SessionRefused, StoreUnavailable
 from broker.sessions.facts import MemberEvent, SessionFacts, Terminal
+from broker.sessions.hooks import SessionStartHook
 from broker.sessions.hub import LiveSession
 from broker.sessions.hub_core import HubLimits, Member
 from broker.transcript import TranscriptRecorder
@@ -169,20 +170,28 @@ async def open_channel(run: SessionRun) -> lc.ChannelOpened | lc.ChannelRefused:
 
 
 async def mark_live(
-    services: Services, run: SessionRun, action: lc.MarkLive, failed: Callable[[], None]
+    services: Services,
+    run: SessionRun,
+    action: lc.MarkLive,
+    failed: Callable[[], None],
+    hooks: Sequence[SessionStartHook] = (),
 ) -> None:
     """Off the path to the first prompt: the start is audited already, and a store that
-    fails here still ends the session (``failed``)."""
+    fails here still ends the session (``failed``). ``hooks`` write in the same
+    transaction (broker.sessions.hooks)."""
     sid, staff = run.sid, run.facts.owner
     try:
         async with services.db() as db, db.begin():
+            now = services.clock()
             await store.update_session(
                 db,
                 sid,
                 only_from=("starting", "waiting_consent"),
                 state="live",
-                started_at=services.clock(),
+                started_at=now,
             )
+            for hook in hooks:
+                await hook(db, run.facts, now)
     except DB_ERRORS:
         failed()
         return

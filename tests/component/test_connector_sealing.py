@@ -8,10 +8,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from sqlalchemy import select, update
 
-from broker.api.routing import SERVICES
 from broker.connectors.keys import CONNECTORS
 from broker.connectors.sealing import CredentialSealer, CredentialUnreadable
 from broker.db.models_connectors import Connector
+from broker.services import SERVICES
 from tests.support.api import Api
 from tests.support.console import add_customer
 

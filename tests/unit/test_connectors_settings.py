@@ -56,7 +56,7 @@ def test_names_prefixes_kinds_urls_and_credentials() -> None:
     for bad_prefix in ("T", "rt", "1A", "ABCDEFGHIJK"):
         with pytest.raises(ConnectorSettingsError):
             check_prefix(bad_prefix)
-    assert (check_kind("zammad"), check_kind("znuny")) == ("zammad", "znuny")
+    assert [check_kind(k) for k in ("zammad", "znuny", "webhook")] == ["zammad", "znuny", "webhook"]
     with pytest.raises(ConnectorSettingsError, match="unknown connector kind"):
         check_kind("jira")
     with pytest.raises(ConnectorSettingsError, match="must not hold credentials"):
@@ -96,3 +96,12 @@ def test_external_ticket_numbers_as_ssh_user_names() -> None:
         assert parse_external_target(other) is None
     with pytest.raises(InvalidName):
         parse_external_target("RT-1+bad/agent")
+
+
+def test_a_webhook_secret_is_long_enough_for_hmac() -> None:
+    """A webhook's credential is the shared secret: shorter than 32 characters is refused
+    with the command that makes a good one."""
+    secret = "0123456789abcdef" * 4
+    assert check_credential(secret + "\n", "webhook") == secret
+    with pytest.raises(ConnectorSettingsError, match="openssl rand -hex 32"):
+        check_credential("too-short", "webhook")
