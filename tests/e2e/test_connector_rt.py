@@ -319,3 +319,34 @@ async def test_wrong_token_or_missing_queue_is_named_and_marks_unhealthy(
     printed = b"".join(site.broker.output).decode(errors="replace")
     assert rt.token not in printed
     assert "1-14-0000000000" not in printed
+
+
+async def test_merged_in_rt_closes_the_mirror_tells_the_session_and_notes_the_target(
+    site: Site, rt: RequestTracker
+) -> None:
+    """RT merges the ticket a session runs on into another: the mirrored ticket is closed,
+    the people in the session are told, and its note becomes a comment on the ticket it
+    was merged into."""
+    api = rt.api()
+    add_connector(site, rt)
+    await start_agent(site, "web01", "unattended")
+    number, ref = await level2_ticket(site, api, "Scanner offline")
+    target = await api.create_ticket("Level 2", "Scanners of the second floor")
+    term = await site.interactive(f"RT-{number}")
+    term.type("echo before-the-merge\n")
+    await term.expect(b"before-the-merge")
+    mark = len(site.broker.output)
+    await rt.merge(number, target)
+    told = f"told that RT-{number} was merged into RT-{target}"
+    await site.broker.wait_for_line(told.encode(), mark)
+    term.type("exit 0\n")
+    code, err = await term.finish()
+    assert code == 0
+    assert f"RT-{number} was merged into RT-{target} in the ticket system" in err
+    assert f"its note goes to RT-{target}" in err
+    assert ticket_json(site, ref)["status"] == "closed"
+    session_id = str(sessions_of(site, ref)[0]["id"])
+    await site.broker.wait_for_line(f"session {session_id}: note delivered to {ref}".encode(), mark)
+    comments = [c for c in await api.comments(target) if NOTE_KEY in str(c["subject"])]
+    assert len(comments) == 1, comments
+    assert "before-the-merge" in str(comments[0]["text"])

@@ -9,7 +9,8 @@ and :meth:`RequestTracker.stop` / :meth:`start` take RT away and bring it back o
 port, as an outage does. Before the first start a Perl script run against the same
 database creates the level queues and an auth token for root, as an admin would in RT's
 UI (Logged in as → Settings → Auth Tokens), and the RT user ``bob`` (staff ``bob`` there),
-who may own tickets of those queues.
+who may own tickets of those queues. :meth:`RequestTracker.merge` merges two tickets the
+same way, as REST 2 cannot.
 
 :class:`RtApi` is the test's own REST 2 client: it plays RT's users (creating tickets,
 moving them between queues) and reads the ticket history the connector wrote.
@@ -70,6 +71,22 @@ my $token = RT::AuthToken->new(RT::CurrentUser->new($root));
 my ($id, $msg, $auth) = $token->Create(Owner => $root->Id, Description => 'secondline');
 die "token: $msg\n" unless $id;
 print "$auth\n";
+"""
+
+
+MERGE_SCRIPT: Final = r"""
+use strict; use warnings;
+use lib '/usr/share/request-tracker5/lib';
+use RT;
+RT::LoadConfig();
+RT::Init();
+my $root = RT::User->new(RT->SystemUser);
+$root->Load('root') or die "no root user\n";
+my $ticket = RT::Ticket->new(RT::CurrentUser->new($root));
+$ticket->Load($ARGV[0]) or die "no ticket $ARGV[0]\n";
+my ($ok, $msg) = $ticket->MergeInto($ARGV[1]);
+die "merge: $msg\n" unless $ok;
+print "$msg\n";
 """
 
 
@@ -181,6 +198,22 @@ class RequestTracker:
 
     def api(self) -> RtApi:
         return RtApi(self.url, self.token)
+
+    async def merge(self, source: str, target: str) -> None:
+        """Merge ticket ``source`` into ``target`` as root does in RT's UI (Links → Merge
+        into); REST 2 has no call for it, so RT's own Perl API does it."""
+        script = self.root / "merge.pl"
+        script.write_text(MERGE_SCRIPT)
+        done = await asyncio.to_thread(
+            subprocess.run,
+            ["perl", str(script), source, target],
+            env=self._env(),
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
 
 
 @dataclass
