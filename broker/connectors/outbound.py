@@ -176,7 +176,11 @@ class Outbound:
                 continue
             except ExternalError as exc:
                 await self._failed(row, exc.message)
-                if isinstance(exc, ExternalDown | ExternalRefused):
+                # A receiver refusing our signature refuses every event: the connector is
+                # unhealthy until its secret is right.
+                if isinstance(exc, ExternalDown) or (
+                    row.kind == EVENT_KIND and isinstance(exc, ExternalRefused)
+                ):
                     raise
                 continue
             async with self.services.db() as db, db.begin():
@@ -190,6 +194,17 @@ class Outbound:
                         last_error=None,
                     )
                 )
+            if row.kind == EVENT_KIND:
+                log.info(
+                    "connector %s: %s of T-%d (%s-%s) taken by the receiver, event %s",
+                    record.name,
+                    row.value,
+                    row.ticket_id,
+                    record.prefix,
+                    row.external_id,
+                    row.key,
+                )
+                continue
             log.info(
                 "connector %s: %s change of T-%d to %r written to %s-%s",
                 record.name,
@@ -295,7 +310,8 @@ class Outbound:
                 )
             )
         log.warning(
-            "level change of T-%d not written to %s yet (attempt %d): %s",
+            "%s of T-%d not written to %s yet (attempt %d): %s",
+            row.value if row.kind == EVENT_KIND else f"{row.kind} change",
             row.ticket_id,
             row.external_id,
             attempts,

@@ -363,3 +363,38 @@ async def test_the_inbound_example_of_the_docs_runs_as_written(site: Site, desk:
     assert answer["external"] == "WH-4711", answer
     ticket = ticket_json(site, str(answer["ticket"]))
     assert (ticket["title"], ticket["level"]) == ("Printer jammed", 1)
+
+
+async def test_a_receiver_with_another_secret_is_named_and_marks_unhealthy(
+    site: Site, desk: Desk
+) -> None:
+    """`connector test` against a receiver that holds another secret says the signature was
+    refused and exits non-zero; `connector list` shows the connector unhealthy with why."""
+    other = site.tmp / "other.secret"
+    other.write_text(secrets.token_hex(32) + "\n")
+    receiver = await Receiver.start(other)
+    try:
+        ok(
+            site.admin(
+                "connector", "add", "wh-other", "--kind", "webhook", "--url", receiver.url,
+                "--credential-file", str(site.tmp / "webhook.secret"), "--prefix", "WHO",
+            )
+        )  # fmt: skip
+        tested = site.admin("connector", "test", "wh-other")
+        assert tested.code == 1, tested
+        assert "refused the signature" in tested.out
+        assert "same secret" in tested.out
+        await receiver.wait_for("refused 401 mismatch")
+        listed = {c["name"]: c for c in json.loads(ok(site.admin("connector", "list", "--json")))}
+        assert listed["wh-other"]["healthy"] is False
+        assert "refused the signature" in str(listed["wh-other"]["health"])
+    finally:
+        await receiver.stop()
+    short = site.tmp / "short.secret"
+    short.write_text("too-short\n")
+    refused = site.admin(
+        "connector", "add", "wh-short", "--kind", "webhook", "--url", receiver.url,
+        "--credential-file", str(short), "--prefix", "WHS",
+    )  # fmt: skip
+    assert refused.code != 0
+    assert "openssl rand -hex 32" in refused.err
