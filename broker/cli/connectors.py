@@ -1,7 +1,8 @@
 """`secondline connector ...`: the ticket systems the broker mirrors, through the REST API.
 
-The credential (an API token) is read from a file (``--credential-file``, ``-`` for standard
-input), never taken on the command line, and never printed.
+The credential (an API token, or a webhook's shared secret) is read from a file
+(``--credential-file``, ``-`` for standard input), never taken on the command line, and
+never printed.
 """
 
 from __future__ import annotations
@@ -33,7 +34,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="the ticket system's base URL, e.g. https://rt.example.com",
     )
     p.add_argument(
-        "--credential-file", required=True, metavar="FILE", help="file holding the API token"
+        "--credential-file",
+        required=True,
+        metavar="FILE",
+        help="file holding the API token (webhook: the shared secret)",
     )
     p.add_argument("--customer", help="the customer whose tickets these are (default: all)")
     p.add_argument("--prefix", help="ticket-number prefix staff type, e.g. RT for RT-1234")

@@ -208,9 +208,9 @@ def session_ended_data(
         "session": session,
         "author": author,
         "note": text,
+        # Each with its link; fetching it needs a Secondline API token that may read the
+        # ticket (docs/connectors.md).
         "attachments": list(attachments),
-        # The links need a Secondline API token with the read scope for the ticket's customer.
-        "attachments_auth": "Authorization: Bearer <Secondline API token>",
     }
 
 
