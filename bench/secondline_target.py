@@ -255,9 +255,14 @@ class SecondlineTarget:
                 "--ssh-port",
                 str(self.ssh_port),
             ],
-            # The per-staff session limit is policy, not performance: the bench's one
-            # staff member holds the loaded-echo streams and the capacity test's sessions.
-            env={**self.env, "SECONDLINE_MAX_SESSIONS_PER_STAFF": str(self._max_sessions)},
+            # The per-staff session limit and the SSH second factor are policy, not
+            # performance: the bench's one staff member holds the loaded-echo streams and
+            # the capacity test's sessions, and signs in with BatchMode (no code prompt).
+            env={
+                **self.env,
+                "SECONDLINE_MAX_SESSIONS_PER_STAFF": str(self._max_sessions),
+                "SECONDLINE_SSH_SECOND_FACTOR": "off",
+            },
         )
         await wait_port(self.https_port, READY_TIMEOUT_S, alive=self._broker)
         await wait_port(self.ssh_port, READY_TIMEOUT_S, alive=self._broker)
