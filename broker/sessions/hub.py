@@ -6,7 +6,8 @@ says is sorted by :class:`~broker.sessions.hub_agent.AgentStream`; this module r
 output, staff input), feeds them and performs what they return. The hot path
 is synchronous: an agent chunk goes through the mark parser, into the recorder's memory
 buffer, then to each terminal's write buffer, with no queue and no task per chunk. Disk
-writes happen at most once a second (or per MiB) and large ones in a worker thread.
+writes happen at most once a second (or per MiB), on the event loop: a flush is one
+``writev`` to the page cache, cheaper than a hop to a worker thread and back.
 
 A session ends exactly once (:meth:`LiveSession.end`); :meth:`LiveSession.run` then waits
 briefly for the agent channel to close, records what is left, seals the transcript and tells
@@ -61,8 +62,6 @@ log = logging.getLogger(__name__)
 # How long an ending session waits for the agent to close its channel (and send what it
 # still had) before the transcript is sealed anyway: a kill ends within two seconds.
 CLOSE_GRACE: Final = 1.0
-# Flushes smaller than this run on the event loop (a page-cache write); larger ones in a thread.
-THREAD_FLUSH_BYTES: Final = 256 << 10
 SIGNALS: Final = frozenset({"INT", "TERM", "HUP", "QUIT", "KILL", "TSTP", "CONT", "WINCH"})
 MAX_TERMINAL_SIZE: Final = 1000
 
@@ -370,10 +369,7 @@ class LiveSession:
         while True:
             self._flush_again = False
             try:
-                if self.core.unflushed >= THREAD_FLUSH_BYTES:
-                    await asyncio.to_thread(self.recorder.flush)
-                else:
-                    self.recorder.flush()
+                self.recorder.flush()
             except RecorderError as exc:
                 self._recorder_failed(exc)
                 return

@@ -27,6 +27,7 @@ import math
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from json.encoder import encode_basestring
 from typing import BinaryIO, Final, Literal, TypeGuard
 
 from broker.transcript.errors import CastFormatError, InvalidSessionId, InvalidValue
@@ -174,16 +175,28 @@ def encode_header_line(header: CastHeader) -> bytes:
     return _dumps(header.to_json()).encode("utf-8")
 
 
-def encode_event_line(time: float, code: str, data: str) -> bytes:
-    """An event line's bytes, without the line end; refuses what the parser would refuse."""
+def event_line_parts(time: float, code: str, data: str) -> tuple[bytes, bytes]:
+    """An event line as ``(head, body)``: the line is ``head + body + b"]"``.
+
+    Two parts so that the recorder hashes and writes a large event without copying it
+    once more; :func:`encode_event_line` joins them, so both give the same canonical bytes.
+    The body is ``json.dumps(data, ensure_ascii=False)``, made by the same C escaper
+    without the encoder object around it."""
     if not (math.isfinite(time) and 0.0 <= time < MAX_TIME):
         raise InvalidValue("an event time must be 0 to 1e9 seconds")
     if not _is_code(code):
         raise InvalidValue("an event code is one of o, i, a, r, m")
     try:
-        return f"[{time:.6f}, {_dumps(code)}, {_dumps(data)}]".encode()
+        body = encode_basestring(data).encode()
     except UnicodeEncodeError as exc:
         raise InvalidValue("event data must be valid Unicode (no lone surrogates)") from exc
+    return f'[{time:.6f}, "{code}", '.encode("ascii"), body
+
+
+def encode_event_line(time: float, code: str, data: str) -> bytes:
+    """An event line's bytes, without the line end; refuses what the parser would refuse."""
+    head, body = event_line_parts(time, code, data)
+    return head + body + b"]"
 
 
 def resize_data(cols: int, rows: int) -> str:

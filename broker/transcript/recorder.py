@@ -13,8 +13,13 @@ Files (see docs/transcripts.md): the ``.cast`` itself, its chain file ``.cast.ch
 digest per event, to name the first bad event) and the seal ``.cast.seal.json``, reserved
 at the start as a :data:`SEAL_SIZE`-byte placeholder so that sealing needs no new space.
 
-Writes are batched: events go to memory and :meth:`TranscriptRecorder.flush` writes them
-with one ``write`` per file (an automatic flush also happens past ``flush_bytes``). On a
+Output is coalesced: the chunks of agent output that arrive within :data:`OUTPUT_WINDOW`
+of session time (up to :data:`OUTPUT_BLOCK` bytes) become one ``o`` event, closed early by
+any other event and by every flush, so a bulk transfer costs one encoding, one digest step
+and three write buffers per 32 KiB, not per SSH packet, and replay keeps the timing a person
+can see. Writes are batched: events go to memory and :meth:`TranscriptRecorder.flush`
+digests them and writes them with ``writev`` (no joined copy) in one go per file (an
+automatic flush also happens past ``flush_bytes``). Everything runs on the caller's thread. On a
 failed write (ENOSPC, EDQUOT, EIO...) the recorder cuts the ``.cast`` back to its last
 complete line, keeps the chain file no longer than the ``.cast``, and raises
 :class:`RecorderDiskFull` (or :class:`RecorderWriteError`); from then on it records nothing
@@ -22,8 +27,9 @@ more, and :meth:`TranscriptRecorder.seal` still seals what is on disk as cut sho
 
 :func:`recover` seals the transcript of a session interrupted by a broker crash.
 
-Not thread-safe beyond this: :meth:`flush` may run in a worker thread while the event loop
-keeps calling ``output``/``input`` (a lock guards the buffer); call ``seal`` once.
+Not thread-safe beyond this: :meth:`flush` and :meth:`seal` may run in a worker thread
+while the event loop keeps calling ``output``/``input`` (a lock guards the buffer); call
+``seal`` once.
 """
 
 from __future__ import annotations
@@ -45,8 +51,8 @@ from broker.transcript.asciicast import (
     MAX_TIME,
     CastHeader,
     clean_label,
-    encode_event_line,
     encode_header_line,
+    event_line_parts,
     resize_data,
 )
 from broker.transcript.chain import (
@@ -78,6 +84,13 @@ logger = logging.getLogger(__name__)
 
 INPUT_HIDDEN_LABEL: Final = "input hidden (echo off)"
 FLUSH_BYTES: Final = 1 << 20
+# Output coalescing: one o event holds the output of at most this much session time (what
+# a replay shows as one frame) and at most this many bytes: an SSH packet's data, so bulk
+# output costs what it did per packet and a disk that fills cuts no bigger a last event.
+OUTPUT_WINDOW: Final = 0.05
+OUTPUT_BLOCK: Final = 32 << 10
+_LINE_END: Final = b"]\n"
+_IOV_MAX: Final = 1024  # Linux's UIO_MAXIOV: buffers per writev call
 _CREATE_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _DISK_FULL_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
 
@@ -94,6 +107,27 @@ def write_fully(fd: int, data: bytes) -> tuple[int, OSError | None]:
         if n == 0:  # pragma: no cover - regular files never write 0 bytes
             return written, OSError(errno.EIO, "write returned 0")
         written += n
+    return written, None
+
+
+def writev_fully(fd: int, buffers: Sequence[bytes]) -> tuple[int, OSError | None]:
+    """Write ``buffers`` in order with ``writev``; return the bytes written and the error
+    that stopped it (a short write, which a regular file makes only when space runs out,
+    is finished with :func:`write_fully`, which then reports the error)."""
+    written = 0
+    for start in range(0, len(buffers), _IOV_MAX):
+        batch = buffers[start : start + _IOV_MAX]
+        try:
+            n = os.writev(fd, batch)
+        except OSError as exc:
+            return written, exc
+        written += n
+        want = sum(len(b) for b in batch)
+        if n < want:
+            more, error = write_fully(fd, b"".join(batch)[n:])
+            written += more
+            if error is not None:
+                return written, error
     return written, None
 
 
@@ -130,11 +164,14 @@ class TranscriptRecorder:
         self._chain = DigestChain(header_line)
         self._lock = threading.Lock()  # the buffer and the recording state
         self._io_lock = threading.Lock()  # one writer at a time, in order
-        # Event lines (with "\n") not written yet. They are chained when written, under the
-        # I/O lock and in order: the hashing then runs where the writing runs (a worker
-        # thread for big flushes, outside the GIL), not on the event loop.
-        self._pending: list[bytes] = []
+        # Events not written yet, as (head, body): the line is head + body + "]". They are
+        # chained when written, under the I/O lock and in order.
+        self._pending: list[tuple[bytes, bytes]] = []
         self._pending_bytes = 0
+        # The open o event: raw output chunks, their size, and the time of the first.
+        self._run: list[bytes] = []
+        self._run_bytes = 0
+        self._run_start = 0.0
         self._durable_count = 0
         self._durable_head = self._chain.h0
         self._failure: RecorderError | None = None
@@ -190,10 +227,17 @@ class TranscriptRecorder:
         """Record agent output: the ``forward`` bytes and the marks the parser returned."""
         with self._lock:
             self._check_recording()
-            for piece in _split(self._out_decoder.decode(data)):
-                self._append("o", piece, now)
+            if self._run and not 0.0 <= now - self._run_start < OUTPUT_WINDOW:
+                self._close_output()
+            if data:
+                if self._run and self._run_bytes + len(data) > OUTPUT_BLOCK:
+                    self._close_output()  # its text then fits one event
+                if not self._run:
+                    self._run_start = now
+                self._run.append(bytes(data))  # the caller's buffer may be reused
+                self._run_bytes += len(data)
             self._tracker.observe(data, marks, now)
-            full = self._pending_bytes >= self._flush_bytes
+            full = self._pending_bytes + self._run_bytes >= self._flush_bytes
         if full:
             self.flush()
 
@@ -258,10 +302,20 @@ class TranscriptRecorder:
         self._last_time = round(t, 6)
         return self._last_time
 
+    def _close_output(self) -> None:
+        """Turn the open output run into o events (several if its text exceeds a cap)."""
+        run = self._run
+        data = run[0] if len(run) == 1 else b"".join(run)
+        self._run, self._run_bytes = [], 0
+        for piece in _split(self._out_decoder.decode(data)):
+            self._append("o", piece, self._run_start)
+
     def _append(self, code: str, data: str, now: float) -> None:
-        line = encode_event_line(self._time(now), code, data) + b"\n"
-        self._pending.append(line)
-        self._pending_bytes += len(line)
+        if self._run and code != "o":  # output so far comes first, as it arrived
+            self._close_output()
+        head, body = event_line_parts(self._time(now), code, data)
+        self._pending.append((head, body))
+        self._pending_bytes += len(head) + len(body) + len(_LINE_END)
 
     # -- writing --------------------------------------------------------------------------
 
@@ -270,31 +324,37 @@ class TranscriptRecorder:
         with self._io_lock:
             with self._lock:
                 self._check_recording()
+                if self._run:
+                    self._close_output()
                 pending, self._pending, self._pending_bytes = self._pending, [], 0
             if pending:
                 self._write(pending)
 
-    def _write(self, lines: list[bytes]) -> None:
-        add = self._chain.add
-        pending = [(line, add(memoryview(line)[:-1])) for line in lines]
-        written, exc = write_fully(self._cast_fd, b"".join(lines))
-        done = len(pending)
+    def _write(self, events: list[tuple[bytes, bytes]]) -> None:
+        add = self._chain.add_parts
+        digests = [add(head, body, b"]") for head, body in events]
+        buffers: list[bytes] = []
+        for head, body in events:
+            buffers += (head, body, _LINE_END)
+        written, exc = writev_fully(self._cast_fd, buffers)
+        done = len(events)
         if exc is not None:
             done, good = 0, 0
-            for line in lines:
-                if good + len(line) > written:
+            for head, body in events:
+                size = len(head) + len(body) + len(_LINE_END)
+                if good + size > written:
                     break
-                good += len(line)
+                good += size
                 done += 1
             written = good
         self._cast_size += written
         if done:
             self._durable_count += done
-            self._durable_head = pending[done - 1][1]
+            self._durable_head = digests[done - 1]
         if exc is not None:
             self._cut_cast()
             self._fail(_failure_for(exc, "the transcript"))
-        self._write_chain(pending[:done])
+        self._write_chain(digests[:done])
         if self._failure is not None:
             raise self._failure
 
@@ -306,10 +366,10 @@ class TranscriptRecorder:
         except OSError as exc:  # pragma: no cover - shrinking a local file does not fail
             logger.error("cutting the transcript of %s failed: %s", self.session_id, exc)
 
-    def _write_chain(self, entries: list[tuple[bytes, bytes]]) -> None:
-        if not self._chain_ok or not entries:
+    def _write_chain(self, digests: list[bytes]) -> None:
+        if not self._chain_ok or not digests:
             return
-        data = b"".join(chain_entry(digest) for _, digest in entries)
+        data = b"".join(chain_entry(digest) for digest in digests)
         written, exc = write_fully(self._chain_fd, data)
         if exc is None:
             self._chain_size += written
@@ -328,6 +388,7 @@ class TranscriptRecorder:
             if self._failure is None:
                 self._failure = failure
                 self._pending, self._pending_bytes = [], 0
+                self._run, self._run_bytes = [], 0
                 logger.error("recording %s stopped: %s", self.session_id, failure)
 
     # -- sealing --------------------------------------------------------------------------
@@ -341,6 +402,8 @@ class TranscriptRecorder:
                 if self._seal is not None:
                     raise RecorderClosed(f"the transcript of {self.session_id} is sealed already")
                 if self._failure is None:
+                    if self._run:
+                        self._close_output()
                     tail = self._out_decoder.decode(b"", final=True)
                     if tail:
                         self._append("o", tail, now)
