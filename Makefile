@@ -42,7 +42,7 @@ demo: install
 
 bench: install
 	$(BIN)/python -m bench.kb_eval
-	$(BIN)/python -m bench $(if $(QUICK),--quick,)
+	$(BIN)/python -m bench $(if $(QUICK),--quick,) $(if $(PROFILE),--profile,)
 
 # The agent as a Debian package (packaging/deb, tools/build_agent_deb.py): dist/*.deb.
 agent-deb: $(STAMP)

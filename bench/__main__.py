@@ -1,4 +1,5 @@
-"""`python -m bench [--quick] [--only SCENARIO...] [--targets TARGET...] [--kex ALGORITHMS]`."""
+"""`python -m bench [--quick] [--profile] [--only SCENARIO...] [--targets TARGET...]
+[--kex ALGORITHMS]`."""
 
 from __future__ import annotations
 
@@ -46,6 +47,11 @@ def _parse(argv: Sequence[str] | None) -> Settings:
         metavar="ALGORITHMS",
         help="KexAlgorithms for every OpenSSH client (default: OpenSSH's own)",
     )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="write a py-spy flame graph of each broker for the throughput and echo scenarios",
+    )
     parser.add_argument("--verbose", action="store_true", help="log every step")
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -58,6 +64,7 @@ def _parse(argv: Sequence[str] | None) -> Settings:
         only=tuple(args.only),
         targets=tuple(cast(TargetKey, key) for key in args.targets),
         kex=args.kex,
+        profile=args.profile,
     )
 
 

@@ -9,15 +9,27 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-TargetKey = Literal["floor", "B", "A", "secondline"]
+TargetKey = Literal["floor", "B", "A", "secondline", "unrecorded"]
 
-TARGET_KEYS: Final[tuple[TargetKey, ...]] = ("floor", "B", "A", "secondline")
+TARGET_KEYS: Final[tuple[TargetKey, ...]] = ("floor", "B", "A", "secondline", "unrecorded")
 TARGET_LABELS: Final[dict[TargetKey, str]] = {
     "floor": "floor",
     "B": "B direct",
     "A": "A reverse tunnel",
     "secondline": "Secondline",
+    "unrecorded": "Secondline, no-op recorder",
 }
+# Sessions streaming while loaded echo is measured: a curve, not one point. The last count
+# keeps the figure names echo_loaded_p50/_p99 of earlier runs.
+STREAM_COUNTS: Final[tuple[int, ...]] = (1, 10, 50)
+
+
+def loaded_part(streams: int) -> str:
+    """The outcome (and figure prefix) of loaded echo with `streams` sessions streaming."""
+    return "echo_loaded" if streams == STREAM_COUNTS[-1] else f"echo_loaded_{streams}"
+
+
+LOADED_PARTS: Final[tuple[str, ...]] = tuple(loaded_part(n) for n in STREAM_COUNTS)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,6 +109,22 @@ METRICS: Final[tuple[Metric, ...]] = (
         better="lower",
         goal=_le(500.0, "≤ 500 µs"),
         reference={"floor": 70.0, "B": 201.0, "A": 555.0},
+    ),
+    Metric(
+        key="echo_loaded_1_p99",
+        scenario="echo_latency",
+        part="echo_loaded_1",
+        label="keystroke echo p99, 1 session streaming",
+        unit="µs",
+        better="lower",
+    ),
+    Metric(
+        key="echo_loaded_10_p99",
+        scenario="echo_latency",
+        part="echo_loaded_10",
+        label="keystroke echo p99, 10 sessions streaming",
+        unit="µs",
+        better="lower",
     ),
     Metric(
         key="echo_loaded_p50",

@@ -15,7 +15,13 @@ import matplotlib.pyplot as plt
 from bench.metrics import TARGET_KEYS, TARGET_LABELS, metrics_of
 from bench.results import Outcome, value_of
 
-COLOURS = {"floor": "#9e9e9e", "B": "#1f77b4", "A": "#ff7f0e", "secondline": "#2ca02c"}
+COLOURS = {
+    "floor": "#9e9e9e",
+    "B": "#1f77b4",
+    "A": "#ff7f0e",
+    "secondline": "#2ca02c",
+    "unrecorded": "#98df8a",
+}
 
 
 def _status(outcomes: Sequence[Outcome], part: str, target: str) -> str:

@@ -21,10 +21,11 @@ from bench.broker_scenarios import (
     swarm_scenarios,
 )
 from bench.machine import machine_info
-from bench.metrics import TargetKey
+from bench.metrics import LOADED_PARTS, TargetKey
 from bench.plot import write_plot
+from bench.profile import profiling
 from bench.results import JSON, Outcome, build_document
-from bench.secondline_target import SecondlineTarget, SwarmFactory
+from bench.secondline_target import SecondlineTarget, SwarmFactory, UnrecordedTarget
 from bench.session_scenarios import (
     echo_latency,
     exec_true,
@@ -100,6 +101,9 @@ def _make_targets(settings: Settings, workspace: Workspace) -> list[Target]:
             max_sessions=max(settings.session_steps, default=0) + settings.streamers + 10,
             swarm_factory=_swarm_factory(),
         ),
+        "unrecorded": lambda: UnrecordedTarget(
+            workspace, max_sessions=settings.streamers + settings.echo_sessions + 10
+        ),
     }
     return [makers[key]() for key in settings.targets]
 
@@ -127,7 +131,7 @@ async def _measure(
     outcomes: list[Outcome] = []
     ready = [target for target in targets if target.key not in broken]
     for scenario in settings.scenarios:
-        parts = ("echo_latency", "echo_loaded") if scenario == "echo_latency" else (scenario,)
+        parts = ("echo_latency", *LOADED_PARTS) if scenario == "echo_latency" else (scenario,)
         # A target that could not be set up still gets a row, saying why, in every
         # scenario it would have run.
         for target in targets:
@@ -147,7 +151,8 @@ async def _measure(
             continue
         logger.info("%s on %s", scenario, ", ".join(target.label for target in runnable))
         started = time.monotonic()
-        outcomes += await function(runnable, settings)
+        async with profiling(settings, scenario, runnable):
+            outcomes += await function(runnable, settings)
         logger.info("%s took %.1f s", scenario, time.monotonic() - started)
     return outcomes
 

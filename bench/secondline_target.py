@@ -21,7 +21,7 @@ from typing import Final
 
 from bench import BenchError, MeasurementError, TargetUnavailable
 from bench.child_process import ManagedProcess, run_command
-from bench.metrics import BROKER_SCENARIOS, TargetKey
+from bench.metrics import BROKER_SCENARIOS, LOADED_PARTS, TargetKey
 from bench.openssh import ClientConfig, free_port, wait_port
 from bench.targets import SESSION_ONLY, THROUGHPUT, AgentSwarm, Workspace
 
@@ -29,6 +29,9 @@ AGENT_NAME: Final = "bench-agent"
 CUSTOMER: Final = "acme"
 STAFF_USER: Final = "bench"
 READY_TIMEOUT_S: Final = 60.0
+RECORDING_SENSITIVE: Final = frozenset(
+    {"echo_latency", *LOADED_PARTS, "raw_throughput", "cpu_per_gb_recorded"}
+)
 TOKEN_RE: Final = re.compile(r"^sle1\.[a-z0-9]{12}\.[A-Za-z0-9]{32}\.[0-9a-f]{64}$")
 TICKET_RE: Final = re.compile(r"^(?:T-)?([0-9]{1,12})$")
 HOST_KEY_RE: Final = re.compile(
@@ -111,7 +114,7 @@ class SecondlineTarget:
         self._workspace = workspace
         self._swarm_factory = swarm_factory
         self._max_sessions = max_sessions
-        self.directory = workspace.directory("secondline")
+        self.directory = workspace.directory(self.key)
         self.data_dir = self.directory / "data"
         self.state_dir = self.directory / "agent"
         home = self.directory / "home"
@@ -242,11 +245,14 @@ class SecondlineTarget:
             label=" ".join(["secondline", *words]),
         )
 
+    def _serve_program(self) -> list[str]:
+        return [_program("secondline")]
+
     async def _start_broker(self) -> None:
         self._broker = await ManagedProcess.start(
             "secondline serve",
             [
-                _program("secondline"),
+                *self._serve_program(),
                 "--data-dir",
                 str(self.data_dir),
                 "serve",
@@ -327,3 +333,18 @@ class SecondlineTarget:
         if self._broker is not None:
             await self._broker.stop()
             self._broker = None
+
+
+class UnrecordedTarget(SecondlineTarget):
+    """The same broker, run by ``python -m bench.unrecorded_broker``: every session's
+    recorder is a no-op, so beside Secondline it shows what recording costs."""
+
+    key: TargetKey = "unrecorded"
+    label = "Secondline, no-op recorder"
+
+    def supports(self, scenario: str) -> bool:
+        """The figures recording can move: echo, loaded echo, throughput, CPU per GB."""
+        return scenario in RECORDING_SENSITIVE
+
+    def _serve_program(self) -> list[str]:
+        return [sys.executable, "-m", "bench.unrecorded_broker"]

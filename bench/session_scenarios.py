@@ -18,7 +18,7 @@ from typing import Final, TypeVar
 
 from bench import BenchError, MeasurementError
 from bench.child_process import ManagedProcess
-from bench.metrics import TargetKey
+from bench.metrics import TargetKey, loaded_part
 from bench.pty_process import PtyProcess, read_to_eof, widen_pipe
 from bench.results import Figure, Outcome, median_figure
 from bench.settings import Settings
@@ -241,7 +241,8 @@ async def streaming(target: Target, count: int, concurrency: int) -> AsyncIterat
 
 
 async def echo_latency(targets: Sequence[Target], settings: Settings) -> list[Outcome]:
-    """Keystroke echo p50/p99, idle and while `settings.streamers` sessions stream."""
+    """Keystroke echo p50/p99, idle and while 1, 10 and 50 sessions stream (STREAM_COUNTS;
+    every target at one count before the next count)."""
 
     def session(keystrokes: int) -> Callable[[Target], Awaitable[list[float]]]:
         def run(target: Target) -> Awaitable[list[float]]:
@@ -256,25 +257,33 @@ async def echo_latency(targets: Sequence[Target], settings: Settings) -> list[Ou
         targets, settings.echo_sessions, session(settings.echo_keystrokes)
     )
     outcomes = _outcomes("echo_latency", taken, failed, lambda s: _echo_figures("echo_idle", s))
-    for target in targets:
-        if not target.supports("echo_loaded"):
-            continue
-        logger.info("echo under load on %s: starting %d streams", target.label, settings.streamers)
-        try:
-            began = time.monotonic()
-            async with streaming(target, settings.streamers, settings.start_concurrency):
-                logger.info(
-                    "%d streams running after %.1f s", settings.streamers, time.monotonic() - began
-                )
-                loaded, broke = await interleave(
-                    [target], settings.echo_sessions, session(settings.loaded_keystrokes)
-                )
-        except BenchError as error:
-            loaded, broke = {target.key: []}, {target.key: str(error)}
-        outcomes += _outcomes(
-            "echo_loaded", loaded, broke, lambda s: _echo_figures("echo_loaded", s)
-        )
+    for count in settings.stream_counts:
+        part = loaded_part(count)
+        for target in targets:
+            if not target.supports(part):
+                continue
+            outcomes += await _loaded_echo(target, count, part, settings, session)
     return outcomes
+
+
+async def _loaded_echo(
+    target: Target,
+    count: int,
+    part: str,
+    settings: Settings,
+    session: Callable[[int], Callable[[Target], Awaitable[list[float]]]],
+) -> list[Outcome]:
+    logger.info("echo under load on %s: starting %d streams", target.label, count)
+    try:
+        began = time.monotonic()
+        async with streaming(target, count, settings.start_concurrency):
+            logger.info("%d streams running after %.1f s", count, time.monotonic() - began)
+            loaded, broke = await interleave(
+                [target], settings.echo_sessions, session(settings.loaded_keystrokes)
+            )
+    except BenchError as error:
+        loaded, broke = {target.key: []}, {target.key: str(error)}
+    return _outcomes(part, loaded, broke, lambda s: _echo_figures(part, s))
 
 
 async def pty_throughput(targets: Sequence[Target], settings: Settings) -> list[Outcome]:

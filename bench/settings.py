@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.metrics import SCENARIOS, TARGET_KEYS, TargetKey
+from bench.metrics import SCENARIOS, STREAM_COUNTS, TARGET_KEYS, TargetKey
 from bench.results import JSON
 
 DEFAULT_RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -31,7 +31,9 @@ class Settings:
     echo_budget_s: float
     """Seconds one echo session may type before it stops with the keystrokes it has."""
     streamers: int
-    """Sessions streaming output through the target while loaded echo is measured."""
+    """The most sessions streaming output through the target while loaded echo is measured."""
+    stream_counts: tuple[int, ...]
+    """Each count of streaming sessions loaded echo is measured with (a curve)."""
     start_concurrency: int
     """SSH handshakes in flight at once when opening many sessions (sshd's MaxStartups is 10)."""
     pty_bytes: int
@@ -46,6 +48,8 @@ class Settings:
     step_seconds: float
     kex: str | None
     """OpenSSH KexAlgorithms for every client, or None for OpenSSH's defaults."""
+    profile: bool = False
+    """Sample the brokers with py-spy during the throughput and loaded-echo scenarios."""
 
     @classmethod
     def build(
@@ -56,6 +60,7 @@ class Settings:
         targets: tuple[TargetKey, ...] = (),
         kex: str | None = None,
         results_dir: Path = DEFAULT_RESULTS_DIR,
+        profile: bool = False,
     ) -> Settings:
         """Return the full settings, or the smaller `--quick` ones (≤ 3 min on 2 cores)."""
         scenarios = tuple(name for name in SCENARIOS if not only or name in only)
@@ -72,7 +77,8 @@ class Settings:
             loaded_keystrokes=50 if quick else 500,
             echo_warmup=20,
             echo_budget_s=10.0 if quick else 60.0,
-            streamers=50,
+            streamers=max(STREAM_COUNTS),
+            stream_counts=STREAM_COUNTS,
             start_concurrency=8,
             pty_bytes=10_000_000 if quick else 200_000_000,
             raw_bytes=50_000_000 if quick else 1_000_000_000,
@@ -83,6 +89,7 @@ class Settings:
             typing_interval_s=0.2,
             step_seconds=3.0 if quick else 10.0,
             kex=kex,
+            profile=profile,
         )
 
     def as_json(self) -> dict[str, JSON]:
@@ -99,6 +106,7 @@ class Settings:
             "echo_warmup": self.echo_warmup,
             "echo_budget_s": self.echo_budget_s,
             "streamers": self.streamers,
+            "stream_counts": list[JSON](self.stream_counts),
             "start_concurrency": self.start_concurrency,
             "pty_bytes": self.pty_bytes,
             "raw_bytes": self.raw_bytes,
@@ -109,4 +117,5 @@ class Settings:
             "typing_interval_s": self.typing_interval_s,
             "step_seconds": self.step_seconds,
             "kex": self.kex,
+            "profile": self.profile,
         }

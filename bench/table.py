@@ -16,6 +16,7 @@ HEADER: tuple[str, ...] = (
     "B",
     "A",
     "Secondline",
+    "no-op recorder",
     "Secondline/B",
     "Secondline/A",
     "PERFORMANCE.md target",

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from bench.child_process import ManagedProcess
-from bench.metrics import TargetKey
+from bench.metrics import LOADED_PARTS, TargetKey
 from bench.openssh import ClientConfig, PrivateSshd, keygen, login_user
 
-SESSION_ONLY = frozenset({"open_prompt", "exec_true", "echo_latency", "echo_loaded"})
+SESSION_ONLY = frozenset({"open_prompt", "exec_true", "echo_latency", *LOADED_PARTS})
 THROUGHPUT = frozenset({"pty_throughput", "raw_throughput"})
 
 

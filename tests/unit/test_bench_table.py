@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from bench.metrics import Goal, metrics_of
+from bench.metrics import LOADED_PARTS, SCENARIOS, STREAM_COUNTS, Goal, loaded_part, metrics_of
 from bench.results import Figure, Outcome, build_document, median_figure, one_line, value_of
+from bench.secondline_target import UnrecordedTarget
 from bench.settings import Settings
 from bench.table import build_table, format_ratio, format_value, render_markdown, render_text
+from bench.targets import Workspace
 
 SKIP = "secondline broker not available (`secondline init` exited 2: no such command)"
 
@@ -43,7 +45,8 @@ def test_ratios_and_goal_marks_are_computed_from_the_medians() -> None:
     table = build_table(_outcomes(), ("exec_true",))
     row = _row(table.rows, "exec_true")
     assert row[3:6] == ("200", "340", "120 ✓")
-    assert row[6:9] == ("0.60x", "0.35x", "≤ 150 ms")
+    assert row[6] == "—"  # no no-op recorder figure in these outcomes
+    assert row[7:10] == ("0.60x", "0.35x", "≤ 150 ms")
     assert row[2] == "—"
 
 
@@ -87,6 +90,8 @@ def test_echo_loaded_rows_come_from_their_own_outcome() -> None:
     assert [m.key for m in metrics_of(("echo_latency",))] == [
         "echo_idle_p50",
         "echo_idle_p99",
+        "echo_loaded_1_p99",
+        "echo_loaded_10_p99",
         "echo_loaded_p50",
         "echo_loaded_p99",
     ]
@@ -97,6 +102,32 @@ def test_echo_loaded_rows_come_from_their_own_outcome() -> None:
     rows = build_table(outcomes, ("echo_latency",)).rows
     assert _row(rows, "echo_loaded_p99")[3] == "4000"
     assert _row(rows, "echo_idle_p99")[3] == "200"
+
+
+def test_the_loaded_curve_and_the_no_op_recorder_have_their_own_cells() -> None:
+    """Each stream count is its own outcome; the no-op recorder's figures sit beside ours."""
+    assert [loaded_part(n) for n in STREAM_COUNTS] == [
+        "echo_loaded_1",
+        "echo_loaded_10",
+        "echo_loaded",
+    ]
+    outcomes = [
+        Outcome.ok("echo_loaded_1", "secondline", Figure(metric="echo_loaded_1_p99", value=9.0)),
+        Outcome.ok("echo_loaded_10", "secondline", Figure(metric="echo_loaded_10_p99", value=90)),
+        Outcome.ok("echo_loaded_10", "unrecorded", Figure(metric="echo_loaded_10_p99", value=60)),
+    ]
+    rows = build_table(outcomes, ("echo_latency",)).rows
+    assert _row(rows, "echo_loaded_1_p99")[5:7] == ("9.00", "—")
+    assert _row(rows, "echo_loaded_10_p99")[5:7] == ("90.0", "60.0")
+
+
+def test_the_no_op_recorder_target_runs_only_what_recording_moves(tmp_path: Path) -> None:
+    """The unrecorded broker has its own directory and only the recording-sensitive rows."""
+    workspace = Workspace(root=tmp_path, identity=tmp_path / "id", public_key="", kex=None)
+    target = UnrecordedTarget(workspace)
+    assert target.directory == tmp_path / "unrecorded"
+    ran = {s for s in (*SCENARIOS, *LOADED_PARTS) if target.supports(s)}
+    assert ran == {"echo_latency", *LOADED_PARTS, "raw_throughput", "cpu_per_gb_recorded"}
 
 
 def test_document_is_json_with_samples_ratios_and_target_status() -> None:
