@@ -1,0 +1,326 @@
+"""What an SFTP session does to files, read from the packets the gateway relays.
+
+Why parse on the relay instead of terminating SFTP at the broker (an asyncssh SFTP server
+for the client, an SFTP client to the agent): the relay keeps the agent's own SFTP server
+(OpenSSH's ``sftp-server``, run as the login account) the only one deciding what a request
+does, so the client sees exactly that server's answers, extensions and errors, and the
+broker never holds a file or a handle of its own. Recording needs only the requests and the
+answers to them, which is a small part of SFTP version 3 (draft-ietf-secsh-filexfer-02, the
+version OpenSSH speaks):
+
+* client → agent: OPEN, CLOSE, READ, WRITE, SETSTAT, FSETSTAT, REMOVE, MKDIR, RMDIR,
+  RENAME, SYMLINK and the ``posix-rename@openssh.com`` extension, each with its id;
+* agent → client: HANDLE, DATA and STATUS answering those ids.
+
+Bytes are hashed in offset order: an out-of-order chunk waits (up to
+:data:`MAX_HELD_BYTES` per file) for the ones before it; a file whose bytes did not arrive
+as one run from offset 0 is reported with no digest ("not contiguous"), never a wrong one.
+:class:`SftpTracker` never performs I/O; it returns :class:`FileEvent`\\ s, which the hub
+records as transcript markers. A stream that is not SFTP (a bad length, a packet cut
+short) raises :class:`SftpStreamError`: the hub ends the session rather than relay bytes
+it cannot record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+# Packet types (draft-ietf-secsh-filexfer-02, section 3).
+INIT: Final = 1
+VERSION: Final = 2
+OPEN: Final = 3
+CLOSE: Final = 4
+READ: Final = 5
+WRITE: Final = 6
+SETSTAT: Final = 9
+FSETSTAT: Final = 10
+REMOVE: Final = 13
+MKDIR: Final = 14
+RMDIR: Final = 15
+RENAME: Final = 18
+SYMLINK: Final = 20
+EXTENDED: Final = 200
+STATUS: Final = 101
+HANDLE: Final = 102
+DATA: Final = 103
+
+FXF_READ: Final = 0x01
+FXF_WRITE: Final = 0x02
+FX_OK: Final = 0
+# OpenSSH's own limit is 256 KiB of payload; a little room for the header.
+MAX_PACKET: Final = (256 << 10) + 1024
+MAX_HELD_BYTES: Final = 16 << 20
+MAX_OPEN_FILES: Final = 1024
+MAX_PENDING: Final = 4096
+MAX_PATH_CHARS: Final = 120
+
+Direction = Literal["to_agent", "from_agent"]
+
+
+class SftpStreamError(Exception):
+    """The relayed bytes are not an SFTP stream this tracker can follow."""
+
+
+@dataclass(frozen=True, slots=True)
+class FileEvent:
+    """One file operation, for a transcript marker (:meth:`label`)."""
+
+    op: str  # upload, download, rename, remove, mkdir, rmdir, setstat, symlink, open
+    path: str
+    ok: bool
+    size: int | None = None
+    sha256: str | None = None
+    other: str | None = None  # the new name of a rename, the target of a symlink
+    detail: str = ""
+
+    def label(self) -> str:
+        """``file upload /tmp/a size=3 sha256=…``: one line, the form docs/transcripts.md
+        describes and :func:`broker.transcript.files.moved_files` reads back."""
+        parts = ["file", self.op, _shown(self.path)]
+        if self.other is not None:
+            parts += ["->", _shown(self.other)]
+        if self.size is not None:
+            parts.append(f"size={self.size}")
+        if self.sha256 is not None:
+            parts.append(f"sha256={self.sha256}")
+        if not self.ok:
+            parts.append(f"failed{':' if self.detail else ''}{self.detail}")
+        elif self.detail:
+            parts.append(self.detail)
+        return " ".join(parts)
+
+
+def _shown(path: str) -> str:
+    # Quoted when it holds a space, so the label splits back into its fields.
+    text = path if len(path) <= MAX_PATH_CHARS else path[: MAX_PATH_CHARS - 1] + "…"
+    return repr(text) if (" " in text or not text or text[0] in "'\"") else text
+
+
+@dataclass
+class _OpenFile:
+    path: str
+    writing: bool
+    digest: hashlib._Hash = field(default_factory=hashlib.sha256)
+    next_offset: int = 0
+    held: dict[int, bytes] = field(default_factory=dict)
+    held_bytes: int = 0
+    contiguous: bool = True
+    moved: int = 0
+
+    def take(self, offset: int, data: bytes) -> None:
+        self.moved += len(data)
+        if not self.contiguous or not data:
+            return
+        if offset < self.next_offset:
+            self.contiguous = False  # a rewrite or a re-read: no single stream of bytes
+            return
+        self.held[offset] = data
+        self.held_bytes += len(data)
+        while self.next_offset in self.held:
+            chunk = self.held.pop(self.next_offset)
+            self.held_bytes -= len(chunk)
+            self.digest.update(chunk)
+            self.next_offset += len(chunk)
+        if self.held_bytes > MAX_HELD_BYTES:
+            self.contiguous = False
+            self.held.clear()
+
+    def event(self) -> FileEvent:
+        op = "upload" if self.writing else "download"
+        if self.contiguous and not self.held:
+            return FileEvent(op, self.path, True, self.next_offset, self.digest.hexdigest())
+        return FileEvent(op, self.path, True, self.moved, None, detail="not-contiguous")
+
+
+class _Reader:
+    def __init__(self, payload: bytes) -> None:
+        self._data = payload
+        self._at = 0
+
+    def u8(self) -> int:
+        return self.raw(1)[0]
+
+    def u32(self) -> int:
+        value: int = struct.unpack(">I", self.raw(4))[0]
+        return value
+
+    def u64(self) -> int:
+        value: int = struct.unpack(">Q", self.raw(8))[0]
+        return value
+
+    def string(self) -> bytes:
+        return self.raw(self.u32())
+
+    def text(self) -> str:
+        return self.string().decode("utf-8", errors="replace")
+
+    def raw(self, count: int) -> bytes:
+        end = self._at + count
+        if end > len(self._data):
+            raise SftpStreamError("an SFTP packet is shorter than its fields")
+        chunk = self._data[self._at : end]
+        self._at = end
+        return chunk
+
+
+class _Framer:
+    """Cuts one direction's bytes into SFTP packets (uint32 length, then the payload)."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buffer += data
+        packets: list[bytes] = []
+        while len(self._buffer) >= 4:
+            length = int.from_bytes(self._buffer[:4], "big")
+            if length == 0 or length > MAX_PACKET:
+                raise SftpStreamError(f"an SFTP packet of {length} bytes is out of bounds")
+            if len(self._buffer) < 4 + length:
+                break
+            packets.append(bytes(self._buffer[4 : 4 + length]))
+            del self._buffer[: 4 + length]
+        return packets
+
+
+# What a request id waits for: ("open", path, writing) / ("read", handle, offset) /
+# ("op", event-without-outcome).
+_Pending = tuple[str, object, object]
+
+
+class SftpTracker:
+    """Follows one SFTP session's two directions; returns the file events as they finish."""
+
+    def __init__(self) -> None:
+        self._to_agent = _Framer()
+        self._from_agent = _Framer()
+        self._pending: dict[int, _Pending] = {}
+        self._files: dict[bytes, _OpenFile] = {}
+
+    @property
+    def open_files(self) -> int:
+        return len(self._files)
+
+    def feed(self, direction: Direction, data: bytes) -> list[FileEvent]:
+        """Bytes relayed one way; the file events they complete. Raises SftpStreamError."""
+        events: list[FileEvent] = []
+        if direction == "to_agent":
+            for packet in self._to_agent.feed(data):
+                self._request(_Reader(packet))
+        else:
+            for packet in self._from_agent.feed(data):
+                events += self._response(_Reader(packet))
+        return events
+
+    def close(self) -> list[FileEvent]:
+        """The session ended: files still open were moved only in part."""
+        events = []
+        for state in self._files.values():
+            event = state.event()
+            events.append(
+                FileEvent(event.op, event.path, False, state.moved, None, detail="incomplete")
+            )
+        self._files.clear()
+        self._pending.clear()
+        return events
+
+    def _wait(self, rid: int, pending: _Pending) -> None:
+        if len(self._pending) >= MAX_PENDING:
+            raise SftpStreamError("too many SFTP requests without an answer")
+        self._pending[rid] = pending
+
+    def _request(self, r: _Reader) -> None:
+        kind = r.u8()
+        if kind == INIT:
+            return
+        rid = r.u32()
+        if kind == OPEN:
+            path = r.text()
+            flags = r.u32()
+            self._wait(rid, ("open", path, bool(flags & FXF_WRITE)))
+        elif kind == CLOSE:
+            self._wait(rid, ("close", r.string(), None))
+        elif kind == READ:
+            handle, offset = r.string(), r.u64()
+            if handle in self._files:
+                self._wait(rid, ("read", handle, offset))
+        elif kind == WRITE:
+            handle, offset, data = r.string(), r.u64(), r.string()
+            state = self._files.get(handle)
+            if state is not None and state.writing:
+                state.take(offset, data)
+        elif kind in (SETSTAT, REMOVE, MKDIR, RMDIR):
+            op = {SETSTAT: "setstat", REMOVE: "remove", MKDIR: "mkdir", RMDIR: "rmdir"}[kind]
+            self._wait(rid, ("op", FileEvent(op, r.text(), True), None))
+        elif kind == FSETSTAT:
+            state = self._files.get(r.string())
+            if state is not None:
+                self._wait(rid, ("op", FileEvent("setstat", state.path, True), None))
+        elif kind == RENAME:
+            old, new = r.text(), r.text()
+            self._wait(rid, ("op", FileEvent("rename", old, True, other=new), None))
+        elif kind == SYMLINK:
+            # OpenSSH sends (target, link), the reverse of the draft; recorded as sent.
+            first, second = r.text(), r.text()
+            self._wait(rid, ("op", FileEvent("symlink", first, True, other=second), None))
+        elif kind == EXTENDED and r.string() == b"posix-rename@openssh.com":
+            old, new = r.text(), r.text()
+            self._wait(rid, ("op", FileEvent("rename", old, True, other=new), None))
+
+    def _response(self, r: _Reader) -> list[FileEvent]:
+        kind = r.u8()
+        if kind == VERSION:
+            return []
+        rid = r.u32()
+        pending = self._pending.pop(rid, None)
+        if pending is None:
+            return []
+        what, first, second = pending
+        if what == "open":
+            assert isinstance(first, str)
+            if kind == HANDLE:
+                if len(self._files) >= MAX_OPEN_FILES:
+                    raise SftpStreamError("too many files open in one SFTP session")
+                self._files[r.string()] = _OpenFile(first, writing=bool(second))
+                return []
+            op = "upload" if second else "download"
+            return [FileEvent(op, first, False, detail=_status(kind, r))]
+        if what == "read":
+            assert isinstance(first, bytes)
+            assert isinstance(second, int)
+            state = self._files.get(first)
+            if kind == DATA and state is not None and not state.writing:
+                state.take(second, r.string())
+            return []
+        if what == "close":
+            assert isinstance(first, bytes)
+            state = self._files.pop(first, None)
+            return [] if state is None else [state.event()]
+        assert isinstance(first, FileEvent)
+        code = _status(kind, r)
+        if code == "":
+            return [first]
+        return [FileEvent(first.op, first.path, False, other=first.other, detail=code)]
+
+
+_STATUS_NAMES: Final = {
+    1: "eof",
+    2: "no-such-file",
+    3: "permission-denied",
+    4: "failure",
+    5: "bad-message",
+    8: "unsupported",
+}
+
+
+def _status(kind: int, r: _Reader) -> str:
+    """ "" for FX_OK, otherwise a short name of the error."""
+    if kind != STATUS:
+        return "unexpected-answer"
+    code = r.u32()
+    if code == FX_OK:
+        return ""
+    return _STATUS_NAMES.get(code, f"status-{code}")
