@@ -20,7 +20,7 @@ from agent.protocol import SessionEnv, iso_utc, sanitize_text
 
 logger = logging.getLogger(__name__)
 
-ChannelKind = Literal["shell", "exec"]
+ChannelKind = Literal["shell", "exec", "sftp"]
 EndedBy = Literal["exit", "broker", "end_user", "disconnect"]
 COMMAND_SHOWN_MAX: Final = 200
 

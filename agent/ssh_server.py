@@ -6,9 +6,14 @@
   a PTY (see :mod:`agent.pty_session`). Shells and commands need the ``SL_*``
   environment of the contract and, on an attended agent, an approval of the same session
   in the last five minutes; otherwise the request fails.
-* Everything else is refused: TCP/UNIX forwarding both ways, tun/tap, subsystems
-  (sftp), X11 and agent forwarding (the latter two by the connection options the runner
-  passes, see :func:`server_options`).
+* The ``sftp`` subsystem, under the same checks as shells: OpenSSH's ``sftp-server``
+  started as the login account (:data:`SFTP_SERVERS`), on pipes like a command. Not
+  asyncssh's SFTP server: that one runs inside the agent's process, with the agent's
+  identity (root, or its own account), while a file session must have exactly the login
+  account's rights, which only a process of that account has.
+* Everything else is refused: TCP/UNIX forwarding both ways, tun/tap, other subsystems,
+  X11 and agent forwarding (the latter two by the connection options the runner passes,
+  see :func:`server_options`).
 """
 
 from __future__ import annotations
@@ -51,6 +56,18 @@ logger = logging.getLogger(__name__)
 
 LOGIN_TIMEOUT = 30.0
 SPAWN_FAILED_STATUS = 127
+# Where the distributions put OpenSSH's SFTP server (Debian, Fedora, Arch); the first that
+# exists serves. Package openssh-sftp-server on Debian (a dependency of openssh-server).
+SFTP_SERVERS = (
+    "/usr/lib/openssh/sftp-server",
+    "/usr/libexec/openssh/sftp-server",
+    "/usr/lib/ssh/sftp-server",
+)
+
+
+def sftp_server_path(candidates: tuple[str, ...] = SFTP_SERVERS) -> str | None:
+    """The SFTP server program of this machine, or None."""
+    return next((path for path in candidates if os.access(path, os.X_OK)), None)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -203,8 +220,10 @@ class AgentSession(asyncssh.SSHServerSession[bytes]):
         return self._authorize("exec", command)
 
     def subsystem_requested(self, subsystem: str) -> bool:
-        logger.warning("refused a subsystem request from the broker")
-        return False
+        if subsystem != "sftp":
+            logger.warning("refused a subsystem request from the broker")
+            return False
+        return self._authorize("sftp", None)
 
     def break_received(self, msec: int) -> bool:
         return False
@@ -268,6 +287,13 @@ class AgentSession(asyncssh.SSHServerSession[bytes]):
         self._chan.exit(0 if decision.allows else 1)
 
     def _launch(self, account: LoginAccount) -> ShellLaunch:
+        if self._kind == "sftp":
+            program = sftp_server_path()
+            if program is None:
+                raise SpawnError(
+                    "this machine has no SFTP server program (install openssh-sftp-server)"
+                )
+            return ShellLaunch(program, ("sftp-server",), {}, ())
         if self._kind == "exec":
             assert self._command is not None
             return command_shell(account.shell, self._command)
@@ -280,7 +306,9 @@ class AgentSession(asyncssh.SSHServerSession[bytes]):
         chan, env = self._chan, self._env
         assert chan is not None
         assert env is not None
-        kind: ChannelKind = "exec" if self._kind == "exec" else "shell"
+        kind: ChannelKind = "shell"
+        if self._kind in ("exec", "sftp"):
+            kind = "exec" if self._kind == "exec" else "sftp"
         try:
             account = LoginAccount.resolve(self._ctx.config.login_user, self._ctx.config.shell)
             environment = session_environment(
@@ -348,7 +376,7 @@ class AgentSession(asyncssh.SSHServerSession[bytes]):
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         if self._process is not None:
             self._process.write(data)
-        elif self._kind in ("shell", "exec"):
+        elif self._kind in ("shell", "exec", "sftp"):
             # Input sent along with the request, before the process existed (bounded by
             # the channel window, since reading pauses once the session has started).
             self._early_input.append(data)

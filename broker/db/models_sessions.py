@@ -27,7 +27,7 @@ class RemoteSession(Base):
     agent_name: Mapped[str] = mapped_column(String(63))
     owner: Mapped[str] = mapped_column(String(64))
     owner_level: Mapped[int] = mapped_column(Integer)
-    kind: Mapped[str] = mapped_column(String(8))  # shell | exec
+    kind: Mapped[str] = mapped_column(String(8))  # shell | exec | sftp
     command: Mapped[str | None] = mapped_column(Text, nullable=True)  # exec only
     via: Mapped[str] = mapped_column(String(8))  # ssh | web
     source: Mapped[str] = mapped_column(String(64), default="")

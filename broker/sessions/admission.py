@@ -243,6 +243,14 @@ async def admit_member(
     if isinstance(decision, Refused):
         await _audit_member_refusal(services, req, decision.code)
         raise SessionRefused(decision.reason, code=decision.code)
+    if live.facts.kind == "sftp":
+        # Its stream is SFTP packets, not a screen; what it does is in its transcript.
+        await _audit_member_refusal(services, req, "file_session")
+        raise SessionRefused(
+            f"session {req.session_id} moves files and has no screen to join or watch; "
+            "its file operations are in its transcript",
+            code="file_session",
+        )
     return staff, decision
 
 

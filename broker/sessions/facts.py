@@ -10,7 +10,8 @@ from typing import Literal, Protocol
 from broker.sessions.hub_core import Member
 from broker.transcript import Command, Seal
 
-Kind = Literal["shell", "exec"]
+# sftp: the agent's SFTP subsystem, relayed and recorded as file events (sftp_tracker).
+Kind = Literal["shell", "exec", "sftp"]
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -43,10 +43,12 @@ from broker.sessions.hub_core import (
     PauseAgent,
     ResumeAgent,
     Role,
+    end_message,
     roles_of,
 )
 from broker.sessions.input_ledger import InputKind
 from broker.sessions.screen_state import ScreenTail
+from broker.sessions.sftp_tracker import Direction, SftpStreamError, SftpTracker
 from broker.transcript import (
     END_DISK_FULL,
     END_KILLED,
@@ -85,6 +87,8 @@ class LiveSession:
         self.core = HubCore(limits, time.monotonic())
         self.agent = AgentStream(facts.session_id, pty=facts.term is not None)
         self.screen = ScreenTail(facts.cols, facts.rows)  # a joiner's first frame
+        # An SFTP session's bytes are file contents: relayed, and recorded as file events.
+        self.files = SftpTracker() if facts.kind == "sftp" else None
         self.started_at = started_at
         self._on_member = on_member
         self._terminals: dict[int, Terminal] = {}
@@ -121,6 +125,7 @@ class LiveSession:
         await conn.create_session(
             lambda: AgentChannel(self),
             facts.command if facts.kind == "exec" else None,
+            subsystem="sftp" if facts.kind == "sftp" else None,
             env=channel_env,
             term_type=facts.term,
             term_size=(facts.cols, facts.rows) if facts.term else None,
@@ -139,10 +144,36 @@ class LiveSession:
         """A chunk from the agent: parse, record, fan out. The hot path."""
         if not self.running:
             return
+        if self.files is not None and not stderr:
+            self._relay_files(data)
+            return
         forward, marks, typed = self.agent.output(data, stderr)
         if typed:
             self._record_input(typed)
         self._emit(forward, marks, stderr)
+
+    def _relay_files(self, data: bytes) -> None:
+        """SFTP answers: file events recorded, then the bytes passed on (not recorded)."""
+        if not self._file_events("from_agent", data):
+            return
+        actions: list[Action] = []
+        for pid, terminal in self._terminals.items():
+            terminal.write_output(data, False)
+            actions += self.core.buffered(pid, terminal.buffered())
+        actions += self.core.output(0, time.monotonic())  # activity; nothing to flush
+        if actions:
+            self._apply(actions)
+
+    def _file_events(self, direction: Direction, data: bytes) -> bool:
+        """Feed the SFTP tracker and mark what it saw; False: the session ended."""
+        assert self.files is not None
+        try:
+            for event in self.files.feed(direction, data):
+                self.marker(event.label())
+        except SftpStreamError as exc:
+            log.warning("session %s: %s", self.session_id, exc)
+            self.end("ended", code="sftp_unreadable", message=end_message("sftp_unreadable"))
+        return self.running
 
     def _record_input(self, pieces: list[tuple[InputKind, bytes, bool]]) -> None:
         now = time.time()
@@ -250,7 +281,10 @@ class LiveSession:
             self._apply(actions)
         if not allowed or not data or self._chan is None:
             return
-        if self.facts.term is None:
+        if self.files is not None:
+            if not self._file_events("to_agent", data):
+                return
+        elif self.facts.term is None:
             self._record_input([(kind, data, False)])
         else:
             self._record_input(self.agent.ledger.sent(kind, data))
@@ -337,7 +371,7 @@ class LiveSession:
                 for terminal in self._terminals.values():
                     terminal.show_participants(people)
             elif isinstance(action, EndSession):
-                self.end(action.reason, code=action.code, message=_end_message(action.code))
+                self.end(action.reason, code=action.code, message=end_message(action.code))
 
     def tick(self) -> None:
         """Called once a second by the session manager."""
@@ -438,6 +472,9 @@ class LiveSession:
                 self.recorder.output(tail, time.time(), [])
             for terminal in self._terminals.values():
                 terminal.write_output(tail, False)
+        if self.files is not None and code not in ("disk_full", "recorder_failed"):
+            for event in self.files.close():  # files still open: moved in part
+                self.marker(event.label())
         if code not in ("disk_full", "recorder_failed"):
             # Never reported: the terminal may not have echoed it, so it stays hidden.
             self._record_input(self.agent.ledger.close())
@@ -452,7 +489,7 @@ class LiveSession:
             seal = None
         if seal is not None and not seal.complete and code not in ("disk_full", "recorder_failed"):
             # The recorder found a write failure only while sealing.
-            code, message = "disk_full", _end_message("disk_full")
+            code, message = "disk_full", end_message("disk_full")
         outcome = Outcome(
             reason=seal.end_reason if seal is not None else reason,
             code=code,
@@ -478,15 +515,3 @@ class LiveSession:
 
 
 KILL_REASON_MAX: Final = 200  # characters of a kill's reason: one line on a terminal
-
-
-def _end_message(code: str) -> str:
-    return {
-        "idle": "the session was idle too long, so it ended",
-        "max_length": "the session reached its maximum length, so it ended",
-        "owner_left": "the session ended: its owner left",
-        "disk_full": (
-            "the broker's disk is full, so the transcript could not go on and the session "
-            "ended; what was recorded is kept and sealed. Tell an admin"
-        ),
-    }.get(code, "the session ended")

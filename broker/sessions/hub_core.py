@@ -438,3 +438,20 @@ class HubCore:
 def roles_of(members: Iterable[Member]) -> list[dict[str, str]]:
     """The participant list as the console shows it."""
     return [{"name": m.name, "role": m.role} for m in members]
+
+
+def end_message(code: str) -> str:
+    """What the people in a session are told when it ends for ``code``."""
+    return {
+        "idle": "the session was idle too long, so it ended",
+        "max_length": "the session reached its maximum length, so it ended",
+        "owner_left": "the session ended: its owner left",
+        "sftp_unreadable": (
+            "the SFTP stream could not be read, so it could not be recorded and the session "
+            "ended; try again, and tell an admin if it happens again"
+        ),
+        "disk_full": (
+            "the broker's disk is full, so the transcript could not go on and the session "
+            "ended; what was recorded is kept and sealed. Tell an admin"
+        ),
+    }.get(code, "the session ended")

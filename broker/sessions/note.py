@@ -87,6 +87,8 @@ class NoteFacts:
     event_count: int | None
     attachments: Sequence[str]
     left_out: Sequence[str] = ()
+    #: An SFTP session's file operations, as recorded (``upload /tmp/a size=… sha256=…``).
+    files: Sequence[str] = ()
 
 
 def _when(moment: dt.datetime | None) -> str:
@@ -191,6 +193,8 @@ def session_note(facts: NoteFacts, _: Gettext = _english) -> str:
     lines += labelled[: len(rows)]
     tail = labelled[len(rows) :]
     budget = NOTE_BUDGET - sum(len(line) + 1 for line in lines + tail)
+    if facts.kind == "sftp":
+        return "\n".join([*lines, "", *_files_lines(facts.files, budget, _), "", *tail]) + "\n"
     lines += ["", _("Commands run:")]
     if not facts.commands:
         lines.append("  " + _("(none recorded)"))
@@ -206,6 +210,25 @@ def session_note(facts: NoteFacts, _: Gettext = _english) -> str:
         more = _("... and %(count)s more (see the transcript)")
         lines.append("  " + more % {"count": len(facts.commands) - shown})
     return "\n".join([*lines, "", *tail]) + "\n"
+
+
+def _files_lines(files: Sequence[str], budget: int, _: Gettext) -> list[str]:
+    """The files an SFTP session moved, each with its size and SHA-256 as recorded."""
+    lines = [_("Files moved:")]
+    if not files:
+        lines.append("  " + _("(none recorded)"))
+    shown = 0
+    for item in files[:MAX_COMMANDS]:
+        line = "  " + _inert(item, MAX_COMMAND_CHARS)
+        budget -= len(line) + 1
+        if budget < 100:
+            break
+        lines.append(line)
+        shown += 1
+    if shown < len(files):
+        more = _("... and %(count)s more (see the transcript)")
+        lines.append("  " + more % {"count": len(files) - shown})
+    return lines
 
 
 def _tail(facts: NoteFacts, _: Gettext) -> list[tuple[str, str]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -18,8 +19,11 @@ from broker.sessions.facts import Outcome, SessionFacts
 from broker.sessions.hub import LiveSession
 from broker.sessions.lifecycle import END_NOT_STARTED, AuditEnd, WriteEnd
 from broker.sessions.note import NoteFacts, exec_commands
-from broker.transcript import END_INTERRUPTED, Command, Seal, transcript_paths
+from broker.transcript import END_INTERRUPTED, Command, Seal, TranscriptError, transcript_paths
+from broker.transcript.export import files_from_cast
 from broker.transcript.render import commands_to_dicts
+
+log = logging.getLogger(__name__)
 
 RENDER_MAX: Final = 64 << 20
 
@@ -143,6 +147,7 @@ def _note(
     commands: tuple[Command, ...],
     seal: Seal,
     files: Attachments,
+    cast: Path,
 ) -> NoteFacts:
     decision, by, at = told.consent
     return NoteFacts(
@@ -169,7 +174,20 @@ def _note(
         event_count=seal.event_count,
         attachments=files.names,
         left_out=files.left_out,
+        files=_files_moved(about.kind, cast),
     )
+
+
+def _files_moved(kind: str, cast: Path) -> tuple[str, ...]:
+    """The file operations an SFTP session recorded (its markers); a shell has none to
+    read, and a transcript that cannot be read leaves the list out, not the note."""
+    if kind != "sftp":
+        return ()
+    try:
+        return files_from_cast(cast)
+    except (TranscriptError, OSError) as exc:
+        log.warning("cannot list the files moved from %s: %s", cast.name, exc)
+        return ()
 
 
 def end_of_hub(
@@ -204,7 +222,7 @@ def end_of_hub(
             outcome.exit_signal,
             (consent.decision, consent.by, consent.at) if consent else (None, None, None),
         )
-        note = _note(sid, facts, told, commands, seal, files)
+        note = _note(sid, facts, told, commands, seal, files, cast)
     signal = outcome.exit_signal
     values: dict[str, object] = {
         "state": write.state,
@@ -250,7 +268,7 @@ def end_of_row(
         message = "the broker stopped during the session"
         consent = (row.consent, row.consent_by, row.consent_at)
         told = _Told(row.started_at, now, reason, message, consent=consent)
-        note = _note(sid, row, told, commands, seal, files)
+        note = _note(sid, row, told, commands, seal, files, cast)
     values: dict[str, object] = {
         "state": write.state,
         "ended_at": now,

@@ -6,6 +6,11 @@ is held (SSH flow control) until the session runs; refusals and broker messages 
 as ``secondline: ...`` lines, and a session the broker ended exits with status 255 (the
 status OpenSSH itself uses for "the connection failed"), while a shell or command that
 ended by itself passes its own exit status or signal through.
+
+An ``sftp`` subsystem request (``sftp``, and ``scp`` in its default SFTP mode) opens a
+file session: the same rules, consent and limits as a shell, its channel the agent's SFTP
+subsystem, its bytes relayed as they are and its file operations recorded by the hub
+(:mod:`broker.sessions.sftp_tracker`). Other subsystems are refused.
 """
 
 from __future__ import annotations
@@ -75,6 +80,7 @@ class GatewaySession(asyncssh.SSHServerSession[bytes]):
         self._cols, self._rows = 80, 24
         self._command: str | None = None
         self._exec = False
+        self._sftp = False
         self._live: LiveSession | None = None
         self._pid = 0
         self._task: asyncio.Task[None] | None = None
@@ -113,8 +119,11 @@ class GatewaySession(asyncssh.SSHServerSession[bytes]):
         return True
 
     def subsystem_requested(self, subsystem: str) -> bool:
-        self._server.refused_request("subsystem", subsystem[:40])
-        return False
+        if subsystem != "sftp" or self._term is not None:
+            self._server.refused_request("subsystem", subsystem[:40])
+            return False
+        self._sftp = True
+        return True
 
     def break_received(self, msec: int) -> bool:
         return False
@@ -146,9 +155,10 @@ class GatewaySession(asyncssh.SSHServerSession[bytes]):
         assert staff is not None
         assert target is not None
         assert target.session is not None
-        if self._exec:
+        if self._exec or self._sftp:
             raise SessionRefused(
-                "joining a session takes an interactive shell: leave out the command",
+                "joining a session takes an interactive shell: leave out the command "
+                "(files go through a session of their own: sftp to the ticket alone)",
                 code="join_needs_shell",
             )
         manager = server.gateway.manager
@@ -193,7 +203,7 @@ class GatewaySession(asyncssh.SSHServerSession[bytes]):
         request = OpenRequest(
             staff=staff.name,
             target=target,
-            kind="exec" if self._exec else "shell",
+            kind="sftp" if self._sftp else "exec" if self._exec else "shell",
             command=self._command,
             term=self._term,
             cols=self._cols,

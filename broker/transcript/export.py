@@ -27,7 +27,7 @@ import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, TextIO
+from typing import BinaryIO, Final, TextIO
 
 from broker.secret_scrubber import LineScrubber
 from broker.transcript.asciicast import CastEvent, CastHeader, CastReader, read_lines
@@ -227,3 +227,17 @@ def commands_from_cast(cast_path: Path) -> tuple[Command, ...]:
             tracker.observe(forward, marks, event.time)
     tracker.observe(parser.close(), [], last)
     return tracker.finish(last)
+
+
+FILE_MARKER_PREFIX: Final = "file "
+
+
+def files_from_cast(cast_path: Path) -> tuple[str, ...]:
+    """The file operations of a recorded session (SFTP): its ``file …`` markers, in order
+    (their form: broker.sessions.sftp_tracker.FileEvent.label, docs/transcripts.md)."""
+    _, events = read_cast(cast_path)
+    return tuple(
+        event.data[len(FILE_MARKER_PREFIX) :]
+        for event in events
+        if event.code == "m" and event.data.startswith(FILE_MARKER_PREFIX)
+    )

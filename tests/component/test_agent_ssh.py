@@ -118,10 +118,25 @@ async def test_remote_forwarding_is_refused(setup: Setup) -> None:
         await setup.conn.forward_remote_port("127.0.0.1", 0, "127.0.0.1", 22)
 
 
-async def test_subsystem_is_refused(setup: Setup) -> None:
-    """An sftp subsystem request fails."""
+async def test_subsystems_other_than_sftp_and_sftp_without_env_are_refused(setup: Setup) -> None:
+    """Only the sftp subsystem is served, and only with the session's SL_* environment."""
     with pytest.raises(asyncssh.ChannelOpenError, match="Session request failed"):
-        await setup.conn.create_process(subsystem="sftp", env=session_env())
+        await setup.conn.create_process(subsystem="netconf", env=session_env())
+    with pytest.raises(asyncssh.ChannelOpenError, match="Session request failed"):
+        await setup.conn.create_process(subsystem="sftp")
+
+
+async def test_sftp_is_served_as_the_login_account(setup: Setup, tmp_path: Path) -> None:
+    """With the session environment, sftp works: a file written arrives, owned by the login
+    account (the agent's SFTP server is a process of that account)."""
+    path = str(tmp_path / "sent.txt")
+    async with (
+        setup.conn.start_sftp_client(env=session_env()) as sftp,
+        sftp.open(path, "w") as fh,
+    ):
+        await fh.write("arrived\n")
+    assert (tmp_path / "sent.txt").read_text() == "arrived\n"
+    assert (tmp_path / "sent.txt").stat().st_uid == os.getuid()
 
 
 async def test_exec_without_session_env_is_refused(setup: Setup) -> None:

@@ -287,3 +287,14 @@ def test_note_in_german_keeps_names_times_and_digest() -> None:
     assert f"Prüfen mit:   secondline transcript verify {SID}\n" in german
     for english in ("Remote session", "Started", "Participants", "observer", "exit status"):
         assert english not in german
+
+
+def test_file_session_lists_the_files_moved() -> None:
+    """An SFTP session's note lists its file operations, with size and SHA-256, instead of
+    commands; one that moved none says so."""
+    moved = ("upload /tmp/a size=3 sha256=" + "ab" * 32, "rename /tmp/a -> /tmp/b")
+    text = session_note(facts(kind="sftp", command=None, commands=(), files=moved))
+    assert "Commands run:" not in text
+    assert "Files moved:\n  upload /tmp/a size=3 sha256=" + "ab" * 32 in text
+    assert "  rename /tmp/a -> /tmp/b\n" in text
+    assert "Files moved:\n  (none recorded)" in session_note(facts(kind="sftp", files=()))

@@ -1,0 +1,158 @@
+"""Files in a session end to end: the real OpenSSH `sftp` and `scp` (SFTP mode, and `-O`)
+through the gateway to a really enrolled agent, whose OpenSSH `sftp-server` runs as the
+login account; every file's size and SHA-256 in the transcript and the note."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.support.broker import CliResult, cli_env
+from tests.support.site import (
+    WAIT,
+    Site,
+    asciinema_cat,
+    keygen,
+    new_ticket,
+    ok,
+    sessions_of,
+    start_agent,
+    wait_note,
+)
+
+pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
+
+SIZE = 3 << 20  # a few MiB: many SFTP packets each way, and a quick test
+
+
+def _options(site: Site, key: Path) -> list[str]:
+    return [
+        "-F", "/dev/null", "-P", str(site.ssh_port), "-i", str(key),
+        "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={site.known_hosts}",
+        "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+    ]  # fmt: skip
+
+
+async def _run(site: Site, *argv: str) -> CliResult:
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=cli_env(site.tmp),
+    )
+    async with asyncio.timeout(WAIT):
+        out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return CliResult(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+async def _newest_note(site: Site, mark: int) -> tuple[str, str]:
+    sid = str(sessions_of(site, site.ticket)[0]["id"])
+    note = await wait_note(site, site.ticket, sid, mark)
+    return sid, str(note["text"])
+
+
+async def test_sftp_and_scp_move_files_recorded(site: Site) -> None:
+    """`sftp` puts and gets a file, `scp` (SFTP mode) copies one each way, `scp -O` still
+    works as a command: every file arrives byte-identical; each SFTP file's SHA-256 is a
+    marker in the transcript (which verifies and plays) and a line of the note."""
+    await start_agent(site, "web01", "unattended")
+    site.ticket = new_ticket(site, "web01")
+    here, there = site.tmp / "local", site.tmp / "machine"
+    here.mkdir()
+    there.mkdir()
+    up = here / "config.bin"
+    up.write_bytes(os.urandom(SIZE))
+    log = there / "app.log"
+    log.write_bytes(os.urandom(SIZE + 12345))
+    target = f"{site.ticket}@127.0.0.1"
+
+    batch = site.tmp / "batch"
+    batch.write_text(
+        f"put {up} {there}/config.bin\nget {log} {here}/app.log\nrename "
+        f"{there}/config.bin {there}/config.new\nmkdir {there}/made\n"
+    )
+    mark = len(site.broker.output)
+    result = await _run(site, "/usr/bin/sftp", *_options(site, site.key), "-b", str(batch), target)
+    assert result.code == 0, result.err
+    assert _sha(there / "config.new") == _sha(up)
+    assert _sha(here / "app.log") == _sha(log)
+    assert (there / "made").is_dir()
+    sid, text = await _newest_note(site, mark)
+    assert f"upload {there}/config.bin size={SIZE} sha256={_sha(up)}" in text
+    assert f"download {log} size={SIZE + 12345} sha256={_sha(log)}" in text
+    assert f"rename {there}/config.bin -> {there}/config.new" in text
+    assert f"mkdir {there}/made" in text
+
+    cast = site.tmp / f"{sid}.cast"
+    ok(site.admin("transcript", "export", sid, "--format", "cast", "-o", str(cast)))
+    recorded = cast.read_text()
+    assert f"sha256={_sha(up)}" in recorded
+    assert len(recorded) < SIZE // 10  # digests recorded, not the contents
+    asciinema_cat(cast)  # plays
+    assert ok(site.admin("transcript", "verify", str(cast))).startswith("valid")
+    forged = recorded.replace(f"sha256={_sha(up)}", f"sha256={'0' * 64}")
+    cast.write_text(forged)
+    broken = site.admin("transcript", "verify", str(cast))
+    assert broken.code == 1, broken.out
+
+    mark = len(site.broker.output)
+    copy = await _run(
+        site, "/usr/bin/scp", *_options(site, site.key), str(up), f"{target}:{there}/by-scp"
+    )
+    assert copy.code == 0, copy.err
+    assert _sha(there / "by-scp") == _sha(up)
+    _, text = await _newest_note(site, mark)
+    assert f"upload {there}/by-scp size={SIZE} sha256={_sha(up)}" in text
+
+    mark = len(site.broker.output)
+    back = await _run(
+        site, "/usr/bin/scp", *_options(site, site.key), f"{target}:{log}", str(here / "back")
+    )
+    assert back.code == 0, back.err
+    assert _sha(here / "back") == _sha(log)
+    _, text = await _newest_note(site, mark)
+    assert f"download {log} size={SIZE + 12345} sha256={_sha(log)}" in text
+
+    legacy = await _run(
+        site, "/usr/bin/scp", "-O", *_options(site, site.key), str(up), f"{target}:{there}/by-o"
+    )
+    assert legacy.code == 0, legacy.err
+    assert _sha(there / "by-o") == _sha(up)
+
+
+async def test_level1_is_refused_files_as_shells(site: Site) -> None:
+    """A level-1 staff member's `sftp` is refused like a shell: no file moves."""
+    key = keygen(site.tmp / "lara_ed25519")
+    ok(
+        site.admin(
+            "user", "add", "lara", "--role", "level1", "--customer", "acme",
+            "--ssh-key", f"{key}.pub",
+        )
+    )  # fmt: skip
+    await start_agent(site, "web01", "unattended")
+    site.ticket = new_ticket(site, "web01")
+    up = site.tmp / "secret.txt"
+    up.write_text("never arrives\n")
+    batch = site.tmp / "batch"
+    batch.write_text(f"put {up} {site.tmp}/arrived.txt\n")
+    shell = await site.ssh(site.ticket, "true", key=key)
+    files = await _run(
+        site, "/usr/bin/sftp", *_options(site, key), "-b", str(batch), f"{site.ticket}@127.0.0.1"
+    )
+    assert shell.code == 255
+    assert files.code != 0
+    assert not (site.tmp / "arrived.txt").exists()
+    # The same refusal, in the same words, for a shell and for files.
+    refusal = [line for line in shell.err.splitlines() if line.startswith("secondline:")]
+    assert refusal
+    assert refusal[0] in files.err
