@@ -78,7 +78,7 @@ class FileEvent:
 
     def label(self) -> str:
         """``file upload /tmp/a size=3 sha256=…``: one line, the form docs/transcripts.md
-        describes and :func:`broker.transcript.files.moved_files` reads back."""
+        describes and :func:`broker.transcript.export.files_from_cast` reads back."""
         parts = ["file", self.op, _shown(self.path)]
         if self.other is not None:
             parts += ["->", _shown(self.other)]
