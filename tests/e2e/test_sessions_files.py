@@ -15,10 +15,13 @@ from tests.support.broker import CliResult, cli_env
 from tests.support.site import (
     WAIT,
     Site,
+    agent_cli,
     asciinema_cat,
     keygen,
     new_ticket,
     ok,
+    read_stderr_until,
+    session_ids,
     sessions_of,
     start_agent,
     wait_note,
@@ -130,8 +133,9 @@ async def test_sftp_and_scp_move_files_recorded(site: Site) -> None:
     assert _sha(there / "by-o") == _sha(up)
 
 
-async def test_level1_is_refused_files_as_shells(site: Site) -> None:
-    """A level-1 staff member's `sftp` is refused like a shell: no file moves."""
+async def test_level1_and_unconsented_files_are_refused_as_shells(site: Site) -> None:
+    """A level-1 staff member's `sftp` is refused like a shell; on an attended machine the
+    end user's denial refuses bob's `sftp`: no file moves either time."""
     key = keygen(site.tmp / "lara_ed25519")
     ok(
         site.admin(
@@ -139,7 +143,7 @@ async def test_level1_is_refused_files_as_shells(site: Site) -> None:
             "--ssh-key", f"{key}.pub",
         )
     )  # fmt: skip
-    await start_agent(site, "web01", "unattended")
+    state = await start_agent(site, "web01", "attended")
     site.ticket = new_ticket(site, "web01")
     up = site.tmp / "secret.txt"
     up.write_text("never arrives\n")
@@ -156,3 +160,19 @@ async def test_level1_is_refused_files_as_shells(site: Site) -> None:
     refusal = [line for line in shell.err.splitlines() if line.startswith("secondline:")]
     assert refusal
     assert refusal[0] in files.err
+
+    argv = ["/usr/bin/sftp", *_options(site, site.key), "-b", str(batch)]
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        f"{site.ticket}@127.0.0.1",
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=cli_env(site.tmp),
+    )
+    told = await read_stderr_until(proc, b"waiting for the end user's approval on web01")
+    ok(agent_cli(state, "deny", session_ids(told.decode())[0]))
+    async with asyncio.timeout(WAIT):
+        await proc.communicate()
+    assert proc.returncode != 0
+    assert not (site.tmp / "arrived.txt").exists()
