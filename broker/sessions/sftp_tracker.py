@@ -28,6 +28,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
+from broker.transcript.asciicast import MAX_LABEL, clean_label
+
 # Packet types (draft-ietf-secsh-filexfer-02, section 3).
 INIT: Final = 1
 VERSION: Final = 2
@@ -55,7 +57,7 @@ MAX_PACKET: Final = (256 << 10) + 1024
 MAX_HELD_BYTES: Final = 16 << 20
 MAX_OPEN_FILES: Final = 1024
 MAX_PENDING: Final = 4096
-MAX_PATH_CHARS: Final = 120
+MAX_PATH_INPUT: Final = 16 << 10
 
 Direction = Literal["to_agent", "from_agent"]
 
@@ -79,24 +81,32 @@ class FileEvent:
     def label(self) -> str:
         """``file upload /tmp/a size=3 sha256=…``: one line, the form docs/transcripts.md
         describes and :func:`broker.transcript.export.files_from_cast` reads back."""
-        parts = ["file", self.op, _shown(self.path)]
-        if self.other is not None:
-            parts += ["->", _shown(self.other)]
+        tail: list[str] = []
         if self.size is not None:
-            parts.append(f"size={self.size}")
+            tail.append(f"size={self.size}")
         if self.sha256 is not None:
-            parts.append(f"sha256={self.sha256}")
+            tail.append(f"sha256={self.sha256}")
         if not self.ok:
-            parts.append(f"failed{':' if self.detail else ''}{self.detail}")
+            tail.append(f"failed{':' if self.detail else ''}{self.detail}")
         elif self.detail:
-            parts.append(self.detail)
-        return " ".join(parts)
+            tail.append(self.detail)
+        paths = [self.path] if self.other is None else [self.path, self.other]
+        # The paths share what the rest leaves of a marker's 200 characters: a longer
+        # label would be cut at its end, and the digest with it.
+        fixed = len(f"file {self.op}  -> ") + len(" ".join(tail)) + 1
+        budget = max(16, (MAX_LABEL - fixed) // len(paths) - 2)
+        shown = [_shown(path, budget) for path in paths]
+        return " ".join(["file", self.op, " -> ".join(shown), *tail])
 
 
-def _shown(path: str) -> str:
-    # Quoted when it holds a space, so the label splits back into its fields.
-    text = path if len(path) <= MAX_PATH_CHARS else path[: MAX_PATH_CHARS - 1] + "…"
-    return repr(text) if (" " in text or not text or text[0] in "'\"") else text
+def _shown(path: str, limit: int) -> str:
+    """The path with controls escaped, cut in the middle to ``limit`` characters (the file
+    name at its end is kept), quoted when it holds a space so the label splits back."""
+    text = clean_label(path, MAX_PATH_INPUT)
+    if len(text) > limit:
+        head = limit // 3
+        text = text[:head] + "…" + text[len(text) - (limit - head - 1) :]
+    return f'"{text}"' if (" " in text or not text or text[0] in "'\"") else text
 
 
 @dataclass

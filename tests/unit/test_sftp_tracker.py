@@ -27,6 +27,7 @@ from broker.sessions.sftp_tracker import (
     SftpStreamError,
     SftpTracker,
 )
+from broker.transcript.asciicast import MAX_LABEL
 
 
 def _s(value: bytes | str) -> bytes:
@@ -74,7 +75,7 @@ def test_upload_in_pieces_gives_size_and_digest_at_close() -> None:
     events = tracker.feed("from_agent", _ok(20))
     digest = hashlib.sha256(body).hexdigest()
     assert events == [FileEvent("upload", "/tmp/up load", True, len(body), digest)]
-    assert events[0].label() == f"file upload '/tmp/up load' size={len(body)} sha256={digest}"
+    assert events[0].label() == f'file upload "/tmp/up load" size={len(body)} sha256={digest}'
 
 
 def test_download_answers_out_of_order_still_hash_in_order() -> None:
@@ -151,3 +152,23 @@ def test_not_sftp_is_refused(stream: bytes) -> None:
     tracker = _started()
     with pytest.raises(SftpStreamError):
         tracker.feed("to_agent", stream)
+
+
+def test_long_and_hostile_paths_keep_the_digest_in_the_label() -> None:
+    """Paths of 4 KB with control characters are escaped and cut so the label, digest
+    included, fits a transcript marker."""
+    tracker = _started()
+    hostile = "/tmp/" + "\x1b[2J\n" * 600
+    tracker.feed("to_agent", _packet(OPEN, _u32(1), _s(hostile), _u32(2), _u32(0)))
+    tracker.feed("from_agent", _packet(HANDLE, _u32(1), _s(b"h")))
+    tracker.feed("to_agent", _packet(WRITE, _u32(2), _s(b"h"), _u64(0), _s(b"x")))
+    tracker.feed("to_agent", _packet(CLOSE, _u32(3), _s(b"h")))
+    (event,) = tracker.feed("from_agent", _ok(3))
+    label = event.label()
+    assert len(label) <= MAX_LABEL
+    assert label.endswith(f"size=1 sha256={hashlib.sha256(b'x').hexdigest()}")
+    assert "\x1b" not in label
+    tracker.feed("to_agent", _packet(RENAME, _u32(4), _s(hostile), _s(hostile)))
+    (renamed,) = tracker.feed("from_agent", _ok(4, 3))
+    assert len(renamed.label()) <= MAX_LABEL
+    assert renamed.label().endswith("failed:permission-denied")
