@@ -87,7 +87,7 @@ class LiveSession:
         self.core = HubCore(limits, time.monotonic())
         self.agent = AgentStream(facts.session_id, pty=facts.term is not None)
         self.screen = ScreenTail(facts.cols, facts.rows)  # a joiner's first frame
-        # An SFTP session's bytes are file contents: relayed, and recorded as file events.
+        # SFTP: the bytes are file contents, relayed; recorded as file events.
         self.files = SftpTracker() if facts.kind == "sftp" else None
         self.started_at = started_at
         self._on_member = on_member
@@ -145,24 +145,14 @@ class LiveSession:
         if not self.running:
             return
         if self.files is not None and not stderr:
-            self._relay_files(data)
+            # SFTP answers: file events recorded, the bytes passed on (not recorded).
+            if self._file_events("from_agent", data):
+                self._fan_out(data, False, 0)
             return
         forward, marks, typed = self.agent.output(data, stderr)
         if typed:
             self._record_input(typed)
         self._emit(forward, marks, stderr)
-
-    def _relay_files(self, data: bytes) -> None:
-        """SFTP answers: file events recorded, then the bytes passed on (not recorded)."""
-        if not self._file_events("from_agent", data):
-            return
-        actions: list[Action] = []
-        for pid, terminal in self._terminals.items():
-            terminal.write_output(data, False)
-            actions += self.core.buffered(pid, terminal.buffered())
-        actions += self.core.output(0, time.monotonic())  # activity; nothing to flush
-        if actions:
-            self._apply(actions)
 
     def _file_events(self, direction: Direction, data: bytes) -> bool:
         """Feed the SFTP tracker and mark what it saw; False: the session ended."""
@@ -197,11 +187,14 @@ class LiveSession:
         if not forward:
             return
         self.screen.feed(forward)
+        self._fan_out(forward, stderr, len(forward))
+
+    def _fan_out(self, data: bytes, stderr: bool, recorded: int) -> None:
         actions: list[Action] = []
         for pid, terminal in self._terminals.items():
-            terminal.write_output(forward, stderr)
+            terminal.write_output(data, stderr)
             actions += self.core.buffered(pid, terminal.buffered())
-        actions += self.core.output(len(forward), time.monotonic())
+        actions += self.core.output(recorded, time.monotonic())
         if actions:
             self._apply(actions)
 
@@ -418,23 +411,9 @@ class LiveSession:
     def _recorder_failed(self, exc: RecorderError) -> None:
         log.error("session %s: recording failed: %s", self.session_id, exc.code)
         if isinstance(exc, RecorderDiskFull):
-            self.end(
-                END_DISK_FULL,
-                code="disk_full",
-                message=(
-                    "the broker's disk is full, so the transcript could not go on and the "
-                    "session ended; what was recorded is kept and sealed. Tell an admin"
-                ),
-            )
+            self.end(END_DISK_FULL, code="disk_full", message=end_message("disk_full"))
         else:
-            self.end(
-                "write error",
-                code="recorder_failed",
-                message=(
-                    "the broker could not write the transcript, so the session ended; what "
-                    "was recorded is kept and sealed. Tell an admin"
-                ),
-            )
+            self.end("write error", code="recorder_failed", message=end_message("recorder_failed"))
 
     # -- ending ----------------------------------------------------------------------------
 

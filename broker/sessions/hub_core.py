@@ -454,4 +454,8 @@ def end_message(code: str) -> str:
             "the broker's disk is full, so the transcript could not go on and the session "
             "ended; what was recorded is kept and sealed. Tell an admin"
         ),
+        "recorder_failed": (
+            "the broker could not write the transcript, so the session ended; what was "
+            "recorded is kept and sealed. Tell an admin"
+        ),
     }.get(code, "the session ended")
