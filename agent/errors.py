@@ -16,6 +16,7 @@ is a sentence a user can act on (what happened, what to do)::
     │   └── BrokerRefusedError         the broker answered with an error (``code``)
     ├── TunnelRefusedError        the broker refused the tunnel upgrade (HTTP 401/403)
     ├── SignatureError            a signed agent request does not verify (broker side)
+    ├── ReleaseError              an offered release is refused (signature, digest, version)
     ├── ConsentError              no such consent request, or it was already decided
     ├── ControlError              the control socket could not be reached or refused
     └── SpawnError                a session's process could not be started
@@ -89,6 +90,10 @@ class TunnelRefusedError(AgentError):
 
 class SignatureError(AgentError):
     """A signed request from an agent does not verify."""
+
+
+class ReleaseError(AgentError):
+    """An offered agent release does not verify or must not be installed."""
 
 
 class ConsentError(AgentError):

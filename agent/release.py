@@ -1,0 +1,201 @@
+"""Signed agent releases and the self-update decision (pure: no clock, no files, no network).
+
+A release is a ``secondline-agent_VERSION_ARCH.deb`` with two files beside it, written by
+``secondline agent package publish FILE``:
+
+* ``FILE.manifest``: JSON ``{"file", "version", "arch", "sha256", "size"}``;
+* ``FILE.manifest.sig``: the base64 Ed25519 signature, by the broker's *release key* (not
+  its TLS key), of ``RELEASE_SIGNATURE_CONTEXT + manifest bytes``.
+
+The agent trusts a package only when the manifest's signature verifies with the release
+public key pinned at enrollment, the manifest names a version newer than the installed one,
+and the downloaded bytes have the manifest's size and SHA-256. The caller performs the I/O
+this module decides on and passes in ``now`` where time matters.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from enum import Enum
+from typing import Final
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+from agent.errors import MessageError, ReleaseError
+from agent.protocol import load_json_object
+
+#: Domain separation: a signature over a manifest can never be replayed as anything else.
+RELEASE_SIGNATURE_CONTEXT: Final = b"secondline-agent-release-v1\n"
+#: As the broker's package names (broker.agents.packages): numbers and dots only.
+VERSION_RE: Final = re.compile(r"[0-9]{1,6}(?:\.[0-9]{1,6}){0,3}")
+ARCH_RE: Final = re.compile(r"[a-z0-9]{1,16}")
+SHA256_RE: Final = re.compile(r"[0-9a-f]{64}")
+SIGNATURE_RE: Final = re.compile(r"[A-Za-z0-9+/]{86}==")
+#: A package larger than this is refused before it is downloaded.
+PACKAGE_MAX_BYTES: Final = 512 * 1024 * 1024
+MANIFEST_MAX_BYTES: Final = 4096
+#: A new version that has not reconnected this long after its install is rolled back.
+ROLLBACK_AFTER_SECONDS: Final = 120.0
+
+
+def version_key(version: str) -> tuple[int, ...]:
+    """The version as numbers, so 0.10 is newer than 0.9; refuses anything else."""
+    if VERSION_RE.fullmatch(version) is None:
+        raise MessageError(f"{version!r} is not an agent version (numbers and dots)")
+    parts = tuple(int(p) for p in version.split("."))
+    # 1.0 and 1.0.0 are the same version: trailing zeros do not make one newer.
+    while len(parts) > 1 and parts[-1] == 0:
+        parts = parts[:-1]
+    return parts
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReleaseManifest:
+    """What a release's signature vouches for."""
+
+    file: str
+    version: str
+    arch: str
+    sha256: str
+    size: int
+
+    def __post_init__(self) -> None:
+        version_key(self.version)
+        if ARCH_RE.fullmatch(self.arch) is None:
+            raise MessageError("release manifest: arch is not a Debian architecture")
+        if self.file != f"secondline-agent_{self.version}_{self.arch}.deb":
+            raise MessageError("release manifest: file does not name its version and arch")
+        if SHA256_RE.fullmatch(self.sha256) is None:
+            raise MessageError("release manifest: sha256 is not 64 lowercase hex digits")
+        if not 0 < self.size <= PACKAGE_MAX_BYTES:
+            raise MessageError("release manifest: size is out of range")
+
+    @classmethod
+    def parse(cls, data: bytes) -> ReleaseManifest:
+        obj = load_json_object(data, "release manifest", max_bytes=MANIFEST_MAX_BYTES)
+        keys = {"file", "version", "arch", "sha256", "size"}
+        if set(obj) != keys:
+            raise MessageError("release manifest: keys must be " + ", ".join(sorted(keys)))
+        strings = {k: obj[k] for k in keys - {"size"}}
+        if not all(isinstance(v, str) for v in strings.values()):
+            raise MessageError("release manifest: file, version, arch, sha256 must be strings")
+        size = obj["size"]
+        if not isinstance(size, int) or isinstance(size, bool):
+            raise MessageError("release manifest: size is not an integer")
+        return cls(
+            file=str(obj["file"]),
+            version=str(obj["version"]),
+            arch=str(obj["arch"]),
+            sha256=str(obj["sha256"]),
+            size=size,
+        )
+
+    def serialize(self) -> bytes:
+        body = {
+            "file": self.file,
+            "version": self.version,
+            "arch": self.arch,
+            "sha256": self.sha256,
+            "size": self.size,
+        }
+        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode("ascii")
+
+
+def sign_manifest(key: Ed25519PrivateKey, manifest_bytes: bytes) -> str:
+    """The detached signature (base64) of a manifest's exact bytes."""
+    return base64.b64encode(key.sign(RELEASE_SIGNATURE_CONTEXT + manifest_bytes)).decode()
+
+
+def verify_manifest(
+    release_key_raw: bytes, manifest_bytes: bytes, signature: str
+) -> ReleaseManifest:
+    """The manifest, once its signature verifies with the pinned release key."""
+    text = signature.strip()
+    if SIGNATURE_RE.fullmatch(text) is None:
+        raise ReleaseError("the release signature is malformed; the package was not installed")
+    try:
+        raw = base64.b64decode(text, validate=True)
+        Ed25519PublicKey.from_public_bytes(release_key_raw).verify(
+            raw, RELEASE_SIGNATURE_CONTEXT + manifest_bytes
+        )
+    except (InvalidSignature, binascii.Error, ValueError):
+        raise ReleaseError(
+            "the release signature does not verify with the broker's release key; "
+            "the package was not installed"
+        ) from None
+    try:
+        return ReleaseManifest.parse(manifest_bytes)
+    except MessageError as exc:
+        raise ReleaseError(f"{exc}; the package was not installed") from None
+
+
+def check_package(manifest: ReleaseManifest, data: bytes) -> None:
+    """Refuse downloaded bytes that are not the ones the manifest names."""
+    if len(data) != manifest.size:
+        raise ReleaseError(
+            f"the downloaded package has {len(data)} bytes, the signed manifest says "
+            f"{manifest.size}; the package was not installed"
+        )
+    if hashlib.sha256(data).hexdigest() != manifest.sha256:
+        raise ReleaseError(
+            "the downloaded package's SHA-256 is not the signed manifest's; "
+            "the package was not installed"
+        )
+
+
+class Verdict(Enum):
+    """What to do with an offered release."""
+
+    INSTALL = "install"
+    WAIT = "wait"  # a session is live: ask again at a quiet moment
+    REFUSE = "refuse"  # never install this offer (audited by the caller)
+    NOTHING = "nothing"  # nothing newer on offer
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateDecision:
+    verdict: Verdict
+    reason: str
+
+
+def decide_update(
+    *, installed: str, arch: str, offered: ReleaseManifest, live_sessions: int
+) -> UpdateDecision:
+    """Whether to install a verified release now, later, or never."""
+    if offered.arch != arch:
+        return UpdateDecision(
+            Verdict.REFUSE, f"the offered package is for {offered.arch}, this machine is {arch}"
+        )
+    have, get = version_key(installed), version_key(offered.version)
+    if get < have:
+        return UpdateDecision(
+            Verdict.REFUSE,
+            f"the broker offers {offered.version}, older than the installed {installed}: "
+            "downgrades are refused",
+        )
+    if get == have:
+        return UpdateDecision(Verdict.NOTHING, f"{installed} is installed already")
+    if live_sessions > 0:
+        return UpdateDecision(
+            Verdict.WAIT, f"{live_sessions} session(s) live; {offered.version} waits for them"
+        )
+    return UpdateDecision(Verdict.INSTALL, f"installing {offered.version} over {installed}")
+
+
+def install_command(deb_path: str) -> list[str]:
+    """The argv that installs a verified package (no shell: the path is one argument)."""
+    return ["dpkg", "--install", "--", deb_path]
+
+
+def rollback_due(*, installed_at: float, reconnected: bool, now: float) -> bool:
+    """Whether a new version that has not reconnected is past its time and must go."""
+    return not reconnected and now - installed_at >= ROLLBACK_AFTER_SECONDS
