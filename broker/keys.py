@@ -3,6 +3,7 @@ Ed25519 keys that sign transcripts and the audit log. All private files are 0600
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import ipaddress
@@ -22,6 +23,9 @@ SSH_HOST_KEY: Final = "ssh_host_ed25519"
 AGENT_CLIENT_KEY: Final = "agent_client_ed25519"
 TRANSCRIPT_KEY: Final = "transcript_ed25519.pem"
 AUDIT_KEY: Final = "audit_ed25519.pem"
+#: Signs agent releases (broker.agents.releases); never the TLS key, so a stolen or
+#: replaced TLS certificate cannot push software onto agents.
+RELEASE_KEY: Final = "release_ed25519.pem"
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -96,6 +100,15 @@ def create_keys(keys_dir: Path, public_url: str, now: dt.datetime, *, with_tls: 
         write_private(keys_dir / f"{name}.pub", key.export_public_key())
     write_private(keys_dir / TRANSCRIPT_KEY, _ed25519_pem())
     write_private(keys_dir / AUDIT_KEY, _ed25519_pem())
+    write_private(keys_dir / RELEASE_KEY, _ed25519_pem())
+
+
+def release_key(keys_dir: Path) -> ed25519.Ed25519PrivateKey:
+    """The release signing key, created on first use for data dirs made before it existed."""
+    path = keys_dir / RELEASE_KEY
+    with contextlib.suppress(FileExistsError):
+        write_private(path, _ed25519_pem())
+    return load_ed25519(path)
 
 
 def load_ed25519(path: Path) -> ed25519.Ed25519PrivateKey:

@@ -114,12 +114,26 @@ class PackageShelf:
 PACKAGE_SHELF: Final = web.AppKey("agent_package_shelf", PackageShelf)
 
 
+#: What ``secondline agent publish`` writes beside a package (broker.agents.releases).
+RELEASE_SUFFIXES: Final = {
+    ".manifest": "application/json",
+    ".manifest.sig": "text/plain; charset=us-ascii",
+}
+
+
 async def package_handler(request: web.Request) -> web.StreamResponse:
-    """``GET /agent/packages/{version}/{file}``: the file, if its name says that version."""
-    name = parse_package_name(request.match_info["file"])
+    """``GET /agent/packages/{version}/{file}``: the file, if its name says that version;
+    also the package's signed release manifest and signature (``FILE.manifest[.sig]``)."""
+    file = request.match_info["file"]
+    content_type = DEB_CONTENT_TYPE
+    for suffix, kind in RELEASE_SUFFIXES.items():
+        if file.endswith(suffix):
+            file, content_type = file.removesuffix(suffix), kind
+            break
+    name = parse_package_name(file)
     if name is None or name.version != request.match_info["version"]:
         raise web.HTTPNotFound(text="no such agent package\n")
-    path = request.app[PACKAGE_SHELF].directory / name.file
+    path = request.app[PACKAGE_SHELF].directory / request.match_info["file"]
     if not path.is_file():
         raise web.HTTPNotFound(text="no such agent package\n")
-    return web.FileResponse(path, headers={"Content-Type": DEB_CONTENT_TYPE})
+    return web.FileResponse(path, headers={"Content-Type": content_type})

@@ -5,6 +5,7 @@ secondline token create [--customer C] [--label K=V]... [--consent attended|unat
 secondline token list [--json] | revoke ID
 secondline agent list [--customer C] [--status S] [--json] | show AGENT [--json] | revoke AGENT
 secondline agent package [--arch A] [--json]
+secondline agent publish FILE [--data-dir DIR]    (on the broker host: signs a release)
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 from urllib.parse import quote, urlencode
 
 from broker.agents.install_command import InstallValues, install_command
+from broker.cli import local
 from broker.cli.client import CliError
 from broker.cli.runtime import Runtime, add_json
 from broker.cli.staff import parse_ttl
@@ -96,6 +98,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--arch", default="amd64", help="the Debian architecture (default amd64)")
     add_json(p)
     p.set_defaults(handler=agent_package)
+    # Signing needs the release key, so publishing runs on the broker host, not over the API.
+    local.register_agent(agent)
 
 
 def parse_labels(pairs: list[str]) -> dict[str, str]:

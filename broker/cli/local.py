@@ -47,6 +47,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(handler=run_known_hosts)
 
 
+def register_agent(agent: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``secondline agent publish FILE``: on the broker host, with its data dir."""
+    p = agent.add_parser(
+        "publish",
+        help="sign an agent package with the broker's release key and offer it to agents",
+    )
+    _data_dir_option(p)
+    p.add_argument("file", help="secondline-agent_VERSION_ARCH.deb (from make agent-deb)")
+    p.set_defaults(handler=run_publish)
+
+
 def _data_dir_option(parser: argparse.ArgumentParser) -> None:
     # PRODUCT.md writes `secondline init --data-dir DIR`; the global form works as well.
     parser.add_argument("--data-dir", dest="command_data_dir", metavar="DIR", default=None)
@@ -148,4 +159,31 @@ def run_known_hosts(rt: Runtime) -> int:
     host = urlsplit(config.public_url).hostname or "localhost"
     name = host if config.ssh_port == 22 else f"[{host}]:{config.ssh_port}"
     print(f"{name} {' '.join(fields[:2])}")
+    return 0
+
+
+def run_publish(rt: Runtime) -> int:
+    """Copy the package into the packages dir with its manifest and signature."""
+    data_dir = _data_dir(rt)
+    try:
+        config = load_config(data_dir, rt.env)
+    except BrokerError as exc:
+        raise CliError(exc.message) from None
+    if not config.keys_dir.is_dir():
+        raise CliError(
+            f"{data_dir} is not initialised; run this on the broker host with its data dir"
+        )
+    from broker.agents.releases import publish
+    from broker.keys import release_key
+
+    try:
+        manifest = publish(
+            Path(rt.args.file), config.agent_packages_path, release_key(config.keys_dir)
+        )
+    except BrokerError as exc:
+        raise CliError(exc.message) from None
+    print(
+        f"Published {manifest.file} (version {manifest.version}, sha256 {manifest.sha256}) "
+        f"in {config.agent_packages_path}, signed with the release key."
+    )
     return 0
