@@ -100,9 +100,14 @@ def default_agent_name(hostname: str) -> str:
     return name if AGENT_NAME_RE.fullmatch(name) else "agent"
 
 
-def _check_keys(obj: dict[str, object], allowed: frozenset[str], what: str) -> None:
+def _check_keys(
+    obj: dict[str, object],
+    allowed: frozenset[str],
+    what: str,
+    optional: frozenset[str] = frozenset(),
+) -> None:
     for key in obj:
-        if key not in allowed:
+        if key not in allowed and key not in optional:
             raise MessageError(f"{what}: unknown key {key[:40]!r}")
     for key in sorted(allowed):
         if key not in obj:
@@ -152,6 +157,8 @@ _REQUEST_KEYS: Final = frozenset(("token", "name", "public_key", "facts"))
 _ANSWER_KEYS: Final = frozenset(
     ("agent_id", "name", "customer", "consent", "broker_ssh_key", "tunnel_url", "tls_cert_pem")
 )
+#: Brokers before signed self-updates send no release key; such an agent never self-updates.
+_ANSWER_OPTIONAL_KEYS: Final = frozenset(("release_key",))
 
 
 def check_url(value: object, field_name: str, scheme: str) -> str:
@@ -196,6 +203,7 @@ class EnrollmentAnswer:
     broker_ssh_key: Ed25519PublicKey
     tunnel_url: str
     tls_cert_pem: str
+    release_key: Ed25519PublicKey | None = None
 
     def __post_init__(self) -> None:
         require_match(AGENT_ID_RE, self.agent_id, "agent_id")
@@ -215,7 +223,7 @@ class EnrollmentAnswer:
     def parse(cls, data: bytes | str) -> EnrollmentAnswer:
         """Parse and validate an answer body."""
         obj = load_json_object(data, "enrollment answer", max_bytes=ANSWER_MAX_BYTES)
-        _check_keys(obj, _ANSWER_KEYS, "enrollment answer")
+        _check_keys(obj, _ANSWER_KEYS, "enrollment answer", _ANSWER_OPTIONAL_KEYS)
         consent = obj["consent"]
         if consent not in CONSENT_POLICIES:
             raise MessageError("consent is neither 'attended' nor 'unattended'")
@@ -227,6 +235,11 @@ class EnrollmentAnswer:
             broker_ssh_key=Ed25519PublicKey.parse(obj["broker_ssh_key"], "broker_ssh_key"),
             tunnel_url=check_url(obj["tunnel_url"], "tunnel_url", "wss"),
             tls_cert_pem=_require_str(obj["tls_cert_pem"], "tls_cert_pem"),
+            release_key=(
+                Ed25519PublicKey.parse(obj["release_key"], "release_key")
+                if "release_key" in obj
+                else None
+            ),
         )
 
     def serialize(self) -> bytes:
@@ -240,6 +253,8 @@ class EnrollmentAnswer:
             "tunnel_url": self.tunnel_url,
             "tls_cert_pem": self.tls_cert_pem,
         }
+        if self.release_key is not None:
+            body["release_key"] = self.release_key.serialize()
         return json.dumps(body, separators=(",", ":")).encode()
 
 

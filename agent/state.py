@@ -178,6 +178,8 @@ class EnrolledState:
     consent: ConsentPolicy
     broker_ssh_key: Ed25519PublicKey
     enrolled_at: str
+    #: The broker's release key (agent.release), pinned at enrollment; None: no self-update.
+    release_key: Ed25519PublicKey | None = None
 
     @classmethod
     def from_answer(cls, broker_url: str, answer: EnrollmentAnswer, now: float) -> EnrolledState:
@@ -191,6 +193,7 @@ class EnrolledState:
             consent=answer.consent,
             broker_ssh_key=answer.broker_ssh_key,
             enrolled_at=iso_utc(now),
+            release_key=answer.release_key,
         )
 
     @classmethod
@@ -213,6 +216,11 @@ class EnrolledState:
             consent=consent,
             broker_ssh_key=Ed25519PublicKey.parse(obj.get("broker_ssh_key"), "broker_ssh_key"),
             enrolled_at=enrolled_at,
+            release_key=(
+                Ed25519PublicKey.parse(obj["release_key"], "release_key")
+                if obj.get("release_key") is not None
+                else None
+            ),
         )
 
     def serialize(self) -> bytes:
@@ -227,6 +235,8 @@ class EnrolledState:
             "broker_ssh_key": self.broker_ssh_key.serialize(),
             "enrolled_at": self.enrolled_at,
         }
+        if self.release_key is not None:
+            body["release_key"] = self.release_key.serialize()
         return json.dumps(body, indent=2).encode() + b"\n"
 
 

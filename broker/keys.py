@@ -133,6 +133,7 @@ class BrokerKeys:
     transcript_key: ed25519.Ed25519PrivateKey
     audit_key: ed25519.Ed25519PrivateKey
     tls_cert_pem: bytes
+    release_key: ed25519.Ed25519PrivateKey
 
     @property
     def tls_fingerprint(self) -> str:
@@ -146,4 +147,5 @@ def load_keys(keys_dir: Path, tls_cert_path: Path) -> BrokerKeys:
         transcript_key=load_ed25519(keys_dir / TRANSCRIPT_KEY),
         audit_key=load_ed25519(keys_dir / AUDIT_KEY),
         tls_cert_pem=tls_cert_path.read_bytes(),
+        release_key=release_key(keys_dir),
     )

@@ -14,6 +14,7 @@ import logging
 from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
+from cryptography.hazmat.primitives import serialization
 
 from agent.enrollment import (
     REQUEST_MAX_BYTES,
@@ -42,6 +43,14 @@ def tunnel_url(public_url: str) -> str:
 def broker_ssh_key(services: Services) -> Ed25519PublicKey:
     line = services.keys.agent_client_key.export_public_key().decode("ascii").strip()
     return Ed25519PublicKey.parse(line, "the broker's agent key")
+
+
+def release_public_key(services: Services) -> Ed25519PublicKey:
+    """The release key's public half, which the agent pins to check self-updates."""
+    raw = services.keys.release_key.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    return Ed25519PublicKey(raw=raw)
 
 
 def _token_from(obj: dict[str, object]) -> EnrollmentToken:
@@ -146,5 +155,6 @@ async def enroll_handler(request: web.Request) -> web.Response:
         broker_ssh_key=broker_ssh_key(services),
         tunnel_url=tunnel_url(services.config.public_url),
         tls_cert_pem=services.keys.tls_cert_pem.decode("ascii"),
+        release_key=release_public_key(services),
     )
     return web.Response(body=answer.serialize(), content_type="application/json")

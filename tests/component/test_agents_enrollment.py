@@ -12,6 +12,7 @@ from pathlib import Path
 
 import asyncssh
 import pytest
+from cryptography.hazmat.primitives import serialization
 from pytest_aiohttp import AiohttpClient
 from sqlalchemy import func, select, update
 
@@ -46,7 +47,8 @@ async def uses_left(agents: AgentsApp, token_id: str) -> int:
 
 
 async def test_enrollment_answers_what_the_agent_needs(agents: AgentsApp) -> None:
-    """A token enrolls an agent: id, name, customer, consent, broker key, tunnel URL, cert."""
+    """A token enrolls an agent: id, name, customer, consent, broker key, tunnel URL, cert,
+    and the release key its self-updates must be signed with."""
     token = await agents.token("acme", consent="attended", labels={"env": "prod"})
     assert TOKEN_RE.fullmatch(str(token["token"]))
     assert str(token["token"]).endswith(agents.services.keys.tls_fingerprint)
@@ -60,6 +62,11 @@ async def test_enrollment_answers_what_the_agent_needs(agents: AgentsApp) -> Non
     port = agents.services.config.https_port
     assert answer.tunnel_url == f"wss://127.0.0.1:{port}/agent/v1/tunnel"
     assert answer.tls_cert_pem == agents.services.keys.tls_cert_pem.decode()
+    release = agents.services.keys.release_key.public_key()
+    assert answer.release_key is not None
+    assert answer.release_key.raw == release.public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
     _, shown = await agents.api.call("GET", f"/agents/{answer.agent_id}", expect=200)
     assert isinstance(shown, dict)
     assert shown["labels"] == {"env": "prod"}

@@ -172,6 +172,15 @@ def test_answer_parses_and_exposes_the_certificate_fingerprint() -> None:
     assert EnrollmentAnswer.parse(answer.serialize()) == answer
 
 
+def test_answer_carries_the_release_key_when_the_broker_sends_one() -> None:
+    """The release key round-trips; an older broker's answer without it parses as None."""
+    assert EnrollmentAnswer.parse(_answer()).release_key is None
+    answer = EnrollmentAnswer.parse(_answer(release_key=KEY_LINE))
+    assert answer.release_key is not None
+    assert answer.release_key.serialize() == " ".join(KEY_LINE.split()[:2])
+    assert EnrollmentAnswer.parse(answer.serialize()) == answer
+
+
 @pytest.mark.parametrize(
     "change",
     [
@@ -185,6 +194,8 @@ def test_answer_parses_and_exposes_the_certificate_fingerprint() -> None:
         {"broker_ssh_key": "ssh-ed25519 AAAA"},
         {"customer": "../etc"},
         {"surprise": True},
+        {"release_key": "ssh-ed25519 AAAA"},
+        {"release_key": None},
     ],
 )
 def test_answer_validation_refuses_bad_fields(change: dict[str, object]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -98,6 +99,14 @@ def test_enrolled_state_round_trips(tmp_path: Path) -> None:
     paths = StatePaths(tmp_path)
     atomic_write(paths.state_json, STATE.serialize())
     assert load_enrolled_state(paths) == STATE
+
+
+def test_enrolled_state_keeps_the_release_key(tmp_path: Path) -> None:
+    """The pinned release key is written and read back; state without it means None."""
+    paths = StatePaths(tmp_path)
+    pinned = dataclasses.replace(STATE, release_key=Ed25519PublicKey(raw=bytes(32)))
+    atomic_write(paths.state_json, pinned.serialize())
+    assert load_enrolled_state(paths) == pinned
 
 
 def test_missing_state_means_not_enrolled(tmp_path: Path) -> None:
