@@ -199,3 +199,71 @@ def install_command(deb_path: str) -> list[str]:
 def rollback_due(*, installed_at: float, reconnected: bool, now: float) -> bool:
     """Whether a new version that has not reconnected is past its time and must go."""
     return not reconnected and now - installed_at >= ROLLBACK_AFTER_SECONDS
+
+
+# -- the messages of the signed update requests (docs/protocol.md, "Signed releases") ------
+
+UPDATE_PATH: Final = "/agent/v1/update"
+UPDATE_REPORT_PATH: Final = "/agent/v1/update/report"
+REPORT_OUTCOMES: Final = frozenset(("installed", "refused", "rolled_back"))
+REPORT_REASON_MAX: Final = 300
+_REASON_CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateQuery:
+    """``{"version", "arch"}``: what the agent runs, asking what the broker offers."""
+
+    version: str
+    arch: str
+
+    @classmethod
+    def parse(cls, data: bytes) -> UpdateQuery:
+        obj = load_json_object(data, "update query", max_bytes=1024)
+        if set(obj) != {"version", "arch"}:
+            raise MessageError("update query: keys must be arch, version")
+        version, arch = obj["version"], obj["arch"]
+        if not isinstance(version, str) or VERSION_RE.fullmatch(version) is None:
+            raise MessageError("update query: version is not an agent version")
+        if not isinstance(arch, str) or ARCH_RE.fullmatch(arch) is None:
+            raise MessageError("update query: arch is not a Debian architecture")
+        return cls(version, arch)
+
+    def serialize(self) -> bytes:
+        return json.dumps({"version": self.version, "arch": self.arch}).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateReport:
+    """``{"version", "outcome", "reason"}``: what the agent did with an offer (audited)."""
+
+    version: str
+    outcome: str
+    reason: str
+
+    @classmethod
+    def parse(cls, data: bytes) -> UpdateReport:
+        obj = load_json_object(data, "update report", max_bytes=4096)
+        if set(obj) != {"version", "outcome", "reason"}:
+            raise MessageError("update report: keys must be outcome, reason, version")
+        version, outcome, reason = obj["version"], obj["outcome"], obj["reason"]
+        # An unparseable offer has no trustworthy version: the agent reports "unknown".
+        if not isinstance(version, str) or (
+            version != "unknown" and VERSION_RE.fullmatch(version) is None
+        ):
+            raise MessageError("update report: version is not an agent version")
+        if outcome not in REPORT_OUTCOMES:
+            raise MessageError("update report: outcome is not installed, refused or rolled_back")
+        if (
+            not isinstance(reason, str)
+            or len(reason) > REPORT_REASON_MAX
+            or _REASON_CONTROL_RE.search(reason)
+        ):
+            raise MessageError(
+                f"update report: reason is not a line of at most {REPORT_REASON_MAX} characters"
+            )
+        return cls(version, str(outcome), reason)
+
+    def serialize(self) -> bytes:
+        body = {"version": self.version, "outcome": self.outcome, "reason": self.reason}
+        return json.dumps(body).encode()

@@ -12,10 +12,12 @@ from typing import Final
 from aiohttp import web
 
 from agent.protocol import ENROLL_PATH, TUNNEL_PATH
+from agent.release import UPDATE_PATH, UPDATE_REPORT_PATH
 from broker.agents import agent_store, descriptors, heap_trim, tls_read_buffer
 from broker.agents.enroll_endpoint import enroll_handler
 from broker.agents.packages import PACKAGE_SHELF, PACKAGES_PREFIX, PackageShelf, package_handler
 from broker.agents.registry import AgentRegistry
+from broker.agents.release_offer import update_handler, update_report_handler
 from broker.agents.signed_requests import REPLAY_GUARD, ReplayGuard
 from broker.agents.tunnel_endpoint import (
     TUNNEL_RUNTIME,
@@ -46,6 +48,8 @@ def setup(app: web.Application) -> None:
     app.router.add_post(ENROLL_PATH, enroll_handler)
     app.router.add_get(TUNNEL_PATH, tunnel_handler)
     app.router.add_get(PACKAGES_PREFIX + "/{version}/{file}", package_handler)
+    app.router.add_post(UPDATE_PATH, update_handler)
+    app.router.add_post(UPDATE_REPORT_PATH, update_report_handler)
     app.cleanup_ctx.append(_packages_ctx)
     app.cleanup_ctx.append(_tunnels_ctx)
     app.on_shutdown.append(_close_tunnels)

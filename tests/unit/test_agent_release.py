@@ -12,6 +12,8 @@ from agent.errors import MessageError, ReleaseError
 from agent.release import (
     ROLLBACK_AFTER_SECONDS,
     ReleaseManifest,
+    UpdateQuery,
+    UpdateReport,
     Verdict,
     check_package,
     decide_update,
@@ -157,3 +159,26 @@ def test_rollback_only_after_two_minutes_without_reconnect() -> None:
     assert not rollback_due(installed_at=100.0, reconnected=False, now=100.0 + 119)
     assert rollback_due(installed_at=100.0, reconnected=False, now=100.0 + ROLLBACK_AFTER_SECONDS)
     assert not rollback_due(installed_at=100.0, reconnected=True, now=100.0 + 1000)
+
+
+def test_update_messages_round_trip_and_refuse_bad_input() -> None:
+    """Query and report parse what they serialize; bad versions, outcomes, reasons refused."""
+    assert UpdateQuery.parse(UpdateQuery("0.1.0", "amd64").serialize()) == UpdateQuery(
+        "0.1.0", "amd64"
+    )
+    report = UpdateReport("unknown", "refused", "the release signature is malformed")
+    assert UpdateReport.parse(report.serialize()) == report
+    for bad in (
+        b'{"version":"1;rm","arch":"amd64"}',
+        b'{"version":"1","arch":"AMD64"}',
+        b'{"version":"1","arch":"amd64","x":1}',
+    ):
+        with pytest.raises(MessageError):
+            UpdateQuery.parse(bad)
+    for bad in (
+        b'{"version":"1","outcome":"deleted","reason":""}',
+        b'{"version":"1","outcome":"refused","reason":"a\\nb"}',
+        b'{"version":"1","outcome":"refused","reason":"' + b"x" * 301 + b'"}',
+    ):
+        with pytest.raises(MessageError):
+            UpdateReport.parse(bad)
