@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -92,6 +93,15 @@ class BrokerConfig:
     oidc_mfa_amr: str = "mfa"
     oidc_ca_file: str = ""
     oidc_timeout_seconds: float = 10.0
+    # Clusters (docs/cluster.md): this node's name (`serve --node NAME`) and the NATS server
+    # the nodes talk through (`nats_url` in the file's [cluster] table). Both empty on a
+    # single node, which then needs no NATS at all.
+    node: str = ""
+    cluster_nats_url: str = ""
+
+    @property
+    def clustered(self) -> bool:
+        return bool(self.cluster_nats_url)
 
     def second_factor_for(self, role: str) -> str:
         """The SSH second-factor policy for staff of ``role`` (checked at load)."""
@@ -189,7 +199,7 @@ def load_config(
             raw = tomllib.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"{path}: cannot be read ({exc}); fix the file and retry") from exc
-        for key, value in raw.items():
+        for key, value in _flatten_tables(raw).items():
             if key not in _FIELDS:
                 known = ", ".join(sorted(_FIELDS))
                 raise ConfigError(f"{path}: unknown key {key!r}; known keys are: {known}")
@@ -216,6 +226,7 @@ def load_config(
         raise ConfigError("tunnel_keepalive_count_max must be from 1 to 100")
     _check_ticket_retry(config)
     _check_ssh_gateway(config)
+    _check_cluster(config)
     config.db_url  # noqa: B018 - refuses a database URL no driver of ours can use, now
     # The issue's promise is "within 60 s"; faster than 10 ms only hammers the other side.
     if not 0.01 <= config.connector_poll_seconds <= 60:
@@ -239,6 +250,59 @@ def _check_oidc(config: BrokerConfig) -> None:
         raise ConfigError('oidc_roles must map a group to a role, e.g. "helpdesk-l2=level2"')
     if not 0.5 <= config.oidc_timeout_seconds <= 60:
         raise ConfigError("oidc_timeout_seconds must be between 0.5 and 60")
+
+
+NODE_NAME: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
+
+
+def valid_node_name(name: str) -> bool:
+    """A cluster node's name: one token of a NATS subject and of a metric label."""
+    return NODE_NAME.fullmatch(name) is not None
+
+
+# Tables of the config file whose keys are settings named TABLE_KEY ([cluster] nats_url is
+# cluster_nats_url, SECONDLINE_CLUSTER_NATS_URL in the environment).
+_TABLES: Final = ("cluster",)
+
+
+def _flatten_tables(raw: Mapping[str, object]) -> dict[str, object]:
+    flat: dict[str, object] = {}
+    for key, value in raw.items():
+        if key in _TABLES and isinstance(value, Mapping):
+            for inner, item in value.items():
+                flat[f"{key}_{inner}"] = item
+        else:
+            flat[key] = value
+    return flat
+
+
+def _check_cluster(config: BrokerConfig) -> None:
+    """A cluster node needs a name, NATS and PostgreSQL (every node must see one state)."""
+    if config.node and not valid_node_name(config.node):
+        raise ConfigError(
+            f"node name {config.node!r}: use 1 to 32 lower-case letters, digits and dashes, "
+            "starting with a letter or digit"
+        )
+    if not config.clustered:
+        if config.node:
+            raise ConfigError(
+                f"--node {config.node} joins a cluster, but no NATS server is set: add "
+                '[cluster] nats_url = "nats://HOST:4222" to secondline.toml (docs/cluster.md)'
+            )
+        return
+    if not config.cluster_nats_url.startswith(("nats://", "tls://")):
+        raise ConfigError("cluster.nats_url must start with nats:// or tls://")
+    if not config.db_url.startswith("postgresql"):
+        raise ConfigError(
+            "a cluster needs PostgreSQL: every node must see the same users, agents, sessions "
+            "and audit chain, and SQLite is one file on one machine; set database_url to a "
+            "PostgreSQL URL, or remove [cluster] to run a single node"
+        )
+    if not config.node:
+        raise ConfigError(
+            "cluster.nats_url is set, so this broker is a cluster node and needs a name: "
+            "secondline serve --node NAME (unique in the cluster)"
+        )
 
 
 SECOND_FACTOR_POLICIES: Final = ("every-session", "per-shift", "off")

@@ -1,0 +1,169 @@
+"""The wire units nodes exchange, pure: frozen dataclasses with ``parse``/``serialize``.
+
+Every message is JSON. ``parse`` takes what came off the bus (another node could be of
+another version, or the bus shared with something else) and raises :class:`BadMessage`
+for anything out of shape; the receiver drops such a message and logs it once.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Final
+
+from broker.cluster.bus import PREFIX
+from broker.config import valid_node_name
+
+_ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: An announcement larger than this is refused (NATS' default payload limit is 1 MiB).
+MAX_AGENTS_ANNOUNCED: Final = 20_000
+
+# Subjects. A node's own subjects carry its name, which NODE_NAME keeps to one token.
+PRESENCE: Final = f"{PREFIX}.presence"  # every node's announcements, every HEARTBEAT_S
+CONTROL: Final = f"{PREFIX}.control"  # revoke and disable: every node acts on them
+STATUS: Final = f"{PREFIX}.status"  # every node answers with its announcement
+
+
+def node_subject(node: str, what: str) -> str:
+    """A subject only node ``node`` listens on (``hello``: its name is taken; ``kill``)."""
+    return f"{PREFIX}.node.{node}.{what}"
+
+
+class BadMessage(ValueError):
+    """A message from the bus that is not one of ours, or not well formed."""
+
+
+def _load(data: bytes) -> dict[str, object]:
+    try:
+        raw = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise BadMessage("not JSON") from None
+    if not isinstance(raw, dict):
+        raise BadMessage("not a JSON object")
+    return raw
+
+
+def _text(raw: dict[str, object], key: str, limit: int = 200) -> str:
+    value = raw.get(key, "")
+    if not isinstance(value, str) or len(value) > limit:
+        raise BadMessage(f"{key} is not a string of at most {limit} characters")
+    return value
+
+
+def _ids(raw: dict[str, object], key: str) -> tuple[str, ...]:
+    value = raw.get(key, [])
+    if not isinstance(value, list) or len(value) > MAX_AGENTS_ANNOUNCED:
+        raise BadMessage(f"{key} is not a list of at most {MAX_AGENTS_ANNOUNCED}")
+    if not all(isinstance(v, str) and _ID.fullmatch(v) for v in value):
+        raise BadMessage(f"{key} holds something that is not an id")
+    return tuple(value)
+
+
+def _dump(body: dict[str, object]) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Announcement:
+    """A node says it is alive, which agents' tunnels and which sessions it holds.
+    ``leaving`` is the last one of a node that stops: others forget it at once."""
+
+    node: str
+    agents: tuple[str, ...]
+    sessions: tuple[str, ...]
+    url: str = ""
+    leaving: bool = False
+
+    def serialize(self) -> bytes:
+        return _dump(
+            {
+                "node": self.node,
+                "agents": list(self.agents),
+                "sessions": list(self.sessions),
+                "url": self.url,
+                "leaving": self.leaving,
+            }
+        )
+
+    @classmethod
+    def parse(cls, data: bytes) -> Announcement:
+        raw = _load(data)
+        node = _text(raw, "node", 32)
+        if not valid_node_name(node):
+            raise BadMessage("node is not a node name")
+        leaving = raw.get("leaving", False)
+        if not isinstance(leaving, bool):
+            raise BadMessage("leaving is not true or false")
+        return cls(
+            node=node,
+            agents=_ids(raw, "agents"),
+            sessions=_ids(raw, "sessions"),
+            url=_text(raw, "url"),
+            leaving=leaving,
+        )
+
+
+CONTROL_KINDS: Final = ("session.kill", "agent.revoke", "user.disable")
+
+
+@dataclass(frozen=True, slots=True)
+class Control:
+    """An admin's action that must take effect where the session or tunnel is: ``target``
+    is the session id, the agent id or the account name; ``by`` who did it."""
+
+    kind: str
+    target: str
+    by: str
+    origin: str  # the node it was issued on (which has acted on it already)
+    source: str = ""
+    reason: str = ""
+
+    def serialize(self) -> bytes:
+        return _dump(
+            {
+                "kind": self.kind,
+                "target": self.target,
+                "by": self.by,
+                "origin": self.origin,
+                "source": self.source,
+                "reason": self.reason,
+            }
+        )
+
+    @classmethod
+    def parse(cls, data: bytes) -> Control:
+        raw = _load(data)
+        kind = _text(raw, "kind", 32)
+        if kind not in CONTROL_KINDS:
+            raise BadMessage(f"kind {kind!r} is not one of {', '.join(CONTROL_KINDS)}")
+        target = _text(raw, "target", 64)
+        if not target:
+            raise BadMessage("target is empty")
+        return cls(
+            kind=kind,
+            target=target,
+            by=_text(raw, "by", 100),
+            origin=_text(raw, "origin", 32),
+            source=_text(raw, "source", 64),
+            reason=_text(raw, "reason", 200),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ControlResult:
+    """A node's answer to a control request: did it hold (and end) the thing named."""
+
+    node: str
+    done: bool
+
+    def serialize(self) -> bytes:
+        return _dump({"node": self.node, "done": self.done})
+
+    @classmethod
+    def parse(cls, data: bytes) -> ControlResult:
+        raw = _load(data)
+        done = raw.get("done")
+        if not isinstance(done, bool):
+            raise BadMessage("done is not true or false")
+        return cls(node=_text(raw, "node", 32), done=done)
