@@ -26,6 +26,7 @@ from broker.api.in_process import ApiIndex
 from broker.api.openapi import build_openapi
 from broker.api.routing import ApiRouter, add_routes
 from broker.audit.log import AuditLog
+from broker.cluster import feature as cluster_feature
 from broker.config import BrokerConfig
 from broker.connectors import feature as connectors_feature
 from broker.console import feature as console_feature
@@ -87,6 +88,8 @@ def features() -> list[Feature]:
     handed what it needs from above: no feature imports the API or this module."""
     console_api = ApiIndex.of(api_routers())
     return [
+        # First: a cluster node whose name is taken refuses before it touches any state.
+        cluster_feature.setup,
         agents_feature.setup,
         tickets_feature.setup,
         kb_feature.setup,

@@ -98,6 +98,9 @@ class BrokerConfig:
     # single node, which then needs no NATS at all.
     node: str = ""
     cluster_nats_url: str = ""
+    # The cluster's name ([cluster] name): the nodes of one cluster hear only each other,
+    # so several clusters can share a NATS server.
+    cluster_name: str = "main"
 
     @property
     def clustered(self) -> bool:
@@ -277,11 +280,17 @@ def _flatten_tables(raw: Mapping[str, object]) -> dict[str, object]:
 
 
 def _check_cluster(config: BrokerConfig) -> None:
-    """A cluster node needs a name, NATS and PostgreSQL (every node must see one state)."""
+    """A cluster needs NATS and PostgreSQL (every node must see one state); `serve` also
+    needs the node's name (the CLI reads the same file and has none)."""
     if config.node and not valid_node_name(config.node):
         raise ConfigError(
             f"node name {config.node!r}: use 1 to 32 lower-case letters, digits and dashes, "
             "starting with a letter or digit"
+        )
+    if not valid_node_name(config.cluster_name):
+        raise ConfigError(
+            f"cluster name {config.cluster_name!r}: use 1 to 32 lower-case letters, digits "
+            "and dashes"
         )
     if not config.clustered:
         if config.node:
@@ -297,11 +306,6 @@ def _check_cluster(config: BrokerConfig) -> None:
             "a cluster needs PostgreSQL: every node must see the same users, agents, sessions "
             "and audit chain, and SQLite is one file on one machine; set database_url to a "
             "PostgreSQL URL, or remove [cluster] to run a single node"
-        )
-    if not config.node:
-        raise ConfigError(
-            "cluster.nats_url is set, so this broker is a cluster node and needs a name: "
-            "secondline serve --node NAME (unique in the cluster)"
         )
 
 

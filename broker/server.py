@@ -21,6 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from broker.app import create_app
+from broker.cluster.bus import ClusterError
 from broker.config import BrokerConfig
 from broker.db.engine import create_engine
 
@@ -80,6 +81,10 @@ async def serve(config: BrokerConfig) -> None:
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=10)
     try:
         await runner.setup()
+    except ClusterError as exc:
+        # A node whose name is taken, or NATS that does not answer: one clear line.
+        await _cleanup_failed_start(runner)
+        raise SystemExit(f"secondline: {exc.message}") from None
     except DB_ERRORS:
         # Start-up reads and writes the database (agents left online, sessions a crash
         # left live): without it the broker used to die with a traceback. Refuse to start
@@ -120,9 +125,10 @@ async def serve(config: BrokerConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     # Readiness line: scripts and tests wait for it instead of polling.
+    node = f", node {config.node}" if config.node else ""
     print(
         f"secondline: serving https://{config.listen_host}:{config.https_port} "
-        f"(ssh {config.ssh_port}), public URL {config.public_url}",
+        f"(ssh {config.ssh_port}), public URL {config.public_url}{node}",
         flush=True,
     )
     await stop.wait()

@@ -251,6 +251,17 @@ async def mark_all_offline(db: AsyncSession) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
+async def mark_node_offline(db: AsyncSession, node: str) -> int:
+    """A cluster node's agents offline: at its own start (a cluster node must not touch the
+    others' tunnels), or when its presence lease ran out (it died)."""
+    result = await db.execute(
+        update(Agent)
+        .where(Agent.online.is_(True), Agent.node == node)
+        .values(online=False, node=None)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 async def touch(db: AsyncSession, agent_ids: Iterable[str], now: dt.datetime) -> None:
     """Record that live agents were seen now (their tunnels answer keepalives)."""
     ids = list(agent_ids)

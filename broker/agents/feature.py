@@ -86,7 +86,11 @@ async def _tunnels_ctx(app: web.Application) -> AsyncIterator[None]:
     runtime = TunnelRuntime(_settings(app, services), app[AGENT_REGISTRY], services)
     app[TUNNEL_RUNTIME] = runtime
     async with services.db() as db, db.begin():
-        stale = await agent_store.mark_all_offline(db)
+        if services.config.clustered:
+            # The other nodes' tunnels live on: only this node's own are gone.
+            stale = await agent_store.mark_node_offline(db, runtime.node)
+        else:
+            stale = await agent_store.mark_all_offline(db)
     if stale:
         log.info("marked %d agents offline: no tunnel survives a broker restart", stale)
     runtime.presence.start()

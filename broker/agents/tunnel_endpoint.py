@@ -117,7 +117,7 @@ class TunnelRuntime:
         self.settings = settings
         self.registry = registry
         self.limiter = settings.limiter()
-        self.node = settings.node or node_name()
+        self.node = settings.node or services.config.node or node_name()
         #: The feature's background work: the presence writer, housekeeping, refusal audits.
         self.tasks = Supervisor("agent tunnels")
         self.presence = PresenceWriter(services, self.node, self.tasks)

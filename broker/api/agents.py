@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from broker.agents import agent_store, tokens
 from broker.agents.agent_store import AgentRecord
 from broker.agents.feature import AGENT_REGISTRY
+from broker.api.cluster_control import tell_nodes
 from broker.api.routing import ApiContext, ApiRouter, QueryParam
 from broker.errors import InputError
 from broker.rules import InvalidName, parse_customer_name
@@ -291,6 +292,9 @@ async def revoke_agent(ctx: ApiContext) -> AgentOut:
         sessions.manager.end_agent_sessions(rec.id)
     registry = ctx.request.app.get(AGENT_REGISTRY)
     closed = registry.revoke(rec.id) if registry is not None else False
+    await tell_nodes(
+        ctx.request.app, "agent.revoke", rec.id, by=ctx.principal.name, source=ctx.source
+    )
     if changed:
         await s.audit.record(
             actor=ctx.principal.name,

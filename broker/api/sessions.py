@@ -17,6 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from broker.api.cluster_control import kill_elsewhere
 from broker.api.routing import ApiContext, ApiRouter, QueryParam
 from broker.db.models_sessions import RemoteSession
 from broker.errors import ForbiddenError, InputError
@@ -272,6 +273,10 @@ async def kill_session(ctx: ApiContext) -> SessionOut:
     killed = runtime is not None and await runtime.manager.kill(
         row.id, principal.name, source=ctx.source, reason=reason
     )
+    if not killed:
+        killed = await kill_elsewhere(
+            ctx.request.app, row, by=principal.name, source=ctx.source, reason=reason
+        )
     if not killed:
         raise SessionConflict(
             f"session {row.id} is not running on this broker node; try again in a moment"

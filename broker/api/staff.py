@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select, update
 
 from broker import staff_store
+from broker.api.cluster_control import tell_nodes
 from broker.api.routing import ApiContext, ApiRouter, QueryParam
 from broker.auth.credentials import verify_password
 from broker.auth.scopes import ROLE_SCOPES
@@ -243,6 +244,9 @@ async def disable_user(ctx: ApiContext) -> UserOut:
     sessions = ctx.request.app.get(SESSIONS)
     if sessions is not None:
         sessions.manager.end_account_sessions(user.name)
+    await tell_nodes(
+        ctx.request.app, "user.disable", user.name, by=ctx.principal.name, source=ctx.source
+    )
     await s.audit.record(
         actor=ctx.principal.name,
         action="user.disable",

@@ -8,7 +8,7 @@ import datetime as dt
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Final
 
@@ -76,6 +76,9 @@ class AuditLog:
         self._key = key
         self._head_file = head_file
         self._lock = asyncio.Lock()
+        # Called with (action, outcome, details) after each event is stored: the node's
+        # metrics count refusals here, where every refusal is written anyway.
+        self.observers: list[Callable[[str, str, Mapping[str, object]], None]] = []
 
     async def record(
         self,
@@ -126,6 +129,8 @@ class AuditLog:
             else:
                 head.seq, head.hash, head.signature = seq, digest, signature
         self._write_head_file(SignedHead(seq, digest, signature))
+        for observer in self.observers:
+            observer(record.action, record.outcome, clean)
         return seq
 
     async def _locked_head(self, db: AsyncSession) -> AuditHead | None:

@@ -37,6 +37,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _data_dir_option(p)
     p.add_argument("--https-port", type=int, default=None)
     p.add_argument("--ssh-port", type=int, default=None)
+    p.add_argument(
+        "--node",
+        default=None,
+        metavar="NAME",
+        help="join the cluster of [cluster] in secondline.toml as node NAME (docs/cluster.md)",
+    )
     p.set_defaults(handler=run_serve)
 
     p = sub.add_parser(
@@ -108,11 +114,20 @@ def run_init(rt: Runtime) -> int:
 
 def run_serve(rt: Runtime) -> int:
     data_dir = _data_dir(rt)
-    overrides = {"https_port": rt.args.https_port, "ssh_port": rt.args.ssh_port}
+    overrides = {
+        "https_port": rt.args.https_port,
+        "ssh_port": rt.args.ssh_port,
+        "node": rt.args.node,
+    }
     try:
         config = load_config(data_dir, rt.env, overrides)
     except BrokerError as exc:
         raise CliError(exc.message) from None
+    if config.clustered and not config.node:
+        raise CliError(
+            "[cluster] nats_url is set, so this broker is a cluster node and needs a name: "
+            "secondline serve --node NAME (unique in the cluster)"
+        )
     if not (data_dir / "keys").exists():
         raise CliError(
             f"{data_dir} is not initialised; run `secondline init --data-dir {data_dir}`"

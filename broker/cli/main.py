@@ -9,14 +9,24 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from broker.cli import agents, connectors, directories, kb, local, sessions, staff, tickets
+from broker.cli import (
+    agents,
+    cluster,
+    connectors,
+    directories,
+    kb,
+    local,
+    sessions,
+    staff,
+    tickets,
+)
 from broker.cli.client import CliError
 from broker.cli.output import TerminalGuard
 from broker.cli.runtime import Handler, Runtime
 from broker.errors import BrokerError
 
 # Every command module registers its sub-commands; domains add theirs here.
-COMMAND_MODULES = [local, staff, agents, tickets, connectors, directories, kb, sessions]
+COMMAND_MODULES = [local, staff, agents, tickets, connectors, directories, kb, sessions, cluster]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,15 +19,32 @@ _ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: An announcement larger than this is refused (NATS' default payload limit is 1 MiB).
 MAX_AGENTS_ANNOUNCED: Final = 20_000
 
-# Subjects. A node's own subjects carry its name, which NODE_NAME keeps to one token.
-PRESENCE: Final = f"{PREFIX}.presence"  # every node's announcements, every HEARTBEAT_S
-CONTROL: Final = f"{PREFIX}.control"  # revoke and disable: every node acts on them
-STATUS: Final = f"{PREFIX}.status"  # every node answers with its announcement
 
+@dataclass(frozen=True, slots=True)
+class Subjects:
+    """The subjects of one cluster: ``secondline.CLUSTER.…``, so that several clusters (or
+    test runs) can share one NATS server without hearing each other."""
 
-def node_subject(node: str, what: str) -> str:
-    """A subject only node ``node`` listens on (``hello``: its name is taken; ``kill``)."""
-    return f"{PREFIX}.node.{node}.{what}"
+    cluster: str
+
+    @property
+    def presence(self) -> str:
+        """Every node's announcements, every HEARTBEAT_S."""
+        return f"{PREFIX}.{self.cluster}.presence"
+
+    @property
+    def control(self) -> str:
+        """Revoke and disable: every node acts on them."""
+        return f"{PREFIX}.{self.cluster}.control"
+
+    @property
+    def status(self) -> str:
+        """Every node answers with its announcement."""
+        return f"{PREFIX}.{self.cluster}.status"
+
+    def node(self, node: str, what: str) -> str:
+        """A subject only ``node`` listens on (``hello``: its name is taken; ``kill``)."""
+        return f"{PREFIX}.{self.cluster}.node.{node}.{what}"
 
 
 class BadMessage(ValueError):

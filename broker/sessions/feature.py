@@ -29,7 +29,10 @@ def setup(app: web.Application) -> None:
 async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
     services = app[SERVICES]
     manager = SessionManager(
-        services, tickets=lambda: ticket_system(app), tunnels=lambda: agent_tunnels(app)
+        services,
+        tickets=lambda: ticket_system(app),
+        tunnels=lambda: agent_tunnels(app),
+        node=services.config.node or None,  # a cluster node's name (docs/cluster.md)
     )
     hooks: list[SessionStartHook] = app.get(SESSION_START_HOOKS) or []
     manager.start_hooks = list(hooks)

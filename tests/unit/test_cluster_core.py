@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from broker.cluster.bus import subject_matches, valid_subject
@@ -10,9 +12,11 @@ from broker.cluster.messages import (
     BadMessage,
     Control,
     ControlResult,
-    node_subject,
+    Subjects,
 )
 from broker.cluster.view import LEASE_S, ClusterView
+from broker.config import load_config
+from broker.errors import ConfigError
 
 
 @pytest.mark.parametrize(
@@ -34,7 +38,7 @@ def test_subjects_match_as_nats_matches_them(pattern: str, subject: str, matches
 
 def test_a_subject_from_outside_cannot_carry_wildcards() -> None:
     """A name with a wildcard, a space or an empty token is not a subject we publish to."""
-    assert valid_subject(node_subject("n1", "kill"))
+    assert valid_subject(Subjects("main").node("n1", "kill"))
     for bad in ("a.*", "a.>", "a..b", "a b", ""):
         assert not valid_subject(bad)
 
@@ -93,3 +97,37 @@ def test_a_node_not_heard_for_its_lease_is_forgotten_with_its_agents() -> None:
 def test_the_lease_keeps_the_promise_of_ten_seconds() -> None:
     """Lease plus the one-second check stays within the promised 10 s."""
     assert LEASE_S + 1.0 <= 10.0
+
+
+def test_cluster_settings_come_from_the_cluster_table(tmp_path: Path) -> None:
+    """[cluster] nats_url and name are read from the file; --node comes from the command."""
+    (tmp_path / "secondline.toml").write_text(
+        'database_url = "postgresql://db.example/secondline"\n'
+        '[cluster]\nnats_url = "nats://127.0.0.1:4222"\nname = "eu"\n'
+    )
+    config = load_config(tmp_path, env={}, overrides={"node": "n1"})
+    assert (config.cluster_nats_url, config.cluster_name, config.node) == (
+        "nats://127.0.0.1:4222",
+        "eu",
+        "n1",
+    )
+    assert config.clustered
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "match"),
+    [
+        ('[cluster]\nnats_url = "nats://127.0.0.1:4222"\n', {}, "a cluster needs PostgreSQL"),
+        ("", {"node": "n1"}, "no NATS server is set"),
+        ('[cluster]\nnats_url = "http://x"\n', {}, "must start with nats://"),
+        ("", {"node": "N 1"}, "node name 'N 1'"),
+        ('[cluster]\nbogus = "x"\n', {}, "unknown key 'cluster_bogus'"),
+    ],
+)
+def test_bad_cluster_settings_are_refused_with_what_to_do(
+    tmp_path: Path, text: str, overrides: dict[str, object], match: str
+) -> None:
+    """A cluster on SQLite, a node without NATS, a bad URL or name: each refused, named."""
+    (tmp_path / "secondline.toml").write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_config(tmp_path, env={}, overrides=overrides)

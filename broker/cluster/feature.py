@@ -1,0 +1,205 @@
+"""The cluster feature of the broker app: the bus, this node's presence and control, and
+the operations endpoints (``/readyz``, ``/metrics``).
+
+A single node runs the same code on an :class:`InProcessBus` (nothing leaves the process,
+no NATS needed); a node with ``[cluster] nats_url`` runs on NATS. Its context comes first
+of the features, so a node whose name is taken refuses to start before it touches any
+state of the cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Final
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from broker.agents import agent_store
+from broker.agents.feature import AGENT_REGISTRY
+from broker.agents.tunnel_endpoint import TUNNEL_RUNTIME
+from broker.cluster.bus import Bus, InProcessBus
+from broker.cluster.health import NodeFigures, metrics_registry
+from broker.cluster.messages import Control
+from broker.cluster.nats_bus import NatsBus
+from broker.cluster.node import ClusterNode, LocalActions
+from broker.db.models_sessions import SessionOutbox
+from broker.services import SERVICES
+from broker.sessions.runtime import SESSIONS
+
+log = logging.getLogger(__name__)
+
+CLUSTER: Final = web.AppKey("cluster", ClusterNode)
+#: The name of a single node's in-process member (it is in no cluster).
+SINGLE: Final = "single"
+#: A readiness or metrics look at the database gives up after this long.
+PROBE_WAIT_S: Final = 2.0
+
+
+def setup(app: web.Application) -> None:
+    app.cleanup_ctx.append(_cluster_ctx)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    figures: NodeFigures
+    registry: CollectorRegistry
+
+
+METRICS: Final = web.AppKey("cluster_metrics", Metrics)
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    """Prometheus text: the node's figures, the outbox depth read now."""
+    metrics = request.app[METRICS]
+    figures = metrics.figures
+    figures.outbox_depth = await _outbox_depth(request.app, figures.outbox_depth)
+    response = web.Response(body=generate_latest(metrics.registry))
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response
+
+
+def _actions(app: web.Application) -> LocalActions:
+    def held() -> tuple[list[str], list[str]]:
+        registry = app.get(AGENT_REGISTRY)
+        sessions = app.get(SESSIONS)
+        agents = registry.online_ids() if registry is not None else []
+        return agents, list(sessions.manager.live) if sessions is not None else []
+
+    async def kill(control: Control) -> bool:
+        sessions = app.get(SESSIONS)
+        if sessions is None:
+            return False
+        return await sessions.manager.kill(
+            control.target, control.by, source=control.source, reason=control.reason
+        )
+
+    def revoke(agent_id: str) -> bool:
+        sessions = app.get(SESSIONS)
+        if sessions is not None:
+            # As on the node it was issued on: "revoked" first, then the tunnel closes.
+            sessions.manager.end_agent_sessions(agent_id)
+        registry = app.get(AGENT_REGISTRY)
+        return registry.revoke(agent_id) if registry is not None else False
+
+    def disable(name: str) -> bool:
+        sessions = app.get(SESSIONS)
+        if sessions is not None:
+            sessions.manager.end_account_sessions(name)
+        return True
+
+    def rewrite_presence() -> None:
+        runtime = app.get(TUNNEL_RUNTIME)
+        if runtime is not None:
+            for tunnel in runtime.registry:
+                runtime.presence.online(tunnel.agent_id, tunnel.connected_at)
+
+    async def forget_node(node: str) -> None:
+        services = app[SERVICES]
+        async with services.db() as db, db.begin():
+            await agent_store.mark_node_offline(db, node)
+
+    return LocalActions(
+        held=held,
+        kill=kill,
+        revoke=revoke,
+        disable=disable,
+        rewrite_presence=rewrite_presence,
+        forget_node=forget_node,
+    )
+
+
+async def _cluster_ctx(app: web.Application) -> AsyncIterator[None]:
+    services = app[SERVICES]
+    config = services.config
+    bus: Bus
+    if config.clustered:
+        bus = await NatsBus.connect(config.cluster_nats_url, name=config.node)
+    else:
+        bus = InProcessBus()
+    node = ClusterNode(
+        bus,
+        config.node or SINGLE,
+        _actions(app),
+        cluster=config.cluster_name,
+        url=config.public_url,
+    )
+    try:
+        await node.start()
+    except BaseException:
+        await bus.close()
+        raise
+    app[CLUSTER] = node
+    figures = _figures(app, node)
+    services.audit.observers.append(figures.audited)
+    app[METRICS] = Metrics(figures, metrics_registry(figures))
+    if config.clustered:
+        log.info("node %s joined the cluster at %s", config.node, config.cluster_nats_url)
+    try:
+        yield
+    finally:
+        services.audit.observers.remove(figures.audited)
+        await node.stop()
+        await bus.close()
+
+
+def _figures(app: web.Application, node: ClusterNode) -> NodeFigures:
+    def registry_value(name: str) -> int:
+        registry = app.get(AGENT_REGISTRY)
+        return int(getattr(registry, name, 0)) if registry is not None else 0
+
+    def sessions_live() -> int:
+        sessions = app.get(SESSIONS)
+        return len(sessions.manager.live) if sessions is not None else 0
+
+    def agents_held() -> int:
+        registry = app.get(AGENT_REGISTRY)
+        return len(registry) if registry is not None else 0
+
+    return NodeFigures(
+        node=node.name,
+        agents_held=agents_held,
+        sessions_live=sessions_live,
+        handshakes=lambda: registry_value("handshakes_done"),
+        tunnel_refusals=lambda: registry_value("refused"),
+        nodes_seen=lambda: len(node.view.nodes) + 1,
+        bus_connected=lambda: node.bus.connected,
+    )
+
+
+async def _outbox_depth(app: web.Application, last: int) -> int:
+    """Notes not yet delivered; the last figure when the database does not answer."""
+    try:
+        async with asyncio.timeout(PROBE_WAIT_S), app[SERVICES].db() as db:
+            stmt = select(func.count()).where(SessionOutbox.state == "pending")
+            return int((await db.execute(stmt)).scalar_one())
+    except (TimeoutError, OperationalError, DBAPIError, OSError):
+        return last
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    """200 when this node should get new connections: database and bus both up."""
+    services = request.app[SERVICES]
+    node = request.app.get(CLUSTER)
+    database = "up"
+    try:
+        async with asyncio.timeout(PROBE_WAIT_S), services.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    except (TimeoutError, OperationalError, DBAPIError, OSError):
+        database = "down"
+    bus = "up" if node is not None and node.bus.connected else "down"
+    ready = database == "up" and bus == "up"
+    body = {
+        "status": "ready" if ready else "unavailable",
+        "node": node.name if node is not None else "",
+        "database": database,
+        "bus": bus,
+    }
+    return web.json_response(body, status=200 if ready else 503)

@@ -1,0 +1,224 @@
+"""One node's part in the cluster: its name, its presence and the control messages it acts
+on, over a :class:`broker.cluster.bus.Bus`.
+
+- **Name**: at start the node asks ``…node.NAME.hello``; an answer means a node of that
+  name runs already and this one refuses to start (:class:`NodeNameTaken`).
+- **Presence**: every ``HEARTBEAT_S`` the node announces the agents and sessions it holds;
+  the other nodes keep that for a lease (:mod:`broker.cluster.view`). When a lease runs
+  out, the survivors mark the gone node's agents offline in the database, so the console
+  shows them offline within seconds rather than after the agents come back elsewhere.
+- **Control**: ``agent.revoke`` and ``user.disable`` are broadcast and every node acts on
+  them with its own local calls; ``session.kill`` is asked of the node that holds the
+  session, which answers whether it ended it.
+- **NATS away**: live sessions and tunnels go on; nothing expires (a node that hears no one
+  cannot tell a dead node from its own outage); cross-node actions fail at once with
+  :class:`BusUnavailable`. When NATS returns, the node announces itself and writes its
+  agents' presence again, and its view is rebuilt from the next heartbeats.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Final
+
+from broker.cluster.bus import (
+    Bus,
+    BusUnavailable,
+    Message,
+    NodeNameTaken,
+    NoResponder,
+    Subscription,
+)
+from broker.cluster.messages import Announcement, BadMessage, Control, ControlResult, Subjects
+from broker.cluster.view import HEARTBEAT_S, ClusterView
+from broker.config import valid_node_name
+
+log = logging.getLogger(__name__)
+
+#: How long a control request waits for the holding node (the promise is 2 s end to end).
+CONTROL_WAIT_S: Final = 1.5
+#: How long start-up waits for a node of the same name to answer.
+HELLO_WAIT_S: Final = 1.0
+
+
+@dataclass(frozen=True)
+class LocalActions:
+    """What this node does on its own: the existing local calls of the sessions and agents."""
+
+    held: Callable[[], tuple[list[str], list[str]]]  # (agent ids, session ids) held here
+    kill: Callable[[Control], Awaitable[bool]]
+    revoke: Callable[[str], bool]
+    disable: Callable[[str], bool]
+    # The node's agents' presence written again (after NATS returns).
+    rewrite_presence: Callable[[], None]
+    # A gone node's agents marked offline in the database.
+    forget_node: Callable[[str], Awaitable[None]]
+
+
+class ClusterNode:
+    def __init__(
+        self, bus: Bus, name: str, actions: LocalActions, *, cluster: str, url: str = ""
+    ) -> None:
+        self.bus = bus
+        self.subjects = Subjects(cluster)
+        self.name = name
+        self.url = url
+        self.view = ClusterView()
+        self._actions = actions
+        self._subs: list[Subscription] = []
+        self._ticker: asyncio.Task[None] | None = None
+        self._was_connected = True
+
+    # -- life ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Claim the name, listen, announce; NodeNameTaken when the name is in use."""
+        hello = self.subjects.node(self.name, "hello")
+        try:
+            answer = await self.bus.request(hello, b"{}", HELLO_WAIT_S)
+        except (NoResponder, TimeoutError):
+            answer = b""
+        if answer:
+            raise NodeNameTaken(
+                f"a node named {self.name!r} is running in this cluster already; give this "
+                "one another name (secondline serve --node NAME), or stop the other first"
+            )
+        self._subs = [
+            await self.bus.subscribe(hello, self._on_hello),
+            await self.bus.subscribe(self.subjects.presence, self._on_presence),
+            await self.bus.subscribe(self.subjects.status, self._on_status),
+            await self.bus.subscribe(self.subjects.control, self._on_control),
+            await self.bus.subscribe(self.subjects.node(self.name, "kill"), self._on_kill),
+        ]
+        self.bus.on_reconnect(self._on_reconnect)
+        await self._announce()
+        self._ticker = asyncio.get_running_loop().create_task(self._tick())
+
+    async def stop(self) -> None:
+        """Say goodbye (the others forget this node at once), stop listening."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        with contextlib.suppress(BusUnavailable):
+            await self.bus.publish(
+                self.subjects.presence, Announcement(self.name, (), (), leaving=True).serialize()
+            )
+        for sub in self._subs:
+            await sub.unsubscribe()
+        self._subs.clear()
+
+    def announcement(self) -> Announcement:
+        agents, sessions = self._actions.held()
+        return Announcement(self.name, tuple(agents), tuple(sessions), url=self.url)
+
+    async def _announce(self) -> None:
+        with contextlib.suppress(BusUnavailable):
+            await self.bus.publish(self.subjects.presence, self.announcement().serialize())
+
+    async def _tick(self) -> None:
+        next_beat = time.monotonic() + HEARTBEAT_S
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            connected = self.bus.connected
+            if connected and self._was_connected:
+                for gone in self.view.expire(now):
+                    log.warning("node %s stopped announcing itself: its agents are offline", gone)
+                    try:
+                        await self._actions.forget_node(gone)
+                    except Exception:  # a task boundary: the next expiry or start fixes it
+                        log.exception("marking the agents of node %s offline failed", gone)
+            self._was_connected = connected
+            if now >= next_beat:
+                next_beat = now + HEARTBEAT_S
+                await self._announce()
+
+    async def _on_reconnect(self) -> None:
+        # Every lease heard before the outage is stale; rebuild from the next heartbeats
+        # instead of expiring nodes that were only out of earshot.
+        self.view.clear()
+        self._actions.rewrite_presence()
+        await self._announce()
+
+    # -- listening -------------------------------------------------------------------------
+
+    async def _on_hello(self, message: Message) -> None:
+        if message.reply:
+            await self.bus.publish(message.reply, self.name.encode())
+
+    async def _on_presence(self, message: Message) -> None:
+        try:
+            announcement = Announcement.parse(message.data)
+        except BadMessage as exc:
+            log.warning("dropped a presence message: %s", exc)
+            return
+        if announcement.node == self.name:
+            return
+        if self.view.heard(announcement, time.monotonic()):
+            log.info("node %s joined the cluster", announcement.node)
+
+    async def _on_status(self, message: Message) -> None:
+        if message.reply:
+            await self.bus.publish(message.reply, self.announcement().serialize())
+
+    async def _on_control(self, message: Message) -> None:
+        try:
+            control = Control.parse(message.data)
+        except BadMessage as exc:
+            log.warning("dropped a control message: %s", exc)
+            return
+        if control.origin == self.name:
+            return  # the node it was issued on has acted already
+        if control.kind == "agent.revoke":
+            if self._actions.revoke(control.target):
+                log.info(
+                    "agent %s revoked on node %s: tunnel closed", control.target, control.origin
+                )
+        elif control.kind == "user.disable":
+            self._actions.disable(control.target)
+
+    async def _on_kill(self, message: Message) -> None:
+        try:
+            control = Control.parse(message.data)
+        except BadMessage as exc:
+            log.warning("dropped a kill request: %s", exc)
+            return
+        done = control.kind == "session.kill" and await self._actions.kill(control)
+        if message.reply:
+            await self.bus.publish(message.reply, ControlResult(self.name, done).serialize())
+
+    # -- asking ----------------------------------------------------------------------------
+
+    async def broadcast(self, kind: str, target: str, *, by: str, source: str = "") -> None:
+        """Tell every other node (revoke, disable); BusUnavailable when NATS is away."""
+        control = Control(kind=kind, target=target, by=by, origin=self.name, source=source)
+        await self.bus.publish(self.subjects.control, control.serialize())
+
+    async def kill_on(
+        self, node: str, session_id: str, *, by: str, source: str = "", reason: str = ""
+    ) -> bool:
+        """Ask ``node`` to end ``session_id``; True when it did. NoResponder when that node
+        is not running, TimeoutError when it did not answer in time."""
+        if node == self.name or not valid_node_name(node):
+            return False
+        control = Control(
+            kind="session.kill",
+            target=session_id,
+            by=by,
+            origin=self.name,
+            source=source,
+            reason=reason,
+        )
+        answer = await self.bus.request(
+            self.subjects.node(node, "kill"), control.serialize(), CONTROL_WAIT_S
+        )
+        try:
+            return ControlResult.parse(answer).done
+        except BadMessage:
+            return False

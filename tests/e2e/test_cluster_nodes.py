@@ -1,0 +1,180 @@
+"""A cluster of real nodes (`secondline serve --node NAME`) on PostgreSQL and NATS, with
+really enrolled `secondline-agent run` processes and the real OpenSSH client: presence
+across nodes, a taken name, a node killed with SIGKILL, and kill, revoke and disable
+issued on one node taking effect on the node that holds the session or the tunnel."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.agent_swarm import broker_call
+from tests.support.broker import BrokerProcess, CliResult, cli_env, secondline
+from tests.support.cluster import Cluster
+from tests.support.site import Site, keygen, new_ticket, ok, sessions_of, start_agent
+
+pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
+
+#: The cluster's promises (docs/cluster.md).
+LEASE_PROMISE_S = 10.0
+CONTROL_PROMISE_S = 2.0
+
+
+async def site_on(cluster: Cluster, tmp: Path) -> Site:
+    """Nodes n1 and n2 running, customer acme, staff lena and bob (with an SSH key)."""
+    n1 = await cluster.start("n1")
+    await cluster.start("n2")
+    d = n1.data_dir
+    key = keygen(tmp / "bob_ed25519")
+    ok(secondline("customer", "add", "acme", data_dir=d))
+    ok(secondline("user", "add", "lena", "--role", "level1", "--customer", "acme", data_dir=d))
+    ok(
+        secondline(
+            "user", "add", "bob", "--role", "level2", "--customer", "acme",
+            "--ssh-key", f"{key}.pub", data_dir=d,
+        )
+    )  # fmt: skip
+    host_key = (d / "keys" / "ssh_host_ed25519.pub").read_text().split()
+    s = Site(n1, tmp, key, tmp / "known_hosts")
+    s.known_hosts.write_text(f"[127.0.0.1]:{s.ssh_port} {host_key[0]} {host_key[1]}\n")
+    return s
+
+
+async def serve_refused(data_dir: Path, node: str) -> CliResult:
+    """`secondline serve --node NODE` that is expected to refuse: its status and output."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "broker.cli.main", "--data-dir", str(data_dir),
+        "serve", "--node", node,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=cli_env(data_dir),
+    )  # fmt: skip
+    async with asyncio.timeout(60):
+        out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return CliResult(proc.returncode, out.decode(), err.decode())
+
+
+async def admin_call(
+    node: BrokerProcess, method: str, path: str, body: object | None = None
+) -> object:
+    """One REST call to ``node`` as the first admin, from this process: the 2 s promise is
+    timed from the request, not from a CLI process starting up."""
+    token = (node.data_dir / "admin.token").read_text().strip()
+    cert = node.data_dir / "keys" / "tls.crt"
+    status, data = await broker_call(node.url, cert, token, method, path, body)
+    assert 200 <= status < 300, (method, path, status, data)
+    return data
+
+
+def status(data_dir: Path) -> dict[str, dict[str, object]]:
+    rows = json.loads(ok(secondline("cluster", "status", "--json", data_dir=data_dir)))
+    return {str(r["node"]): r for r in rows}
+
+
+async def test_nodes_see_each_other_refuse_a_taken_name_and_forget_a_killed_node(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Two nodes list each other's agents; a third started with a taken name refuses to
+    start and says why; SIGKILL of a node takes its agent offline on the survivor within
+    the 10 s lease."""
+    site = await site_on(cluster, tmp_path)
+    n1, n2 = cluster.nodes["n1"], cluster.nodes["n2"]
+    await start_agent(site, "web01", "unattended")
+    # web02 enrolls and runs against node n2.
+    other = Site(n2, tmp_path / "n2-agents", site.key, site.known_hosts)
+    other.tmp.mkdir()
+    await start_agent(other, "web02", "unattended")
+
+    refused = await serve_refused(cluster.add_dir("n3"), "n2")
+    assert refused.code == 1
+    assert "a node named 'n2' is running in this cluster already" in refused.err
+
+    # Every node answers `cluster status` with what it holds now.
+    rows = status(n1.data_dir)
+    assert {(n, r["state"], r["agents"]) for n, r in rows.items()} == {
+        ("n1", "up", 1),
+        ("n2", "up", 1),
+    }
+
+    mark = len(n1.output)
+    killed_at = time.monotonic()
+    await n2.stop(9)
+    await n1.wait_for_line(rb"node n2 stopped announcing itself", mark)
+    assert time.monotonic() - killed_at <= LEASE_PROMISE_S
+    agents = json.loads(ok(secondline("agent", "list", "--json", data_dir=n1.data_dir)))
+    assert {a["name"]: a["online"] for a in agents} == {"web01": True, "web02": False}
+    rows = status(n1.data_dir)
+    assert "n2" not in rows
+    assert rows["n1"]["agents"] == 1
+    if other.agent is not None:
+        other.agent.kill()
+        await other.agent.wait()
+    if site.agent is not None:
+        site.agent.kill()
+        await site.agent.wait()
+
+
+async def test_kill_disable_and_revoke_on_one_node_act_on_the_node_holding_them(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """bob's shells run on n1; an admin on n2 kills one, disables bob (ending the next) and
+    revokes the agent (closing its tunnel on n1), each within 2 s."""
+    site = await site_on(cluster, tmp_path)
+    n1, n2 = cluster.nodes["n1"], cluster.nodes["n2"]
+    await start_agent(site, "web01", "unattended")
+    site.ticket = new_ticket(site, "web01")
+
+    term = await site.interactive(site.ticket)
+    term.type("echo up-$((40+2))\n")
+    await term.expect(b"up-42")
+    sid = str(sessions_of(site, site.ticket)[0]["id"])
+    began = time.monotonic()
+    await admin_call(n2, "POST", f"/sessions/{sid}/kill")
+    code, _err = await term.finish()
+    assert time.monotonic() - began <= CONTROL_PROMISE_S
+    assert code == 255
+
+    term = await site.interactive(site.ticket)
+    term.type("echo again-$((40+2))\n")
+    await term.expect(b"again-42")
+    began = time.monotonic()
+    await admin_call(n2, "POST", "/users/bob/disable")
+    code, err = await term.finish()
+    assert time.monotonic() - began <= CONTROL_PROMISE_S
+    assert code == 255
+    assert "disabled" in err
+
+    mark = len(n1.output)
+    began = time.monotonic()
+    await admin_call(n2, "POST", "/agents/web01/revoke?customer=acme")
+    await n1.wait_for_line(rb"agent ag-[a-z0-9]{16} offline", mark)
+    assert time.monotonic() - began <= CONTROL_PROMISE_S
+    if site.agent is not None:
+        site.agent.kill()
+        await site.agent.wait()
+
+
+async def test_a_kill_for_a_node_that_is_gone_says_so(cluster: Cluster, tmp_path: Path) -> None:
+    """A session recorded on a node that no longer runs cannot be killed from another node:
+    the refusal names the node and what happens to the session."""
+    site = await site_on(cluster, tmp_path)
+    n1, n2 = cluster.nodes["n1"], cluster.nodes["n2"]
+    await start_agent(site, "web01", "unattended")
+    site.ticket = new_ticket(site, "web01")
+    term = await site.interactive(site.ticket)
+    term.type("echo up-$((40+2))\n")
+    await term.expect(b"up-42")
+    sid = str(sessions_of(site, site.ticket)[0]["id"])
+    await n1.stop(9)
+    refused = secondline("session", "kill", sid, data_dir=n2.data_dir)
+    assert refused.code == 1
+    assert "runs on node n1, which is not in the cluster now" in refused.err
+    code, _err = await term.finish()  # the node holding it died: ssh saw the cut
+    assert code == 255
+    if site.agent is not None:
+        site.agent.kill()
+        await site.agent.wait()

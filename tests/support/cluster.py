@@ -1,0 +1,76 @@
+"""A real cluster for end-to-end tests: `secondline serve --node NAME` processes on one
+PostgreSQL database and the NATS server on 127.0.0.1:4222 (which .ci/run starts), each
+node with its own data dir holding the same keys, as docs/cluster.md tells an admin to
+set them up. Each test gets its own cluster name, so test runs sharing the NATS server
+never hear each other."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from broker.config import write_config
+from tests.support.broker import BrokerProcess, free_port, init_dir, start_broker
+from tests.support.database import Backend
+
+NATS_URL = os.environ.get("SECONDLINE_TEST_NATS", "nats://127.0.0.1:4222")
+
+
+def node_dir(first: Path, path: Path, cluster: str) -> Path:
+    """A copy of the first node's data dir (keys, admin token) with its own ports, joined
+    to ``cluster``; ``first`` itself is joined when ``path`` is ``first``."""
+    if path != first:
+        shutil.copytree(first, path, ignore=shutil.ignore_patterns("transcripts", "*.head"))
+    config = path / "secondline.toml"
+    settings = {
+        k: v
+        for k, v in tomllib.loads(config.read_text()).items()
+        if k not in ("public_url", "cluster")
+    }
+    settings["https_port"] = free_port() if path != first else settings["https_port"]
+    settings["ssh_port"] = free_port() if path != first else settings["ssh_port"]
+    write_config(path, f"https://127.0.0.1:{settings['https_port']}", settings)
+    with config.open("a", encoding="utf-8") as fh:
+        fh.write(f'\n[cluster]\nnats_url = "{NATS_URL}"\nname = "{cluster}"\n')
+    return path
+
+
+@dataclass
+class Cluster:
+    """Data dirs of the nodes (n1, n2, …) on one database, and the nodes running."""
+
+    root: Path
+    name: str
+    dirs: dict[str, Path] = field(default_factory=dict)
+    nodes: dict[str, BrokerProcess] = field(default_factory=dict)
+
+    @property
+    def first(self) -> Path:
+        return self.dirs["n1"]
+
+    def add_dir(self, node: str) -> Path:
+        if node not in self.dirs:
+            self.dirs[node] = node_dir(self.first, self.root / node, self.name)
+        return self.dirs[node]
+
+    async def start(self, node: str) -> BrokerProcess:
+        broker = await start_broker(self.add_dir(node), "--node", node)
+        self.nodes[node] = broker
+        return broker
+
+    async def stop_all(self) -> None:
+        for broker in self.nodes.values():
+            if broker.process.returncode is None:
+                await broker.stop()
+
+
+def make_cluster(tmp: Path, backend: Backend) -> Cluster:
+    assert backend.kind == "postgresql"
+    name = f"t{secrets.token_hex(6)}"
+    first = init_dir(tmp / "n1", backend)
+    cluster = Cluster(tmp, name, {"n1": node_dir(first, first, name)})
+    return cluster
