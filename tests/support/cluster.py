@@ -57,6 +57,22 @@ class Cluster:
             self.dirs[node] = node_dir(self.first, self.root / node, self.name)
         return self.dirs[node]
 
+    def port(self, node: str, which: str) -> int:
+        """A node's ``https_port`` or ``ssh_port`` as its config file says."""
+        config = tomllib.loads((self.add_dir(node) / "secondline.toml").read_text())
+        return int(config[which])
+
+    def behind(self, url: str) -> None:
+        """Every node's public_url becomes ``url`` (a load balancer's): it is the address
+        agents are told to dial, whichever node enrolled them."""
+        for path in self.dirs.values():
+            config = path / "secondline.toml"
+            text = config.read_text()
+            settings = tomllib.loads(text)
+            config.write_text(
+                text.replace(f'public_url = "{settings["public_url"]}"', f'public_url = "{url}"')
+            )
+
     async def start(self, node: str) -> BrokerProcess:
         broker = await start_broker(self.add_dir(node), "--node", node)
         self.nodes[node] = broker

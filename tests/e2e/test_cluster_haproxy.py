@@ -1,0 +1,222 @@
+"""deploy/haproxy.cfg with a real HAProxy (Debian's package) in front of three real nodes:
+really enrolled agents come in through it and spread over the nodes, /readyz answers
+through it, and when the node holding agents is killed they come back on the others."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bench.agent_swarm import broker_call
+from tests.support.broker import BrokerProcess, cli_env, free_port, secondline
+from tests.support.cluster import Cluster
+from tests.support.site import agent_cli, ok
+
+pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
+
+CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "haproxy.cfg"
+AGENTS = 6
+ONLINE = re.compile(rb"agent (ag-[a-z0-9]{16}) \((web\d\d)\) online")
+WAIT = 60.0  # failure bound on a shared 2-core machine, never a pause
+
+
+class Balancer:
+    """`haproxy -db -f deploy/haproxy.cfg` with the cluster's addresses in its environment."""
+
+    def __init__(self, cluster: Cluster, tmp: Path) -> None:
+        self.https_port, self.ssh_port = free_port(), free_port()
+        self.socket = tmp / "haproxy.sock"
+        env = {
+            "SL_LB_HOST": "127.0.0.1",
+            "SL_LB_HTTPS_PORT": str(self.https_port),
+            "SL_LB_SSH_PORT": str(self.ssh_port),
+            "SL_NODE_CA": str(cluster.first / "keys" / "tls.crt"),
+            "SL_LB_STATS_SOCKET": str(self.socket),
+        }
+        for index, name in enumerate(("n1", "n2", "n3"), start=1):
+            env |= {
+                f"SL_N{index}_HOST": "127.0.0.1",
+                f"SL_N{index}_HTTPS_PORT": str(cluster.port(name, "https_port")),
+                f"SL_N{index}_SSH_PORT": str(cluster.port(name, "ssh_port")),
+            }
+        self.env = {**os.environ, **env}
+        self.proc: asyncio.subprocess.Process | None = None
+        self.output: list[bytes] = []
+        self._changed = asyncio.Event()
+        self._reader: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.https_port}"
+
+    async def start(self) -> None:
+        haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+        check = await asyncio.create_subprocess_exec(
+            haproxy, "-c", "-q", "-f", str(CONFIG), env=self.env
+        )
+        assert await check.wait() == 0, "deploy/haproxy.cfg does not pass haproxy -c"
+        # Master-worker in the foreground: it says "Loading success." once it listens, and
+        # logs each server's state change (to stdout, as the config says).
+        self.proc = await asyncio.create_subprocess_exec(
+            haproxy, "-W", "-db", "-f", str(CONFIG),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=self.env,
+        )  # fmt: skip
+        self._reader = asyncio.ensure_future(self._read())
+        await self.wait_for(b"Loading success.")
+
+    async def _read(self) -> None:
+        assert self.proc is not None
+        assert self.proc.stdout is not None
+        while line := await self.proc.stdout.readline():
+            self.output.append(line)
+            self._changed.set()
+        self._changed.set()
+
+    async def wait_for(self, text: bytes, start: int = 0) -> None:
+        async with asyncio.timeout(WAIT):
+            index = start
+            while True:
+                while index < len(self.output):
+                    index += 1
+                    if text in self.output[index - 1]:
+                        return
+                assert not self._reader.done(), b"haproxy exited: " + b"".join(self.output)
+                self._changed.clear()
+                await self._changed.wait()
+
+    def downs(self) -> list[bytes]:
+        return [line for line in self.output if b" is DOWN" in line]
+
+    async def servers(self) -> dict[str, str]:
+        """HAProxy's view of the HTTPS backend: node → UP/DOWN."""
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(self.socket))
+        except OSError:
+            return {}
+        writer.write(b"show stat\n")
+        await writer.drain()
+        data = await reader.read()
+        writer.close()
+        states: dict[str, str] = {}
+        for line in data.decode().splitlines():
+            cells = line.split(",")
+            if len(cells) > 17 and cells[0] == "nodes_https" and cells[1].startswith("n"):
+                states[cells[1]] = cells[17]
+        return states
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            await self.proc.wait()
+            await self._reader
+
+
+@pytest.fixture
+async def balanced(cluster: Cluster, tmp_path: Path) -> AsyncIterator[tuple[Cluster, Balancer]]:
+    lb = Balancer(cluster, tmp_path)
+    cluster.behind(lb.url)
+    for name in ("n1", "n2", "n3"):
+        await cluster.start(name)
+    await lb.start()
+    try:
+        yield cluster, lb
+    finally:
+        await lb.stop()
+
+
+async def wait_online(nodes: list[BrokerProcess], marks: list[int], count: int) -> dict[str, str]:
+    """Wait until ``count`` distinct agents said online on any of ``nodes`` after ``marks``;
+    agent name → node data dir name."""
+    found: dict[str, str] = {}
+    async with asyncio.timeout(WAIT):
+        while len(found) < count:
+            for node, mark in zip(nodes, marks, strict=True):
+                for line in node.output[mark:]:
+                    if match := ONLINE.search(line):
+                        found[match.group(2).decode()] = node.data_dir.name
+            if len(found) < count:
+                waits = [
+                    asyncio.ensure_future(n.wait_for_line(ONLINE.pattern, len(n.output)))
+                    for n in nodes
+                ]
+                done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                for task in pending:
+                    task.cancel()
+                for task in done:
+                    # A quiet node's own 30 s bound is no failure while the outer one holds.
+                    if not isinstance(task.exception(), TimeoutError | type(None)):
+                        task.result()
+    return found
+
+
+async def test_agents_spread_through_haproxy_and_come_back_when_a_node_dies(
+    balanced: tuple[Cluster, Balancer], tmp_path: Path
+) -> None:
+    """Six agents enrolled and connected through HAProxy land on more than one node; /readyz
+    answers through it; SIGKILL of a node holding agents takes it out of HAProxy's pool and
+    its agents return through HAProxy on the other nodes."""
+    cluster, lb = balanced
+    nodes = [cluster.nodes[n] for n in ("n1", "n2", "n3")]
+    first = nodes[0].data_dir
+    assert set(await lb.servers()) == {"n1", "n2", "n3"}
+    ok(secondline("customer", "add", "acme", data_dir=first))
+
+    cert = first / "keys" / "tls.crt"
+    token = (first / "admin.token").read_text().strip()
+    status, _ = await broker_call(lb.url, cert, token, "GET", "/customers")
+    assert status == 200
+
+    marks = [len(n.output) for n in nodes]
+    agents: list[asyncio.subprocess.Process] = []
+    try:
+        for i in range(AGENTS):
+            name = f"web{i:02d}"
+            enroll = ok(secondline("token", "create", "--customer", "acme", data_dir=first))
+            state = tmp_path / f"agent-{name}"
+            ok(agent_cli(state, "enroll", lb.url, enroll, "--name", name))
+            agents.append(
+                await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "agent",
+                    "run",
+                    "--state-dir",
+                    str(state),
+                    stdout=asyncio.subprocess.DEVNULL,
+                    stderr=asyncio.subprocess.DEVNULL,
+                    env=cli_env(state),
+                )
+            )
+        held = await wait_online(nodes, marks, AGENTS)
+        assert len(set(held.values())) >= 2, held  # HAProxy spread them
+        assert lb.downs() == [], lb.output  # every node passed HAProxy's /readyz checks
+
+        rows = json.loads(ok(secondline("cluster", "status", "--json", data_dir=first)))
+        assert sum(int(r["agents"]) for r in rows) == AGENTS
+
+        victim_name = max(set(held.values()), key=lambda n: list(held.values()).count(n))
+        victim = cluster.nodes[victim_name]
+        moved = sorted(a for a, n in held.items() if n == victim_name)
+        survivors = [n for n in nodes if n is not victim]
+        marks = [len(n.output) for n in survivors]
+        await victim.stop(signal.SIGKILL)
+        back = await wait_online(survivors, marks, len(moved))
+        assert sorted(back) == moved
+        assert victim_name not in back.values()
+        await lb.wait_for(f"Server nodes_https/{victim_name} is DOWN".encode())
+        ready = await broker_call(lb.url, cert, token, "GET", "/customers")
+        assert ready[0] == 200
+    finally:
+        for proc in agents:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
