@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -131,3 +132,13 @@ def test_bad_cluster_settings_are_refused_with_what_to_do(
     (tmp_path / "secondline.toml").write_text(text)
     with pytest.raises(ConfigError, match=match):
         load_config(tmp_path, env={}, overrides=overrides)
+
+
+def test_the_configuration_in_docs_cluster_md_is_what_the_broker_reads(tmp_path: Path) -> None:
+    """The secondline.toml of docs/cluster.md loads as a cluster node's configuration."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "cluster.md").read_text()
+    block = doc.split("```toml\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "secondline.toml").write_text(textwrap.dedent(block))
+    config = load_config(tmp_path, env={}, overrides={"node": "n1"})
+    assert (config.clustered, config.cluster_name, config.node) == (True, "main", "n1")
+    assert config.public_url == "https://support.example.com:8443"
