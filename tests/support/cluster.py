@@ -20,7 +20,7 @@ from tests.support.database import Backend
 NATS_URL = os.environ.get("SECONDLINE_TEST_NATS", "nats://127.0.0.1:4222")
 
 
-def node_dir(first: Path, path: Path, cluster: str) -> Path:
+def node_dir(first: Path, path: Path, cluster: str, nats_url: str = NATS_URL) -> Path:
     """A copy of the first node's data dir (keys, admin token) with its own ports, joined
     to ``cluster``; ``first`` itself is joined when ``path`` is ``first``."""
     if path != first:
@@ -35,7 +35,7 @@ def node_dir(first: Path, path: Path, cluster: str) -> Path:
     settings["ssh_port"] = free_port() if path != first else settings["ssh_port"]
     write_config(path, f"https://127.0.0.1:{settings['https_port']}", settings)
     with config.open("a", encoding="utf-8") as fh:
-        fh.write(f'\n[cluster]\nnats_url = "{NATS_URL}"\nname = "{cluster}"\n')
+        fh.write(f'\n[cluster]\nnats_url = "{nats_url}"\nname = "{cluster}"\n')
     return path
 
 
@@ -45,6 +45,7 @@ class Cluster:
 
     root: Path
     name: str
+    nats_url: str = NATS_URL
     dirs: dict[str, Path] = field(default_factory=dict)
     nodes: dict[str, BrokerProcess] = field(default_factory=dict)
 
@@ -54,7 +55,7 @@ class Cluster:
 
     def add_dir(self, node: str) -> Path:
         if node not in self.dirs:
-            self.dirs[node] = node_dir(self.first, self.root / node, self.name)
+            self.dirs[node] = node_dir(self.first, self.root / node, self.name, self.nats_url)
         return self.dirs[node]
 
     def port(self, node: str, which: str) -> int:
@@ -84,9 +85,8 @@ class Cluster:
                 await broker.stop()
 
 
-def make_cluster(tmp: Path, backend: Backend) -> Cluster:
+def make_cluster(tmp: Path, backend: Backend, nats_url: str = NATS_URL) -> Cluster:
     assert backend.kind == "postgresql"
     name = f"t{secrets.token_hex(6)}"
     first = init_dir(tmp / "n1", backend)
-    cluster = Cluster(tmp, name, {"n1": node_dir(first, first, name)})
-    return cluster
+    return Cluster(tmp, name, nats_url, {"n1": node_dir(first, first, name, nats_url)})
