@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bench.agent_swarm import broker_call
-from tests.support.broker import BrokerProcess, cli_env, free_port, secondline
+from tests.support.broker import BrokerProcess, cli_env, free_ports, secondline
 from tests.support.cluster import Cluster
 from tests.support.site import agent_cli, ok
 
@@ -33,7 +33,7 @@ class Balancer:
     """`haproxy -db -f deploy/haproxy.cfg` with the cluster's addresses in its environment."""
 
     def __init__(self, cluster: Cluster, tmp: Path) -> None:
-        self.https_port, self.ssh_port = free_port(), free_port()
+        self.https_port, self.ssh_port = free_ports(2)
         self.socket = tmp / "haproxy.sock"
         env = {
             "SL_LB_HOST": "127.0.0.1",

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from broker.config import write_config
-from tests.support.broker import BrokerProcess, free_port, init_dir, start_broker
+from tests.support.broker import BrokerProcess, free_ports, init_dir, start_broker
 from tests.support.database import Backend
 
 NATS_URL = os.environ.get("SECONDLINE_TEST_NATS", "nats://127.0.0.1:4222")
@@ -31,8 +31,8 @@ def node_dir(first: Path, path: Path, cluster: str, nats_url: str = NATS_URL) ->
         for k, v in tomllib.loads(config.read_text()).items()
         if k not in ("public_url", "cluster")
     }
-    settings["https_port"] = free_port() if path != first else settings["https_port"]
-    settings["ssh_port"] = free_port() if path != first else settings["ssh_port"]
+    if path != first:
+        settings["https_port"], settings["ssh_port"] = free_ports(2)
     write_config(path, f"https://127.0.0.1:{settings['https_port']}", settings)
     with config.open("a", encoding="utf-8") as fh:
         fh.write(f'\n[cluster]\nnats_url = "{nats_url}"\nname = "{cluster}"\n')
