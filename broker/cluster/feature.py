@@ -130,6 +130,7 @@ async def _cluster_ctx(app: web.Application) -> AsyncIterator[None]:
         _actions(app),
         cluster=config.cluster_name,
         url=config.public_url,
+        heartbeat=config.clustered,
     )
     try:
         await node.start()

@@ -62,7 +62,14 @@ class LocalActions:
 
 class ClusterNode:
     def __init__(
-        self, bus: Bus, name: str, actions: LocalActions, *, cluster: str, url: str = ""
+        self,
+        bus: Bus,
+        name: str,
+        actions: LocalActions,
+        *,
+        cluster: str,
+        url: str = "",
+        heartbeat: bool = True,
     ) -> None:
         self.bus = bus
         self.subjects = Subjects(cluster)
@@ -73,6 +80,8 @@ class ClusterNode:
         self._subs: list[Subscription] = []
         self._ticker: asyncio.Task[None] | None = None
         self._was_connected = True
+        # A single node has nobody to announce itself to: no heartbeat, no lease ticker.
+        self._heartbeat = heartbeat
 
     # -- life ------------------------------------------------------------------------------
 
@@ -96,8 +105,9 @@ class ClusterNode:
             await self.bus.subscribe(self.subjects.node(self.name, "kill"), self._on_kill),
         ]
         self.bus.on_reconnect(self._on_reconnect)
-        await self._announce()
-        self._ticker = asyncio.get_running_loop().create_task(self._tick())
+        if self._heartbeat:
+            await self._announce()
+            self._ticker = asyncio.get_running_loop().create_task(self._tick())
 
     async def stop(self) -> None:
         """Say goodbye (the others forget this node at once), stop listening."""
