@@ -226,7 +226,7 @@ class Finisher:
     async def recover_interrupted(self) -> int:
         """Seal and record the sessions a crash left live; returns how many."""
         async with self.services.db() as db:
-            rows = list(await store.unfinished(db))
+            rows = list(await store.unfinished(db, node=self.services.config.node or None))
         root = self.services.config.transcripts_dir
         for row in rows:
             cast = transcript_paths(root, row.id).cast

@@ -98,9 +98,13 @@ async def list_sessions(
     return (await db.execute(stmt)).scalars().all()
 
 
-async def unfinished(db: AsyncSession) -> Sequence[RemoteSession]:
-    """Sessions a crashed broker left behind."""
+async def unfinished(db: AsyncSession, *, node: str | None = None) -> Sequence[RemoteSession]:
+    """Sessions a crashed broker left behind; of cluster node ``node`` only, when given (the
+    other nodes' live sessions are theirs). A single node takes every one: its name may
+    have changed with the host's since the crash."""
     stmt = select(RemoteSession).where(RemoteSession.state.in_(LIVE_STATES))
+    if node is not None:
+        stmt = stmt.where(RemoteSession.node == node)
     return (await db.execute(stmt)).scalars().all()
 
 
