@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SRC := broker agent tests bench
+PYTEST_WORKERS ?= 3
 
 .PHONY: demo test check install fmt lint types unit bench web clean agent-deb
 
@@ -31,7 +32,14 @@ check:
 	# The session rules decide who gets a shell: every branch of them must be tested.
 	$(BIN)/pytest -q -p no:cacheprovider tests/unit/test_rules_*.py \
 		--cov=broker.rules --cov-branch --cov-report=term-missing:skip-covered --cov-fail-under=100
-	$(BIN)/pytest $(PYTEST_ARGS)
+	# The suite on PYTEST_WORKERS processes, each taking the next test as it frees up
+	# (worksteal: the long end-to-end tests do not queue behind one worker); then the tests
+	# marked serial, alone, since they hold timing promises that a busy machine would
+	# break. Both parts always run; either failing fails the check.
+	status=0; \
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist worksteal -m "not serial" $(PYTEST_ARGS) || status=$$?; \
+	$(BIN)/pytest -m serial $(PYTEST_ARGS) || status=$$?; \
+	exit $$status
 
 fmt: $(STAMP)
 	$(BIN)/ruff format $(SRC)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -18,8 +19,14 @@ _ALPHABET: Final = string.ascii_letters + string.digits
 _LOWER: Final = string.ascii_lowercase + string.digits
 TOKEN_RE: Final = re.compile(r"^slt_([a-z0-9]{12})_([A-Za-z0-9]{40})$")
 MIN_PASSWORD: Final = 10
-# Verified when the user is unknown, so both answers cost the same time.
-_DUMMY_HASH: Final = _HASHER.hash("not a real password, only for timing")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified when the user is unknown, so both answers cost the same time. Made on first
+    use, not at import: every CLI command imports this module, and one argon2 hash costs
+    tens of milliseconds of CPU (a second under load) that most commands never need."""
+    return _HASHER.hash("not a real password, only for timing")
 
 
 def hash_password(password: str) -> str:
@@ -32,7 +39,7 @@ def hash_password(password: str) -> str:
 
 def verify_password(stored: str | None, password: str) -> bool:
     try:
-        return _HASHER.verify(stored or _DUMMY_HASH, password[:1024]) and stored is not None
+        return _HASHER.verify(stored or _dummy_hash(), password[:1024]) and stored is not None
     except (VerificationError, InvalidHashError):
         return False
 

@@ -207,6 +207,7 @@ async def test_agent_disconnect_ends_the_session(data_dir: Path, tmp_path: Path)
         await w.wait_for(noted, "the note")
 
 
+@pytest.mark.serial
 async def test_kill_ends_within_two_seconds_and_seals(data_dir: Path, tmp_path: Path) -> None:
     """An admin's kill ends a busy session at once; the transcript is sealed as killed."""
     async with world(data_dir, tmp_path) as w:

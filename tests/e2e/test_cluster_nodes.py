@@ -18,7 +18,7 @@ from tests.support.broker import BrokerProcess, CliResult, cli_env, secondline
 from tests.support.cluster import Cluster
 from tests.support.site import Site, keygen, new_ticket, ok, sessions_of, start_agent
 
-pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
+pytestmark = [pytest.mark.postgres, pytest.mark.e2e, pytest.mark.serial]
 
 #: The cluster's promises (docs/cluster.md).
 LEASE_PROMISE_S = 10.0

@@ -32,7 +32,7 @@ from tests.support.site import (
     ticket_json,
 )
 
-pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
+pytestmark = [pytest.mark.postgres, pytest.mark.e2e, pytest.mark.serial]
 
 AGENTS = 1000
 PROCESSES = 2
