@@ -13,7 +13,10 @@ BrokerError                 root; ``code`` is stable snake_case, ``http_status``
 
 from __future__ import annotations
 
-from aiohttp import web
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 
 class BrokerError(Exception):
@@ -75,5 +78,9 @@ class UnavailableError(BrokerError):
 
 def error_response(status: int, code: str, message: str) -> web.Response:
     """The one JSON shape of every refusal the broker answers over HTTP, from the API's
-    middleware and from the endpoints outside it (agent tunnel, downloads)."""
+    middleware and from the endpoints outside it (agent tunnel, downloads). aiohttp is
+    imported here, not at the top: every CLI command imports this module and most never
+    answer HTTP."""
+    from aiohttp import web
+
     return web.json_response({"error": {"code": code, "message": message}}, status=status)

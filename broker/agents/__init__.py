@@ -24,26 +24,11 @@ Modules:
   tunnel.
 - ``feature``: ``setup(app)``, and the app keys :data:`AGENT_REGISTRY`, :data:`TUNNEL_SETTINGS`.
 
+Import from the modules themselves: this package re-exports nothing, so that a light
+module of it (``install_command``, used by the CLI) does not pull in the server's (the
+database layer, asyncssh, aiohttp) and every CLI command starts in a fraction of the time.
+
 Errors are those of :mod:`broker.errors` (InputError, ForbiddenError, ConflictError, ...);
 :class:`~broker.agents.tokens.TokenRefused` (a ForbiddenError) and
 :class:`~broker.agents.facts_policy.FactsRefused` (an InputError) carry the refusal codes.
 """
-
-from broker.agents.agent_store import AgentRecord, find_agent, get_agent, list_agents
-from broker.agents.feature import AGENT_REGISTRY, TUNNEL_SETTINGS, setup
-from broker.agents.registry import AgentRegistry
-from broker.agents.signed_requests import verify_agent_request
-from broker.agents.tunnel_endpoint import TunnelSettings
-
-__all__ = [
-    "AGENT_REGISTRY",
-    "TUNNEL_SETTINGS",
-    "AgentRecord",
-    "AgentRegistry",
-    "TunnelSettings",
-    "find_agent",
-    "get_agent",
-    "list_agents",
-    "setup",
-    "verify_agent_request",
-]

@@ -12,8 +12,6 @@ import asyncio
 from pathlib import Path
 from typing import Final
 
-from sqlalchemy import func, select
-
 from broker.cli.client import CliError
 from broker.cli.output import print_json, print_table
 from broker.cli.runtime import Runtime, add_json
@@ -112,6 +110,8 @@ async def _status(config: BrokerConfig) -> list[dict[str, object]]:
 
 async def _recorded(config: BrokerConfig) -> list[tuple[str, int, int]]:
     """(node, agents marked online, sessions live) as the database records them."""
+    from sqlalchemy import func, select
+
     from broker.db.engine import create_engine
     from broker.db.models_agents import Agent
     from broker.db.models_sessions import RemoteSession

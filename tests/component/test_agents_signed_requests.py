@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pytest_aiohttp import AiohttpClient
 
 from agent.signing import sign_request
-from broker.agents import verify_agent_request
+from broker.agents.signed_requests import verify_agent_request
 from broker.services import SERVICES
 from tests.component.test_agents_harness import FAST, AgentsApp, LoopbackAgent, start_agents_app
 
