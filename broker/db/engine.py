@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
 from sqlalchemy import event
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import (
@@ -15,6 +14,9 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.pool import ConnectionPoolEntry
+
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -46,6 +48,10 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
 
 
 def alembic_config(url: str, schema: str | None = None) -> AlembicConfig:
+    # Alembic (and Mako, and Pygments under it) is imported only where migrations run:
+    # `secondline serve` and every CLI command import this module and never migrate.
+    from alembic.config import Config as AlembicConfig
+
     cfg = AlembicConfig()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
@@ -56,4 +62,6 @@ def alembic_config(url: str, schema: str | None = None) -> AlembicConfig:
 
 def migrate(url: str, schema: str | None = None) -> None:
     """Bring the database to the newest schema (fresh install or upgrade)."""
+    from alembic import command
+
     command.upgrade(alembic_config(url, schema), "head")
