@@ -167,10 +167,15 @@ def create_app(
     app.cleanup_ctx.append(_services_ctx)
     routers = api_routers()
     add_routes(app, routers)
-    document = build_openapi(routers, broker_version())
+    document: list[dict[str, object]] = []
 
     async def openapi(_request: web.Request) -> web.Response:
-        return web.json_response(document)
+        # Built on the first request, not at start: it walks every model's JSON schema,
+        # which costs every broker start (and every in-process app of the tests) for a
+        # document few clients ask for.
+        if not document:
+            document.append(build_openapi(routers, broker_version()))
+        return web.json_response(document[0])
 
     async def health(request: web.Request) -> web.Response:
         services = request.app[SERVICES]
