@@ -24,6 +24,7 @@ it cannot record.
 from __future__ import annotations
 
 import hashlib
+import re
 import struct
 from dataclasses import dataclass, field
 from typing import Final, Literal
@@ -91,22 +92,60 @@ class FileEvent:
         elif self.detail:
             tail.append(self.detail)
         paths = [self.path] if self.other is None else [self.path, self.other]
-        # The paths share what the rest leaves of a marker's 200 characters: a longer
-        # label would be cut at its end, and the digest with it.
-        fixed = len(f"file {self.op}  -> ") + len(" ".join(tail)) + 1
-        budget = max(16, (MAX_LABEL - fixed) // len(paths) - 2)
-        shown = [_shown(path, budget) for path in paths]
+        # The paths share what the rest leaves of a marker's 200 characters, each clipped
+        # on its own: a longer label would be cut at its end, and the digest with it.
+        fixed = len(f"file {self.op} ") + len(" -> ") * (len(paths) - 1)
+        fixed += len(" ".join(tail)) + (1 if tail else 0)
+        budget = max(MIN_PATH_SHOWN, (MAX_LABEL - fixed) // len(paths) - 2)
+        shown = [shown_path(path, budget) for path in paths]
         return " ".join(["file", self.op, " -> ".join(shown), *tail])
 
 
-def _shown(path: str, limit: int) -> str:
-    """The path with controls escaped, cut in the middle to ``limit`` characters (the file
-    name at its end is kept), quoted when it holds a space so the label splits back."""
-    text = clean_label(path, MAX_PATH_INPUT)
-    if len(text) > limit:
-        head = limit // 3
-        text = text[:head] + "…" + text[len(text) - (limit - head - 1) :]
-    return f'"{text}"' if (" " in text or not text or text[0] in "'\"") else text
+# A clipped path keeps this many characters at least (besides "…" and its tag).
+MIN_PATH_SHOWN: Final = 40
+PATH_TAG_HEX: Final = 16
+# One shown character: an escape written for a control character (or a literal "…"),
+# which a clip never cuts in two, or any single character.
+_UNIT: Final = re.compile(r"\\(?:x[0-9a-f]{2}|u[0-9a-f]{4})|.", re.DOTALL)
+
+
+def path_tag(path: str) -> str:
+    """``#`` and the first 16 hex digits of the SHA-256 of the path's bytes as sent: what
+    identifies a clipped path (``printf %s PATH | sha256sum``)."""
+    raw = path.encode("utf-8", "surrogateescape")
+    return "#" + hashlib.sha256(raw).hexdigest()[:PATH_TAG_HEX]
+
+
+def shown_path(path: str, limit: int) -> str:
+    """The path as a marker shows it, at most ``limit`` characters (plus quotes).
+
+    Controls are escaped (``\\xHH``) and a literal ``…`` is written ``\\u2026``, so that
+    ``…`` in a marker always means "clipped". A path longer than ``limit`` keeps its head
+    and, longer, its tail (the file name), joined by ``…``, never splitting an escape,
+    and ends with :func:`path_tag`, so two long paths that share head and tail are still
+    told apart. Quoted when it holds a space (or is empty), so the label splits back."""
+    escaped = clean_label(path.replace("…", "\\u2026"), MAX_PATH_INPUT * 6)
+    if len(escaped) > limit:
+        units = _UNIT.findall(escaped)
+        room = max(2, limit - 1 - 1 - PATH_TAG_HEX)
+        head_room = room // 3
+        head: list[str] = []
+        used = 0
+        for unit in units:
+            if used + len(unit) > head_room:
+                break
+            head.append(unit)
+            used += len(unit)
+        tail: list[str] = []
+        for unit in reversed(units[len(head) :]):
+            if used + len(unit) > room:
+                break
+            tail.append(unit)
+            used += len(unit)
+        escaped = "".join(head) + "…" + "".join(reversed(tail)) + path_tag(path)
+    if " " in escaped or not escaped or escaped[0] in "'\"":
+        return f'"{escaped}"'
+    return escaped
 
 
 @dataclass
@@ -165,7 +204,8 @@ class _Reader:
         return self.raw(self.u32())
 
     def text(self) -> str:
-        return self.string().decode("utf-8", errors="replace")
+        # Undecodable bytes kept as surrogates: the path tag digests the bytes as sent.
+        return self.string().decode("utf-8", errors="surrogateescape")
 
     def raw(self, count: int) -> bytes:
         end = self._at + count

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -70,9 +72,19 @@ async def test_sftp_and_scp_move_files_recorded(site: Site) -> None:
     marker in the transcript (which verifies and plays) and a line of the note."""
     await start_agent(site, "web01", "unattended")
     site.ticket = new_ticket(site, "web01")
-    here, there = site.tmp / "local", site.tmp / "machine"
+    here = site.tmp / "local"
     here.mkdir()
-    there.mkdir()
+    # The machine's files in a short directory of their own: the markers then show whole
+    # paths, whatever the length of pytest's temporary directory (long paths are clipped,
+    # tests/unit/test_sftp_tracker.py).
+    there = Path(tempfile.mkdtemp(prefix="slf-", dir="/tmp"))
+    try:
+        await _move_files(site, here, there)
+    finally:
+        shutil.rmtree(there)
+
+
+async def _move_files(site: Site, here: Path, there: Path) -> None:
     up = here / "config.bin"
     up.write_bytes(os.urandom(SIZE))
     log = there / "app.log"

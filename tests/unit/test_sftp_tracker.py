@@ -4,6 +4,7 @@ order, failures named, a stream that is not SFTP refused."""
 from __future__ import annotations
 
 import hashlib
+import re
 import struct
 
 import pytest
@@ -26,6 +27,7 @@ from broker.sessions.sftp_tracker import (
     FileEvent,
     SftpStreamError,
     SftpTracker,
+    path_tag,
 )
 from broker.transcript.asciicast import MAX_LABEL
 
@@ -172,3 +174,43 @@ def test_long_and_hostile_paths_keep_the_digest_in_the_label() -> None:
     (renamed,) = tracker.feed("from_agent", _ok(4, 3))
     assert len(renamed.label()) <= MAX_LABEL
     assert renamed.label().endswith("failed:permission-denied")
+
+
+def _renamed(tracker: SftpTracker, rid: int, old: bytes, new: bytes) -> str:
+    tracker.feed("to_agent", _packet(RENAME, _u32(rid), _s(old), _s(new)))
+    (event,) = tracker.feed("from_agent", _ok(rid))
+    return event.label()
+
+
+def test_two_long_paths_are_clipped_each_with_its_tag() -> None:
+    """A rename of two long paths that differ only in the middle: each is clipped on its
+    own, keeps its file name and ends with the SHA-256 tag of its own bytes, so the two
+    stay told apart and the label fits a marker whatever the directory's length."""
+    tracker = _started()
+    for depth in (10, 60, 400):
+        old = "/tmp/" + "/".join(f"d{i}" for i in range(depth)) + "/x/config.bin"
+        new = old.replace("/x/", "/y/").replace("config.bin", "config.new")
+        label = _renamed(tracker, depth, old.encode(), new.encode())
+        assert len(label) <= MAX_LABEL
+        shown_old, shown_new = label.removeprefix("file rename ").split(" -> ")
+        assert shown_old.startswith("/tmp/d0/") and shown_new.startswith("/tmp/d0/")
+        if len(old) > 90:
+            assert shown_old.endswith(f"config.bin{path_tag(old)}")
+            assert shown_new.endswith(f"config.new{path_tag(new)}")
+            assert "…" in shown_old and path_tag(old) != path_tag(new)
+        else:
+            assert (shown_old, shown_new) == (old, new)  # short paths as they are
+
+
+def test_clipping_never_splits_an_escape_and_a_literal_ellipsis_is_escaped() -> None:
+    """Control characters stay whole escapes when a path is clipped; a "…" in a name is
+    written \\u2026, so a marker's "…" always means clipped; undecodable bytes are
+    digested as sent."""
+    tracker = _started()
+    label = _renamed(tracker, 1, b"/tmp/a\xe2\x80\xa6b", b"/tmp/" + b"\x07" * 3000)
+    old, new = label.removeprefix("file rename ").split(" -> ")
+    assert old == "/tmp/a\\u2026b"
+    assert re.fullmatch(r"/tmp/(\\x07)+…(\\x07)+#[0-9a-f]{16}", new), new
+    raw = b"/srv/" + b"\xff" * 300 + b"/name"
+    label = _renamed(tracker, 2, raw, b"/srv/short")
+    assert label.split(" -> ")[0].endswith("/name#" + hashlib.sha256(raw).hexdigest()[:16])
