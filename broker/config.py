@@ -67,6 +67,13 @@ class BrokerConfig:
     web_session_idle_seconds: int = 30 * 60
     web_session_max_seconds: int = 12 * 60 * 60
     max_sessions_per_staff: int = 10
+    # File sessions (sftp, scp; docs/sessions.md): the largest file one session may upload
+    # or download (bytes, 0 = no limit), the files one session may open, and the content
+    # kept with the transcript per file (larger files keep only their SHA-256).
+    sftp_max_upload_bytes: int = 10 << 30
+    sftp_max_download_bytes: int = 10 << 30
+    sftp_max_files_per_session: int = 10000
+    sftp_keep_file_bytes: int = 10 << 20
     max_tokens_per_user: int = 50
     # The session outbox (broker.tickets.outbox): the first retry of a note comes after
     # about ticket_retry_first_seconds, each later one after twice as long (with jitter), up

@@ -124,8 +124,16 @@ class ApiClient:
     def request(
         self, method: str, path: str, body: object | None = None, *, auth: bool = True
     ) -> object:
+        payload = self._send(method, "/api/v1" + path, body, auth=auth)
+        return json.loads(payload) if payload else None
+
+    def download(self, path: str) -> bytes:
+        """The bytes of a ``/files/…`` download (a transcript's kept file, an attachment)."""
+        return self._send("GET", path, None, auth=True)
+
+    def _send(self, method: str, path: str, body: object | None, *, auth: bool) -> bytes:
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.conn.url + "/api/v1" + path, data=data, method=method)  # noqa: S310 - https only
+        req = urllib.request.Request(self.conn.url + path, data=data, method=method)  # noqa: S310 - https only
         req.add_header("Accept", "application/json")
         if data is not None:
             req.add_header("Content-Type", "application/json")
@@ -138,7 +146,7 @@ class ApiClient:
             req.add_header("Authorization", f"Bearer {self.conn.token}")
         try:
             with urllib.request.urlopen(req, timeout=self.timeout, context=self._ssl) as resp:  # noqa: S310
-                payload = resp.read()
+                payload: bytes = resp.read()
         except urllib.error.HTTPError as exc:
             raise CliError(_error_message(exc)) from None
         except urllib.error.URLError as exc:
@@ -154,7 +162,7 @@ class ApiClient:
             ) from None
         except (TimeoutError, ConnectionError) as exc:
             raise CliError(f"cannot reach the broker at {self.conn.url} ({exc})") from None
-        return json.loads(payload) if payload else None
+        return payload
 
 
 def _error_message(exc: urllib.error.HTTPError) -> str:

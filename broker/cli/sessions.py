@@ -218,6 +218,7 @@ def transcript_export(rt: Runtime) -> int:
             chain_path = out.with_name(out.name + ".chain")
             _write(chain_path, chain.encode("ascii"))
             written.append(chain_path)
+        written += _export_kept_files(rt, session_id, out)
     if fmt == "txt":
         print(f"Wrote {out}", file=sys.stderr)
         print(
@@ -237,6 +238,25 @@ def transcript_export(rt: Runtime) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _export_kept_files(rt: Runtime, session_id: str, out: Path) -> list[Path]:
+    """The content an SFTP session kept (its markers' ``kept=N``), into ``OUT.files/``:
+    verify checks it against the signed markers."""
+    from broker.transcript.kept_files import kept_claims, kept_dir
+
+    claims = kept_claims(out)
+    if not claims:
+        return []
+    directory = kept_dir(out)
+    try:
+        directory.mkdir(mode=0o700, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"cannot make {directory} ({exc.strerror})") from None
+    for _, number, _, _ in claims:
+        body = rt.api.download(f"/files/sessions/{quote(session_id)}/files/{number}")
+        _write(directory / str(number), body)
+    return [directory]
 
 
 def _data_dir_key(rt: Runtime) -> Ed25519PublicKey | None:

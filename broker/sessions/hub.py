@@ -46,9 +46,10 @@ from broker.sessions.hub_core import (
     end_message,
     roles_of,
 )
+from broker.sessions.hub_files import FileRecording
 from broker.sessions.input_ledger import InputKind
 from broker.sessions.screen_state import ScreenTail
-from broker.sessions.sftp_tracker import Direction, SftpStreamError, SftpTracker
+from broker.sessions.sftp_tracker import Direction, FileLimits
 from broker.transcript import (
     END_DISK_FULL,
     END_KILLED,
@@ -81,6 +82,7 @@ class LiveSession:
         *,
         on_member: MemberEvent,
         started_at: float,
+        file_limits: FileLimits | None = None,
     ) -> None:
         self.facts = facts
         self.recorder = recorder
@@ -88,7 +90,9 @@ class LiveSession:
         self.agent = AgentStream(facts.session_id, pty=facts.term is not None)
         self.screen = ScreenTail(facts.cols, facts.rows)  # a joiner's first frame
         # SFTP: the bytes are file contents, relayed; recorded as file events.
-        self.files = SftpTracker() if facts.kind == "sftp" else None
+        self.files: FileRecording | None = None
+        if facts.kind == "sftp":
+            self.files = FileRecording(file_limits or FileLimits(), recorder.paths.cast)
         self.started_at = started_at
         self._on_member = on_member
         self._terminals: dict[int, Terminal] = {}
@@ -155,14 +159,15 @@ class LiveSession:
         self._emit(forward, marks, stderr)
 
     def _file_events(self, direction: Direction, data: bytes) -> bool:
-        """Feed the SFTP tracker and mark what it saw; False: the session ended."""
+        """Mark what the SFTP recording saw; False: the session ended, data not relayed."""
         assert self.files is not None
-        try:
-            for event in self.files.feed(direction, data):
-                self.marker(event.label())
-        except SftpStreamError as exc:
-            log.warning("session %s: %s", self.session_id, exc)
-            self.end("ended", code="sftp_unreadable", message=end_message("sftp_unreadable"))
+        labels, refused = self.files.feed(direction, data)
+        for label in labels:
+            self.marker(label)
+        if refused is not None:
+            self.log.warning("session %s: %s", self.session_id, refused.message)
+            self.marker(f"files refused: {refused.message}")
+            self.end("ended", code=refused.code, message=refused.message)
         return self.running
 
     def _record_input(self, pieces: list[tuple[InputKind, bytes, bool]]) -> None:
@@ -451,9 +456,8 @@ class LiveSession:
                 self.recorder.output(tail, time.time(), [])
             for terminal in self._terminals.values():
                 terminal.write_output(tail, False)
-        if self.files is not None and code not in ("disk_full", "recorder_failed"):
-            for event in self.files.close():  # files still open: moved in part
-                self.marker(event.label())
+        for label in self.files.close() if self.files is not None else ():
+            self.marker(label)  # files still open: moved in part, not kept
         if code not in ("disk_full", "recorder_failed"):
             # Never reported: the terminal may not have echoed it, so it stays hidden.
             self._record_input(self.agent.ledger.close())

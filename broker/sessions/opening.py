@@ -29,6 +29,7 @@ from broker.sessions.facts import MemberEvent, SessionFacts, Terminal
 from broker.sessions.hooks import SessionStartHook
 from broker.sessions.hub import LiveSession
 from broker.sessions.hub_core import HubLimits, Member
+from broker.sessions.sftp_tracker import FileLimits
 from broker.transcript import TranscriptRecorder
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,12 @@ async def record_start(
         ),
         on_member=on_member,
         started_at=time.time(),
+        file_limits=FileLimits(
+            max_upload_bytes=services.config.sftp_max_upload_bytes,
+            max_download_bytes=services.config.sftp_max_download_bytes,
+            max_files=services.config.sftp_max_files_per_session,
+            keep_bytes=services.config.sftp_keep_file_bytes,
+        ),
     )
     live.consent = consent
     if consent is not None:

@@ -67,6 +67,32 @@ class SftpStreamError(Exception):
     """The relayed bytes are not an SFTP stream this tracker can follow."""
 
 
+class SftpLimitError(Exception):
+    """A request or an answer passes one of the session's file limits; the packet that
+    would pass it is not relayed, and the message says which limit and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class FileLimits:
+    """A file session's limits (broker.config: ``sftp_*``); 0 means no limit."""
+
+    max_upload_bytes: int = 0
+    max_download_bytes: int = 0
+    max_files: int = 0
+    keep_bytes: int = 10 << 20  # content kept with the transcript, per file
+
+
+@dataclass(frozen=True, slots=True)
+class Content:
+    """Bytes of the file numbered ``number``, in offset order, to keep with the transcript.
+    ``drop``: the file is not kept after all (past ``keep_bytes``, not one run of bytes, or
+    not finished); what was kept of it goes."""
+
+    number: int
+    data: bytes = b""
+    drop: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class FileEvent:
     """One file operation, for a transcript marker (:meth:`label`)."""
@@ -78,6 +104,7 @@ class FileEvent:
     sha256: str | None = None
     other: str | None = None  # the new name of a rename, the target of a symlink
     detail: str = ""
+    kept: int | None = None  # the number of its content kept with the transcript
 
     def label(self) -> str:
         """``file upload /tmp/a size=3 sha256=…``: one line, the form docs/transcripts.md
@@ -87,6 +114,8 @@ class FileEvent:
             tail.append(f"size={self.size}")
         if self.sha256 is not None:
             tail.append(f"sha256={self.sha256}")
+        if self.kept is not None:
+            tail.append(f"kept={self.kept}")
         if not self.ok:
             tail.append(f"failed{':' if self.detail else ''}{self.detail}")
         elif self.detail:
@@ -100,6 +129,9 @@ class FileEvent:
         shown = [shown_path(path, budget) for path in paths]
         return " ".join(["file", self.op, " -> ".join(shown), *tail])
 
+
+# What the tracker returns: file events to mark, and file content to keep.
+Item = FileEvent | Content
 
 # A clipped path keeps this many characters at least (besides "…" and its tag).
 MIN_PATH_SHOWN: Final = 40
@@ -152,19 +184,23 @@ def shown_path(path: str, limit: int) -> str:
 class _OpenFile:
     path: str
     writing: bool
+    number: int
+    keep_left: int  # bytes that may still be kept; -1: not kept (any more)
     digest: hashlib._Hash = field(default_factory=hashlib.sha256)
     next_offset: int = 0
     held: dict[int, bytes] = field(default_factory=dict)
     held_bytes: int = 0
     contiguous: bool = True
     moved: int = 0
+    refused: str = ""  # why the session's limits stopped it ("too-large")
 
-    def take(self, offset: int, data: bytes) -> None:
+    def take(self, offset: int, data: bytes, out: list[Item]) -> None:
         self.moved += len(data)
         if not self.contiguous or not data:
             return
         if offset < self.next_offset:
             self.contiguous = False  # a rewrite or a re-read: no single stream of bytes
+            self.drop(out)
             return
         self.held[offset] = data
         self.held_bytes += len(data)
@@ -173,15 +209,42 @@ class _OpenFile:
             self.held_bytes -= len(chunk)
             self.digest.update(chunk)
             self.next_offset += len(chunk)
+            self.keep(chunk, out)
         if self.held_bytes > MAX_HELD_BYTES:
             self.contiguous = False
             self.held.clear()
+            self.drop(out)
 
-    def event(self) -> FileEvent:
+    def keep(self, chunk: bytes, out: list[Item]) -> None:
+        if self.keep_left < 0:
+            return
+        if len(chunk) > self.keep_left:
+            self.drop(out)  # past keep_bytes: only the digest is kept
+            return
+        self.keep_left -= len(chunk)
+        out.append(Content(self.number, chunk))
+
+    def drop(self, out: list[Item]) -> None:
+        if self.keep_left >= 0:
+            self.keep_left = -1
+            out.append(Content(self.number, drop=True))
+
+    def event(self, out: list[Item]) -> FileEvent:
         op = "upload" if self.writing else "download"
         if self.contiguous and not self.held:
-            return FileEvent(op, self.path, True, self.next_offset, self.digest.hexdigest())
+            kept = self.number if self.keep_left >= 0 else None
+            return FileEvent(
+                op, self.path, True, self.next_offset, self.digest.hexdigest(), kept=kept
+            )
+        self.drop(out)
         return FileEvent(op, self.path, True, self.moved, None, detail="not-contiguous")
+
+    def unfinished(self, out: list[Item]) -> FileEvent:
+        """The file as the session ended while it was open (or a limit stopped it)."""
+        self.drop(out)
+        op = "upload" if self.writing else "download"
+        detail = self.refused or "incomplete"
+        return FileEvent(op, self.path, False, self.moved, None, detail=detail)
 
 
 class _Reader:
@@ -242,40 +305,43 @@ _Pending = tuple[str, object, object]
 
 
 class SftpTracker:
-    """Follows one SFTP session's two directions; returns the file events as they finish."""
+    """Follows one SFTP session's two directions; returns the file events as they finish,
+    and the content of the files to keep, in offset order."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: FileLimits | None = None) -> None:
+        self.limits = limits or FileLimits()
         self._to_agent = _Framer()
         self._from_agent = _Framer()
         self._pending: dict[int, _Pending] = {}
         self._files: dict[bytes, _OpenFile] = {}
+        self._opens = 0  # OPEN requests so far (max_files counts them)
+        self._numbered = 0  # files opened, numbered from 1 for their kept content
+        self._out: list[Item] = []
 
     @property
     def open_files(self) -> int:
         return len(self._files)
 
-    def feed(self, direction: Direction, data: bytes) -> list[FileEvent]:
-        """Bytes relayed one way; the file events they complete. Raises SftpStreamError."""
-        events: list[FileEvent] = []
+    def feed(self, direction: Direction, data: bytes) -> list[Item]:
+        """Bytes relayed one way; the file events they complete and the content to keep.
+        Raises SftpStreamError (not SFTP) or SftpLimitError (a limit passed; relay none of
+        ``data``, and end the session after marking :meth:`close`'s events)."""
+        self._out = []
         if direction == "to_agent":
             for packet in self._to_agent.feed(data):
                 self._request(_Reader(packet))
         else:
             for packet in self._from_agent.feed(data):
-                events += self._response(_Reader(packet))
-        return events
+                self._response(_Reader(packet))
+        return self._out
 
-    def close(self) -> list[FileEvent]:
+    def close(self) -> list[Item]:
         """The session ended: files still open were moved only in part."""
-        events = []
-        for state in self._files.values():
-            event = state.event()
-            events.append(
-                FileEvent(event.op, event.path, False, state.moved, None, detail="incomplete")
-            )
+        out: list[Item] = []
+        events = [state.unfinished(out) for state in self._files.values()]
         self._files.clear()
         self._pending.clear()
-        return events
+        return [*out, *events]
 
     def _wait(self, rid: int, pending: _Pending) -> None:
         if len(self._pending) >= MAX_PENDING:
@@ -290,6 +356,13 @@ class SftpTracker:
         if kind == OPEN:
             path = r.text()
             flags = r.u32()
+            self._opens += 1
+            most = self.limits.max_files
+            if most and self._opens > most:
+                raise SftpLimitError(
+                    f"this session has opened {most} files, the most one session may "
+                    "(sftp_max_files_per_session); start a new session for more"
+                )
             self._wait(rid, ("open", path, bool(flags & FXF_WRITE)))
         elif kind == CLOSE:
             self._wait(rid, ("close", r.string(), None))
@@ -301,7 +374,8 @@ class SftpTracker:
             handle, offset, data = r.string(), r.u64(), r.string()
             state = self._files.get(handle)
             if state is not None and state.writing:
-                state.take(offset, data)
+                self._check_size(state, offset + len(data), self.limits.max_upload_bytes)
+                state.take(offset, data, self._out)
         elif kind in (SETSTAT, REMOVE, MKDIR, RMDIR):
             op = {SETSTAT: "setstat", REMOVE: "remove", MKDIR: "mkdir", RMDIR: "rmdir"}[kind]
             self._wait(rid, ("op", FileEvent(op, r.text(), True), None))
@@ -320,40 +394,63 @@ class SftpTracker:
             old, new = r.text(), r.text()
             self._wait(rid, ("op", FileEvent("rename", old, True, other=new), None))
 
-    def _response(self, r: _Reader) -> list[FileEvent]:
+    def _check_size(self, state: _OpenFile, end: int, most: int) -> None:
+        """Refuse the bytes that would take a file past its direction's limit."""
+        if most and end > most:
+            state.refused = "too-large"
+            way, name = ("upload", "sftp_max_upload_bytes")
+            if not state.writing:
+                way, name = ("download", "sftp_max_download_bytes")
+            raise SftpLimitError(
+                f"{state.path!r} is larger than the {most} bytes one file may {way} ({name}); "
+                "the session ended. Compress or split it, or ask an admin to raise the limit"
+            )
+
+    def _response(self, r: _Reader) -> None:
         kind = r.u8()
         if kind == VERSION:
-            return []
+            return
         rid = r.u32()
         pending = self._pending.pop(rid, None)
         if pending is None:
-            return []
+            return
         what, first, second = pending
         if what == "open":
             assert isinstance(first, str)
             if kind == HANDLE:
                 if len(self._files) >= MAX_OPEN_FILES:
                     raise SftpStreamError("too many files open in one SFTP session")
-                self._files[r.string()] = _OpenFile(first, writing=bool(second))
-                return []
+                self._numbered += 1
+                keep = self.limits.keep_bytes if self.limits.keep_bytes > 0 else -1
+                self._files[r.string()] = _OpenFile(
+                    first, writing=bool(second), number=self._numbered, keep_left=keep
+                )
+                return
             op = "upload" if second else "download"
-            return [FileEvent(op, first, False, detail=_status(kind, r))]
+            self._out.append(FileEvent(op, first, False, detail=_status(kind, r)))
+            return
         if what == "read":
             assert isinstance(first, bytes)
             assert isinstance(second, int)
             state = self._files.get(first)
             if kind == DATA and state is not None and not state.writing:
-                state.take(second, r.string())
-            return []
+                data = r.string()
+                self._check_size(state, second + len(data), self.limits.max_download_bytes)
+                state.take(second, data, self._out)
+            return
         if what == "close":
             assert isinstance(first, bytes)
             state = self._files.pop(first, None)
-            return [] if state is None else [state.event()]
+            if state is not None:
+                self._out.append(state.event(self._out))
+            return
         assert isinstance(first, FileEvent)
         code = _status(kind, r)
         if code == "":
-            return [first]
-        return [FileEvent(first.op, first.path, False, other=first.other, detail=code)]
+            self._out.append(first)
+            return
+        event = FileEvent(first.op, first.path, False, other=first.other, detail=code)
+        self._out.append(event)
 
 
 _STATUS_NAMES: Final = {

@@ -33,6 +33,7 @@ from broker.secret_scrubber import LineScrubber
 from broker.transcript.asciicast import CastEvent, CastHeader, CastReader, read_lines
 from broker.transcript.chain import MAX_SEAL_FILE, ChainFileReader, DigestChain
 from broker.transcript.errors import CastFormatError, TranscriptNotFound
+from broker.transcript.kept_files import kept_dir
 from broker.transcript.marks import Command, CommandTracker, MarkParser
 from broker.transcript.paths import sidecar_paths
 from broker.transcript.render import TextRenderer
@@ -85,6 +86,10 @@ def export_cast(cast_path: Path, out_path: Path) -> list[Path]:
         if source.is_file():
             shutil.copyfile(source, target)
             written.append(target)
+    kept = kept_dir(cast_path)
+    if kept.is_dir():  # file content kept with an SFTP session: verify checks it too
+        shutil.copytree(kept, kept_dir(out_path), dirs_exist_ok=True)
+        written.append(kept_dir(out_path))
     return written
 
 

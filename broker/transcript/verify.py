@@ -22,6 +22,7 @@ seal; the chain file only locates.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from collections.abc import Iterable, Iterator
@@ -53,6 +54,7 @@ from broker.transcript.errors import (
     SealFormatError,
     TranscriptNotFound,
 )
+from broker.transcript.kept_files import check_kept
 from broker.transcript.keys import public_key_fingerprint
 from broker.transcript.paths import sidecar_paths
 
@@ -345,11 +347,30 @@ def verify_transcript(
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             chain_file = None
         recorded = ChainFileReader(chain_file) if chain_file is not None else None
-        return _verify(read_lines(cast), public_key, seal_bytes, recorded)
+        result = _verify(read_lines(cast), public_key, seal_bytes, recorded)
     finally:
         cast.close()
         if chain_file is not None:
             chain_file.close()
+    return _with_kept_files(Path(cast_path), result)
+
+
+def _with_kept_files(cast_path: Path, result: VerifyResult) -> VerifyResult:
+    """A sealed transcript whose kept file content (``FILE.cast.files/``) does not match
+    the signed markers is invalid, named at the marker's event."""
+    if not result.ok:
+        return result
+    bad = check_kept(cast_path)
+    if bad is None:
+        return result
+    event, sentence = bad
+    return dataclasses.replace(
+        result,
+        status="invalid",
+        message=f"The transcript's events match its seal, but {sentence}.",
+        first_bad_event=event,
+        first_bad_line=event + 1,
+    )
 
 
 # -- export bundles ---------------------------------------------------------------------

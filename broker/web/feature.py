@@ -17,6 +17,7 @@ def setup(app: web.Application) -> None:
     app[TERMINALS] = Terminals()
     app.router.add_get(terminal_ws.PATH, terminal_ws.terminal_socket)
     app.router.add_get(session_downloads.DOWNLOAD_PATH, session_downloads.download_transcript)
+    app.router.add_get(session_downloads.KEPT_PATH, session_downloads.download_kept_file)
     app.router.add_get(ATTACHMENT_PATH, ticket_downloads.download)
     # Appended: the sessions' drain (first of all shutdown handlers) has told every terminal
     # why its session ended before its socket closes.

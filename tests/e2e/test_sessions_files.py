@@ -31,7 +31,10 @@ from tests.support.site import (
 
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
 
-SIZE = 3 << 20  # a few MiB: many SFTP packets each way, and a quick test
+# The "done when": 50 MB each way (past the 10 MiB kept per file, so only its
+# digest is kept); SMALL is kept with the transcript.
+SIZE = 50_000_000
+SMALL = 5000
 
 
 def _options(site: Site, key: Path) -> list[str]:
@@ -89,12 +92,15 @@ async def _move_files(site: Site, here: Path, there: Path) -> None:
     up.write_bytes(os.urandom(SIZE))
     log = there / "app.log"
     log.write_bytes(os.urandom(SIZE + 12345))
+    small = here / "fixed.conf"
+    small.write_bytes(os.urandom(SMALL))
     target = f"{site.ticket}@127.0.0.1"
 
     batch = site.tmp / "batch"
     batch.write_text(
         f"put {up} {there}/config.bin\nget {log} {here}/app.log\nrename "
         f"{there}/config.bin {there}/config.new\nmkdir {there}/made\n"
+        f"put {small} {there}/fixed.conf\n"
     )
     mark = len(site.broker.output)
     result = await _run(site, "/usr/bin/sftp", *_options(site, site.key), "-b", str(batch), target)
@@ -107,6 +113,7 @@ async def _move_files(site: Site, here: Path, there: Path) -> None:
     assert f"download {log} size={SIZE + 12345} sha256={_sha(log)}" in text
     assert f"rename {there}/config.bin -> {there}/config.new" in text
     assert f"mkdir {there}/made" in text
+    assert f"upload {there}/fixed.conf size={SMALL} sha256={_sha(small)} kept=" in text
 
     cast = site.tmp / f"{sid}.cast"
     ok(site.admin("transcript", "export", sid, "--format", "cast", "-o", str(cast)))
@@ -115,6 +122,14 @@ async def _move_files(site: Site, here: Path, there: Path) -> None:
     assert len(recorded) < SIZE // 10  # digests recorded, not the contents
     asciinema_cat(cast)  # plays
     assert ok(site.admin("transcript", "verify", str(cast))).startswith("valid")
+    # The small file's bytes came with the export, and verify covers them.
+    (kept,) = (cast.parent / f"{cast.name}.files").iterdir()
+    assert kept.read_bytes() == small.read_bytes()
+    kept.write_bytes(bytes([small.read_bytes()[0] ^ 1]) + small.read_bytes()[1:])
+    altered = site.admin("transcript", "verify", str(cast))
+    assert altered.code == 1, altered.out
+    assert "altered" in altered.out
+    kept.write_bytes(small.read_bytes())
     forged = recorded.replace(f"sha256={_sha(up)}", f"sha256={'0' * 64}")
     cast.write_text(forged)
     broken = site.admin("transcript", "verify", str(cast))

@@ -24,7 +24,11 @@ from broker.sessions.sftp_tracker import (
     STATUS,
     VERSION,
     WRITE,
+    Content,
     FileEvent,
+    FileLimits,
+    Item,
+    SftpLimitError,
     SftpStreamError,
     SftpTracker,
     path_tag,
@@ -54,8 +58,15 @@ def _ok(rid: int, code: int = 0) -> bytes:
     return _packet(STATUS, _u32(rid), _u32(code), _s("msg"), _s(""))
 
 
-def _started() -> SftpTracker:
-    tracker = SftpTracker()
+def _events(items: list[Item]) -> list[FileEvent]:
+    """The file events among what the tracker returned (here: all of it)."""
+    assert all(isinstance(item, FileEvent) for item in items), items
+    return [item for item in items if isinstance(item, FileEvent)]
+
+
+def _started(limits: FileLimits | None = None) -> SftpTracker:
+    # Content kept only where a test asks for it (keep_bytes=0: digests only).
+    tracker = SftpTracker(limits or FileLimits(keep_bytes=0))
     assert tracker.feed("to_agent", _packet(INIT, _u32(3))) == []
     assert tracker.feed("from_agent", _packet(VERSION, _u32(3))) == []
     return tracker
@@ -74,7 +85,7 @@ def test_upload_in_pieces_gives_size_and_digest_at_close() -> None:
     for start in range(0, len(stream), 1000):  # packets cut anywhere
         assert tracker.feed("to_agent", stream[start : start + 1000]) == []
     tracker.feed("to_agent", _packet(CLOSE, _u32(20), _s(b"h1")))
-    events = tracker.feed("from_agent", _ok(20))
+    events = _events(tracker.feed("from_agent", _ok(20)))
     digest = hashlib.sha256(body).hexdigest()
     assert events == [FileEvent("upload", "/tmp/up load", True, len(body), digest)]
     assert events[0].label() == f'file upload "/tmp/up load" size={len(body)} sha256={digest}'
@@ -91,7 +102,7 @@ def test_download_answers_out_of_order_still_hash_in_order() -> None:
     tracker.feed("from_agent", _packet(DATA, _u32(3), _s(body[50:])))
     tracker.feed("from_agent", _packet(DATA, _u32(2), _s(body[:50])))
     tracker.feed("to_agent", _packet(CLOSE, _u32(4), _s(b"h")))
-    (event,) = tracker.feed("from_agent", _ok(4))
+    (event,) = _events(tracker.feed("from_agent", _ok(4)))
     assert (event.op, event.size, event.sha256) == (
         "download",
         100,
@@ -107,7 +118,7 @@ def test_rewritten_bytes_give_no_digest() -> None:
     tracker.feed("to_agent", _packet(WRITE, _u32(2), _s(b"h"), _u64(0), _s(b"abc")))
     tracker.feed("to_agent", _packet(WRITE, _u32(3), _s(b"h"), _u64(0), _s(b"xyz")))
     tracker.feed("to_agent", _packet(CLOSE, _u32(4), _s(b"h")))
-    (event,) = tracker.feed("from_agent", _ok(4))
+    (event,) = _events(tracker.feed("from_agent", _ok(4)))
     assert event.sha256 is None
     assert event.label() == "file upload f size=6 not-contiguous"
 
@@ -122,7 +133,7 @@ def test_operations_report_their_outcome() -> None:
     extended = _packet(EXTENDED, _u32(5), _s("posix-rename@openssh.com"), _s("c"), _s("e"))
     tracker.feed("to_agent", extended)
     answers = _ok(1) + _ok(2, 2) + _ok(3) + _ok(4, 3) + _ok(5)
-    labels = [event.label() for event in tracker.feed("from_agent", answers)]
+    labels = [event.label() for event in _events(tracker.feed("from_agent", answers))]
     assert labels == [
         "file rename a -> b",
         "file remove gone failed:no-such-file",
@@ -136,12 +147,12 @@ def test_refused_open_and_unfinished_file() -> None:
     """A refused open is a failed event; a file open when the session ends is incomplete."""
     tracker = _started()
     tracker.feed("to_agent", _packet(OPEN, _u32(1), _s("/root/x"), _u32(1), _u32(0)))
-    (refused,) = tracker.feed("from_agent", _ok(1, 3))
+    (refused,) = _events(tracker.feed("from_agent", _ok(1, 3)))
     assert refused.label() == "file download /root/x failed:permission-denied"
     tracker.feed("to_agent", _packet(OPEN, _u32(2), _s("half"), _u32(2), _u32(0)))
     tracker.feed("from_agent", _packet(HANDLE, _u32(2), _s(b"h")))
     tracker.feed("to_agent", _packet(WRITE, _u32(3), _s(b"h"), _u64(0), _s(b"12345")))
-    (cut,) = tracker.close()
+    (cut,) = _events(tracker.close())
     assert cut.label() == "file upload half size=5 failed:incomplete"
 
 
@@ -165,20 +176,20 @@ def test_long_and_hostile_paths_keep_the_digest_in_the_label() -> None:
     tracker.feed("from_agent", _packet(HANDLE, _u32(1), _s(b"h")))
     tracker.feed("to_agent", _packet(WRITE, _u32(2), _s(b"h"), _u64(0), _s(b"x")))
     tracker.feed("to_agent", _packet(CLOSE, _u32(3), _s(b"h")))
-    (event,) = tracker.feed("from_agent", _ok(3))
+    (event,) = _events(tracker.feed("from_agent", _ok(3)))
     label = event.label()
     assert len(label) <= MAX_LABEL
     assert label.endswith(f"size=1 sha256={hashlib.sha256(b'x').hexdigest()}")
     assert "\x1b" not in label
     tracker.feed("to_agent", _packet(RENAME, _u32(4), _s(hostile), _s(hostile)))
-    (renamed,) = tracker.feed("from_agent", _ok(4, 3))
+    (renamed,) = _events(tracker.feed("from_agent", _ok(4, 3)))
     assert len(renamed.label()) <= MAX_LABEL
     assert renamed.label().endswith("failed:permission-denied")
 
 
 def _renamed(tracker: SftpTracker, rid: int, old: bytes, new: bytes) -> str:
     tracker.feed("to_agent", _packet(RENAME, _u32(rid), _s(old), _s(new)))
-    (event,) = tracker.feed("from_agent", _ok(rid))
+    (event,) = _events(tracker.feed("from_agent", _ok(rid)))
     return event.label()
 
 
@@ -193,11 +204,13 @@ def test_two_long_paths_are_clipped_each_with_its_tag() -> None:
         label = _renamed(tracker, depth, old.encode(), new.encode())
         assert len(label) <= MAX_LABEL
         shown_old, shown_new = label.removeprefix("file rename ").split(" -> ")
-        assert shown_old.startswith("/tmp/d0/") and shown_new.startswith("/tmp/d0/")
+        assert shown_old.startswith("/tmp/d0/")
+        assert shown_new.startswith("/tmp/d0/")
         if len(old) > 90:
             assert shown_old.endswith(f"config.bin{path_tag(old)}")
             assert shown_new.endswith(f"config.new{path_tag(new)}")
-            assert "…" in shown_old and path_tag(old) != path_tag(new)
+            assert "…" in shown_old
+            assert path_tag(old) != path_tag(new)
         else:
             assert (shown_old, shown_new) == (old, new)  # short paths as they are
 
@@ -214,3 +227,104 @@ def test_clipping_never_splits_an_escape_and_a_literal_ellipsis_is_escaped() -> 
     raw = b"/srv/" + b"\xff" * 300 + b"/name"
     label = _renamed(tracker, 2, raw, b"/srv/short")
     assert label.split(" -> ")[0].endswith("/name#" + hashlib.sha256(raw).hexdigest()[:16])
+
+
+def _open(tracker: SftpTracker, rid: int, path: str, flags: int, handle: bytes) -> None:
+    tracker.feed("to_agent", _packet(OPEN, _u32(rid), _s(path), _u32(flags), _u32(0)))
+    assert tracker.feed("from_agent", _packet(HANDLE, _u32(rid), _s(handle))) == []
+
+
+def _write(tracker: SftpTracker, rid: int, handle: bytes, offset: int, data: bytes) -> list[Item]:
+    return tracker.feed("to_agent", _packet(WRITE, _u32(rid), _s(handle), _u64(offset), _s(data)))
+
+
+def _close(tracker: SftpTracker, rid: int, handle: bytes) -> list[Item]:
+    tracker.feed("to_agent", _packet(CLOSE, _u32(rid), _s(handle)))
+    return tracker.feed("from_agent", _ok(rid))
+
+
+def test_content_is_kept_in_offset_order_up_to_keep_bytes() -> None:
+    """Bytes of a small file come out in offset order, numbered, and its marker names the
+    number; a file past keep_bytes is dropped and keeps only its digest; a rewritten one
+    is dropped too."""
+    tracker = _started(FileLimits(keep_bytes=10))
+    _open(tracker, 1, "/etc/small", 2, b"a")
+    assert _write(tracker, 2, b"a", 4, b"5678") == []  # held until offset 0 arrives
+    assert _write(tracker, 3, b"a", 0, b"1234") == [Content(1, b"1234"), Content(1, b"5678")]
+    (small,) = _events(_close(tracker, 4, b"a"))
+    digest = hashlib.sha256(b"12345678").hexdigest()
+    assert small.label() == f"file upload /etc/small size=8 sha256={digest} kept=1"
+
+    _open(tracker, 5, "/etc/big", 2, b"b")
+    assert _write(tracker, 6, b"b", 0, b"x" * 8) == [Content(2, b"x" * 8)]
+    assert _write(tracker, 7, b"b", 8, b"x" * 8) == [Content(2, drop=True)]
+    assert _write(tracker, 8, b"b", 16, b"x") == []
+    (big,) = _events(_close(tracker, 9, b"b"))
+    assert big.kept is None
+    assert big.sha256 == hashlib.sha256(b"x" * 17).hexdigest()
+
+    _open(tracker, 10, "/etc/again", 2, b"c")
+    _write(tracker, 11, b"c", 0, b"ab")
+    assert _write(tracker, 12, b"c", 0, b"cd") == [Content(3, drop=True)]
+    (again,) = _events(_close(tracker, 13, b"c"))
+    assert again.kept is None
+    assert again.detail == "not-contiguous"
+
+
+def test_upload_and_download_past_their_limits_are_refused() -> None:
+    """A write past sftp_max_upload_bytes and an answer past sftp_max_download_bytes raise
+    a limit error naming the setting before the bytes are relayed; the file is recorded as
+    failed:too-large and what was kept of it is dropped."""
+    tracker = _started(FileLimits(max_upload_bytes=10, max_download_bytes=4, keep_bytes=100))
+    _open(tracker, 1, "/tmp/up", 2, b"u")
+    assert _write(tracker, 2, b"u", 0, b"x" * 10) == [Content(1, b"x" * 10)]
+    with pytest.raises(SftpLimitError, match="sftp_max_upload_bytes"):
+        _write(tracker, 3, b"u", 10, b"y")
+    _open(tracker, 4, "/var/log/down", 1, b"d")
+    tracker.feed("to_agent", _packet(READ, _u32(5), _s(b"d"), _u64(0), _u32(5)))
+    with pytest.raises(SftpLimitError, match="sftp_max_download_bytes"):
+        tracker.feed("from_agent", _packet(DATA, _u32(5), _s(b"12345")))
+    items = tracker.close()
+    assert items[:2] == [Content(1, drop=True), Content(2, drop=True)]
+    assert [item.label() for item in items[2:] if isinstance(item, FileEvent)] == [
+        "file upload /tmp/up size=10 failed:too-large",
+        "file download /var/log/down size=0 failed:too-large",
+    ]
+
+
+def test_an_upload_stopped_halfway_is_incomplete_and_not_kept() -> None:
+    """The client goes away in the middle of an upload: the file is recorded as
+    failed:incomplete with the bytes that went through, and its kept content dropped."""
+    tracker = _started(FileLimits())
+    _open(tracker, 1, "/srv/half.iso", 2, b"h")
+    assert _write(tracker, 2, b"h", 0, b"z" * 1000) == [Content(1, b"z" * 1000)]
+    assert [item if isinstance(item, Content) else item.label() for item in tracker.close()] == [
+        Content(1, drop=True),
+        "file upload /srv/half.iso size=1000 failed:incomplete",
+    ]
+
+
+def test_files_per_session_and_ten_thousand_handles_are_bounded() -> None:
+    """sftp_max_files_per_session refuses the open past it (before it reaches the agent);
+    without it, a client holding 10,000 handles open is stopped at the tracker's own bound
+    rather than growing the broker's memory."""
+    tracker = _started(FileLimits(max_files=2))
+    _open(tracker, 1, "a", 1, b"1")
+    _open(tracker, 2, "b", 1, b"2")
+    with pytest.raises(SftpLimitError, match="sftp_max_files_per_session"):
+        tracker.feed("to_agent", _packet(OPEN, _u32(3), _s("c"), _u32(1), _u32(0)))
+
+    tracker = _started()
+    for rid in range(1024):
+        _open(tracker, rid, f"/tmp/f{rid}", 1, b"h%d" % rid)
+    tracker.feed("to_agent", _packet(OPEN, _u32(1024), _s("/tmp/f"), _u32(1), _u32(0)))
+    with pytest.raises(SftpStreamError, match="too many files open"):
+        tracker.feed("from_agent", _packet(HANDLE, _u32(1024), _s(b"one more")))
+    assert tracker.open_files == 1024
+    # 10,000 opens sent without waiting for answers: refused at the bound on pending ones.
+    tracker = _started()
+    opens = b"".join(
+        _packet(OPEN, _u32(rid), _s("/tmp/f"), _u32(1), _u32(0)) for rid in range(10_000)
+    )
+    with pytest.raises(SftpStreamError, match="without an answer"):
+        tracker.feed("to_agent", opens)
