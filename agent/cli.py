@@ -391,6 +391,9 @@ def _sessions(paths: StatePaths, *, as_json: bool) -> int:
         for item in live:
             detail = f"{_text(item, 'kind')} as {_text(item, 'login_user')}"
             _print_session(sys.stdout, item, f"{detail} since {_text(item, 'started_at')}")
+            files = item.get("files") if isinstance(item, dict) else None
+            if isinstance(files, dict):
+                print(f"    {_files_line(files)}")
     if pending:
         print("WAITING FOR APPROVAL")
         for item in pending:
@@ -400,6 +403,17 @@ def _sessions(paths: StatePaths, *, as_json: bool) -> int:
                 f"asked {_text(item, 'requested_at')}, times out {_text(item, 'deadline')}",
             )
     return 0
+
+
+def _files_line(files: dict[str, object]) -> str:
+    """A file session's activity, as its sftp-server reported it."""
+    line = (
+        f"files: {_text(files, 'files_written')} written ({_text(files, 'bytes_written')} "
+        f"bytes), {_text(files, 'files_read')} read ({_text(files, 'bytes_read')} bytes), "
+        f"{_text(files, 'changes')} changed"
+    )
+    last = _text(files, "last_file")
+    return line if last == "-" else f"{line}, last {last}"
 
 
 def _list(result: dict[str, object], key: str) -> list[object]:

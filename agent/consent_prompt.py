@@ -29,15 +29,24 @@ _ASKS: Final[dict[ConsentRole, str]] = {
     "observer": "watch a running session (they see the screen)",
 }
 
+MAY_DO: Final = (
+    "If you approve, they may run commands and read and write files on this machine "
+    "as its login account."
+)
+
 
 def describe_request(request: ConsentRequest) -> str:
     """The question shown for a request (inert text only)."""
     env = request.env
     title = sanitize_text(env.ticket_title, 200)
     asks = _ASKS[env.asked_role]
+    # Files travel in a session of their own (sftp, scp, the console's transfer panel),
+    # asked for like a shell: the end user hears that files may be read and written.
+    scope = "" if env.asked_role == "observer" else f"  {MAY_DO}\n"
     return (
         f"Secondline: {env.staff} (support level {env.staff_level}) asks to {asks} on "
         f"this machine for ticket {env.ticket}{f' ({title})' if title else ''}.\n"
+        f"{scope}"
         f"  Approve? Type y or n and Enter here, or run: "
         f"secondline-agent approve {env.session} {env.staff}\n"
     )

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Final, Literal
 
 from agent.protocol import SessionEnv, iso_utc, sanitize_text
+from agent.sftp_activity import FileActivity
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,8 @@ class LiveChannel:
     started_at: float
     close: Callable[[], None] = field(repr=False)
     ended_by: EndedBy | None = None
+    # A file session: what its sftp-server reported doing (agent.sftp_activity).
+    files: FileActivity | None = None
 
     def to_dict(self) -> dict[str, object]:
         """The JSON shape shown by ``secondline-agent sessions``."""
@@ -87,6 +90,7 @@ class LiveChannel:
             else sanitize_text(self.command, COMMAND_SHOWN_MAX),
             "login_user": self.login_user,
             "started_at": iso_utc(self.started_at),
+            **({"files": self.files.to_dict()} if self.files is not None else {}),
         }
 
 
@@ -129,6 +133,8 @@ class SessionRegistry:
         }
         if returncode is not None:
             record["exit_status" if returncode >= 0 else "exit_signal"] = abs(returncode)
+        if channel.files is not None:  # the machine's own record of the files moved
+            record["files"] = channel.files.to_dict()
         self._log.append(record)
 
     def consent(self, record: dict[str, object]) -> None:

@@ -43,6 +43,7 @@ from agent.protocol import (
 from agent.pty_session import ProcessTable, SessionProcess
 from agent.session_log import ChannelKind, EndedBy, LiveChannel, SessionRegistry
 from agent.session_signals import ALLOWED_SIGNALS, signal_name
+from agent.sftp_activity import FileActivity
 from agent.shell_integration import (
     ShellLaunch,
     ZshStartupFiles,
@@ -293,7 +294,9 @@ class AgentSession(asyncssh.SSHServerSession[bytes]):
                 raise SpawnError(
                     "this machine has no SFTP server program (install openssh-sftp-server)"
                 )
-            return ShellLaunch(program, ("sftp-server",), {}, ())
+            # -e -l INFO: one line per file operation on stderr, which the agent reads for
+            # the end user's `sessions` (agent.sftp_activity) and never relays.
+            return ShellLaunch(program, ("sftp-server", "-e", "-l", "INFO"), {}, ())
         if self._kind == "exec":
             assert self._command is not None
             return command_shell(account.shell, self._command)
@@ -326,6 +329,7 @@ class AgentSession(asyncssh.SSHServerSession[bytes]):
                 login_user=account.name,
                 started_at=self._ctx.clock(),
                 close=self._end_by_user,
+                files=FileActivity() if kind == "sftp" else None,
             )
             self._ctx.registry.started(self._live)
             logger.info(
@@ -430,6 +434,9 @@ class AgentSession(asyncssh.SSHServerSession[bytes]):
             self._chan.write(data)
 
     def process_stderr(self, data: bytes) -> None:
+        if self._live is not None and self._live.files is not None:
+            self._live.files.feed(data)  # sftp-server's log: the SFTP client never sees it
+            return
         if self._chan is not None and not self._closed:
             self._chan.write_stderr(data)
 

@@ -57,6 +57,7 @@ def test_question_text_without_title() -> None:
     assert isinstance(request, ConsentRequest)
     text = describe_request(request)
     assert "for ticket T-1.\n" in text
+    assert "may run commands and read and write files on this machine" in text
 
 
 async def test_two_waiting_people_are_answered_oldest_first_by_name() -> None:
