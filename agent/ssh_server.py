@@ -23,6 +23,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Final
 
 import asyncssh
 
@@ -87,6 +88,9 @@ class ServerContext:
     zsh_files: ZshStartupFiles | None = None
 
 
+CHANNEL_WINDOW: Final = 256 << 10
+
+
 def server_options(host_key: asyncssh.SSHKey, ctx: ServerContext) -> dict[str, object]:
     """Keyword arguments for ``asyncssh.connect_reverse`` that make the agent's server."""
     return {
@@ -106,6 +110,9 @@ def server_options(host_key: asyncssh.SSHKey, ctx: ServerContext) -> dict[str, o
         # agent.toml may change them (docs/agent.md); the defaults are the protocol's.
         "keepalive_interval": ctx.config.keepalive_interval_seconds,
         "keepalive_count_max": ctx.config.keepalive_count_max,
+        # What the broker may send ahead on a channel: typed input needs little, and an
+        # upload then has at most this much in the tunnel ahead of other sessions' bytes.
+        "window": CHANNEL_WINDOW,
     }
 
 

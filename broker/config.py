@@ -74,6 +74,9 @@ class BrokerConfig:
     sftp_max_download_bytes: int = 10 << 30
     sftp_max_files_per_session: int = 10000
     sftp_keep_file_bytes: int = 10 << 20
+    # What a transfer may have in flight in an agent's tunnel (SSH window), ahead of the
+    # keystrokes of other sessions on that agent: smaller shares better, larger is faster.
+    sftp_window_bytes: int = 256 << 10
     max_tokens_per_user: int = 50
     # The session outbox (broker.tickets.outbox): the first retry of a note comes after
     # about ticket_retry_first_seconds, each later one after twice as long (with jitter), up

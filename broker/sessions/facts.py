@@ -76,6 +76,9 @@ class Terminal(Protocol):
     def drop(self, message: str) -> None:
         """The hub cut this terminal off (it could not keep up)."""
 
+    def pause_input(self, paused: bool) -> None:
+        """Stop (or go on) reading what this participant sends: the agent is behind."""
+
     def finish(self, outcome: Outcome) -> None:
         """The session ended."""
 

@@ -1,13 +1,11 @@
 """One live session: the PTY channel to the agent, fanned out to the participants'
 terminals and to the recorder.
 
-The decisions live in :class:`~broker.sessions.hub_core.HubCore`; what the agent's channel
-says is sorted by :class:`~broker.sessions.hub_agent.AgentStream`; this module reads (agent
-output, staff input), feeds them and performs what they return. The hot path
-is synchronous: an agent chunk goes through the mark parser, into the recorder's memory
-buffer, then to each terminal's write buffer, with no queue and no task per chunk. Disk
-writes happen at most once a second (or per MiB), on the event loop: a flush is one
-``writev`` to the page cache, cheaper than a hop to a worker thread and back.
+Decisions: :class:`~broker.sessions.hub_core.HubCore`; the agent's channel is sorted by
+:class:`~broker.sessions.hub_agent.AgentStream`; this module feeds them and performs what
+they return. The hot path is synchronous: an agent chunk goes through the mark parser, the
+recorder's buffer, each terminal's write buffer; no queue, no task per chunk. Disk writes
+(at most once a second or per MiB, on the loop) are one ``writev`` to the page cache.
 
 A session ends exactly once (:meth:`LiveSession.end`); :meth:`LiveSession.run` then waits
 briefly for the agent channel to close, records what is left, seals the transcript and tells
@@ -28,7 +26,7 @@ import asyncssh
 from agent.protocol import ConsentAnswer
 from broker.log_context import context_logger
 from broker.sessions.facts import MemberEvent, Outcome, SessionFacts, Terminal
-from broker.sessions.hub_agent import AgentChannel, AgentStream
+from broker.sessions.hub_agent import AGENT_WINDOW, AgentChannel, AgentStream
 from broker.sessions.hub_core import (
     Action,
     Disconnect,
@@ -135,6 +133,7 @@ class LiveSession:
             term_size=(facts.cols, facts.rows) if facts.term else None,
             request_pty=facts.term is not None,
             encoding=None,
+            window=self.files.window if self.files is not None else AGENT_WINDOW,
         )
         self.channel_opened = True
 
@@ -143,6 +142,11 @@ class LiveSession:
         if self._end is not None:  # ended (killed) while the channel was being opened
             with contextlib.suppress(OSError, asyncssh.Error):
                 chan.close()
+
+    def pause_input(self, paused: bool) -> None:
+        """The agent's channel is full (or drained): hold what participants send."""
+        for terminal in self._terminals.values():
+            terminal.pause_input(paused)
 
     def agent_output(self, data: bytes, stderr: bool) -> None:
         """A chunk from the agent: parse, record, fan out. The hot path."""

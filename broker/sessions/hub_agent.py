@@ -33,6 +33,11 @@ END_BY_END_USER: Final = "ended by the end user"
 InputPieces = list[tuple[InputKind, bytes, bool]]
 
 
+AGENT_WINDOW: Final = 2 << 20  # asyncssh's; a file session's is smaller (sftp_window_bytes)
+AGENT_WRITE_HIGH: Final = 1 << 20
+AGENT_WRITE_LOW: Final = 256 << 10
+
+
 class AgentChannel(asyncssh.SSHClientSession[bytes]):
     """The broker's side of the agent's PTY channel: hands everything to the hub."""
 
@@ -40,7 +45,17 @@ class AgentChannel(asyncssh.SSHClientSession[bytes]):
         self._live = live
 
     def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
+        # Past AGENT_WRITE_HIGH bytes not yet taken by the agent, participants' input waits
+        # in their own clients (pause_writing below), not in the broker's memory: an upload
+        # runs at the pace of the agent's side.
+        chan.set_write_buffer_limits(high=AGENT_WRITE_HIGH, low=AGENT_WRITE_LOW)
         self._live.channel_made(chan)
+
+    def pause_writing(self) -> None:
+        self._live.pause_input(True)
+
+    def resume_writing(self) -> None:
+        self._live.pause_input(False)
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
         self._live.agent_output(data, datatype == asyncssh.EXTENDED_DATA_STDERR)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from broker.sessions.hub_core import end_message
 from broker.sessions.sftp_tracker import (
@@ -20,6 +21,9 @@ from broker.sessions.sftp_tracker import (
     SftpTracker,
 )
 from broker.transcript.kept_files import ContentStore, kept_dir
+
+# One SSH packet (asyncssh's 32 KiB) at least, or nothing moves.
+MIN_WINDOW: Final = 64 << 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +39,7 @@ class FileRecording:
 
     def __init__(self, limits: FileLimits, cast_path: Path) -> None:
         self.tracker = SftpTracker(limits)
+        self.window = max(limits.window_bytes, MIN_WINDOW)
         self.store = ContentStore(kept_dir(cast_path))
 
     def feed(self, direction: Direction, data: bytes) -> tuple[list[str], Refusal | None]:

@@ -133,6 +133,7 @@ async def record_start(
             max_download_bytes=services.config.sftp_max_download_bytes,
             max_files=services.config.sftp_max_files_per_session,
             keep_bytes=services.config.sftp_keep_file_bytes,
+            window_bytes=services.config.sftp_window_bytes,
         ),
     )
     live.consent = consent

@@ -80,6 +80,9 @@ class FileLimits:
     max_download_bytes: int = 0
     max_files: int = 0
     keep_bytes: int = 10 << 20  # content kept with the transcript, per file
+    # The SSH window the broker gives the agent's SFTP channel: at most this much of a
+    # download is in flight in the agent's tunnel ahead of another session's keystrokes.
+    window_bytes: int = 256 << 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +196,7 @@ class _OpenFile:
     contiguous: bool = True
     moved: int = 0
     refused: str = ""  # why the session's limits stopped it ("too-large")
+    failed: str = ""  # the server refused a write (a full disk: "failure")
 
     def take(self, offset: int, data: bytes, out: list[Item]) -> None:
         self.moved += len(data)
@@ -231,6 +235,9 @@ class _OpenFile:
 
     def event(self, out: list[Item]) -> FileEvent:
         op = "upload" if self.writing else "download"
+        if self.failed:  # the bytes did not all land: no digest of what is not there
+            self.drop(out)
+            return FileEvent(op, self.path, False, self.moved, None, detail=self.failed)
         if self.contiguous and not self.held:
             kept = self.number if self.keep_left >= 0 else None
             return FileEvent(
@@ -300,7 +307,7 @@ class _Framer:
 
 
 # What a request id waits for: ("open", path, writing) / ("read", handle, offset) /
-# ("op", event-without-outcome).
+# ("write", handle, None) / ("close", handle, None) / ("op", event-without-outcome).
 _Pending = tuple[str, object, object]
 
 
@@ -376,6 +383,7 @@ class SftpTracker:
             if state is not None and state.writing:
                 self._check_size(state, offset + len(data), self.limits.max_upload_bytes)
                 state.take(offset, data, self._out)
+                self._wait(rid, ("write", handle, None))
         elif kind in (SETSTAT, REMOVE, MKDIR, RMDIR):
             op = {SETSTAT: "setstat", REMOVE: "remove", MKDIR: "mkdir", RMDIR: "rmdir"}[kind]
             self._wait(rid, ("op", FileEvent(op, r.text(), True), None))
@@ -437,6 +445,13 @@ class SftpTracker:
                 data = r.string()
                 self._check_size(state, second + len(data), self.limits.max_download_bytes)
                 state.take(second, data, self._out)
+            return
+        if what == "write":
+            assert isinstance(first, bytes)
+            state = self._files.get(first)
+            code = _status(kind, r)
+            if state is not None and code and not state.failed:
+                state.failed = f"write-{code}"
             return
         if what == "close":
             assert isinstance(first, bytes)

@@ -283,6 +283,14 @@ class GatewaySession(asyncssh.SSHServerSession[bytes]):
         else:
             chan.write(data)
 
+    def pause_input(self, paused: bool) -> None:
+        # SSH flow control: the client's window stays shut while the agent is behind.
+        if self._chan is not None and not self._closed:
+            if paused:
+                self._chan.pause_reading()
+            else:
+                self._chan.resume_reading()
+
     def buffered(self) -> int:
         chan = self._chan
         return 0 if chan is None or self._closed else chan.get_write_buffer_size()

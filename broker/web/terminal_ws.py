@@ -93,7 +93,15 @@ class WebTerminal:
         # Typed (or answered) before the session ran; sent when it does.
         self.early: list[tuple[InputKind, bytes]] = []
         self.early_size = 0
+        self.may_read = asyncio.Event()  # cleared while the agent is behind (pause_input)
+        self.may_read.set()
         self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+
+    def pause_input(self, paused: bool) -> None:
+        if paused:
+            self.may_read.clear()
+        else:
+            self.may_read.set()
 
     def bind(self, live: LiveSession, member: Member) -> None:
         self.live, self.pid = live, member.pid
@@ -428,6 +436,8 @@ async def _serve(
 
 async def _read(ws: web.WebSocketResponse, terminal: WebTerminal, size: list[int]) -> None:
     async for msg in ws:
+        # Not read on while the agent is behind: the browser's frames wait in the socket.
+        await terminal.may_read.wait()
         live = terminal.live
         if msg.type == WSMsgType.BINARY:
             terminal.send_input("typed", msg.data)

@@ -72,12 +72,22 @@ async def test_upload_and_file_limits_end_the_session(data_dir: Path, tmp_path: 
         assert verify(w, detail["id"]) == ("valid", "ended")
 
 
-async def test_an_upload_cut_off_halfway_is_incomplete(data_dir: Path, tmp_path: Path) -> None:
-    """The client's connection drops in the middle of an upload: the part that arrived
-    stays under its name on the machine, the transcript records failed:incomplete with no
-    digest and keeps none of its content, and verifies."""
+async def test_a_full_disk_and_an_upload_cut_off_halfway(data_dir: Path, tmp_path: Path) -> None:
+    """A write the machine refuses (its disk is full: /dev/full) is recorded as failed, with
+    no digest of bytes that did not land; the client's connection dropping in the middle of
+    an upload leaves the part that arrived under its name on the machine and is recorded
+    as failed:incomplete with no digest and none of its content kept; both verify."""
     half = tmp_path / "half.iso"
     async with world(data_dir, tmp_path) as w:
+        async with await w.ssh() as conn, conn.start_sftp_client() as sftp:
+            full = await sftp.open("/dev/full", "wb")
+            with pytest.raises(asyncssh.SFTPError):
+                await full.write(b"f" * 1000)
+            await full.close()
+        detail = await wait_state(w, w.ticket, "ended")
+        assert _markers(w, detail["id"]) == ["upload /dev/full size=1000 failed:write-failure"]
+        assert verify(w, detail["id"])[0] == "valid"
+
         conn = await w.ssh()
         sftp = await conn.start_sftp_client()
         handle = await sftp.open(str(half), "wb")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -73,7 +74,7 @@ async def test_sftp_and_scp_move_files_recorded(site: Site) -> None:
     """`sftp` puts and gets a file, `scp` (SFTP mode) copies one each way, `scp -O` still
     works as a command: every file arrives byte-identical; each SFTP file's SHA-256 is a
     marker in the transcript (which verifies and plays) and a line of the note."""
-    await start_agent(site, "web01", "unattended")
+    state = await start_agent(site, "web01", "unattended")
     site.ticket = new_ticket(site, "web01")
     here = site.tmp / "local"
     here.mkdir()
@@ -82,12 +83,12 @@ async def test_sftp_and_scp_move_files_recorded(site: Site) -> None:
     # tests/unit/test_sftp_tracker.py).
     there = Path(tempfile.mkdtemp(prefix="slf-", dir="/tmp"))
     try:
-        await _move_files(site, here, there)
+        await _move_files(site, state, here, there)
     finally:
         shutil.rmtree(there)
 
 
-async def _move_files(site: Site, here: Path, there: Path) -> None:
+async def _move_files(site: Site, state: Path, here: Path, there: Path) -> None:
     up = here / "config.bin"
     up.write_bytes(os.urandom(SIZE))
     log = there / "app.log"
@@ -114,6 +115,12 @@ async def _move_files(site: Site, here: Path, there: Path) -> None:
     assert f"rename {there}/config.bin -> {there}/config.new" in text
     assert f"mkdir {there}/made" in text
     assert f"upload {there}/fixed.conf size={SMALL} sha256={_sha(small)} kept=" in text
+    # The machine's own record, from its sftp-server's log: two files in, one out.
+    records = [json.loads(line) for line in (state / "sessions.jsonl").read_text().splitlines()]
+    (end,) = [r for r in records if r["event"] == "end" and r["session"] == sid]
+    assert end["files"]["files_written"] == 2
+    assert end["files"]["bytes_written"] == SIZE + SMALL
+    assert end["files"]["files_read"] == 1
 
     cast = site.tmp / f"{sid}.cast"
     ok(site.admin("transcript", "export", sid, "--format", "cast", "-o", str(cast)))

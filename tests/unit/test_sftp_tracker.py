@@ -328,3 +328,16 @@ def test_files_per_session_and_ten_thousand_handles_are_bounded() -> None:
     )
     with pytest.raises(SftpStreamError, match="without an answer"):
         tracker.feed("to_agent", opens)
+
+
+def test_a_write_the_server_refuses_fails_the_file() -> None:
+    """A write answered with a failure (the machine's disk is full) makes the upload a
+    failed one: its bytes did not all land, so no digest and nothing kept."""
+    tracker = _started(FileLimits())
+    _open(tracker, 1, "/srv/full", 2, b"f")
+    assert _write(tracker, 2, b"f", 0, b"abc") == [Content(1, b"abc")]
+    assert tracker.feed("from_agent", _ok(2, 4)) == []
+    assert _close(tracker, 3, b"f") == [
+        Content(1, drop=True),
+        FileEvent("upload", "/srv/full", False, 3, None, detail="write-failure"),
+    ]
