@@ -162,6 +162,36 @@ METRICS: Final[tuple[Metric, ...]] = (
         reference={"B": 428.0, "A": 73.0},
     ),
     Metric(
+        key="sftp_download",
+        scenario="sftp_throughput",
+        part="sftp_download",
+        label="sftp get (sparse file to /dev/null)",
+        unit="MB/s",
+        better="higher",
+    ),
+    Metric(
+        key="sftp_upload",
+        scenario="sftp_throughput",
+        part="sftp_upload",
+        label="sftp put (sparse file to /dev/null)",
+        unit="MB/s",
+        better="higher",
+    ),
+    Metric(
+        key="sftp_echo_p50",
+        scenario="sftp_echo",
+        label="keystroke echo p50, during an sftp get",
+        unit="µs",
+        better="lower",
+    ),
+    Metric(
+        key="sftp_echo_p99",
+        scenario="sftp_echo",
+        label="keystroke echo p99, during an sftp get",
+        unit="µs",
+        better="lower",
+    ),
+    Metric(
         key="memory_per_idle_agent",
         scenario="memory_per_idle_agent",
         label="broker memory per idle agent",
@@ -212,6 +242,12 @@ SESSION_SCENARIOS: Final[tuple[str, ...]] = (
     "echo_latency",
     "pty_throughput",
     "raw_throughput",
+    "sftp_throughput",
+    "sftp_echo",
+)
+# What the SFTP scenarios report (bench.file_scenarios); every ssh target supports them.
+FILE_PARTS: Final[frozenset[str]] = frozenset(
+    {"sftp_throughput", "sftp_download", "sftp_upload", "sftp_echo"}
 )
 BROKER_SCENARIOS: Final[tuple[str, ...]] = (
     "memory_per_idle_agent",

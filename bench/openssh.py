@@ -19,6 +19,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Final
 
+from agent.ssh_server import sftp_server_path
 from bench import MeasurementError, SshdMissing
 from bench.child_process import ManagedProcess, run_command
 
@@ -191,6 +192,9 @@ class PrivateSshd:
                     # ~/.bashrc even for `ssh host true`, and a slow one (pyenv init) would
                     # add ~100 ms to every baseline. An empty HOME keeps them out.
                     f"SetEnv HOME={home}",
+                    # Debian's own sshd_config names it; a file of our own must too. The
+                    # same program as the Secondline agent runs, so only the path differs.
+                    f"Subsystem sftp {sftp_server_path() or 'internal-sftp'}",
                     "LogLevel INFO",
                 ]
             )

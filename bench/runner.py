@@ -20,6 +20,7 @@ from bench.broker_scenarios import (
     run_broker_scenario,
     swarm_scenarios,
 )
+from bench.file_scenarios import sftp_echo, sftp_throughput
 from bench.machine import machine_info
 from bench.metrics import LOADED_PARTS, TargetKey
 from bench.plot import write_plot
@@ -47,6 +48,8 @@ SESSION_SCENARIO_FUNCTIONS: Final[dict[str, ScenarioFunction]] = {
     "echo_latency": echo_latency,
     "pty_throughput": pty_throughput,
     "raw_throughput": raw_throughput,
+    "sftp_throughput": sftp_throughput,
+    "sftp_echo": sftp_echo,
 }
 
 

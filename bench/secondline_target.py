@@ -21,7 +21,7 @@ from typing import Final
 
 from bench import BenchError, MeasurementError, TargetUnavailable
 from bench.child_process import ManagedProcess, run_command
-from bench.metrics import BROKER_SCENARIOS, LOADED_PARTS, TargetKey
+from bench.metrics import BROKER_SCENARIOS, FILE_PARTS, LOADED_PARTS, TargetKey
 from bench.openssh import ClientConfig, free_port, wait_port
 from bench.targets import SESSION_ONLY, THROUGHPUT, AgentSwarm, Workspace
 
@@ -142,7 +142,7 @@ class SecondlineTarget:
 
     def supports(self, scenario: str) -> bool:
         """Every scenario applies to the broker."""
-        return scenario in SESSION_ONLY | THROUGHPUT | set(BROKER_SCENARIOS)
+        return scenario in SESSION_ONLY | THROUGHPUT | FILE_PARTS | set(BROKER_SCENARIOS)
 
     async def setup(self) -> None:
         """Bootstrap a broker, a level-2 user, an enrolled agent and an assigned ticket."""

@@ -39,6 +39,10 @@ class Settings:
     pty_bytes: int
     raw_bytes: int
     record_bytes: int
+    sftp_bytes: int
+    """Bytes each sftp get and put moves (sftp_throughput)."""
+    sftp_load_bytes: int
+    """Bytes the sftp get moves while another session types (sftp_echo): the issue's 1 GB."""
     stall_s: float
     """The longest silence a transfer may have before it counts as stalled."""
     """Bytes relayed through the broker to measure its CPU seconds per GB."""
@@ -83,6 +87,8 @@ class Settings:
             pty_bytes=10_000_000 if quick else 200_000_000,
             raw_bytes=50_000_000 if quick else 1_000_000_000,
             record_bytes=50_000_000 if quick else 1_000_000_000,
+            sftp_bytes=100_000_000 if quick else 1_000_000_000,
+            sftp_load_bytes=1_000_000_000,
             stall_s=5.0 if quick else 15.0,
             swarm_agents=50 if quick else 1000,
             session_steps=(50,) if quick else (50, 100, 200, 300, 500, 750, 1000),
@@ -111,6 +117,8 @@ class Settings:
             "pty_bytes": self.pty_bytes,
             "raw_bytes": self.raw_bytes,
             "record_bytes": self.record_bytes,
+            "sftp_bytes": self.sftp_bytes,
+            "sftp_load_bytes": self.sftp_load_bytes,
             "stall_s": self.stall_s,
             "swarm_agents": self.swarm_agents,
             "session_steps": list[JSON](self.session_steps),

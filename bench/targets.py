@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from bench.child_process import ManagedProcess
-from bench.metrics import LOADED_PARTS, TargetKey
+from bench.metrics import FILE_PARTS, LOADED_PARTS, TargetKey
 from bench.openssh import ClientConfig, PrivateSshd, keygen, login_user
 
 SESSION_ONLY = frozenset({"open_prompt", "exec_true", "echo_latency", *LOADED_PARTS})
@@ -162,7 +162,7 @@ class DirectTarget:
 
     def supports(self, scenario: str) -> bool:
         """Every session scenario applies; there is no broker."""
-        return scenario in SESSION_ONLY | THROUGHPUT
+        return scenario in SESSION_ONLY | THROUGHPUT | FILE_PARTS
 
     async def setup(self) -> None:
         """Start the machine's sshd and pin its host key."""
@@ -196,7 +196,7 @@ class ReverseTunnelTarget:
 
     def supports(self, scenario: str) -> bool:
         """Every session scenario applies; the bastion is stock sshd, not our broker."""
-        return scenario in SESSION_ONLY | THROUGHPUT
+        return scenario in SESSION_ONLY | THROUGHPUT | FILE_PARTS
 
     async def setup(self) -> None:
         """Start both sshds and the machine's tunnel; return once the bastion listens for it."""

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from bench import MeasurementError
+from bench.file_scenarios import sftp_argv
 from bench.stats import (
     largest_passing_step,
     median,
@@ -78,3 +82,15 @@ def test_largest_passing_step_stops_at_the_first_failure() -> None:
     assert largest_passing_step([(50, 80.0)], 50.0) == 0
     assert largest_passing_step([(50, 1.0), (100, 2.0)], 50.0) == 100
     assert largest_passing_step([], 50.0) == 0
+
+
+def test_sftp_argv_is_the_targets_ssh_options_with_sftps_port_flag() -> None:
+    """The SFTP scenarios reach each target with its own ssh options; sftp spells the port
+    -P, and a target not reached with ssh is refused rather than measured wrongly."""
+    ssh = ["ssh", "-F", "cfg", "-J", "bastion", "-p", "2200", "-i", "key", "T-1@127.0.0.1"]
+    assert sftp_argv(ssh, Path("b")) == [
+        "sftp", "-b", "b", "-F", "cfg", "-J", "bastion", "-P", "2200", "-i", "key",
+        "T-1@127.0.0.1",
+    ]  # fmt: skip
+    with pytest.raises(MeasurementError):
+        sftp_argv(["sh", "-c", "true"], Path("b"))
