@@ -15,7 +15,14 @@
   article list (``ticket_articles/by_ticket``) tells whether an earlier try arrived. That
   list holds each article's text and its attachments' names, never their content: no
   attachment is ever downloaded.
-- Zammad has no "resolved": ours is ``closed`` there. A merged ticket is closed here.
+- Zammad has no "resolved": ours is ``closed`` there.
+- A merge (``Ticket#merge_to`` in Zammad's ``app/models/ticket.rb``) gives the merged ticket
+  the state ``merged`` and one link, of type ``parent``, from the ticket it was merged into
+  (the merged ticket's other links move to that ticket). So for a ticket in state
+  ``merged`` the connector reads its links (``GET /links``: a handful of rows, whatever the
+  ticket's size) and takes the parent ticket's number from the answer's assets: the mirror
+  is closed and its notes go there. A parent the token's user cannot see is left out by
+  Zammad; then the ticket is only closed.
 """
 
 from __future__ import annotations
@@ -249,6 +256,7 @@ class ZammadSystem:
         self._learn(answer)
         state = text_of(answer, "state")
         owner = text_of(answer, "owner")
+        merged_into = await self._merged_into(ticket_id) if state == "merged" else None
         fields = {k: v for k, v in answer.items() if isinstance(v, str)}
         # A connector of all customers: the organization names ours, unless an attribute
         # named like the customer field does.
@@ -263,8 +271,27 @@ class ZammadSystem:
             requester=text_of(answer, "customer"),
             url=f"{self.web}/#ticket/zoom/{quote(ticket_id)}",
             custom_fields=fields,
+            merged_into=merged_into,
             changed_by=text_of(answer, "updated_by") or None,
         )
+
+    async def _merged_into(self, ticket_id: str) -> str | None:
+        """The number of the ticket this merged one went into: its ``parent`` link."""
+        params = {"link_object": "Ticket", "link_object_value": ticket_id}
+        answer = await self._call("GET", "/links", params=params)
+        links = answer.get("links") if isinstance(answer, dict) else None
+        assets = answer.get("assets") if isinstance(answer, dict) else None
+        tickets = assets.get("Ticket") if isinstance(assets, dict) else None
+        if not isinstance(links, list) or not isinstance(tickets, dict):
+            return None
+        for link in links:
+            if text_of(link, "link_type") != "parent" or text_of(link, "link_object") != "Ticket":
+                continue
+            parent = tickets.get(text_of(link, "link_object_value"))
+            number = self._learn(parent) if isinstance(parent, dict) else ""
+            if number.isdigit():
+                return number
+        return None
 
     async def _existing_id(self, external_id: str) -> str:
         ticket_id = await self._id_of(external_id)

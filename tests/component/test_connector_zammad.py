@@ -160,3 +160,38 @@ async def test_changes_refused_by_zammad_are_rejections(
     number = zammad.create_ticket("Users", "move me")
     with pytest.raises(ExternalRejected, match="No lookup value found for 'group'"):
         await system.move(number, "Nowhere")
+
+
+async def test_a_merged_ticket_names_the_ticket_it_went_into_from_its_links(
+    zammad: ZammadStandIn, system: ZammadSystem
+) -> None:
+    """Merged in Zammad: the ticket reads as closed and merged into the target's number,
+    learnt from its one `parent` link (no history or article is read); a target the
+    token's user cannot see leaves the ticket closed and merged into nothing known."""
+    number = zammad.create_ticket("2nd Level", "scanner offline")
+    target = zammad.create_ticket("2nd Level", "scanners of the second floor")
+    zammad.add_article(number, "mail", "it is offline")
+    assert await system.ticket(number) is not None  # mirrored before the merge
+    zammad.merge(number, target)
+    zammad.seen.clear()
+    remote = await system.ticket(number)
+    assert remote is not None
+    assert (remote.state, remote.status, remote.owner) == ("merged", "closed", None)
+    assert remote.merged_into == target
+    paths = [s.path for s in zammad.seen]
+    assert paths == [f"/api/v1/tickets/{zammad.by_number(number).id}", "/api/v1/links"]
+    # The note of a session on it goes to the target, found there again by its key.
+    key = "secondline-session-note:s-merged"
+    await system.add_note(
+        target, key=key, subject="Secondline session note", text="t", attachments=()
+    )
+    assert await system.has_note(target, key)
+
+    hidden = zammad.create_ticket("Users", "elsewhere")
+    other = zammad.create_ticket("Users", "merged away")
+    zammad.groups.append("Secret")
+    zammad.move(hidden, "Secret")
+    zammad.merge(other, hidden)
+    remote = await system.ticket(other)
+    assert remote is not None
+    assert (remote.status, remote.merged_into) == ("closed", None)

@@ -19,6 +19,13 @@ attachments' names, never their content):
 - ``tickets/search`` understands the query forms the connector sends (``number:"N"``,
   ``updated_at:["…" TO *]``, ``(group.name:"A" OR …)``, ``state.name:("new" OR …)``, joined
   by ``AND``), sorts by ``sort_by``/``order_by`` and answers the expanded list.
+- Merges as ``Ticket#merge_to`` (``app/models/ticket.rb``) makes them: the merged ticket's
+  articles move to the target, its links are handed to the target, it gets the link
+  ``parent`` from the target, an article ``merged``, the state ``merged`` and owner ``-``;
+  both tickets are updated. ``GET links?link_object=Ticket&link_object_value=ID``
+  (``links_controller.rb``, ``Link.list`` with the user) answers ``{"links": [{link_type,
+  link_object, link_object_value}], "assets": {"Ticket": {"ID": {…}}}}``, a link's type
+  seen from the ticket asked about, links to tickets the user may not see left out.
 - Articles: ``POST ticket_articles`` with ``internal``, ``type`` and base64 ``attachments``
   (``filename``, ``data``, ``mime-type``); ``GET ticket_attachment/T/A/F`` serves a file.
 - Rate limiting and outages come from :class:`tests.support.standin_http.StandIn`.
@@ -158,6 +165,8 @@ class ZammadStandIn(StandIn):
         self.agents: dict[str, Agent] = {}
         self.tickets: dict[int, Ticket] = {}
         self.articles: dict[int, Article] = {}
+        # (type, source ticket id, target ticket id), as Zammad's links table holds them.
+        self.links: list[tuple[str, int, int]] = []
         self._last = ""
         self._next_article = 1
         self._next_file = 1
@@ -211,6 +220,31 @@ class ZammadStandIn(StandIn):
         ticket.group, ticket.updated_by, ticket.updated_at = group, by, self._stamp()
 
     @locked
+    def merge(self, number: str, into: str, by: str = "anna@example.com") -> None:
+        """Merge ticket ``number`` into ``into`` as Zammad's ``Ticket#merge_to`` does."""
+        ticket, target = self.by_number(number), self.by_number(into)
+        if target.state == "merged" or target.id == ticket.id:
+            raise ValueError("Zammad refuses this merge")
+        for article in self.articles.values():
+            if article.ticket_id == ticket.id:
+                article.ticket_id = target.id
+        self.links = [
+            (
+                kind,
+                target.id if source == ticket.id else source,
+                target.id if dest == ticket.id else dest,
+            )
+            for kind, source, dest in self.links
+        ]
+        self.links.append(("parent", target.id, ticket.id))
+        merged = Article(self._next_article, ticket.id, "", "merged", False, "note", by)
+        self._next_article += 1
+        self.articles[merged.id] = merged
+        ticket.state, ticket.owner = "merged", "-"
+        ticket.updated_by, ticket.updated_at = by, self._stamp()
+        target.updated_by, target.updated_at = by, self._stamp()
+
+    @locked
     def add_article(
         self,
         number: str,
@@ -243,6 +277,7 @@ class ZammadStandIn(StandIn):
         app.router.add_get("/api/v1/ticket_articles/by_ticket/{id}", self._by_ticket)
         app.router.add_post("/api/v1/ticket_articles", self._create_article)
         app.router.add_get("/api/v1/ticket_attachment/{t}/{a}/{f}", self._attachment)
+        app.router.add_get("/api/v1/links", self._links)
 
     def _agent(self, request: web.Request) -> Agent:
         header = request.headers.get("Authorization", "")
@@ -385,6 +420,28 @@ class ZammadStandIn(StandIn):
         self.articles[article.id] = article
         ticket.updated_by, ticket.updated_at = agent.login, self._stamp()
         return web.json_response(article.shown(), status=201)
+
+    async def _links(self, request: web.Request) -> web.Response:
+        agent = self._agent(request)
+        if request.query.get("link_object") != "Ticket":
+            raise _error(422, "the stand-in knows links of tickets only")
+        asked = request.query.get("link_object_value", "")
+        ticket_id = int(asked) if asked.isdigit() else 0
+        flip = {"parent": "child", "child": "parent", "normal": "normal"}
+        # Seen from the ticket asked about: as its source, the type is flipped.
+        seen = [(flip[k], dest) for k, source, dest in self.links if source == ticket_id]
+        seen += [(k, source) for k, source, dest in self.links if dest == ticket_id]
+        visible = [
+            (k, other)
+            for k, other in seen
+            if other in self.tickets and self.tickets[other].group in agent.groups
+        ]
+        links = [
+            {"link_type": k, "link_object": "Ticket", "link_object_value": other}
+            for k, other in visible
+        ]
+        assets = {"Ticket": {str(o): self.tickets[o].shown() for _, o in visible}}
+        return web.json_response({"links": links, "assets": assets})
 
     async def _attachment(self, request: web.Request) -> web.Response:
         agent = self._agent(request)
