@@ -9,6 +9,8 @@ reading its change feed:
 - ``level``: a note saying who moved the ticket, from where to where and why; then the move;
 - ``assign``: the owner (a user of the same name there);
 - ``status``: for a resolve, a note with the solution; then the status;
+- ``note``: a note only: a machine linked (which machine, by whom); systems have no field
+  for it by default, and a note carries who and when in the history staff read there;
 - ``event`` (webhook connectors): the signed event in ``text`` (``webhook_events``).
 
 Each step is checked before it is made (a note by the key in its subject, a field by reading
@@ -47,7 +49,7 @@ from broker.ports import TicketInfo
 from broker.rules import LevelChange, sanitize_display_text
 from broker.services import Services
 from broker.tickets.outbox import retry_delay
-from broker.tickets.records import Assigned, StatusChanged
+from broker.tickets.records import Assigned, MachineLinked, StatusChanged
 from broker.tickets.store import ChangeHook, TicketChange
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,13 @@ def change_text(change: LevelChange, actor: str, place: str) -> str:
 def resolve_text(actor: str, solution: str) -> str:
     return (
         f"Resolved in Secondline by {sanitize_display_text(actor, 64)}.\n\nSolution: {solution}\n"
+    )
+
+
+def linked_text(linked: MachineLinked, actor: str) -> str:
+    return (
+        f"Machine {sanitize_display_text(linked.agent_name, 64)} (agent {linked.agent_id}) "
+        f"linked to this ticket in Secondline by {sanitize_display_text(actor, 64)}.\n"
     )
 
 
@@ -111,6 +120,8 @@ def change_hook(clock: Callable[[], dt.datetime]) -> ChangeHook:
         elif isinstance(change, StatusChanged):
             kind, value = "status", change.status
             text = resolve_text(actor, change.solution) if change.solution else ""
+        elif isinstance(change, MachineLinked):
+            kind, value, text = "note", change.agent_name, linked_text(change, actor)
         else:
             place = LevelMap.from_json(settings.get("levels")).place_of(change.to_level)
             kind, value, text = "level", place, change_text(change, actor, place)
@@ -246,6 +257,8 @@ class Outbound:
             await system.add_note(
                 row.external_id, key=row.key, subject=SUBJECT, text=row.text, attachments=()
             )
+        if row.kind == "note":
+            return  # the note is the whole change
         remote = await system.ticket(row.external_id)
         if remote is None:
             raise ExternalRejected(f"the ticket {row.external_id} is gone from the system")

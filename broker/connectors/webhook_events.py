@@ -30,7 +30,7 @@ from broker.db.models_tickets import TicketAttachment, TicketNote
 from broker.rules import LevelChange
 from broker.sessions.facts import SessionFacts
 from broker.tickets.files import download_url
-from broker.tickets.records import Assigned, StatusChanged
+from broker.tickets.records import Assigned, MachineLinked, StatusChanged
 
 EVENT_KIND: Final = "event"
 WEBHOOK_KIND: Final = "webhook"
@@ -40,6 +40,7 @@ ESCALATED: Final = "ticket.escalated"
 HANDED_BACK: Final = "ticket.handed_back"
 ASSIGNED: Final = "ticket.assigned"
 STATUS_CHANGED: Final = "ticket.status_changed"
+MACHINE_LINKED: Final = "ticket.machine_linked"
 SESSION_KEY_PREFIX: Final = "secondline-session-start:"
 
 
@@ -95,6 +96,12 @@ def change_event(change: object, actor: str) -> tuple[str, dict[str, object]]:
         if change.solution:
             data["solution"] = change.solution
         return STATUS_CHANGED, data
+    if isinstance(change, MachineLinked):
+        return MACHINE_LINKED, {
+            "agent": change.agent_name,
+            "agent_id": change.agent_id,
+            "by": actor,
+        }
     raise TypeError(f"no event for {type(change).__name__}")
 
 

@@ -74,7 +74,7 @@ class ConnectorOutbox(Base):
     external_id: Mapped[str] = mapped_column(String(64))
     # The note that goes with the change carries this key, so a retry finds it (see tickets).
     key: Mapped[str] = mapped_column(String(200), unique=True)
-    kind: Mapped[str] = mapped_column(String(16))  # level | assign | status | event
+    kind: Mapped[str] = mapped_column(String(16))  # level | assign | status | note | event
     # level: where the ticket goes (RT: the queue); assign: the owner; status: ours;
     # event: the webhook event's type (its JSON body is in text, its id in key).
     value: Mapped[str] = mapped_column(String(200))

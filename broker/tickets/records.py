@@ -104,6 +104,15 @@ class StatusChanged:
 
 
 @dataclass(frozen=True)
+class MachineLinked:
+    """An agent (a customer's machine) linked to the ticket (what ``TicketStore.change_hooks``
+    are told)."""
+
+    agent_id: str
+    agent_name: str
+
+
+@dataclass(frozen=True)
 class ExternalRef:
     """The original of a ticket mirrored from an external system (broker.connectors)."""
 

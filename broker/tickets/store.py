@@ -59,6 +59,7 @@ from broker.tickets.notes import NoteBook
 from broker.tickets.records import (
     Assigned,
     AttachmentRecord,
+    MachineLinked,
     NewTicket,
     NoteRecord,
     StatusChanged,
@@ -74,8 +75,9 @@ _ID_ATTEMPTS: Final = 20
 LinkVetter = Callable[[TicketView, AgentView], Decision]
 # Writes more rows for the ticket being created, in its transaction (see ``create``).
 CreateHook = Callable[[AsyncSession, int], Awaitable[None]]
-# What a change hook is told: an escalation or hand-back, an assignment, a status action.
-TicketChange = LevelChange | Assigned | StatusChanged
+# What a change hook is told: an escalation or hand-back, an assignment, a status action, a
+# machine linked.
+TicketChange = LevelChange | Assigned | StatusChanged | MachineLinked
 # Writes more rows for a change, in its transaction (``change_hooks``):
 # (db, ticket as judged, the change, actor).
 ChangeHook = Callable[[AsyncSession, TicketInfo, TicketChange, str], Awaitable[None]]
@@ -392,7 +394,11 @@ class TicketStore:
                         linked_at=self._clock(),
                     )
                 )
+                # Flushed before the hooks: a link made by someone else a moment ago fails
+                # here, so its change is queued for the external system once, by them.
                 await db.flush()
+                for hook in self.change_hooks:
+                    await hook(db, seen, MachineLinked(agent.id, agent.name), actor)
         except IntegrityError:
             # Linked by someone else a moment ago: the outcome is what was asked for.
             return dataclasses.replace(seen, agent_ids=seen.agent_ids | {agent.id})

@@ -91,14 +91,22 @@ async def mirrored(site: Site, number: str, mark: int) -> str:
     return found.group(1).decode()
 
 
+def session_notes(comments: list[dict[str, object]]) -> list[dict[str, object]]:
+    """The comments that are session notes (not a machine link's or a change's)."""
+    return [c for c in comments if NOTE_KEY in str(c["subject"])]
+
+
 async def level2_ticket(site: Site, api: RtApi, subject: str) -> tuple[str, str]:
     """A ticket created in RT's level-1 queue, mirrored, its machine linked by level 1 in
-    Secondline, and escalated by level 1 in RT; (RT number, our ref)."""
+    Secondline (written to RT as a comment), and escalated by level 1 in RT; (RT number,
+    our ref)."""
     mark = len(site.broker.output)
     number = await api.create_ticket("Level 1", subject, "eve@example.com")
     ref = await mirrored(site, number, mark)
     lena = ok(site.admin("user", "token", "lena"))
+    mark = len(site.broker.output)
     ok(secondline("--token", lena, "ticket", "link", ref, "web01", data_dir=site.data_dir))
+    await site.broker.wait_for_line(written("note", ref, "web01", number), mark)
     mark = len(site.broker.output)
     await api.move(number, "Level 2")
     await site.broker.wait_for_line(
@@ -151,8 +159,11 @@ async def test_rt_ticket_escalated_in_rt_worked_over_ssh_noted_once(
     session_id = str(sessions_of(site, ref)[0]["id"])
     await site.broker.wait_for_line(f"session {session_id}: note delivered to {ref}".encode(), mark)
     comments = await api.comments(number)
-    assert len(comments) == 1, comments
-    comment = comments[0]
+    # The machine linked in Secondline, then the session's note: each once.
+    assert len(comments) == 2, comments
+    assert "Machine web01 (agent " in str(comments[0]["text"])
+    assert "linked to this ticket in Secondline by lena" in str(comments[0]["text"])
+    comment = comments[1]
     assert NOTE_KEY + session_id in str(comment["subject"])
     text = str(comment["text"])
     assert "echo rt-$((6*7))" in text
@@ -177,9 +188,9 @@ async def test_rt_ticket_escalated_in_rt_worked_over_ssh_noted_once(
     assert isinstance(shown, dict)
     assert (shown["Status"], shown["Owner"]["id"]) == ("resolved", "bob")
     comments = await api.comments(number)
-    assert len(comments) == 2, comments
-    assert "Resolved in Secondline by bob" in str(comments[1]["text"])
-    assert "cleared the spool" in str(comments[1]["text"])
+    assert len(comments) == 3, comments
+    assert "Resolved in Secondline by bob" in str(comments[2]["text"])
+    assert "cleared the spool" in str(comments[2]["text"])
 
 
 async def test_rt_down_for_the_write_back_then_delivered_once(
@@ -209,7 +220,7 @@ async def test_rt_down_for_the_write_back_then_delivered_once(
     finally:
         rt.start()
     await site.broker.wait_for_line(f"session {session_id}: note delivered to {ref}".encode(), mark)
-    comments = await api.comments(number)
+    comments = session_notes(await api.comments(number))
     assert len(comments) == 1, comments
     assert "while-rt-is-down" in str(comments[0]["text"])
     await site.broker.wait_for_line(f"connector {CONNECTOR} is healthy again".encode(), mark)
@@ -234,7 +245,7 @@ async def test_connection_cut_after_the_comment_was_sent_adds_it_once(
             f"session {session_id}: note delivered to {ref}".encode(), mark
         )
         assert proxy.cut.is_set()
-    comments = await api.comments(number)
+    comments = session_notes(await api.comments(number))
     assert len(comments) == 1, comments
     failed = f"session {session_id}: note for {ref} not delivered yet (attempt 1".encode()
     assert any(failed in line for line in site.broker.output[mark:])
@@ -347,6 +358,6 @@ async def test_merged_in_rt_closes_the_mirror_tells_the_session_and_notes_the_ta
     assert ticket_json(site, ref)["status"] == "closed"
     session_id = str(sessions_of(site, ref)[0]["id"])
     await site.broker.wait_for_line(f"session {session_id}: note delivered to {ref}".encode(), mark)
-    comments = [c for c in await api.comments(target) if NOTE_KEY in str(c["subject"])]
+    comments = session_notes(await api.comments(target))
     assert len(comments) == 1, comments
     assert "before-the-merge" in str(comments[0]["text"])

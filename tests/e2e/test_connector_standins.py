@@ -186,14 +186,27 @@ async def mirrored(site: Site, system: System, number: str, mark: int) -> str:
     return found.group(1).decode()
 
 
+def session_notes(system: System, number: str) -> list[Note]:
+    """The ticket's internal notes that are session notes (not a machine link's or a
+    change's)."""
+    return [n for n in system.notes(number) if NOTE_KEY in n.subject]
+
+
 async def level2_ticket(site: Site, system: System, title: str) -> tuple[str, str, str]:
     """A ticket created in the level-1 place, mirrored, its machine linked by level 1 in
-    Secondline, and moved to the level-2 place over there; (number, our ref, mover)."""
+    Secondline (written there as an internal note), and moved to the level-2 place over
+    there; (number, our ref, mover)."""
     mark = len(site.broker.output)
     number = system.create(system.places[0], title)
     ref = await mirrored(site, system, number, mark)
     lena = ok(site.admin("user", "token", "lena"))
+    mark = len(site.broker.output)
     ok(secondline("--token", lena, "ticket", "link", ref, "web01", data_dir=site.data_dir))
+    linked = (
+        f"connector {connector_name(system)}: note change of {ref} to 'web01' written to "
+        f"{system.prefix}-{number}"
+    )
+    await site.broker.wait_for_line(linked.encode(), mark)
     mark = len(site.broker.output)
     mover = system.move(number, system.places[1])
     moved = rf"connector {connector_name(system)}: {system.prefix}-{number} \({ref}\): "
@@ -243,8 +256,11 @@ async def test_ticket_escalated_there_worked_over_ssh_noted_once(
     await site.broker.wait_for_line(f"session {session_id}: note delivered to {ref}".encode(), mark)
     assert system.standin.after_429.is_set()
     notes = system.notes(number)
-    assert len(notes) == 1, notes
-    note = notes[0]
+    # The machine linked in Secondline, then the session's note: each once.
+    assert len(notes) == 2, notes
+    assert "Machine web01 (agent " in notes[0].text
+    assert "linked to this ticket in Secondline by lena" in notes[0].text
+    note = notes[1]
     assert NOTE_KEY + session_id in note.subject
     assert "echo zz-$((6*7))" in note.text
     assert "[exit 0" in note.text
@@ -315,7 +331,7 @@ async def test_system_down_for_the_write_back_then_delivered_once(
     finally:
         await system.standin.start()
     await site.broker.wait_for_line(f"session {session_id}: note delivered to {ref}".encode(), mark)
-    notes = system.notes(number)
+    notes = session_notes(system, number)
     assert len(notes) == 1, notes
     assert "while-down" in notes[0].text
     await site.broker.wait_for_line(f"connector {name} is healthy again".encode(), mark)
@@ -340,7 +356,7 @@ async def test_connection_cut_after_the_note_was_sent_adds_it_once(
             f"session {session_id}: note delivered to {ref}".encode(), mark
         )
         assert proxy.cut.is_set()
-    assert len(system.notes(number)) == 1
+    assert len(session_notes(system, number)) == 1
     failed = f"session {session_id}: note for {ref} not delivered yet (attempt 1".encode()
     assert any(failed in line for line in site.broker.output[mark:])
     found_again = f"{system.prefix}-{number} holds the note {NOTE_KEY}{session_id} already"
@@ -410,13 +426,13 @@ async def test_zammad_group_without_write_access_is_named_until_granted(site: Si
         listed = json.loads(ok(site.admin("connector", "list", "--json")))
         assert listed[0]["healthy"] is False
         assert "403" in str(listed[0]["health"]) or "2nd Level" in str(listed[0]["health"])
-        assert system.notes(number) == []
+        assert session_notes(system, number) == []
         with system.zammad.lock:
             system.zammad.agents[system.credential].groups["2nd Level"] = ["full"]
         await site.broker.wait_for_line(
             f"session {session_id}: note delivered to {ref}".encode(), mark
         )
-        assert len(system.notes(number)) == 1
+        assert len(session_notes(system, number)) == 1
         await site.broker.wait_for_line(f"connector {name} is healthy again".encode(), mark)
     finally:
         await system.standin.close()

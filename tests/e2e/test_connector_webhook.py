@@ -132,9 +132,10 @@ async def test_signed_events_both_ways_through_a_session_and_an_escalation(
     site: Site, desk: Desk
 ) -> None:
     """Inbound: created (hostile title cleaned) and moved to level 2 by the system. Outbound:
-    `ssh WH-<n>` gives session.started (first try answered 503, taken on the retry with
-    the same id) and session.ended with the note and both attachments, which the receiver
-    fetches with a token; an escalation in Secondline gives ticket.escalated; each once."""
+    the machine linked gives ticket.machine_linked; `ssh WH-<n>` gives session.started
+    (first try answered 503, taken on the retry with the same id) and session.ended with
+    the note and both attachments, which the receiver fetches with a token; an escalation
+    in Secondline gives ticket.escalated; each once."""
     tested = site.admin("connector", "test", CONNECTOR)
     assert tested.code == 0, tested
     assert "verified a signed ping" in tested.out
@@ -150,6 +151,11 @@ async def test_signed_events_both_ways_through_a_session_and_an_escalation(
     await start_agent(site, "web01", "unattended")
     lena = ok(site.admin("user", "token", "lena"))
     ok(secondline("--token", lena, "ticket", "link", ref, "web01", data_dir=site.data_dir))
+    linked = (await desk.receiver.event("ticket.machine_linked"))["event"]
+    assert isinstance(linked, dict)
+    assert linked["ticket"] == {"ref": ref, "external_id": "4711", "external_ref": "WH-4711"}
+    assert (linked["data"]["agent"], linked["data"]["by"]) == ("web01", "lena")
+    assert linked["data"]["agent_id"]
     status, answer = await desk.send(
         ticket_event(
             "evt-4711-moved", "ticket.updated", id="4711", title=HOSTILE_TITLE, queue="Level 2",
@@ -209,7 +215,7 @@ async def test_signed_events_both_ways_through_a_session_and_an_escalation(
 
 
 async def test_an_event_whose_answer_was_lost_is_taken_once(site: Site, desk: Desk) -> None:
-    """The receiver takes the first event (the session's assignment) and closes the
+    """The receiver takes the first event (the machine linked) and closes the
     connection unanswered; the retry carries the same id and body, the receiver answers 409,
     and the broker counts it delivered: the receiver took it once."""
     await desk.receiver.stop()
