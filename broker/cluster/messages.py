@@ -38,6 +38,11 @@ class Subjects:
         return f"{PREFIX}.{self.cluster}.control"
 
     @property
+    def tickets(self) -> str:
+        """A ticket gone in its external system: every node tells its own sessions on it."""
+        return f"{PREFIX}.{self.cluster}.tickets"
+
+    @property
     def status(self) -> str:
         """Every node answers with its announcement."""
         return f"{PREFIX}.{self.cluster}.status"
@@ -184,3 +189,31 @@ class ControlResult:
         if not isinstance(done, bool):
             raise BadMessage("done is not true or false")
         return cls(node=_text(raw, "node", 32), done=done)
+
+
+#: What a node tells the sessions on a gone ticket is one sentence; longer is not ours.
+NOTICE_MAX: Final = 500
+
+
+@dataclass(frozen=True, slots=True)
+class TicketNotice:
+    """A mirrored ticket was deleted or merged in its external system; ``message`` is what
+    the live sessions on it are told, ``origin`` the node that saw it (and told its own)."""
+
+    ticket_id: int
+    message: str
+    origin: str
+
+    def serialize(self) -> bytes:
+        return _dump({"ticket": self.ticket_id, "message": self.message, "origin": self.origin})
+
+    @classmethod
+    def parse(cls, data: bytes) -> TicketNotice:
+        raw = _load(data)
+        ticket = raw.get("ticket")
+        if not isinstance(ticket, int) or isinstance(ticket, bool) or not 0 < ticket < 2**31:
+            raise BadMessage("ticket is not a ticket number")
+        message = _text(raw, "message", NOTICE_MAX)
+        if not message:
+            raise BadMessage("message is empty")
+        return cls(ticket_id=ticket, message=message, origin=_text(raw, "origin", 32))

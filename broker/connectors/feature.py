@@ -1,7 +1,7 @@
 """The connectors feature: the connector store, the sync task, the ticket system the
 sessions write to (``TICKETS``) set to one that also writes to the external systems, the
 inbound webhook endpoint, and the hooks that queue webhook events and tell live sessions
-when their ticket is gone over there."""
+when their ticket is gone over there (on every node of a cluster: ``notices``)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from broker.cluster.feature import CLUSTER
 from broker.connectors.keys import CONNECTOR_SYNC, CONNECTOR_SYSTEMS, CONNECTORS
 from broker.connectors.mirror import Mirror
+from broker.connectors.notices import GoneNotices
 from broker.connectors.outbound import change_hook
 from broker.connectors.sealing import CredentialSealer
 from broker.connectors.store import ConnectorStore
@@ -48,7 +50,16 @@ async def _connectors_ctx(app: web.Application) -> AsyncIterator[None]:
     if sealed:
         log.info("%d connector credentials stored in plain text are encrypted now", sealed)
     systems = Systems()
-    mirror = Mirror(services, store, on_gone=lambda ticket, text: tell_sessions(app, ticket, text))
+    # The cluster feature starts first: its node's bus reaches every node (in-process alone).
+    node = app[CLUSTER]
+    notices = GoneNotices(
+        node.bus,
+        node.subjects.tickets,
+        node.name,
+        lambda ticket, text: tell_sessions(app, ticket, text),
+    )
+    await notices.start()
+    mirror = Mirror(services, store, on_gone=notices.gone)
     sync = ConnectorSync(services, connectors, mirror, systems)
     app[CONNECTORS] = connectors
     app[CONNECTOR_SYSTEMS] = systems
@@ -62,6 +73,7 @@ async def _connectors_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await sync.close()
+        await notices.stop()
         await systems.close()
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 from sqlalchemy import select, update
@@ -45,8 +45,8 @@ PLACE_MAX: Final = 200
 STATE_MAX: Final = 32
 NO_TITLE: Final = "(no subject)"
 GONE: Final = "gone"
-# Told a ticket's live sessions: (our ticket number, what to tell them).
-GoneHook = Callable[[int, str], None]
+# Tells a ticket's live sessions, on every node: (our ticket number, what to tell them).
+GoneHook = Callable[[int, str], Awaitable[None]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,7 +231,7 @@ class Mirror:
                     if merged is not None
                     else "its note is kept in Secondline only"
                 )
-                self.on_gone(
+                await self.on_gone(
                     ticket_id,
                     f"{ref} was {what} in the ticket system and T-{ticket_id} is closed; "
                     f"this session may go on, and {where}.",
