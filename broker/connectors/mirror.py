@@ -125,6 +125,9 @@ class Mirror:
         self.services = services
         self.store = store
         self.on_gone = on_gone
+        # (connector, external id) -> the customer value last refused: a ticket read again
+        # unchanged (a feed that re-reads its last seconds) is not refused and audited again.
+        self._refused: dict[tuple[int, str], str] = {}
 
     async def apply(
         self, record: ConnectorRecord, external_id: str, remote: RemoteTicket | None
@@ -153,14 +156,9 @@ class Mirror:
         async with self.services.db() as db:
             known = await db.scalar(select(Customer.id).where(Customer.name == customer))
         if not customer or known is None:
-            log.warning(
-                "connector %s: %s-%s names no customer of ours (field %r); not mirrored",
-                record.name,
-                record.prefix,
-                remote.external_id,
-                record.customer_field,
-            )
+            await self._refuse_customer(record, remote, customer)
             return None
+        self._refused.pop((record.id, remote.external_id), None)
         now = self.services.clock()
 
         async def link(db: AsyncSession, number: int) -> None:
@@ -194,6 +192,36 @@ class Mirror:
         except IntegrityError:
             return None  # another broker node mirrored it a moment ago
         return f"{record.prefix}-{remote.external_id} mirrored as {info.ref}"
+
+    async def _refuse_customer(
+        self, record: ConnectorRecord, remote: RemoteTicket, customer: str
+    ) -> None:
+        """A ticket of a connector of all customers that names none of ours stays out of
+        Secondline: nothing of it is stored, the broker logs why and the audit log has it
+        (``connector.ticket_refused``). It is read again when it changes over there, so a
+        corrected field (or the customer added here, then any change of the ticket) mirrors
+        it then: nothing is lost."""
+        if self._refused.get((record.id, remote.external_id)) == customer:
+            return
+        self._refused[(record.id, remote.external_id)] = customer
+        ref = f"{record.prefix}-{remote.external_id}"
+        why = "is empty" if not customer else f"names {customer!r}, no customer of ours"
+        log.warning(
+            "connector %s: %s not mirrored: its field %r %s; add the customer "
+            "(`secondline customer add`) or correct the field in the ticket system",
+            record.name,
+            ref,
+            record.customer_field,
+            why,
+        )
+        await self.services.audit.record(
+            actor=f"connector:{record.name}",
+            action="connector.ticket_refused",
+            target=ref,
+            outcome="denied",
+            source=record.prefix,
+            details={"field": record.customer_field, "value": customer, "why": "unknown customer"},
+        )
 
     async def _update(
         self, record: ConnectorRecord, link: ExternalTicket, remote: RemoteTicket | None

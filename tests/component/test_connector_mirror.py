@@ -160,3 +160,30 @@ async def test_admins_see_an_unhealthy_connector_in_the_console(api: Api) -> Non
     assert "unhealthy" in section
     assert "cannot be reached" in section
     assert "1-14-secret" not in page.text
+
+
+async def test_a_ticket_naming_no_customer_of_ours_is_refused_once_then_mirrored(
+    api: Api,
+) -> None:
+    """A connector of all customers: a ticket whose `Customer` field is empty, unknown or
+    hostile is not mirrored and is audited once per value (a feed reading it again adds
+    nothing); corrected over there, it is mirrored."""
+    await add_customer(api, "acme")
+    body = {"name": "rt-all", "kind": "rt", "url": "http://127.0.0.1:9", "credential": "1-1-x"}
+    await api.call("POST", "/connectors", body, expect=201)
+    app = api.client.app
+    mirror = Mirror(app[SERVICES], app[TICKET_STORE])
+    record = await app[CONNECTORS].get("rt-all")
+    for value in ("", "globex", "globex", HOSTILE, HOSTILE):
+        got = await mirror.apply(record, "82", remote("82", custom_fields={"Customer": value}))
+        assert got is None
+    _, events = await api.call("GET", "/audit?action=connector.ticket_refused")
+    assert isinstance(events, list)
+    assert len(events) == 3, events
+    assert {e["outcome"] for e in events} == {"denied"}
+    assert "\\u202e" not in json.dumps(events)
+    _, tickets = await api.call("GET", "/tickets")
+    assert tickets == []
+    got = await mirror.apply(record, "82", remote("82", custom_fields={"Customer": "acme"}))
+    assert got is not None
+    assert got.startswith("RT-82 mirrored as T-")
