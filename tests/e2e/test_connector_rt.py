@@ -9,14 +9,17 @@ for the write-back or the connection was cut after the comment was sent."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import secrets
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.broker import BrokerProcess, secondline, start_broker
+from tests.support.counting_proxy import CountingProxy
 from tests.support.cutting_proxy import CuttingProxy
 from tests.support.request_tracker import RequestTracker, RtApi
 from tests.support.site import Site, ok, sessions_of, start_agent, ticket_json
@@ -361,3 +364,109 @@ async def test_merged_in_rt_closes_the_mirror_tells_the_session_and_notes_the_ta
     comments = session_notes(await api.comments(target))
     assert len(comments) == 1, comments
     assert "before-the-merge" in str(comments[0]["text"])
+
+
+# What this proves is between the broker and RT; the mirror's part in the database is tested
+# on both backends in tests/component/test_connector_mirror.py. One backend saves CI a run.
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_a_connector_of_all_customers_takes_ours_from_the_customer_field(
+    site: Site, rt: RequestTracker
+) -> None:
+    """Without --customer the RT field `Customer` names ours: acme's ticket is mirrored as
+    acme's; a ticket naming an unknown or hostile customer is refused with a clear line,
+    audited once and nothing of it stored; corrected in RT, it is mirrored then."""
+    api = rt.api()
+    credential = site.tmp / "rt.token"
+    credential.write_text(rt.token + "\n")
+    ok(
+        site.admin(
+            "connector", "add", "rt-all", "--kind", "rt", "--url", rt.url,
+            "--credential-file", str(credential), "--prefix", "RTA",
+        )
+    )  # fmt: skip
+    listed = json.loads(ok(site.admin("connector", "list", "--json")))
+    assert (listed[0]["customer"], listed[0]["customer_field"]) == (None, "Customer")
+    mark = len(site.broker.output)
+    # Titles of this run: the module's RT keeps the tickets of the other backend's run.
+    tag = secrets.token_hex(4)
+    ours = await api.create_ticket("Level 1", f"Mail {tag}", fields={"Customer": "acme"})
+    unknown = await api.create_ticket("Level 1", f"Who {tag}", fields={"Customer": "globex"})
+    hostile = await api.create_ticket(
+        "Level 1",
+        f"Hostile {tag}",
+        fields={"Customer": "acme\x1b[2J\u202e'; DROP TABLE tickets;--"},
+    )
+    line = await site.broker.wait_for_line(
+        rf"connector rt-all: RTA-{ours} mirrored as (T-\d+)".encode(), mark
+    )
+    ref = line.decode().rsplit(" ", 1)[1].strip()
+    assert ticket_json(site, ref)["customer"] == "acme"
+    refused = "connector rt-all: RTA-{} not mirrored: its field 'Customer' names {}"
+    for number, shown in [(unknown, "'globex'"), (hostile, '"acme[2J\'; DROP TABLE tickets;--"')]:
+        await site.broker.wait_for_line(re.escape(refused.format(number, shown)).encode(), mark)
+    events = json.loads(ok(site.admin("audit", "list", "--limit", "200", "--json")))
+    refusals = [e for e in events if e["action"] == "connector.ticket_refused"]
+    # Once each (the open tickets of earlier tests, which name no customer, are refused too).
+    targets = [e["target"] for e in refusals]
+    assert (targets.count(f"RTA-{unknown}"), targets.count(f"RTA-{hostile}")) == (1, 1), targets
+    assert all(e["outcome"] == "denied" for e in refusals)
+    tickets = json.dumps(json.loads(ok(site.admin("ticket", "list", "--json"))))
+    assert f"Who {tag}" not in tickets
+    assert f"Hostile {tag}" not in tickets
+
+    # Corrected in RT: the change comes through the feed and the ticket is mirrored.
+    mark = len(site.broker.output)
+    await api.set_fields(unknown, {"Customer": "acme"})
+    await site.broker.wait_for_line(rf"connector rt-all: RTA-{unknown} mirrored as".encode(), mark)
+
+
+# What this proves is between the broker and RT; the mirror's part in the database is tested
+# on both backends in tests/component/test_connector_mirror.py. One backend saves CI a run.
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+async def test_a_huge_ticket_is_mirrored_and_written_to_without_downloading_it(
+    site: Site, rt: RequestTracker
+) -> None:
+    """A ticket of 10,000 comments, the last with a 50 MB file, is mirrored and escalated
+    in Secondline through a counting proxy: the broker reads the ticket and searches its
+    history in RT (no history listing, no comment, no attachment fetched), writes one
+    comment and the move, and receives a few kilobytes."""
+    api = rt.api()
+    number = await api.create_ticket("Level 1", "Huge", "eve@example.com")
+    await asyncio.to_thread(rt.add_history, number, 10_000, 50 << 20)
+    async with CountingProxy(rt.url) as proxy:
+        mark = len(site.broker.output)
+        add_connector(site, rt, url=proxy.url)
+        line = await site.broker.wait_for_line(
+            rf"connector {CONNECTOR}: RT-{number} mirrored as (T-\d+)".encode(), mark
+        )
+        ref = line.decode().rsplit(" ", 1)[1].strip()
+        lena = ok(site.admin("user", "token", "lena"))
+        mark = len(site.broker.output)
+        ok(
+            secondline(
+                "--token", lena, "ticket", "escalate", ref, "--to", "2",
+                "--reason", "needs the core dump read", data_dir=site.data_dir,
+            )
+        )  # fmt: skip
+        # Written, then read back through the feed: every request of it went by the proxy.
+        await site.broker.wait_for_line(written("level", ref, "Level 2", number), mark)
+        await site.broker.wait_for_line(
+            rf"connector {CONNECTOR}: RT-{number} \({ref}\): queue 'Level 2'".encode(), mark
+        )
+    paths = {s.path.split("?")[0] for s in proxy.seen}
+    assert not [p for p in paths if "/history" in p or "/attachment" in p], paths
+    assert not [p for p in paths if p.startswith("/REST/2.0/transaction/")], paths
+    assert f"/REST/2.0/ticket/{number}/comment" in paths
+    # Never the 50 MB, nor the 10,000 comments (their ids alone would be over 1 MB).
+    assert proxy.received < 512 << 10, proxy.received
+    found = await api.call(
+        "POST",
+        "/transactions?fields=Data",
+        [
+            {"field": "ObjectId", "value": number},
+            {"field": "Type", "value": "Comment"},
+            {"field": "Data", "operator": "LIKE", "value": "secondline-change:"},
+        ],
+    )
+    assert isinstance(found, dict)
+    assert found["count"] == 1, found

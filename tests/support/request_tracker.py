@@ -8,9 +8,11 @@ request simply waits in the socket's backlog until RT accepts it (no polling, no
 and :meth:`RequestTracker.stop` / :meth:`start` take RT away and bring it back on the same
 port, as an outage does. Before the first start a Perl script run against the same
 database creates the level queues and an auth token for root, as an admin would in RT's
-UI (Logged in as → Settings → Auth Tokens), and the RT user ``bob`` (staff ``bob`` there),
-who may own tickets of those queues. :meth:`RequestTracker.merge` merges two tickets the
-same way, as REST 2 cannot.
+UI (Logged in as → Settings → Auth Tokens), the RT user ``bob`` (staff ``bob`` there),
+who may own tickets of those queues, and the ticket custom field ``Customer`` on every
+queue (what a connector of all customers reads). :meth:`RequestTracker.merge` merges two
+tickets the same way, as REST 2 cannot; :meth:`RequestTracker.add_history` gives a ticket a
+huge history cheaply, as rows of RT's own tables.
 
 :class:`RtApi` is the test's own REST 2 client: it plays RT's users (creating tickets,
 moving them between queues) and reads the ticket history the connector wrote.
@@ -19,10 +21,14 @@ moving them between queues) and reads the ticket history the connector wrote.
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import datetime as dt
 import json
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 import urllib.error
 import urllib.request
@@ -66,6 +72,17 @@ for my $name (@ARGV) {
     my $queue = RT::Queue->new(RT->SystemUser);
     $queue->Load($name);
     $privileged->PrincipalObj->GrantRight(Right => 'OwnTicket', Object => $queue);
+}
+# The ticket custom field a connector of all customers reads ours from, on every queue.
+my $cf = RT::CustomField->new(RT->SystemUser);
+$cf->LoadByName(Name => 'Customer', LookupType => 'RT::Queue-RT::Ticket');
+unless ($cf->Id) {
+    my ($ok, $msg) = $cf->Create(
+        Name => 'Customer', Type => 'Freeform', MaxValues => 1,
+        LookupType => 'RT::Queue-RT::Ticket');
+    die "custom field: $msg\n" unless $ok;
+    ($ok, $msg) = $cf->AddToObject(RT::Queue->new(RT->SystemUser));
+    die "custom field on every queue: $msg\n" unless $ok;
 }
 my $token = RT::AuthToken->new(RT::CurrentUser->new($root));
 my ($id, $msg, $auth) = $token->Create(Owner => $root->Id, Description => 'secondline');
@@ -215,6 +232,55 @@ class RequestTracker:
         )
         assert done.returncode == 0, done.stderr
 
+    def add_history(self, ticket: str, comments: int, attachment_bytes: int) -> None:
+        """Give ``ticket`` ``comments`` comments, the last with a file of
+        ``attachment_bytes``, written straight into RT's database as RT itself stores a
+        comment (a ``Comment`` transaction whose ``Data`` is the subject, its attachment
+        rows: a ``multipart/mixed`` parent, the text, the base64 file). Ten thousand
+        comments through REST take many minutes; these rows take a second or two."""
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+        # A file RT keeps base64-encoded, as it does binary content on SQLite.
+        encoded = base64.b64encode(b"\0" * attachment_bytes).decode("ascii")
+        with contextlib.closing(sqlite3.connect(self.database, timeout=WAIT)) as db, db:
+            (root,) = db.execute("SELECT id FROM Users WHERE Name = 'root'").fetchone()
+            for i in range(comments):
+                subject = f"customer mail {i}"
+                tx = db.execute(
+                    "INSERT INTO Transactions (ObjectType, ObjectId, Type, Data, Creator, "
+                    "Created) VALUES ('RT::Ticket', ?, 'Comment', ?, ?, ?)",
+                    (int(ticket), subject, root, now),
+                ).lastrowid
+                rows: list[tuple[str, str, str, str | None]] = [
+                    ("text/plain", "none", f"comment {i}", None)
+                ]
+                if i == comments - 1:
+                    rows = [
+                        ("multipart/mixed", "none", "", None),
+                        ("text/plain", "none", "the dump, attached", None),
+                        ("application/octet-stream", "base64", encoded, "core.dump"),
+                    ]
+                parent = 0
+                for n, (kind, encoding, content, filename) in enumerate(rows):
+                    row = db.execute(
+                        "INSERT INTO Attachments (TransactionId, Parent, Subject, Filename, "
+                        "ContentType, ContentEncoding, Content, Headers, Creator, Created) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            tx,
+                            parent,
+                            subject if n == 0 else "",
+                            filename,
+                            kind,
+                            encoding,
+                            content,
+                            f"Content-Type: {kind}\n",
+                            root,
+                            now,
+                        ),
+                    ).lastrowid
+                    if n == 0 and len(rows) > 1:
+                        parent = int(row or 0)
+
 
 @dataclass
 class RtApi:
@@ -236,16 +302,23 @@ class RtApi:
     async def call(self, method: str, path: str, body: object = None) -> object:
         return await asyncio.to_thread(self.request, method, path, body)
 
-    async def create_ticket(self, queue: str, subject: str, requester: str = "") -> str:
+    async def create_ticket(
+        self, queue: str, subject: str, requester: str = "", fields: dict[str, str] | None = None
+    ) -> str:
         body: dict[str, object] = {"Queue": queue, "Subject": subject, "Content": subject}
         if requester:
             body["Requestor"] = requester
+        if fields:
+            body["CustomFields"] = fields
         created = await self.call("POST", "/ticket", body)
         assert isinstance(created, dict), created
         return str(created["id"])
 
     async def move(self, ticket: str, queue: str) -> None:
         await self.call("PUT", f"/ticket/{ticket}", {"Queue": queue})
+
+    async def set_fields(self, ticket: str, fields: dict[str, str]) -> None:
+        await self.call("PUT", f"/ticket/{ticket}", {"CustomFields": fields})
 
     async def comments(self, ticket: str) -> list[dict[str, object]]:
         """The ticket's comment transactions: subject (``Data``) and attachments."""
