@@ -104,10 +104,11 @@ def _check_keys(
     obj: dict[str, object],
     allowed: frozenset[str],
     what: str,
-    optional: frozenset[str] = frozenset(),
+    *,
+    ignore_unknown: bool = False,
 ) -> None:
     for key in obj:
-        if key not in allowed and key not in optional:
+        if key not in allowed and not ignore_unknown:
             raise MessageError(f"{what}: unknown key {key[:40]!r}")
     for key in sorted(allowed):
         if key not in obj:
@@ -158,7 +159,9 @@ _ANSWER_KEYS: Final = frozenset(
     ("agent_id", "name", "customer", "consent", "broker_ssh_key", "tunnel_url", "tls_cert_pem")
 )
 #: Brokers before signed self-updates send no release key; such an agent never self-updates.
-_ANSWER_OPTIONAL_KEYS: Final = frozenset(("release_key",))
+#: Keys the agent does not know are ignored in the broker's answers (not in what the broker
+#: parses from agents): a newer broker may add fields, and an agent in the field must still
+#: enroll with it (forward compatibility). The fields it knows are checked as strictly.
 
 
 def check_url(value: object, field_name: str, scheme: str) -> str:
@@ -223,7 +226,7 @@ class EnrollmentAnswer:
     def parse(cls, data: bytes | str) -> EnrollmentAnswer:
         """Parse and validate an answer body."""
         obj = load_json_object(data, "enrollment answer", max_bytes=ANSWER_MAX_BYTES)
-        _check_keys(obj, _ANSWER_KEYS, "enrollment answer", _ANSWER_OPTIONAL_KEYS)
+        _check_keys(obj, _ANSWER_KEYS, "enrollment answer", ignore_unknown=True)
         consent = obj["consent"]
         if consent not in CONSENT_POLICIES:
             raise MessageError("consent is neither 'attended' nor 'unattended'")
