@@ -10,11 +10,13 @@ used through HTTP CONNECT with its Basic credentials, as for the tunnel.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import os
 import ssl
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -30,10 +32,11 @@ from agent.errors import (
 from agent.protocol import ENROLL_PATH, HELP_PATH, cert_fingerprint
 from agent.proxy import select_proxy
 from agent.signing import HelpAnswer, HelpRequest, sign_request
+from agent.version import VERSION
 
 TIMEOUT_SECONDS: Final = 30.0
 ANSWER_MAX: Final = 64 * 1024
-USER_AGENT: Final = "secondline-agent/0.1"
+USER_AGENT: Final = f"secondline-agent/{VERSION}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +58,81 @@ def post_pinned(
     proxy_url: str | None = None,
 ) -> HTTPAnswer:
     """``POST`` JSON to ``base_url + path`` once the broker's certificate matched."""
+    conn = _connect_pinned(base_url, fingerprint, timeout, proxy_url)
+    try:
+        response = _send(
+            conn,
+            "POST",
+            urlsplit(base_url).path.rstrip("/") + path,
+            body,
+            {"Content-Type": "application/json", "Accept": "application/json", **(headers or {})},
+        )
+        try:
+            data = response.read(ANSWER_MAX + 1)
+        except (OSError, http.client.HTTPException) as exc:
+            raise BrokerUnreachableError(
+                f"the connection to the broker failed ({_reason(exc)}); try again"
+            ) from None
+        if len(data) > ANSWER_MAX:
+            raise BrokerUnreachableError("the broker's answer is too large; is the URL right?")
+        return HTTPAnswer(response.status, data)
+    finally:
+        conn.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Download:
+    """What :func:`download_pinned` wrote: its HTTP status, size and SHA-256."""
+
+    status: int
+    size: int
+    sha256: str
+
+
+def download_pinned(
+    base_url: str,
+    path: str,
+    dest: Path,
+    *,
+    fingerprint: str,
+    max_bytes: int,
+    timeout: float = TIMEOUT_SECONDS,
+    proxy_url: str | None = None,
+) -> Download:
+    """``GET`` ``base_url + path`` into ``dest`` (0600), streamed and hashed, at most
+    ``max_bytes``; on a status other than 200 nothing is written."""
+    conn = _connect_pinned(base_url, fingerprint, timeout, proxy_url)
+    try:
+        response = _send(conn, "GET", urlsplit(base_url).path.rstrip("/") + path, None, {})
+        if response.status != 200:
+            return Download(response.status, 0, "")
+        digest = hashlib.sha256()
+        size = 0
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            try:
+                while block := response.read(1 << 16):
+                    size += len(block)
+                    if size > max_bytes:
+                        raise BrokerUnreachableError(
+                            f"the broker sent more than {max_bytes} bytes for {path}; "
+                            "nothing was installed"
+                        )
+                    digest.update(block)
+                    out.write(block)
+            except (OSError, http.client.HTTPException) as exc:
+                raise BrokerUnreachableError(
+                    f"the download of {path} failed ({_reason(exc)}); it is tried again later"
+                ) from None
+        return Download(200, size, digest.hexdigest())
+    finally:
+        conn.close()
+
+
+def _connect_pinned(
+    base_url: str, fingerprint: str, timeout: float, proxy_url: str | None
+) -> http.client.HTTPSConnection:
+    """A connection to the broker whose certificate is the pinned one (nothing sent yet)."""
     check_url(base_url, "the broker URL", "https")
     parts = urlsplit(base_url)
     host = parts.hostname or ""
@@ -72,44 +150,38 @@ def post_pinned(
         auth = proxy.authorization
         conn.set_tunnel(host, port, headers={"Proxy-Authorization": auth} if auth else None)
     try:
-        try:
-            conn.connect()
-        except (OSError, http.client.HTTPException) as exc:
-            raise BrokerUnreachableError(
-                f"cannot reach the broker at {base_url} ({_reason(exc)}); "
-                "check the URL and the network, then try again"
-            ) from None
-        sock = conn.sock
-        der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
-        if der is None or cert_fingerprint(der) != fingerprint:
-            raise CertificateMismatchError(
-                "the broker's certificate does not match the token; nothing was sent. "
-                "Check the broker URL, or ask the helpdesk for a new token"
-            )
-        prefix = parts.path.rstrip("/")
-        try:
-            conn.request(
-                "POST",
-                prefix + path,
-                body=body,
-                headers={
-                    "Content-Type": "application/json",
-                    "Accept": "application/json",
-                    "User-Agent": USER_AGENT,
-                    **(headers or {}),
-                },
-            )
-            response = conn.getresponse()
-            data = response.read(ANSWER_MAX + 1)
-        except (OSError, http.client.HTTPException) as exc:
-            raise BrokerUnreachableError(
-                f"the connection to the broker failed ({_reason(exc)}); try again"
-            ) from None
-        if len(data) > ANSWER_MAX:
-            raise BrokerUnreachableError("the broker's answer is too large; is the URL right?")
-        return HTTPAnswer(response.status, data)
-    finally:
+        conn.connect()
+    except (OSError, http.client.HTTPException) as exc:
         conn.close()
+        raise BrokerUnreachableError(
+            f"cannot reach the broker at {base_url} ({_reason(exc)}); "
+            "check the URL and the network, then try again"
+        ) from None
+    sock = conn.sock
+    der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
+    if der is None or cert_fingerprint(der) != fingerprint:
+        conn.close()
+        raise CertificateMismatchError(
+            "the broker's certificate does not match the token; nothing was sent. "
+            "Check the broker URL, or ask the helpdesk for a new token"
+        )
+    return conn
+
+
+def _send(
+    conn: http.client.HTTPSConnection,
+    method: str,
+    target: str,
+    body: bytes | None,
+    headers: dict[str, str],
+) -> http.client.HTTPResponse:
+    try:
+        conn.request(method, target, body=body, headers={"User-Agent": USER_AGENT, **headers})
+        return conn.getresponse()
+    except (OSError, http.client.HTTPException) as exc:
+        raise BrokerUnreachableError(
+            f"the connection to the broker failed ({_reason(exc)}); try again"
+        ) from None
 
 
 def _reason(exc: BaseException) -> str:

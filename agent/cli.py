@@ -303,13 +303,25 @@ def _run(paths: StatePaths, *, verbose: bool) -> int:
     check_private(paths.root)
     config = load_config(paths)
     LoginAccount.resolve(config.login_user, config.shell)  # fail now, not at the first session
-    key_data, _, broker_pem = _read_credentials(paths)
+    key_data, private_key, broker_pem = _read_credentials(paths)
     agent_key = asyncssh.import_private_key(key_data)
     from urllib.parse import urlsplit
 
     from agent.proxy import select_proxy
 
     proxy = select_proxy(config.proxy_url, urlsplit(state.tunnel_url).hostname or "", os.environ)
+    from agent.updater import EXIT_RESTART, UpdaterSettings, why_off
+
+    update_settings = UpdaterSettings(
+        paths=paths,
+        state=state,
+        config=config,
+        key=private_key,
+        fingerprint=cert_fingerprint(pem_to_der(broker_pem, "broker.pem")),
+    )
+    off = why_off(update_settings)
+    if off is not None:
+        logging.getLogger(__name__).info("self-update is off: %s", off)
     settings = RunnerSettings(
         paths=paths,
         state=state,
@@ -317,18 +329,22 @@ def _run(paths: StatePaths, *, verbose: bool) -> int:
         agent_key=agent_key,
         broker_pem=broker_pem,
         proxy=proxy,
+        updater=update_settings if off is None else None,
         terminal_prompt=state.consent == "attended" and sys.stdin.isatty() and sys.stderr.isatty(),
     )
 
-    async def serve() -> None:
+    async def serve() -> str | None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await AgentRunner(settings).run(stop)
+        runner = AgentRunner(settings)
+        await runner.run(stop)
+        return runner.restart_reason
 
-    asyncio.run(serve())
-    return 0
+    # After an update or a rollback the agent exits with EX_TEMPFAIL, so that its service
+    # manager starts it again (now the version that is installed).
+    return EXIT_RESTART if asyncio.run(serve()) is not None else 0
 
 
 # -- status and sessions ------------------------------------------------------------------

@@ -140,12 +140,17 @@ def verify_manifest(
 
 def check_package(manifest: ReleaseManifest, data: bytes) -> None:
     """Refuse downloaded bytes that are not the ones the manifest names."""
-    if len(data) != manifest.size:
+    check_digest(manifest, len(data), hashlib.sha256(data).hexdigest())
+
+
+def check_digest(manifest: ReleaseManifest, size: int, sha256: str) -> None:
+    """Refuse a download (its size and SHA-256) that is not the package the manifest names."""
+    if size != manifest.size:
         raise ReleaseError(
-            f"the downloaded package has {len(data)} bytes, the signed manifest says "
+            f"the downloaded package has {size} bytes, the signed manifest says "
             f"{manifest.size}; the package was not installed"
         )
-    if hashlib.sha256(data).hexdigest() != manifest.sha256:
+    if sha256 != manifest.sha256:
         raise ReleaseError(
             "the downloaded package's SHA-256 is not the signed manifest's; "
             "the package was not installed"
@@ -196,9 +201,68 @@ def install_command(deb_path: str) -> list[str]:
     return ["dpkg", "--install", "--", deb_path]
 
 
-def rollback_due(*, installed_at: float, reconnected: bool, now: float) -> bool:
+#: The transient unit dpkg runs in under systemd (see :func:`install_argv`).
+INSTALL_UNIT: Final = "secondline-agent-update"
+
+
+def install_argv(
+    deb_path: str, *, update_command: str | None, is_root: bool, systemd: bool
+) -> list[str] | None:
+    """How to install a verified package; None when this agent cannot (no root, no command).
+
+    An admin's ``update_command`` gets the path as its one argument. As root, ``dpkg``
+    installs it; under systemd it runs in a transient unit of its own, because the
+    package's postinst restarts the agent's service, and systemd would kill a dpkg that
+    ran inside the service it restarts, half way through.
+    """
+    if update_command is not None:
+        return [update_command, deb_path]
+    if not is_root:
+        return None
+    if not systemd:
+        return install_command(deb_path)
+    return [
+        "systemd-run",
+        "--quiet",
+        "--collect",
+        "--wait",
+        f"--unit={INSTALL_UNIT}",
+        "--",
+        *install_command(deb_path),
+    ]
+
+
+def rollback_due(
+    *,
+    installed_at: float,
+    reconnected: bool,
+    now: float,
+    after: float = ROLLBACK_AFTER_SECONDS,
+) -> bool:
     """Whether a new version that has not reconnected is past its time and must go."""
-    return not reconnected and now - installed_at >= ROLLBACK_AFTER_SECONDS
+    return not reconnected and now - installed_at >= after
+
+
+#: ``uname -m`` names to Debian's architecture names (the package's file name carries one).
+_DEBIAN_ARCH: Final = {
+    "x86_64": "amd64",
+    "aarch64": "arm64",
+    "armv7l": "armhf",
+    "i686": "i386",
+    "ppc64le": "ppc64el",
+    "s390x": "s390x",
+    "riscv64": "riscv64",
+}
+
+
+def debian_arch(machine: str) -> str | None:
+    """The Debian architecture of a ``platform.machine()``; None when there is no package."""
+    return _DEBIAN_ARCH.get(machine)
+
+
+def package_path(version: str, arch: str) -> str:
+    """Where the broker serves a version's package (manifest and signature beside it)."""
+    return f"/agent/packages/{version}/secondline-agent_{version}_{arch}.deb"
 
 
 # -- the messages of the signed update requests (docs/protocol.md, "Signed releases") ------
@@ -267,3 +331,38 @@ class UpdateReport:
     def serialize(self) -> bytes:
         body = {"version": self.version, "outcome": self.outcome, "reason": self.reason}
         return json.dumps(body).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateOffer:
+    """The broker's answer to an update query: the newest published release, unverified.
+
+    Keys the agent does not know are ignored (a newer broker may add some); the path must
+    be the versioned package path, so an offer can never point the download elsewhere.
+    """
+
+    path: str
+    manifest: bytes
+    signature: str
+
+    @classmethod
+    def parse(cls, data: bytes) -> UpdateOffer | None:
+        obj = load_json_object(data, "update offer", max_bytes=4 * MANIFEST_MAX_BYTES)
+        offer = obj.get("offer")
+        if offer is None:
+            return None
+        if not isinstance(offer, dict):
+            raise MessageError("update offer: offer is not an object")
+        path, manifest, signature = offer.get("path"), offer.get("manifest"), offer.get("signature")
+        if not isinstance(path, str) or _OFFER_PATH_RE.fullmatch(path) is None:
+            raise MessageError("update offer: path is not an agent package's versioned path")
+        if not isinstance(manifest, str) or len(manifest) > MANIFEST_MAX_BYTES:
+            raise MessageError("update offer: manifest is not a string of at most 4096 bytes")
+        if not isinstance(signature, str) or len(signature) > MANIFEST_MAX_BYTES:
+            raise MessageError("update offer: signature is not a string")
+        return cls(path, manifest.encode("utf-8"), signature)
+
+
+_OFFER_PATH_RE: Final = re.compile(
+    r"/agent/packages/(?P<v>[0-9.]{1,27})/secondline-agent_(?P=v)_[a-z0-9]{1,16}\.deb"
+)

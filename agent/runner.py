@@ -47,12 +47,14 @@ from agent.shell_integration import ZshStartupFiles
 from agent.ssh_server import ServerContext, server_options
 from agent.state import EnrolledState, LocalConfig, StatePaths, atomic_write
 from agent.tunnel import WebsocketsStream, WebSocketTunnel
+from agent.updater import Updater, UpdaterSettings
+from agent.version import VERSION
 
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-USER_AGENT = "secondline-agent/0.1"
+USER_AGENT = f"secondline-agent/{VERSION}"
 #: The broker's handshake limiter answers 503 with ``Retry-After`` (our place in line).
 HTTP_BUSY: Final = 503
 RETRY_AFTER_MAX_S: Final = 600
@@ -82,6 +84,8 @@ class RunnerSettings:
     terminal_prompt: bool = False
     #: The HTTP proxy to the broker (agent.proxy.select_proxy), None: connect directly.
     proxy: Proxy | None = None
+    #: Self-update (agent.updater); None: this agent does not update itself.
+    updater: UpdaterSettings | None = None
 
 
 def tunnel_ssl_context(broker_pem: str) -> ssl.SSLContext:
@@ -144,6 +148,8 @@ class AgentRunner:
         self.connected = asyncio.Event()
         #: Set at every change of :meth:`status` (whoever waits on it clears it).
         self.status_changed = asyncio.Event()
+        #: Why the agent stopped to be started again (an update or a rollback), or None.
+        self.restart_reason: str | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve until ``stop`` is set."""
@@ -155,6 +161,7 @@ class AgentRunner:
             prompt = TerminalPrompt(self.consent, sys.stdin.fileno(), sys.stderr)
             prompt.start()
         self._write_status()
+        updating = self._start_updater(stop)
         try:
             while not stop.is_set():
                 delay = await self._connect_once(stop)
@@ -165,6 +172,9 @@ class AgentRunner:
                     async with asyncio.timeout(delay):
                         await stop.wait()
         finally:
+            if updating is not None:
+                updating.cancel()
+                await asyncio.wait((updating,))
             await self.processes.shutdown()
             self._zsh_files.close()
             if prompt is not None:
@@ -174,6 +184,25 @@ class AgentRunner:
             self._connected = False
             self._last_error = "stopped"
             self._write_status(running=False)
+
+    def _start_updater(self, stop: asyncio.Event) -> asyncio.Task[None] | None:
+        settings = self._settings.updater
+        if settings is None:
+            return None
+
+        def restart(reason: str) -> None:
+            logger.warning("stopping to restart: %s", reason)
+            self.restart_reason = reason
+            stop.set()
+
+        updater = Updater(
+            settings, live_sessions=lambda: len(self.registry.live()), restart=restart,
+            clock=self._clock,
+        )  # fmt: skip
+        task = asyncio.create_task(updater.run(self.connected), name="updater")
+        # A failed updater is logged and stays down: sessions matter more than updates.
+        task.add_done_callback(_log_failure)
+        return task
 
     async def _connect_once(self, stop: asyncio.Event) -> float:
         """One connection, from dialling to its end; return the delay before the next."""
@@ -389,6 +418,11 @@ class AgentRunner:
                 "at": iso_utc(event.at),
             }
         )
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("self-update stopped after an error", exc_info=task.exception())
 
 
 async def _unless_stopped(stop: asyncio.Event, work: Awaitable[_T]) -> _T | None:

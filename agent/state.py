@@ -44,6 +44,7 @@ from agent.protocol import (
     require_match,
 )
 from agent.proxy import parse_proxy_url
+from agent.release import ROLLBACK_AFTER_SECONDS
 
 DIR_MODE: Final = 0o700
 FILE_MODE: Final = 0o600
@@ -54,6 +55,11 @@ CONSENT_TIMEOUT_MAX: Final = 3600.0
 #: dead one would hold its sessions (and the broker's view of the agent) for too long.
 KEEPALIVE_INTERVAL_MIN: Final = 1.0
 KEEPALIVE_INTERVAL_MAX: Final = 3600.0
+#: Bounds of the update settings: checks at most every minute; a rollback wait long enough
+#: for a slow start, short enough that a broken update does not leave the machine for a day.
+UPDATE_CHECK_INTERVAL: Final = 3600.0
+UPDATE_CHECK_RANGE: Final = (60.0, 86400.0)
+ROLLBACK_AFTER_RANGE: Final = (1.0, 3600.0)
 KEEPALIVE_COUNT_MAX_LIMIT: Final = 100
 
 
@@ -90,6 +96,15 @@ class StatePaths:
     @property
     def control_sock(self) -> Path:
         return self.root / "control.sock"
+
+    @property
+    def update_json(self) -> Path:
+        return self.root / "update.json"
+
+    @property
+    def updates(self) -> Path:
+        """Verified packages: the one being installed and the running one's, for a rollback."""
+        return self.root / "updates"
 
 
 def default_state_dir(euid: int, environ: dict[str, str] | os._Environ[str]) -> Path:
@@ -273,6 +288,13 @@ class LocalConfig:
     #: The HTTP proxy to the broker (``http://user:password@host:port``); None: the
     #: environment's HTTPS_PROXY / NO_PROXY.
     proxy_url: str | None = None
+    #: The program that installs a verified package (its path is the one argument); None:
+    #: ``dpkg --install`` when the agent runs as root, else no self-update.
+    update_command: str | None = None
+    #: How often a connected agent asks the broker for a newer release (also at each connect).
+    update_check_interval_seconds: float = UPDATE_CHECK_INTERVAL
+    #: A new version not connected this long after its install is rolled back.
+    rollback_after_seconds: float = ROLLBACK_AFTER_SECONDS
 
     @property
     def ping_timeout_seconds(self) -> float:
@@ -288,6 +310,9 @@ _CONFIG_KEYS: Final = (
     "keepalive_interval_seconds",
     "keepalive_count_max",
     "proxy_url",
+    "update_command",
+    "update_check_interval_seconds",
+    "rollback_after_seconds",
 )
 
 
@@ -347,7 +372,26 @@ def parse_config(text: str) -> LocalConfig:
         if not isinstance(proxy_url, str):
             raise ConfigError("agent.toml: proxy_url must be a URL such as 'http://proxy:3128'")
         parse_proxy_url(proxy_url, "agent.toml: proxy_url")
+    update_command = raw.get("update_command")
+    if update_command is not None and (
+        not isinstance(update_command, str)
+        or not update_command.startswith("/")
+        or "\0" in update_command
+    ):
+        raise ConfigError(
+            "agent.toml: update_command must be the absolute path of a program, such as "
+            "'/usr/local/sbin/install-agent-update'"
+        )
+    check_every = _seconds_in(
+        raw, "update_check_interval_seconds", UPDATE_CHECK_INTERVAL, UPDATE_CHECK_RANGE
+    )
+    rollback_after = _seconds_in(
+        raw, "rollback_after_seconds", ROLLBACK_AFTER_SECONDS, ROLLBACK_AFTER_RANGE
+    )
     return LocalConfig(
+        update_command=update_command,
+        update_check_interval_seconds=check_every,
+        rollback_after_seconds=rollback_after,
         proxy_url=proxy_url,
         login_user=login_user,
         consent_timeout_seconds=float(timeout),
@@ -355,6 +399,18 @@ def parse_config(text: str) -> LocalConfig:
         keepalive_interval_seconds=float(interval),
         keepalive_count_max=count,
     )
+
+
+def _seconds_in(
+    raw: dict[str, object], key: str, default: float, bounds: tuple[float, float]
+) -> float:
+    value = raw.get(key, default)
+    low, high = bounds
+    if not _is_number(value) or not low <= value <= high:
+        raise ConfigError(
+            f"agent.toml: {key} must be a number of seconds from {low:.0f} to {high:.0f}"
+        )
+    return float(value)
 
 
 def load_config(paths: StatePaths) -> LocalConfig:

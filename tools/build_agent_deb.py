@@ -142,6 +142,15 @@ def control(version: str, arch: str, installed_kib: int) -> str:
 
 def build(out_dir: Path) -> Path:
     version = project_version()
+    # The agent reports agent.version.VERSION and compares offered releases with it: a
+    # package whose name says another version would be offered itself again and again.
+    sys.path.insert(0, str(ROOT))
+    from agent.version import VERSION
+
+    if version != VERSION:
+        raise SystemExit(
+            f"pyproject.toml says {version}, agent/version.py says {VERSION}; make them equal"
+        )
     arch = architecture()
     work = out_dir / f"{NAME}-build"
     shutil.rmtree(work, ignore_errors=True)

@@ -147,6 +147,16 @@ def test_config_defaults_and_values() -> None:
     assert config.login_user == "support"
     assert config.consent_timeout_seconds == 30.0
     assert config.shell == "/bin/bash"
+    update = parse_config(
+        'update_command = "/usr/local/sbin/hook"\nupdate_check_interval_seconds = 600\n'
+        "rollback_after_seconds = 5\n"
+    )
+    assert update.update_command == "/usr/local/sbin/hook"
+    assert (update.update_check_interval_seconds, update.rollback_after_seconds) == (600.0, 5.0)
+    assert (LocalConfig().update_check_interval_seconds, LocalConfig().rollback_after_seconds) == (
+        3600.0,
+        120.0,
+    )
 
 
 @pytest.mark.parametrize(
@@ -161,6 +171,11 @@ def test_config_defaults_and_values() -> None:
         ("consent_timeout_seconds = '5'\n", "consent_timeout_seconds"),
         ("shell = 'bash'\n", "shell must be an absolute path"),
         ("login_user = \n", "not valid TOML"),
+        ("update_command = 'hook'\n", "update_command must be the absolute path"),
+        ("update_command = ['/bin/hook']\n", "update_command"),
+        ("update_check_interval_seconds = 5\n", "update_check_interval_seconds"),
+        ("rollback_after_seconds = 0\n", "rollback_after_seconds"),
+        ("rollback_after_seconds = 'soon'\n", "rollback_after_seconds"),
     ],
 )
 def test_config_errors_name_the_key(text: str, message: str) -> None:
