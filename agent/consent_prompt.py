@@ -35,6 +35,11 @@ MAY_DO: Final = (
 )
 
 
+def asks_to(role: ConsentRole) -> str:
+    """What a request of ``role`` asks for, as the end of a sentence."""
+    return _ASKS[role]
+
+
 def describe_request(request: ConsentRequest) -> str:
     """The question shown for a request (inert text only)."""
     env = request.env

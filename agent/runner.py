@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import os
+import pwd
 import random
 import ssl
 import sys
@@ -37,6 +38,7 @@ from agent.backoff import Backoff
 from agent.consent import ConsentBook, ConsentRequest, ConsentService, Decision
 from agent.consent_prompt import TerminalPrompt
 from agent.control import ControlRequest, ControlServer
+from agent.desktop import DesktopPrompt
 from agent.errors import ControlError, TunnelRefusedError
 from agent.facts import Facts, collect_facts
 from agent.protocol import AGENT_ID_HEADER, MAX_TUNNEL_MESSAGE, iso_utc
@@ -115,6 +117,7 @@ class AgentRunner:
         self._settings = settings
         self._rand = rand
         self._clock = clock
+        self._environ = environ
         self._backoff = Backoff(
             base=settings.backoff_base, cap=settings.backoff_cap, stable_after=settings.stable_after
         )
@@ -160,6 +163,15 @@ class AgentRunner:
         if self._settings.terminal_prompt:
             prompt = TerminalPrompt(self.consent, sys.stdin.fileno(), sys.stderr)
             prompt.start()
+        desktop: DesktopPrompt | None = None
+        if self._settings.config.desktop_windows:
+            desktop = DesktopPrompt(
+                self.consent,
+                self.registry,
+                login_user=self._settings.config.login_user or pwd.getpwuid(os.geteuid()).pw_name,
+                environ=self._environ,
+            )
+            desktop.start()
         self._write_status()
         updating = self._start_updater(stop)
         try:
@@ -179,6 +191,8 @@ class AgentRunner:
             self._zsh_files.close()
             if prompt is not None:
                 prompt.close()
+            if desktop is not None:
+                await desktop.close()
             self.consent.close()
             await control.close()
             self._connected = False

@@ -101,10 +101,20 @@ class SessionRegistry:
         self._log = log
         self._clock = clock
         self._live: list[LiveChannel] = []
+        self._listeners: list[Callable[[], None]] = []
+
+    def add_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` after every start and end of a channel (the desktop indicator)."""
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
 
     def started(self, channel: LiveChannel) -> None:
         """Record a channel whose process runs."""
         self._live.append(channel)
+        self._changed()
         self._log.append(
             {
                 "event": "start",
@@ -136,6 +146,7 @@ class SessionRegistry:
         if channel.files is not None:  # the machine's own record of the files moved
             record["files"] = channel.files.to_dict()
         self._log.append(record)
+        self._changed()
 
     def consent(self, record: dict[str, object]) -> None:
         """Record a consent decision."""

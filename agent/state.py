@@ -295,6 +295,8 @@ class LocalConfig:
     update_check_interval_seconds: float = UPDATE_CHECK_INTERVAL
     #: A new version not connected this long after its install is rolled back.
     rollback_after_seconds: float = ROLLBACK_AFTER_SECONDS
+    #: Consent window and session indicator on the user's desktop (agent.desktop).
+    desktop_windows: bool = True
 
     @property
     def ping_timeout_seconds(self) -> float:
@@ -313,6 +315,7 @@ _CONFIG_KEYS: Final = (
     "update_command",
     "update_check_interval_seconds",
     "rollback_after_seconds",
+    "desktop_windows",
 )
 
 
@@ -388,7 +391,11 @@ def parse_config(text: str) -> LocalConfig:
     rollback_after = _seconds_in(
         raw, "rollback_after_seconds", ROLLBACK_AFTER_SECONDS, ROLLBACK_AFTER_RANGE
     )
+    desktop_windows = raw.get("desktop_windows", True)
+    if not isinstance(desktop_windows, bool):
+        raise ConfigError("agent.toml: desktop_windows must be true or false")
     return LocalConfig(
+        desktop_windows=desktop_windows,
         update_command=update_command,
         update_check_interval_seconds=check_every,
         rollback_after_seconds=rollback_after,

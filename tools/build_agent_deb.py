@@ -131,6 +131,9 @@ def control(version: str, arch: str, installed_kib: int) -> str:
         f"Installed-Size: {installed_kib}\n"
         "Depends: python3 (>= 3.11), python3 (<< 3.12), adduser, debconf (>= 0.5) | debconf-2.0,"
         " init-system-helpers (>= 1.52), libc6 (>= 2.28)\n"
+        # The consent window and session indicator on the desktop (agent/consent_window.py);
+        # without them the end user answers in a terminal.
+        "Recommends: python3-gi, gir1.2-gtk-3.0\n"
         "Section: admin\n"
         "Priority: optional\n"
         "Description: Secondline remote-support agent\n"

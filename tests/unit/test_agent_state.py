@@ -152,6 +152,8 @@ def test_config_defaults_and_values() -> None:
         "rollback_after_seconds = 5\n"
     )
     assert update.update_command == "/usr/local/sbin/hook"
+    assert LocalConfig().desktop_windows
+    assert not parse_config("desktop_windows = false\n").desktop_windows
     assert (update.update_check_interval_seconds, update.rollback_after_seconds) == (600.0, 5.0)
     assert (LocalConfig().update_check_interval_seconds, LocalConfig().rollback_after_seconds) == (
         3600.0,
@@ -176,6 +178,7 @@ def test_config_defaults_and_values() -> None:
         ("update_check_interval_seconds = 5\n", "update_check_interval_seconds"),
         ("rollback_after_seconds = 0\n", "rollback_after_seconds"),
         ("rollback_after_seconds = 'soon'\n", "rollback_after_seconds"),
+        ("desktop_windows = 'no'\n", "desktop_windows must be true or false"),
     ],
 )
 def test_config_errors_name_the_key(text: str, message: str) -> None:
