@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -199,3 +200,13 @@ def test_load_config_reads_the_private_file(tmp_path: Path) -> None:
     atomic_write(paths.config, b"\xff\xfe")
     with pytest.raises(ConfigError, match="not UTF-8"):
         load_config(paths)
+
+
+def test_docs_agent_toml_example_is_a_valid_config() -> None:
+    """docs/agent.md's agent.toml example, every key in it, is what parse_config takes."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "agent.md").read_text(encoding="utf-8")
+    [example] = re.findall(r"```toml\n(.*?)```", doc, re.DOTALL)
+    config = parse_config(example)
+    assert config.update_command == "/usr/local/sbin/install-secondline-agent"
+    assert config.rollback_after_seconds == 120.0
+    assert config.desktop_windows
