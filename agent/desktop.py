@@ -200,14 +200,13 @@ class DesktopPrompt:
         self._python = python
         self._asking: dict[ConsentKey, asyncio.Task[None]] = {}
         self._indicators: dict[str, asyncio.Task[None]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         self._consent.add_listener(self._on_consent)
         self._registry.add_listener(self._on_sessions)
 
     async def close(self) -> None:
-        tasks = [*self._asking.values(), *self._indicators.values(), *self._tasks]
+        tasks = [*self._asking.values(), *self._indicators.values()]
         for task in tasks:
             task.cancel()
         if tasks:
