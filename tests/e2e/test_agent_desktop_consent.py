@@ -3,7 +3,11 @@ consent window (GTK, agent.consent_window); the test, as the end user, presses A
 with xdotool and the staff member's shell opens; the running session shows the indicator,
 whose "End session" ends it; a second request is denied in its window and the staff
 member is refused with the reason. Screenshots of both windows go to docs/screenshots/
-(docs/agent.md shows them)."""
+(docs/agent.md shows them).
+
+One test for the whole flow, on one broker, agent and X server: about 15 s on an idle
+machine (more under load), which issue #20's "Done when" asks for (window, Allow, Deny,
+screenshots under Xvfb)."""
 
 from __future__ import annotations
 
