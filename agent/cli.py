@@ -122,6 +122,11 @@ def _parser() -> argparse.ArgumentParser:
                 nargs="?",
                 help="who asks (needed when several people of the session are asked about)",
             )
+    commands.add_parser(
+        "install-update",
+        parents=[common],
+        help="(root, run by systemd) install the update the agent verified and requested",
+    )
     help_cmd = commands.add_parser(
         "help", parents=[common], help="ask the helpdesk for help (opens a ticket)"
     )
@@ -138,6 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     started_as = os.geteuid()
     paths = StatePaths(state_dir or default_state_dir(started_as, os.environ))
     try:
+        if args.command == "install-update":
+            # Root's own check of what the unprivileged agent asks for; it must stay root.
+            return _install_update(paths)
         become_state_owner(paths.root)
         status = _dispatch(paths, args)
         sys.stdout.flush()  # a reader that left shows here, where it is handled below
@@ -475,6 +483,18 @@ def _session_command(paths: StatePaths, op: str, session: str, staff: str | None
         who = f"{_text(result, 'staff')} ({_text(result, 'role')})"
         what = "withdrawn" if result.get("withdrawn") is True else _text(result, "decision")
         print(f"session {session}: {who} {what}")
+    return 0
+
+
+# -- install-update -----------------------------------------------------------------------
+
+
+def _install_update(paths: StatePaths) -> int:
+    from agent.update_helper import install_requested
+
+    if os.geteuid() != 0:
+        raise StateError("install-update installs packages: run it as root (systemd does)")
+    print(install_requested(paths.root))
     return 0
 
 

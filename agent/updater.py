@@ -52,6 +52,7 @@ from agent.state import (
     atomic_write,
     read_private,
 )
+from agent.update_helper import PATH_UNIT, REQUEST, RESULT
 from agent.update_state import Start, UpdateRecord, on_start, skipped_version
 from agent.version import VERSION
 
@@ -95,8 +96,14 @@ def why_off(settings: UpdaterSettings) -> str | None:
         return "the broker sent no release key at enrollment (an older broker)"
     if settings.arch is None:
         return f"there is no agent package for this machine ({platform.machine()})"
-    if install_command_for(settings.config, settings.paths.updates / "x.deb") is None:
-        return "the agent runs without root and agent.toml names no update_command"
+    if (
+        install_command_for(settings.config, settings.paths.updates / "x.deb") is None
+        and not PATH_UNIT.exists()
+    ):
+        return (
+            "the agent runs without root, agent.toml names no update_command, and the "
+            "package's secondline-agent-update unit is not installed"
+        )
     return None
 
 
@@ -173,7 +180,7 @@ class Updater:
                 self._s.paths.update_json, record.rolling_back(reason, self._clock()).serialize()
             )
             deb = self._local_package(record.from_version)
-            if deb is None or not await self._install(deb):
+            if deb is None or await self._install(deb) is not None:
                 logger.error(
                     "the rollback to %s failed; reinstall the agent's package by hand",
                     record.from_version,
@@ -236,9 +243,11 @@ class Updater:
         if decision.verdict is Verdict.WAIT:
             logger.info("update: %s", decision.reason)
             return min(interval, QUIET_RETRY_SECONDS)
-        return await self._install_offer(manifest, interval)
+        return await self._install_offer(manifest, offer, interval)
 
-    async def _install_offer(self, manifest: ReleaseManifest, interval: float) -> float | None:
+    async def _install_offer(
+        self, manifest: ReleaseManifest, offer: UpdateOffer, interval: float
+    ) -> float | None:
         try:
             # The running version's own package, verified now, is what a rollback installs.
             await asyncio.to_thread(self._fetch_release, self._s.version)
@@ -253,6 +262,9 @@ class Updater:
         except ReleaseError as exc:
             await self._refuse(manifest.version, str(exc))
             return interval
+        # Beside the package, for root's own check when root installs it (agent.update_helper).
+        atomic_write(deb.with_name(deb.name + ".manifest"), offer.manifest)
+        atomic_write(deb.with_name(deb.name + ".manifest.sig"), offer.signature.encode())
         if self._live_sessions():
             logger.info("update: a session started during the download; %s waits", manifest.version)
             return min(interval, QUIET_RETRY_SECONDS)
@@ -264,9 +276,10 @@ class Updater:
             at=self._clock(),
         )
         atomic_write(self._s.paths.update_json, record.serialize())
-        if not await self._install(deb):
+        failed = await self._install(deb)
+        if failed is not None:
             self._s.paths.update_json.unlink(missing_ok=True)
-            await self._refuse(manifest.version, "the install command failed (see the agent's log)")
+            await self._refuse(manifest.version, failed)
             return interval
         self._restart(f"installed {manifest.version}")
         return None
@@ -341,10 +354,11 @@ class Updater:
             return None
         return deb
 
-    async def _install(self, deb: Path) -> bool:
+    async def _install(self, deb: Path) -> str | None:
+        """Install ``deb``; None when it went in, else why not."""
         argv = install_command_for(self._s.config, deb)
         if argv is None:
-            return False
+            return await self._ask_root(deb)
         logger.info("running the install command: %s", " ".join(argv))
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -355,7 +369,7 @@ class Updater:
             )
         except OSError as exc:
             logger.error("cannot run %s: %s", argv[0], exc.strerror or exc)
-            return False
+            return f"the install command {argv[0]} cannot be run"
         try:
             async with asyncio.timeout(INSTALL_TIMEOUT_SECONDS):
                 output, _ = await proc.communicate()
@@ -366,13 +380,32 @@ class Updater:
             logger.error(
                 "the install command did not finish within %.0f s", INSTALL_TIMEOUT_SECONDS
             )
-            return False
+            return "the install command did not finish in time"
         for line in output.decode("utf-8", "replace").splitlines()[-20:]:
             logger.info("install: %s", line)
         if proc.returncode != 0:
             logger.error("the install command failed with status %s", proc.returncode)
-            return False
-        return True
+            return f"the install command failed with status {proc.returncode}"
+        return None
+
+    async def _ask_root(self, deb: Path) -> str | None:
+        """The package's service: ask root's update unit (agent.update_helper) to install
+        ``deb``; it restarts this service when it does, so an answer means a refusal."""
+        result = self._s.paths.updates / RESULT
+        result.unlink(missing_ok=True)
+        atomic_write(self._s.paths.updates / REQUEST, deb.name.encode() + b"\n")
+        logger.info("asked root's secondline-agent-update unit to install %s", deb.name)
+        deadline = self._clock() + INSTALL_TIMEOUT_SECONDS
+        while self._clock() < deadline:
+            try:
+                reason = read_private(result, 1024).decode("utf-8", "replace").strip()
+            except FileNotFoundError:
+                await asyncio.sleep(1.0)  # polled: the unit has no other way to answer
+                continue
+            result.unlink(missing_ok=True)
+            return f"root refused the install: {reason}"
+        (self._s.paths.updates / REQUEST).unlink(missing_ok=True)
+        return "root's secondline-agent-update unit did not install it in time"
 
     # -- the broker -------------------------------------------------------------------
 

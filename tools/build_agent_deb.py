@@ -165,6 +165,8 @@ def build(out_dir: Path) -> Path:
     install_file(
         PACKAGING / f"{NAME}.service", root / "lib/systemd/system" / f"{NAME}.service", 0o644
     )
+    for unit in (f"{NAME}-update.path", f"{NAME}-update.service"):
+        install_file(PACKAGING / unit, root / "lib/systemd/system" / unit, 0o644)
     install_file(
         PACKAGING / "sessions-as-login-user.conf",
         root / "usr/share" / NAME / "sessions-as-login-user.conf",

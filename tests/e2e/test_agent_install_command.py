@@ -95,6 +95,10 @@ async def test_install_command_installs_enrolls_and_sessions_run(
     assert root.mode(f"{STATE}/state.json") == ("600", "secondline-agent", "secondline-agent")
     assert root.mode(f"{STATE}/agent_key") == ("600", "secondline-agent", "secondline-agent")
     assert root.run("test", "-e", "/etc/secondline-agent").returncode == 1  # the token is gone
+    # postinst pinned the broker's release key for root's update unit (agent.update_helper).
+    pinned = root.ok("cat", "/var/lib/secondline-agent-update/release_key").strip()
+    assert pinned == json.loads(root.ok("cat", f"{STATE}/state.json"))["release_key"]
+    assert root.mode("/var/lib/secondline-agent-update/release_key")[:2] == ("600", "root")
     hostname = root.ok("hostname").strip().lower()
     agents = _agents(broker)
     assert list(agents) == [hostname]

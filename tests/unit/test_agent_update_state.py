@@ -1,4 +1,5 @@
-"""What a starting agent does about update.json, the offer parser and the install argv."""
+"""What a starting agent does about update.json, the offer parser, the install argv and
+root's policy for requested updates."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from agent.release import (
     install_argv,
     package_path,
 )
+from agent.update_helper import ROLLBACK_WINDOW_SECONDS, may_install
 from agent.update_state import Start, UpdateRecord, on_start, skipped_version
 
 RECORD = UpdateRecord(phase="installing", from_version="0.1.0", to_version="0.2.0", at=100.0)
@@ -121,3 +123,17 @@ def test_debian_arch() -> None:
     assert debian_arch("x86_64") == "amd64"
     assert debian_arch("aarch64") == "arm64"
     assert debian_arch("vax") is None
+
+
+def test_root_installs_only_newer_or_its_own_recent_rollback() -> None:
+    """Root's policy: newer goes in; older only as the rollback of root's last update and
+    within the window; the same version, or nothing installed, is refused."""
+    assert may_install("0.1.0", "0.2.0", None, now=0.0) is None
+    assert "downgrades are refused" in str(may_install("0.2.0", "0.1.0", None, now=0.0))
+    last: dict[str, object] = {"from": "0.1.0", "to": "0.2.0", "at": 1000.0}
+    assert may_install("0.2.0", "0.1.0", last, now=1100.0) is None
+    late = 1000.0 + ROLLBACK_WINDOW_SECONDS + 1
+    assert "downgrades are refused" in str(may_install("0.2.0", "0.1.0", last, now=late))
+    assert "downgrades are refused" in str(may_install("0.2.0", "0.0.5", last, now=1100.0))
+    assert "installed already" in str(may_install("0.2.0", "0.2", None, now=0.0))
+    assert "not installed" in str(may_install(None, "0.2.0", None, now=0.0))
