@@ -180,11 +180,12 @@ class Updater:
                 self._s.paths.update_json, record.rolling_back(reason, self._clock()).serialize()
             )
             deb = self._local_package(record.from_version)
-            if deb is None or await self._install(deb) is not None:
+            failed = "its kept package is unusable" if deb is None else await self._install(deb)
+            if failed is not None:
                 logger.error(
-                    "the rollback to %s failed; reinstall the agent's package by hand",
-                    record.from_version,
-                )
+                    "the rollback to %s failed (%s); reinstall the agent's package by hand",
+                    record.from_version, failed,
+                )  # fmt: skip
                 return False
             self._restart(f"rolled back to {record.from_version}")
             return False
