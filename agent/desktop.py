@@ -152,7 +152,7 @@ def consent_text(request: ConsentRequest, login_user: str) -> dict[str, object]:
     title = sanitize_text(env.ticket_title, 200)
     may = {
         "owner": f"They get a shell as the account {login_user!r} on this machine and may run "
-        "commands and copy files there. Everything is recorded.",
+        "commands and read and write files there. Everything is recorded.",
         "participant": "They join the running session and may type in it. Everything is recorded.",
         "observer": "They see the screen of the running session; they cannot type.",
     }[env.asked_role]
