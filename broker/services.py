@@ -15,6 +15,7 @@ from broker.audit.log import AuditLog
 from broker.auth.throttle import Throttle
 from broker.config import BrokerConfig
 from broker.keys import BrokerKeys
+from broker.transcript.store import TranscriptStore, transcript_store
 
 
 def utc_now() -> dt.datetime:
@@ -33,9 +34,19 @@ class Services:
     login_throttle: Throttle = field(default_factory=lambda: Throttle(limit=10, window=900))
     # Refusals of unauthenticated requests: one summary per source and minute.
     anonymous: AnonymousRefusals = field(init=False)
+    # Where transcripts are read from (and, on PostgreSQL, copied to for every node).
+    transcripts: TranscriptStore = field(init=False)
 
     def __post_init__(self) -> None:
         self.anonymous = AnonymousRefusals(self.audit, lambda: self.clock())
+        config = self.config
+        self.transcripts = transcript_store(
+            config.transcripts_dir,
+            config.data_dir / "transcript-scratch",
+            config.db_url,
+            self.db,
+            config.node or "single",
+        )
 
 
 # Where the app keeps them: set by the composition root (broker.app) before any feature starts.

@@ -31,7 +31,8 @@ async def kill_elsewhere(
     except NoResponder:
         raise SessionConflict(
             f"session {row.id} runs on node {row.node}, which is not in the cluster now; if "
-            "that node died, the session is sealed as interrupted when it starts again"
+            "that node died, another node seals the session as interrupted within 10 s of its "
+            "last heartbeat"
         ) from None
     except TimeoutError:
         raise SessionConflict(

@@ -105,6 +105,13 @@ def _actions(app: web.Application) -> LocalActions:
         services = app[SERVICES]
         async with services.db() as db, db.begin():
             await agent_store.mark_node_offline(db, node)
+        sessions = app.get(SESSIONS)
+        if sessions is not None:
+            # Its sessions are sealed as interrupted by one of the survivors (a claim in the
+            # database picks it), in the background: sealing reads transcripts, and this
+            # node's heartbeat must not wait for that.
+            manager = sessions.manager
+            manager.spawn(manager.finisher.recover_node(node), f"sealing node {node}'s sessions")
 
     return LocalActions(
         held=held,

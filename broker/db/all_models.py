@@ -14,6 +14,7 @@ from broker.db import (
     models_sessions,
     models_staff,
     models_tickets,
+    models_transcripts,
 )
 from broker.db.base import Base
 
@@ -30,4 +31,5 @@ __all__ = [
     "models_sessions",
     "models_staff",
     "models_tickets",
+    "models_transcripts",
 ]

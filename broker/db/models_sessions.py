@@ -32,6 +32,10 @@ class RemoteSession(Base):
     via: Mapped[str] = mapped_column(String(8))  # ssh | web
     source: Mapped[str] = mapped_column(String(64), default="")
     node: Mapped[str] = mapped_column(String(64), default="")
+    # The node that took the session over to seal it after a crash (its own after a
+    # restart, another one after its node died): claimed by one conditional update, so
+    # exactly one node seals and records each interrupted session.
+    recovered_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     # waiting_consent | live | ended | refused | failed | interrupted
     state: Mapped[str] = mapped_column(String(16), index=True)
     consent: Mapped[str | None] = mapped_column(String(16), nullable=True)

@@ -21,6 +21,7 @@ from typing import Final, Literal
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from broker.db.models_sessions import RemoteSession
 from broker.ports import TicketSystem
 from broker.services import Services
 from broker.sessions import store
@@ -57,6 +58,8 @@ DB_ERRORS: Final = (SQLAlchemyError, OSError)
 # back, ended sessions are recorded (and their notes queued) within seconds, not half a
 # minute later; one connection attempt per waiting record every 10 s costs nothing.
 RETRY_CAP: Final = 10.0
+# Who claims a recovery on a single node (it has no node name).
+SINGLE_NODE: Final = "single"
 # Still importable from here, where they were first written (the note tests do).
 __all__ = ["RENDER_MAX", "Attachments", "Finisher", "plan_attachments"]
 
@@ -158,6 +161,16 @@ class Finisher:
     ) -> None:
         """Record the end; retries while the database is down (bounded while closing)."""
         record = end_of_hub(live, outcome, write, audit, self.services.config)
+        if outcome.seal is not None and self.services.transcripts.shared:
+            # The sealed transcript is where every node reads it before the end is written:
+            # a session recorded "ended" is one whose transcript any node can play.
+            sid = live.session_id
+
+            async def ship() -> None:
+                await self.services.transcripts.ship(sid)
+
+            if not await self.until_stored(sid, "its transcript", ship, closing):
+                return  # still "live" in the database: the next start recovers it
         # Safe to repeat: the row update and the participants' close are the same again,
         # the note is queued once, and the audit event comes last.
         written = await self.until_stored(
@@ -225,12 +238,54 @@ class Finisher:
 
     async def recover_interrupted(self) -> int:
         """Seal and record the sessions a crash left live; returns how many."""
+        config = self.services.config
+        mine = config.node or None
         async with self.services.db() as db:
-            rows = list(await store.unfinished(db, node=self.services.config.node or None))
-        root = self.services.config.transcripts_dir
+            rows = list(await store.unfinished(db, node=mine))
+        count = 0
         for row in rows:
+            count += await self._recover_row(row, gone=None)
+        root = config.transcripts_dir
+        # Unsealed files no session row names (a crash before the row was written). With a
+        # shared store they are left alone: a session whose spool is here but whose row
+        # another node took over was sealed from the database's copy, and a second seal of
+        # the spool would be a second, different transcript of it.
+        if not self.services.transcripts.shared and root.is_dir():
+            for orphan in await asyncio.to_thread(find_unsealed, root):
+                await asyncio.to_thread(self._recover_files, orphan)
+        if count:
+            self.wake()
+        return count
+
+    async def recover_node(self, gone: str) -> int:
+        """Seal and record the sessions of node ``gone``, whose presence lease ran out (it
+        died): every surviving node calls this, and exactly one seals each session (the
+        claim). Returns how many this node sealed."""
+        async with self.services.db() as db:
+            rows = list(await store.unfinished(db, node=gone))
+        count = 0
+        for row in rows:
+            count += await self._recover_row(row, gone=gone)
+        if count:
+            log.warning("sealed %d sessions of node %s, which stopped answering", count, gone)
+            self.changed.set()
+            self.wake()
+        return count
+
+    async def _recover_row(self, row: RemoteSession, *, gone: str | None) -> int:
+        """Claim one interrupted session, seal its transcript (from this node's files or
+        the shared store's copy), store the seal where every node reads it, and record its
+        end; 0 when another node holds the claim."""
+        me = self.services.config.node or SINGLE_NODE
+        async with self.services.db() as db, db.begin():
+            if not await store.claim_recovery(db, row.id, by=me, gone=gone):
+                return 0
+        transcripts = self.services.transcripts
+        async with transcripts.recovering(row.id) as root:
             cast = transcript_paths(root, row.id).cast
             seal, commands = await asyncio.to_thread(self._recover_files, cast)
+            if seal is not None:
+                await transcripts.ship(row.id, root)
             lifecycle = SessionLifecycle.restored(row.state)
             actions = lifecycle.feed(Recovered(sealed=seal is not None))
             write = next(a for a in actions if isinstance(a, WriteEnd))
@@ -240,16 +295,19 @@ class Finisher:
             await self.write_end(
                 end_of_row(row, seal, commands, cast, write, audit, now, max_bytes)
             )
-            self._locks.pop(row.id, None)
+        self._locks.pop(row.id, None)
+        if gone is None:
             log.warning(
                 "session %s was interrupted by a broker stop; its transcript is sealed", row.id
             )
-        if root.is_dir():
-            for orphan in await asyncio.to_thread(find_unsealed, root):
-                await asyncio.to_thread(self._recover_files, orphan)
-        if rows:
-            self.wake()
-        return len(rows)
+        else:
+            log.warning(
+                "session %s of node %s was interrupted (the node stopped answering); its "
+                "transcript is sealed",
+                row.id,
+                gone,
+            )
+        return 1
 
     def _recover_files(self, cast: Path) -> tuple[Seal | None, tuple[Command, ...]]:
         if not cast.exists():

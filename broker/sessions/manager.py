@@ -63,6 +63,9 @@ log = logging.getLogger(__name__)
 
 DB_ERRORS: Final = (SQLAlchemyError, OSError)
 ACCOUNT_CHECK_TICKS: Final = 3
+# A live session's transcript is copied to the shared store this often: what a node that
+# dies leaves unsealed is sealed from the copy, so this bounds what its death loses.
+SHIP_EVERY_S: Final = 1.0
 # A kill waits this long for a start to stop, a hub to seal and its end to be written.
 KILL_WAIT: Final = 3.0
 
@@ -109,6 +112,25 @@ class SessionManager:
         # RESTART: the tick's state is the live sessions themselves; a new tick goes on
         # with them (a session's own failure is caught and logged inside the round).
         self._tasks.keep("tick", self._tick, on_failure=OnFailure.RESTART)
+        if self.services.transcripts.shared:
+            # RESTART: what is copied is read back from the database each round, so a new
+            # loop goes on where the old one stopped.
+            self._tasks.keep(
+                "transcript copies", self._copy_transcripts, on_failure=OnFailure.RESTART
+            )
+
+    async def _copy_transcripts(self) -> None:
+        """Copy every live session's new transcript lines where every node reads them,
+        about once a second (what a node that dies leaves is sealed from this copy)."""
+        while True:
+            await asyncio.sleep(SHIP_EVERY_S)
+            for sid in list(self.live):
+                try:
+                    await self.services.transcripts.ship(sid)
+                except DB_ERRORS as exc:
+                    # The files keep every byte; the next round, or the end, copies it.
+                    log.error("session %s: copying its transcript failed (%s)", sid, exc)
+                    break
 
     async def _tick(self) -> None:
         rounds = 0

@@ -151,13 +151,9 @@ def read_transcript(root: Path, session_id: str, fmt: Format, max_bytes: int) ->
 
 
 async def transcript(services: Services, session_id: str, fmt: Format) -> TranscriptFiles:
-    return await asyncio.to_thread(
-        read_transcript,
-        services.config.transcripts_dir,
-        session_id,
-        fmt,
-        TRANSCRIPT_READ_MAX,
-    )
+    # From the shared store when the session was recorded on another node.
+    async with services.transcripts.opened(session_id) as root:
+        return await asyncio.to_thread(read_transcript, root, session_id, fmt, TRANSCRIPT_READ_MAX)
 
 
 # Reads go through memory; bigger transcripts are exported on the broker host.

@@ -7,7 +7,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Final
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.db.models_sessions import RemoteSession, SessionParticipant
@@ -100,12 +100,37 @@ async def list_sessions(
 
 async def unfinished(db: AsyncSession, *, node: str | None = None) -> Sequence[RemoteSession]:
     """Sessions a crashed broker left behind; of cluster node ``node`` only, when given (the
-    other nodes' live sessions are theirs). A single node takes every one: its name may
-    have changed with the host's since the crash."""
+    other nodes' live sessions are theirs), with those it had taken over to seal before it
+    stopped. A single node takes every one: its name may have changed with the host's since
+    the crash."""
     stmt = select(RemoteSession).where(RemoteSession.state.in_(LIVE_STATES))
     if node is not None:
-        stmt = stmt.where(RemoteSession.node == node)
+        stmt = stmt.where(or_(RemoteSession.node == node, RemoteSession.recovered_by == node))
     return (await db.execute(stmt)).scalars().all()
+
+
+async def claim_recovery(
+    db: AsyncSession, session_id: str, *, by: str, gone: str | None = None
+) -> bool:
+    """Take an unended session over to seal it; True for exactly one claimant.
+
+    One conditional update: it succeeds only while nobody else holds the claim (or the
+    holder is ``by`` itself, after its own restart, or ``gone``, a node that died while
+    sealing it), so two nodes that both saw a node die never both seal its sessions.
+    """
+    holders = [RemoteSession.recovered_by.is_(None), RemoteSession.recovered_by == by]
+    if gone is not None:
+        holders.append(RemoteSession.recovered_by == gone)
+    result = await db.execute(
+        update(RemoteSession)
+        .where(
+            RemoteSession.id == session_id,
+            RemoteSession.state.in_(LIVE_STATES),
+            or_(*holders),
+        )
+        .values(recovered_by=by)
+    )
+    return bool(getattr(result, "rowcount", 0) == 1)
 
 
 async def add_participant(

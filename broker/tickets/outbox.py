@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Final
 
 from sqlalchemy import or_, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.config import BrokerConfig
@@ -395,14 +396,17 @@ class OutboxWorker:
         if tickets is None:
             return "the ticket system is not available"
         try:
-            files = await asyncio.to_thread(
-                read_attachments,
-                config.transcripts_dir,
-                row.session_id,
-                row.attachments,
-                config.max_attachment_bytes,
-            )
-        except (OSError, TranscriptError) as exc:
+            # Any node sends any note: the transcript comes from the shared store when
+            # another node recorded it.
+            async with self.services.transcripts.opened(row.session_id) as root:
+                files = await asyncio.to_thread(
+                    read_attachments,
+                    root,
+                    row.session_id,
+                    row.attachments,
+                    config.max_attachment_bytes,
+                )
+        except (OSError, TranscriptError, SQLAlchemyError) as exc:
             return f"reading the transcript failed: {type(exc).__name__}"
         # Separate from the read: a connection error of the ticket system is an OSError too,
         # and was reported as a failed transcript read.

@@ -137,6 +137,10 @@ async def test_kill_disable_and_revoke_on_one_node_act_on_the_node_holding_them(
     code, _err = await term.finish()
     assert time.monotonic() - began <= CONTROL_PROMISE_S
     assert code == 255
+    # Recorded on n1, verified on n2 (which has no file of it: the shared store's copy).
+    assert not (n2.data_dir / "transcripts" / f"{sid}.cast").exists()
+    verified = ok(secondline("transcript", "verify", sid, data_dir=n2.data_dir))
+    assert verified.startswith("valid: "), verified
 
     term = await site.interactive(site.ticket)
     term.type("echo again-$((40+2))\n")
@@ -158,9 +162,13 @@ async def test_kill_disable_and_revoke_on_one_node_act_on_the_node_holding_them(
         await site.agent.wait()
 
 
-async def test_a_kill_for_a_node_that_is_gone_says_so(cluster: Cluster, tmp_path: Path) -> None:
-    """A session recorded on a node that no longer runs cannot be killed from another node:
-    the refusal names the node and what happens to the session."""
+async def test_a_dead_nodes_session_is_sealed_by_another_and_verifies(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A session recorded on a node killed with SIGKILL cannot be killed from another node
+    (the refusal names the node and what happens to the session); the survivor seals it as
+    interrupted once the node's lease runs out, and its transcript, with what the shell
+    printed, plays and verifies there."""
     site = await site_on(cluster, tmp_path)
     n1, n2 = cluster.nodes["n1"], cluster.nodes["n2"]
     await start_agent(site, "web01", "unattended")
@@ -169,12 +177,32 @@ async def test_a_kill_for_a_node_that_is_gone_says_so(cluster: Cluster, tmp_path
     term.type("echo up-$((40+2))\n")
     await term.expect(b"up-42")
     sid = str(sessions_of(site, site.ticket)[0]["id"])
+    # The live session reads on n2 from the copy n1 makes every second; once it holds the
+    # echo, n1 dies, and what it had copied is what the survivor seals.
+    text = tmp_path / "session.txt"
+    async with asyncio.timeout(30):
+        while "up-42" not in (text.read_text() if text.exists() else ""):
+            text.unlink(missing_ok=True)
+            export = ["transcript", "export", sid, "--format", "txt", "-o", str(text)]
+            ok(secondline(*export, data_dir=n2.data_dir))
     await n1.stop(9)
     refused = secondline("session", "kill", sid, data_dir=n2.data_dir)
     assert refused.code == 1
     assert "runs on node n1, which is not in the cluster now" in refused.err
     code, _err = await term.finish()  # the node holding it died: ssh saw the cut
     assert code == 255
+    await n2.wait_for_line(f"session {sid} of node n1 was interrupted".encode())
+    shown = json.loads(ok(secondline("session", "show", sid, "--json", data_dir=n2.data_dir)))
+    assert shown["state"] == "interrupted"
+    verified = ok(secondline("transcript", "verify", sid, data_dir=n2.data_dir))
+    assert verified.startswith("valid, but cut short (interrupted)"), verified
+    sealed = tmp_path / "sealed.txt"
+    ok(
+        secondline(
+            "transcript", "export", sid, "--format", "txt", "-o", str(sealed), data_dir=n2.data_dir
+        )
+    )
+    assert "up-42" in sealed.read_text()
     if site.agent is not None:
         site.agent.kill()
         await site.agent.wait()
