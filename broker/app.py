@@ -18,6 +18,7 @@ from broker.api import audit as audit_api
 from broker.api import connectors as connectors_api
 from broker.api import directories as directories_api
 from broker.api import kb as kb_api
+from broker.api import nodes as nodes_api
 from broker.api import sessions as sessions_api
 from broker.api import staff as staff_api
 from broker.api import tickets as tickets_api
@@ -71,6 +72,7 @@ def api_routers() -> list[ApiRouter]:
         sessions_api.router,
         connectors_api.router,
         directories_api.router,
+        nodes_api.router,
     ]
 
 

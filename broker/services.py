@@ -34,6 +34,9 @@ class Services:
     login_throttle: Throttle = field(default_factory=lambda: Throttle(limit=10, window=900))
     # Refusals of unauthenticated requests: one summary per source and minute.
     anonymous: AnonymousRefusals = field(init=False)
+    # Set by `secondline node drain`: /readyz answers 503, new sessions and agent tunnels
+    # are turned away to the other nodes, live sessions end at their own pace.
+    draining: bool = False
     # Where transcripts are read from (and, on PostgreSQL, copied to for every node).
     transcripts: TranscriptStore = field(init=False)
 

@@ -145,6 +145,15 @@ class AgentRegistry:
     def is_revoked(self, agent_id: str) -> bool:
         return agent_id in self._revoked
 
+    def hand_off(self, agent_id: str, reason: str) -> bool:
+        """Close one agent's tunnel as going away (a draining node): the agent reconnects,
+        through the load balancer, to another node. False when it is not connected here."""
+        tunnel = self._live.get(agent_id)
+        if tunnel is None:
+            return False
+        tunnel.close(reason, going_away=True)
+        return True
+
     def close_all(self, reason: str) -> int:
         """Close every live tunnel (broker shutdown); returns how many."""
         tunnels = list(self._live.values())

@@ -75,6 +75,9 @@ FULL_RETRY_S: Final = 30
 FULL_WARNING_EVERY_S: Final = 60.0
 #: When the database cannot be reached (down, or no descriptor left to connect with).
 STORE_RETRY_S: Final = 5
+#: A draining node turns agents away for this long: by then the load balancer, which checks
+#: /readyz every second and drops a node after two failures, sends them to another node.
+DRAINING_RETRY_S: Final = 2
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -222,6 +225,16 @@ def _busy(seconds: int) -> web.Response:
     return response
 
 
+def _draining() -> web.Response:
+    # The agent waits Retry-After (plus up to half again) and dials the load balancer
+    # again, which has taken this node out of its pool by then (/readyz says 503).
+    response = error_response(
+        503, "draining", "this broker node is draining; connect again to another node"
+    )
+    response.headers["Retry-After"] = str(DRAINING_RETRY_S)
+    return response
+
+
 def _full() -> web.Response:
     response = error_response(
         503,
@@ -281,6 +294,8 @@ async def tunnel_handler(request: web.Request) -> web.StreamResponse:
     )
     if not ws.can_prepare(request).ok:
         raise InputError("this endpoint takes a WebSocket upgrade", code="not_websocket")
+    if services.draining:
+        return _draining()
     identity = await _identity(services, runtime, agent_id, source)
     if isinstance(identity, int):
         return _busy(identity)

@@ -1,4 +1,6 @@
-"""`secondline cluster status`: the nodes of the cluster, their agents and sessions.
+"""`secondline cluster status`: the nodes of the cluster, their agents and sessions;
+`secondline node drain NAME`: empty a node before it is stopped (through the API, as an
+admin: any node passes it on to NAME).
 
 Run on any node's host (it reads that node's secondline.toml): every running node answers
 on NATS with what it holds; the database adds the nodes it still names (agents marked
@@ -11,6 +13,7 @@ import argparse
 import asyncio
 from pathlib import Path
 from typing import Final
+from urllib.parse import quote
 
 from broker.cli.client import CliError
 from broker.cli.output import print_json, print_table
@@ -31,6 +34,34 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     status.add_argument("--data-dir", dest="command_data_dir", metavar="DIR", default=None)
     add_json(status)
     status.set_defaults(handler=run_status)
+
+    node = sub.add_parser("node", help="one node of the cluster").add_subparsers(
+        dest="node_command", metavar="COMMAND", required=True
+    )
+    drain = node.add_parser(
+        "drain",
+        help="no new sessions or agents on NAME; its agents move to the other nodes, its "
+        "live sessions end at their own pace (then stop it)",
+    )
+    drain.add_argument("name", metavar="NAME")
+    add_json(drain)
+    drain.set_defaults(handler=run_drain)
+
+
+def run_drain(rt: Runtime) -> int:
+    name = rt.args.name
+    data = rt.api.request("POST", f"/nodes/{quote(name, safe='')}/drain")
+    if rt.json:
+        rt.show_one(data)
+    elif isinstance(data, dict) and data.get("started"):
+        print(
+            f"Node {name} is draining: it takes no new sessions or agents, hands its agents "
+            "to the other nodes and lets its live sessions end. Stop it once "
+            "`secondline cluster status` shows it holds nothing."
+        )
+    else:
+        print(f"Node {name} was draining already.")
+    return 0
 
 
 def _config(rt: Runtime) -> BrokerConfig:

@@ -24,6 +24,7 @@ from broker.agents import agent_store
 from broker.agents.feature import AGENT_REGISTRY
 from broker.agents.tunnel_endpoint import TUNNEL_RUNTIME
 from broker.cluster.bus import Bus, InProcessBus
+from broker.cluster.drain import Drainer, DrainHooks
 from broker.cluster.health import NodeFigures, metrics_registry
 from broker.cluster.messages import Control
 from broker.cluster.nats_bus import NatsBus
@@ -31,10 +32,13 @@ from broker.cluster.node import ClusterNode, LocalActions
 from broker.db.models_sessions import SessionOutbox
 from broker.services import SERVICES
 from broker.sessions.runtime import SESSIONS
+from broker.supervision import Supervisor
 
 log = logging.getLogger(__name__)
 
 CLUSTER: Final = web.AppKey("cluster", ClusterNode)
+#: The cluster feature's background work (a drain).
+CLUSTER_TASKS: Final = web.AppKey("cluster_tasks", Supervisor)
 #: The name of a single node's in-process member (it is in no cluster).
 SINGLE: Final = "single"
 #: A readiness or metrics look at the database gives up after this long.
@@ -113,6 +117,9 @@ def _actions(app: web.Application) -> LocalActions:
             manager = sessions.manager
             manager.spawn(manager.finisher.recover_node(node), f"sealing node {node}'s sessions")
 
+    async def drain(control: Control) -> bool:
+        return start_drain(app, by=control.by)
+
     return LocalActions(
         held=held,
         kill=kill,
@@ -120,7 +127,42 @@ def _actions(app: web.Application) -> LocalActions:
         disable=disable,
         rewrite_presence=rewrite_presence,
         forget_node=forget_node,
+        drain=drain,
     )
+
+
+def start_drain(app: web.Application, *, by: str) -> bool:
+    """Make this node drain (see broker.cluster.drain); False when it drains already."""
+    services = app[SERVICES]
+    if services.draining:
+        return False
+    services.draining = True
+    log.warning(
+        "node %s is draining (asked by %s): no new sessions or agents; its agents are "
+        "handed to the other nodes, its live sessions end at their own pace",
+        services.config.node or SINGLE,
+        by,
+    )
+
+    def agents() -> list[str]:
+        registry = app.get(AGENT_REGISTRY)
+        return registry.online_ids() if registry is not None else []
+
+    def busy() -> set[str]:
+        sessions = app.get(SESSIONS)
+        if sessions is None:
+            return set()
+        return {live.facts.agent_id for live in sessions.manager.live.values()}
+
+    def close(agent_id: str) -> bool:
+        registry = app.get(AGENT_REGISTRY)
+        return registry is not None and registry.hand_off(
+            agent_id, "the broker node is draining: reconnect to another node"
+        )
+
+    drainer = Drainer(DrainHooks(agents=agents, busy=busy, close=close))
+    app[CLUSTER_TASKS].spawn("drain", drainer.run(), cancel_at_stop=True)
+    return True
 
 
 async def _cluster_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -145,6 +187,9 @@ async def _cluster_ctx(app: web.Application) -> AsyncIterator[None]:
         await bus.close()
         raise
     app[CLUSTER] = node
+    tasks = Supervisor("cluster")
+    await tasks.open()
+    app[CLUSTER_TASKS] = tasks
     figures = _figures(app, node)
     services.audit.observers.append(figures.audited)
     app[METRICS] = Metrics(figures, metrics_registry(figures))
@@ -154,6 +199,7 @@ async def _cluster_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         services.audit.observers.remove(figures.audited)
+        await tasks.stop()
         await node.stop()
         await bus.close()
 
@@ -203,11 +249,13 @@ async def _readyz(request: web.Request) -> web.Response:
     except (TimeoutError, OperationalError, DBAPIError, OSError):
         database = "down"
     bus = "up" if node is not None and node.bus.connected else "down"
-    ready = database == "up" and bus == "up"
-    body = {
-        "status": "ready" if ready else "unavailable",
+    # A draining node is healthy but should get nothing new: the load balancer takes it out.
+    ready = database == "up" and bus == "up" and not services.draining
+    body: dict[str, object] = {
+        "status": "ready" if ready else ("draining" if services.draining else "unavailable"),
         "node": node.name if node is not None else "",
         "database": database,
         "bus": bus,
+        "draining": services.draining,
     }
     return web.json_response(body, status=200 if ready else 503)

@@ -126,7 +126,7 @@ class Announcement:
         )
 
 
-CONTROL_KINDS: Final = ("session.kill", "agent.revoke", "user.disable")
+CONTROL_KINDS: Final = ("session.kill", "agent.revoke", "user.disable", "node.drain")
 
 
 @dataclass(frozen=True, slots=True)

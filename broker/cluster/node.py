@@ -58,6 +58,8 @@ class LocalActions:
     rewrite_presence: Callable[[], None]
     # A gone node's agents marked offline in the database.
     forget_node: Callable[[str], Awaitable[None]]
+    # Start draining this node (`secondline node drain`); False when it drains already.
+    drain: Callable[[Control], Awaitable[bool]] | None = None
 
 
 class ClusterNode:
@@ -103,6 +105,7 @@ class ClusterNode:
             await self.bus.subscribe(self.subjects.status, self._on_status),
             await self.bus.subscribe(self.subjects.control, self._on_control),
             await self.bus.subscribe(self.subjects.node(self.name, "kill"), self._on_kill),
+            await self.bus.subscribe(self.subjects.node(self.name, "drain"), self._on_drain),
         ]
         self.bus.on_reconnect(self._on_reconnect)
         if self._heartbeat:
@@ -203,12 +206,35 @@ class ClusterNode:
         if message.reply:
             await self.bus.publish(message.reply, ControlResult(self.name, done).serialize())
 
+    async def _on_drain(self, message: Message) -> None:
+        try:
+            control = Control.parse(message.data)
+        except BadMessage as exc:
+            log.warning("dropped a drain request: %s", exc)
+            return
+        drain = self._actions.drain
+        done = control.kind == "node.drain" and drain is not None and await drain(control)
+        if message.reply:
+            await self.bus.publish(message.reply, ControlResult(self.name, done).serialize())
+
     # -- asking ----------------------------------------------------------------------------
 
     async def broadcast(self, kind: str, target: str, *, by: str, source: str = "") -> None:
         """Tell every other node (revoke, disable); BusUnavailable when NATS is away."""
         control = Control(kind=kind, target=target, by=by, origin=self.name, source=source)
         await self.bus.publish(self.subjects.control, control.serialize())
+
+    async def drain_on(self, node: str, *, by: str, source: str = "") -> bool:
+        """Ask ``node`` to drain; True when it started now (False: it drains already).
+        NoResponder when no node of that name runs, TimeoutError when it did not answer."""
+        control = Control(kind="node.drain", target=node, by=by, origin=self.name, source=source)
+        answer = await self.bus.request(
+            self.subjects.node(node, "drain"), control.serialize(), CONTROL_WAIT_S
+        )
+        try:
+            return ControlResult.parse(answer).done
+        except BadMessage:
+            return False
 
     async def kill_on(
         self, node: str, session_id: str, *, by: str, source: str = "", reason: str = ""

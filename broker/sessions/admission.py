@@ -111,6 +111,8 @@ async def admit(
 ) -> Admitted:
     """Judge ``req``; raises SessionRefused (audited) or StoreUnavailable."""
     target = str(req.target)
+    if services.draining:
+        raise await refuse(services, req, _DRAINING, target=target, status=503)
     if tickets is None:
         raise await refuse(services, req, _NO_TICKETS, target=target, status=503)
     now = services.clock()
@@ -271,5 +273,10 @@ async def _audit_member_refusal(services: Services, req: JoinRequest, code: str)
 _NO_TICKETS: Final = Refused(
     "ticket_system_unavailable",
     "the ticket system is unavailable, and every session needs its ticket; try again shortly",
+)
+_DRAINING: Final = Refused(
+    "node_draining",
+    "this broker node is draining (it is about to be stopped) and opens no new sessions; "
+    "connect again: the load balancer sends you to another node",
 )
 _NO_ACCOUNT: Final = Refused("staff_unknown", "your account does not exist any more; ask an admin")

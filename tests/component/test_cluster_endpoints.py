@@ -15,6 +15,7 @@ async def test_a_single_node_is_ready_with_its_database_and_in_process_bus(api: 
         "node": "single",
         "database": "up",
         "bus": "up",
+        "draining": False,
     }
 
 

@@ -10,10 +10,12 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from bench.agent_swarm import broker_call
@@ -158,12 +160,24 @@ async def wait_online(nodes: list[BrokerProcess], marks: list[int], count: int) 
     return found
 
 
-async def test_agents_spread_through_haproxy_and_come_back_when_a_node_dies(
+async def readyz_of(node: BrokerProcess, cert: Path) -> tuple[int, dict[str, object]]:
+    context = ssl.create_default_context(cafile=str(cert))
+    context.check_hostname = False
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session,
+        session.get(node.url + "/readyz") as response,
+    ):
+        return response.status, await response.json()
+
+
+async def test_agents_spread_through_haproxy_move_off_a_drained_node_and_come_back(
     balanced: tuple[Cluster, Balancer], tmp_path: Path
 ) -> None:
     """Six agents enrolled and connected through HAProxy land on more than one node; /readyz
-    answers through it; SIGKILL of a node holding agents takes it out of HAProxy's pool and
-    its agents return through HAProxy on the other nodes."""
+    answers through it; `secondline node drain` takes a node out of HAProxy's pool (its
+    /readyz says draining) and its agents move to the others, audited; SIGKILL of a node
+    holding agents takes it out too and its agents return through HAProxy on the last
+    node."""
     cluster, lb = balanced
     nodes = [cluster.nodes[n] for n in ("n1", "n2", "n3")]
     first = nodes[0].data_dir
@@ -203,10 +217,33 @@ async def test_agents_spread_through_haproxy_and_come_back_when_a_node_dies(
         rows = json.loads(ok(secondline("cluster", "status", "--json", data_dir=first)))
         assert sum(int(r["agents"]) for r in rows) == AGENTS
 
-        victim_name = max(set(held.values()), key=lambda n: list(held.values()).count(n))
+        # Drain the node holding most agents (asked on n1, passed on over NATS unless it
+        # is n1): HAProxy takes it out on its /readyz, and its agents move to the others.
+        drained_name = max(set(held.values()), key=lambda n: list(held.values()).count(n))
+        drained = cluster.nodes[drained_name]
+        handed = sorted(a for a, n in held.items() if n == drained_name)
+        others = [n for n in nodes if n is not drained]
+        marks = [len(n.output) for n in others]
+        said = ok(secondline("node", "drain", drained_name, data_dir=first))
+        assert said.startswith(f"Node {drained_name} is draining"), said
+        await lb.wait_for(f"Server nodes_https/{drained_name} is DOWN".encode())
+        came = await wait_online(others, marks, len(handed))
+        assert sorted(came) == handed
+        held |= came
+        audit = json.loads(
+            ok(secondline("audit", "list", "--action", "node.drain", "--json", data_dir=first))
+        )
+        assert [(e["target"], e["outcome"]) for e in audit] == [(drained_name, "ok")]
+        status, body = await readyz_of(drained, cert)
+        assert (status, body["status"]) == (503, "draining")
+
+        victim_name = max(
+            {n for n in held.values() if n != drained_name},
+            key=lambda n: list(held.values()).count(n),
+        )
         victim = cluster.nodes[victim_name]
         moved = sorted(a for a, n in held.items() if n == victim_name)
-        survivors = [n for n in nodes if n is not victim]
+        survivors = [n for n in nodes if n is not victim and n is not drained]
         marks = [len(n.output) for n in survivors]
         await victim.stop(signal.SIGKILL)
         back = await wait_online(survivors, marks, len(moved))

@@ -109,7 +109,7 @@ async def test_nodes_outlive_nats_and_announce_themselves_when_it_returns(
     await n1.wait_for_line(rb"NATS connection lost", marks[0])
     assert await readyz(n1) == (
         503,
-        {"status": "unavailable", "node": "n1", "database": "up", "bus": "down"},
+        {"status": "unavailable", "node": "n1", "database": "up", "bus": "down", "draining": False},
     )
     agents = json.loads(ok(secondline("agent", "list", "--json", data_dir=n1.data_dir)))
     assert [(a["name"], a["online"]) for a in agents] == [("web01", True)]

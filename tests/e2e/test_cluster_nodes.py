@@ -180,11 +180,12 @@ async def test_a_dead_nodes_session_is_sealed_by_another_and_verifies(
     # The live session reads on n2 from the copy n1 makes every second; once it holds the
     # echo, n1 dies, and what it had copied is what the survivor seals.
     text = tmp_path / "session.txt"
-    async with asyncio.timeout(30):
-        while "up-42" not in (text.read_text() if text.exists() else ""):
-            text.unlink(missing_ok=True)
-            export = ["transcript", "export", sid, "--format", "txt", "-o", str(text)]
-            ok(secondline(*export, data_dir=n2.data_dir))
+    deadline = time.monotonic() + 30  # a failure bound: each export is a process start
+    while "up-42" not in (text.read_text() if text.exists() else ""):
+        assert time.monotonic() < deadline, "n1's copy never reached the shared store"
+        text.unlink(missing_ok=True)
+        export = ["transcript", "export", sid, "--format", "txt", "-o", str(text)]
+        ok(secondline(*export, data_dir=n2.data_dir))
     await n1.stop(9)
     refused = secondline("session", "kill", sid, data_dir=n2.data_dir)
     assert refused.code == 1
