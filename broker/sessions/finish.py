@@ -171,6 +171,8 @@ class Finisher:
 
             if not await self.until_stored(sid, "its transcript", ship, closing):
                 return  # still "live" in the database: the next start recovers it
+            if await self._taken_over(sid):
+                return
         # Safe to repeat: the row update and the participants' close are the same again,
         # the note is queued once, and the audit event comes last.
         written = await self.until_stored(
@@ -182,6 +184,26 @@ class Finisher:
         log.info("session %s ended: %s", live.session_id, outcome.reason)
         self.changed.set()
         self.wake()
+
+    async def _taken_over(self, sid: str) -> bool:
+        """Whether another node sealed this session as interrupted while it still ran here
+        (this node was cut off from the cluster for longer than its lease): its end and
+        seal stand, and this node's longer recording stays in its data dir only."""
+        me = self.services.config.node or SINGLE_NODE
+        try:
+            async with self.services.db() as db:
+                holder = await store.recovered_by(db, sid)
+        except DB_ERRORS:
+            return False  # the end's write retries, and the row's state decides then
+        if holder is None or holder == me:
+            return False
+        log.error(
+            "session %s was sealed as interrupted by node %s while it ran here (this node "
+            "was cut off from the cluster); its full recording stays in this node's data dir",
+            sid,
+            holder,
+        )
+        return True
 
     async def finish_unstarted(
         self, facts: SessionFacts, write: WriteEnd, *, closing: Callable[[], bool]

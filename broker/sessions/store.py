@@ -109,6 +109,12 @@ async def unfinished(db: AsyncSession, *, node: str | None = None) -> Sequence[R
     return (await db.execute(stmt)).scalars().all()
 
 
+async def recovered_by(db: AsyncSession, session_id: str) -> str | None:
+    """The node that took the session over to seal it as interrupted, if one did."""
+    stmt = select(RemoteSession.recovered_by).where(RemoteSession.id == session_id)
+    return (await db.execute(stmt)).scalar_one_or_none()
+
+
 async def claim_recovery(
     db: AsyncSession, session_id: str, *, by: str, gone: str | None = None
 ) -> bool:
