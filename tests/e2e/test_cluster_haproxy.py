@@ -1,6 +1,8 @@
 """deploy/haproxy.cfg with a real HAProxy (Debian's package) in front of three real nodes:
 really enrolled agents come in through it and spread over the nodes, /readyz answers
-through it, and when the node holding agents is killed they come back on the others."""
+through it, a drained node's agents move to the others, and when the node holding agents
+is killed they come back on the others; a swarm of simulated agents (bench.agent_swarm)
+comes back, spread, after a node dies and after the whole cluster restarts."""
 
 from __future__ import annotations
 
@@ -12,13 +14,14 @@ import shutil
 import signal
 import ssl
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from bench.agent_swarm import broker_call
+from bench.agent_swarm import Swarm, SwarmPlan, SwarmStatus, broker_call
 from tests.support.broker import BrokerProcess, cli_env, free_ports, secondline
 from tests.support.cluster import Cluster
 from tests.support.site import agent_cli, ok
@@ -27,6 +30,16 @@ pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
 
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "haproxy.cfg"
 AGENTS = 6
+#: The storm test's swarm. The issue's figure is 10,000 agents back within 60 s; on a
+#: shared 2-core CI machine beside three nodes and HAProxy this runs a few dozen, whose
+#: simulated agents redial within 1-2 s (a harsher herd than real agents' jitter).
+STORM_AGENTS = 60
+NODES = ("n1", "n2", "n3")
+#: The cluster's promises: a dead node's agents back on the others, and every agent back
+#: after a whole-cluster restart (docs/cluster.md).
+NODE_DEATH_PROMISE_S = 30.0
+RESTART_PROMISE_S = 60.0
+SWARM_WAIT = 180.0  # failure bound for the swarm's enrollment on a shared machine
 ONLINE = re.compile(rb"agent (ag-[a-z0-9]{16}) \((web\d\d)\) online")
 WAIT = 60.0  # failure bound on a shared 2-core machine, never a pause
 
@@ -257,3 +270,76 @@ async def test_agents_spread_through_haproxy_move_off_a_drained_node_and_come_ba
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
+
+
+def held(first: Path) -> dict[str, int]:
+    """Agents each answering node holds now (`cluster status`)."""
+    rows = json.loads(ok(secondline("cluster", "status", "--json", data_dir=first)))
+    return {str(r["node"]): int(r["agents"]) for r in rows if r["state"] == "up"}
+
+
+async def test_agents_spread_after_a_node_dies_and_all_return_after_a_cluster_restart(
+    balanced: tuple[Cluster, Balancer], tmp_path: Path
+) -> None:
+    """60 agents through HAProxy spread over three nodes; SIGKILL of the busiest puts its
+    agents on both others within 30 s; SIGKILL of every node and a start of all three
+    brings every agent back within 60 s of the nodes' start."""
+    cluster, lb = balanced
+    first = cluster.nodes["n1"].data_dir
+    ok(secondline("customer", "add", "acme", data_dir=first))
+    cert = first / "keys" / "tls.crt"
+    token = (first / "admin.token").read_text().strip()
+
+    async def make_token(uses: int) -> str:
+        body = {"customer": "acme", "consent": "unattended", "uses": uses, "ttl_seconds": 7200}
+        status, made = await broker_call(lb.url, cert, token, "POST", "/enrollment-tokens", body)
+        assert status == 201, (status, made)
+        assert isinstance(made, dict)
+        return str(made["token"])
+
+    def all_online(count: int) -> Callable[[SwarmStatus], bool]:
+        return lambda s: s.online.get("good", 0) == count
+
+    plan = SwarmPlan(size=STORM_AGENTS, processes=1)
+    async with Swarm(
+        url=lb.url, cert=cert, plan=plan, make_token=make_token, env=cli_env(tmp_path / "swarm")
+    ) as swarm:
+        await swarm.spawn(SWARM_WAIT)
+        await swarm.connect()
+        await swarm.wait_until(all_online(STORM_AGENTS), SWARM_WAIT, "all online")
+        before = held(first)
+        assert sum(before.values()) == STORM_AGENTS
+        assert all(before.get(n, 0) > 0 for n in NODES), before  # leastconn spread them
+
+        # One node dies: its agents go to both others.
+        victim = max(before, key=lambda n: before[n])
+        began = time.monotonic()
+        await cluster.nodes[victim].stop(signal.SIGKILL)
+        await swarm.wait_until(
+            lambda s: s.online.get("good", 0) < STORM_AGENTS, SWARM_WAIT, "the cut"
+        )
+        await swarm.wait_until(all_online(STORM_AGENTS), NODE_DEATH_PROMISE_S, "back after a death")
+        assert time.monotonic() - began <= NODE_DEATH_PROMISE_S
+        after = held(first)
+        survivors = [n for n in NODES if n != victim]
+        assert set(after) == set(survivors), after
+        assert all(after[n] > before[n] for n in survivors), (before, after)
+
+        # The whole cluster dies and starts again.
+        for name in survivors:
+            await cluster.nodes[name].stop(signal.SIGKILL)
+        await swarm.wait_until(lambda s: s.online.get("good", 0) == 0, SWARM_WAIT, "all cut")
+        # All three start together, as a whole cluster does when its machines come back.
+        await asyncio.gather(*(cluster.start(name) for name in NODES))
+        began = time.monotonic()
+        await swarm.wait_until(all_online(STORM_AGENTS), RESTART_PROMISE_S, "back after a restart")
+        back_s = time.monotonic() - began
+        assert back_s <= RESTART_PROMISE_S
+        spread = held(first)
+        assert sum(spread.values()) == STORM_AGENTS, spread
+        # Not asserted: how evenly they spread. A node that is ready in HAProxy a few seconds
+        # before the others takes the herd (nodes do not yet turn away more than their
+        # share: docs/cluster.md, "Not yet"); printed for whoever reads the run.
+        print(
+            f"storm: {STORM_AGENTS} agents back in {back_s:.1f} s after a cluster restart: {spread}"
+        )
