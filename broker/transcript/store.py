@@ -36,9 +36,10 @@ from typing import Final, Literal, Protocol
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from broker.db.models_transcripts import TranscriptChunk, TranscriptSeal
+from broker.db.models_transcripts import TranscriptChunk, TranscriptKeptFile, TranscriptSeal
 from broker.transcript.chain import MAX_SEAL_FILE, parse_seal
 from broker.transcript.errors import SealFormatError
+from broker.transcript.kept_files import kept_dir
 from broker.transcript.paths import TranscriptPaths, transcript_paths
 
 Part = Literal["cast", "chain"]
@@ -92,6 +93,7 @@ class _Delta:
     """What one copy sends: each part's new whole lines from where the database ends."""
 
     chunks: tuple[tuple[Part, int, bytes], ...]
+    kept: tuple[tuple[int, bytes], ...]  # file content an SFTP session kept, complete files
     seal: str | None  # the seal file's text, when it is sealed and every byte is sent
     done: bool  # nothing more to send now (the rest is a line still being written)
 
@@ -134,8 +136,24 @@ def _read_seal_text(path: Path) -> str | None:
     return data.decode("utf-8")
 
 
-def read_delta(paths: TranscriptPaths, sizes: dict[Part, int]) -> _Delta:
-    """What the files hold beyond ``sizes`` (blocking: run in a thread)."""
+def _kept_numbers(paths: TranscriptPaths) -> list[int]:
+    """The complete kept files beside the ``.cast`` (``N``; a ``N.part`` still grows)."""
+    try:
+        names = os.listdir(kept_dir(paths.cast))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(int(n) for n in names if n.isascii() and n.isdigit() and len(n) <= 9)
+
+
+def _read_kept(paths: TranscriptPaths, number: int) -> bytes:
+    fd = os.open(kept_dir(paths.cast) / str(number), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as fh:
+        return fh.read()
+
+
+def read_delta(paths: TranscriptPaths, sizes: dict[Part, int], stored: set[int]) -> _Delta:
+    """What the files hold beyond ``sizes`` and the kept files not ``stored`` yet
+    (blocking: run in a thread)."""
     # The seal first: once it is read, the other files are final, so a seal is sent only
     # with (or after) every byte it covers.
     seal = _read_seal_text(paths.seal)
@@ -147,7 +165,8 @@ def read_delta(paths: TranscriptPaths, sizes: dict[Part, int]) -> _Delta:
         if data:
             chunks.append((part, sizes[part], data))
         done = done and reached_end
-    return _Delta(tuple(chunks), seal if done else None, done)
+    kept = tuple((n, _read_kept(paths, n)) for n in _kept_numbers(paths) if n not in stored)
+    return _Delta(tuple(chunks), kept, seal if done else None, done)
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -186,7 +205,10 @@ class DatabaseStore:
                         self._locks.pop(session_id, None)
                         return True
                     sizes = await self._sizes(db, session_id)
-                    delta = await asyncio.to_thread(read_delta, paths, sizes)
+                    stored = await self._kept_stored(db, session_id)
+                    delta = await asyncio.to_thread(read_delta, paths, sizes, stored)
+                    for number, data in delta.kept:
+                        db.add(TranscriptKeptFile(session_id=session_id, number=number, data=data))
                     for part, offset, data in delta.chunks:
                         db.add(
                             TranscriptChunk(
@@ -211,6 +233,10 @@ class DatabaseStore:
     async def _sealed(self, db: AsyncSession, session_id: str) -> bool:
         stmt = select(TranscriptSeal.session_id).where(TranscriptSeal.session_id == session_id)
         return (await db.execute(stmt)).first() is not None
+
+    async def _kept_stored(self, db: AsyncSession, session_id: str) -> set[int]:
+        stmt = select(TranscriptKeptFile.number).where(TranscriptKeptFile.session_id == session_id)
+        return set((await db.execute(stmt)).scalars().all())
 
     async def _sizes(self, db: AsyncSession, session_id: str) -> dict[Part, int]:
         # Read back each time rather than remembered: a copy whose commit failed (or another
@@ -269,6 +295,13 @@ class DatabaseStore:
                     select(TranscriptSeal.seal).where(TranscriptSeal.session_id == session_id)
                 )
             ).scalar_one_or_none()
+            kept = (
+                await db.execute(
+                    select(TranscriptKeptFile.number, TranscriptKeptFile.data).where(
+                        TranscriptKeptFile.session_id == session_id
+                    )
+                )
+            ).all()
         if not rows:
             yield self.root  # nowhere: the reader says the transcript is not found
             return
@@ -286,6 +319,11 @@ class DatabaseStore:
                     _write_private(files.chain, b"".join(parts["chain"]))
                 if seal is not None:
                     _write_private(files.seal, seal.encode("utf-8"))
+                if kept:
+                    directory = kept_dir(files.cast)
+                    directory.mkdir(mode=0o700)
+                    for number, data in kept:
+                        _write_private(directory / str(number), data)
 
             await asyncio.to_thread(write)
             yield where

@@ -108,9 +108,11 @@ async def download_kept_file(request: web.Request) -> web.Response:
             code="bad_file_number",
         )
     session_id, actor = await _readable(request, {"via": "download", "kept": number})
-    path = kept_dir(services.config.transcripts_dir / f"{session_id}.cast") / number
     try:
-        body = await asyncio.to_thread(_read_regular, path)
+        # From the shared store when another node recorded the session.
+        async with services.transcripts.opened(session_id) as root:
+            path = kept_dir(root / f"{session_id}.cast") / number
+            body = await asyncio.to_thread(_read_regular, path)
     except FileNotFoundError:
         raise NotFoundError(
             f"session {session_id} kept no file {number}: only files up to "

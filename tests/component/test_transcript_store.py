@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from broker.transcript import (
     transcript_paths,
     verify_path,
 )
+from broker.transcript.kept_files import kept_dir
 from broker.transcript.store import DatabaseStore
 from tests.support.database import Backend
 
@@ -95,14 +97,21 @@ def output(rec: TranscriptRecorder, parser: MarkParser, first: int, count: int) 
 
 
 async def test_a_sealed_transcript_reads_the_same_on_every_node(nodes: Nodes) -> None:
-    """Recorded and sealed on n1, copied while it ran and at its seal: n2 gets files
-    byte for byte n1's, which verify as valid and render as text."""
+    """Recorded and sealed on n1 with a file an SFTP transfer kept, copied while it ran and
+    at its seal: n2 gets files byte for byte n1's (the kept file too), which verify as
+    valid and render as text."""
     n1, n2 = nodes.store("n1"), nodes.store("n2")
     rec = recorder(n1.root)
     parser = MarkParser()
     output(rec, parser, 0, 3)
     assert await n1.ship(SID) is False  # live: copied so far, not sealed
-    output(rec, parser, 3, 3)
+    content = b"kept by sftp\n"
+    kept = kept_dir(transcript_paths(n1.root, SID).cast)
+    kept.mkdir()
+    (kept / "1").write_bytes(content)
+    digest = hashlib.sha256(content).hexdigest()
+    rec.marker(f"file upload /tmp/a.txt size={len(content)} sha256={digest} kept=1", 3.0)
+    output(rec, parser, 3, 2)
     rec.seal(True, "ended", 10.0)
     assert await n1.ship(SID) is True
     local = transcript_paths(n1.root, SID)
@@ -112,10 +121,11 @@ async def test_a_sealed_transcript_reads_the_same_on_every_node(nodes: Nodes) ->
         for mine, theirs in ((local.cast, copy.cast), (local.chain, copy.chain)):
             assert theirs.read_bytes() == mine.read_bytes()
         assert copy.seal.read_bytes() == local.seal.read_bytes()
+        assert (kept_dir(copy.cast) / "1").read_bytes() == content
         result = verify_path(copy.cast, KEY.public_key())
         assert (result.status, result.event_count) == ("valid", 6)
         export_text(copy.cast, root / "out.txt")
-        assert "line 5" in (root / "out.txt").read_text()
+        assert "line 4" in (root / "out.txt").read_text()
     assert not root.exists()  # the scratch copy is gone after the read
 
 

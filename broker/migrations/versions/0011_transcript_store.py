@@ -46,6 +46,19 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("session_id", name=op.f("pk_transcript_seals")),
     )
+    op.create_table(
+        "transcript_kept_files",
+        sa.Column("session_id", sa.String(length=24), nullable=False),
+        sa.Column("number", sa.Integer(), nullable=False),
+        sa.Column("data", sa.LargeBinary(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["session_id"],
+            ["sessions.id"],
+            name=op.f("fk_transcript_kept_files_session_id_sessions"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("session_id", "number", name=op.f("pk_transcript_kept_files")),
+    )
     with op.batch_alter_table("sessions", schema=None) as batch_op:
         batch_op.add_column(sa.Column("recovered_by", sa.String(length=64), nullable=True))
 
@@ -53,5 +66,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     with op.batch_alter_table("sessions", schema=None) as batch_op:
         batch_op.drop_column("recovered_by")
+    op.drop_table("transcript_kept_files")
     op.drop_table("transcript_seals")
     op.drop_table("transcript_chunks")
