@@ -1,5 +1,6 @@
-"""The web edge's routes: the console terminal WebSocket and the file downloads (session
-transcripts, ticket attachments), and the closing of open terminals on shutdown."""
+"""The web edge's routes: the console terminal WebSocket, the file downloads (session
+transcripts, ticket attachments), the terminal page's file
+transfers, and the closing of open terminals on shutdown."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import contextlib
 from aiohttp import WSCloseCode, web
 
 from broker.tickets.files import DOWNLOAD_PATH as ATTACHMENT_PATH
-from broker.web import session_downloads, terminal_ws, ticket_downloads
+from broker.web import file_transfer, session_downloads, terminal_ws, ticket_downloads
 from broker.web.terminals import TERMINALS, Terminals
 
 
@@ -19,6 +20,8 @@ def setup(app: web.Application) -> None:
     app.router.add_get(session_downloads.DOWNLOAD_PATH, session_downloads.download_transcript)
     app.router.add_get(session_downloads.KEPT_PATH, session_downloads.download_kept_file)
     app.router.add_get(ATTACHMENT_PATH, ticket_downloads.download)
+    app.router.add_post(file_transfer.UPLOAD_PATH, file_transfer.upload)
+    app.router.add_post(file_transfer.DOWNLOAD_PATH, file_transfer.download)
     # Appended: the sessions' drain (first of all shutdown handlers) has told every terminal
     # why its session ended before its socket closes.
     app.on_shutdown.append(_close_terminals)
