@@ -12,6 +12,7 @@ import { Terminal } from "@xterm/xterm";
 import { FitAddon } from "@xterm/addon-fit";
 import { bridgeStyleElements } from "./style_bridge.js";
 import { safeText } from "./safe_text.js";
+import { setUpTransfers } from "./file_transfer.js";
 
 const app = document.getElementById("terminal-app");
 const t = (key) => app.dataset[`t${key[0].toUpperCase()}${key.slice(1)}`] || key;
@@ -259,6 +260,9 @@ async function invite(event) {
 }
 
 if (inviteForm) inviteForm.addEventListener("submit", invite);
+
+// Transfers go to the session this page shows once it runs (its id comes with "running").
+setUpTransfers({ t, csrf, session: () => (app.dataset.state === "running" ? sessionId : "") });
 
 // The broker closes the terminal (1009) on a message over 64 KiB: a long paste goes out in
 // pieces of at most that size, in order, as typing would.
