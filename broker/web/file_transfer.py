@@ -173,9 +173,11 @@ async def _start(request: web.Request, direction: str) -> tuple[str, str, SftpTe
 async def _finish(terminal: SftpTerminal) -> None:
     """The last request was answered: end the file session and wait for its end."""
     terminal.end_input()
-    with contextlib.suppress(TimeoutError):
+    try:
         async with asyncio.timeout(END_WAIT):
             await terminal.ended.wait()
+    except TimeoutError:
+        terminal.leave("the machine's sftp-server did not exit")  # the owner leaving ends it
 
 
 def _failed(exc: TransferError, terminal: SftpTerminal) -> InputError:

@@ -1,7 +1,8 @@
 """The terminal page's transfer panel in headless Chromium against a real broker and a real
 attended agent (OpenSSH's sftp-server as the login account): a file uploaded with the
 button and downloaded back is byte-identical, each transfer is a file session the end user
-approves, and its SHA-256 is in the ticket's note.
+approves, and its SHA-256 is in the ticket's note; without the page's CSRF token or from
+another origin the same request is refused.
 
 The screenshot goes to docs/screenshots/console-file-transfer.png (docs/console.md)."""
 
@@ -17,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, Page
+from playwright.async_api import Browser, FilePayload, Page
 
 from tests.browser import test_console_flows as flows
 from tests.browser.test_console_flows import SHOTS, WAIT_MS, Stack, enrol_and_sign_in, new_context
@@ -80,7 +81,7 @@ async def test_upload_and_download_through_the_panel(
     await bob.click("#btn-files")
     await bob.set_input_files(
         "#upload-file",
-        files=[{"name": "fixed.conf", "mimeType": "text/plain", "buffer": payload}],
+        files=[FilePayload(name="fixed.conf", mimeType="text/plain", buffer=payload)],
     )
     await bob.fill("#upload-path", str(there))
     await bob.click("#upload-form button[type=submit]")
@@ -95,9 +96,20 @@ async def test_upload_and_download_through_the_panel(
         down = await approve_file_session(stack, shell)
     download = await info.value
     assert download.suggested_filename == "fixed.conf"
-    assert Path(await download.path()).read_bytes() == payload
+    saved = await download.path()
+    assert await asyncio.to_thread(Path(saved).read_bytes) == payload
     assert await finished(bob, "download") == down
     await bob.locator("#files-panel").screenshot(path=SHOTS / "console-file-transfer.png")
+
+    # The cookie alone moves nothing: without the page's CSRF token, or from another
+    # site, the same request is refused (and audited) before any file session opens.
+    token = await bob.evaluate("document.querySelector('meta[name=csrf-token]').content")
+    url = f"{stack.url}/files/sessions/{shell}/download?path={there}"
+    for headers in ({}, {"X-CSRF-Token": token, "Origin": "https://evil.example"}):
+        refused = await bob.request.post(url, headers=headers)
+        assert refused.status == 403, await refused.text()
+    sessions = json.loads(stack.admin("session", "list", "--ticket", stack.ticket, "--json"))
+    assert len(sessions) == 3  # the shell and the two transfers
 
     for session in (up, down):
         await stack.broker.wait_for_line(b"session " + session.encode() + b": note delivered")

@@ -64,12 +64,15 @@ async def test_round_trip_and_refusals(data_dir: Path, tmp_path: Path) -> None:
 
         status, data, _ = await transfer(w, w.staff_token, sid, "upload", str(there), payload)
         assert status == 200, data
-        assert data["sha256"] == sha and data["size"] == len(payload)
+        assert data["sha256"] == sha
+        assert data["size"] == len(payload)
         assert there.read_bytes() == payload
         status, data, raw = await transfer(w, w.staff_token, sid, "download", str(there))
-        assert status == 200 and raw == payload
+        assert status == 200
+        assert raw == payload
         up, down = sorted(await file_sessions(w), key=lambda r: r["created_at"])
-        assert up["id"] != sid and up["via"] == "web"
+        assert up["id"] != sid
+        assert up["via"] == "web"
         markers = [
             *files_from_cast(cast(w, up["id"])),
             *files_from_cast(cast(w, down["id"])),
