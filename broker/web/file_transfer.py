@@ -99,7 +99,11 @@ async def _refuse(
         request.match_info["id"][:40],
         outcome="denied",
         source=request.remote or "",
-        details={"code": code, "path": ascii(path)[:200], "direction": request.path[-8:]},
+        details={
+            "code": code,
+            "path": ascii(path)[:200],
+            "direction": request.path.rsplit("/", 1)[-1],
+        },
     )
     return InputError(message, code=code, status=status)
 

@@ -196,7 +196,8 @@ export function setUpTransfers({ t, csrf, session }) {
     } catch {
       return item.failed(t("fileBroken"));
     }
-    if (total && got !== total) return item.failed(t("fileBroken"));
+    // Short of the announced size: broken off (a file that grew while read, a log, is longer).
+    if (got < total) return item.failed(t("fileBroken"));
     const blob = new Blob(pieces, { type: "application/octet-stream" });
     item.done(got, "", safeText(response.headers.get("X-Secondline-Session") || "", 24));
     const link = document.createElement("a");
