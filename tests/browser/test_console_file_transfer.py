@@ -66,9 +66,10 @@ def short_dir() -> Iterator[Path]:
 async def test_upload_and_download_through_the_panel(
     stack: Stack, chromium: Browser, short_dir: Path
 ) -> None:
-    """Bob uploads 3 MiB with the button and downloads it back byte-identical; the panel
-    shows the SHA-256, both file sessions are approved by the end user, and the ticket's
-    notes list the file with that SHA-256."""
+    """A dropped file is taken; bob uploads 3 MiB with the button and downloads it back
+    byte-identical; the panel shows the SHA-256, both file sessions are approved by the end
+    user, the ticket's notes list the file with that SHA-256, and the cookie alone (no CSRF
+    token, or another origin) moves nothing."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     payload = os.urandom(SIZE)
     sha = hashlib.sha256(payload).hexdigest()
@@ -79,6 +80,18 @@ async def test_upload_and_download_through_the_panel(
     shell = await open_shell(stack, bob)
 
     await bob.click("#btn-files")
+    # A file dropped on the panel is the one to upload (chosen, not sent yet).
+    await bob.evaluate(
+        """() => {
+            const drop = new DataTransfer();
+            drop.items.add(new File(["dropped"], "dropped.txt"));
+            const zone = document.getElementById("drop-zone");
+            zone.dispatchEvent(new DragEvent("drop", { dataTransfer: drop, bubbles: true }));
+        }"""
+    )
+    assert await bob.text_content("#upload-name") == "dropped.txt (7 B)"
+    assert await bob.input_value("#upload-path") == "dropped.txt"
+    await bob.fill("#upload-path", "")
     await bob.set_input_files(
         "#upload-file",
         files=[FilePayload(name="fixed.conf", mimeType="text/plain", buffer=payload)],
