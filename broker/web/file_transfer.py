@@ -129,6 +129,7 @@ async def _start(request: web.Request, direction: str) -> tuple[str, str, SftpTe
     live = runtime.manager.get(request.match_info["id"])
     if live is None or principal.name not in {m.name for m in live.core.members}:
         # A session the caller is not in answers like one that does not exist.
+        await _refuse(request, principal.name, "not_in_session", "", 404, path)
         raise SessionNotFound(
             "there is no live session of yours with that id on this broker; transfers are "
             "made from the page of a running session"

@@ -109,6 +109,7 @@ async def test_round_trip_and_refusals(data_dir: Path, tmp_path: Path) -> None:
         actions = [(e["action"], e["actor"], e["outcome"]) for e in events]
         assert actions.count(("console.file_refused", "bob", "denied")) == 4
         assert ("session.refused", "carol", "denied") in actions
+        assert ("console.file_refused", "dave", "denied") in actions
         # The too-large download opened a file session that ended with nothing read.
         await w.wait_for(lambda: ended(w, 3), "the refused download's session ended")
         assert len(await file_sessions(w)) == 3
