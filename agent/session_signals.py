@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -49,13 +50,14 @@ def parse_proc_stat(data: bytes) -> ProcStat | None:
         return None
 
 
-def session_members(session_id: int, proc: str = "/proc") -> list[int]:
-    """Pids of the live processes (zombies excluded) whose session is ``session_id``."""
-    members: list[int] = []
+def scan_sessions(proc: str = "/proc") -> dict[int, list[int]]:
+    """Pids of every live process (zombies excluded), by session id: one pass over
+    ``/proc``, which reads one file per process on the machine."""
+    sessions: dict[int, list[int]] = {}
     try:
         entries = os.listdir(proc)
     except OSError:
-        return members
+        return sessions
     for name in entries:
         if not name.isdigit():
             continue
@@ -64,9 +66,45 @@ def session_members(session_id: int, proc: str = "/proc") -> list[int]:
                 parsed = parse_proc_stat(handle.read())
         except OSError:
             continue
-        if parsed is not None and parsed.session == session_id and parsed.state not in "ZX":
-            members.append(parsed.pid)
-    return members
+        if parsed is not None and parsed.state not in "ZX":
+            sessions.setdefault(parsed.session, []).append(parsed.pid)
+    return sessions
+
+
+class _ScanPerLoopTurn:
+    """One scan of ``/proc`` shared by every caller in the same event-loop turn.
+
+    When a busy tunnel closes, fifty sessions end in the same turn and each asks several
+    times who is left in its session: a scan each (tens of milliseconds with a few
+    hundred processes on a loaded machine) held the agent's event loop for seconds, long
+    enough for its WebSocket keepalive to give up on a healthy broker. A turn's callers
+    share one scan; the next turn scans afresh, so a process killed in this turn is seen
+    gone in the next."""
+
+    def __init__(self) -> None:
+        self._proc = ""
+        self._sessions: dict[int, list[int]] | None = None
+
+    def sessions(self, proc: str) -> dict[int, list[int]]:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (a plain call): scan every time
+            return scan_sessions(proc)
+        if self._sessions is None or self._proc != proc:
+            self._sessions, self._proc = scan_sessions(proc), proc
+            loop.call_soon(self._forget)
+        return self._sessions
+
+    def _forget(self) -> None:
+        self._sessions = None
+
+
+_SCANS: Final = _ScanPerLoopTurn()
+
+
+def session_members(session_id: int, proc: str = "/proc") -> list[int]:
+    """Pids of the live processes (zombies excluded) whose session is ``session_id``."""
+    return list(_SCANS.sessions(proc).get(session_id, ()))
 
 
 def signal_session(session_id: int, signum: int) -> int:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import struct
 import termios
+from pathlib import Path
 from typing import cast
 
 from agent.login import LoginAccount, session_environment
@@ -102,3 +104,31 @@ def test_unknown_login_user_is_refused() -> None:
 
     with pytest.raises(SpawnError, match="does not exist"):
         LoginAccount.resolve("no-such-user-here", None)
+
+
+def test_one_proc_scan_serves_a_whole_event_loop_turn(tmp_path: Path) -> None:
+    """Sessions that end in the same event-loop turn share one scan of /proc (fifty of
+    them once held the agent's loop for seconds); the next turn scans again."""
+    proc = tmp_path / "proc"
+
+    def process(pid: int, session: int) -> None:
+        (proc / str(pid)).mkdir(parents=True)
+        (proc / str(pid) / "stat").write_bytes(f"{pid} (sh) S 1 {pid} {session} 0".encode())
+
+    process(10, 10)
+    process(11, 10)
+
+    async def turns() -> tuple[list[int], list[int], list[int]]:
+        first = session_members(10, str(proc))
+        process(12, 10)  # appears within the same turn: not seen until the next
+        same_turn = session_members(10, str(proc))
+        loop = asyncio.get_running_loop()
+        next_turn: asyncio.Future[None] = loop.create_future()
+        loop.call_soon(loop.call_soon, next_turn.set_result, None)  # after the cache's end
+        await next_turn
+        return first, same_turn, session_members(10, str(proc))
+
+    first, same_turn, next_turn = asyncio.run(turns())
+    assert sorted(first) == sorted(same_turn) == [10, 11]
+    assert sorted(next_turn) == [10, 11, 12]
+    assert session_members(99, str(proc)) == []
