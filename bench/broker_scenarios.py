@@ -192,6 +192,13 @@ async def swarm_scenarios(
             outcomes += [Outcome.failed(name, target.key, reason) for name in wanted]
         finally:
             await swarm.close()
+        # The broker was restarted: the scenarios after these open sessions on the
+        # target's own agent, which reconnects by its backoff (they failed with "agent
+        # bench-agent is offline" when it had not yet).
+        try:
+            await target.wait_agent_online()
+        except BenchError as error:
+            logger.warning("%s: %s", target.label, error)
     return outcomes
 
 

@@ -198,7 +198,7 @@ class SecondlineTarget:
         self._agent = await ManagedProcess.start(
             "secondline-agent run", [agent, "run", "--state-dir", str(self.state_dir)], env=self.env
         )
-        await self._wait_agent_online()
+        await self.wait_agent_online()
         self._ticket = parse_ticket_id(
             await self.admin(
                 "ticket",
@@ -273,7 +273,8 @@ class SecondlineTarget:
         await wait_port(self.https_port, READY_TIMEOUT_S, alive=self._broker)
         await wait_port(self.ssh_port, READY_TIMEOUT_S, alive=self._broker)
 
-    async def _wait_agent_online(self) -> None:
+    async def wait_agent_online(self) -> None:
+        """Return once the broker lists the bench's agent online."""
         # The CLI is the contract; there is no event to subscribe to, so ask again with
         # a growing pause until the broker lists the agent online.
         pause = 0.05

@@ -86,6 +86,11 @@ class BrokerTarget(Target, Protocol):
         """Stop the broker and start it again on the same ports and data; return when ready."""
         ...
 
+    async def wait_agent_online(self) -> None:
+        """Return once the target's own agent is online (after a restart it comes back
+        by its reconnect backoff, seconds later than the broker)."""
+        ...
+
     def agent_swarm(self, size: int) -> AgentSwarm | str:
         """Return a swarm of `size` simulated agents, or why there is none yet."""
         ...
