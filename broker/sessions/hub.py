@@ -377,8 +377,14 @@ class LiveSession:
 
     def tick(self) -> None:
         """Called once a second by the session manager."""
-        if self.core.flushing and (self._flush_task is None or self._flush_task.done()):
+        if (
+            self.core.phase == "running"
+            and self.core.flushing
+            and (self._flush_task is None or self._flush_task.done())
+        ):
             # A flush the core counts on is not running: never leave the agent paused.
+            # Only while running: an ending session's flush stops early on purpose (run()
+            # writes the rest and seals), and one restarted then finds the recorder sealed.
             self.log.warning("session %s: restarting a lost flush", self.session_id)
             self._flush_task = asyncio.get_running_loop().create_task(self._flush_logged())
         self._apply(self.core.tick(time.monotonic()))
