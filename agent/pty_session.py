@@ -10,12 +10,13 @@ environment. Its lifetime is tied to the channel:
   :data:`DRAIN_GRACE` for pipes, whose background writers may still finish), then
   SIGKILL, and :meth:`ProcessEvents.process_finished` reports the exit status.
 
-PTY output is read in batches (until the kernel has no more, up to :data:`READ_MAX`),
-so a fast producer becomes few large channel writes. Input is written to the PTY as it
-comes; the terminal's ECHO flag is read just before each write and reported with the
-byte count (:meth:`ProcessEvents.input_written`), so the broker records typed input only
-when the terminal echoed it, whatever the session prints (docs/protocol.md, "Input
-reports"). Input to a command on pipes is reported as not echoed: no terminal shows it.
+Output is read at most :data:`READ_MAX` bytes at a time (a PTY until the kernel has no
+more, a pipe in one read), one quantum of :mod:`agent.send_turns`: a fast producer
+becomes large channel writes, and its channel goes back in line for the tunnel after
+each. Input is written to the PTY as it comes; the terminal's ECHO flag is read just
+before each write and reported with the byte count (:meth:`ProcessEvents.input_written`),
+so the broker records typed input only when the terminal echoed it, whatever the session
+prints (docs/protocol.md, "Input reports"). Input to a command on pipes is reported as not echoed: no terminal shows it.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Final, Protocol
 
 from agent.errors import SpawnError
 from agent.login import LoginAccount
+from agent.send_turns import QUANTUM
 from agent.session_signals import session_members, signal_session
 from agent.shell_integration import ShellLaunch
 from agent.terminal_modes import PtyRequest, apply_terminal_modes
@@ -40,7 +42,7 @@ logger = logging.getLogger(__name__)
 
 KILL_GRACE: Final = 2.0
 DRAIN_GRACE: Final = 1.0
-READ_MAX: Final = 256 * 1024
+READ_MAX: Final = QUANTUM
 INPUT_HIGH_WATER: Final = 64 * 1024
 
 
@@ -79,6 +81,11 @@ class _ExitWatcher(asyncio.SubprocessProtocol):
         if isinstance(transport, asyncio.SubprocessTransport):
             self._owner._transport = transport
             self._owner.pid = transport.get_pid()
+            for fd in (1, 2):
+                pipe = transport.get_pipe_transport(fd)
+                if pipe is not None and hasattr(pipe, "max_size"):
+                    # asyncio reads 256 KiB at a time; one quantum keeps the turns fair.
+                    pipe.max_size = READ_MAX
 
     def pipe_data_received(self, fd: int, data: bytes | bytearray) -> None:
         self._owner._pipe_data(fd, bytes(data))
@@ -433,7 +440,7 @@ class SessionProcess:
         ended = False
         while total < READ_MAX:
             try:
-                data = os.read(self._master, 65536)
+                data = os.read(self._master, READ_MAX - total)
             except BlockingIOError:
                 break
             except OSError:

@@ -44,6 +44,7 @@ from agent.facts import Facts, collect_facts
 from agent.protocol import AGENT_ID_HEADER, MAX_TUNNEL_MESSAGE, iso_utc
 from agent.proxy import Proxy
 from agent.pty_session import ProcessTable
+from agent.send_turns import SEND_HIGH, SEND_LOW, SendTurns
 from agent.session_log import SessionLog, SessionRegistry
 from agent.shell_integration import ZshStartupFiles
 from agent.ssh_server import ServerContext, server_options
@@ -88,6 +89,10 @@ class RunnerSettings:
     proxy: Proxy | None = None
     #: Self-update (agent.updater); None: this agent does not update itself.
     updater: UpdaterSettings | None = None
+    #: The tunnel's send queue: full at ``send_high`` bytes, channels go on at
+    #: ``send_low`` (agent.send_turns).
+    send_high: int = SEND_HIGH
+    send_low: int = SEND_LOW
 
 
 def tunnel_ssl_context(broker_pem: str) -> ssl.SSLContext:
@@ -149,6 +154,8 @@ class AgentRunner:
         self._last_error: str | None = None
         #: Set while a tunnel is up.
         self.connected = asyncio.Event()
+        #: The send queue of the newest tunnel: its channels' turns and its peak level.
+        self.send_turns = SendTurns()
         #: Set at every change of :meth:`status` (whoever waits on it clears it).
         self.status_changed = asyncio.Event()
         #: Why the agent stopped to be started again (an update or a rollback), or None.
@@ -303,7 +310,8 @@ class AgentRunner:
     async def _serve(self, websocket: ClientConnection, stop: asyncio.Event) -> bool:
         """Run SSH over the tunnel until it ends; False when the handshake failed."""
         settings = self._settings
-        tunnel = WebSocketTunnel(WebsocketsStream(websocket))
+        self.send_turns = SendTurns(high=settings.send_high, low=settings.send_low)
+        tunnel = WebSocketTunnel(WebsocketsStream(websocket), turns=self.send_turns)
         try:
             conn = await _unless_stopped(
                 stop,

@@ -42,6 +42,7 @@ from agent.protocol import (
     SessionEnv,
 )
 from agent.pty_session import ProcessTable, SessionProcess
+from agent.send_turns import SendTurns
 from agent.session_log import ChannelKind, EndedBy, LiveChannel, SessionRegistry
 from agent.session_signals import ALLOWED_SIGNALS, signal_name
 from agent.sftp_activity import FileActivity
@@ -191,11 +192,18 @@ class AgentSession(asyncssh.SSHServerSession[bytes]):
         self._closed = False
         self._eof = False
         self._early_input: list[bytes] = []
+        # Output stops while the channel's window is full or while it waits for its turn
+        # at the tunnel (agent.send_turns); it goes on when neither holds it.
+        self._turns: SendTurns | None = None
+        self._window_full = False
+        self._waiting_turn = False
 
     # -- requests -----------------------------------------------------------------------
 
     def connection_made(self, chan: asyncssh.SSHServerChannel[bytes]) -> None:
         self._chan = chan
+        turns = chan.get_extra_info("send_turns")
+        self._turns = turns if isinstance(turns, SendTurns) else None
 
     def pty_requested(
         self, term_type: str, term_size: tuple[int, int, int, int], term_modes: Mapping[int, int]
@@ -417,15 +425,33 @@ class AgentSession(asyncssh.SSHServerSession[bytes]):
             self._process.send_signal(signum)
 
     def pause_writing(self) -> None:
+        self._window_full = True
         if self._process is not None:
             self._process.pause_output()
 
     def resume_writing(self) -> None:
-        if self._process is not None:
+        self._window_full = False
+        if self._process is not None and not self._waiting_turn:
             self._process.resume_output()
+
+    def turn_granted(self) -> None:
+        """The tunnel's queue drained (agent.send_turns): read the next quantum."""
+        self._waiting_turn = False
+        if self._process is not None and not self._window_full and not self._closed:
+            self._process.resume_output()
+
+    def _after_write(self) -> None:
+        # One quantum was written; a full queue sends this channel to the back of the line.
+        turns = self._turns
+        if turns is not None and turns.full() and self._process is not None:
+            self._waiting_turn = True
+            self._process.pause_output()
+            turns.wait(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        if self._turns is not None:
+            self._turns.forget(self)
         if self._task is not None and not self._task.done():
             self._task.cancel()
         if self._process is not None:
@@ -439,6 +465,7 @@ class AgentSession(asyncssh.SSHServerSession[bytes]):
     def process_output(self, data: bytes) -> None:
         if self._chan is not None and not self._closed:
             self._chan.write(data)
+            self._after_write()
 
     def process_stderr(self, data: bytes) -> None:
         if self._live is not None and self._live.files is not None:
@@ -446,6 +473,7 @@ class AgentSession(asyncssh.SSHServerSession[bytes]):
             return
         if self._chan is not None and not self._closed:
             self._chan.write_stderr(data)
+            self._after_write()
 
     def input_written(self, count: int, echo: bool) -> None:
         # Only on a PTY channel: its stderr stream is the agent's alone (the PTY carries the

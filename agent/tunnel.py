@@ -18,6 +18,11 @@ How bytes move:
   and while more than the high-water mark is buffered the protocol's ``pause_writing``
   is called (``resume_writing`` below the low-water mark). ``pause_reading`` stops
   calling ``stream.recv``, so the WebSocket library stops reading the socket.
+* Turns (the agent's side): given a :class:`agent.send_turns.SendTurns`, the transport
+  tells it the queue's level after every write and every message sent, and hands it to
+  the channels as the extra info ``send_turns``; they stop reading their processes while
+  the queue is full and take turns when it drains, because asyncssh itself ignores
+  ``pause_writing``.
 * ``recv`` returning ``None`` (the WebSocket closed) or raising ends the connection:
   the protocol's ``connection_lost`` is called exactly once.
 
@@ -40,6 +45,7 @@ from websockets.exceptions import ConnectionClosed
 
 from agent.errors import TunnelProtocolError
 from agent.protocol import MAX_TUNNEL_MESSAGE
+from agent.send_turns import SendTurns
 
 logger = logging.getLogger(__name__)
 
@@ -71,9 +77,13 @@ class TunnelTransport(asyncio.Transport):
         protocol: asyncio.BaseProtocol,
         loop: asyncio.AbstractEventLoop,
         extra: Mapping[str, object] | None = None,
+        turns: SendTurns | None = None,
     ) -> None:
-        super().__init__(dict(extra or {}))
+        super().__init__({**(extra or {}), "send_turns": turns})
         self._stream = stream
+        #: Told the queue's level after every change (the agent's channels take turns).
+        self._turns = turns
+        self._sending = 0  # bytes of the message being sent: still queued
         self._protocol = protocol
         self._loop = loop
         self._pending: list[bytes] = []
@@ -106,6 +116,8 @@ class TunnelTransport(asyncio.Transport):
         self._pending.append(chunk)
         self._pending_size += len(chunk)
         self._data_ready.set()
+        if self._turns is not None:
+            self._turns.level(self._pending_size + self._sending)
         if not self._protocol_paused and self._pending_size > self._high:
             self._protocol_paused = True
             self._call_protocol("pause_writing")
@@ -217,7 +229,12 @@ class TunnelTransport(asyncio.Transport):
                         return
                     self._data_ready.clear()
                     await self._data_ready.wait()
-                await self._stream.send(self._take())
+                message = self._take()
+                self._sending = len(message)
+                await self._stream.send(message)
+                self._sending = 0
+                if self._turns is not None:
+                    self._turns.level(self._pending_size)
                 if self._protocol_paused and self._pending_size <= self._low:
                     self._protocol_paused = False
                     self._call_protocol("resume_writing")
@@ -283,10 +300,15 @@ class WebSocketTunnel:
     """An asyncssh tunnel over one :class:`MessageStream` (one SSH connection per tunnel)."""
 
     def __init__(
-        self, stream: MessageStream, *, extra_info: Mapping[str, object] | None = None
+        self,
+        stream: MessageStream,
+        *,
+        extra_info: Mapping[str, object] | None = None,
+        turns: SendTurns | None = None,
     ) -> None:
         self._stream = stream
         self._extra = dict(extra_info or {})
+        self._turns = turns
         self._transport: TunnelTransport | None = None
 
     async def create_connection(
@@ -300,7 +322,9 @@ class WebSocketTunnel:
             raise RuntimeError("a WebSocketTunnel carries a single connection")
         protocol = protocol_factory()
         extra = {"peername": (host, port), **self._extra}
-        self._transport = TunnelTransport(self._stream, protocol, asyncio.get_running_loop(), extra)
+        self._transport = TunnelTransport(
+            self._stream, protocol, asyncio.get_running_loop(), extra, self._turns
+        )
         self._transport.start()
         return self._transport, protocol
 

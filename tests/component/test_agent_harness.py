@@ -35,6 +35,7 @@ from agent.protocol import (
     SessionEnv,
 )
 from agent.runner import AgentRunner, RunnerSettings
+from agent.send_turns import SEND_HIGH, SEND_LOW
 from agent.state import (
     EnrolledState,
     StatePaths,
@@ -211,6 +212,8 @@ def runner_settings(
     *,
     ping_interval: float = 20.0,
     ping_timeout: float = 20.0,
+    send_high: int = SEND_HIGH,
+    send_low: int = SEND_LOW,
 ) -> RunnerSettings:
     """Settings as ``run`` builds them, with short timeouts for tests."""
     return RunnerSettings(
@@ -225,6 +228,8 @@ def runner_settings(
         ping_timeout=ping_timeout,
         backoff_base=0.01,
         backoff_cap=0.05,
+        send_high=send_high,
+        send_low=send_low,
     )
 
 
