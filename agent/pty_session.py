@@ -16,7 +16,8 @@ becomes large channel writes, and its channel goes back in line for the tunnel a
 each. Input is written to the PTY as it comes; the terminal's ECHO flag is read just
 before each write and reported with the byte count (:meth:`ProcessEvents.input_written`),
 so the broker records typed input only when the terminal echoed it, whatever the session
-prints (docs/protocol.md, "Input reports"). Input to a command on pipes is reported as not echoed: no terminal shows it.
+prints (docs/protocol.md, "Input reports"). Input to a command on pipes is reported as not
+echoed: no terminal shows it.
 """
 
 from __future__ import annotations
