@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import struct
 from collections.abc import Callable, Iterable, Mapping
 from typing import Final, Protocol
 
@@ -53,6 +54,14 @@ logger = logging.getLogger(__name__)
 WRITE_HIGH_WATER: Final = 4 * MAX_TUNNEL_MESSAGE
 WRITE_LOW_WATER: Final = MAX_TUNNEL_MESSAGE
 CLOSE_TIMEOUT: Final = 5.0
+#: The rate a tunnel socket's kernel buffers are sized for (PERFORMANCE.md's throughput
+#: target), and their bounds: the floor covers a LAN, the cap a 40 ms link.
+TUNNEL_RATE: Final = 100_000_000
+TUNNEL_BUFFER_MIN: Final = 128 * 1024
+TUNNEL_BUFFER_MAX: Final = 4 * 1024 * 1024
+#: Where ``struct tcp_info`` (linux/tcp.h) holds ``tcpi_rtt``, in microseconds: eight
+#: one-byte fields, then fifteen 32-bit ones before it.
+_TCPI_RTT_OFFSET: Final = 68
 
 
 class MessageStream(Protocol):
@@ -339,6 +348,37 @@ class WebSocketTunnel:
             await self._transport.wait_closed()
 
 
+def buffer_for(rtt_us: int) -> int:
+    """A tunnel socket's kernel buffer when its round trip is ``rtt_us`` microseconds:
+    the bandwidth-delay product at :data:`TUNNEL_RATE`, within the floor and the cap."""
+    wanted = TUNNEL_RATE * rtt_us // 1_000_000
+    return max(TUNNEL_BUFFER_MIN, min(TUNNEL_BUFFER_MAX, wanted))
+
+
+def size_tunnel_buffer(sock: socket.socket, option: int) -> int | None:
+    """Size the socket's send (``SO_SNDBUF``, the agent) or receive (``SO_RCVBUF``, the
+    broker) buffer from the round trip the kernel measured during the TLS and WebSocket
+    handshakes; None where the kernel does not say (not Linux).
+
+    Left to itself Linux grows both to megabytes when the broker reads slower than the
+    agent sends, and everything in them is ahead of a keystroke's echo: 3-4 MB waited in
+    the agent's send buffer with 50 sessions streaming, then, with that one bounded, as
+    much in the broker's receive buffer, half a second at the broker's pace. Sized to what
+    the link needs to run at TUNNEL_RATE, the rest waits in the agent, where the channels
+    take turns (agent.send_turns)."""
+    tcp_info = getattr(socket, "TCP_INFO", None)
+    if tcp_info is None:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, tcp_info, 104)
+        (rtt_us,) = struct.unpack_from("I", info, _TCPI_RTT_OFFSET)
+        size = buffer_for(rtt_us)
+        sock.setsockopt(socket.SOL_SOCKET, option, size)
+    except (OSError, struct.error):
+        return None
+    return size
+
+
 class WebsocketsStream:
     """:class:`MessageStream` over a ``websockets`` asyncio connection (either side)."""
 
@@ -349,6 +389,7 @@ class WebsocketsStream:
             # Keystrokes are tiny messages: do not let Nagle hold them back.
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            size_tunnel_buffer(sock, socket.SO_SNDBUF)
 
     async def send(self, data: bytes) -> None:
         """Send one binary message (waits while the socket's buffer is full)."""

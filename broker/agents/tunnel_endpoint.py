@@ -48,7 +48,7 @@ from agent.protocol import (
     KEEPALIVE_INTERVAL,
     MAX_TUNNEL_MESSAGE,
 )
-from agent.tunnel import WebSocketTunnel
+from agent.tunnel import WebSocketTunnel, size_tunnel_buffer
 from broker.agents import agent_store, descriptors
 from broker.agents.facts_policy import FACTS_OUTPUT_MAX, FactsRefused, parse_facts_output
 from broker.agents.handshake_limiter import HandshakeLimiter
@@ -310,6 +310,10 @@ async def tunnel_handler(request: web.Request) -> web.StreamResponse:
     runtime.registry.tunnel_opened()
     try:
         await ws.prepare(request)
+        sock = request.transport.get_extra_info("socket") if request.transport else None
+        if sock is not None:
+            # Bytes in the broker's receive buffer are ahead of every keystroke's echo.
+            size_tunnel_buffer(sock, socket.SO_RCVBUF)
         stream = AiohttpStream(ws)
         conn = await _handshake(services, runtime, identity, stream, source)
         if conn is not None:

@@ -1,10 +1,20 @@
-"""Unit tests of the tunnel's send turns: the queue's bound, the order of turns."""
+"""Unit tests of the tunnel's bounded queues: the send turns (their bound, their order)
+and the sockets' kernel buffers."""
 
 from __future__ import annotations
+
+import socket
 
 import pytest
 
 from agent.send_turns import SendTurns
+from agent.tunnel import (
+    TUNNEL_BUFFER_MAX,
+    TUNNEL_BUFFER_MIN,
+    TUNNEL_RATE,
+    buffer_for,
+    size_tunnel_buffer,
+)
 
 
 class Channel:
@@ -63,3 +73,26 @@ def test_settings_are_checked() -> None:
         SendTurns(high=10, low=20)
     with pytest.raises(ValueError, match="positive quantum"):
         SendTurns(quantum=0)
+
+
+def test_tunnel_buffers_are_the_bandwidth_delay_product_within_bounds() -> None:
+    """A tunnel socket's kernel buffer holds what the link needs at the target rate: the
+    floor on a LAN, the product for a WAN round trip, the cap beyond it."""
+    assert buffer_for(30) == TUNNEL_BUFFER_MIN  # loopback: 30 µs
+    assert buffer_for(20_000) == TUNNEL_RATE // 50  # 20 ms: 2 MB
+    assert buffer_for(900_000) == TUNNEL_BUFFER_MAX
+
+
+def test_a_tunnel_socket_gets_its_sized_buffer() -> None:
+    """The size is set on a real TCP socket from the round trip the kernel measured."""
+    with (
+        socket.create_server(("127.0.0.1", 0)) as server,
+        socket.create_connection(server.getsockname()) as client,
+    ):
+        peer, _ = server.accept()
+        with peer:
+            size = size_tunnel_buffer(client, socket.SO_SNDBUF)
+            assert size == TUNNEL_BUFFER_MIN
+            # Linux doubles the value for its own bookkeeping.
+            assert client.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * size
+            assert size_tunnel_buffer(peer, socket.SO_RCVBUF) == TUNNEL_BUFFER_MIN
