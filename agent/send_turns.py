@@ -34,9 +34,9 @@ from typing import Final, Protocol
 QUANTUM: Final = 32 * 1024
 #: The tunnel's send queue is full at this many bytes: a few quanta, a few milliseconds
 #: of sending on a LAN, so an echo never waits long behind it.
-SEND_HIGH: Final = 64 * 1024
+SEND_HIGH: Final = 256 * 1024
 #: Waiting channels are let go once the queue drained to this.
-SEND_LOW: Final = 32 * 1024
+SEND_LOW: Final = 128 * 1024
 
 
 class Turn(Protocol):

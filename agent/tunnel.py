@@ -57,7 +57,7 @@ CLOSE_TIMEOUT: Final = 5.0
 #: The rate a tunnel socket's kernel buffers are sized for (PERFORMANCE.md's throughput
 #: target), and their bounds: the floor covers a LAN, the cap a 40 ms link.
 TUNNEL_RATE: Final = 100_000_000
-TUNNEL_BUFFER_MIN: Final = 32 * 1024
+TUNNEL_BUFFER_MIN: Final = 128 * 1024
 TUNNEL_BUFFER_MAX: Final = 4 * 1024 * 1024
 #: Where ``struct tcp_info`` (linux/tcp.h) holds ``tcpi_rtt``, in microseconds: eight
 #: one-byte fields, then fifteen 32-bit ones before it.
