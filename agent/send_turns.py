@@ -32,7 +32,7 @@ from typing import Final, Protocol
 
 #: Most output bytes a channel reads and writes in one go (one SSH packet's data).
 QUANTUM: Final = 32 * 1024
-#: The tunnel's send queue is full at this many bytes: a few quanta, a few milliseconds
+#: The tunnel's send queue is full at this many bytes: eight quanta, a few milliseconds
 #: of sending on a LAN, so an echo never waits long behind it.
 SEND_HIGH: Final = 256 * 1024
 #: Waiting channels are let go once the queue drained to this.
