@@ -18,10 +18,11 @@ The rule, applied by each channel's writer (``agent.ssh_server.AgentSession``):
   ``high``; a channel let go reads one more quantum and, if the queue is full again,
   goes to the back of the line.
 
-So the queue never holds more than ``high`` plus one quantum per channel
-(:meth:`SendTurns.bound`), a streaming channel slows only itself, and a keystroke's echo
-waits behind at most that, not behind everyone's backlog. Pure bookkeeping: the
-callbacks it makes (:meth:`Turn.turn_granted`) do the I/O.
+So the queue never holds more than ``high`` plus three quanta per channel (one written
+after it filled, two from the channel's SSH write buffer; :meth:`SendTurns.bound`), a
+streaming channel slows only itself, and a keystroke's echo waits behind at most that,
+not behind everyone's backlog. Pure bookkeeping: the callbacks it makes
+(:meth:`Turn.turn_granted`) do the I/O.
 """
 
 from __future__ import annotations
@@ -72,8 +73,10 @@ class SendTurns:
         return self._queued >= self.high
 
     def bound(self, channels: int) -> int:
-        """The most the queue can hold with ``channels`` channels sending."""
-        return self.high + channels * self.quantum
+        """The most the queue can hold with ``channels`` channels sending: ``high``, and
+        per channel the quantum it wrote after the queue filled plus what its SSH write
+        buffer (at most two quanta) releases when its window opens."""
+        return self.high + channels * 3 * self.quantum
 
     def waiting(self) -> int:
         """How many channels wait for a turn."""

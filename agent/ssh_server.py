@@ -42,7 +42,7 @@ from agent.protocol import (
     SessionEnv,
 )
 from agent.pty_session import ProcessTable, SessionProcess
-from agent.send_turns import SendTurns
+from agent.send_turns import QUANTUM, SendTurns
 from agent.session_log import ChannelKind, EndedBy, LiveChannel, SessionRegistry
 from agent.session_signals import ALLOWED_SIGNALS, signal_name
 from agent.sftp_activity import FileActivity
@@ -204,6 +204,10 @@ class AgentSession(asyncssh.SSHServerSession[bytes]):
         self._chan = chan
         turns = chan.get_extra_info("send_turns")
         self._turns = turns if isinstance(turns, SendTurns) else None
+        if self._turns is not None:
+            # What waits here for the channel's window goes into the tunnel at once when
+            # the window opens: at most two quanta (agent.send_turns.SendTurns.bound).
+            chan.set_write_buffer_limits(high=QUANTUM, low=QUANTUM // 2)
 
     def pty_requested(
         self, term_type: str, term_size: tuple[int, int, int, int], term_modes: Mapping[int, int]
@@ -431,8 +435,14 @@ class AgentSession(asyncssh.SSHServerSession[bytes]):
 
     def resume_writing(self) -> None:
         self._window_full = False
-        if self._process is not None and not self._waiting_turn:
-            self._process.resume_output()
+        if self._process is None or self._waiting_turn:
+            return
+        if self._turns is not None and self._turns.full():
+            # The window opened while the tunnel's queue is full: wait for a turn.
+            self._waiting_turn = True
+            self._turns.wait(self)
+            return
+        self._process.resume_output()
 
     def turn_granted(self) -> None:
         """The tunnel's queue drained (agent.send_turns): read the next quantum."""

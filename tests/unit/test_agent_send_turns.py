@@ -64,7 +64,7 @@ def test_a_closed_channel_leaves_the_line_and_the_peak_is_kept() -> None:
     assert log == ["b"]
     assert turns.peak == 130
     assert turns.queued == 10
-    assert turns.bound(3) == 160
+    assert turns.bound(3) == 100 + 3 * 3 * 20
 
 
 def test_settings_are_checked() -> None:
