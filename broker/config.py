@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -111,6 +112,10 @@ class BrokerConfig:
     # The cluster's name ([cluster] name): the nodes of one cluster hear only each other,
     # so several clusters can share a NATS server.
     cluster_name: str = "main"
+    # How the other nodes reach this one for sessions across nodes ([cluster] peer_url):
+    # https://HOST:PORT of this node's own HTTPS listener, not the load balancer's. Empty:
+    # https://LISTEN_HOST:HTTPS_PORT, or this machine's name when it listens everywhere.
+    cluster_peer_url: str = ""
 
     @property
     def clustered(self) -> bool:
@@ -273,6 +278,38 @@ def valid_node_name(name: str) -> bool:
     return NODE_NAME.fullmatch(name) is not None
 
 
+def valid_peer_url(url: str) -> bool:
+    """A node's peer address: ``https://HOST:PORT`` and nothing else (no path, no user)."""
+    if len(url) > 200 or any(c.isspace() or not c.isprintable() for c in url):
+        return False
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return False
+    return (
+        parts.scheme == "https"
+        and bool(parts.hostname)
+        and port is not None
+        and parts.path in ("", "/")
+        and not parts.query
+        and not parts.fragment
+        and parts.username is None
+    )
+
+
+def peer_url(config: BrokerConfig) -> str:
+    """Where the other nodes dial this one (``[cluster] peer_url`` or its default)."""
+    if config.cluster_peer_url:
+        return config.cluster_peer_url.rstrip("/")
+    host = config.listen_host
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 - comparing, not binding
+        host = socket.getfqdn()
+    if ":" in host:
+        host = f"[{host}]"
+    return f"https://{host}:{config.https_port}"
+
+
 # Tables of the config file whose keys are settings named TABLE_KEY ([cluster] nats_url is
 # cluster_nats_url, SECONDLINE_CLUSTER_NATS_URL in the environment).
 _TABLES: Final = ("cluster",)
@@ -309,6 +346,11 @@ def _check_cluster(config: BrokerConfig) -> None:
                 '[cluster] nats_url = "nats://HOST:4222" to secondline.toml (docs/cluster.md)'
             )
         return
+    if config.cluster_peer_url and not valid_peer_url(config.cluster_peer_url):
+        raise ConfigError(
+            f"cluster.peer_url {config.cluster_peer_url!r}: use https://HOST:PORT, the "
+            "address of this node's own HTTPS port as the other nodes reach it"
+        )
     if not config.cluster_nats_url.startswith(("nats://", "tls://")):
         raise ConfigError("cluster.nats_url must start with nats:// or tls://")
     if not config.db_url.startswith("postgresql"):

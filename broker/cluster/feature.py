@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -23,15 +25,19 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from broker.agents import agent_store
 from broker.agents.feature import AGENT_REGISTRY
 from broker.agents.tunnel_endpoint import TUNNEL_RUNTIME
+from broker.cluster import peering
 from broker.cluster.bus import Bus, InProcessBus
 from broker.cluster.drain import Drainer, DrainHooks
 from broker.cluster.health import NodeFigures, metrics_registry
 from broker.cluster.messages import Control
 from broker.cluster.nats_bus import NatsBus
 from broker.cluster.node import ClusterNode, LocalActions
+from broker.cluster.peer_client import PeerRouter
+from broker.cluster.peer_server import PEER_STATE, PeerState, peer_socket
+from broker.config import peer_url
 from broker.db.models_sessions import SessionOutbox
 from broker.services import SERVICES
-from broker.sessions.runtime import SESSIONS
+from broker.sessions.runtime import SESSION_ROUTER, SESSIONS
 from broker.supervision import Supervisor
 
 log = logging.getLogger(__name__)
@@ -49,6 +55,7 @@ def setup(app: web.Application) -> None:
     app.cleanup_ctx.append(_cluster_ctx)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
+    app.router.add_get(peering.PATH, peer_socket)
 
 
 @dataclass(frozen=True)
@@ -179,6 +186,7 @@ async def _cluster_ctx(app: web.Application) -> AsyncIterator[None]:
         _actions(app),
         cluster=config.cluster_name,
         url=config.public_url,
+        peer=peer_url(config) if config.clustered else "",
         heartbeat=config.clustered,
     )
     try:
@@ -190,6 +198,14 @@ async def _cluster_ctx(app: web.Application) -> AsyncIterator[None]:
     tasks = Supervisor("cluster")
     await tasks.open()
     app[CLUSTER_TASKS] = tasks
+    router: PeerRouter | None = None
+    if config.clustered:
+        # Sessions across nodes: node to node over each node's HTTPS port (docs/cluster.md).
+        key = peering.peer_key(services.keys.audit_key)
+        app[PEER_STATE] = PeerState(node.name, key)
+        router = PeerRouter(node, key, _tls_sha256(services.keys.tls_cert_pem))
+        await router.start()
+        app[SESSION_ROUTER] = router
     figures = _figures(app, node)
     services.audit.observers.append(figures.audited)
     app[METRICS] = Metrics(figures, metrics_registry(figures))
@@ -199,9 +215,17 @@ async def _cluster_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         services.audit.observers.remove(figures.audited)
+        if router is not None:
+            await router.stop()
         await tasks.stop()
         await node.stop()
         await bus.close()
+
+
+def _tls_sha256(cert_pem: bytes) -> bytes:
+    """The SHA-256 of the certificate every node presents: a peer is trusted by it."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    return cert.fingerprint(hashes.SHA256())
 
 
 def _figures(app: web.Application, node: ClusterNode) -> NodeFigures:

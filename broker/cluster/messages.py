@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from broker.cluster.bus import PREFIX
-from broker.config import valid_node_name
+from broker.config import valid_node_name, valid_peer_url
 
 _ID: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 #: An announcement larger than this is refused (NATS' default payload limit is 1 MiB).
@@ -82,6 +82,13 @@ def _ids(raw: dict[str, object], key: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _peer(raw: dict[str, object]) -> str:
+    peer = _text(raw, "peer")
+    if peer and not valid_peer_url(peer):
+        raise BadMessage("peer is not https://HOST:PORT")
+    return peer
+
+
 def _dump(body: dict[str, object]) -> bytes:
     return json.dumps(body, separators=(",", ":")).encode()
 
@@ -96,6 +103,9 @@ class Announcement:
     sessions: tuple[str, ...]
     url: str = ""
     leaving: bool = False
+    # Where the other nodes dial this one for sessions across nodes (its own HTTPS port);
+    # "" from a node of a version before sessions crossed nodes.
+    peer: str = ""
 
     def serialize(self) -> bytes:
         return _dump(
@@ -105,6 +115,7 @@ class Announcement:
                 "sessions": list(self.sessions),
                 "url": self.url,
                 "leaving": self.leaving,
+                "peer": self.peer,
             }
         )
 
@@ -123,6 +134,7 @@ class Announcement:
             sessions=_ids(raw, "sessions"),
             url=_text(raw, "url"),
             leaving=leaving,
+            peer=_peer(raw),
         )
 
 

@@ -71,12 +71,14 @@ class ClusterNode:
         *,
         cluster: str,
         url: str = "",
+        peer: str = "",
         heartbeat: bool = True,
     ) -> None:
         self.bus = bus
         self.subjects = Subjects(cluster)
         self.name = name
         self.url = url
+        self.peer = peer
         self.view = ClusterView()
         self._actions = actions
         self._subs: list[Subscription] = []
@@ -128,7 +130,7 @@ class ClusterNode:
 
     def announcement(self) -> Announcement:
         agents, sessions = self._actions.held()
-        return Announcement(self.name, tuple(agents), tuple(sessions), url=self.url)
+        return Announcement(self.name, tuple(agents), tuple(sessions), url=self.url, peer=self.peer)
 
     async def _announce(self) -> None:
         with contextlib.suppress(BusUnavailable):

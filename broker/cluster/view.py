@@ -57,6 +57,11 @@ class ClusterView:
                 return name
         return None
 
+    def peer_of(self, node: str) -> str | None:
+        """Where ``node`` said it is dialled for sessions, while its lease holds."""
+        state = self.nodes.get(node)
+        return state.announcement.peer or None if state is not None else None
+
     def clear(self) -> None:
         """Forget everyone (the bus went away): the view is rebuilt from what comes next."""
         self.nodes.clear()

@@ -4,7 +4,7 @@ judge (``broker.rules``), and finding the agent an SSH user name or a console re
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select
@@ -92,9 +92,14 @@ class AgentRecord:
     consent: str
     revoked: bool
 
-    def view(self, tunnels: AgentTunnels | None) -> AgentView:
-        """The rules' view; online means this node holds its tunnel now."""
+    def view(
+        self, tunnels: AgentTunnels | None, elsewhere: Callable[[str], str | None] | None = None
+    ) -> AgentView:
+        """The rules' view; online means this node holds its tunnel now, or (in a cluster,
+        ``elsewhere``) another node announces that it does."""
         online = tunnels is not None and tunnels.connection(self.id) is not None
+        if not online and elsewhere is not None:
+            online = elsewhere(self.id) is not None
         consent: Consent = "unattended" if self.consent == "unattended" else "attended"
         return AgentView(
             id=self.id,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import secrets
 import string
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -108,8 +109,11 @@ async def admit(
     req: OpenRequest,
     tickets: TicketSystem | None,
     tunnels: AgentTunnels | None,
+    elsewhere: Callable[[str], str | None] | None = None,
 ) -> Admitted:
-    """Judge ``req``; raises SessionRefused (audited) or StoreUnavailable."""
+    """Judge ``req``; raises SessionRefused (audited) or StoreUnavailable. ``elsewhere``
+    names the other node holding an agent's tunnel (a cluster), which counts as online:
+    the manager then routes the session there, where it is judged again."""
     target = str(req.target)
     if services.draining:
         raise await refuse(services, req, _DRAINING, target=target, status=503)
@@ -159,7 +163,7 @@ async def admit(
     if isinstance(chosen, Refused):
         raise await refuse(services, req, chosen, target=target)
     agent = chosen
-    decision = may_open_session(staff, ticket.view(), agent.view(tunnels), now)
+    decision = may_open_session(staff, ticket.view(), agent.view(tunnels, elsewhere), now)
     if isinstance(decision, Refused):
         raise await refuse(services, req, decision, target=target)
     limit = services.config.max_sessions_per_staff
@@ -224,7 +228,7 @@ async def admit_member(
         raise StoreUnavailable(AUDIT_STORE_UNAVAILABLE) from None
     ticket = await tickets.get(req.ticket_id) if tickets is not None else None
     if live is None or staff is None or ticket is None or not agents or not live.running:
-        await _audit_member_refusal(services, req, "not_live")
+        await audit_member_refusal(services, req, "not_live")
         raise SessionNotFound(
             f"there is no live session {req.session_id} on ticket T-{req.ticket_id}; "
             "see the ticket's sessions"
@@ -243,11 +247,11 @@ async def admit_member(
         attended = agent.consent == "attended"
         decision = may_observe_session(staff, ticket.view(), view, now, attended=attended)
     if isinstance(decision, Refused):
-        await _audit_member_refusal(services, req, decision.code)
+        await audit_member_refusal(services, req, decision.code)
         raise SessionRefused(decision.reason, code=decision.code)
     if live.facts.kind == "sftp":
         # Its stream is SFTP packets, not a screen; what it does is in its transcript.
-        await _audit_member_refusal(services, req, "file_session")
+        await audit_member_refusal(services, req, "file_session")
         raise SessionRefused(
             f"session {req.session_id} moves files and has no screen to join or watch; "
             "its file operations are in its transcript",
@@ -256,7 +260,7 @@ async def admit_member(
     return staff, decision
 
 
-async def _audit_member_refusal(services: Services, req: JoinRequest, code: str) -> None:
+async def audit_member_refusal(services: Services, req: JoinRequest, code: str) -> None:
     try:
         await services.audit.record(
             actor=req.staff,

@@ -12,7 +12,13 @@ from aiohttp import web
 from broker.services import SERVICES
 from broker.sessions.hooks import SESSION_START_HOOKS, SessionStartHook
 from broker.sessions.manager import SessionManager
-from broker.sessions.runtime import SESSIONS, SessionsRuntime, agent_tunnels, ticket_system
+from broker.sessions.runtime import (
+    SESSION_ROUTER,
+    SESSIONS,
+    SessionsRuntime,
+    agent_tunnels,
+    ticket_system,
+)
 from broker.tickets.outbox import OutboxWorker
 
 log = logging.getLogger(__name__)
@@ -33,6 +39,7 @@ async def _sessions_ctx(app: web.Application) -> AsyncIterator[None]:
         tickets=lambda: ticket_system(app),
         tunnels=lambda: agent_tunnels(app),
         node=services.config.node or None,  # a cluster node's name (docs/cluster.md)
+        router=lambda: app.get(SESSION_ROUTER),
     )
     hooks: list[SessionStartHook] = app.get(SESSION_START_HOOKS) or []
     manager.start_hooks = list(hooks)

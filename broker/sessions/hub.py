@@ -50,6 +50,7 @@ from broker.sessions.screen_state import ScreenTail
 from broker.sessions.sftp_tracker import Direction, FileLimits
 from broker.transcript import (
     END_DISK_FULL,
+    END_ENDED,
     END_KILLED,
     Mark,
     RecorderDiskFull,
@@ -115,6 +116,10 @@ class LiveSession:
     @property
     def running(self) -> bool:
         return self.core.phase == "running"
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.facts.cols, self.facts.rows
 
     # -- the agent side --------------------------------------------------------------------
 
@@ -317,6 +322,19 @@ class LiveSession:
         """Forward a signal the owner's SSH client sent."""
         if self.core.may_resize(pid) and name in SIGNALS and self._chan is not None:
             self._chan.send_signal(name)
+
+    def end_by_owner(self, pid: int) -> None:
+        """ "End session" from whoever holds control; anyone else's request is ignored (a
+        joiner leaves by closing)."""
+        member = self.core.member(pid)
+        if member is None or member.role != "owner":
+            return
+        self.end(
+            END_ENDED,
+            code="ended_by_owner",
+            message=f"the session was ended by {member.name}",
+            by=member.name,
+        )
 
     def invite(self, by: str, name: str) -> None:
         """The owner ``by`` invites ``name`` to join; raises HubClosed or HubRefused."""

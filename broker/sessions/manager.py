@@ -31,10 +31,12 @@ from broker.services import Services
 from broker.sessions import lifecycle as lc
 from broker.sessions import opening, store
 from broker.sessions.admission import (
+    Admitted,
     JoinRequest,
     OpenRequest,
     admit,
     admit_member,
+    audit_member_refusal,
     refuse,
 )
 from broker.sessions.consent import ASKED_ROLE, ConsentGrant, Grants, ask_consent
@@ -56,6 +58,7 @@ from broker.sessions.recording import (
     end_sessions_of,
     new_recorder,
 )
+from broker.sessions.routing import RouteFailed, SessionHandle, SessionRouter
 from broker.supervision import OnFailure, Supervisor
 from broker.transcript import TranscriptRecorder
 
@@ -80,10 +83,12 @@ class SessionManager:
         tickets: Callable[[], TicketSystem | None],
         tunnels: Callable[[], AgentTunnels | None],
         node: str | None = None,
+        router: Callable[[], SessionRouter | None] = lambda: None,
     ) -> None:
         self.services = services
         self._tickets = tickets
         self._tunnels = tunnels
+        self._router = router
         self.node = (node or socket.gethostname())[:64]
         self.live: dict[str, LiveSession] = {}
         self.finisher = Finisher(services, tickets)
@@ -202,15 +207,54 @@ class SessionManager:
     # -- opening ---------------------------------------------------------------------------
 
     async def open(self, req: OpenRequest, owner: Terminal) -> tuple[LiveSession, Member]:
-        """Start a session with ``owner`` attached; raises SessionRefused (audited)."""
+        """Start a session on this node with ``owner`` attached; raises SessionRefused
+        (audited)."""
+        self._refuse_if_closing()
+        tunnels = self._tunnels()
+        admitted = await admit(self.services, req, self._tickets(), tunnels)
+        return await self._start(req, admitted, owner, tunnels)
+
+    async def open_anywhere(
+        self, req: OpenRequest, owner: Terminal
+    ) -> tuple[SessionHandle, Member]:
+        """Start a session with ``owner`` attached, on the node that holds the agent's
+        tunnel: here, or (in a cluster) the node the cluster names, whose hub this node
+        relays. Raises SessionRefused (audited where it was decided)."""
+        self._refuse_if_closing()
+        tunnels, router = self._tunnels(), self._router()
+        holder = router.holder if router is not None else None
+        admitted = await admit(self.services, req, self._tickets(), tunnels, holder)
+        agent_id = admitted.facts.agent_id
+        here = tunnels is not None and tunnels.connection(agent_id) is not None
+        node = router.holder(agent_id) if router is not None and not here else None
+        if router is None or node is None:
+            live, member = await self._start(req, admitted, owner, tunnels)
+            if router is not None:  # a cluster: say where it runs, as a routed one does
+                log.info("session %s: opened on this node for %s", live.session_id, req.staff)
+            return live, member
+        try:
+            return await router.open(node, req, owner)
+        except RouteFailed as exc:
+            refused = Refused(exc.code, exc.reason)
+            raise await refuse(
+                self.services, req, refused, target=str(req.target), status=503
+            ) from None
+
+    def _refuse_if_closing(self) -> None:
         if self._closing:
             raise SessionRefused(
                 "the broker is shutting down; try again in a minute",
                 code="shutting_down",
                 status=503,
             )
-        tunnels = self._tunnels()
-        admitted = await admit(self.services, req, self._tickets(), tunnels)
+
+    async def _start(
+        self,
+        req: OpenRequest,
+        admitted: Admitted,
+        owner: Terminal,
+        tunnels: AgentTunnels | None,
+    ) -> tuple[LiveSession, Member]:
         facts, decision = admitted.facts, admitted.decision
         lifecycle, insert = lc.SessionLifecycle.begin(
             lc.StartPlan(
@@ -433,6 +477,51 @@ class SessionManager:
         if grant is not None:
             self.grants.keep(live, member, env, grant, source)
         return live, member
+
+    async def attach_anywhere(
+        self,
+        *,
+        staff_name: str,
+        session_id: str,
+        ticket_id: int,
+        role: Role,
+        terminal: Terminal,
+        source: str,
+    ) -> tuple[SessionHandle, Member]:
+        """Join or observe a live session of this node, or (in a cluster) of the node the
+        database names as running it, whose hub this node relays; audited."""
+        router = self._router()
+        node = None
+        if router is not None and session_id not in self.live:
+            node = await self._node_of(session_id)
+        if router is None or node is None:
+            return await self.attach(
+                staff_name=staff_name,
+                session_id=session_id,
+                ticket_id=ticket_id,
+                role=role,
+                terminal=terminal,
+                source=source,
+            )
+        req = JoinRequest(
+            staff=staff_name, session_id=session_id, ticket_id=ticket_id, role=role, source=source
+        )
+        try:
+            return await router.attach(node, req, terminal)
+        except RouteFailed as exc:
+            await audit_member_refusal(self.services, req, exc.code)
+            raise SessionRefused(exc.reason, code=exc.code, status=503) from None
+
+    async def _node_of(self, session_id: str) -> str | None:
+        """The other node the database names as running ``session_id`` live, or None."""
+        try:
+            async with self.services.db() as db:
+                row = await store.get_session(db, session_id)
+        except DB_ERRORS:
+            raise StoreUnavailable(AUDIT_STORE_UNAVAILABLE) from None
+        if row is None or row.ended_at is not None or not row.node or row.node == self.node:
+            return None
+        return row.node
 
     async def _admit_member(
         self, live: LiveSession, name: str, req: JoinRequest, terminal: Terminal

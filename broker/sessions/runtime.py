@@ -13,6 +13,7 @@ from aiohttp import web
 from broker.agents.feature import AGENT_REGISTRY
 from broker.ports import AgentTunnels, TicketSystem
 from broker.sessions.manager import SessionManager
+from broker.sessions.routing import SessionRouter
 from broker.tickets.keys import TICKETS
 from broker.tickets.outbox import OutboxWorker
 
@@ -21,6 +22,8 @@ from broker.tickets.outbox import OutboxWorker
 # use app[broker.tickets.TICKETS] and app[broker.agents.feature.AGENT_REGISTRY].
 TICKET_SYSTEM: Final[web.AppKey[TicketSystem]] = web.AppKey("sessions_ticket_system")
 AGENT_TUNNELS: Final[web.AppKey[AgentTunnels]] = web.AppKey("sessions_agent_tunnels")
+# Set by the cluster feature on a cluster node: how sessions reach hubs on other nodes.
+SESSION_ROUTER: Final[web.AppKey[SessionRouter]] = web.AppKey("sessions_router")
 
 
 @dataclass

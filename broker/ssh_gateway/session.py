@@ -27,8 +27,8 @@ from broker.log_context import ContextLogger, context_logger
 from broker.sessions.admission import OpenRequest
 from broker.sessions.errors import SessionNotFound, SessionRefused
 from broker.sessions.facts import Outcome
-from broker.sessions.hub import LiveSession
 from broker.sessions.hub_core import Member
+from broker.sessions.routing import SessionHandle
 from broker.transcript.asciicast import TERM_PATTERN
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ class GatewaySession(asyncssh.SSHServerSession[bytes]):
         self._command: str | None = None
         self._exec = False
         self._sftp = False
-        self._live: LiveSession | None = None
+        self._live: SessionHandle | None = None
         self._pid = 0
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -146,7 +146,7 @@ class GatewaySession(asyncssh.SSHServerSession[bytes]):
             peer=server.source,
         )
 
-    async def _attach(self) -> tuple[LiveSession, Member]:
+    async def _attach(self) -> tuple[SessionHandle, Member]:
         """``T-1042+s-…``: join the live session, or watch it when the rules let this staff
         member watch but not type (not invited, level 1). The hub sends its current screen
         first."""
@@ -163,7 +163,7 @@ class GatewaySession(asyncssh.SSHServerSession[bytes]):
             )
         manager = server.gateway.manager
         try:
-            return await manager.attach(
+            return await manager.attach_anywhere(
                 staff_name=staff.name,
                 session_id=target.session,
                 ticket_id=target.ticket,
@@ -174,7 +174,7 @@ class GatewaySession(asyncssh.SSHServerSession[bytes]):
         except SessionRefused as exc:
             if exc.code not in WATCH_INSTEAD:
                 raise
-        return await manager.attach(
+        return await manager.attach_anywhere(
             staff_name=staff.name,
             session_id=target.session,
             ticket_id=target.ticket,
@@ -212,7 +212,7 @@ class GatewaySession(asyncssh.SSHServerSession[bytes]):
             source=server.source,
         )
         try:
-            live, member = await server.gateway.manager.open(request, self)
+            live, member = await server.gateway.manager.open_anywhere(request, self)
         except SessionRefused as exc:
             self._exit_with(exc.message)
             return
@@ -222,7 +222,7 @@ class GatewaySession(asyncssh.SSHServerSession[bytes]):
             return
         self._started(live, member)
 
-    def _started(self, live: LiveSession, member: Member) -> None:
+    def _started(self, live: SessionHandle, member: Member) -> None:
         if self._closed:
             live.detach(member.pid, "disconnected")
             return

@@ -46,11 +46,10 @@ from broker.services import SERVICES
 from broker.sessions.admission import OpenRequest
 from broker.sessions.errors import SessionError
 from broker.sessions.facts import Outcome
-from broker.sessions.hub import LiveSession
 from broker.sessions.hub_core import Member
 from broker.sessions.input_ledger import InputKind
+from broker.sessions.routing import SessionHandle
 from broker.sessions.runtime import SESSIONS
-from broker.transcript import END_ENDED
 from broker.web.auth import authenticate
 from broker.web.terminal_tickets import TerminalGrant
 from broker.web.terminals import TERMINALS
@@ -88,7 +87,7 @@ class WebTerminal:
         self._wake = asyncio.Event()
         self._closing: tuple[int, str] | None = None
         self.closed = asyncio.Event()
-        self.live: LiveSession | None = None
+        self.live: SessionHandle | None = None
         self.pid = 0
         # Typed (or answered) before the session ran; sent when it does.
         self.early: list[tuple[InputKind, bytes]] = []
@@ -103,7 +102,7 @@ class WebTerminal:
         else:
             self.may_read.set()
 
-    def bind(self, live: LiveSession, member: Member) -> None:
+    def bind(self, live: SessionHandle, member: Member) -> None:
         self.live, self.pid = live, member.pid
         for kind, data in self.early:
             if kind == "typed":
@@ -373,7 +372,7 @@ async def _serve(
     manager = request.app[SESSIONS].manager
     size = [grant.cols, grant.rows]
     if grant.mode == "open":
-        start = manager.open(
+        start = manager.open_anywhere(
             OpenRequest(
                 staff=grant.staff,
                 target=SshTarget(ticket=grant.ticket_id, agent=grant.agent),
@@ -389,7 +388,7 @@ async def _serve(
         )
     else:
         assert grant.session is not None
-        start = manager.attach(
+        start = manager.attach_anywhere(
             staff_name=grant.staff,
             session_id=grant.session,
             ticket_id=grant.ticket_id,
@@ -421,7 +420,7 @@ async def _serve(
             )
             return
         terminal.bind(live, member)
-        if [live.facts.cols, live.facts.rows] != size:
+        if list(live.size) != size:
             live.resize(member.pid, size[0], size[1])
         await reader
     finally:
@@ -462,15 +461,6 @@ async def _read(ws: web.WebSocketResponse, terminal: WebTerminal, size: list[int
 
 
 def _end_by_owner(terminal: WebTerminal) -> None:
-    """ "End session" from whoever holds control; anyone else's request is ignored (a
-    joiner leaves by closing)."""
-    live = terminal.live
-    member = live.core.member(terminal.pid) if live is not None else None
-    if live is None or member is None or member.role != "owner":
-        return
-    live.end(
-        END_ENDED,
-        code="ended_by_owner",
-        message=f"the session was ended by {member.name}",
-        by=member.name,
-    )
+    """ "End session" from whoever holds control (the hub ignores anyone else)."""
+    if terminal.live is not None:
+        terminal.live.end_by_owner(terminal.pid)

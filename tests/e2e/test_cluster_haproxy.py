@@ -1,8 +1,10 @@
 """deploy/haproxy.cfg with a real HAProxy (Debian's package) in front of three real nodes:
 really enrolled agents come in through it and spread over the nodes, /readyz answers
-through it, a drained node's agents move to the others, and when the node holding agents
-is killed they come back on the others; a swarm of simulated agents (bench.agent_swarm)
-comes back, spread, after a node dies and after the whole cluster restarts."""
+through it, the real OpenSSH client through it opens a shell on an agent another node holds
+(watched from a third node, killed from a node other than the hub's), a drained node's
+agents move to the others, and when the node holding agents is killed they come back on the
+others; a swarm of simulated agents (bench.agent_swarm) comes back, spread, after a node
+dies and after the whole cluster restarts."""
 
 from __future__ import annotations
 
@@ -24,7 +26,15 @@ import pytest
 from bench.agent_swarm import Swarm, SwarmPlan, SwarmStatus, broker_call
 from tests.support.broker import BrokerProcess, cli_env, free_ports, secondline
 from tests.support.cluster import Cluster
-from tests.support.site import agent_cli, ok
+from tests.support.cluster_sessions import (
+    Observer,
+    Ssh,
+    add_staff,
+    landed_on,
+    session_of,
+    ticket_for,
+)
+from tests.support.site import Terminal, agent_cli, ok
 
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
 
@@ -183,14 +193,81 @@ async def readyz_of(node: BrokerProcess, cert: Path) -> tuple[int, dict[str, obj
         return response.status, await response.json()
 
 
+async def cross_node_session(
+    cluster: Cluster, lb: Balancer, held: dict[str, str], tmp: Path
+) -> None:
+    """bob's OpenSSH through HAProxy reaches a node other than the agent's; the shell runs
+    (recorded) on the agent's node; lena watches from the third node and sees the same
+    output; an admin's kill on a node other than the hub's ends it within 2 s for both; the
+    transcript verifies."""
+    first = cluster.first
+    cert = first / "keys" / "tls.crt"
+    key = add_staff(first, tmp)
+    agent = sorted(held)[0]
+    holder = held[agent]
+    ticket = ticket_for(first, agent)
+    ssh = Ssh(first, tmp, key, lb.ssh_port)
+    owner = await ssh.shell(f"{ticket}+{agent}")
+    sid = await session_of(owner)
+    landed = await landed_on(cluster, holder, sid)
+    same: Terminal | None = None
+    if landed == holder:
+        # HAProxy balances SSH by least connections: while this one stays open on the
+        # agent's node, the next connection goes to a node holding none.
+        same, owner = owner, await ssh.shell(f"{ticket}+{agent}")
+        sid = await session_of(owner)
+        landed = await landed_on(cluster, holder, sid)
+    assert landed != holder, (landed, holder)
+    third = next(n for n in ("n1", "n2", "n3") if n not in (holder, landed))
+    lena = ok(secondline("user", "token", "lena", data_dir=first))
+    observer = await Observer.watch(cluster.nodes[third].url, lb.url, cert, lena, ticket, sid)
+    try:
+        owner.type('echo "cross-$((6*7))"\n')
+        await owner.expect(b"cross-42")
+        await observer.expect(b"cross-42")
+
+        token = (first / "admin.token").read_text().strip()
+        killer = cluster.nodes[third].url
+        began = asyncio.get_running_loop().time()
+        status, _ = await broker_call(
+            killer, cert, token, "POST", f"/sessions/{sid}/kill?reason=cross-node"
+        )
+        assert status == 200, status
+        code, err = await owner.finish()
+        took = asyncio.get_running_loop().time() - began
+        assert took < 2.0, took
+        assert code == 255, (code, err)
+        assert "ended by admin: cross-node" in err, err
+        ended = await observer.ended()
+        assert ended.get("code") == "killed", ended
+    finally:
+        await observer.close()
+        for shell in (owner, same):
+            if shell is not None and shell.proc.returncode is None:
+                shell.proc.kill()
+                await shell.proc.wait()
+    # Recorded on the agent's node: its transcript verifies there (exit 0: valid).
+    ok(secondline("transcript", "verify", sid, data_dir=cluster.dirs[holder]))
+    # ... and holds what both saw: the shell's output went through the one recorder.
+    rendered = tmp / f"{sid}.txt"
+    ok(
+        secondline(
+            "transcript", "export", sid, "--format", "txt", "-o", str(rendered),
+            data_dir=cluster.dirs[holder],
+        )
+    )  # fmt: skip
+    assert "cross-42" in rendered.read_text(), rendered.read_text()[-400:]
+
+
 async def test_agents_spread_through_haproxy_move_off_a_drained_node_and_come_back(
     balanced: tuple[Cluster, Balancer], tmp_path: Path
 ) -> None:
     """Six agents enrolled and connected through HAProxy land on more than one node; /readyz
-    answers through it; `secondline node drain` takes a node out of HAProxy's pool (its
-    /readyz says draining) and its agents move to the others, audited; SIGKILL of a node
-    holding agents takes it out too and its agents return through HAProxy on the last
-    node."""
+    answers through it; OpenSSH through it opens a shell on an agent another node holds,
+    watched from a third node and killed from one (cross_node_session); `secondline node
+    drain` takes a node out of HAProxy's pool (its /readyz says draining) and its agents
+    move to the others, audited; SIGKILL of a node holding agents takes it out too and its
+    agents return through HAProxy on the last node."""
     cluster, lb = balanced
     nodes = [cluster.nodes[n] for n in ("n1", "n2", "n3")]
     first = nodes[0].data_dir
@@ -207,7 +284,12 @@ async def test_agents_spread_through_haproxy_move_off_a_drained_node_and_come_ba
     try:
         for i in range(AGENTS):
             name = f"web{i:02d}"
-            enroll = ok(secondline("token", "create", "--customer", "acme", data_dir=first))
+            enroll = ok(
+                secondline(
+                    "token", "create", "--customer", "acme", "--consent", "unattended",
+                    data_dir=first,
+                )
+            )  # fmt: skip
             state = tmp_path / f"agent-{name}"
             ok(agent_cli(state, "enroll", lb.url, enroll, "--name", name))
             agents.append(
@@ -229,6 +311,9 @@ async def test_agents_spread_through_haproxy_move_off_a_drained_node_and_come_ba
 
         rows = json.loads(ok(secondline("cluster", "status", "--json", data_dir=first)))
         assert sum(int(r["agents"]) for r in rows) == AGENTS
+
+        # Issue 16's one flow across nodes, on the same cluster (a second one costs CI time).
+        await cross_node_session(cluster, lb, held, tmp_path)
 
         # Drain the node holding most agents (asked on n1, passed on over NATS unless it
         # is n1): HAProxy takes it out on its /readyz, and its agents move to the others.

@@ -16,7 +16,7 @@ from broker.cluster.messages import (
     Subjects,
 )
 from broker.cluster.view import LEASE_S, ClusterView
-from broker.config import load_config
+from broker.config import load_config, peer_url
 from broker.errors import ConfigError
 
 
@@ -142,3 +142,4 @@ def test_the_configuration_in_docs_cluster_md_is_what_the_broker_reads(tmp_path:
     config = load_config(tmp_path, env={}, overrides={"node": "n1"})
     assert (config.clustered, config.cluster_name, config.node) == (True, "main", "n1")
     assert config.public_url == "https://support.example.com:8443"
+    assert peer_url(config) == "https://10.0.0.11:8443"
