@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from bench.agent_swarm import broker_call
-from tests.support.broker import BrokerProcess, CliResult, cli_env, secondline
-from tests.support.cluster import Cluster
+from tests.support.broker import BrokerProcess, CliResult, cli_env, free_port, secondline
+from tests.support.cluster import Cluster, heard_twice
 from tests.support.site import Site, keygen, new_ticket, ok, sessions_of, start_agent
 
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e, pytest.mark.serial]
@@ -162,15 +162,40 @@ async def test_kill_disable_and_revoke_on_one_node_act_on_the_node_holding_them(
         await site.agent.wait()
 
 
-async def test_a_dead_nodes_session_is_sealed_by_another_and_verifies(
+async def test_an_unreachable_node_is_named_and_a_dead_nodes_session_is_sealed_by_another(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    """A session recorded on a node killed with SIGKILL cannot be killed from another node
-    (the refusal names the node and what happens to the session); the survivor seals it as
-    interrupted once the node's lease runs out, and its transcript, with what the shell
-    printed, plays and verifies there."""
+    """n2 announces an address nothing answers on (a wrong peer_url, as a firewall between
+    the nodes would): bob on n1 asking for a shell on n2's agent is refused with the node,
+    the address and what failed, and the refusal is audited. Then a session recorded on
+    n1, killed with SIGKILL, cannot be killed from n2 (the refusal names the node and what
+    happens to the session); the survivor seals it as interrupted once the node's lease
+    runs out, and its transcript, with what the shell printed, plays and verifies there."""
+    dead = f"https://127.0.0.1:{free_port()}"
+    with (cluster.add_dir("n2") / "secondline.toml").open("a", encoding="utf-8") as fh:
+        fh.write(f'peer_url = "{dead}"\n')  # [cluster] is the file's last table
     site = await site_on(cluster, tmp_path)
     n1, n2 = cluster.nodes["n1"], cluster.nodes["n2"]
+    on_n2 = Site(n2, tmp_path, site.key, site.known_hosts)
+    await start_agent(on_n2, "web02", "unattended")
+    try:
+        far = new_ticket(site, "web02")
+        agents = json.loads(ok(secondline("agent", "list", "--json", data_dir=site.data_dir)))
+        await heard_twice(cluster, "n2", str(agents[0]["id"]))  # n1 knows where web02 is
+        refused = await site.ssh(far, "true")
+        assert refused.code == 255, refused
+        assert "the agent's tunnel is on node n2" in refused.err, refused.err
+        assert f"({dead}), which this node cannot reach" in refused.err, refused.err
+        audited = refusals(site.data_dir)[0]
+        assert audited["actor"] == "bob"
+        details = audited["details"]
+        assert isinstance(details, dict)
+        assert details["code"] == "node_unreachable"
+    finally:
+        if on_n2.agent is not None:
+            on_n2.agent.kill()
+            await on_n2.agent.wait()
+
     await start_agent(site, "web01", "unattended")
     site.ticket = new_ticket(site, "web01")
     term = await site.interactive(site.ticket)
@@ -207,3 +232,9 @@ async def test_a_dead_nodes_session_is_sealed_by_another_and_verifies(
     if site.agent is not None:
         site.agent.kill()
         await site.agent.wait()
+
+
+def refusals(data_dir: Path) -> list[dict[str, object]]:
+    """The audited ``session.refused`` events, newest first."""
+    listed = secondline("audit", "list", "--json", "--action", "session.refused", data_dir=data_dir)
+    return list(json.loads(ok(listed)))

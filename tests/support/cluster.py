@@ -6,12 +6,17 @@ never hear each other."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import secrets
 import shutil
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import nats
+from nats.aio.msg import Msg
 
 from broker.config import write_config
 from tests.support.broker import BrokerProcess, free_ports, init_dir, start_broker
@@ -90,3 +95,26 @@ def make_cluster(tmp: Path, backend: Backend, nats_url: str = NATS_URL) -> Clust
     name = f"t{secrets.token_hex(6)}"
     first = init_dir(tmp / "n1", backend)
     return Cluster(tmp, name, nats_url, {"n1": node_dir(first, first, name, nats_url)})
+
+
+async def heard_twice(cluster: Cluster, node: str, agent_id: str) -> None:
+    """Wait until ``node`` has announced holding ``agent_id`` twice on the cluster's NATS:
+    every other node has taken the first of the two in by then (a heartbeat apart)."""
+    client = await nats.connect(cluster.nats_url)
+    heard = 0
+    got = asyncio.Event()
+
+    async def on_presence(msg: Msg) -> None:
+        nonlocal heard
+        body = json.loads(msg.data)
+        if body.get("node") == node and agent_id in body.get("agents", []):
+            heard += 1
+            if heard >= 2:
+                got.set()
+
+    try:
+        await client.subscribe(f"secondline.{cluster.name}.presence", cb=on_presence)
+        async with asyncio.timeout(30):
+            await got.wait()
+    finally:
+        await client.close()
