@@ -16,9 +16,9 @@ import pytest
 
 from tests.e2e.test_cluster_nodes import site_on, status
 from tests.support.broker import BrokerProcess, free_port, secondline
-from tests.support.cluster import Cluster, make_cluster
+from tests.support.cluster import Cluster, heard_twice, make_cluster
 from tests.support.database import Backend
-from tests.support.site import ok, start_agent
+from tests.support.site import Site, new_ticket, ok, start_agent
 
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
 
@@ -96,17 +96,35 @@ async def readyz(node: BrokerProcess) -> tuple[int, dict[str, object]]:
 async def test_nodes_outlive_nats_and_announce_themselves_when_it_returns(
     outage: tuple[Cluster, NatsServer], tmp_path: Path
 ) -> None:
-    """With NATS gone a node keeps its agent and says it is not ready; when NATS returns
-    both nodes reconnect, hear each other again and answer `cluster status`."""
+    """With NATS gone a node keeps its agent and says it is not ready; a session that
+    crosses nodes goes on, while a new one is refused saying the bus is lost; when NATS
+    returns both nodes reconnect, hear each other again and answer `cluster status`."""
     cluster, nats = outage
     site = await site_on(cluster, tmp_path)
     n1, n2 = cluster.nodes["n1"], cluster.nodes["n2"]
     await start_agent(site, "web01", "unattended")
     assert (await readyz(n1))[0] == 200
+    site.ticket = new_ticket(site, "web01")
+    agents = json.loads(ok(secondline("agent", "list", "--json", data_dir=n1.data_dir)))
+    await heard_twice(cluster, "n1", str(agents[0]["id"]))  # n2 knows where web01 is
+    via_n2 = Site(n2, tmp_path, site.key, tmp_path / "known_hosts_n2")
+    host_key = site.known_hosts.read_text().split()[1:]
+    via_n2.known_hosts.write_text(f"[127.0.0.1]:{via_n2.ssh_port} {' '.join(host_key)}\n")
+    crossing = await via_n2.interactive(site.ticket)  # bob on n2, the shell on n1
+    crossing.type("echo before-$((40+2))\n")
+    await crossing.expect(b"before-42")
 
     marks = len(n1.output), len(n2.output)
     await nats.stop()
     await n1.wait_for_line(rb"NATS connection lost", marks[0])
+    await n2.wait_for_line(rb"NATS connection lost", marks[1])
+    crossing.type("echo during-$((40+2))\n")
+    await crossing.expect(b"during-42")  # its stream is node to node, not over NATS
+    refused = await via_n2.ssh(site.ticket, "true")
+    assert refused.code == 255, refused
+    assert "this node has lost the cluster bus (NATS)" in refused.err, refused.err
+    crossing.type("exit\n")
+    assert (await crossing.finish())[0] == 0
     assert await readyz(n1) == (
         503,
         {"status": "unavailable", "node": "n1", "database": "up", "bus": "down", "draining": False},
