@@ -11,6 +11,7 @@ from aiohttp import web
 
 from broker.cluster.bus import BusUnavailable, NoResponder
 from broker.cluster.feature import CLUSTER
+from broker.cluster.messages import BadMessage, Steer, SteerResult
 from broker.db.models_sessions import RemoteSession
 from broker.sessions.errors import SessionConflict
 
@@ -35,6 +36,33 @@ async def kill_elsewhere(
             "last heartbeat"
         ) from None
     except TimeoutError:
+        raise SessionConflict(
+            f"node {row.node}, which runs session {row.id}, did not answer in time; try again"
+        ) from None
+    except BusUnavailable:
+        raise SessionConflict(
+            f"session {row.id} runs on node {row.node}, and this node has lost the cluster "
+            "bus (NATS); try again shortly, or on another node"
+        ) from None
+
+
+async def steer_elsewhere(
+    app: web.Application, row: RemoteSession, kind: str, *, by: str, name: str
+) -> SteerResult | None:
+    """Ask the node recorded as running ``row`` to invite or hand over (its hub holds who
+    is present and who is invited); None when no other node runs it. Raises
+    SessionConflict with the reason when that node cannot be reached."""
+    node = app.get(CLUSTER)
+    if node is None or not row.node or row.node == node.name or row.ended_at is not None:
+        return None
+    steer = Steer(kind=kind, session=row.id, by=by, name=name)
+    try:
+        return await node.steer_on(row.node, steer)
+    except NoResponder:
+        raise SessionConflict(
+            f"session {row.id} runs on node {row.node}, which is not in the cluster now"
+        ) from None
+    except (TimeoutError, BadMessage):
         raise SessionConflict(
             f"node {row.node}, which runs session {row.id}, did not answer in time; try again"
         ) from None

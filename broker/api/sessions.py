@@ -17,7 +17,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from broker.api.cluster_control import kill_elsewhere
+from broker.api.cluster_control import kill_elsewhere, steer_elsewhere
 from broker.api.routing import ApiContext, ApiRouter, QueryParam
 from broker.db.models_sessions import RemoteSession
 from broker.errors import ForbiddenError, InputError
@@ -324,13 +324,25 @@ async def _steer(ctx: ApiContext, action: str, name: str) -> LiveControlOut:
     )
     runtime = ctx.request.app.get(SESSIONS)
     live = runtime.manager.get(row.id) if runtime is not None else None
-    if live is None or not live.running:
-        raise SessionConflict(f"session {row.id} is not live on this broker node")
     target = {"user": name} if action == "session.invite" else {"to": name}
+    elsewhere = None
+    if live is None:
+        # In a cluster the hub may run on another node: it decides there, audited here.
+        app = ctx.request.app
+        elsewhere = await steer_elsewhere(app, row, action, by=principal.name, name=name)
+    if elsewhere is not None and elsewhere.code == "not_live":
+        elsewhere, live = None, None
+    if elsewhere is None and (live is None or not live.running):
+        raise SessionConflict(f"session {row.id} is not live on this broker node")
     try:
-        if action == "session.invite":
+        if elsewhere is not None:
+            if elsewhere.code == "ending":
+                raise HubClosed(elsewhere.message)
+            if elsewhere.code:
+                raise HubRefused(elsewhere.code, elsewhere.message)
+        elif live is not None and action == "session.invite":
             live.invite(principal.name, name)
-        else:
+        elif live is not None:
             live.hand_over(principal.name, name)
     except (HubRefused, HubClosed) as exc:
         code = exc.code if isinstance(exc, HubRefused) else "ending"
@@ -348,6 +360,10 @@ async def _steer(ctx: ApiContext, action: str, name: str) -> LiveControlOut:
     await ctx.services.audit.record(
         actor=principal.name, action=action, target=row.id, source=ctx.source, details=target
     )
+    if elsewhere is not None:
+        people = [{"name": n, "role": r} for n, r in elsewhere.participants]
+        return LiveControlOut(id=row.id, participants=people, invited=list(elsewhere.invited))
+    assert live is not None
     return LiveControlOut(
         id=row.id, participants=roles_of(live.core.members), invited=sorted(live.core.invited)
     )

@@ -29,7 +29,7 @@ from broker.cluster import peering
 from broker.cluster.bus import Bus, InProcessBus
 from broker.cluster.drain import Drainer, DrainHooks
 from broker.cluster.health import NodeFigures, metrics_registry
-from broker.cluster.messages import Control
+from broker.cluster.messages import Control, Steer, SteerResult
 from broker.cluster.nats_bus import NatsBus
 from broker.cluster.node import ClusterNode, LocalActions
 from broker.cluster.peer_client import PeerRouter
@@ -37,6 +37,7 @@ from broker.cluster.peer_server import PEER_STATE, PeerState, peer_socket
 from broker.config import peer_url
 from broker.db.models_sessions import SessionOutbox
 from broker.services import SERVICES
+from broker.sessions.hub_core import HubClosed, HubRefused, roles_of
 from broker.sessions.runtime import SESSION_ROUTER, SESSIONS
 from broker.supervision import Supervisor
 
@@ -127,6 +128,23 @@ def _actions(app: web.Application) -> LocalActions:
     async def drain(control: Control) -> bool:
         return start_drain(app, by=control.by)
 
+    def steer(request: Steer) -> SteerResult:
+        sessions = app.get(SESSIONS)
+        live = sessions.manager.get(request.session) if sessions is not None else None
+        if live is None or not live.running:
+            return SteerResult("not_live", f"session {request.session} is not live any more")
+        try:
+            if request.kind == "session.invite":
+                live.invite(request.by, request.name)
+            else:
+                live.hand_over(request.by, request.name)
+        except HubRefused as exc:
+            return SteerResult(exc.code, exc.message)
+        except HubClosed as exc:
+            return SteerResult("ending", str(exc))
+        people = tuple((p["name"], p["role"]) for p in roles_of(live.core.members))
+        return SteerResult("", "", people, tuple(sorted(live.core.invited)))
+
     return LocalActions(
         held=held,
         kill=kill,
@@ -135,6 +153,7 @@ def _actions(app: web.Application) -> LocalActions:
         rewrite_presence=rewrite_presence,
         forget_node=forget_node,
         drain=drain,
+        steer=steer,
     )
 
 

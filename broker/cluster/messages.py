@@ -229,3 +229,75 @@ class TicketNotice:
         if not message:
             raise BadMessage("message is empty")
         return cls(ticket_id=ticket, message=message, origin=_text(raw, "origin", 32))
+
+
+STEER_KINDS: Final = ("session.invite", "session.control")
+
+
+@dataclass(frozen=True, slots=True)
+class Steer:
+    """The owner ``by`` invites ``name`` to, or hands control of, a session that another
+    node runs; the API node judged who asks and audits the outcome."""
+
+    kind: str
+    session: str
+    by: str
+    name: str
+
+    def serialize(self) -> bytes:
+        return _dump({"kind": self.kind, "session": self.session, "by": self.by, "name": self.name})
+
+    @classmethod
+    def parse(cls, data: bytes) -> Steer:
+        raw = _load(data)
+        kind = _text(raw, "kind", 32)
+        if kind not in STEER_KINDS:
+            raise BadMessage(f"kind {kind!r} is not one of {', '.join(STEER_KINDS)}")
+        session, by, name = _text(raw, "session", 64), _text(raw, "by", 64), _text(raw, "name", 64)
+        if not (_ID.fullmatch(session) and by and name):
+            raise BadMessage("session, by or name is missing or out of shape")
+        return cls(kind=kind, session=session, by=by, name=name)
+
+
+@dataclass(frozen=True, slots=True)
+class SteerResult:
+    """What the node running the session did: ``code`` "" when it did, else the hub's
+    refusal code (``ending``, ``not_live`` or one of HubRefused's) and its sentence."""
+
+    code: str
+    message: str = ""
+    participants: tuple[tuple[str, str], ...] = ()  # (name, role)
+    invited: tuple[str, ...] = ()
+
+    def serialize(self) -> bytes:
+        return _dump(
+            {
+                "code": self.code,
+                "message": self.message,
+                "participants": [list(p) for p in self.participants],
+                "invited": list(self.invited),
+            }
+        )
+
+    @classmethod
+    def parse(cls, data: bytes) -> SteerResult:
+        raw = _load(data)
+        people = raw.get("participants", [])
+        invited = raw.get("invited", [])
+        if not isinstance(people, list) or not isinstance(invited, list):
+            raise BadMessage("participants or invited is not a list")
+        if len(people) > 64 or len(invited) > 64:
+            raise BadMessage("more than 64 participants or invited")
+        pairs: list[tuple[str, str]] = []
+        for p in people:
+            if not (isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p)):
+                raise BadMessage("a participant is not [name, role]")
+            pairs.append((p[0][:64], p[1][:16]))
+        if not all(isinstance(n, str) and len(n) <= 64 for n in invited):
+            raise BadMessage("invited holds something that is not a name")
+        return cls(
+            code=_text(raw, "code", 64),
+            message=_text(raw, "message", 500),
+            participants=tuple(pairs),
+            invited=tuple(invited),
+        )

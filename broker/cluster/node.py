@@ -34,7 +34,15 @@ from broker.cluster.bus import (
     NoResponder,
     Subscription,
 )
-from broker.cluster.messages import Announcement, BadMessage, Control, ControlResult, Subjects
+from broker.cluster.messages import (
+    Announcement,
+    BadMessage,
+    Control,
+    ControlResult,
+    Steer,
+    SteerResult,
+    Subjects,
+)
 from broker.cluster.view import HEARTBEAT_S, ClusterView
 from broker.config import valid_node_name
 
@@ -60,6 +68,8 @@ class LocalActions:
     forget_node: Callable[[str], Awaitable[None]]
     # Start draining this node (`secondline node drain`); False when it drains already.
     drain: Callable[[Control], Awaitable[bool]] | None = None
+    # An invitation or hand-over for a session of this node, asked by another node.
+    steer: Callable[[Steer], SteerResult] = lambda _: SteerResult("not_live")
 
 
 class ClusterNode:
@@ -108,6 +118,7 @@ class ClusterNode:
             await self.bus.subscribe(self.subjects.control, self._on_control),
             await self.bus.subscribe(self.subjects.node(self.name, "kill"), self._on_kill),
             await self.bus.subscribe(self.subjects.node(self.name, "drain"), self._on_drain),
+            await self.bus.subscribe(self.subjects.node(self.name, "steer"), self._on_steer),
         ]
         self.bus.on_reconnect(self._on_reconnect)
         if self._heartbeat:
@@ -219,7 +230,28 @@ class ClusterNode:
         if message.reply:
             await self.bus.publish(message.reply, ControlResult(self.name, done).serialize())
 
+    async def _on_steer(self, message: Message) -> None:
+        try:
+            steer = Steer.parse(message.data)
+        except BadMessage as exc:
+            log.warning("dropped a steer request: %s", exc)
+            return
+        result = self._actions.steer(steer)
+        if message.reply:
+            await self.bus.publish(message.reply, result.serialize())
+
     # -- asking ----------------------------------------------------------------------------
+
+    async def steer_on(self, node: str, steer: Steer) -> SteerResult:
+        """Ask ``node`` to invite or hand over in a session it runs. NoResponder when that
+        node is not running, TimeoutError when it did not answer, BadMessage when its
+        answer is out of shape."""
+        if not valid_node_name(node):
+            raise NoResponder(f"{node!r} is not a node name")
+        answer = await self.bus.request(
+            self.subjects.node(node, "steer"), steer.serialize(), CONTROL_WAIT_S
+        )
+        return SteerResult.parse(answer)
 
     async def broadcast(self, kind: str, target: str, *, by: str, source: str = "") -> None:
         """Tell every other node (revoke, disable); BusUnavailable when NATS is away."""

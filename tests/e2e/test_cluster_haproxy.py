@@ -198,8 +198,8 @@ async def cross_node_session(
 ) -> None:
     """bob's OpenSSH through HAProxy reaches a node other than the agent's; the shell runs
     (recorded) on the agent's node; lena watches from the third node and sees the same
-    output; an admin's kill on a node other than the hub's ends it within 2 s for both; the
-    transcript verifies."""
+    output; bob invites her through his node; an admin's kill on a node other than the
+    hub's ends it within 2 s for both; the transcript verifies."""
     first = cluster.first
     cert = first / "keys" / "tls.crt"
     key = add_staff(first, tmp)
@@ -225,6 +225,16 @@ async def cross_node_session(
         owner.type('echo "cross-$((6*7))"\n')
         await owner.expect(b"cross-42")
         await observer.expect(b"cross-42")
+        # The owner's invitation, asked of the node bob landed on, is decided by the hub.
+        bob = ok(secondline("user", "token", "bob", data_dir=first))
+        url = cluster.nodes[landed].url
+        status, steered = await broker_call(
+            url, cert, bob, "POST", f"/sessions/{sid}/invite", {"user": "lena"}
+        )
+        assert status == 200, steered
+        assert isinstance(steered, dict)
+        assert steered["invited"] == ["lena"]
+        assert {"name": "lena", "role": "observer"} in steered["participants"]
 
         token = (first / "admin.token").read_text().strip()
         killer = cluster.nodes[third].url

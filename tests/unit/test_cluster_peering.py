@@ -8,7 +8,7 @@ import json
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from broker.cluster.messages import Announcement, BadMessage
+from broker.cluster.messages import Announcement, BadMessage, Steer, SteerResult
 from broker.cluster.peering import (
     SKEW_S,
     AttachAsk,
@@ -271,3 +271,22 @@ def test_a_node_announces_where_it_is_dialled() -> None:
 def test_peer_urls(url: str, valid: bool) -> None:
     """A peer address is https://HOST:PORT and nothing more."""
     assert valid_peer_url(url) is valid
+
+
+def test_steering_round_trips_and_is_checked() -> None:
+    """An invitation asked of another node, and its answer, come back the same; anything
+    out of shape is refused."""
+    steer = Steer(kind="session.invite", session="s-" + "a" * 22, by="bob", name="lena")
+    assert Steer.parse(steer.serialize()) == steer
+    result = SteerResult("", "", (("bob", "owner"), ("lena", "observer")), ("lena",))
+    assert SteerResult.parse(result.serialize()) == result
+    for bad in (
+        b'{"kind": "session.kill", "session": "s-1", "by": "a", "name": "b"}',
+        b'{"kind": "session.invite", "session": "s 1", "by": "a", "name": "b"}',
+        b'{"kind": "session.invite", "session": "s-1", "by": "", "name": "b"}',
+    ):
+        with pytest.raises(BadMessage):
+            Steer.parse(bad)
+    for bad in (b'{"code": "", "participants": [["a"]]}', b'{"code": "", "invited": [1]}'):
+        with pytest.raises(BadMessage):
+            SteerResult.parse(bad)
