@@ -328,7 +328,11 @@ class PeerRouter:
                 "each other)",
             ) from None
         remote = RemoteSession(ws, terminal, node)
-        if self.tasks.spawn(f"relaying a session of node {node}", remote.run()) is None:
+        # Cancelled at stop: a relay means nothing once this node stops serving its staff.
+        relay = self.tasks.spawn(
+            f"relaying a session of node {node}", remote.run(), cancel_at_stop=True
+        )
+        if relay is None:
             await ws.close()
             raise RouteFailed(NODE_UNREACHABLE, "this node is shutting down; try again")
         try:
