@@ -35,7 +35,7 @@ from broker.cluster.peering import (
     parse_ask,
     parse_control,
 )
-from broker.errors import ForbiddenError, NotFoundError
+from broker.errors import error_response
 from broker.log_context import context_logger
 from broker.services import SERVICES
 from broker.sessions.admission import OpenRequest
@@ -206,7 +206,8 @@ async def peer_socket(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     state = request.app.get(PEER_STATE)
     if state is None:
-        raise NotFoundError("this broker is a single node: it takes no node-to-node requests")
+        message = "this broker is a single node: it takes no node-to-node requests"
+        return error_response(404, "not_found", message)
     try:
         origin = check_credential(
             state.key, request.headers.get(PEER_HEADER), state.node, time.time(), state.nonces
@@ -218,10 +219,8 @@ async def peer_socket(request: web.Request) -> web.StreamResponse:
             target=request.path,
             reason=str(exc),
         )
-        raise ForbiddenError(
-            f"node-to-node requests need a valid {PEER_HEADER} credential: {exc}",
-            code="peer_refused",
-        ) from None
+        message = f"node-to-node requests need a valid {PEER_HEADER} credential: {exc}"
+        return error_response(403, "peer_refused", message)
     ws = web.WebSocketResponse(max_msg_size=MAX_MESSAGE + 1, heartbeat=15.0)
     await ws.prepare(request)
     terminal = PeerTerminal(ws)

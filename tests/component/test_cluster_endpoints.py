@@ -40,3 +40,10 @@ async def test_metrics_count_what_the_node_holds_and_refusals_by_code(api: Api) 
         'secondline_refusals_total{action="login.failed",code="denied",node="single"} 1.0',
     ):
         assert line in text.splitlines(), line
+
+
+async def test_a_single_node_takes_no_node_to_node_requests(api: Api) -> None:
+    """The peer endpoint of sessions across nodes answers 404 on a single node, saying why."""
+    r = await api.client.get("/cluster/v1/peer")
+    assert r.status == 404
+    assert "single node" in (await r.json())["error"]["message"]

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import sys
 import time
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from bench.agent_swarm import broker_call
+from broker.cluster.peering import PATH, PEER_HEADER, credential
 from tests.support.broker import BrokerProcess, CliResult, cli_env, free_port, secondline
 from tests.support.cluster import Cluster, heard_twice
 from tests.support.site import Site, keygen, new_ticket, ok, sessions_of, start_agent
@@ -176,6 +179,12 @@ async def test_an_unreachable_node_is_named_and_a_dead_nodes_session_is_sealed_b
         fh.write(f'peer_url = "{dead}"\n')  # [cluster] is the file's last table
     site = await site_on(cluster, tmp_path)
     n1, n2 = cluster.nodes["n1"], cluster.nodes["n2"]
+    # Only a node of this cluster is served on the peer endpoint (the HTTPS port is public).
+    stranger = credential(b"not this cluster's key".ljust(32), "n2", "n1", time.time())
+    for header in ({}, {PEER_HEADER: stranger}):
+        refused_peer = await peer_call(n1, header)
+        assert refused_peer[0] == 403, refused_peer
+        assert refused_peer[1]["error"]["code"] == "peer_refused", refused_peer
     on_n2 = Site(n2, tmp_path, site.key, site.known_hosts)
     await start_agent(on_n2, "web02", "unattended")
     try:
@@ -238,3 +247,18 @@ def refusals(data_dir: Path) -> list[dict[str, object]]:
     """The audited ``session.refused`` events, newest first."""
     listed = secondline("audit", "list", "--json", "--action", "session.refused", data_dir=data_dir)
     return list(json.loads(ok(listed)))
+
+
+async def peer_call(
+    node: BrokerProcess, headers: dict[str, str]
+) -> tuple[int, dict[str, dict[str, str]]]:
+    """A WebSocket upgrade to ``node``'s peer endpoint with ``headers``: status and body."""
+    context = ssl.create_default_context(cafile=str(node.data_dir / "keys" / "tls.crt"))
+    context.check_hostname = False
+    upgrade = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13"}
+    upgrade["Sec-WebSocket-Key"] = "dGhlIHNhbXBsZSBub25jZQ=="
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context)) as session,
+        session.get(node.url + PATH, headers={**upgrade, **headers}) as response,
+    ):
+        return response.status, dict(await response.json())
