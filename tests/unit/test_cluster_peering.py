@@ -207,6 +207,7 @@ def test_events_are_checked() -> None:
         )
     )
     assert fields["ended_by"] == "admin"
+    assert parse_event(event("pause", paused=True)) == ("pause", {"paused": True})
     for bad in (
         event("shell", cmd="rm"),
         event("notice"),
@@ -214,6 +215,7 @@ def test_events_are_checked() -> None:
         event("notice", message="x", extra=1),
         event("participants", list=[{"name": "a"}]),
         event("notice", message="x" * 2000),
+        event("pause", paused="yes"),
     ):
         with pytest.raises(BadPeerMessage):
             parse_event(bad)
