@@ -256,8 +256,10 @@ async def cross_node_session(
             if shell is not None and shell.proc.returncode is None:
                 shell.proc.kill()
                 await shell.proc.wait()
-    # Recorded on the agent's node: its transcript verifies there (exit 0: valid).
-    ok(secondline("transcript", "verify", sid, data_dir=cluster.dirs[holder]))
+    # Recorded once, on the agent's node: it verifies there, and on the others from the
+    # shared store (exit 0: valid).
+    for node in (holder, landed, third):
+        ok(secondline("transcript", "verify", sid, data_dir=cluster.dirs[node]))
     # ... and holds what both saw: the shell's output went through the one recorder.
     rendered = tmp / f"{sid}.txt"
     ok(
