@@ -41,10 +41,19 @@ class RefusalAuditor(SummaryWriter):
         self._services = services
 
     async def refused(
-        self, agent_id: str, *, enrolled: bool, source: str, reason: str, **details: object
+        self,
+        agent_id: str,
+        *,
+        enrolled: bool,
+        source: str,
+        reason: str,
+        per_agent: bool = True,
+        **details: object,
     ) -> bool:
-        """Account for one refusal; True when it was audited on its own just now."""
-        kind = (agent_id if enrolled else "", source, reason)
+        """Account for one refusal; True when it was audited on its own just now.
+        ``per_agent=False``: a refusal about the node, not the agent (a node at its share),
+        is one kind for every agent, so that a herd writes one event, not one per agent."""
+        kind = (agent_id if enrolled and per_agent else "", source, reason)
         if not self._digest.refused(kind, time.monotonic(), self._services.clock()):
             return False
         await self._record(agent_id, source, {"reason": reason, **details})

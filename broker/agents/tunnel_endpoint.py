@@ -5,14 +5,18 @@ Order of checks, cheapest first, so a flood costs the broker as little as possib
 1. the ``X-Secondline-Agent`` header names an agent id (strict syntax), and the request is a
    WebSocket upgrade (else 400);
 2. the agent is enrolled and not revoked (else 403, audited);
-3. the broker has a descriptor to spare for one more tunnel (else 503 with ``Retry-After``;
+3. on a cluster node, the node holds less than its fair share of the cluster's agents
+   (else 503 ``over_share`` with a jittered ``Retry-After``, audited: the agent dials the
+   load balancer again, which sends it to a node holding fewer; see
+   :mod:`broker.cluster.share`);
+4. the broker has a descriptor to spare for one more tunnel (else 503 with ``Retry-After``;
    see :mod:`broker.agents.descriptors`), and the handshake limiter admits it (else 503
    with ``Retry-After``: the agent's place in line);
-4. the upgrade; then an asyncssh client over :class:`agent.tunnel.WebSocketTunnel` that
+5. the upgrade; then an asyncssh client over :class:`agent.tunnel.WebSocketTunnel` that
    trusts only the host key this agent enrolled with. Whoever claims another agent's id
    fails here (audited), and nothing else is touched. A peer that stalls meets the
    handshake timeout; garbage and oversized messages end the tunnel (audited);
-5. the registry makes it the agent's one connection (an older one is closed), the agent
+6. the registry makes it the agent's one connection (an older one is closed), the agent
    is marked online, and its facts are refreshed with ``sl:facts``.
 
 The handler then waits for the SSH connection to close (keepalives every 15 s, two missed
@@ -28,9 +32,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import random
 import socket
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Final
 
@@ -78,6 +83,22 @@ STORE_RETRY_S: Final = 5
 #: A draining node turns agents away for this long: by then the load balancer, which checks
 #: /readyz every second and drops a node after two failures, sends them to another node.
 DRAINING_RETRY_S: Final = 2
+#: A node at its fair share turns agents away for a random 1 to 3 s (the agent adds up to
+#: half again): the herd it turns away comes back spread, to the node the balancer picks.
+SHARE_RETRY_S: Final = (1, 3)
+#: The audit's reason for that refusal: one kind for all agents (refusal_audit), so a
+#: storm writes one event and a summary per window, not one per agent.
+OVER_SHARE_REASON: Final = "the node holds its fair share of the cluster's agents"
+
+
+@dataclass
+class ShareGate:
+    """Set by the cluster feature on a cluster node: ``admits(agent_id)`` says whether the
+    node lets one more agent in under its fair share (broker.cluster.share)."""
+
+    admits: Callable[[str], bool]
+    #: Agents turned away for the share (a metric).
+    refused: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -235,6 +256,18 @@ def _draining() -> web.Response:
     return response
 
 
+def _over_share() -> web.Response:
+    seconds = random.randint(*SHARE_RETRY_S)  # noqa: S311 - jitter, not a secret
+    response = error_response(
+        503,
+        "over_share",
+        "this broker node holds its share of the cluster's agents; connect again in "
+        f"{seconds} s and the load balancer picks a node holding fewer",
+    )
+    response.headers["Retry-After"] = str(seconds)
+    return response
+
+
 def _full() -> web.Response:
     response = error_response(
         503,
@@ -299,6 +332,13 @@ async def tunnel_handler(request: web.Request) -> web.StreamResponse:
     identity = await _identity(services, runtime, agent_id, source)
     if isinstance(identity, int):
         return _busy(identity)
+    gate = request.app.get(SHARE_GATE)
+    if gate is not None and not gate.admits(agent_id):
+        gate.refused += 1
+        await runtime.refusals.refused(
+            agent_id, enrolled=True, source=source, reason=OVER_SHARE_REASON, per_agent=False
+        )
+        return _over_share()
     # From here to the count below nothing awaits: the budget holds exactly, however many
     # upgrades arrive together.
     now = time.monotonic()
@@ -534,3 +574,4 @@ def _names(facts: dict[str, object], key: str) -> list[object]:
 
 
 TUNNEL_RUNTIME: Final = web.AppKey("agent_tunnel_runtime", TunnelRuntime)
+SHARE_GATE: Final = web.AppKey("agent_share_gate", ShareGate)

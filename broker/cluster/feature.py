@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from aiohttp import web
@@ -24,7 +25,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from broker.agents import agent_store
 from broker.agents.feature import AGENT_REGISTRY
-from broker.agents.tunnel_endpoint import TUNNEL_RUNTIME
+from broker.agents.tunnel_endpoint import SHARE_GATE, TUNNEL_RUNTIME, ShareGate
 from broker.cluster import peering
 from broker.cluster.bus import Bus, InProcessBus
 from broker.cluster.drain import Drainer, DrainHooks
@@ -34,12 +35,14 @@ from broker.cluster.nats_bus import NatsBus
 from broker.cluster.node import ClusterNode, LocalActions
 from broker.cluster.peer_client import PeerRouter
 from broker.cluster.peer_server import PEER_STATE, PeerState, peer_socket
+from broker.cluster.rebalance import RebalanceHooks, Rebalancer
+from broker.cluster.share import RefusalLedger, Share, share_of
 from broker.config import peer_url
 from broker.db.models_sessions import SessionOutbox
 from broker.services import SERVICES
 from broker.sessions.hub_core import HubClosed, HubRefused, roles_of
 from broker.sessions.runtime import SESSION_ROUTER, SESSIONS
-from broker.supervision import Supervisor
+from broker.supervision import OnFailure, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +55,34 @@ SINGLE: Final = "single"
 PROBE_WAIT_S: Final = 2.0
 
 
+@dataclass
+class Sharing:
+    """This node's part in spreading agents fairly (broker.cluster.share)."""
+
+    #: The app has started every feature: the node serves (and says so to the others).
+    serving: bool = False
+    ledger: RefusalLedger = field(default_factory=RefusalLedger)
+    rebalancer: Rebalancer | None = None
+
+
+SHARING: Final = web.AppKey("cluster_sharing", Sharing)
+
+
 def setup(app: web.Application) -> None:
+    app[SHARING] = Sharing()
     app.cleanup_ctx.append(_cluster_ctx)
+    # on_startup runs after every feature's context has started: the node serves now.
+    app.on_startup.append(_serving)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get(peering.PATH, peer_socket)
+
+
+async def _serving(app: web.Application) -> None:
+    app[SHARING].serving = True
+    node = app.get(CLUSTER)
+    if node is not None:
+        await node.announce_now()  # the others count it sooner than the next heartbeat
 
 
 @dataclass(frozen=True)
@@ -154,7 +180,62 @@ def _actions(app: web.Application) -> LocalActions:
         forget_node=forget_node,
         drain=drain,
         steer=steer,
+        ready=lambda: app[SHARING].serving and not app[SERVICES].draining,
     )
+
+
+def _share(app: web.Application, node: ClusterNode, *, admitted: bool) -> Share:
+    """This node's share now; ``admitted`` counts every admitted upgrade (handshakes under
+    way too, so a herd arriving at once is counted as it comes), else the live tunnels."""
+    registry = app.get(AGENT_REGISTRY)
+    held = 0
+    if registry is not None:
+        held = registry.open_tunnels if admitted else len(registry)
+    return share_of(held, node.view.nodes.values(), time.monotonic())
+
+
+def _start_sharing(app: web.Application, node: ClusterNode, tasks: Supervisor) -> None:
+    """The tunnel endpoint's gate and the rebalancer of a cluster node."""
+    sharing = app[SHARING]
+
+    def admits(agent_id: str) -> bool:
+        # Without the bus the view is stale: better take the agent than guess.
+        full = node.bus.connected and _share(app, node, admitted=True).full
+        return sharing.ledger.admit(agent_id, full)
+
+    app[SHARE_GATE] = ShareGate(admits)
+
+    def agents() -> list[str]:
+        registry = app.get(AGENT_REGISTRY)
+        return registry.online_ids() if registry is not None else []
+
+    def hand_off(agent_id: str) -> bool:
+        registry = app.get(AGENT_REGISTRY)
+        return registry is not None and registry.hand_off(
+            agent_id, "the node holds more than its share of agents: reconnect to another node"
+        )
+
+    rebalancer = Rebalancer(
+        RebalanceHooks(
+            share=lambda: _share(app, node, admitted=False),
+            agents=agents,
+            busy=lambda: _busy_agents(app),
+            hand_off=hand_off,
+            forced=lambda: sharing.ledger.forced,
+            paused=lambda: app[SERVICES].draining or not node.bus.connected,
+        )
+    )
+    sharing.rebalancer = rebalancer
+    # RESTART: it keeps no state a new loop could not rebuild from the view.
+    tasks.keep("rebalance", rebalancer.run, on_failure=OnFailure.RESTART)
+
+
+def _busy_agents(app: web.Application) -> set[str]:
+    """Agents with a session live on this node: their tunnels stay."""
+    sessions = app.get(SESSIONS)
+    if sessions is None:
+        return set()
+    return {live.facts.agent_id for live in sessions.manager.live.values()}
 
 
 def start_drain(app: web.Application, *, by: str) -> bool:
@@ -175,10 +256,7 @@ def start_drain(app: web.Application, *, by: str) -> bool:
         return registry.online_ids() if registry is not None else []
 
     def busy() -> set[str]:
-        sessions = app.get(SESSIONS)
-        if sessions is None:
-            return set()
-        return {live.facts.agent_id for live in sessions.manager.live.values()}
+        return _busy_agents(app)
 
     def close(agent_id: str) -> bool:
         registry = app.get(AGENT_REGISTRY)
@@ -187,7 +265,12 @@ def start_drain(app: web.Application, *, by: str) -> bool:
         )
 
     drainer = Drainer(DrainHooks(agents=agents, busy=busy, close=close))
-    app[CLUSTER_TASKS].spawn("drain", drainer.run(), cancel_at_stop=True)
+    tasks = app[CLUSTER_TASKS]
+    tasks.spawn("drain", drainer.run(), cancel_at_stop=True)
+    node = app.get(CLUSTER)
+    if node is not None:
+        # The others stop counting it as a node that takes agents now, not at the next beat.
+        tasks.spawn("announcing the drain", node.announce_now(), cancel_at_stop=True)
     return True
 
 
@@ -225,6 +308,7 @@ async def _cluster_ctx(app: web.Application) -> AsyncIterator[None]:
         router = PeerRouter(node, key, _tls_sha256(services.keys.tls_cert_pem))
         await router.start()
         app[SESSION_ROUTER] = router
+        _start_sharing(app, node, tasks)
     figures = _figures(app, node)
     services.audit.observers.append(figures.audited)
     app[METRICS] = Metrics(figures, metrics_registry(figures))
@@ -268,6 +352,8 @@ def _figures(app: web.Application, node: ClusterNode) -> NodeFigures:
         tunnel_refusals=lambda: registry_value("refused"),
         nodes_seen=lambda: len(node.view.nodes) + 1,
         bus_connected=lambda: node.bus.connected,
+        share_refusals=lambda: gate.refused if (gate := app.get(SHARE_GATE)) else 0,
+        handed_off=lambda: rebalancer.handed_off if (rebalancer := app[SHARING].rebalancer) else 0,
     )
 
 

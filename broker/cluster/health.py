@@ -40,6 +40,10 @@ class NodeFigures:
     tunnel_refusals: Callable[[], int]
     nodes_seen: Callable[[], int]
     bus_connected: Callable[[], bool]
+    #: Agent tunnels turned away because the node held its fair share; agents it handed
+    #: off for being above it (broker.cluster.share).
+    share_refusals: Callable[[], int] = lambda: 0
+    handed_off: Callable[[], int] = lambda: 0
     outbox_depth: int = 0
     refusals: Counter[tuple[str, str]] = field(default_factory=Counter)
 
@@ -78,6 +82,21 @@ class NodeCollector(Collector):
         )
         tunnel_refused.add_metric([f.node], f.tunnel_refusals())
         yield tunnel_refused
+        for name, text, value in (
+            (
+                "secondline_tunnel_share_refusals",
+                "agent tunnels turned away: the node held its fair share",
+                f.share_refusals(),
+            ),
+            (
+                "secondline_agents_handed_off",
+                "agent tunnels closed to move them to nodes holding fewer",
+                f.handed_off(),
+            ),
+        ):
+            counter = CounterMetricFamily(name, text, labels=labels)
+            counter.add_metric([f.node], value)
+            yield counter
         refusals = CounterMetricFamily(
             "secondline_refusals",
             "audited refusals, by action and code",

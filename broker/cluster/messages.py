@@ -96,7 +96,9 @@ def _dump(body: dict[str, object]) -> bytes:
 @dataclass(frozen=True, slots=True)
 class Announcement:
     """A node says it is alive, which agents' tunnels and which sessions it holds.
-    ``leaving`` is the last one of a node that stops: others forget it at once."""
+    ``leaving`` is the last one of a node that stops: others forget it at once. ``ready``:
+    it serves and is not draining, so it takes agents (broker.cluster.share); a node of
+    an older version does not say, and is taken as ready."""
 
     node: str
     agents: tuple[str, ...]
@@ -106,6 +108,7 @@ class Announcement:
     # Where the other nodes dial this one for sessions across nodes (its own HTTPS port);
     # "" from a node of a version before sessions crossed nodes.
     peer: str = ""
+    ready: bool = True
 
     def serialize(self) -> bytes:
         return _dump(
@@ -116,6 +119,7 @@ class Announcement:
                 "url": self.url,
                 "leaving": self.leaving,
                 "peer": self.peer,
+                "ready": self.ready,
             }
         )
 
@@ -128,6 +132,9 @@ class Announcement:
         leaving = raw.get("leaving", False)
         if not isinstance(leaving, bool):
             raise BadMessage("leaving is not true or false")
+        ready = raw.get("ready", True)
+        if not isinstance(ready, bool):
+            raise BadMessage("ready is not true or false")
         return cls(
             node=node,
             agents=_ids(raw, "agents"),
@@ -135,6 +142,7 @@ class Announcement:
             url=_text(raw, "url"),
             leaving=leaving,
             peer=_peer(raw),
+            ready=ready,
         )
 
 

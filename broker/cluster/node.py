@@ -70,6 +70,8 @@ class LocalActions:
     drain: Callable[[Control], Awaitable[bool]] | None = None
     # An invitation or hand-over for a session of this node, asked by another node.
     steer: Callable[[Steer], SteerResult] = lambda _: SteerResult("not_live")
+    # Whether the node takes agents now (serving, not draining); announced to the others.
+    ready: Callable[[], bool] | None = None
 
 
 class ClusterNode:
@@ -141,7 +143,15 @@ class ClusterNode:
 
     def announcement(self) -> Announcement:
         agents, sessions = self._actions.held()
-        return Announcement(self.name, tuple(agents), tuple(sessions), url=self.url, peer=self.peer)
+        ready = self._actions.ready() if self._actions.ready is not None else True
+        return Announcement(
+            self.name, tuple(agents), tuple(sessions), url=self.url, peer=self.peer, ready=ready
+        )
+
+    async def announce_now(self) -> None:
+        """Announce before the next heartbeat (the node became ready, or stopped being)."""
+        if self._heartbeat:
+            await self._announce()
 
     async def _announce(self) -> None:
         with contextlib.suppress(BusUnavailable):

@@ -22,6 +22,8 @@ LEASE_S: Final = 7.0
 class NodeState:
     announcement: Announcement
     heard_at: float
+    #: Since when (monotonic) it has said it is ready without a break; None: not ready.
+    ready_since: float | None = None
 
     @property
     def name(self) -> str:
@@ -40,9 +42,13 @@ class ClusterView:
         if announcement.leaving:
             self.nodes.pop(announcement.node, None)
             return False
-        new = announcement.node not in self.nodes
-        self.nodes[announcement.node] = NodeState(announcement, now)
-        return new
+        before = self.nodes.get(announcement.node)
+        since = None
+        if announcement.ready:
+            since = before.ready_since if before is not None else None
+            since = now if since is None else since
+        self.nodes[announcement.node] = NodeState(announcement, now, since)
+        return before is None
 
     def expire(self, now: float) -> list[str]:
         """Forget the nodes whose lease ran out; their names."""

@@ -1,0 +1,116 @@
+"""A node's fair share of the cluster's agents, pure.
+
+After a restart every agent dials at once, and the load balancer gives the herd to
+whichever node it sees ready first. So a node turns away a new agent tunnel once it holds
+its share (the agents it knows online across the cluster, divided by the nodes that take
+agents) plus a slack, and a node far above that hands agents off to the others over a
+jittered window (:mod:`broker.cluster.rebalance`).
+
+Who counts as a node that takes agents: this one, and every other node it hears that says
+it is ready (serving, not draining) and has said so for :data:`READY_GRACE_S`, the time
+the load balancer needs to put it in its pool (two good checks a second apart). Until
+then the others are not counted, so a node alone, or among nodes still starting, never
+refuses: no agent is left with nowhere to go because of the rule.
+
+And whatever the view says (a node that announces itself ready while the load balancer
+has it out, say), an agent turned away :data:`MAX_REFUSALS` times in a row is let in the
+next time: the rule may move an agent, never keep it out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Final
+
+from broker.cluster.view import NodeState
+
+#: The slack above the share: 10 % of it, plus a few agents so that small clusters (and
+#: the agents arriving between two announcements) are not turned away over one agent.
+SLACK_PERCENT: Final = 10
+SLACK_AGENTS: Final = 3
+#: A node is counted once it has said it is ready for this long: HAProxy puts a node in
+#: its pool after two good checks a second apart (deploy/haproxy.cfg), plus a margin.
+READY_GRACE_S: Final = 3.0
+#: An agent refused this many times in a row for the share is admitted the next time.
+MAX_REFUSALS: Final = 2
+#: The ledger forgets everyone past this many agents (memory stays bounded).
+LEDGER_MAX: Final = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Share:
+    """What one node holds against what it may: ``limit`` is None when it takes every
+    agent (no other node is counted)."""
+
+    held: int
+    total: int
+    nodes: int
+
+    @property
+    def limit(self) -> int | None:
+        return share_limit(self.total, self.nodes)
+
+    @property
+    def full(self) -> bool:
+        """One more agent would take this node above its share and slack."""
+        limit = self.limit
+        return limit is not None and self.held >= limit
+
+    @property
+    def excess(self) -> int:
+        """How many agents this node holds above its share and slack."""
+        limit = self.limit
+        return 0 if limit is None else max(0, self.held - limit)
+
+
+def share_limit(total: int, nodes: int) -> int | None:
+    """The most agents one of ``nodes`` nodes should hold of ``total``; None for one node."""
+    if nodes <= 1:
+        return None
+    # In integers: 20 * 1.1 is 22.000000000000004 in floating point, whose ceiling is 23.
+    over = 100 * nodes
+    return (total * (100 + SLACK_PERCENT) + over - 1) // over + SLACK_AGENTS
+
+
+def counted(peer: NodeState, now: float, grace: float = READY_GRACE_S) -> bool:
+    """Whether another node takes agents now: ready (and not draining) for ``grace``."""
+    since = peer.ready_since
+    return since is not None and now - since >= grace
+
+
+def share_of(
+    held: int, peers: Iterable[NodeState], now: float, grace: float = READY_GRACE_S
+) -> Share:
+    """This node's share: every agent heard of counts (a draining node's too: they are
+    coming), only the nodes that take agents divide them."""
+    total, nodes = held, 1
+    for peer in peers:
+        total += len(peer.announcement.agents)
+        nodes += counted(peer, now, grace)
+    return Share(held=held, total=total, nodes=nodes)
+
+
+@dataclass
+class RefusalLedger:
+    """Agents turned away for the share, in a row: who is let in regardless."""
+
+    max_refusals: int = MAX_REFUSALS
+    refused: dict[str, int] = field(default_factory=dict)
+    #: Agents let in although the node was full: the others are not taking them.
+    forced: int = 0
+
+    def admit(self, agent_id: str, full: bool) -> bool:
+        """True to let the agent in now."""
+        if not full:
+            self.refused.pop(agent_id, None)
+            return True
+        count = self.refused.get(agent_id, 0)
+        if count >= self.max_refusals:
+            del self.refused[agent_id]
+            self.forced += 1
+            return True
+        if len(self.refused) >= LEDGER_MAX:
+            self.refused.clear()
+        self.refused[agent_id] = count + 1
+        return False

@@ -1,0 +1,116 @@
+"""The fair share of agents, pure: the limit and its slack, which nodes divide the agents,
+the ledger that lets a twice-refused agent in, and which agents a node hands off."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from broker.cluster.messages import Announcement, BadMessage
+from broker.cluster.rebalance import pick
+from broker.cluster.share import (
+    MAX_REFUSALS,
+    READY_GRACE_S,
+    RefusalLedger,
+    Share,
+    share_limit,
+    share_of,
+)
+from broker.cluster.view import ClusterView
+
+
+def agents(count: int, prefix: str = "ag") -> tuple[str, ...]:
+    return tuple(f"{prefix}{i}" for i in range(count))
+
+
+@pytest.mark.parametrize(
+    ("total", "nodes", "limit"),
+    [
+        (60, 1, None),  # alone: every agent
+        (0, 3, 3),  # nobody online yet: a few each before anyone is turned away
+        (60, 3, 25),  # 20 each, 10 % and three more
+        (10_000, 3, 3670),
+        (7, 2, 7),
+    ],
+)
+def test_the_limit_is_the_share_plus_ten_percent_and_a_few(
+    total: int, nodes: int, limit: int | None
+) -> None:
+    """The most one node holds: total over nodes, 10 % more, plus three; none when alone."""
+    assert share_limit(total, nodes) == limit
+
+
+def test_a_node_is_full_at_its_limit_and_its_excess_is_what_lies_above() -> None:
+    """Full means one more would pass the limit; the excess is what is above it."""
+    assert not Share(held=24, total=60, nodes=3).full
+    assert Share(held=25, total=60, nodes=3).full
+    assert Share(held=25, total=60, nodes=3).excess == 0
+    assert Share(held=60, total=60, nodes=3).excess == 35
+    alone = Share(held=60, total=60, nodes=1)
+    assert (alone.full, alone.excess, alone.limit) == (False, 0, None)
+
+
+def test_the_least_loaded_node_is_never_full() -> None:
+    """Whatever the spread, a node holding no more than the mean takes one more agent, so
+    the rule always leaves somewhere to go (when every node is counted)."""
+    rand = random.Random(7)  # noqa: S311 - spreads to try, no secret
+    for _ in range(500):
+        held = [rand.randrange(0, 400) for _ in range(rand.randrange(2, 6))]
+        least = min(held)
+        assert not Share(held=least, total=sum(held), nodes=len(held)).full
+
+
+def test_other_nodes_divide_the_agents_only_once_ready_for_the_grace() -> None:
+    """A node heard but not ready (starting, or draining) adds its agents to the total but
+    does not divide them; a ready one divides them after the load balancer's grace."""
+    view = ClusterView()
+    view.heard(Announcement("n2", (), (), ready=False), now=100.0)
+    view.heard(Announcement("n3", agents(10, "x"), (), ready=True), now=100.0)
+    share = share_of(50, view.nodes.values(), now=100.0 + READY_GRACE_S - 0.1)
+    assert (share.total, share.nodes, share.limit) == (60, 1, None)
+    share = share_of(50, view.nodes.values(), now=100.0 + READY_GRACE_S)
+    assert (share.total, share.nodes) == (60, 2)
+    assert share.excess == 50 - 36
+
+    # Ready since its first ready announcement, not since the last one.
+    view.heard(Announcement("n3", agents(10, "x"), (), ready=True), now=102.0)
+    assert view.nodes["n3"].ready_since == 100.0
+    # A node that stops being ready (it drains) stops dividing at once; ready again, it
+    # waits for the grace again.
+    view.heard(Announcement("n3", agents(10, "x"), (), ready=False), now=104.0)
+    assert share_of(50, view.nodes.values(), now=110.0).nodes == 1
+    view.heard(Announcement("n3", agents(10, "x"), (), ready=True), now=111.0)
+    assert view.nodes["n3"].ready_since == 111.0
+
+
+def test_ready_is_on_the_wire_and_taken_as_true_from_an_older_node() -> None:
+    """A node says whether it is ready; one that does not say is an older one, ready."""
+    said = Announcement("n1", ("ag1",), (), ready=False)
+    assert Announcement.parse(said.serialize()) == said
+    assert Announcement.parse(b'{"node": "n1", "agents": [], "sessions": []}').ready
+    with pytest.raises(BadMessage):
+        Announcement.parse(b'{"node": "n1", "ready": "yes"}')
+
+
+def test_an_agent_turned_away_twice_in_a_row_is_let_in() -> None:
+    """The ledger refuses a full node's agent MAX_REFUSALS times, then lets it in (counted
+    as forced); an admission in between starts its count again."""
+    ledger = RefusalLedger()
+    assert [ledger.admit("ag1", full=True) for _ in range(MAX_REFUSALS)] == [False] * 2
+    assert ledger.admit("ag1", full=True)
+    assert ledger.forced == 1
+    assert not ledger.admit("ag1", full=True)
+    assert ledger.admit("ag1", full=False)
+    assert not ledger.admit("ag1", full=True)
+    assert ledger.forced == 1
+
+
+def test_a_node_hands_off_only_agents_without_a_live_session() -> None:
+    """The excess is picked at random among agents with no session live here, never more
+    than there are."""
+    rand = random.Random(1)  # noqa: S311 - a choice to test, no secret
+    chosen = pick(["a", "b", "c", "d"], {"b"}, 2, rand)
+    assert len(chosen) == 2
+    assert "b" not in chosen
+    assert sorted(pick(["a", "b"], {"b"}, 5, rand)) == ["a"]
