@@ -37,6 +37,8 @@ async def test_metrics_count_what_the_node_holds_and_refusals_by_code(api: Api) 
         'secondline_cluster_nodes{node="single"} 1.0',
         'secondline_bus_connected{node="single"} 1.0',
         'secondline_tunnel_handshakes_total{node="single"} 0.0',
+        'secondline_tunnel_share_refusals_total{node="single"} 0.0',
+        'secondline_agents_handed_off_total{node="single"} 0.0',
         'secondline_refusals_total{action="login.failed",code="denied",node="single"} 1.0',
     ):
         assert line in text.splitlines(), line
