@@ -96,7 +96,8 @@ async def _swarm_figures(
     """
     # A fresh broker: after the session scenarios it holds (and later returns to the
     # system) memory of its own, which made the growth per agent even come out negative.
-    await target.restart_broker()
+    if "memory_per_idle_agent" in wanted:
+        await target.restart_broker()
     pid = target.broker_pid()
     await swarm.spawn()
     before = rss_kib(pid)
@@ -167,7 +168,7 @@ async def _restart(target: BrokerTarget, swarm: AgentSwarm) -> Outcome:
 
 
 async def swarm_scenarios(
-    targets: Sequence[Target], settings: Settings, wanted: Sequence[str]
+    targets: Sequence[Target], settings: Settings, all_wanted: Sequence[str]
 ) -> list[Outcome]:
     """memory_per_idle_agent, handshakes_per_second and restart_recovery, as `wanted`.
 
@@ -177,6 +178,10 @@ async def swarm_scenarios(
     """
     outcomes: list[Outcome] = []
     for target in _brokers(targets):
+        # A cluster target measures handshakes, not one process's memory or restart.
+        wanted = [name for name in all_wanted if target.supports(name)]
+        if not wanted:
+            continue
         swarm = target.agent_swarm(settings.swarm_agents)
         if isinstance(swarm, str):
             outcomes += [Outcome.skipped(name, target.key, swarm) for name in wanted]

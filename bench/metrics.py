@@ -9,15 +9,27 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
-TargetKey = Literal["floor", "B", "A", "secondline", "unrecorded"]
+TargetKey = Literal[
+    "floor", "B", "A", "secondline", "unrecorded", "secondline-cluster1", "secondline-cluster2"
+]
 
-TARGET_KEYS: Final[tuple[TargetKey, ...]] = ("floor", "B", "A", "secondline", "unrecorded")
+TARGET_KEYS: Final[tuple[TargetKey, ...]] = (
+    "floor",
+    "B",
+    "A",
+    "secondline",
+    "unrecorded",
+    "secondline-cluster1",
+    "secondline-cluster2",
+)
 TARGET_LABELS: Final[dict[TargetKey, str]] = {
     "floor": "floor",
     "B": "B direct",
     "A": "A reverse tunnel",
     "secondline": "Secondline",
     "unrecorded": "Secondline, no-op recorder",
+    "secondline-cluster1": "Secondline cluster, 1 node",
+    "secondline-cluster2": "Secondline cluster, 2 nodes",
 }
 # Sessions streaming while loaded echo is measured: a curve, not one point. The last count
 # keeps the figure names echo_loaded_p50/_p99 of earlier runs.

@@ -21,6 +21,8 @@ COLOURS = {
     "A": "#ff7f0e",
     "secondline": "#2ca02c",
     "unrecorded": "#98df8a",
+    "secondline-cluster1": "#9467bd",
+    "secondline-cluster2": "#c5b0d5",
 }
 
 

@@ -20,6 +20,7 @@ from bench.broker_scenarios import (
     run_broker_scenario,
     swarm_scenarios,
 )
+from bench.cluster_target import ClusterTarget
 from bench.file_scenarios import sftp_echo, sftp_throughput
 from bench.machine import machine_info
 from bench.metrics import LOADED_PARTS, TargetKey
@@ -107,8 +108,28 @@ def _make_targets(settings: Settings, workspace: Workspace) -> list[Target]:
         "unrecorded": lambda: UnrecordedTarget(
             workspace, max_sessions=settings.streamers + settings.echo_sessions + 10
         ),
+        "secondline-cluster1": lambda: _cluster(settings, workspace, 1),
+        "secondline-cluster2": lambda: _cluster(settings, workspace, 2),
     }
     return [makers[key]() for key in settings.targets]
+
+
+def _cluster(settings: Settings, workspace: Workspace, nodes: int) -> ClusterTarget:
+    return ClusterTarget(
+        workspace,
+        nodes=nodes,
+        max_sessions=max(settings.session_steps, default=0) + settings.streamers + 10,
+        swarm_factory=_swarm_factory(),
+    )
+
+
+def _parts_run_by(scenario: str, selected: Sequence[str]) -> tuple[str, ...]:
+    """The scenarios the run of `scenario` measures: the first selected swarm scenario
+    runs every selected one (one swarm serves them all), any other only itself."""
+    wanted = tuple(name for name in SWARM_SCENARIOS if name in selected)
+    if wanted and scenario == wanted[0]:
+        return wanted
+    return (scenario,)
 
 
 async def _set_up(targets: Sequence[Target]) -> dict[TargetKey, Outcome]:
@@ -146,7 +167,8 @@ async def _measure(
                             scenario=part, target=target.key, status=why.status, reason=why.reason
                         )
                     )
-        runnable = [target for target in ready if target.supports(scenario)]
+        covered = _parts_run_by(scenario, settings.scenarios)
+        runnable = [target for target in ready if any(map(target.supports, covered))]
         if not runnable:
             continue
         function = _scenario_function(scenario, settings.scenarios)

@@ -17,8 +17,11 @@ HEADER: tuple[str, ...] = (
     "A",
     "Secondline",
     "no-op recorder",
+    "cluster, 1 node",
+    "cluster, 2 nodes",
     "Secondline/B",
     "Secondline/A",
+    "2 nodes/1 node",
     "PERFORMANCE.md target",
 )
 NOT_APPLICABLE = "—"
@@ -99,6 +102,13 @@ def build_table(outcomes: Sequence[Outcome], scenarios: tuple[str, ...]) -> Tabl
                 *cells,
                 format_ratio(ratio(ours, value_of(outcomes, metric.key, "B"))),
                 format_ratio(ratio(ours, value_of(outcomes, metric.key, "A"))),
+                # What the second node (the second core) buys, same run, same set-up.
+                format_ratio(
+                    ratio(
+                        value_of(outcomes, metric.key, "secondline-cluster2"),
+                        value_of(outcomes, metric.key, "secondline-cluster1"),
+                    )
+                ),
                 metric.goal.text if metric.goal else NOT_APPLICABLE,
             )
         )
