@@ -123,7 +123,7 @@ def _cluster(settings: Settings, workspace: Workspace, nodes: int) -> ClusterTar
     )
 
 
-def _parts_run_by(scenario: str, selected: Sequence[str]) -> tuple[str, ...]:
+def parts_run_by(scenario: str, selected: Sequence[str]) -> tuple[str, ...]:
     """The scenarios the run of `scenario` measures: the first selected swarm scenario
     runs every selected one (one swarm serves them all), any other only itself."""
     wanted = tuple(name for name in SWARM_SCENARIOS if name in selected)
@@ -167,7 +167,7 @@ async def _measure(
                             scenario=part, target=target.key, status=why.status, reason=why.reason
                         )
                     )
-        covered = _parts_run_by(scenario, settings.scenarios)
+        covered = parts_run_by(scenario, settings.scenarios)
         runnable = [target for target in ready if any(map(target.supports, covered))]
         if not runnable:
             continue

@@ -45,8 +45,8 @@ def test_ratios_and_goal_marks_are_computed_from_the_medians() -> None:
     table = build_table(_outcomes(), ("exec_true",))
     row = _row(table.rows, "exec_true")
     assert row[3:6] == ("200", "340", "120 ✓")
-    assert row[6] == "—"  # no no-op recorder figure in these outcomes
-    assert row[7:10] == ("0.60x", "0.35x", "≤ 150 ms")
+    assert row[6:9] == ("—", "—", "—")  # no no-op recorder or cluster figure here
+    assert row[9:13] == ("0.60x", "0.35x", "—", "≤ 150 ms")
     assert row[2] == "—"
 
 
