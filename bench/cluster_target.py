@@ -28,6 +28,7 @@ import re
 import secrets
 import shutil
 import ssl
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -54,6 +55,8 @@ from bench.targets import Workspace
 
 HAPROXY_TEMPLATE: Final = Path(__file__).resolve().parents[1] / "deploy" / "haproxy.cfg"
 NATS_URL: Final = "nats://127.0.0.1:4222"
+#: The server the test suite and .ci/run use; the run makes and drops a database of its own.
+PG_URL: Final = "postgresql://postgres@127.0.0.1:5432/test"
 #: The scenarios a cluster column answers: what a second node can change.
 CLUSTER_SCENARIOS: Final = frozenset(
     {"echo_latency", *LOADED_PARTS, "handshakes_per_second", "max_concurrent_sessions"}
@@ -137,7 +140,9 @@ class ClusterTarget(SecondlineTarget):
         self.key: TargetKey = "secondline-cluster1" if nodes == 1 else "secondline-cluster2"
         self.label = f"Secondline cluster, {nodes} node{'s' if nodes > 1 else ''}"
         super().__init__(workspace, max_sessions=max_sessions, swarm_factory=swarm_factory)
-        self._dsn = environ.get("SECONDLINE_BENCH_PG") or environ.get("SECONDLINE_TEST_PG", "")
+        self._dsn = (
+            environ.get("SECONDLINE_BENCH_PG") or environ.get("SECONDLINE_TEST_PG") or PG_URL
+        )
         self._nats = environ.get("SECONDLINE_BENCH_NATS", NATS_URL)
         self._nodes = [Node(f"n{i}", self.directory / f"n{i}", 0, 0) for i in range(1, nodes + 1)]
         self.data_dir = self._nodes[0].data_dir
@@ -154,13 +159,10 @@ class ClusterTarget(SecondlineTarget):
         return scenario in CLUSTER_SCENARIOS
 
     async def _setup(self) -> None:
-        if not self._dsn:
-            raise TargetUnavailable(
-                "set SECONDLINE_BENCH_PG (or SECONDLINE_TEST_PG) to a PostgreSQL URL"
-            )
         haproxy = shutil.which("haproxy", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
         if haproxy is None:
             raise TargetUnavailable("no haproxy: apt-get install haproxy")
+        await self._check_nats()
         await self._create_database()
         self.https_port, self.ssh_port = free_port(), free_port()  # HAProxy's
         for node in self._nodes:
@@ -185,13 +187,29 @@ class ClusterTarget(SecondlineTarget):
             pattern, public_key = line.split(" ", 1)
             self._config.trust(pattern, public_key)
 
+    async def _check_nats(self) -> None:
+        # Without NATS no node is ever ready; say so now rather than after HAProxy's wait.
+        address = urllib.parse.urlsplit(self._nats)
+        try:
+            async with asyncio.timeout(5.0):
+                _, writer = await asyncio.open_connection(address.hostname, address.port or 4222)
+            writer.close()
+        except (OSError, TimeoutError, ValueError) as error:
+            raise TargetUnavailable(
+                f"no NATS server at {self._nats} ({error or 'timed out'}); start nats-server "
+                "or set SECONDLINE_BENCH_NATS"
+            ) from None
+
     async def _create_database(self) -> None:
         import asyncpg  # the broker's own PostgreSQL driver
 
         try:
             connection = await asyncpg.connect(self._dsn)
         except (OSError, asyncpg.PostgresError) as error:
-            raise TargetUnavailable(f"cannot reach PostgreSQL at {self._dsn}: {error}") from None
+            raise TargetUnavailable(
+                f"cannot reach PostgreSQL at {self._dsn} ({error}); "
+                "set SECONDLINE_BENCH_PG to a server the bench may create databases on"
+            ) from None
         try:
             await connection.execute(f'CREATE DATABASE "{self._database}"')
             self._created = True
