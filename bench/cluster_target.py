@@ -12,16 +12,17 @@ everyone's public URL, a `[cluster]` section naming NATS and a cluster name of i
 and deploy/haproxy.cfg, the tested configuration, with the lines of the nodes the run does
 not start taken out (`haproxy_config`).
 
-Agents (the bench agents and the swarm) and every admin command go through HAProxy.
-Staff's ssh goes to the gateway of the node holding the ticket's agent: a node can open a
-shell only on an agent whose tunnel it holds (docs/cluster.md, "What works across nodes
-today"), and HAProxy cannot know which node that is. With two nodes there is one bench
-agent on each, and sessions alternate between them, as staff spread over agents would.
+Everything goes through HAProxy: agents (the bench agents and the swarm), every admin
+command, and staff's ssh (its `leastconn` picks the gateway; a session whose agent is on
+the other node crosses to it over the peer stream, docs/cluster.md). With two nodes there
+is one bench agent on each, so sessions record on both nodes, and each new session takes
+the next agent, as staff spread over agents would.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import os
 import re
@@ -30,7 +31,7 @@ import shutil
 import ssl
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -58,11 +59,16 @@ NATS_URL: Final = "nats://127.0.0.1:4222"
 #: The server the test suite and .ci/run use; the run makes and drops a database of its own.
 PG_URL: Final = "postgresql://postgres@127.0.0.1:5432/test"
 #: The scenarios a cluster column answers: what a second node can change.
+PLACEMENT_TRIES: Final = 5
 CLUSTER_SCENARIOS: Final = frozenset(
     {"echo_latency", *LOADED_PARTS, "handshakes_per_second", "max_concurrent_sessions"}
 )
 _NODE_LINE = re.compile(r"\$\{SL_N(\d+)_")
 _HELD = re.compile(r"^secondline_agents_held(?:\{[^}]*\})?\s+([0-9.eE+]+)\s*$", re.MULTILINE)
+
+
+def _grew(before: list[int], held: list[int]) -> bool:
+    return sum(held) > sum(before)
 
 
 def haproxy_config(template: str, nodes: int) -> str:
@@ -151,7 +157,8 @@ class ClusterTarget(SecondlineTarget):
         self._haproxy: ManagedProcess | None = None
         self._stats_socket = self.directory / "haproxy.sock"
         self._agents: list[ManagedProcess] = []
-        self._routes: list[tuple[int, str]] = []  # (node's ssh port, ticket), one per agent
+        self._names: list[str] = []
+        self._tickets: list[str] = []  # one per bench agent
         self._turn = itertools.count()
 
     def supports(self, scenario: str) -> bool:
@@ -179,13 +186,14 @@ class ClusterTarget(SecondlineTarget):
         )  # fmt: skip
         for index in range(len(self._nodes)):
             await self._add_agent(index)
+        # Every node has the same host key (copied data dir), so one pin holds whichever
+        # node HAProxy picks.
         pub = (self.data_dir / "keys" / "ssh_host_ed25519.pub").read_text(encoding="ascii")
-        for node in self._nodes:
-            line = f"[127.0.0.1]:{node.ssh_port} {' '.join(pub.split()[:2])}"
-            if not pinned_host_keys(line):
-                raise MeasurementError("the data dir holds no well-formed Ed25519 host key")
-            pattern, public_key = line.split(" ", 1)
-            self._config.trust(pattern, public_key)
+        line = f"[127.0.0.1]:{self.ssh_port} {' '.join(pub.split()[:2])}"
+        if not pinned_host_keys(line):
+            raise MeasurementError("the data dir holds no well-formed Ed25519 host key")
+        pattern, public_key = line.split(" ", 1)
+        self._config.trust(pattern, public_key)
 
     async def _check_nats(self) -> None:
         # Without NATS no node is ever ready; say so now rather than after HAProxy's wait.
@@ -333,6 +341,28 @@ class ClusterTarget(SecondlineTarget):
 
         return [agents_held(await asyncio.to_thread(read, node.https_port)) for node in self._nodes]
 
+    async def _held_until(
+        self, done: Callable[[list[int]], bool], process: ManagedProcess | None
+    ) -> list[int]:
+        """Each node's agents_held once `done` says so; only /metrics can tell, so ask
+        with a growing pause, and stop waiting if `process` (the agent) exits."""
+        pause = 0.05
+        held: list[int] = []
+        try:
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                while not done(held := await self._held()):
+                    if process is not None and process.returncode is not None:
+                        raise MeasurementError(
+                            f"{process.name} exited {process.returncode}: {process.last_line()}"
+                        )
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, 1.0)
+        except TimeoutError:
+            raise MeasurementError(
+                f"the nodes' agents_held stayed {held} for {READY_TIMEOUT_S:.0f} s"
+            ) from None
+        return held
+
     async def _add_agent(self, index: int) -> None:
         """Enroll and run bench agent `index` through HAProxy, give it a ticket, and
         note the node whose gateway reaches it."""
@@ -348,23 +378,28 @@ class ClusterTarget(SecondlineTarget):
             env=self.env,
             label="secondline-agent enroll",
         )  # fmt: skip
-        before = await self._held()
-        process = await ManagedProcess.start(
-            f"secondline-agent run ({name})",
-            [agent, "run", "--state-dir", str(state_dir)],
-            env=self.env,
-        )
+        argv = [agent, "run", "--state-dir", str(state_dir)]
+        for _ in range(PLACEMENT_TRIES):
+            before = await self._held()
+            process = await ManagedProcess.start(
+                f"secondline-agent run ({name})", argv, env=self.env
+            )
+            after = await self._held_until(functools.partial(_grew, before), process)
+            gained = [i for i, (b, a) in enumerate(zip(before, after, strict=True)) if a > b]
+            # HAProxy's leastconn gives the next tunnel to the node with the fewest, but a
+            # connection that has not closed yet (an admin command's) can tip it; two bench
+            # agents on one node would leave the other node's hub and recorder idle, so
+            # such an agent is stopped and dials again.
+            if len(gained) == 1 and before[gained[0]] == 0:
+                break
+            await process.stop()
+            await self._held_until(before.__eq__, None)
+        else:
+            raise MeasurementError(
+                f"{name} never landed on a node without a bench agent in {PLACEMENT_TRIES} tries"
+            )
         self._agents.append(process)
         await self._wait_online(name, process)
-        after = await self._held()
-        gained = [i for i, (b, a) in enumerate(zip(before, after, strict=True)) if a > b]
-        if len(gained) != 1:
-            raise MeasurementError(f"cannot tell which node holds {name}: {before} → {after}")
-        node = self._nodes[gained[0]]
-        if any(port == node.ssh_port for port, _ in self._routes):
-            # HAProxy's leastconn gives the next tunnel to the node with the fewest;
-            # two on one node would leave the other node idle in every session figure.
-            raise MeasurementError(f"{name} landed on {node.name} beside another bench agent")
         ticket = parse_ticket_id(
             await self.admin(
                 "ticket", "create", "--title", "Benchmark", "--customer", CUSTOMER,
@@ -372,7 +407,13 @@ class ClusterTarget(SecondlineTarget):
             )
         )  # fmt: skip
         await self.admin("ticket", "assign", ticket, STAFF_USER)
-        self._routes.append((node.ssh_port, ticket))
+        self._names.append(name)
+        self._tickets.append(ticket)
+
+    async def wait_agent_online(self) -> None:
+        """Return once every bench agent is listed online."""
+        for name, process in zip(self._names, self._agents, strict=True):
+            await self._wait_online(name, process)
 
     async def _wait_online(self, name: str, process: ManagedProcess) -> None:
         # As SecondlineTarget: the CLI is the contract, asked with a growing pause.
@@ -393,10 +434,10 @@ class ClusterTarget(SecondlineTarget):
             ) from None
 
     def ssh_argv(self, command: str | None, tty: bool) -> list[str]:
-        """``ssh -p NODE_GATEWAY T-<n>@127.0.0.1``, each call the next agent's node."""
-        port, ticket = self._routes[next(self._turn) % len(self._routes)]
+        """``ssh -p HAPROXY_SSH T-<n>@127.0.0.1``, each call the next agent's ticket."""
+        ticket = self._tickets[next(self._turn) % len(self._tickets)]
         return self._config.argv(
-            "-p", str(port), "-i", str(self._workspace.identity),
+            "-p", str(self.ssh_port), "-i", str(self._workspace.identity),
             *(["-tt"] if tty else []),
             f"{ticket}@127.0.0.1",
             *([command] if command is not None else []),

@@ -115,14 +115,10 @@ def _make_targets(settings: Settings, workspace: Workspace) -> list[Target]:
 
 
 def _cluster(settings: Settings, workspace: Workspace, nodes: int) -> ClusterTarget:
-    # The per-staff limit counts the one staff member's live sessions on every node, and a
-    # session stays live until its transcript is in PostgreSQL (cluster.md): after 50
-    # streams of `yes` that copying outlasts the scenario, so leave room for it (policy,
-    # not performance).
     return ClusterTarget(
         workspace,
         nodes=nodes,
-        max_sessions=4 * (max(settings.session_steps, default=0) + settings.streamers + 10),
+        max_sessions=max(settings.session_steps, default=0) + settings.streamers + 10,
         swarm_factory=_swarm_factory(),
     )
 
