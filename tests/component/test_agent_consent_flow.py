@@ -20,13 +20,9 @@ from agent.runner import AgentRunner
 from agent.state import StatePaths
 from tests.component.test_agent_harness import (
     WAIT,
-    FakeBroker,
-    enroll_state_dir,
-    make_cert,
     read_until,
-    runner_settings,
-    running_agent,
     session_env,
+    tunnelled_agent,
     wait_gone,
 )
 
@@ -43,31 +39,19 @@ class Attended:
 
 
 async def _attended(tmp_path: Path, consent_timeout: float) -> AsyncIterator[Attended]:
-    cert = make_cert()
-    agent_key = asyncssh.generate_private_key("ssh-ed25519")
-    broker_key = asyncssh.generate_private_key("ssh-ed25519")
-    broker = FakeBroker(cert, broker_key, agent_key.convert_to_public())
-    async with broker.running(tmp_path):
-        paths = enroll_state_dir(
-            tmp_path / "state",
-            tunnel_url=broker.tunnel_url,
-            cert=cert,
-            agent_key=agent_key,
-            broker_key=broker_key,
-            consent="attended",
-            config_toml=f'shell = "/bin/bash"\nconsent_timeout_seconds = {consent_timeout}\n',
-        )
-        async with running_agent(runner_settings(paths, agent_key)) as agent:
-            requests: asyncio.Queue[ConsentRequest] = asyncio.Queue()
-            decisions: asyncio.Queue[Decision] = asyncio.Queue()
-            agent.consent.add_listener(
-                lambda event: (
-                    requests if isinstance(event, ConsentRequest) else decisions
-                ).put_nowait(event)  # type: ignore[arg-type]
-            )
-            conn = await broker.next_connection()
-            yield Attended(paths, agent, conn, requests, decisions)
-            conn.close()
+    config = f'shell = "/bin/bash"\nconsent_timeout_seconds = {consent_timeout}\n'
+    async with tunnelled_agent(tmp_path, consent="attended", config_toml=config) as t:
+        requests: asyncio.Queue[ConsentRequest] = asyncio.Queue()
+        decisions: asyncio.Queue[Decision] = asyncio.Queue()
+
+        def sort(event: ConsentRequest | Decision) -> None:
+            if isinstance(event, ConsentRequest):
+                requests.put_nowait(event)
+            else:
+                decisions.put_nowait(event)
+
+        t.agent.consent.add_listener(sort)
+        yield Attended(t.paths, t.agent, t.conn, requests, decisions)
 
 
 @pytest.fixture

@@ -247,6 +247,51 @@ async def running_agent(settings: RunnerSettings) -> AsyncIterator[AgentRunner]:
             await task
 
 
+@dataclass
+class TunnelledAgent:
+    """An enrolled agent running in this loop, connected through a real tunnel to a
+    :class:`FakeBroker`; ``conn`` is the broker's SSH connection to it."""
+
+    broker: FakeBroker
+    paths: StatePaths
+    agent: AgentRunner
+    conn: asyncssh.SSHClientConnection
+
+
+@contextlib.asynccontextmanager
+async def tunnelled_agent(
+    tmp_path: Path,
+    *,
+    consent: str = "unattended",
+    config_toml: str = 'shell = "/bin/bash"\n',
+    send_high: int = SEND_HIGH,
+    send_low: int = SEND_LOW,
+) -> AsyncIterator[TunnelledAgent]:
+    """Enroll a state dir, run the agent until the block ends, and hand over the broker's
+    SSH connection to it (closed at the end)."""
+    cert = make_cert()
+    agent_key = asyncssh.generate_private_key("ssh-ed25519")
+    broker_key = asyncssh.generate_private_key("ssh-ed25519")
+    broker = FakeBroker(cert, broker_key, agent_key.convert_to_public())
+    async with broker.running(tmp_path):
+        paths = enroll_state_dir(
+            tmp_path / "state",
+            tunnel_url=broker.tunnel_url,
+            cert=cert,
+            agent_key=agent_key,
+            broker_key=broker_key,
+            consent=consent,
+            config_toml=config_toml,
+        )
+        settings = runner_settings(paths, agent_key, send_high=send_high, send_low=send_low)
+        async with running_agent(settings) as agent:
+            conn = await broker.next_connection()
+            try:
+                yield TunnelledAgent(broker, paths, agent, conn)
+            finally:
+                conn.close()
+
+
 async def wait_status(runner: AgentRunner, predicate: Callable[[dict[str, object]], bool]) -> None:
     """Wait until the runner's status satisfies ``predicate`` (woken by each change)."""
     async with asyncio.timeout(WAIT):

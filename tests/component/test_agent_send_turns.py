@@ -14,13 +14,9 @@ import pytest
 from agent.runner import AgentRunner
 from tests.component.test_agent_harness import (
     WAIT,
-    FakeBroker,
-    enroll_state_dir,
-    make_cert,
     read_until,
-    runner_settings,
-    running_agent,
     session_env,
+    tunnelled_agent,
 )
 
 # A send queue smaller than one quantum: every write of the stream fills it, so each one
@@ -37,24 +33,8 @@ class Setup:
 
 @pytest.fixture
 async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
-    cert = make_cert()
-    agent_key = asyncssh.generate_private_key("ssh-ed25519")
-    broker_key = asyncssh.generate_private_key("ssh-ed25519")
-    broker = FakeBroker(cert, broker_key, agent_key.convert_to_public())
-    async with broker.running(tmp_path):
-        paths = enroll_state_dir(
-            tmp_path / "state",
-            tunnel_url=broker.tunnel_url,
-            cert=cert,
-            agent_key=agent_key,
-            broker_key=broker_key,
-            config_toml='shell = "/bin/bash"\n',
-        )
-        settings = runner_settings(paths, agent_key, send_high=SEND_HIGH, send_low=SEND_LOW)
-        async with running_agent(settings) as agent:
-            conn = await broker.next_connection()
-            yield Setup(agent, conn)
-            conn.close()
+    async with tunnelled_agent(tmp_path, send_high=SEND_HIGH, send_low=SEND_LOW) as t:
+        yield Setup(t.agent, t.conn)
 
 
 async def test_keystrokes_are_echoed_while_another_session_streams(setup: Setup) -> None:

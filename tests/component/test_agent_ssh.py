@@ -23,6 +23,7 @@ from tests.component.test_agent_harness import (
     runner_settings,
     running_agent,
     session_env,
+    tunnelled_agent,
     wait_gone,
 )
 
@@ -36,23 +37,8 @@ class Setup:
 
 @pytest.fixture
 async def setup(tmp_path: Path) -> AsyncIterator[Setup]:
-    cert = make_cert()
-    agent_key = asyncssh.generate_private_key("ssh-ed25519")
-    broker_key = asyncssh.generate_private_key("ssh-ed25519")
-    broker = FakeBroker(cert, broker_key, agent_key.convert_to_public())
-    async with broker.running(tmp_path):
-        paths = enroll_state_dir(
-            tmp_path / "state",
-            tunnel_url=broker.tunnel_url,
-            cert=cert,
-            agent_key=agent_key,
-            broker_key=broker_key,
-            config_toml='shell = "/bin/bash"\n',
-        )
-        async with running_agent(runner_settings(paths, agent_key)) as agent:
-            conn = await broker.next_connection()
-            yield Setup(broker, agent, conn)
-            conn.close()
+    async with tunnelled_agent(tmp_path) as t:
+        yield Setup(t.broker, t.agent, t.conn)
 
 
 async def test_shell_with_pty_shows_marks_and_exit_status(setup: Setup) -> None:
