@@ -35,6 +35,19 @@ WAIT_MS: Final = 20_000
 VIEW: Final = {"width": 1360, "height": 820}
 
 
+def on_shortened_timeline(cast: str, at: float, limit: float) -> float:
+    """Where asciinema-player, shortening every pause to ``limit`` seconds, plays the moment
+    ``at`` of an asciicast v2 recording (its events carry absolute times)."""
+    previous = shortened = 0.0
+    for line in cast.splitlines()[1:]:
+        event = float(json.loads(line)[0])
+        if event > at:
+            break
+        shortened += min(event - previous, limit)
+        previous = event
+    return shortened + min(at - previous, limit)
+
+
 @dataclass
 class Stack:
     """A broker, an enrolled agent that is connected, staff, and an escalated ticket."""
@@ -342,7 +355,16 @@ async def test_a_level_two_shell_from_sign_in_to_playback(stack: Stack, chromium
     await bob.locator(f"#ticket-sessions td:text('{session}')").wait_for(timeout=WAIT_MS)
     await bob.click(f"#ticket-sessions a[href='/console/sessions/{session}/play']")
     await bob.wait_for_url(f"**/console/sessions/{session}/play")
-    await bob.locator("#commands .cmd code:text('echo hallo-welt')").click()
+    # The player shortens pauses over 3 s: each command is jumped to on that shortened
+    # timeline (a consent wait before the first command used to make the jump land later).
+    command = bob.locator("#commands .cmd:has(code:text('echo hallo-welt'))")
+    cast = await (
+        await bob.request.get(f"{stack.url}/files/sessions/{session}/transcript.cast")
+    ).text()
+    recorded = float(await command.get_attribute("data-time") or "nan")
+    played = float(await command.get_attribute("data-play-time") or "nan")
+    assert played == pytest.approx(on_shortened_timeline(cast, recorded, 3.0), abs=1e-6)
+    await command.click()
     await (
         bob.locator("#player").get_by_text("hallo-welt", exact=True).first.wait_for(timeout=WAIT_MS)
     )
