@@ -33,7 +33,7 @@ check:
 	$(BIN)/pytest -q -p no:cacheprovider tests/unit/test_rules_*.py \
 		--cov=broker.rules --cov-branch --cov-report=term-missing:skip-covered --cov-fail-under=100
 	# Every broker, agent and CLI process of the suite would compile our sources again where
-	# PYTHONDONTWRITEBYTECODE is set (as on the CI machine): compile them once.
+	# PYTHONDONTWRITEBYTECODE is set (this machine's environment sets it): compile them once.
 	$(BIN)/python -m compileall -q broker agent > /dev/null
 	# The suite on PYTEST_WORKERS processes, each taking the next test as it frees up
 	# (worksteal: the long end-to-end tests do not queue behind one worker); then the tests
