@@ -24,7 +24,7 @@ from typing import Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.broker_client import download_pinned, post_pinned
+from agent.broker_client import HTTPAnswer, download_pinned, post_pinned
 from agent.errors import AgentError, MessageError, ReleaseError
 from agent.release import (
     MANIFEST_MAX_BYTES,
@@ -411,8 +411,22 @@ class Updater:
     # -- the broker -------------------------------------------------------------------
 
     def _post(self, path: str, body: bytes) -> bytes | None:
-        headers = sign_request(self._s.key, self._s.state.agent_id, body, self._clock(), path=path)
-        answer = post_pinned(
+        now = self._clock()
+        answer = self._post_signed(path, body, now)
+        if answer.status == 401 and b"signature_replayed" in answer.body:
+            # Ed25519 signatures are deterministic and the timestamp is in whole seconds: the
+            # same query sent twice within one second (the agent restarted right after a
+            # check) is the same signature, which the broker refuses as a replay. Sign it
+            # once more for the next second (the broker takes timestamps 300 s either way).
+            answer = self._post_signed(path, body, float(int(now) + 1))
+        if answer.status != 200:
+            logger.warning("the broker answered HTTP %s to %s", answer.status, path)
+            return None
+        return answer.body
+
+    def _post_signed(self, path: str, body: bytes, now: float) -> HTTPAnswer:
+        headers = sign_request(self._s.key, self._s.state.agent_id, body, now, path=path)
+        return post_pinned(
             self._s.state.broker_url,
             path,
             body,
@@ -420,10 +434,6 @@ class Updater:
             headers=headers,
             proxy_url=self._s.config.proxy_url,
         )
-        if answer.status != 200:
-            logger.warning("the broker answered HTTP %s to %s", answer.status, path)
-            return None
-        return answer.body
 
     async def _refuse(self, version: str, reason: str) -> None:
         logger.error("update refused: %s", reason)

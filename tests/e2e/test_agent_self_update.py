@@ -50,17 +50,23 @@ class Agent:
     async def expect(self, pattern: str) -> re.Match[str]:
         """The first log line matching ``pattern`` (read as it comes, bounded by WAIT)."""
         regex = re.compile(pattern)
-        async with asyncio.timeout(WAIT):
-            index = 0
-            while True:
-                for line in self.lines[index:]:
-                    if found := regex.search(line):
-                        return found
-                index = len(self.lines)
-                assert self.proc.stderr is not None
-                raw = await self.proc.stderr.readline()
-                assert raw, f"the agent exited before {pattern!r}:\n" + "\n".join(self.lines)
-                self.lines.append(raw.decode(errors="replace").rstrip())
+        try:
+            async with asyncio.timeout(WAIT):
+                index = 0
+                while True:
+                    for line in self.lines[index:]:
+                        if found := regex.search(line):
+                            return found
+                    index = len(self.lines)
+                    assert self.proc.stderr is not None
+                    raw = await self.proc.stderr.readline()
+                    assert raw, f"the agent exited before {pattern!r}:\n" + "\n".join(self.lines)
+                    self.lines.append(raw.decode(errors="replace").rstrip())
+        except TimeoutError:
+            # Say what the agent did say: a bare timeout leaves nothing to go on.
+            raise AssertionError(
+                f"no log line matched {pattern!r} within {WAIT} s:\n" + "\n".join(self.lines)
+            ) from None
 
     async def exit_code(self) -> int:
         """Wait for the process to end (reading its log meanwhile); its status."""
