@@ -38,11 +38,12 @@ check:
 	# The suite on PYTEST_WORKERS processes, each taking the next test as it frees up
 	# (worksteal: the long end-to-end tests do not queue behind one worker); then the tests
 	# marked serial, alone, since they hold timing promises that a busy machine would
-	# break. Both parts always run; either failing fails the check. The 25 slowest tests
+	# break (none selected, as with PYTEST_ARGS naming one module, is no failure). Both
+	# parts always run; either failing fails the check. The 25 slowest tests
 	# are listed, so that a test that grows shows in the log before CI time runs out.
 	status=0; \
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist worksteal -m "not serial" --durations=25 $(PYTEST_ARGS) || status=$$?; \
-	$(BIN)/pytest -m serial $(PYTEST_ARGS) || status=$$?; \
+	$(BIN)/pytest -m serial $(PYTEST_ARGS) || { rc=$$?; [ $$rc -eq 5 ] || status=$$rc; }; \
 	exit $$status
 
 fmt: $(STAMP)
