@@ -246,26 +246,12 @@ async def test_large_output_arrives_whole(setup: Setup) -> None:
 @pytest.mark.skipif(os.geteuid() != 0, reason="switching to another user needs root")
 async def test_login_user_switch(tmp_path: Path) -> None:
     """With login_user set, commands run as that user, with its groups and environment."""
-    cert = make_cert()
-    agent_key = asyncssh.generate_private_key("ssh-ed25519")
-    broker_key = asyncssh.generate_private_key("ssh-ed25519")
-    broker = FakeBroker(cert, broker_key, agent_key.convert_to_public())
-    async with broker.running(tmp_path):
-        paths = enroll_state_dir(
-            tmp_path / "state",
-            tunnel_url=broker.tunnel_url,
-            cert=cert,
-            agent_key=agent_key,
-            broker_key=broker_key,
-            config_toml='login_user = "nobody"\nshell = "/bin/sh"\n',
-        )
-        async with running_agent(runner_settings(paths, agent_key)):
-            conn = await broker.next_connection()
-            async with asyncio.timeout(WAIT):
-                result = await conn.run(
-                    'id -un; echo "$USER $SL_TICKET"; pwd', env=session_env(), encoding=None
-                )
-            conn.close()
+    config = 'login_user = "nobody"\nshell = "/bin/sh"\n'
+    async with tunnelled_agent(tmp_path, config_toml=config) as t:
+        async with asyncio.timeout(WAIT):
+            result = await t.conn.run(
+                'id -un; echo "$USER $SL_TICKET"; pwd', env=session_env(), encoding=None
+            )
     assert result.stdout == b"nobody\nnobody T-1042\n/\n"
 
 
