@@ -1,10 +1,12 @@
 """deploy/haproxy.cfg with a real HAProxy (Debian's package) in front of three real nodes:
-really enrolled agents come in through it and spread over the nodes, /readyz answers
-through it, the real OpenSSH client through it opens a shell on an agent another node holds
-(watched from a third node, killed from a node other than the hub's), a drained node's
-agents move to the others, and when the node holding agents is killed they come back on the
-others; a swarm of simulated agents (bench.agent_swarm) comes back, spread, after a node
-dies and after the whole cluster restarts."""
+issue 16's "Done when" flow. 30 really enrolled agent processes come in through it and
+spread over the nodes, /readyz answers through it, the real OpenSSH client through it opens
+a shell on an agent another node holds (watched from a third node, killed from a node
+other than the hub's), the transcript verifies from every node, SIGKILL of the node holding
+a third of the agents brings them back on the others within 30 s, a drained node's agents
+move to the last one, the audit chain verifies and the session's note arrived once; a
+swarm of simulated agents (bench.agent_swarm) comes back, spread, after a node dies and
+after the whole cluster restarts."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import signal
 import ssl
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -35,12 +37,16 @@ from tests.support.cluster_sessions import (
     session_of,
     ticket_for,
 )
-from tests.support.site import Terminal, agent_cli, ok
+from tests.support.site import Terminal, ok
 
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
 
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "haproxy.cfg"
-AGENTS = 6
+#: Issue 16's figure: 30 real agent processes, about 10 a node.
+AGENTS = 30
+#: Agent enrollments run at once (each a CLI process): enough to keep set-up short on a
+#: 2-core machine without a queue of 30 Python start-ups fighting for it.
+ENROLL_AT_ONCE = 6
 #: The storm test's swarm. The issue's figure is 10,000 agents back within 60 s; on a
 #: shared 2-core CI machine beside three nodes and HAProxy this runs a few dozen, whose
 #: simulated agents redial within 1-2 s (a harsher herd than real agents' jitter).
@@ -125,9 +131,6 @@ class Balancer:
                 self._changed.clear()
                 await self._changed.wait()
 
-    def downs(self) -> list[bytes]:
-        return [line for line in self.output if b" is DOWN" in line]
-
     async def servers(self) -> dict[str, str]:
         """HAProxy's view of the HTTPS backend: node → UP/DOWN."""
         try:
@@ -144,6 +147,16 @@ class Balancer:
             if len(cells) > 17 and cells[0] == "nodes_https" and cells[1].startswith("n"):
                 states[cells[1]] = cells[17]
         return states
+
+    async def all_up(self) -> None:
+        """Wait until HAProxy has every node in its HTTPS pool."""
+        async with asyncio.timeout(WAIT):
+            while True:
+                mark = len(self.output)
+                states = await self.servers()
+                if set(states) == set(NODES) and set(states.values()) == {"UP"}:
+                    return
+                await self.wait_for(b" is UP", mark)
 
     async def stop(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
@@ -165,11 +178,23 @@ async def balanced(cluster: Cluster, tmp_path: Path) -> AsyncIterator[tuple[Clus
         await lb.stop()
 
 
-async def wait_online(nodes: list[BrokerProcess], marks: list[int], count: int) -> dict[str, str]:
+async def wait_online(
+    nodes: list[BrokerProcess], marks: list[int], count: int, bound: float = WAIT
+) -> dict[str, str]:
     """Wait until ``count`` distinct agents said online on any of ``nodes`` after ``marks``;
     agent name → node data dir name."""
     found: dict[str, str] = {}
-    async with asyncio.timeout(WAIT):
+    try:
+        await _gather_online(nodes, marks, count, bound, found)
+    except TimeoutError:
+        raise AssertionError(f"{len(found)} of {count} agents online: {found}") from None
+    return found
+
+
+async def _gather_online(
+    nodes: list[BrokerProcess], marks: list[int], count: int, bound: float, found: dict[str, str]
+) -> None:
+    async with asyncio.timeout(bound):
         while len(found) < count:
             for node, mark in zip(nodes, marks, strict=True):
                 for line in node.output[mark:]:
@@ -187,7 +212,6 @@ async def wait_online(nodes: list[BrokerProcess], marks: list[int], count: int) 
                     # A quiet node's own 30 s bound is no failure while the outer one holds.
                     if not isinstance(task.exception(), TimeoutError | type(None)):
                         task.result()
-    return found
 
 
 async def readyz_of(node: BrokerProcess, cert: Path) -> tuple[int, dict[str, object]]:
@@ -202,7 +226,7 @@ async def readyz_of(node: BrokerProcess, cert: Path) -> tuple[int, dict[str, obj
 
 async def cross_node_session(
     cluster: Cluster, lb: Balancer, held: dict[str, str], tmp: Path
-) -> None:
+) -> tuple[str, str]:
     """bob's OpenSSH through HAProxy reaches a node other than the agent's; the shell runs
     (recorded) on the agent's node; lena watches from the third node and sees the same
     output; bob invites her through his node; an admin's kill on a node other than the
@@ -276,21 +300,86 @@ async def cross_node_session(
         )
     )  # fmt: skip
     assert "cross-42" in rendered.read_text(), rendered.read_text()[-400:]
+    return sid, ticket
 
 
-async def test_agents_spread_through_haproxy_move_off_a_drained_node_and_come_back(
+async def enroll_agents(lb: Balancer, first: Path, tmp: Path) -> list[Path]:
+    """AGENTS agents (web00, web01, ...) enrolled through HAProxy with one token of as many
+    uses, ENROLL_AT_ONCE at a time; their state dirs."""
+    cert = first / "keys" / "tls.crt"
+    token = (first / "admin.token").read_text().strip()
+    body = {"customer": "acme", "consent": "unattended", "uses": AGENTS, "ttl_seconds": 3600}
+    status, made = await broker_call(lb.url, cert, token, "POST", "/enrollment-tokens", body)
+    assert status == 201, (status, made)
+    assert isinstance(made, dict)
+    gate = asyncio.Semaphore(ENROLL_AT_ONCE)
+
+    async def enroll(name: str) -> Path:
+        state = tmp / f"agent-{name}"
+        async with gate:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "agent", "enroll", lb.url, str(made["token"]),
+                "--name", name, "--state-dir", str(state),
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                env=cli_env(state),
+            )  # fmt: skip
+            out, err = await proc.communicate()
+        assert proc.returncode == 0, (name, out, err)
+        return state
+
+    return list(await asyncio.gather(*(enroll(f"web{i:02d}") for i in range(AGENTS))))
+
+
+async def run_agents(states: list[Path]) -> list[asyncio.subprocess.Process]:
+    """`secondline-agent run` for each state dir, all started at once."""
+
+    def run(state: Path) -> Awaitable[asyncio.subprocess.Process]:
+        return asyncio.create_subprocess_exec(
+            sys.executable, "-m", "agent", "run", "--state-dir", str(state),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+            env=cli_env(state),
+        )  # fmt: skip
+
+    return list(await asyncio.gather(*(run(state) for state in states)))
+
+
+async def note_delivered(nodes: list[BrokerProcess], sid: str, ticket: str) -> int:
+    """Wait until a node (any may run the shared outbox, a dead one may have) says it
+    delivered the session's note; how many times the nodes say so."""
+    said = rb"session " + sid.encode() + rb": note delivered to " + ticket.encode()
+
+    def count() -> int:
+        return sum(bool(re.search(said, line)) for n in nodes for line in n.output)
+
+    async with asyncio.timeout(WAIT):
+        while count() == 0:
+            live = [n for n in nodes if n.process.returncode is None]
+            waits = [asyncio.ensure_future(n.wait_for_line(said)) for n in live]
+            done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+            for task in done:
+                # A quiet node's own 30 s bound is no failure while the outer one holds.
+                if not isinstance(task.exception(), TimeoutError | type(None)):
+                    task.result()
+    return count()
+
+
+async def test_thirty_agents_through_haproxy_a_node_killed_and_one_drained(
     balanced: tuple[Cluster, Balancer], tmp_path: Path
 ) -> None:
-    """Six agents enrolled and connected through HAProxy land on more than one node; /readyz
-    answers through it; OpenSSH through it opens a shell on an agent another node holds,
-    watched from a third node and killed from one (cross_node_session); `secondline node
-    drain` takes a node out of HAProxy's pool (its /readyz says draining) and its agents
-    move to the others, audited; SIGKILL of a node holding agents takes it out too and its
-    agents return through HAProxy on the last node."""
+    """Issue 16's "Done when": 30 agent processes enrolled and connected through HAProxy
+    spread over the three nodes; /readyz answers through it; OpenSSH through it opens a
+    shell on an agent another node holds, watched from a third node, killed from one, and
+    the transcript verifies from every node (cross_node_session); SIGKILL of the node
+    holding the most agents (at least 10) brings every one of them back on the other two
+    within 30 s; `secondline node drain` takes a node out of HAProxy's pool (its /readyz
+    says draining) and its agents move to the last node, audited; `audit verify` passes
+    and the session's note arrived once."""
     cluster, lb = balanced
-    nodes = [cluster.nodes[n] for n in ("n1", "n2", "n3")]
+    nodes = [cluster.nodes[n] for n in NODES]
     first = nodes[0].data_dir
-    assert set(await lb.servers()) == {"n1", "n2", "n3"}
+    assert set(await lb.servers()) == set(NODES)
     ok(secondline("customer", "add", "acme", data_dir=first))
 
     cert = first / "keys" / "tls.crt"
@@ -301,74 +390,73 @@ async def test_agents_spread_through_haproxy_move_off_a_drained_node_and_come_ba
     marks = [len(n.output) for n in nodes]
     agents: list[asyncio.subprocess.Process] = []
     try:
-        for i in range(AGENTS):
-            name = f"web{i:02d}"
-            enroll = ok(
-                secondline(
-                    "token", "create", "--customer", "acme", "--consent", "unattended",
-                    data_dir=first,
-                )
-            )  # fmt: skip
-            state = tmp_path / f"agent-{name}"
-            ok(agent_cli(state, "enroll", lb.url, enroll, "--name", name))
-            agents.append(
-                await asyncio.create_subprocess_exec(
-                    sys.executable,
-                    "-m",
-                    "agent",
-                    "run",
-                    "--state-dir",
-                    str(state),
-                    stdout=asyncio.subprocess.DEVNULL,
-                    stderr=asyncio.subprocess.DEVNULL,
-                    env=cli_env(state),
-                )
-            )
-        held = await wait_online(nodes, marks, AGENTS)
-        assert len(set(held.values())) >= 2, held  # HAProxy spread them
-        assert lb.downs() == [], lb.output  # every node passed HAProxy's /readyz checks
+        agents = await run_agents(await enroll_agents(lb, first, tmp_path))
+        # 30 Python processes starting and handshaking at once on a shared 2-core machine:
+        # the swarm's failure bound, not a promise.
+        held = await wait_online(nodes, marks, AGENTS, SWARM_WAIT)
+        counts = {n: list(held.values()).count(n) for n in NODES}
+        assert all(counts.values()), counts  # HAProxy spread them over every node
+        # Every node passes HAProxy's /readyz checks (on a loaded machine a check may time
+        # out once while 30 agents handshake; the node is back in the pool after it).
+        await lb.all_up()
 
         rows = json.loads(ok(secondline("cluster", "status", "--json", data_dir=first)))
         assert sum(int(r["agents"]) for r in rows) == AGENTS
 
-        # Issue 16's one flow across nodes, on the same cluster (a second one costs CI time).
-        await cross_node_session(cluster, lb, held, tmp_path)
+        # The one flow across nodes, on the same cluster (a second one costs CI time).
+        sid, ticket = await cross_node_session(cluster, lb, held, tmp_path)
 
-        # Drain the node holding most agents (asked on n1, passed on over NATS unless it
-        # is n1): HAProxy takes it out on its /readyz, and its agents move to the others.
-        drained_name = max(set(held.values()), key=lambda n: list(held.values()).count(n))
+        # SIGKILL of the node holding the most agents (30 over three: at least 10): every
+        # one of them back on the other two within the cluster's promise.
+        victim_name = max(NODES, key=lambda n: counts[n])
+        victim = cluster.nodes[victim_name]
+        moved = sorted(a for a, n in held.items() if n == victim_name)
+        assert len(moved) >= AGENTS // len(NODES), counts
+        survivors = [n for n in nodes if n is not victim]
+        marks = [len(n.output) for n in survivors]
+        lb_mark = len(lb.output)
+        began = time.monotonic()
+        await victim.stop(signal.SIGKILL)
+        back = await wait_online(survivors, marks, len(moved))
+        took = time.monotonic() - began
+        assert took <= NODE_DEATH_PROMISE_S, (took, len(moved))
+        print(f"done-when: {len(moved)} of {AGENTS} agents back {took:.1f} s after SIGKILL")
+        assert sorted(back) == moved
+        assert victim_name not in back.values()
+        held |= back
+        await lb.wait_for(f"Server nodes_https/{victim_name} is DOWN".encode(), lb_mark)
+        assert (await broker_call(lb.url, cert, token, "GET", "/customers"))[0] == 200
+
+        # Drain the survivor holding more (asked on a survivor, passed on over NATS unless
+        # it is that node): HAProxy takes it out on its /readyz, and its agents move to the
+        # last node.
+        asker = survivors[0].data_dir
+        alive = [n.data_dir.name for n in survivors]
+        drained_name = max(alive, key=lambda n: list(held.values()).count(n))
         drained = cluster.nodes[drained_name]
         handed = sorted(a for a, n in held.items() if n == drained_name)
-        others = [n for n in nodes if n is not drained]
-        marks = [len(n.output) for n in others]
-        said = ok(secondline("node", "drain", drained_name, data_dir=first))
+        last = [n for n in survivors if n is not drained]
+        marks = [len(n.output) for n in last]
+        lb_mark = len(lb.output)
+        said = ok(secondline("node", "drain", drained_name, data_dir=asker))
         assert said.startswith(f"Node {drained_name} is draining"), said
-        await lb.wait_for(f"Server nodes_https/{drained_name} is DOWN".encode())
-        came = await wait_online(others, marks, len(handed))
+        await lb.wait_for(f"Server nodes_https/{drained_name} is DOWN".encode(), lb_mark)
+        came = await wait_online(last, marks, len(handed))
         assert sorted(came) == handed
-        held |= came
         audit = json.loads(
-            ok(secondline("audit", "list", "--action", "node.drain", "--json", data_dir=first))
+            ok(secondline("audit", "list", "--action", "node.drain", "--json", data_dir=asker))
         )
         assert [(e["target"], e["outcome"]) for e in audit] == [(drained_name, "ok")]
         status, body = await readyz_of(drained, cert)
         assert (status, body["status"]) == (503, "draining")
 
-        victim_name = max(
-            {n for n in held.values() if n != drained_name},
-            key=lambda n: list(held.values()).count(n),
-        )
-        victim = cluster.nodes[victim_name]
-        moved = sorted(a for a, n in held.items() if n == victim_name)
-        survivors = [n for n in nodes if n is not victim and n is not drained]
-        marks = [len(n.output) for n in survivors]
-        await victim.stop(signal.SIGKILL)
-        back = await wait_online(survivors, marks, len(moved))
-        assert sorted(back) == moved
-        assert victim_name not in back.values()
-        await lb.wait_for(f"Server nodes_https/{victim_name} is DOWN".encode())
-        ready = await broker_call(lb.url, cert, token, "GET", "/customers")
-        assert ready[0] == 200
+        # One audit chain for all three nodes' writes, the dead one's included; the note of
+        # the session across nodes delivered once (one outbox, whichever node ran it).
+        verdict = ok(secondline("audit", "verify", data_dir=asker))
+        assert "audit log intact" in verdict, verdict
+        assert await note_delivered(nodes, sid, ticket) == 1
+        shown = json.loads(ok(secondline("ticket", "show", ticket, "--json", data_dir=asker)))
+        assert sum(sid in str(n["text"]) for n in shown["notes"]) == 1, shown["notes"]
     finally:
         for proc in agents:
             if proc.returncode is None:
