@@ -38,10 +38,12 @@ from broker.cluster.peer_server import PEER_STATE, PeerState, peer_socket
 from broker.cluster.rebalance import RebalanceHooks, Rebalancer
 from broker.cluster.share import RefusalLedger, Share, share_of
 from broker.config import peer_url
-from broker.db.models_sessions import SessionOutbox
+from broker.db.models_agents import Agent
+from broker.db.models_sessions import RemoteSession, SessionOutbox
 from broker.services import SERVICES
 from broker.sessions.hub_core import HubClosed, HubRefused, roles_of
 from broker.sessions.runtime import SESSION_ROUTER, SESSIONS
+from broker.sessions.store import LIVE_STATES
 from broker.supervision import OnFailure, Supervisor
 
 log = logging.getLogger(__name__)
@@ -154,6 +156,15 @@ def _actions(app: web.Application) -> LocalActions:
     async def drain(control: Control) -> bool:
         return start_drain(app, by=control.by)
 
+    async def recorded() -> set[str]:
+        async with app[SERVICES].db() as db:
+            agents = select(Agent.node).where(Agent.online.is_(True), Agent.node.is_not(None))
+            live = select(RemoteSession.node).where(
+                RemoteSession.state.in_(LIVE_STATES), RemoteSession.node.is_not(None)
+            )
+            rows = (await db.execute(agents.union(live))).scalars().all()
+        return {str(name) for name in rows if name}
+
     def steer(request: Steer) -> SteerResult:
         sessions = app.get(SESSIONS)
         live = sessions.manager.get(request.session) if sessions is not None else None
@@ -181,6 +192,7 @@ def _actions(app: web.Application) -> LocalActions:
         drain=drain,
         steer=steer,
         ready=lambda: app[SHARING].serving and not app[SERVICES].draining,
+        recorded=recorded,
     )
 
 

@@ -43,7 +43,7 @@ from broker.cluster.messages import (
     SteerResult,
     Subjects,
 )
-from broker.cluster.view import HEARTBEAT_S, ClusterView
+from broker.cluster.view import HEARTBEAT_S, LEASE_S, ClusterView
 from broker.config import valid_node_name
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 CONTROL_WAIT_S: Final = 1.5
 #: How long start-up waits for a node of the same name to answer.
 HELLO_WAIT_S: Final = 1.0
+#: How long a node listens, after its start or NATS's return, before it takes the nodes the
+#: database names but it has not heard for dead (:meth:`ClusterNode._sweep`).
+SWEEP_AFTER_S: Final = LEASE_S + HEARTBEAT_S
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,8 @@ class LocalActions:
     steer: Callable[[Steer], SteerResult] = lambda _: SteerResult("not_live")
     # Whether the node takes agents now (serving, not draining); announced to the others.
     ready: Callable[[], bool] | None = None
+    # The nodes the database names as holding agents or live sessions.
+    recorded: Callable[[], Awaitable[set[str]]] | None = None
 
 
 class ClusterNode:
@@ -96,6 +101,9 @@ class ClusterNode:
         self._subs: list[Subscription] = []
         self._ticker: asyncio.Task[None] | None = None
         self._was_connected = True
+        # When this node has heard the cluster long enough to know who runs (a lease and a
+        # heartbeat since its start or since NATS came back); None once it has looked.
+        self._sweep_at: float | None = None
         # A single node has nobody to announce itself to: no heartbeat, no lease ticker.
         self._heartbeat = heartbeat
 
@@ -125,6 +133,7 @@ class ClusterNode:
         self.bus.on_reconnect(self._on_reconnect)
         if self._heartbeat:
             await self._announce()
+            self._sweep_at = time.monotonic() + SWEEP_AFTER_S
             self._ticker = asyncio.get_running_loop().create_task(self._tick())
 
     async def stop(self) -> None:
@@ -166,19 +175,53 @@ class ClusterNode:
             if connected and self._was_connected:
                 for gone in self.view.expire(now):
                     log.warning("node %s stopped announcing itself: its agents are offline", gone)
-                    try:
-                        await self._actions.forget_node(gone)
-                    except Exception:  # a task boundary: the next expiry or start fixes it
-                        log.exception("marking the agents of node %s offline failed", gone)
+                    await self._forget(gone)
+                if self._sweep_at is not None and now >= self._sweep_at:
+                    self._sweep_at = None
+                    await self._sweep()
             self._was_connected = connected
             if now >= next_beat:
                 next_beat = now + HEARTBEAT_S
                 await self._announce()
 
+    async def _forget(self, gone: str) -> None:
+        try:
+            await self._actions.forget_node(gone)
+        except Exception:  # a task boundary: the next expiry, sweep or start fixes it
+            log.exception("marking the agents of node %s offline failed", gone)
+
+    async def _sweep(self) -> None:
+        """Forget the nodes the database names that do not announce themselves.
+
+        A lease runs out only in the view of a node that heard the dead one: a node that
+        died while no other ran (the whole cluster stopped at once), or while this node was
+        cut off from NATS, is in nobody's view. Once this node has listened for a lease and
+        a heartbeat, every running node has announced itself to it, so a node the database
+        names (agents marked online, sessions live) that it has not heard is dead: its
+        agents go offline and its sessions are sealed as interrupted, by exactly one node
+        (the claim), as when a lease runs out."""
+        if self._actions.recorded is None:
+            return
+        try:
+            named = await self._actions.recorded()
+        except Exception:  # a task boundary: the next start or NATS return looks again
+            log.exception("reading which nodes the database names failed")
+            return
+        for gone in sorted(named - set(self.view.nodes) - {self.name}):
+            log.warning(
+                "node %s is named in the database but does not announce itself: its agents "
+                "are offline, its sessions are sealed as interrupted",
+                gone,
+            )
+            await self._forget(gone)
+
     async def _on_reconnect(self) -> None:
         # Every lease heard before the outage is stale; rebuild from the next heartbeats
-        # instead of expiring nodes that were only out of earshot.
+        # instead of expiring nodes that were only out of earshot, and look for the nodes
+        # that died meanwhile once every running one has been heard again.
         self.view.clear()
+        if self._heartbeat:
+            self._sweep_at = time.monotonic() + SWEEP_AFTER_S
         self._actions.rewrite_presence()
         await self._announce()
 

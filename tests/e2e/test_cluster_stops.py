@@ -1,6 +1,8 @@
-"""How cluster nodes stop, with real nodes on PostgreSQL and NATS, a really enrolled agent
-process and the real OpenSSH client: a node holding an agent's tunnel and a session
-relayed from another node stops on SIGTERM and says so."""
+"""How cluster nodes stop and what the others make of it, with real nodes on PostgreSQL and
+NATS, really enrolled agent processes and the real OpenSSH client: a node holding an
+agent's tunnel and a session relayed from another node stops on SIGTERM and says so; a
+node that died while no other ran is found dead by the next node to start, which seals
+its session."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import pytest
 from tests.e2e.test_cluster_nodes import site_on
 from tests.support.broker import secondline
 from tests.support.cluster import Cluster
-from tests.support.site import Site, new_ticket, ok, sessions_of, start_agent
+from tests.support.site import Site, keygen, new_ticket, ok, sessions_of, start_agent
 
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
 
@@ -64,3 +66,49 @@ async def test_a_node_with_a_tunnel_and_a_relayed_session_stops_on_sigterm(
     assert shown["end_reason"] == "broker shut down", shown
     verified = ok(secondline("transcript", "verify", sid, data_dir=n2.data_dir))
     assert verified.startswith("valid"), verified
+
+
+async def test_a_node_that_died_alone_is_sealed_by_the_next_node_to_start(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """n1 runs alone with bob's shell on web01 and dies (SIGKILL): nobody saw its lease
+    run out. n2, started afterwards, finds n1 named in the database and silent, marks its
+    agent offline and seals the session as interrupted; it verifies there."""
+    n1 = await cluster.start("n1")
+    d = n1.data_dir
+    key = keygen(tmp_path / "bob_ed25519")
+    ok(secondline("customer", "add", "acme", data_dir=d))
+    ok(secondline("user", "add", "lena", "--role", "level1", "--customer", "acme", data_dir=d))
+    ok(
+        secondline(
+            "user", "add", "bob", "--role", "level2", "--customer", "acme",
+            "--ssh-key", f"{key}.pub", data_dir=d,
+        )
+    )  # fmt: skip
+    site = Site(n1, tmp_path, key, tmp_path / "known_hosts")
+    site.known_hosts.write_text("")
+    pin_port(site, site.ssh_port)
+    await start_agent(site, "web01", "unattended")
+    try:
+        site.ticket = new_ticket(site, "web01")
+        term = await site.interactive(site.ticket)
+        term.type("echo up-$((40+2))\n")
+        await term.expect(b"up-42")
+        sid = str(sessions_of(site, site.ticket)[0]["id"])
+        await n1.stop(9)
+        code, _err = await term.finish()
+        assert code == 255
+    finally:
+        if site.agent is not None:
+            site.agent.kill()
+            await site.agent.wait()
+    n2 = await cluster.start("n2")
+    await n2.wait_for_line(b"node n1 is named in the database but does not announce itself")
+    await n2.wait_for_line(f"session {sid} of node n1 was interrupted".encode())
+    shown = json.loads(ok(secondline("session", "show", sid, "--json", data_dir=n2.data_dir)))
+    assert shown["state"] == "interrupted", shown
+    agents = json.loads(ok(secondline("agent", "list", "--json", data_dir=n2.data_dir)))
+    assert [a["online"] for a in agents] == [False], agents
+
+    verified = ok(secondline("transcript", "verify", sid, data_dir=n2.data_dir))
+    assert verified.startswith("valid, but cut short (interrupted)"), verified
