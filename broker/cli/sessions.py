@@ -19,6 +19,7 @@ says), 1 invalid (naming the first bad event), 2 incomplete (no seal).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
@@ -29,7 +30,7 @@ from urllib.parse import quote, urlencode
 
 from broker.cli.client import CliError
 from broker.cli.runtime import Runtime, add_json
-from broker.config import load_config
+from broker.config import BrokerConfig, load_config
 from broker.errors import BrokerError
 from broker.rules import InvalidName, parse_session_id, parse_ticket_ref
 from broker.rules.outside_text import escape_controls
@@ -336,16 +337,58 @@ def _verify_key(rt: Runtime, file: Path | None) -> _KeyChoice:
     return _KeyChoice(_broker_public_key(rt))
 
 
-def _local_cast(rt: Runtime, session_id: str) -> Path | None:
+def _verify_on_host(rt: Runtime, session_id: str, key: Ed25519PublicKey) -> VerifyResult | None:
+    """Verify a session from the broker host's data dir, without the API; None when the
+    data dir has no copy of it (the API is asked then).
+
+    Its files when they are sealed (no database needed), and on SQLite. On PostgreSQL the
+    database may hold the sealed copy while the files here are unsealed: the session was
+    recorded here by a node that died, and another node sealed it from the database's
+    copy (docs/cluster.md). So the copy is chosen as the broker chooses it for playback
+    (the shared store's ``opened``): the files when sealed, else the database's sealed
+    copy, else the files (incomplete)."""
+    from broker.transcript import verify_path
+    from broker.transcript.store import sealed_here
+
     data_dir = rt.args.data_dir or rt.env.get("SECONDLINE_DATA_DIR")
     if not data_dir:
         return None
     try:
-        root = load_config(Path(data_dir), rt.env).transcripts_dir
+        config = load_config(Path(data_dir), rt.env)
     except BrokerError:
         return None
-    cast = root / f"{session_id}.cast"
-    return cast if cast.is_file() else None
+    cast = config.transcripts_dir / f"{session_id}.cast"
+    if config.db_url.startswith("postgresql") and not sealed_here(
+        config.transcripts_dir, session_id
+    ):
+        return asyncio.run(_verify_shared(config, session_id, key))
+    return verify_path(cast, key) if cast.is_file() else None
+
+
+async def _verify_shared(
+    config: BrokerConfig, session_id: str, key: Ed25519PublicKey
+) -> VerifyResult | None:
+    from broker.db.engine import create_engine, session_factory
+    from broker.transcript import transcript_paths, verify_path
+    from broker.transcript.store import DatabaseStore
+
+    engine = create_engine(config.db_url, schema=config.database_schema or None)
+    store = DatabaseStore(
+        config.transcripts_dir,
+        config.data_dir / "transcript-scratch",
+        session_factory(engine),
+        config.node or "single",
+    )
+    try:
+        async with store.opened(session_id) as root:
+            cast = transcript_paths(root, session_id).cast
+            if not cast.is_file():
+                return None
+            return await asyncio.to_thread(verify_path, cast, key)
+    except OSError as exc:
+        raise CliError(f"cannot reach the database ({exc.strerror}); is it running?") from None
+    finally:
+        await engine.dispose()
 
 
 def transcript_verify(rt: Runtime) -> int:
@@ -361,9 +404,9 @@ def transcript_verify(rt: Runtime) -> int:
             result = verify_path(file, choice.key)
         else:
             session_id = _session_id(target)
-            local = _local_cast(rt, session_id)
-            if local is not None:
-                result = verify_path(local, choice.key)
+            on_host = _verify_on_host(rt, session_id, choice.key)
+            if on_host is not None:
+                result = on_host
             else:
                 bundle = _fetch(rt, session_id, "json")
                 result = verify_bundle_bytes(str(bundle["content"]).encode("utf-8"), choice.key)

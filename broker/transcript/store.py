@@ -136,6 +136,11 @@ def _read_seal_text(path: Path) -> str | None:
     return data.decode("utf-8")
 
 
+def sealed_here(root: Path, session_id: str) -> bool:
+    """Whether ``root`` holds the session's sealed files (its seal, not the placeholder)."""
+    return _read_seal_text(transcript_paths(root, session_id).seal) is not None
+
+
 def _kept_numbers(paths: TranscriptPaths) -> list[int]:
     """The complete kept files beside the ``.cast`` (``N``; a ``N.part`` still grows)."""
     try:
@@ -257,7 +262,7 @@ class DatabaseStore:
     @contextlib.asynccontextmanager
     async def opened(self, session_id: str) -> AsyncIterator[Path]:
         local = transcript_paths(self.root, session_id)
-        if _read_seal_text(local.seal) is not None:
+        if sealed_here(self.root, session_id):
             yield self.root  # recorded and sealed here: the same bytes as the database's
             return
         async with self._db() as db:

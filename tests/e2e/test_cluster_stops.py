@@ -2,7 +2,8 @@
 NATS, really enrolled agent processes and the real OpenSSH client: a node holding an
 agent's tunnel and a session relayed from another node stops on SIGTERM and says so; a
 node that died while no other ran is found dead by the next node to start, which seals
-its session."""
+its session; and the host of that dead node, restarted, verifies the sealed copy, not its
+own unsealed files."""
 
 from __future__ import annotations
 
@@ -68,12 +69,14 @@ async def test_a_node_with_a_tunnel_and_a_relayed_session_stops_on_sigterm(
     assert verified.startswith("valid"), verified
 
 
-async def test_a_node_that_died_alone_is_sealed_by_the_next_node_to_start(
+async def test_a_node_that_died_alone_is_sealed_by_the_next_and_its_host_verifies_that(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     """n1 runs alone with bob's shell on web01 and dies (SIGKILL): nobody saw its lease
     run out. n2, started afterwards, finds n1 named in the database and silent, marks its
-    agent offline and seals the session as interrupted; it verifies there."""
+    agent offline and seals the session as interrupted. n1's host, restarted, leaves that
+    seal alone, and `transcript verify` there reads the sealed copy from the database
+    instead of its own unsealed files."""
     n1 = await cluster.start("n1")
     d = n1.data_dir
     key = keygen(tmp_path / "bob_ed25519")
@@ -102,6 +105,10 @@ async def test_a_node_that_died_alone_is_sealed_by_the_next_node_to_start(
         if site.agent is not None:
             site.agent.kill()
             await site.agent.wait()
+    # The host's own copy is unsealed: the node died recording it.
+    own = n1.data_dir / "transcripts" / f"{sid}.cast"
+    assert own.is_file()
+
     n2 = await cluster.start("n2")
     await n2.wait_for_line(b"node n1 is named in the database but does not announce itself")
     await n2.wait_for_line(f"session {sid} of node n1 was interrupted".encode())
@@ -110,5 +117,8 @@ async def test_a_node_that_died_alone_is_sealed_by_the_next_node_to_start(
     agents = json.loads(ok(secondline("agent", "list", "--json", data_dir=n2.data_dir)))
     assert [a["online"] for a in agents] == [False], agents
 
-    verified = ok(secondline("transcript", "verify", sid, data_dir=n2.data_dir))
-    assert verified.startswith("valid, but cut short (interrupted)"), verified
+    n1 = await cluster.start("n1")
+    for node in (n1, n2):
+        verified = ok(secondline("transcript", "verify", sid, data_dir=node.data_dir))
+        assert verified.startswith("valid, but cut short (interrupted)"), (node, verified)
+    assert not any(b"was interrupted" in line for line in n1.output), n1.output
