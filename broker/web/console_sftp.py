@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from broker.sessions.facts import Outcome
-from broker.sessions.hub import LiveSession
 from broker.sessions.hub_core import Member
+from broker.sessions.routing import SessionHandle
 from broker.sessions.sftp_tracker import (
     CLOSE,
     DATA,
@@ -127,7 +127,7 @@ class SftpTerminal:
     """The owner of a console file session (:class:`~broker.sessions.facts.Terminal`)."""
 
     def __init__(self) -> None:
-        self._live: LiveSession | None = None
+        self._live: SessionHandle | None = None
         self._pid = 0
         self._buffer = bytearray()
         self._waiting: dict[int, asyncio.Future[tuple[int, bytes]]] = {}
@@ -144,7 +144,7 @@ class SftpTerminal:
     def session_id(self) -> str:
         return self._live.session_id if self._live is not None else ""
 
-    def bind(self, live: LiveSession, member: Member) -> None:
+    def bind(self, live: SessionHandle, member: Member) -> None:
         self._live, self._pid = live, member.pid
 
     # -- Terminal ----------------------------------------------------------------------------

@@ -35,9 +35,11 @@ from aiohttp import web
 from broker.errors import InputError
 from broker.rules import SshTarget
 from broker.services import SERVICES
+from broker.sessions import store
 from broker.sessions.admission import OpenRequest
 from broker.sessions.errors import SessionNotFound
 from broker.sessions.runtime import SESSIONS
+from broker.sessions.store import LIVE_STATES
 from broker.web.auth import authenticate
 from broker.web.console_sftp import (
     CHUNK,
@@ -126,8 +128,8 @@ async def _start(request: web.Request, direction: str) -> tuple[str, str, SftpTe
     why = check_path(path)
     if why is not None:
         raise await _refuse(request, principal.name, "bad_path", why, 400, path)
-    live = runtime.manager.get(request.match_info["id"])
-    if live is None or principal.name not in {m.name for m in live.core.members}:
+    target = await _session_target(request, principal.name)
+    if target is None:
         # A session the caller is not in answers like one that does not exist.
         await _refuse(request, principal.name, "not_in_session", "", 404, path)
         raise SessionNotFound(
@@ -158,11 +160,12 @@ async def _start(request: web.Request, direction: str) -> tuple[str, str, SftpTe
                 path,
             )
     terminal = SftpTerminal()
-    facts = live.facts
-    opened, member = await runtime.manager.open(
+    # On the node holding the agent's tunnel: here, or (in a cluster) relayed to it like
+    # a shell from this node's SSH gateway or terminal page.
+    opened, member = await runtime.manager.open_anywhere(
         OpenRequest(
             staff=principal.name,
-            target=SshTarget(ticket=facts.ticket_id, agent=facts.agent_id),
+            target=target,
             kind="sftp",
             command=None,
             term=None,
@@ -173,6 +176,30 @@ async def _start(request: web.Request, direction: str) -> tuple[str, str, SftpTe
     )
     terminal.bind(opened, member)
     return principal.name, path, terminal
+
+
+async def _session_target(request: web.Request, name: str) -> SshTarget | None:
+    """The ticket and machine of live session ``{id}`` when ``name`` takes part in it;
+    None otherwise. Its hub is here, or, in a cluster, on the node the database names (the
+    page may be served by any node the load balancer picks): then the database's
+    participants say who is in it."""
+    sid = request.match_info["id"]
+    live = request.app[SESSIONS].manager.get(sid)
+    if live is not None:
+        if name not in {m.name for m in live.core.members}:
+            return None
+        return SshTarget(ticket=live.facts.ticket_id, agent=live.facts.agent_id)
+    services = request.app[SERVICES]
+    if not services.config.node:
+        return None
+    async with services.db() as db:
+        row = await store.get_session(db, sid)
+        if row is None or row.state not in LIVE_STATES or row.node in ("", services.config.node):
+            return None
+        present = [p for p in await store.participants(db, sid) if p.left_at is None]
+    if name not in {p.name for p in present}:
+        return None
+    return SshTarget(ticket=row.ticket_id, agent=row.agent_id)
 
 
 async def _finish(terminal: SftpTerminal) -> None:

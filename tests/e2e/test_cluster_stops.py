@@ -1,19 +1,25 @@
-"""How cluster nodes stop and what the others make of it, with real nodes on PostgreSQL and
-NATS, really enrolled agent processes and the real OpenSSH client: a node holding an
-agent's tunnel and a session relayed from another node stops on SIGTERM and says so; a
-node that died while no other ran is found dead by the next node to start, which seals
-its session; and the host of that dead node, restarted, verifies the sealed copy, not its
-own unsealed files."""
+"""Cluster nodes at the edges of a session, with real nodes on PostgreSQL and NATS, really
+enrolled agent processes and the real OpenSSH client: console file transfers asked of a
+node other than the session's go to the node holding the agent; a node holding an agent's
+tunnel and a session relayed from another node stops on SIGTERM and says so; a node that
+died while no other ran is found dead by the next node to start, which seals its session;
+and the host of that dead node, restarted, verifies the sealed copy, not its own unsealed
+files."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import ssl
+import tomllib
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from tests.e2e.test_cluster_nodes import site_on
-from tests.support.broker import secondline
+from tests.support.broker import BrokerProcess, secondline
 from tests.support.cluster import Cluster
 from tests.support.site import Site, keygen, new_ticket, ok, sessions_of, start_agent
 
@@ -27,13 +33,34 @@ def pin_port(site: Site, port: int) -> None:
         fh.write(f"[127.0.0.1]:{port} {key[0]} {key[1]}\n")
 
 
-async def test_a_node_with_a_tunnel_and_a_relayed_session_stops_on_sigterm(
+async def transfer(
+    node: BrokerProcess, token: str, sid: str, way: str, path: Path, body: bytes = b""
+) -> tuple[int, bytes]:
+    """The terminal page's transfer panel's request, made of ``node``."""
+    tls = ssl.create_default_context(cafile=str(node.data_dir / "keys" / "tls.crt"))
+    tls.check_hostname = False
+    public = tomllib.loads((node.data_dir / "secondline.toml").read_text())["public_url"]
+    async with (
+        aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls)) as http,
+        http.post(
+            f"{node.url}/files/sessions/{sid}/{way}",
+            params={"path": str(path)},
+            data=body,
+            headers={"Authorization": f"Bearer {token}", "Origin": public},
+        ) as resp,
+    ):
+        return resp.status, await resp.read()
+
+
+async def test_transfers_of_another_nodes_session_and_its_node_stopping_on_sigterm(
     cluster: Cluster, tmp_path: Path
 ) -> None:
     """web01's tunnel is on n1, and bob's shell on it came in through n2 (the hub on n1,
-    bob relayed over a peer stream). SIGTERM of n1: bob is told the broker shut down, n1
-    exits 0 saying it stopped with nothing cut short, the session is recorded as ended
-    with a sealed transcript that verifies on n2."""
+    bob relayed over a peer stream). bob's transfer panel on n2 uploads a file and
+    downloads it back byte-identical: each a file session run on n1, recorded there.
+    SIGTERM of n1: bob is told the broker shut down, n1 exits 0 saying it stopped with
+    nothing cut short, the session is recorded as ended with a sealed transcript that
+    verifies on n2."""
     site = await site_on(cluster, tmp_path)
     n1, n2 = cluster.nodes["n1"], cluster.nodes["n2"]
     await start_agent(site, "web01", "unattended")
@@ -46,6 +73,24 @@ async def test_a_node_with_a_tunnel_and_a_relayed_session_stops_on_sigterm(
         await term.expect(b"up-42")
         sid = str(sessions_of(site, site.ticket)[0]["id"])
         await n1.wait_for_line(f"session {sid}: bob \\(owner\\) is in it from node n2".encode())
+
+        bob = ok(secondline("user", "token", "bob", "--scope", "session", data_dir=n2.data_dir))
+        there = tmp_path / "fixed.conf"  # the agent runs on this machine, as this user
+        payload = os.urandom(50_000)
+        status, body = await transfer(n2, bob, sid, "upload", there, payload)
+        assert status == 200, body
+        assert json.loads(body)["sha256"] == hashlib.sha256(payload).hexdigest()
+        assert there.read_bytes() == payload
+        status, body = await transfer(n2, bob, sid, "download", there)
+        assert (status, body) == (200, payload)
+        files = [r for r in sessions_of(site, site.ticket) if r["kind"] == "sftp"]
+        assert len(files) == 2, files
+        for row in files:
+            assert row["via"] == "web", row
+            # Run (and recorded) by n1's hub for bob on n2, like his shell.
+            await n1.wait_for_line(
+                f"session {row['id']}: bob \\(owner\\) is in it from node n2".encode()
+            )
 
         assert await n1.stop() == 0
         said = b"".join(n1.output)
