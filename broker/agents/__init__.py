@@ -7,6 +7,8 @@ Modules:
 - ``agent_store``: enrolled agents in the database; :class:`AgentRecord`, lookups by id or
   name (:func:`find_agent`), presence and facts writes.
 - ``facts_policy``: what facts the broker accepts (pure).
+- ``facts_pacing``: an online agent's facts refresh waits for the handshakes under way
+  (a reconnect storm's handshakes go first).
 - ``handshake_limiter``: fair admission of tunnel handshakes (pure).
 - ``descriptors``: the tunnel budget below the descriptor limit (agents beyond it get 503
   "full"), the soft limit raised at start, and the fixes that keep the broker answering

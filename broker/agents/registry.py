@@ -61,6 +61,9 @@ class AgentRegistry:
         self._live: dict[str, LiveTunnel] = {}
         self._revoked: set[str] = set()
         self._changed = asyncio.Event()
+        #: Set while no SSH handshake is under way (deferred facts wait for it).
+        self._handshakes_idle = asyncio.Event()
+        self._handshakes_idle.set()
         self.handshakes_in_flight = 0
         self.handshakes_done = 0
         #: Upgrades admitted and not finished (live tunnels, handshakes, tunnels closing):
@@ -132,6 +135,24 @@ class AgentRegistry:
         audit log (an event of its own, or counted in its kind's summary)."""
         self.refused += 1
         self._notify()
+
+    def handshake_started(self) -> None:
+        """An SSH handshake began (the limiter and the facts pacing count them)."""
+        self.handshakes_in_flight += 1
+        self._handshakes_idle.clear()
+
+    def handshake_finished(self) -> None:
+        """An SSH handshake ended, whatever its outcome."""
+        self.handshakes_in_flight -= 1
+        self.handshakes_done += 1
+        if self.handshakes_in_flight == 0:
+            self._handshakes_idle.set()
+
+    async def wait_handshakes_idle(self) -> None:
+        """Return once no SSH handshake is under way (at once when none is). One event,
+        not :meth:`_notify`: thousands of deferred facts wait here during a storm, and
+        waking them all at every tunnel change would cost the storm quadratic work."""
+        await self._handshakes_idle.wait()
 
     def tunnel_opened(self) -> None:
         """An upgrade was admitted: it holds a socket until :meth:`tunnel_finished`."""

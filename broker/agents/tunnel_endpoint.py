@@ -17,7 +17,8 @@ Order of checks, cheapest first, so a flood costs the broker as little as possib
    fails here (audited), and nothing else is touched. A peer that stalls meets the
    handshake timeout; garbage and oversized messages end the tunnel (audited);
 6. the registry makes it the agent's one connection (an older one is closed), the agent
-   is marked online, and its facts are refreshed with ``sl:facts``.
+   is marked online, and its facts are refreshed with ``sl:facts`` once no handshake is
+   under way (:mod:`broker.agents.facts_pacing`: a reconnect storm's handshakes go first).
 
 The handler then waits for the SSH connection to close (keepalives every 15 s, two missed
 ones close it: a silent agent is offline within 45 s) and marks the agent offline.
@@ -55,6 +56,7 @@ from agent.protocol import (
 )
 from agent.tunnel import WebSocketTunnel, size_tunnel_buffer
 from broker.agents import agent_store, descriptors
+from broker.agents.facts_pacing import FACTS_MAX_WAIT_S, FactsPacer
 from broker.agents.facts_policy import FACTS_OUTPUT_MAX, FactsRefused, parse_facts_output
 from broker.agents.handshake_limiter import HandshakeLimiter
 from broker.agents.presence import PresenceWriter
@@ -112,6 +114,8 @@ class TunnelSettings:
     keepalive_interval: float = KEEPALIVE_INTERVAL
     keepalive_count_max: int = KEEPALIVE_COUNT_MAX
     facts_timeout: float = 10.0
+    #: Facts wait at most this long for the handshakes under way (see facts_pacing).
+    facts_max_wait: float = FACTS_MAX_WAIT_S
     touch_interval: float = 60.0
     node: str = ""
     #: Tunnels open or in their handshake at once; 0: as many as descriptors allow.
@@ -146,6 +150,7 @@ class TunnelRuntime:
         self.tasks = Supervisor("agent tunnels")
         self.presence = PresenceWriter(services, self.node, self.tasks)
         self.refusals = RefusalAuditor(services, settings.refusal_window)
+        self.facts_pacer = FactsPacer(registry, max_wait=settings.facts_max_wait)
         self._warned_at: dict[str, float] = {}
         # Built once: every tunnel differs only in the one host key it trusts.
         self.base_options = asyncssh.SSHClientConnectionOptions(
@@ -380,7 +385,7 @@ async def _handshake(
             agent.agent_id, enrolled=True, source=source, reason="the enrolled key cannot be read"
         )
         return None
-    registry.handshakes_in_flight += 1
+    registry.handshake_started()
     reason = ""
     try:
         async with asyncio.timeout(runtime.settings.handshake_timeout):
@@ -410,8 +415,7 @@ async def _handshake(
     except Exception as exc:  # a connection boundary: whatever the peer did, refuse it
         reason = f"the SSH handshake failed ({type(exc).__name__})"
     finally:
-        registry.handshakes_in_flight -= 1
-        registry.handshakes_done += 1
+        registry.handshake_finished()
     await _refused(runtime, agent.agent_id, source, stream.problem or reason)
     if stream.close_code == WSCloseCode.OK:
         stream.close_code = WSCloseCode.POLICY_VIOLATION
@@ -457,7 +461,9 @@ async def _serve(
         _tunnel_log(agent.agent_id, source).info(
             "agent %s (%s) online from %s", agent.agent_id, agent.name, source
         )
-        await refresh_facts(services, runtime, agent.agent_id, conn, source)
+        # The agent is online (and usable) now; its facts wait out a reconnect storm.
+        async with runtime.facts_pacer.turn():
+            await refresh_facts(services, runtime, agent.agent_id, conn, source)
         registry.mark_ready(tunnel)
         await conn.wait_closed()
     except asyncio.CancelledError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 from collections.abc import AsyncIterator
@@ -306,3 +307,37 @@ async def test_repeated_refusals_are_audited_once_then_summarised(agents: Agents
         (agent.id, "the SSH host key is not the one this agent enrolled with", 2),
     ]
     assert all(e.outcome == "denied" and e.details["first_at"] for e in summaries)
+
+
+async def test_facts_wait_for_the_handshakes_under_way_and_still_reach_the_database(
+    data_dir: Path, aiohttp_client: AiohttpClient
+) -> None:
+    """An agent that comes online while another agent's handshake is under way is online
+    and carries sessions at once; its facts are asked for only once no handshake is under
+    way, and then reach the database (a reconnect storm's handshakes go first)."""
+    settings = dataclasses.replace(FAST, handshake_timeout=WAIT + 5, facts_max_wait=WAIT + 5)
+    async with start_agents_app(data_dir, aiohttp_client, settings) as agents:
+        await agents.customer("acme")
+        staller = await agents.agent("staller")
+        agent = await agents.agent(facts_output=json.dumps(NEW_FACTS).encode() + b"\n")
+        # A WebSocket that never speaks SSH: its handshake stays under way.
+        stalled = await staller.open_ws()
+        await agent.connect()
+        async with asyncio.timeout(WAIT):
+            await agents.registry.wait_for(agent.id, online=True)
+        assert agents.registry.handshakes_in_flight == 1
+        pacer = agents.runtime.facts_pacer
+        assert pacer.waiting == 1
+        conn = agents.registry.connection(agent.id)
+        assert conn is not None
+        assert (await conn.run("echo before-facts")).stdout == "before-facts\n"
+        data = await shown(agents, agent.id)
+        assert data["status"] == "online"
+        assert data["facts"] == FACTS.to_dict() | {"users": list(FACTS.users)}
+        assert pacer.waiting == 1
+        # The stalled handshake ends: the facts go ahead and are stored.
+        await stalled.close()
+        async with asyncio.timeout(WAIT):
+            assert await agents.registry.wait_ready(agent.id) is conn
+        assert pacer.waiting == 0
+        assert (await shown(agents, agent.id))["facts"] == NEW_FACTS
