@@ -111,14 +111,17 @@ class SwarmAgent:
 class SwarmStatus:
     """What the workers reported, summed: the phase, agents online and attempts per role.
 
-    ``online`` counts agents whose current tunnel served ``sl:facts`` (so the broker had
-    registered it); ``tally[role][outcome]`` counts attempts started in this phase;
-    ``refused_agents[role]`` how many agents of the role met at least one refusal;
-    ``active_bad`` how many agents that are not good still dial.
+    ``up`` counts agents whose current tunnel finished its SSH handshake (the broker
+    authenticated and registers it); ``online`` those whose current tunnel also served
+    ``sl:facts`` (which the broker asks for once a reconnect storm is over);
+    ``tally[role][outcome]`` counts attempts started in this phase; ``refused_agents[role]``
+    how many agents of the role met at least one refusal; ``active_bad`` how many agents
+    that are not good still dial.
     """
 
     phase: int = 0
     online: Mapping[str, int] = field(default_factory=dict)
+    up: Mapping[str, int] = field(default_factory=dict)
     tally: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     refused_agents: Mapping[str, int] = field(default_factory=dict)
     active_bad: int = 0
@@ -133,16 +136,19 @@ class SwarmStatus:
     @classmethod
     def total(cls, parts: Sequence[SwarmStatus]) -> SwarmStatus:
         online: Counter[str] = Counter()
+        up: Counter[str] = Counter()
         refused: Counter[str] = Counter()
         tally: dict[str, Counter[str]] = {}
         for part in parts:
             online.update(part.online)
+            up.update(part.up)
             refused.update(part.refused_agents)
             for role, counts in part.tally.items():
                 tally.setdefault(role, Counter()).update(counts)
         return cls(
             phase=min((p.phase for p in parts), default=0),
             online=dict(online),
+            up=dict(up),
             tally={role: dict(counts) for role, counts in tally.items()},
             refused_agents=dict(refused),
             active_bad=sum(p.active_bad for p in parts),
@@ -154,6 +160,7 @@ class SwarmStatus:
         return cls(
             phase=int(data["phase"]),
             online={str(k): int(v) for k, v in data["online"].items()},
+            up={str(k): int(v) for k, v in data.get("up", {}).items()},
             tally={
                 str(role): {str(k): int(v) for k, v in counts.items()}
                 for role, counts in data["tally"].items()
@@ -256,6 +263,10 @@ class Swarm:
     def roster(self) -> list[SwarmAgent]:
         """Every enrolled agent of the swarm (after :meth:`spawn`)."""
         return [agent for w in self._workers for agent in (w.roster or ())]
+
+    def worker_pids(self) -> list[int]:
+        """The worker processes' ids (the bench reads their CPU time)."""
+        return [w.process.pid for w in self._workers]
 
     def status(self) -> SwarmStatus:
         """The workers' last reports, summed."""

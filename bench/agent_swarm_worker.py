@@ -153,10 +153,12 @@ class Worker:
 
     def status(self) -> str:
         online = Counter(a.role for a in self.agents if a.online)
+        up = Counter(a.role for a in self.agents if a.up)
         return json.dumps(
             {
                 "phase": self.phase,
                 "online": {role: online[role] for role in ROLES},
+                "up": {role: up[role] for role in ROLES},
                 "tally": {role: dict(c) for role, c in self.tally.items()},
                 "refused_agents": {role: len(s) for role, s in self.refused.items()},
                 "active_bad": sum(1 for a in self.agents if a.role != "good" and a.active),
@@ -184,6 +186,7 @@ class SimulatedAgent:
         self.bad_key = asyncssh.generate_private_key("ssh-ed25519") if role == "wrong_key" else None
         self.claims = ""
         self.backoff = Backoff()
+        self.up = False
         self.online = False
         self.active = True
 
@@ -272,10 +275,14 @@ class SimulatedAgent:
             worker.count(phase, self, "handshake_refused" if refused else "handshake_unconfirmed")
             return self.backoff.failed(jitter)
         worker.count(phase, self, "ssh_up")
+        # The broker authenticated: it registers the tunnel as its handshake returns.
+        self.up = True
+        worker.changed.set()
         began = time.monotonic()
         try:
             await conn.wait_closed()
         finally:
+            self.up = False
             self.online = False
             worker.changed.set()
             await websocket.close()

@@ -3,9 +3,12 @@
 `python -m bench.agents_scale --agents N [--processes P] [--rate R]` starts a broker of its
 own (`secondline init` + `serve` in a temp dir), enrolls N agents through
 ``POST /agent/v1/enroll`` and connects them all at once; it prints the broker's RSS before
-and after (``/proc/<pid>/status``, VmRSS), the growth per idle agent, and how many agents
-per second came online. ``--rate`` sets ``tunnel_handshakes_per_second`` (0: no limit, to
-see what the machine can do).
+and after (``/proc/<pid>/status``, VmRSS), the growth per idle agent, how many agents
+per second came online (until the broker lists all of them), and the CPU per handshake of
+the broker and of the swarm (utime + stime), then the same once every deferred facts
+refresh is done. ``--rate`` sets ``tunnel_handshakes_per_second`` (0: no limit, to see
+what the machine can do); ``--profile FILE`` samples the broker with py-spy while the
+swarm connects (speedscope JSON for a ``.json`` name, else collapsed stacks).
 
 The agents are the swarm of :mod:`bench.agent_swarm` (P worker processes, each holding many
 real tunnels: TLS, WebSocket, a real SSH handshake and ``sl:facts`` per agent); a 503
@@ -22,6 +25,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -34,6 +38,7 @@ from bench.agent_swarm_worker import raise_fd_limit
 from bench.child_process import ManagedProcess, run_command
 from bench.openssh import free_port, wait_port
 from bench.procfs import cpu_seconds, rss_kib
+from bench.profile import py_spy
 
 if TYPE_CHECKING:
     from bench.secondline_target import SecondlineTarget
@@ -82,10 +87,10 @@ class AgentsScaleSwarm:
         await self._swarm.connect()
 
     async def wait_connected(self, wait_s: float) -> tuple[int, int]:
-        """Wait until every agent holds a tunnel the broker registered; return how many
-        503 answers and how many failed attempts they met on the way."""
+        """Wait until every agent finished its SSH handshake; return how many 503 answers
+        and how many failed attempts they met on the way."""
         status = await self._swarm.wait_until(
-            lambda s: s.online.get("good", 0) >= self.size, wait_s, "all agents online"
+            lambda s: s.up.get("good", 0) >= self.size, wait_s, "all agents connected"
         )
         failed = sum(
             status.outcomes(outcome)
@@ -93,14 +98,32 @@ class AgentsScaleSwarm:
         )
         return status.outcomes("busy"), failed
 
+    async def wait_facts(self, wait_s: float) -> None:
+        """Wait until every agent served ``sl:facts`` (deferred by the broker while
+        handshakes are under way)."""
+        await self._swarm.wait_until(
+            lambda s: s.online.get("good", 0) >= self.size, wait_s, "all facts asked for"
+        )
+
     async def online(self) -> int:
-        """How many of the swarm's agents the broker lists online."""
+        """How many of the swarm's agents are online: as the workers count them while some
+        have not finished their handshake, then as the broker lists them. Listing
+        thousands of agents costs the broker CPU (tens of milliseconds), and the bench
+        asks many times a second while it measures handshakes: asked only for the final
+        word, the broker is measured, not the question."""
+        up = self._swarm.status().up.get("good", 0)
+        if up < self.size:
+            return up
         _, agents = await broker_call(
             self._url, self._cert, self._admin_token, "GET", "/agents?status=online"
         )
         assert isinstance(agents, list)
         prefix = self._swarm.prefix
         return sum(1 for a in agents if str(a.get("name", "")).startswith(prefix))
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds the worker processes spent so far (the simulator's own cost)."""
+        return sum(cpu_seconds(pid) for pid in self._swarm.worker_pids())
 
     async def close(self) -> None:
         """Stop every worker."""
@@ -133,16 +156,17 @@ def swarm_factory(target: SecondlineTarget, size: int) -> AgentsScaleSwarm:
 async def _wait_online(
     swarm: AgentsScaleSwarm, count: int, pid: int, cpu_before: float
 ) -> tuple[float, float, int, int]:
-    """Seconds until the agents hold their tunnels (told by the workers, so that asking
-    the broker does not load it while it is measured), then the broker's own count."""
+    """Seconds until the broker lists every agent online (the workers tell when all
+    finished their handshakes, so that asking the broker does not load it while it is
+    measured), and the broker's CPU seconds until then."""
     start = time.monotonic()
     busy, failed = await swarm.wait_connected(ONLINE_TIMEOUT_S)
-    elapsed = time.monotonic() - start
-    cpu = cpu_seconds(pid) - cpu_before
     # The broker lists an agent online a moment after its handshake; ask until it does.
     async with asyncio.timeout(60):
         while await swarm.online() < count:  # noqa: ASYNC110
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.05)
+    elapsed = time.monotonic() - start
+    cpu = cpu_seconds(pid) - cpu_before
     return elapsed, cpu, busy, failed
 
 
@@ -158,7 +182,32 @@ async def _settled_rss(pid: int) -> int:
     return last
 
 
-async def standalone(agents: int, processes: int, rate: int) -> dict[str, object]:
+async def _profiler(pid: int, path: Path | None) -> asyncio.subprocess.Process | None:
+    """py-spy sampling the broker from outside (``--nonblocking``), when asked."""
+    command = py_spy()
+    if path is None or command is None:
+        if path is not None:
+            logger.warning("no py-spy: install the bench extras (make install); not profiling")
+        return None
+    fmt = "speedscope" if path.name.endswith(".json") else "raw"
+    return await asyncio.create_subprocess_exec(
+        command, "record", "--pid", str(pid), "--format", fmt, "--output", str(path),
+        "--rate", "100", "--nonblocking",
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+async def _stop_profiler(process: asyncio.subprocess.Process | None) -> None:
+    if process is None:
+        return
+    process.send_signal(signal.SIGINT)
+    await process.wait()
+
+
+async def standalone(
+    agents: int, processes: int, rate: int, profile: Path | None = None
+) -> dict[str, object]:
     """Set up a broker, run the swarm against it, return the figures."""
     raise_fd_limit()
     with tempfile.TemporaryDirectory(prefix="sl-agents-scale-") as tmp:
@@ -202,10 +251,19 @@ async def standalone(agents: int, processes: int, rate: int) -> dict[str, object
                 enrolled = time.monotonic() - started
                 before = await _settled_rss(broker.pid)
                 cpu_before = cpu_seconds(broker.pid)
-                await swarm.connect()
-                seconds, cpu, busy, failed = await _wait_online(
-                    swarm, agents, broker.pid, cpu_before
-                )
+                swarm_before = swarm.cpu_seconds()
+                sampler = await _profiler(broker.pid, profile)
+                try:
+                    await swarm.connect()
+                    seconds, cpu, busy, failed = await _wait_online(
+                        swarm, agents, broker.pid, cpu_before
+                    )
+                    swarm_cpu = swarm.cpu_seconds() - swarm_before
+                    await swarm.wait_facts(ONLINE_TIMEOUT_S)
+                    cpu_facts = cpu_seconds(broker.pid) - cpu_before
+                    swarm_cpu_facts = swarm.cpu_seconds() - swarm_before
+                finally:
+                    await _stop_profiler(sampler)
                 after = await _settled_rss(broker.pid)
                 # Idle means idle: the broker tidies its heap once handshakes stop.
                 await asyncio.sleep(IDLE_S)
@@ -230,6 +288,9 @@ async def standalone(agents: int, processes: int, rate: int) -> dict[str, object
         "failed_attempts": failed,
         "broker_cpu_ms_per_handshake": round(cpu * 1000 / agents, 2),
         "broker_handshakes_per_cpu_second": round(agents / cpu, 1) if cpu else None,
+        "swarm_cpu_ms_per_handshake": round(swarm_cpu * 1000 / agents, 2),
+        "broker_cpu_ms_per_agent_with_facts": round(cpu_facts * 1000 / agents, 2),
+        "swarm_cpu_ms_per_agent_with_facts": round(swarm_cpu_facts * 1000 / agents, 2),
     }
 
 
@@ -238,9 +299,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--agents", type=int, default=2000)
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--rate", type=int, default=200, help="handshakes/s; 0 = no limit")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="py-spy the broker while the swarm connects: speedscope for a .json path, "
+        "else py-spy's raw (collapsed stacks) format",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="bench: %(message)s", stream=sys.stderr)
-    figures = asyncio.run(standalone(args.agents, args.processes, args.rate))
+    figures = asyncio.run(standalone(args.agents, args.processes, args.rate, args.profile))
     print(json.dumps(figures, indent=2))
     return 0
 

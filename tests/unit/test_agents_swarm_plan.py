@@ -56,6 +56,7 @@ def test_status_lines_parse_and_sum() -> None:
     line = {
         "phase": 1,
         "online": {"good": 3, "wrong_key": 0, "impostor": 0, "revoked": 0},
+        "up": {"good": 4, "wrong_key": 0, "impostor": 0, "revoked": 0},
         "tally": {"good": {"busy": 2, "ssh_up": 3}, "wrong_key": {"handshake_refused": 1}},
         "refused_agents": {"good": 0, "wrong_key": 1, "impostor": 0, "revoked": 0},
         "active_bad": 1,
@@ -65,6 +66,7 @@ def test_status_lines_parse_and_sum() -> None:
     total = SwarmStatus.total([one, two])
     assert total.phase == 1
     assert total.online["good"] == 6
+    assert total.up["good"] == 8
     assert total.count("good", "busy") == 4
     assert total.outcomes("handshake_refused") == 2
     assert total.count("revoked", "refused_403") == 0
