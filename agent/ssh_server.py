@@ -91,6 +91,37 @@ class ServerContext:
 
 CHANNEL_WINDOW: Final = 256 << 10
 
+#: What the agent offers in its KEXINIT: the broker's choices (broker/agents/
+#: tunnel_endpoint.py) and their near neighbours, instead of asyncssh's defaults (every
+#: GSS, DH group, CBC cipher and MAC it knows, 1.5 KB). The broker keeps the peer's
+#: KEXINIT and its server-sig-algs for as long as the tunnel lives, thousands of them, and
+#: parses them at every handshake. Only what this asyncssh supports is offered.
+TUNNEL_KEX_ALGS: Final = (
+    "mlkem768x25519-sha256",
+    "curve25519-sha256",
+    "curve25519-sha256@libssh.org",
+)
+TUNNEL_ENCRYPTION_ALGS: Final = (
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+)
+TUNNEL_MAC_ALGS: Final = ("hmac-sha2-256-etm@openssh.com", "hmac-sha2-512-etm@openssh.com")
+#: The host key and the broker's client key are Ed25519.
+TUNNEL_SIGNATURE_ALGS: Final = ("ssh-ed25519",)
+
+
+def tunnel_algorithms() -> dict[str, object]:
+    """The algorithm keyword arguments of the agent's SSH server over the tunnel."""
+    supported = set(asyncssh.kex.get_kex_algs())
+    return {
+        "kex_algs": [alg for alg in TUNNEL_KEX_ALGS if alg.encode() in supported],
+        "encryption_algs": list(TUNNEL_ENCRYPTION_ALGS),
+        "mac_algs": list(TUNNEL_MAC_ALGS),
+        "compression_algs": None,
+        "signature_algs": list(TUNNEL_SIGNATURE_ALGS),
+    }
+
 
 def server_options(host_key: asyncssh.SSHKey, ctx: ServerContext) -> dict[str, object]:
     """Keyword arguments for ``asyncssh.connect_reverse`` that make the agent's server."""
@@ -114,6 +145,7 @@ def server_options(host_key: asyncssh.SSHKey, ctx: ServerContext) -> dict[str, o
         # What the broker may send ahead on a channel: typed input needs little, and an
         # upload then has at most this much in the tunnel ahead of other sessions' bytes.
         "window": CHANNEL_WINDOW,
+        **tunnel_algorithms(),
     }
 
 

@@ -55,6 +55,7 @@ from agent.protocol import (
     Ed25519PublicKey,
 )
 from agent.runner import busy_delay, retry_after, tunnel_ssl_context
+from agent.ssh_server import tunnel_algorithms
 from agent.tunnel import WebSocketTunnel
 from bench import MeasurementError
 from bench.agent_swarm import ROLES, Role, SwarmPlan
@@ -268,6 +269,7 @@ class SimulatedAgent:
                 allow_scp=False,
                 keepalive_interval=KEEPALIVE_INTERVAL,
                 keepalive_count_max=KEEPALIVE_COUNT_MAX,
+                **tunnel_algorithms(),
             )
         except (asyncssh.Error, OSError) as exc:
             logger.debug("handshake failed: %r", exc)

@@ -93,6 +93,17 @@ SHARE_RETRY_S: Final = (1, 3)
 OVER_SHARE_REASON: Final = "the node holds its fair share of the cluster's agents"
 
 
+#: The broker's algorithm choices on agent tunnels, best first (see TunnelRuntime). The
+#: agent offers these and little else (agent.ssh_server.tunnel_algorithms).
+TUNNEL_KEX_ALGS: Final = ("mlkem768x25519-sha256", "curve25519-sha256")
+TUNNEL_ENCRYPTION_ALGS: Final = (
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+)
+TUNNEL_MAC_ALGS: Final = ("hmac-sha2-256-etm@openssh.com",)
+
+
 @dataclass
 class ShareGate:
     """Set by the cluster feature on a cluster node: ``admits(agent_id)`` says whether the
@@ -171,13 +182,9 @@ class TunnelRuntime:
             # direction, where asyncssh's ChaCha20 builds new ones for every packet (a
             # third of a handshake's CPU, and of a session's). Strict key exchange (on by
             # default) guards the negotiation against Terrapin.
-            kex_algs=["mlkem768x25519-sha256", "curve25519-sha256"],
-            encryption_algs=[
-                "aes128-gcm@openssh.com",
-                "aes256-gcm@openssh.com",
-                "chacha20-poly1305@openssh.com",
-            ],
-            mac_algs=["hmac-sha2-256-etm@openssh.com"],
+            kex_algs=list(TUNNEL_KEX_ALGS),
+            encryption_algs=list(TUNNEL_ENCRYPTION_ALGS),
+            mac_algs=list(TUNNEL_MAC_ALGS),
             compression_algs=None,
             signature_algs=["ssh-ed25519"],
             keepalive_interval=settings.keepalive_interval,
