@@ -47,7 +47,7 @@ API_BOUND = 30.0  # an API call during a storm must answer within this
 ROUND_TRIPS = 5
 #: Handshakes per second after the restart. The broker only sees an upgrade once it has
 #: done its TLS, HTTP and database work, so on a busy 2-core machine it may feed its
-#: limiter slower than the default 200/s and nobody would ever meet a 503; at 100/s the
+#: limiter slower than the default 400/s and nobody would ever meet a 503; at 100/s the
 #: herd is surely faster than admission, and 900 agents take at least 9 s to come back.
 RESTART_RATE = 100
 #: The descriptor test: agents, and the broker's soft descriptor limit (its tunnel
