@@ -119,11 +119,16 @@ class MarkParser:
 
     def feed(self, data: bytes) -> tuple[bytes, list[Mark]]:
         """Consume one chunk; return the bytes to forward and the marks it completed."""
-        if self._state == _GROUND and not self._held:
-            start = data.find(_OSC_START)
-            if start < 0 and not data.endswith(b"\x1b"):
-                self._forwarded += len(data)
-                return data, []  # the common case: no copy at all
+        # The common case, bulk output without an OSC: forwarded without a copy. ESC alone is
+        # looked for first: a one-byte find is memchr, many times faster than the two-byte
+        # search, which ran at about 1 GB/s and cost a relayed GB of zeros 2-3 s of CPU.
+        if (
+            self._state == _GROUND
+            and not self._held
+            and (data.find(b"\x1b") < 0 or (data.find(_OSC_START) < 0 and data[-1] != 0x1B))
+        ):
+            self._forwarded += len(data)
+            return data, []
         out: list[bytes] = []
         marks: list[Mark] = []
         self._run(data, out, marks)
