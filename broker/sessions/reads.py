@@ -13,6 +13,7 @@ import json
 import os
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Final, Literal
 
@@ -30,6 +31,7 @@ from broker.transcript import (
     TranscriptNotFound,
     export_bundle,
     export_text,
+    playable_cast,
     transcript_paths,
 )
 
@@ -113,8 +115,12 @@ class TranscriptFiles:
     chain: str | None
 
 
-def read_transcript(root: Path, session_id: str, fmt: Format, max_bytes: int) -> TranscriptFiles:
-    """The transcript in ``fmt`` with its seal and chain file (blocking: run in a thread)."""
+def read_transcript(
+    root: Path, session_id: str, fmt: Format, max_bytes: int, *, playable: bool = False
+) -> TranscriptFiles:
+    """The transcript in ``fmt`` with its seal and chain file (blocking: run in a thread).
+    ``playable``: a ``cast`` as asciicast v2 for players (a format 2 file converted), not
+    the stored file that verifies (docs/transcripts.md, "Format versions")."""
     paths = transcript_paths(root, session_id)
     if not paths.cast.is_file():
         raise TranscriptNotFound(f"session {session_id} has no transcript")
@@ -123,7 +129,15 @@ def read_transcript(root: Path, session_id: str, fmt: Format, max_bytes: int) ->
             f"the transcript of {session_id} is larger than this broker hands out at once; "
             "export it on the broker host with --data-dir"
         )
-    if fmt == "cast":
+    if fmt == "cast" and playable:
+        converted = playable_cast(paths.cast, max_bytes)
+        if converted is None:
+            raise TranscriptNotFound(
+                f"the transcript of {session_id} is larger than this broker hands out at once "
+                "for playing; export it with `secondline transcript export`"
+            )
+        content = converted
+    elif fmt == "cast":
         content = paths.cast.read_bytes()
     else:
         fd, tmp = tempfile.mkstemp(prefix="secondline-export-")
@@ -150,10 +164,18 @@ def read_transcript(root: Path, session_id: str, fmt: Format, max_bytes: int) ->
     return TranscriptFiles(f"{session_id}.{fmt}", content, seal, chain)
 
 
-async def transcript(services: Services, session_id: str, fmt: Format) -> TranscriptFiles:
+async def transcript(
+    services: Services, session_id: str, fmt: Format, *, playable: bool = False
+) -> TranscriptFiles:
     # From the shared store when the session was recorded on another node.
     async with services.transcripts.opened(session_id) as root:
-        return await asyncio.to_thread(read_transcript, root, session_id, fmt, TRANSCRIPT_READ_MAX)
+        return await asyncio.to_thread(
+            partial(read_transcript, playable=playable),
+            root,
+            session_id,
+            fmt,
+            TRANSCRIPT_READ_MAX,
+        )
 
 
 # Reads go through memory; bigger transcripts are exported on the broker host.

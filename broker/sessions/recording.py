@@ -15,7 +15,13 @@ from broker.sessions import store
 from broker.sessions.errors import StoreUnavailable
 from broker.sessions.facts import SessionFacts
 from broker.sessions.hub import LiveSession
-from broker.transcript import CastHeader, RecorderError, SessionInfo, TranscriptRecorder
+from broker.transcript import (
+    FORMAT_DENSE,
+    CastHeader,
+    RecorderError,
+    SessionInfo,
+    TranscriptRecorder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +44,8 @@ def new_recorder(services: Services, facts: SessionFacts) -> TranscriptRecorder:
         ),
         term=facts.term,
         title=f"{facts.ticket_ref}: {facts.ticket_title}",
+        # Output as bytes where text would cost more (docs/transcripts.md, "Format versions").
+        transcript_format=FORMAT_DENSE,
     )
     try:
         config.transcripts_dir.mkdir(mode=0o700, parents=True, exist_ok=True)

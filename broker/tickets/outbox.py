@@ -34,7 +34,7 @@ from broker.log_context import context_logger
 from broker.ports import NoteAttachment, TicketSystem
 from broker.services import Services
 from broker.supervision import OnFailure, Supervisor
-from broker.transcript import TranscriptError, text_blocks, transcript_paths
+from broker.transcript import TranscriptError, playable_cast, text_blocks, transcript_paths
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +117,9 @@ def read_attachments(
     found: list[NoteAttachment] = []
     for name in names:
         if name == f"{session_id}.cast":
-            with open(cast, "rb") as fh:
-                data = fh.read(max_bytes + 1)
-            if len(data) <= max_bytes:
+            # asciicast v2, for asciinema in the ticket system (a format 2 file converted).
+            data = playable_cast(cast, max_bytes)
+            if data is not None:
                 found.append(NoteAttachment(name, CAST_CONTENT_TYPE, data))
         elif name == f"{session_id}.txt":
             text = _text(cast, min(max_bytes, TEXT_ATTACHMENT_MAX))

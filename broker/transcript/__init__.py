@@ -13,12 +13,19 @@ The session hub uses, per session::
 
 Modules: ``marks`` (shell marks parser, command tracker), ``asciicast`` (format),
 ``chain`` (digest chain, seal, chain file), ``recorder``, ``recovery``, ``verify``,
-``export``, ``render`` (plain text), ``keys``, ``paths``. Errors: see ``errors``; the root
+``export``, ``output`` (format 2 output events, the asciicast v2 copy for players),
+``render`` (plain text), ``keys``, ``paths``. Errors: see ``errors``; the root
 is :class:`TranscriptError`, a :class:`broker.errors.BrokerError`. docs/transcripts.md
 describes the files.
 """
 
-from broker.transcript.asciicast import CastEvent, CastHeader, SessionInfo
+from broker.transcript.asciicast import (
+    FORMAT_DENSE,
+    FORMAT_TEXT,
+    CastEvent,
+    CastHeader,
+    SessionInfo,
+)
 from broker.transcript.chain import (
     END_AGENT_DISCONNECTED,
     END_DISK_FULL,
@@ -67,6 +74,7 @@ from broker.transcript.marks import (
     MarkParser,
     PromptStart,
 )
+from broker.transcript.output import playable_cast
 from broker.transcript.paths import TranscriptPaths, transcript_paths
 from broker.transcript.recorder import INPUT_HIDDEN_LABEL, TranscriptRecorder
 from broker.transcript.recovery import find_unsealed, recover
@@ -85,6 +93,8 @@ __all__ = [
     "END_ENDED",
     "END_INTERRUPTED",
     "END_KILLED",
+    "FORMAT_DENSE",
+    "FORMAT_TEXT",
     "INPUT_HIDDEN_LABEL",
     "CastEvent",
     "CastFormatError",
@@ -122,6 +132,7 @@ __all__ = [
     "find_unsealed",
     "load_public_key",
     "load_signing_key",
+    "playable_cast",
     "public_key_beside",
     "public_key_document",
     "public_key_fingerprint",

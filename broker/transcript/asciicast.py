@@ -10,6 +10,9 @@ A ``.cast`` file is UTF-8 text, one JSON document per line, each line ending in 
   ``o`` (output), ``i`` (input staff typed), ``a`` (answer-back: the staff terminal's
   replies to queries, never typed), ``r`` (resize, ``"COLSxROWS"``), ``m`` (marker, a
   label). Players skip the ``a`` code they do not know.
+- format 2 (``"format": 2`` in the header's ``secondline`` object) adds ``b``: output as
+  its exact bytes in canonical base64, for blocks that JSON text would make large
+  (:mod:`broker.transcript.output`, which also makes the asciicast v2 copy players read).
 
 Every line has one canonical encoding (fixed key order, ``", "``/``": "`` separators,
 non-ASCII written as is, six-decimal times). The strict parser accepts a line only when it
@@ -17,11 +20,13 @@ is exactly that encoding of valid content, so a parsed transcript re-encodes to 
 bytes: the export bundle relies on it. Any failure is a :class:`CastFormatError` naming the
 line (and event); the parser raises nothing else for any input bytes.
 
-``asciinema play`` and ``asciinema cat`` (2.4) read these files as they are.
+``asciinema play`` and ``asciinema cat`` (2.4) read format 1 files as they are, and the
+copy :func:`broker.transcript.output.playable_cast` makes of a format 2 file.
 """
 
 from __future__ import annotations
 
+import binascii
 import json
 import math
 import re
@@ -48,8 +53,16 @@ MAX_EVENT_CHARS: Final = 65536
 # An event holds at most MAX_EVENT_CHARS characters; JSON escaping can make one six bytes.
 MAX_LINE_BYTES: Final = 1 << 20
 
-EventCode = Literal["o", "i", "a", "r", "m"]
-EVENT_CODES: Final[frozenset[str]] = frozenset({"o", "i", "a", "r", "m"})
+EventCode = Literal["o", "b", "i", "a", "r", "m"]
+EVENT_CODES: Final[frozenset[str]] = frozenset({"o", "b", "i", "a", "r", "m"})
+# Transcript format versions (docs/transcripts.md, "Format versions"): 1 writes every output
+# event as text ("o"); 2, named in the header's "secondline" object, may also write output
+# as its exact bytes in base64 ("b"), which costs 4/3 of a byte per byte where escaping a
+# control character as JSON text costs six.
+FORMAT_TEXT: Final = 1
+FORMAT_DENSE: Final = 2
+MAX_OUTPUT_BYTES: Final = 65536  # the bytes of one "b" event
+_B64_MAX: Final = (MAX_OUTPUT_BYTES + 2) // 3 * 4
 
 # Controls, bidi overrides, invisible formatting and lone surrogates: never in a label.
 _LABEL_BAD: Final = re.compile(
@@ -113,8 +126,11 @@ class CastHeader:
     term: str | None = None
     shell: str | None = None
     title: str | None = None
+    transcript_format: int = FORMAT_TEXT
 
     def __post_init__(self) -> None:
+        if self.transcript_format not in (FORMAT_TEXT, FORMAT_DENSE):
+            raise InvalidValue("the transcript format is 1 or 2")
         for name in ("width", "height"):
             value = getattr(self, name)
             if type(value) is not int or not 1 <= value <= MAX_SIZE:
@@ -144,12 +160,15 @@ class CastHeader:
         if self.shell is not None:
             env["SHELL"] = self.shell
         doc["env"] = env
-        doc["secondline"] = {
+        meta: dict[str, object] = {
             "session_id": self.session.session_id,
             "ticket": self.session.ticket,
             "agent": self.session.agent,
             "staff": self.session.staff,
         }
+        if self.transcript_format != FORMAT_TEXT:  # format 1 files carry no version
+            meta["format"] = self.transcript_format
+        doc["secondline"] = meta
         return doc
 
 
@@ -185,7 +204,7 @@ def event_line_parts(time: float, code: str, data: str) -> tuple[bytes, bytes]:
     if not (math.isfinite(time) and 0.0 <= time < MAX_TIME):
         raise InvalidValue("an event time must be 0 to 1e9 seconds")
     if not _is_code(code):
-        raise InvalidValue("an event code is one of o, i, a, r, m")
+        raise InvalidValue("an event code is one of o, b, i, a, r, m")
     try:
         body = encode_basestring(data).encode()
     except UnicodeEncodeError as exc:
@@ -236,8 +255,14 @@ def header_from_json(doc: object) -> CastHeader:
     env, meta, title = doc["env"], doc["secondline"], doc.get("title")
     if not isinstance(env, dict) or not set(env) <= {"TERM", "SHELL"}:
         raise InvalidValue("the header env holds something we do not write")
-    if not isinstance(meta, dict) or set(meta) != {"session_id", "ticket", "agent", "staff"}:
+    if not isinstance(meta, dict) or set(meta) - {"format"} != _META_KEYS:
         raise InvalidValue("the header's secondline object is not ours")
+    meta = dict(meta)
+    version = FORMAT_TEXT
+    if "format" in meta:  # written from format 2 on; format 1 has none
+        version = meta.pop("format")
+        if type(version) is not int or version != FORMAT_DENSE:
+            raise InvalidValue("this transcript format is not one we read (1 or 2)")
     if not all(isinstance(v, str) for v in (*env.values(), *meta.values())):
         raise InvalidValue("the header holds a non-text value where text belongs")
     if title is not None and not _is_label(title, MAX_TITLE):
@@ -250,10 +275,16 @@ def header_from_json(doc: object) -> CastHeader:
         term=env.get("TERM"),
         shell=env.get("SHELL"),
         title=title,
+        transcript_format=version,
     )
 
 
-def event_from_json(doc: object, *, previous_time: float = 0.0) -> CastEvent:
+_META_KEYS: Final = frozenset({"session_id", "ticket", "agent", "staff"})
+
+
+def event_from_json(
+    doc: object, *, previous_time: float = 0.0, transcript_format: int = FORMAT_TEXT
+) -> CastEvent:
     """Validate a decoded event array; :class:`InvalidValue` when it is not ours."""
     if not isinstance(doc, list) or len(doc) != 3:
         raise InvalidValue("an event is an array of time, code and data")
@@ -261,7 +292,7 @@ def event_from_json(doc: object, *, previous_time: float = 0.0) -> CastEvent:
     if type(time) not in (int, float) or not (math.isfinite(time) and 0 <= time < MAX_TIME):
         raise InvalidValue("the event time is not a number of seconds")
     if not _is_code(code):
-        raise InvalidValue("the event code is not o, i, a, r or m")
+        raise InvalidValue("the event code is not o, b, i, a, r or m")
     if not isinstance(data, str):
         raise InvalidValue("the event data is not text")
     if time < previous_time:
@@ -273,6 +304,13 @@ def event_from_json(doc: object, *, previous_time: float = 0.0) -> CastEvent:
         resize_data(int(m.group(1)), int(m.group(2)))
     elif code == "m" and not _is_label(data, MAX_LABEL):
         raise InvalidValue("the marker label has control characters or is too long")
+    elif code == "b":
+        if transcript_format < FORMAT_DENSE:
+            raise InvalidValue("output as bytes (b) is not in format 1 transcripts")
+        # Canonical base64 (padding, no line breaks) of 1 to MAX_OUTPUT_BYTES bytes: one
+        # spelling per content, as every line has.
+        if not (len(data) <= _B64_MAX and _is_canonical_base64(data)):
+            raise InvalidValue("the output bytes are not canonical base64 of 1 to 65536 bytes")
     elif len(data) > MAX_EVENT_CHARS:
         raise InvalidValue("the event data is longer than we write")
     return CastEvent(float(time), code, data)
@@ -290,12 +328,26 @@ def parse_header_line(line: bytes) -> CastHeader:
     return header
 
 
-def parse_event_line(line: bytes, *, event: int, previous_time: float = 0.0) -> CastEvent:
+def _is_canonical_base64(data: str) -> bool:
+    try:
+        raw = binascii.a2b_base64(data.encode("ascii"), strict_mode=True)
+    except (UnicodeEncodeError, binascii.Error):
+        return False
+    # Unused padding bits must be zero: one spelling per content.
+    canonical = binascii.b2a_base64(raw, newline=False) == data.encode("ascii")
+    return canonical and 0 < len(raw) <= MAX_OUTPUT_BYTES
+
+
+def parse_event_line(
+    line: bytes, *, event: int, previous_time: float = 0.0, transcript_format: int = FORMAT_TEXT
+) -> CastEvent:
     """Parse event number ``event`` (1-based; it sits on line ``event + 1``) strictly."""
     line_no = event + 1
     doc = _load(line, line_no, event)
     try:
-        parsed = event_from_json(doc, previous_time=previous_time)
+        parsed = event_from_json(
+            doc, previous_time=previous_time, transcript_format=transcript_format
+        )
         canonical = encode_event_line(parsed.time, parsed.code, parsed.data)
     except InvalidValue as exc:
         raise CastFormatError(str(exc), line=line_no, event=event) from None
@@ -317,7 +369,12 @@ class CastReader:
         if self.header is None:
             self.header = parse_header_line(line)
             return self.header
-        event = parse_event_line(line, event=self.events + 1, previous_time=self._last_time)
+        event = parse_event_line(
+            line,
+            event=self.events + 1,
+            previous_time=self._last_time,
+            transcript_format=self.header.transcript_format,
+        )
         self.events += 1
         self._last_time = event.time
         return event

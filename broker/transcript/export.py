@@ -35,6 +35,7 @@ from broker.transcript.chain import MAX_SEAL_FILE, ChainFileReader, DigestChain
 from broker.transcript.errors import CastFormatError, TranscriptNotFound
 from broker.transcript.kept_files import kept_dir
 from broker.transcript.marks import Command, CommandTracker, MarkParser
+from broker.transcript.output import OutputText, output_bytes
 from broker.transcript.paths import sidecar_paths
 from broker.transcript.render import TextRenderer
 from broker.transcript.verify import BUNDLE_FORMAT, BUNDLE_VERSION
@@ -191,9 +192,11 @@ def _rendered_blocks(
     events: Iterator[CastEvent], renderer: TextRenderer, markers: bool
 ) -> Iterator[list[str]]:
     waiting: list[str] = []
+    output = OutputText()
     for event in events:
-        if event.code == "o":
-            lines = renderer.feed(event.data)
+        text = output.text(event)
+        if text is not None:
+            lines = renderer.feed(text)
             if lines and waiting:
                 lines[1:1] = waiting
                 waiting = []
@@ -205,6 +208,10 @@ def _rendered_blocks(
                 waiting.append(label)
             else:
                 yield [label]
+    if rest := output.finish():
+        lines = renderer.feed(rest)
+        if lines:
+            yield lines
     last = renderer.finish()
     if last:
         yield last
@@ -227,8 +234,9 @@ def commands_from_cast(cast_path: Path) -> tuple[Command, ...]:
     last = 0.0
     for event in events:
         last = event.time
-        if event.code == "o":
-            forward, marks = parser.feed(event.data.encode("utf-8"))
+        data = output_bytes(event)
+        if data is not None:
+            forward, marks = parser.feed(data)
             tracker.observe(forward, marks, event.time)
     tracker.observe(parser.close(), [], last)
     return tracker.finish(last)

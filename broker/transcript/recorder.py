@@ -17,9 +17,12 @@ Output is coalesced: the chunks of agent output that arrive within :data:`OUTPUT
 of session time (up to :data:`OUTPUT_BLOCK` bytes) become one ``o`` event, closed early by
 any other event and by every flush, so a bulk transfer costs one encoding, one digest step
 and three write buffers per 32 KiB, not per SSH packet, and replay keeps the timing a person
-can see. Writes are batched: events go to memory and :meth:`TranscriptRecorder.flush`
-digests them and writes them with ``writev`` (no joined copy) in one go per file (an
-automatic flush also happens past ``flush_bytes``). Everything runs on the caller's thread. On a
+can see. In format 2 (the header says which) a block is written as text when it is valid
+UTF-8 and cheap to escape, else as its bytes in base64 (:func:`output_event_parts`), so
+a GB of zeros is 1.33 GB to digest and write, not 6. Writes are batched: events go to
+memory and :meth:`TranscriptRecorder.flush` digests them and writes them with ``writev``
+(no joined copy) in one go per file (an automatic flush also happens past
+``flush_bytes``). Everything runs on the caller's thread. On a
 failed write (ENOSPC, EDQUOT, EIO...) the recorder cuts the ``.cast`` back to its last
 complete line, keeps the chain file no longer than the ``.cast``, and raises
 :class:`RecorderDiskFull` (or :class:`RecorderWriteError`); from then on it records nothing
@@ -47,7 +50,9 @@ from typing import Final
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from broker.transcript.asciicast import (
+    FORMAT_DENSE,
     MAX_EVENT_CHARS,
+    MAX_OUTPUT_BYTES,
     MAX_TIME,
     CastHeader,
     clean_label,
@@ -78,6 +83,7 @@ from broker.transcript.errors import (
     SealFormatError,
 )
 from broker.transcript.marks import Command, CommandTracker, Mark
+from broker.transcript.output import output_event_parts
 from broker.transcript.paths import TranscriptPaths, transcript_paths
 
 logger = logging.getLogger(__name__)
@@ -89,7 +95,7 @@ FLUSH_BYTES: Final = 1 << 20
 # output costs what it did per packet and a disk that fills cuts no bigger a last event.
 OUTPUT_WINDOW: Final = 0.05
 OUTPUT_BLOCK: Final = 32 << 10
-_LINE_END: Final = b"]\n"
+_LINE_END: Final = b"]\n"  # the end of an event line (text data), line end included
 _IOV_MAX: Final = 1024  # Linux's UIO_MAXIOV: buffers per writev call
 _CREATE_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _DISK_FULL_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -164,14 +170,17 @@ class TranscriptRecorder:
         self._chain = DigestChain(header_line)
         self._lock = threading.Lock()  # the buffer and the recording state
         self._io_lock = threading.Lock()  # one writer at a time, in order
-        # Events not written yet, as (head, body): the line is head + body + "]". They are
-        # chained when written, under the I/O lock and in order.
-        self._pending: list[tuple[bytes, bytes]] = []
+        # Events not written yet, as (head, body, end): the line is their concatenation,
+        # its "\n" at the end of ``end``. They are chained when written, under the I/O lock
+        # and in order.
+        self._pending: list[tuple[bytes, bytes, bytes]] = []
         self._pending_bytes = 0
         # The open o event: raw output chunks, their size, and the time of the first.
         self._run: list[bytes] = []
         self._run_bytes = 0
         self._run_start = 0.0
+        # Format 2 writes output as its bytes (output_event_parts); format 1 as decoded text.
+        self._dense = header.transcript_format >= FORMAT_DENSE
         self._durable_count = 0
         self._durable_head = self._chain.h0
         self._failure: RecorderError | None = None
@@ -307,6 +316,13 @@ class TranscriptRecorder:
         run = self._run
         data = run[0] if len(run) == 1 else b"".join(run)
         self._run, self._run_bytes = [], 0
+        if self._dense:
+            time = self._time(self._run_start)
+            for start in range(0, len(data), MAX_OUTPUT_BYTES):
+                head, body, end = output_event_parts(time, data[start : start + MAX_OUTPUT_BYTES])
+                self._pending.append((head, body, end + b"\n"))
+                self._pending_bytes += len(head) + len(body) + len(end) + 1
+            return
         for piece in _split(self._out_decoder.decode(data)):
             self._append("o", piece, self._run_start)
 
@@ -314,7 +330,7 @@ class TranscriptRecorder:
         if self._run and code != "o":  # output so far comes first, as it arrived
             self._close_output()
         head, body = event_line_parts(self._time(now), code, data)
-        self._pending.append((head, body))
+        self._pending.append((head, body, _LINE_END))
         self._pending_bytes += len(head) + len(body) + len(_LINE_END)
 
     # -- writing --------------------------------------------------------------------------
@@ -330,18 +346,18 @@ class TranscriptRecorder:
             if pending:
                 self._write(pending)
 
-    def _write(self, events: list[tuple[bytes, bytes]]) -> None:
+    def _write(self, events: list[tuple[bytes, bytes, bytes]]) -> None:
         add = self._chain.add_parts
-        digests = [add(head, body, b"]") for head, body in events]
+        digests = [add(head, body, end[:-1]) for head, body, end in events]
         buffers: list[bytes] = []
-        for head, body in events:
-            buffers += (head, body, _LINE_END)
+        for event in events:
+            buffers += event
         written, exc = writev_fully(self._cast_fd, buffers)
         done = len(events)
         if exc is not None:
             done, good = 0, 0
-            for head, body in events:
-                size = len(head) + len(body) + len(_LINE_END)
+            for head, body, end in events:
+                size = len(head) + len(body) + len(end)
                 if good + size > written:
                     break
                 good += size

@@ -86,7 +86,9 @@ async def download_transcript(request: web.Request) -> web.Response:
     fmt = transcript_format(request.match_info["format"])
     session_id, actor = await _readable(request, {"via": "download"})
     try:
-        files = await transcript(services, session_id, fmt)
+        # The player and browsers get asciicast v2; `transcript export` gets the stored
+        # file, which verifies.
+        files = await transcript(services, session_id, fmt, playable=True)
     except TranscriptNotFound as exc:
         raise SessionNotFound(exc.message) from None
     await services.audit.record(

@@ -242,7 +242,7 @@ def test_header_parser_refuses_bad_title() -> None:
         (b'[true, "o", "x"]', "not a number"),
         (b'[NaN, "o", "x"]', "not valid JSON"),
         (b'[1e999, "o", "x"]', "not a number"),
-        (b'[1.000000, "z", "x"]', "not o, i, a, r or m"),
+        (b'[1.000000, "z", "x"]', "not o, b, i, a, r or m"),
         (b'[1.000000, "o", 5]', "not text"),
         (b'[0.500000, "o", "x"]', "goes backwards"),
         (b'[1.000000, "r", "80-24"]', "COLSxROWS"),
