@@ -21,6 +21,7 @@ from broker.sessions.lifecycle import END_NOT_STARTED, AuditEnd, WriteEnd
 from broker.sessions.note import NoteFacts, exec_commands
 from broker.transcript import END_INTERRUPTED, Command, Seal, TranscriptError, transcript_paths
 from broker.transcript.export import files_from_cast
+from broker.transcript.output import playable_size
 from broker.transcript.render import commands_to_dicts
 
 log = logging.getLogger(__name__)
@@ -54,12 +55,14 @@ def plan_attachments(cast: Path, session_id: str, max_bytes: int) -> Attachments
             (),
             (f"{session_id}.cast and {session_id}.txt ({mib:.0f} MiB, too large; {hint})",),
         )
-    if size > max_bytes:
-        mib = size / (1 << 20)
+    # What is attached is the asciicast v2 copy (playable_cast): a format 2 file that holds
+    # output as bytes makes a larger one (zeros: 4/3 of a byte each in base64, six as text).
+    if size > max_bytes or playable_size(cast, max_bytes) is None:
+        what = f"{size / (1 << 20):.1f} MiB" if size > max_bytes else "as asciicast v2"
         return Attachments(
             (f"{session_id}.txt",),
             (
-                f"{session_id}.cast ({mib:.1f} MiB, over the attachment limit; "
+                f"{session_id}.cast ({what}, over the attachment limit; "
                 f"secondline transcript export {session_id})",
             ),
         )

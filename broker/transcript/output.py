@@ -160,6 +160,22 @@ def playable_cast(cast_path: Path, max_bytes: int) -> bytes | None:
     return b"".join(parts)
 
 
+def playable_size(cast_path: Path, max_bytes: int) -> int | None:
+    """The size of :func:`playable_cast`'s copy; ``None`` when it is larger than
+    ``max_bytes``. A file without ``b`` events is served as stored: its size is read from
+    the file system, and only a file with them is converted (up to ``max_bytes``)."""
+    size = Path(cast_path).stat().st_size
+    if size > max_bytes:
+        return None  # judged by the stored size, as before format 2
+    with open(cast_path, "rb") as fh:
+        data = fh.read(max_bytes + 1)
+    # Only event lines hold `, "b", "` with bare quotes: inside a JSON string a quote is \".
+    if not _is_dense(data.split(b"\n", 1)[0]) or data.find(b', "b", "') < 0:
+        return size
+    converted = playable_cast(cast_path, max_bytes)
+    return None if converted is None else len(converted)
+
+
 def _is_dense(first_line: bytes) -> bool:
     try:
         header = parse_header_line(first_line.rstrip(b"\n"))

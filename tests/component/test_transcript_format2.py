@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from broker.sessions.session_end import plan_attachments
 from broker.tickets.outbox import read_attachments
 from broker.transcript import (
     FORMAT_DENSE,
@@ -39,7 +40,7 @@ from broker.transcript.asciicast import (
     read_lines,
 )
 from broker.transcript.export import read_cast
-from broker.transcript.output import DENSE_MIN_BYTES, output_bytes
+from broker.transcript.output import DENSE_MIN_BYTES, output_bytes, playable_size
 
 KEY = Ed25519PrivateKey.from_private_bytes(b"\x33" * 32)
 SID = "s-" + "f" * 22
@@ -341,6 +342,26 @@ def test_the_note_attachment_is_the_playable_copy(tmp_path: Path) -> None:
     (attachment,) = read_attachments(tmp_path, SID, [f"{SID}.cast"], 1 << 20)
     assert attachment.data == playable_cast(cast, 1 << 20)
     assert b'"b"' not in attachment.data
+
+
+def test_the_note_leaves_out_a_cast_whose_playable_copy_is_over_the_limit(tmp_path: Path) -> None:
+    """Zeros are 4/3 of a byte each stored, six as asciicast v2 text: the note plans with
+    the size of what it would attach, and says why the .cast is left out."""
+    session = Session(tmp_path)
+    session.out(bytes(60_000), 1000.0)
+    cast = session.seal()
+    stored = cast.stat().st_size
+    playable = playable_cast(cast, 1 << 20)
+    assert playable is not None
+    assert stored < 100_000 < len(playable)
+    assert playable_size(cast, 1 << 20) == len(playable)
+    assert playable_size(cast, 100_000) is None
+    plan = plan_attachments(cast, SID, 100_000)
+    assert plan.names == (f"{SID}.txt",)
+    assert "as asciicast v2, over the attachment limit" in plan.left_out[0]
+    assert plan_attachments(cast, SID, len(playable)).names == (f"{SID}.cast", f"{SID}.txt")
+    (attachment,) = read_attachments(tmp_path, SID, [f"{SID}.cast"], len(playable))
+    assert attachment.data == playable
 
 
 def test_asciinema_cat_plays_the_playable_copy(tmp_path: Path) -> None:
