@@ -22,7 +22,12 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker.ssh_gateway.gateway import ENCRYPTION_ALGS, KEX_ALGS, MAC_ALGS
+from broker.ssh_gateway.gateway import (
+    ENCRYPTION_ALGS,
+    KEX_ALGS,
+    LEGACY_ENCRYPTION_ALGS,
+    MAC_ALGS,
+)
 from broker.ssh_gateway.wire import ClientCleartext
 from tests.component.test_sessions_harness import World, world
 from tests.support.raw_ssh import (
@@ -166,8 +171,9 @@ def no_errors_logged(caplog: pytest.LogCaptureFixture) -> None:
 async def test_server_offers_strict_kex_and_no_terrapin_prone_cipher(
     data_dir: Path, tmp_path: Path
 ) -> None:
-    """The gateway's KEXINIT carries kex-strict-s-v00@openssh.com and only AES-GCM/CTR
-    ciphers, whether the client is strict, legacy or has sent nothing yet."""
+    """The gateway's KEXINIT carries kex-strict-s-v00@openssh.com and only AES-GCM ciphers
+    (CTR only with ssh_allow_legacy_kex), whether the client is strict, legacy or has sent
+    nothing yet."""
     async with world(data_dir, tmp_path) as w:
         for kexinit in (STRICT, LEGACY, None):
             client = await RawSshClient.connect("127.0.0.1", w.gateway_port)
@@ -297,7 +303,9 @@ async def test_the_legacy_setting_lets_clients_without_strict_kex_in_and_audits_
             client = await RawSshClient.connect("127.0.0.1", w.gateway_port)
             try:
                 async with asyncio.timeout(BOUND):
-                    await client.start(LEGACY)
+                    offered = await client.start(LEGACY)
+                    # CTR for clients older than AES-GCM, offered only with the setting on
+                    assert set(offered.ciphers_c2s) == set(LEGACY_ENCRYPTION_ALGS)
                     await client.send(ecdh_init())
                     assert await client.next_payload() is not None  # KEX_ECDH_REPLY
                     newkeys = await client.next_payload()

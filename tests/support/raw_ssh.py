@@ -204,8 +204,8 @@ class KexInit:
 
     kex_algorithms: tuple[str, ...]
     host_key_algorithms: tuple[str, ...] = ("ssh-ed25519",)
-    ciphers_c2s: tuple[str, ...] = ("aes128-ctr",)
-    ciphers_s2c: tuple[str, ...] = ("aes128-ctr",)
+    ciphers_c2s: tuple[str, ...] = ("aes128-gcm@openssh.com",)
+    ciphers_s2c: tuple[str, ...] = ("aes128-gcm@openssh.com",)
     macs_c2s: tuple[str, ...] = ("hmac-sha2-256-etm@openssh.com",)
     macs_s2c: tuple[str, ...] = ("hmac-sha2-256-etm@openssh.com",)
     compression_c2s: tuple[str, ...] = ("none",)
