@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SRC := broker agent tests bench
 PYTEST_WORKERS ?= 3
 
-.PHONY: demo test check install fmt lint types unit bench web clean agent-deb
+.PHONY: demo test check install fmt lint types unit bench bench-storm web clean agent-deb
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -56,6 +56,10 @@ demo: install
 bench: install
 	$(BIN)/python -m bench.kb_eval
 	$(BIN)/python -m bench $(if $(QUICK),--quick,) $(if $(PROFILE),--profile,)
+
+# The restart storm of a three-node cluster (docs/benchmarks.md): 10,000 agents, 300 quick.
+bench-storm: install
+	$(BIN)/python -m bench.cluster_storm $(if $(QUICK),--quick,) $(if $(PROFILE),--profile,)
 
 # The agent as a Debian package (packaging/deb, tools/build_agent_deb.py): dist/*.deb.
 agent-deb: $(STAMP)
