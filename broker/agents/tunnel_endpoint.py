@@ -348,7 +348,12 @@ async def tunnel_handler(request: web.Request) -> web.StreamResponse:
     if gate is not None and not gate.admits(agent_id):
         gate.refused += 1
         await runtime.refusals.refused(
-            agent_id, enrolled=True, source=source, reason=OVER_SHARE_REASON, per_agent=False
+            agent_id,
+            enrolled=True,
+            source=source,
+            reason=OVER_SHARE_REASON,
+            per_agent=False,
+            code="over_share",  # /metrics counts it under the 503's own code
         )
         return _over_share()
     # From here to the count below nothing awaits: the budget holds exactly, however many

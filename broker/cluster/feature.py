@@ -366,6 +366,7 @@ def _figures(app: web.Application, node: ClusterNode) -> NodeFigures:
         bus_connected=lambda: node.bus.connected,
         share_refusals=lambda: gate.refused if (gate := app.get(SHARE_GATE)) else 0,
         handed_off=lambda: rebalancer.handed_off if (rebalancer := app[SHARING].rebalancer) else 0,
+        share_limit=lambda: _share(app, node, admitted=False).limit,
     )
 
 

@@ -44,6 +44,9 @@ class NodeFigures:
     #: off for being above it (broker.cluster.share).
     share_refusals: Callable[[], int] = lambda: 0
     handed_off: Callable[[], int] = lambda: 0
+    #: The most agents the node takes now (its share and slack); None while it takes
+    #: every agent (alone, or the others still starting).
+    share_limit: Callable[[], int | None] = lambda: None
     outbox_depth: int = 0
     refusals: Counter[tuple[str, str]] = field(default_factory=Counter)
 
@@ -72,6 +75,14 @@ class NodeCollector(Collector):
             gauge = GaugeMetricFamily(name, text, labels=labels)
             gauge.add_metric([f.node], value)
             yield gauge
+        limit = GaugeMetricFamily(
+            "secondline_agents_share_limit",
+            "the most agent tunnels this node takes now; no sample while it takes every agent",
+            labels=labels,
+        )
+        if (most := f.share_limit()) is not None:
+            limit.add_metric([f.node], most)
+        yield limit
         handshakes = CounterMetricFamily(
             "secondline_tunnel_handshakes", "agent tunnel handshakes completed", labels=labels
         )

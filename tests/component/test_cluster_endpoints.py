@@ -42,6 +42,11 @@ async def test_metrics_count_what_the_node_holds_and_refusals_by_code(api: Api) 
         'secondline_refusals_total{action="login.failed",code="denied",node="single"} 1.0',
     ):
         assert line in text.splitlines(), line
+    # A node alone takes every agent: its share limit has no sample.
+    assert "# TYPE secondline_agents_share_limit gauge" in text.splitlines()
+    assert not [
+        line for line in text.splitlines() if line.startswith("secondline_agents_share_limit{")
+    ]
 
 
 async def test_a_single_node_takes_no_node_to_node_requests(api: Api) -> None:
