@@ -197,13 +197,15 @@ def _actions(app: web.Application) -> LocalActions:
 
 
 def _share(app: web.Application, node: ClusterNode, *, admitted: bool) -> Share:
-    """This node's share now; ``admitted`` counts every admitted upgrade (handshakes under
-    way too, so a herd arriving at once is counted as it comes), else the live tunnels."""
+    """This node's share now, of the tunnels up here and announced by the others;
+    ``admitted`` adds the upgrades still in their handshake to the total (they are coming),
+    not to what this node holds (broker.cluster.share.share_of)."""
     registry = app.get(AGENT_REGISTRY)
-    held = 0
+    held = pending = 0
     if registry is not None:
-        held = registry.open_tunnels if admitted else len(registry)
-    return share_of(held, node.view.nodes.values(), time.monotonic())
+        held = len(registry)
+        pending = registry.open_tunnels - held if admitted else 0
+    return share_of(held, node.view.nodes.values(), time.monotonic(), pending=pending)
 
 
 def _start_sharing(app: web.Application, node: ClusterNode, tasks: Supervisor) -> None:

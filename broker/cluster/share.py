@@ -80,11 +80,25 @@ def counted(peer: NodeState, now: float, grace: float = READY_GRACE_S) -> bool:
 
 
 def share_of(
-    held: int, peers: Iterable[NodeState], now: float, grace: float = READY_GRACE_S
+    held: int,
+    peers: Iterable[NodeState],
+    now: float,
+    grace: float = READY_GRACE_S,
+    *,
+    pending: int = 0,
 ) -> Share:
     """This node's share: every agent heard of counts (a draining node's too: they are
-    coming), only the nodes that take agents divide them."""
-    total, nodes = held, 1
+    coming), only the nodes that take agents divide them.
+
+    ``held`` and the others' announcements count the same thing, tunnels up (registered);
+    ``pending``, this node's tunnels still in their handshake, adds to the total but not
+    to what it holds. Counting them as held, when the others' are not counted at all,
+    made every node of a cluster restarting together look full to itself: each holds its
+    herd in handshakes while the others have announced few, so every agent was turned
+    away twice before it was let in (the restart storm bench showed two refusals an
+    agent). A herd in handshakes is bounded by the handshake limiter instead, and what a
+    node takes above its share is handed off (broker.cluster.rebalance)."""
+    total, nodes = held + max(0, pending), 1
     for peer in peers:
         total += len(peer.announcement.agents)
         nodes += counted(peer, now, grace)

@@ -84,6 +84,22 @@ def test_other_nodes_divide_the_agents_only_once_ready_for_the_grace() -> None:
     assert view.nodes["n3"].ready_since == 111.0
 
 
+def test_handshakes_under_way_add_to_the_total_not_to_what_a_node_holds() -> None:
+    """Three nodes restarting together, each with its herd in handshakes and few tunnels
+    up yet: none is full, since what each holds is counted as the others' announcements
+    are (tunnels up); counted as held, the herd made each look full to itself."""
+    view = ClusterView()
+    for name in ("n2", "n3"):
+        view.heard(Announcement(name, agents(40, name), (), ready=True), now=100.0)
+    now = 100.0 + READY_GRACE_S
+    share = share_of(40, view.nodes.values(), now, pending=256)
+    assert (share.held, share.total, share.nodes) == (40, 376, 3)
+    assert not share.full
+    assert share_of(40 + 256, view.nodes.values(), now).full  # the herd counted as held
+    # A node genuinely above its share is full however many are in handshakes.
+    assert share_of(300, view.nodes.values(), now, pending=10).full
+
+
 def test_ready_is_on_the_wire_and_taken_as_true_from_an_older_node() -> None:
     """A node says whether it is ready; one that does not say is an older one, ready."""
     said = Announcement("n1", ("ag1",), (), ready=False)
