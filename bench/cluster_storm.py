@@ -49,7 +49,9 @@ from bench.storm_figures import (
     PROMISE_S,
     NodeFigures,
     agents_that_fit,
+    checks_delta,
     descriptors_needed,
+    haproxy_checks,
     metric,
     milestones,
     refusals_by_code,
@@ -144,6 +146,10 @@ class StormCluster(ClusterTarget):
                 return body.decode()
 
         return await asyncio.to_thread(read)
+
+    async def haproxy_checks(self) -> dict[str, dict[str, int]]:
+        """HAProxy's health-check counters for the nodes' HTTPS backend."""
+        return haproxy_checks(await self._show_stat(), "nodes_https")
 
     async def haproxy_info(self) -> dict[str, str]:
         reader, writer = await asyncio.open_unix_connection(str(self._stats_socket))
@@ -379,6 +385,7 @@ async def _run(
         figures["stop_s"] = round(time.monotonic() - began, 1)
         await swarm.wait_until(lambda s: _online(s) == 0, ONLINE_WAIT_S, "all cut off")
         tally_before = swarm.status().tally
+        checks_before = await cluster.haproxy_checks()
 
         figures["loadavg_at_restart"] = os.getloadavg()
         curve: list[tuple[float, int]] = []
@@ -409,6 +416,11 @@ async def _run(
         figures |= milestones(curve, agents)
         figures["curve"] = thin(curve)
         figures["restart_tally"] = tally_delta(tally_before, swarm.status().tally)
+        # Nodes HAProxy took out while they were busy with the herd, and the dials it
+        # could give to no node meanwhile.
+        figures["haproxy_checks_in_restart"] = checks_delta(
+            checks_before, await cluster.haproxy_checks()
+        )
         if failed:
             figures["failed"] = failed
         limit = share_limit(agents, NODES)
@@ -455,6 +467,7 @@ def summary(figures: dict[str, object]) -> str:
             f"{node['cpu_ms_per_handshake']} ms CPU/handshake, {node['rss_mib']} MiB"
         )
     lines.append(f"peaks: {figures.get('peaks')}, swarm attempts: {figures.get('restart_tally')}")
+    lines.append(f"HAProxy checks in the restart: {figures.get('haproxy_checks_in_restart')}")
     return "\n".join(lines)
 
 

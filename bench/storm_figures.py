@@ -58,6 +58,37 @@ def sockstat(text: str) -> dict[str, int]:
     raise MeasurementError("/proc/net/sockstat has no TCP line")
 
 
+#: HAProxy's ``show stat`` columns the storm reports: failed health checks, times a node
+#: was taken out, seconds it was out; connections refused for want of a node.
+CHECK_COLUMNS = ("chkfail", "chkdown", "downtime", "econ")
+
+
+def haproxy_checks(show_stat: str, backend: str) -> dict[str, dict[str, int]]:
+    """HAProxy's ``show stat`` CSV: each server of ``backend`` (and the backend itself)
+    → its :data:`CHECK_COLUMNS` (an empty cell counts 0)."""
+    lines = show_stat.splitlines()
+    if not lines or not lines[0].startswith("# "):
+        raise MeasurementError("HAProxy's show stat answer has no header")
+    header = lines[0][2:].split(",")
+    rows: dict[str, dict[str, int]] = {}
+    for line in lines[1:]:
+        row = dict(zip(header, line.split(","), strict=False))
+        if row.get("pxname") != backend or row.get("svname") == "FRONTEND":
+            continue
+        rows[row["svname"]] = {column: int(row.get(column) or 0) for column in CHECK_COLUMNS}
+    return rows
+
+
+def checks_delta(
+    before: Mapping[str, Mapping[str, int]], after: Mapping[str, Mapping[str, int]]
+) -> dict[str, dict[str, int]]:
+    """What the counters of :func:`haproxy_checks` gained between two readings."""
+    return {
+        name: {k: v - before.get(name, {}).get(k, 0) for k, v in counts.items()}
+        for name, counts in after.items()
+    }
+
+
 def descriptors_needed(agents: int) -> int:
     """Descriptors the run's processes need: HAProxy takes two per connection (deploy/
     haproxy.cfg leaves its maxconn to follow its limit), a node alone takes the whole

@@ -10,7 +10,9 @@ from bench import MeasurementError
 from bench.storm_figures import (
     NodeFigures,
     agents_that_fit,
+    checks_delta,
     descriptors_needed,
+    haproxy_checks,
     metric,
     milestones,
     refusals_by_code,
@@ -111,3 +113,37 @@ def test_top_frames_count_the_innermost_frame() -> None:
     ]
     assert top_frames(stacks) == [("do_handshake (ssl.py)", 80.0), ("select (selectors.py)", 20.0)]
     assert top_frames([]) == []
+
+
+HEADER = (
+    "# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,"
+    "wretr,wredis,status,weight,act,bck,chkfail,chkdown,lastchg,downtime\n"
+)
+SHOW_STAT = (
+    HEADER
+    + """\
+https,FRONTEND,,,7903,9850,9985,145024,0,0,0,0,0,,,,,OPEN,,,,,,,
+nodes_https,n1,0,0,1887,4559,,26400,0,0,,0,,0,1,0,0,DOWN 1/2,1,1,0,43,18,24,438
+nodes_https,n2,0,0,1661,4665,,28546,0,0,,0,,94,20,0,0,UP,1,1,0,48,20,30,427
+nodes_https,BACKEND,0,0,7903,9850,,145024,0,0,0,0,,76892,75,0,0,DOWN,2,2,0,,35,24,301
+nodes_ssh,n1,0,0,0,0,,0,0,0,,0,,0,0,0,0,DOWN,1,1,0,40,17,24,400
+"""
+)
+
+
+def test_haproxy_checks_read_the_backends_counters_and_their_growth() -> None:
+    """Failed checks, times out, seconds out and refused connections per node of the one
+    backend; an empty cell is 0; the growth between two readings."""
+    after = haproxy_checks(SHOW_STAT, "nodes_https")
+    assert after == {
+        "n1": {"chkfail": 43, "chkdown": 18, "downtime": 438, "econ": 0},
+        "n2": {"chkfail": 48, "chkdown": 20, "downtime": 427, "econ": 94},
+        "BACKEND": {"chkfail": 0, "chkdown": 35, "downtime": 301, "econ": 76892},
+    }
+    before = {"n1": {"chkfail": 40, "chkdown": 17, "downtime": 400, "econ": 0}}
+    assert checks_delta(before, after)["n1"] == {
+        "chkfail": 3, "chkdown": 1, "downtime": 38, "econ": 0,
+    }  # fmt: skip
+    assert checks_delta(before, after)["n2"] == after["n2"]
+    with pytest.raises(MeasurementError):
+        haproxy_checks("", "nodes_https")
