@@ -57,6 +57,7 @@ from bench.storm_figures import (
     refusals_by_code,
     show_info,
     sockstat,
+    summary,
     tally_delta,
     thin,
     top_frames,
@@ -376,7 +377,20 @@ async def _run(
         figures["enrolled_s"] = round(time.monotonic() - began, 1)
         began = time.monotonic()
         await swarm.connect()
-        await swarm.wait_until(lambda s: _online(s) >= agents, ONLINE_WAIT_S, "all online")
+        peak = [0]
+
+        def connected(status: SwarmStatus) -> bool:
+            peak[0] = max(peak[0], _online(status))
+            return _online(status) >= agents
+
+        try:
+            await swarm.wait_until(connected, ONLINE_WAIT_S, "all online")
+        except MeasurementError as error:
+            # A herd that never comes online is the figure: keep what explains it.
+            figures["failed"] = f"first connect: {error}"
+            figures["first_connect_most_online"] = peak[0]
+            figures["haproxy_checks_in_first_connect"] = await cluster.haproxy_checks()
+            return figures
         figures["first_connect_s"] = round(time.monotonic() - began, 1)
         figures["held_before"] = await _held(cluster)
 
@@ -435,40 +449,13 @@ async def _run(
         sampling.cancel()
         await asyncio.gather(sampling, return_exceptions=True)
         await swarm.close()
-    figures["peaks"] = sampler.peaks
-    figures["lowest_mem_available_mib"] = sampler.lowest_available_mib
+        figures["peaks"] = sampler.peaks
+        figures["lowest_mem_available_mib"] = sampler.lowest_available_mib
     return figures
 
 
 def _online(status: SwarmStatus) -> int:
     return status.online.get("good", 0)
-
-
-def summary(figures: dict[str, object]) -> str:
-    """The run in a few lines for the terminal (the JSON has everything)."""
-    haproxy = figures.get("haproxy")
-    maxconn = haproxy.get("maxconn") if isinstance(haproxy, dict) else None
-    cut = f" (of {figures['agents_wanted']} wanted)" if "agents_wanted" in figures else ""
-    lines = [
-        f"{figures['agents']} agents{cut}, {figures['nodes']} nodes behind HAProxy (maxconn "
-        f"{maxconn}); load average at the restart {figures.get('loadavg_at_restart')}",
-        f"enrolled in {figures.get('enrolled_s')} s, first connect {figures.get('first_connect_s')}"
-        f" s, stop {figures.get('stop_s')} s, nodes listening {figures.get('listening_s')}",
-        f"after the restart: half back {figures.get('half_online_s')} s, 90 % "
-        f"{figures.get('ninety_percent_online_s')} s, all {figures.get('all_online_s')} s "
-        f"(promise {PROMISE_S:.0f} s: {'met' if figures.get('promise_met') else 'MISSED'})",
-    ]
-    per_node = figures.get("per_node")
-    for node in per_node if isinstance(per_node, list) else ():
-        lines.append(
-            f"  {node['node']}: held {node['held_when_all_online']} when all were back, "
-            f"{node['held_settled']} settled (share limit {node['share_limit']}), turned away "
-            f"{node['over_share_refusals']}, handed off {node['handed_off']}, "
-            f"{node['cpu_ms_per_handshake']} ms CPU/handshake, {node['rss_mib']} MiB"
-        )
-    lines.append(f"peaks: {figures.get('peaks')}, swarm attempts: {figures.get('restart_tally')}")
-    lines.append(f"HAProxy checks in the restart: {figures.get('haproxy_checks_in_restart')}")
-    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -498,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     (args.results / f"cluster-storm-{stamp}.json").write_text(text)
     (args.results / "cluster-storm-latest.json").write_text(text)
     print(summary(figures))
-    return 0
+    return 1 if "failed" in figures else 0
 
 
 if __name__ == "__main__":

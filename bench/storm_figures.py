@@ -197,3 +197,36 @@ def _short(frame: str) -> str:
     name, _, where = frame.partition(" (")
     path = where.rstrip(")").rsplit(":", 1)[0]
     return f"{name} ({path.rsplit('/', 1)[-1]})" if path else name
+
+
+def summary(figures: dict[str, object]) -> str:
+    """The run in a few lines for the terminal (the JSON has everything)."""
+    haproxy = figures.get("haproxy")
+    maxconn = haproxy.get("maxconn") if isinstance(haproxy, dict) else None
+    cut = f" (of {figures['agents_wanted']} wanted)" if "agents_wanted" in figures else ""
+    lines = [
+        f"{figures['agents']} agents{cut}, {figures['nodes']} nodes behind HAProxy (maxconn "
+        f"{maxconn}); load average at the restart {figures.get('loadavg_at_restart')}",
+        f"enrolled in {figures.get('enrolled_s')} s, first connect {figures.get('first_connect_s')}"
+        f" s, stop {figures.get('stop_s')} s, nodes listening {figures.get('listening_s')}",
+        f"after the restart: half back {figures.get('half_online_s')} s, 90 % "
+        f"{figures.get('ninety_percent_online_s')} s, all {figures.get('all_online_s')} s "
+        f"(promise {PROMISE_S:.0f} s: {'met' if figures.get('promise_met') else 'MISSED'})",
+    ]
+    per_node = figures.get("per_node")
+    for node in per_node if isinstance(per_node, list) else ():
+        lines.append(
+            f"  {node['node']}: held {node['held_when_all_online']} when all were back, "
+            f"{node['held_settled']} settled (share limit {node['share_limit']}), turned away "
+            f"{node['over_share_refusals']}, handed off {node['handed_off']}, "
+            f"{node['cpu_ms_per_handshake']} ms CPU/handshake, {node['rss_mib']} MiB"
+        )
+    lines.append(f"peaks: {figures.get('peaks')}, swarm attempts: {figures.get('restart_tally')}")
+    lines.append(f"HAProxy checks in the restart: {figures.get('haproxy_checks_in_restart')}")
+    if "failed" in figures:
+        lines.append(
+            f"FAILED: {figures['failed']} (most online at once: "
+            f"{figures.get('first_connect_most_online')}; HAProxy checks: "
+            f"{figures.get('haproxy_checks_in_first_connect')})"
+        )
+    return "\n".join(lines)

@@ -18,6 +18,7 @@ from bench.storm_figures import (
     refusals_by_code,
     show_info,
     sockstat,
+    summary,
     tally_delta,
     thin,
     time_to,
@@ -147,3 +148,23 @@ def test_haproxy_checks_read_the_backends_counters_and_their_growth() -> None:
     assert checks_delta(before, after)["n2"] == after["n2"]
     with pytest.raises(MeasurementError):
         haproxy_checks("", "nodes_https")
+
+
+def test_summary_says_whether_the_promise_was_met_and_why_a_run_failed() -> None:
+    """The terminal's few lines: the cut to what HAProxy holds, the milestones against the
+    promise, each node against its share, and a failed first connect with its evidence."""
+    figures: dict[str, object] = {
+        "agents": 9880, "agents_wanted": 10_000, "nodes": 3,
+        "haproxy": {"maxconn": 9980}, "all_online_s": 58.2, "promise_met": True,
+        "per_node": [
+            NodeFigures("n1", 3400, 3300, 12, 100, 3400, {}, 400 * 1024, 40.0).as_json(3627)
+        ],
+    }  # fmt: skip
+    text = summary(figures)
+    assert "9880 agents (of 10000 wanted), 3 nodes behind HAProxy (maxconn 9980)" in text
+    assert "all 58.2 s (promise 60 s: met)" in text
+    assert "n1: held 3400 when all were back, 3300 settled (share limit 3627)" in text
+    failed = summary({**figures, "promise_met": False, "failed": "first connect: no",
+                      "first_connect_most_online": 1125})  # fmt: skip
+    assert "MISSED" in failed
+    assert "FAILED: first connect: no (most online at once: 1125" in failed
