@@ -59,6 +59,10 @@ CLOSE_TIMEOUT: Final = 5.0
 TUNNEL_RATE: Final = 100_000_000
 TUNNEL_BUFFER_MIN: Final = 128 * 1024
 TUNNEL_BUFFER_MAX: Final = 4 * 1024 * 1024
+#: The extra info (``get_extra_info``) of a tunnel's SSH connection that holds the
+#: bandwidth-delay product its socket buffer was sized to (the broker sizes its session
+#: channels' windows from it: broker.sessions.hub_agent.channel_window).
+BDP_INFO: Final = "tunnel_bdp"
 #: Where ``struct tcp_info`` (linux/tcp.h) holds ``tcpi_rtt``, in microseconds: eight
 #: one-byte fields, then fifteen 32-bit ones before it.
 _TCPI_RTT_OFFSET: Final = 68

@@ -54,7 +54,7 @@ from agent.protocol import (
     KEEPALIVE_INTERVAL,
     MAX_TUNNEL_MESSAGE,
 )
-from agent.tunnel import WebSocketTunnel, size_tunnel_buffer
+from agent.tunnel import BDP_INFO, WebSocketTunnel, size_tunnel_buffer
 from broker.agents import agent_store, descriptors
 from broker.agents.facts_pacing import FACTS_MAX_WAIT_S, FactsPacer
 from broker.agents.facts_policy import FACTS_OUTPUT_MAX, FactsRefused, parse_facts_output
@@ -368,11 +368,10 @@ async def tunnel_handler(request: web.Request) -> web.StreamResponse:
     try:
         await ws.prepare(request)
         sock = request.transport.get_extra_info("socket") if request.transport else None
-        if sock is not None:
-            # Bytes in the broker's receive buffer are ahead of every keystroke's echo.
-            size_tunnel_buffer(sock, socket.SO_RCVBUF)
+        # Bytes in the broker's receive buffer are ahead of every keystroke's echo.
+        bdp = size_tunnel_buffer(sock, socket.SO_RCVBUF) if sock is not None else None
         stream = AiohttpStream(ws)
-        conn = await _handshake(services, runtime, identity, stream, source)
+        conn = await _handshake(services, runtime, identity, stream, source, bdp)
         if conn is not None:
             await _serve(services, runtime, identity, conn, stream, source)
         await stream.finish()
@@ -387,8 +386,10 @@ async def _handshake(
     agent: TunnelIdentity,
     stream: AiohttpStream,
     source: str,
+    bdp: int | None,
 ) -> asyncssh.SSHClientConnection | None:
-    """The SSH handshake over the accepted WebSocket; None (audited) when it fails."""
+    """The SSH handshake over the accepted WebSocket; None (audited) when it fails.
+    ``bdp``, the tunnel's measured bandwidth-delay product, sizes its channels' windows."""
     registry = runtime.registry
     try:
         host_key = asyncssh.import_public_key(agent.public_key)
@@ -403,7 +404,7 @@ async def _handshake(
         async with asyncio.timeout(runtime.settings.handshake_timeout):
             return await asyncssh.connect(
                 agent.agent_id,
-                tunnel=WebSocketTunnel(stream),
+                tunnel=WebSocketTunnel(stream, extra_info={} if bdp is None else {BDP_INFO: bdp}),
                 options=runtime.base_options,
                 known_hosts=([host_key], [], []),
                 client_factory=TunnelClient,

@@ -26,7 +26,7 @@ import asyncssh
 from agent.protocol import ConsentAnswer
 from broker.log_context import context_logger
 from broker.sessions.facts import MemberEvent, Outcome, SessionFacts, Terminal
-from broker.sessions.hub_agent import AGENT_WINDOW, AgentChannel, AgentStream
+from broker.sessions.hub_agent import AgentChannel, AgentStream, window_of
 from broker.sessions.hub_core import (
     Action,
     Disconnect,
@@ -46,6 +46,7 @@ from broker.sessions.hub_core import (
 )
 from broker.sessions.hub_files import FileRecording
 from broker.sessions.input_ledger import InputKind
+from broker.sessions.output_turns import OutputTurns
 from broker.sessions.screen_state import ScreenTail
 from broker.sessions.sftp_tracker import Direction, FileLimits
 from broker.transcript import (
@@ -82,8 +83,15 @@ class LiveSession:
         on_member: MemberEvent,
         started_at: float,
         file_limits: FileLimits | None = None,
+        turns: OutputTurns | None = None,
     ) -> None:
         self.facts = facts
+        # The agent's output takes its turn with every other session's (small first).
+        self.turns = turns or OutputTurns.for_loop()
+        # Why the agent channel is not read: the core's pacing or recorder ("core"), or
+        # its line at the turns being full ("turns").
+        self._agent_held: set[str] = set()
+        self._ending_flush = False
         self.recorder = recorder
         self.core = HubCore(limits, time.monotonic())
         self.agent = AgentStream(facts.session_id, pty=facts.term is not None)
@@ -138,12 +146,14 @@ class LiveSession:
             term_size=(facts.cols, facts.rows) if facts.term else None,
             request_pty=facts.term is not None,
             encoding=None,
-            window=self.files.window if self.files is not None else AGENT_WINDOW,
+            window=(self.files.window if self.files is not None else window_of(conn)),
         )
         self.channel_opened = True
 
     def channel_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
         self._chan = chan
+        if self._agent_held:
+            chan.pause_reading()
         if self._end is not None:  # ended (killed) while the channel was being opened
             with contextlib.suppress(OSError, asyncssh.Error):
                 chan.close()
@@ -153,8 +163,35 @@ class LiveSession:
         for terminal in self._terminals.values():
             terminal.pause_input(paused)
 
+    def agent_data(self, data: bytes, stderr: bool) -> None:
+        """A chunk from the agent's channel: handled now, or when its turn comes."""
+        if self.running:
+            self.turns.offer(self, data, stderr)
+
+    # Lane (broker.sessions.output_turns): what the turns call.
+
+    def deliver(self, data: bytes, stderr: bool) -> None:
+        self.agent_output(data, stderr)
+
+    def hold(self, held: bool) -> None:
+        self._hold_agent("turns", held)
+
+    def _hold_agent(self, why: str, held: bool) -> None:
+        """Read the agent channel only while nobody holds it."""
+        before = bool(self._agent_held)
+        if held:
+            self._agent_held.add(why)
+        else:
+            self._agent_held.discard(why)
+        if self._chan is None or before == bool(self._agent_held):
+            return
+        if held:
+            self._chan.pause_reading()
+        else:
+            self._chan.resume_reading()
+
     def agent_output(self, data: bytes, stderr: bool) -> None:
-        """A chunk from the agent: parse, record, fan out. The hot path."""
+        """A chunk from the agent, its turn come: parse, record, fan out. The hot path."""
         if not self.running:
             return
         if self.files is not None and not stderr:
@@ -373,11 +410,9 @@ class LiveSession:
                     terminal.drop(action.message)
                 self.detach(action.pid, "could not keep up")
             elif isinstance(action, PauseAgent):
-                if self._chan is not None:
-                    self._chan.pause_reading()
+                self._hold_agent("core", True)
             elif isinstance(action, ResumeAgent):
-                if self._chan is not None:
-                    self._chan.resume_reading()
+                self._hold_agent("core", False)
             elif isinstance(action, Flush):
                 self._start_flush()
             elif isinstance(action, Notify):
@@ -454,6 +489,14 @@ class LiveSession:
         """End the session (once): close the agent channel; :meth:`run` seals and reports."""
         if self._end is not None:
             return
+        if not self._ending_flush:
+            # What came from the agent before the end is recorded and shown, as it was
+            # before it had to wait for its turn. (An end from inside this, a recorder
+            # failure, goes ahead and the rest is dropped: nobody sees what is not recorded.)
+            self._ending_flush = True
+            self.turns.flush(self)
+            if self._end is not None:
+                return
         self._end = (reason, code, message, by)
         self.core.end()
         if self._chan is not None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Final
 import asyncssh
 
 from agent.input_reports import InputReportReader
+from agent.tunnel import BDP_INFO
 from broker.rules.outside_text import clean_line
 from broker.sessions.answer_back import AnswerBack
 from broker.sessions.input_ledger import InputKind, InputLedger
@@ -33,9 +34,27 @@ END_BY_END_USER: Final = "ended by the end user"
 InputPieces = list[tuple[InputKind, bytes, bool]]
 
 
-AGENT_WINDOW: Final = 2 << 20  # asyncssh's; a file session's is smaller (sftp_window_bytes)
+#: What the broker lets the agent send ahead on a session's channel: the tunnel's
+#: bandwidth-delay product (``channel_window``), within these bounds. It is what a held
+#: session (a staff client that stopped reading, a full recorder, its turn not come,
+#: broker.sessions.output_turns) keeps in the broker, so asyncssh's 2 MiB default would
+#: be 100 MB for 50 held sessions. A file session's is ``sftp_window_bytes``.
+AGENT_WINDOW_MIN: Final = 128 << 10
+AGENT_WINDOW_MAX: Final = 2 << 20
 AGENT_WRITE_HIGH: Final = 1 << 20
 AGENT_WRITE_LOW: Final = 256 << 10
+
+
+def channel_window(bdp: int | None) -> int:
+    """A session channel's window for a tunnel whose bandwidth-delay product is ``bdp``
+    bytes (None: not measured, so the floor, which covers a LAN)."""
+    return max(AGENT_WINDOW_MIN, min(AGENT_WINDOW_MAX, bdp or 0))
+
+
+def window_of(conn: asyncssh.SSHClientConnection) -> int:
+    """The session channels' window on ``conn``: from what its tunnel measured."""
+    bdp = conn.get_extra_info(BDP_INFO)
+    return channel_window(bdp if isinstance(bdp, int) else None)
 
 
 class AgentChannel(asyncssh.SSHClientSession[bytes]):
@@ -58,7 +77,7 @@ class AgentChannel(asyncssh.SSHClientSession[bytes]):
         self._live.pause_input(False)
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
-        self._live.agent_output(data, datatype == asyncssh.EXTENDED_DATA_STDERR)
+        self._live.agent_data(data, datatype == asyncssh.EXTENDED_DATA_STDERR)
 
     def exit_status_received(self, status: int) -> None:
         self._live.agent_exit(status, None, "")
