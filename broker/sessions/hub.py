@@ -91,6 +91,7 @@ class LiveSession:
         # Why the agent channel is not read: the core's pacing or recorder ("core"), or
         # its line at the turns being full ("turns").
         self._agent_held: set[str] = set()
+        self._resuming = False
         self._ending_flush = False
         self.recorder = recorder
         self.core = HubCore(limits, time.monotonic())
@@ -177,18 +178,31 @@ class LiveSession:
         self._hold_agent("turns", held)
 
     def _hold_agent(self, why: str, held: bool) -> None:
-        """Read the agent channel only while nobody holds it."""
+        """Read the agent channel only while nobody holds it.
+
+        A channel resumed hands over everything asyncssh held for it, at once and from
+        inside ``resume_reading``; a hold asked for meanwhile is applied only once that
+        returned. asyncssh grants the agent a whole window again at the first chunk it
+        hands over, counting what it still holds as taken: paused halfway, it would keep
+        granting a window per resume and hold ever more (88 MB in 8 s with 50 streams)."""
         before = bool(self._agent_held)
         if held:
             self._agent_held.add(why)
         else:
             self._agent_held.discard(why)
-        if self._chan is None or before == bool(self._agent_held):
+        chan = self._chan
+        if chan is None or self._resuming or before == bool(self._agent_held):
             return
         if held:
-            self._chan.pause_reading()
-        else:
-            self._chan.resume_reading()
+            chan.pause_reading()
+            return
+        self._resuming = True
+        try:
+            chan.resume_reading()
+        finally:
+            self._resuming = False
+        if self._agent_held:
+            chan.pause_reading()
 
     def agent_output(self, data: bytes, stderr: bool) -> None:
         """A chunk from the agent, its turn come: parse, record, fan out. The hot path."""

@@ -22,9 +22,11 @@ The rule (:class:`OutputTurns`, one per event loop):
   (``pause_reading``: asyncssh keeps at most the channel's window and stops granting
   more, so the agent stops reading that process); it is let go at :data:`LOW`.
 
-So a line never holds more than ``HIGH`` plus one SSH packet (:meth:`OutputTurns.bound`),
+So a line never holds more than ``LOW`` plus the channel's window (what asyncssh held
+while it was paused, handed over at once when it is let go; :meth:`OutputTurns.bound`),
 a session that streams slows only itself, and its bulk waits in the broker, behind the
-echoes, instead of in the tunnel in front of them. The bookkeeping is pure; the only I/O
+echoes, instead of in the tunnel in front of them: with every line held, the agents run
+out of window and the tunnel empties. The bookkeeping is pure; the only I/O
 is the callback it is given to run a turn on the next loop iteration.
 """
 
@@ -98,10 +100,11 @@ class OutputTurns:
         self.direct = 0
         self.queued = 0
 
-    def bound(self) -> int:
-        """The most one line can hold: it is held at ``high``, after the chunk that got it
-        there (at most one SSH packet)."""
-        return self.high + MAX_CHUNK
+    def bound(self, window: int) -> int:
+        """The most one line of a channel with this ``window`` can hold: it is held at
+        ``high``, after the chunk that got it there (at most one SSH packet); let go at
+        ``low``, it takes at once all asyncssh held meanwhile (at most the window)."""
+        return max(self.high + MAX_CHUNK, self.low + window)
 
     def waiting(self, lane: Lane) -> int:
         """Bytes of ``lane`` waiting for their turn."""
