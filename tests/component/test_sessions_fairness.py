@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncssh
@@ -35,6 +36,28 @@ async def read_until(stream: asyncssh.SSHReader[bytes], wanted: bytes, seen: byt
                 raise AssertionError(f"EOF before {wanted!r}: {bytes(seen)[-200:]!r}")
             seen += chunk
     del seen[: seen.index(wanted) + len(wanted)]
+
+
+async def on_a_loop_turn(holds: Callable[[], bool]) -> None:
+    """Wait until ``holds()``, looked at on every event-loop turn (the hub's state has no
+    event of its own to wait for)."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def check() -> None:
+        if done.done():
+            return
+        if holds():
+            done.set_result(None)
+        else:
+            loop.call_soon(check)
+
+    check()
+    try:
+        async with asyncio.timeout(WAIT):
+            await done
+    finally:
+        done.cancel()
 
 
 async def test_keystrokes_are_echoed_through_the_broker_while_another_session_streams(
@@ -106,4 +129,41 @@ async def test_keystrokes_are_echoed_through_the_broker_while_another_session_st
             drainer.cancel()
             with contextlib.suppress(asyncio.CancelledError, asyncssh.Error):
                 await drainer
+            conn.close()
+
+
+async def test_a_staff_client_that_stops_reading_slows_only_its_own_session(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """The client of a streaming session stops reading: that session is paced down to its
+    shell (the hub holds its agent channel), what the broker keeps for it stays bounded,
+    and another session's keystrokes are still echoed."""
+    turns = OutputTurns.for_loop()
+    async with world(data_dir, tmp_path) as w:
+        conn = await w.ssh()
+        stream = await conn.create_process("exec cat /dev/zero", encoding=None)
+        # Read a little, then never again: the client's window closes, the gateway's
+        # buffer for it fills, the core pauses the agent channel.
+        await stream.stdout.readexactly(1 << 16)
+        hubs = list(w.runtime.manager.live.values())
+        assert len(hubs) == 1
+        streaming = hubs[0]
+        await on_a_loop_turn(lambda: "core" in streaming._agent_held)
+        try:
+            echo = await conn.create_process(
+                "stty raw -echo; echo ready; exec cat", term_type="xterm", encoding=None
+            )
+            seen = bytearray()
+            await read_until(echo.stdout, b"ready\n", seen)
+            for key in b"keystrokes":
+                echo.stdin.write(bytes([key]))
+                await read_until(echo.stdout, bytes([key]), seen)
+            assert "core" in streaming._agent_held  # still paced: it never read again
+            assert stream.exit_status is None
+            assert streaming._chan is not None
+            assert sum(len(data) for data, _ in streaming._chan._recv_buf) <= AGENT_WINDOW_MIN
+            assert turns.waiting(streaming) <= turns.bound(AGENT_WINDOW_MIN)
+            echo.close()
+        finally:
+            stream.close()
             conn.close()
