@@ -313,6 +313,15 @@ def peer_url(config: BrokerConfig) -> str:
     return f"https://{host}:{config.https_port}"
 
 
+def own_urls(config: BrokerConfig) -> tuple[str, ...]:
+    """The URLs the console is served at, whose origins its pages come from: the public URL
+    and, on a cluster node, the node's own address (staff who reach a node directly, past
+    the load balancer, sign in and open terminals there as they would through it)."""
+    if config.clustered:
+        return (config.public_url, peer_url(config))
+    return (config.public_url,)
+
+
 # Tables of the config file whose keys are settings named TABLE_KEY ([cluster] nats_url is
 # cluster_nats_url, SECONDLINE_CLUSTER_NATS_URL in the environment).
 _TABLES: Final = ("cluster",)

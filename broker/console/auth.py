@@ -13,6 +13,7 @@ from typing import Final
 from aiohttp import web
 
 from broker.auth.principal import Principal
+from broker.config import BrokerConfig, own_urls
 from broker.console import session_store
 from broker.console.errors import CsrfRefused, OriginRefused
 from broker.console.live import hold_upgrade
@@ -38,13 +39,13 @@ async def console_user(request: web.Request) -> ConsoleUser | None:
     return None
 
 
-def same_origin(request: web.Request, public_url: str) -> bool:
+def same_origin(request: web.Request, config: BrokerConfig) -> bool:
     """Whether the browser says this request comes from our own pages.
 
     Browsers send ``Origin`` on every POST and WebSocket upgrade, and ``Sec-Fetch-Site`` on
     every request; a client that sends neither (curl, scripts) is judged by its CSRF token."""
     origin = request.headers.get("Origin")
-    if origin is not None and not origin_allowed(origin, public_url):
+    if origin is not None and not origin_allowed(origin, *own_urls(config)):
         return False
     site = request.headers.get("Sec-Fetch-Site")
     return site is None or site in ("same-origin", "none")
@@ -65,7 +66,7 @@ async def check_state_change(request: web.Request, user: ConsoleUser, token: str
     """Raise (after auditing) unless a state-changing request is same-origin and carries the
     session's CSRF token."""
     services = request.app[SERVICES]
-    if not same_origin(request, services.config.public_url):
+    if not same_origin(request, services.config):
         await refuse(request, user.name, "console.origin_refused", "cross-origin request")
         raise OriginRefused(
             "this request came from another site and was refused; use the console itself"

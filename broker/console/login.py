@@ -111,7 +111,7 @@ async def login_submit(request: web.Request) -> web.StreamResponse:
     code = str(form.get("code", ""))[:16]
     target = safe_next(str(form.get("next", ""))[:400])
     source = request.remote or ""
-    if not same_origin(request, services.config.public_url) or not tokens_match(
+    if not same_origin(request, services.config) or not tokens_match(
         request.cookies.get(LOGIN_COOKIE, ""), str(form.get(CSRF_FIELD, ""))
     ):
         # Nobody is signed in yet: counted into the source's summary (broker.audit.anonymous).
@@ -316,7 +316,7 @@ async def totp_setup_submit(request: web.Request) -> web.StreamResponse:
     except InputError as exc:
         return _totp_setup_error(request, lang, user, "", exc.message, exc.http_status)
     target = safe_next(str(form.get("next", ""))[:400])
-    if not same_origin(request, services.config.public_url) or not tokens_match(
+    if not same_origin(request, services.config) or not tokens_match(
         user.csrf_token, str(form.get(CSRF_FIELD, ""))
     ):
         await refuse(request, user.name, "console.csrf_refused", "TOTP enrolment form")

@@ -282,7 +282,7 @@ async def code_submit(request: web.Request) -> web.StreamResponse:
     except InputError as exc:
         return _code_form(request, user, "/console/", exc.message, exc.http_status)
     target = safe_next(str(form.get("next", ""))[:400])
-    if not same_origin(request, services.config.public_url) or not tokens_match(
+    if not same_origin(request, services.config) or not tokens_match(
         user.csrf_token, str(form.get(CSRF_FIELD, ""))
     ):
         await refuse(request, user.name, "console.csrf_refused", "OpenID code form")

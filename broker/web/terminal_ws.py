@@ -38,6 +38,7 @@ from typing import Final, cast
 
 from aiohttp import WSMsgType, web
 
+from broker.config import own_urls
 from broker.errors import ForbiddenError
 from broker.log_context import context_logger
 from broker.origin import origin_allowed
@@ -307,7 +308,7 @@ async def terminal_socket(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     runtime = request.app[SESSIONS]
     source = request.remote or ""
-    if not origin_allowed(request.headers.get("Origin"), services.config.public_url):
+    if not origin_allowed(request.headers.get("Origin"), *own_urls(services.config)):
         # Refused before anyone is authenticated: counted into the source's summary.
         await services.anonymous.refused(
             source=source,
