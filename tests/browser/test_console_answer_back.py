@@ -10,14 +10,13 @@ import pytest
 from playwright.async_api import Browser
 
 from tests.browser.test_console_flows import (  # noqa: F401 - fixtures used by name
-    WAIT_MS,
     Stack,
     enrol_and_sign_in,
     front_end,
     new_context,
     stack,
-    terminal_text,
 )
+from tests.support.browser import WAIT_MS, terminal_text
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -42,7 +41,7 @@ async def test_answer_back_is_recorded_as_replies(stack: Stack, chromium: Browse
         "stty -icanon; printf '\\033[5;10H\\033[6n\\033[c'; head -c 14 | od -An -c | tr -d ' ';"
         " stty icanon; echo answers-$((2*3))\n"
     )
-    await terminal_text(bob, "answers-6").wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
+    await terminal_text(bob, "answers-6").wait_for(timeout=WAIT_MS)
     screen = await bob.text_content("#terminal-screen") or ""
     assert "033[5;10R033[?1;2c" in screen  # what the shell read, as od shows it
     await bob.keyboard.type("exit\n")

@@ -12,7 +12,8 @@ import pytest
 from playwright.async_api import Browser
 
 from tests.browser import test_console_flows as flows
-from tests.browser.test_console_flows import SHOTS, WAIT_MS, Stack, enrol_and_sign_in, new_context
+from tests.browser.test_console_flows import SHOTS, Stack, enrol_and_sign_in, new_context
+from tests.support.browser import WAIT_MS
 from tests.support.request_tracker import RequestTracker
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]

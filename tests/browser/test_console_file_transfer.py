@@ -21,8 +21,9 @@ import pytest
 from playwright.async_api import Browser, FilePayload, Page
 
 from tests.browser import test_console_flows as flows
-from tests.browser.test_console_flows import SHOTS, WAIT_MS, Stack, enrol_and_sign_in, new_context
+from tests.browser.test_console_flows import SHOTS, Stack, enrol_and_sign_in, new_context
 from tests.browser.test_terminal_end_states import open_shell
+from tests.support.browser import WAIT_MS
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 

@@ -25,13 +25,13 @@ from playwright.async_api import Browser, BrowserContext, Dialog, Page
 
 from broker.auth import totp
 from tests.support.broker import BrokerProcess, cli_env, secondline, start_broker
+from tests.support.browser import WAIT_MS, first_sign_in, terminal_text
 from tests.support.console import PASSWORD, build_front_end
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
 ROOT: Final = Path(__file__).resolve().parents[2]
 SHOTS: Final = ROOT / "docs" / "screenshots"
-WAIT_MS: Final = 20_000
 VIEW: Final = {"width": 1360, "height": 820}
 
 
@@ -181,16 +181,9 @@ async def new_context(browser: Browser, *, lang: str = "en-US") -> BrowserContex
 
 async def enrol_and_sign_in(stack: Stack, page: Page, user: str) -> None:
     """First sign-in (TOTP set-up from the page), sign out, then sign in with a fresh code."""
-    await page.goto(f"{stack.url}/console/")
-    await page.fill("input[name=user]", user)
-    await page.fill("input[name=password]", PASSWORD)
-    await page.click("button[type=submit]")
-    await page.wait_for_url("**/console/totp-setup**")
-    assert await page.locator("figure.qr-frame svg").count() == 1
-    secret = (await page.text_content("#totp-secret") or "").replace(" ", "")
-    await page.fill("input[name=code]", stack.code(user, secret))
-    await page.click("button[type=submit]")
-    await page.wait_for_url("**/console/")
+    secret = await first_sign_in(
+        page, stack.url, user, PASSWORD, lambda secret: stack.code(user, secret)
+    )
     await page.click("form[action='/console/logout'] button")
     await page.wait_for_url("**/console/login")
     await page.fill("input[name=user]", user)
@@ -198,10 +191,6 @@ async def enrol_and_sign_in(stack: Stack, page: Page, user: str) -> None:
     await page.fill("input[name=code]", stack.code(user, secret))
     await page.click("button[type=submit]")
     await page.wait_for_url("**/console/")
-
-
-def terminal_text(page: Page, text: str) -> object:
-    return page.locator("#terminal-screen .xterm-rows").get_by_text(text, exact=True)
 
 
 async def test_a_level_two_shell_from_sign_in_to_playback(stack: Stack, chromium: Browser) -> None:
@@ -243,15 +232,15 @@ async def test_a_level_two_shell_from_sign_in_to_playback(stack: Stack, chromium
 
     await bob.click("#terminal-screen")
     await bob.keyboard.type("echo hallo-welt\n")
-    await terminal_text(bob, "hallo-welt").wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
-    await terminal_text(tina, "hallo-welt").wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
+    await terminal_text(bob, "hallo-welt").wait_for(timeout=WAIT_MS)
+    await terminal_text(tina, "hallo-welt").wait_for(timeout=WAIT_MS)
 
     # The observer's keystrokes go nowhere: the broker says so, and the shell never sees them.
     await tina.click("#terminal-screen")
     await tina.keyboard.type("echo observer-typed\n")
     await tina.locator("#term-notice").wait_for(timeout=WAIT_MS)
     await bob.keyboard.type("echo after-observer\n")
-    await terminal_text(bob, "after-observer").wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
+    await terminal_text(bob, "after-observer").wait_for(timeout=WAIT_MS)
     assert "observer-typed" not in (await bob.text_content("#terminal-screen") or "")
 
     # Colours and UTF-8: umlauts, box drawing, emoji.
@@ -268,7 +257,7 @@ async def test_a_level_two_shell_from_sign_in_to_playback(stack: Stack, chromium
     await bob.keyboard.type(
         "printf '\\033]52;c;ZWNobyBwd25lZA==\\007\\033]0;<img src=x id=pwn>\\007done-osc\\n'\n"
     )
-    await terminal_text(bob, "done-osc").wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
+    await terminal_text(bob, "done-osc").wait_for(timeout=WAIT_MS)
     assert await bob.evaluate("navigator.clipboard.readText()") == "echo pasted-ok"
     assert await bob.locator("#pwn").count() == 0
     # Hyperlinks (OSC 8) from the output open only http(s), and only after a confirmation:
@@ -277,7 +266,7 @@ async def test_a_level_two_shell_from_sign_in_to_playback(stack: Stack, chromium
         "printf '\\033]8;;https://example.invalid/kb\\033\\\\safe-link\\033]8;;\\033\\\\\\n"
         "\\033]8;;javascript:alert(document.cookie)\\033\\\\evil-link\\033]8;;\\033\\\\\\n'\n"
     )
-    await terminal_text(bob, "evil-link").wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
+    await terminal_text(bob, "evil-link").wait_for(timeout=WAIT_MS)
     dialogs: list[str] = []
 
     async def dismiss(dialog: Dialog) -> None:
@@ -287,7 +276,7 @@ async def test_a_level_two_shell_from_sign_in_to_playback(stack: Stack, chromium
     bob.on("dialog", dismiss)
     for name in ("evil-link", "safe-link"):
         # The mouse goes where the text is drawn: xterm.js's own layers take the events.
-        box = await terminal_text(bob, name).bounding_box()  # type: ignore[attr-defined]
+        box = await terminal_text(bob, name).bounding_box()
         assert box is not None
         await bob.mouse.move(box["x"] + box["width"] / 2 - 3, box["y"] + box["height"] / 2)
         await bob.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
@@ -318,7 +307,7 @@ async def test_a_level_two_shell_from_sign_in_to_playback(stack: Stack, chromium
         .wait_for(timeout=WAIT_MS)
     )
     await bob.keyboard.press("Enter")
-    await terminal_text(bob, "pasted-ok").wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
+    await terminal_text(bob, "pasted-ok").wait_for(timeout=WAIT_MS)
 
     # A paste over the 64 KiB message limit goes out in pieces and arrives whole (one
     # message that size would close the terminal). `head -c` reads exactly the paste and the
@@ -331,10 +320,10 @@ async def test_a_level_two_shell_from_sign_in_to_playback(stack: Stack, chromium
         f"echo cat-$((1+1))-ready; head -c {len(big)} > {target};"
         f" echo got-$(wc -c < {target}); rm -f {target}\n"
     )
-    await terminal_text(bob, "cat-2-ready").wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
+    await terminal_text(bob, "cat-2-ready").wait_for(timeout=WAIT_MS)
     await bob.evaluate("text => navigator.clipboard.writeText(text)", big)
     await bob.click("#btn-paste")
-    await terminal_text(bob, f"got-{len(big)}").wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
+    await terminal_text(bob, f"got-{len(big)}").wait_for(timeout=WAIT_MS)
     assert await bob.get_attribute("#terminal-app", "data-state") == "running"
 
     # Resize: the PTY follows the browser window.
@@ -343,7 +332,7 @@ async def test_a_level_two_shell_from_sign_in_to_playback(stack: Stack, chromium
     await bob.locator(f'#terminal-app:not([data-size="{before}"])').wait_for(timeout=WAIT_MS)
     cols, rows = (await bob.get_attribute("#terminal-app", "data-size") or "x").split("x")
     await bob.keyboard.type("stty size\n")
-    await terminal_text(bob, f"{rows} {cols}").wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
+    await terminal_text(bob, f"{rows} {cols}").wait_for(timeout=WAIT_MS)
     await bob.set_viewport_size(VIEW)  # type: ignore[arg-type]
 
     await bob.keyboard.type("exit\n")

@@ -20,8 +20,9 @@ import pytest
 from playwright.async_api import Browser, Page
 
 from broker.auth import totp
-from tests.browser.test_console_flows import SHOTS, WAIT_MS, new_context
+from tests.browser.test_console_flows import SHOTS, new_context
 from tests.support.broker import BrokerProcess, secondline, start_broker
+from tests.support.browser import WAIT_MS
 from tests.support.console import PASSWORD, build_front_end
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]

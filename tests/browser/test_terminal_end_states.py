@@ -19,13 +19,12 @@ from tests.browser import test_console_flows as flows
 from tests.browser.test_console_flows import (
     SHOTS,
     VIEW,
-    WAIT_MS,
     Stack,
     enrol_and_sign_in,
     new_context,
-    terminal_text,
 )
 from tests.support.broker import cli_env
+from tests.support.browser import WAIT_MS, ended_with, terminal_text
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -51,17 +50,6 @@ async def watch(stack: Stack, page: Page, session: str) -> None:
     await page.locator("#terminal-app[data-state=waiting_consent]").wait_for(timeout=WAIT_MS)
     stack.agent_cli("approve", session, "tina")
     await page.locator("#terminal-app[data-state=running]").wait_for(timeout=WAIT_MS)
-
-
-async def ended_with(page: Page, state: str, text: str) -> None:
-    """The terminal reached ``state`` and says ``text``."""
-    await page.locator(f"#terminal-app[data-state={state}]").wait_for(timeout=WAIT_MS)
-    reason = await page.text_content("#overlay-reason") or ""
-    assert text in reason, reason
-    assert await page.text_content("#overlay-title") not in (
-        "Connection lost",
-        "Verbindung verloren",
-    )
 
 
 async def check_ticket_and_playback(stack: Stack, bob: Page, tina: Page, session: str) -> None:
@@ -138,9 +126,9 @@ async def test_first_frame_and_every_end_state(
     session = await open_shell(stack, bob)
     await bob.click("#terminal-screen")
     await bob.keyboard.type("printf '\\033[1;33mvor-dem-beitritt\\033[0m %s\\n' $((6*7))\n")
-    await terminal_text(bob, "vor-dem-beitritt 42").wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
+    await terminal_text(bob, "vor-dem-beitritt 42").wait_for(timeout=WAIT_MS)
     await watch(stack, tina, session)
-    await terminal_text(tina, "vor-dem-beitritt 42").wait_for(timeout=WAIT_MS)  # type: ignore[attr-defined]
+    await terminal_text(tina, "vor-dem-beitritt 42").wait_for(timeout=WAIT_MS)
     await tina.screenshot(path=SHOTS / "terminal-joiner-first-frame.png")
 
     # Ended by you ("End session"), and by bob as the observer is told.

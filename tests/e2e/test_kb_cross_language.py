@@ -16,9 +16,10 @@ from playwright.async_api import Browser
 
 from broker.auth import totp
 from tests.browser.conftest import chromium  # noqa: F401 - its fixture, for this test too
-from tests.browser.test_console_flows import WAIT_MS, new_context
+from tests.browser.test_console_flows import new_context
 from tests.e2e.test_kb_from_recorded_session import api
 from tests.support.broker import secondline
+from tests.support.browser import WAIT_MS
 from tests.support.console import PASSWORD, build_front_end
 from tests.support.site import Site, ok, sessions_of, start_agent, wait_note
 

@@ -1,20 +1,21 @@
 """A session across nodes, for the cluster e2e test: staff bob's real OpenSSH client
-through HAProxy on a shell whose agent another node holds, an observer's console terminal
-on a third node, and a kill issued on a node other than the one running the hub."""
+through HAProxy on a shell whose agent another node holds, an observer in Chromium on a
+third node's console, and a kill issued on a node other than the one running the hub."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import re
-import ssl
 import time
 from pathlib import Path
 
-import aiohttp
+from playwright.async_api import Browser, BrowserContext, Page
 
+from broker.auth import totp
 from tests.support.broker import cli_env, secondline
+from tests.support.browser import WAIT_MS, ended_with, first_sign_in, terminal_text
 from tests.support.cluster import Cluster
+from tests.support.console import PASSWORD
 from tests.support.site import SESSION_ID, SSH, WAIT, Terminal, keygen, ok
 
 
@@ -28,9 +29,15 @@ def opened(sid: str) -> bytes:
 
 
 def add_staff(first: Path, tmp: Path) -> Path:
-    """lena (level 1) and bob (level 2, an SSH key); bob's private key."""
+    """lena (level 1, a password for the console) and bob (level 2, an SSH key); bob's
+    private key."""
     key = keygen(tmp / "bob_ed25519")
-    ok(secondline("user", "add", "lena", "--role", "level1", "--customer", "acme", data_dir=first))
+    ok(
+        secondline(
+            "user", "add", "lena", "--role", "level1", "--customer", "acme",
+            "--password-stdin", data_dir=first, stdin=PASSWORD + "\n",
+        )
+    )  # fmt: skip
     ok(
         secondline(
             "user", "add", "bob", "--role", "level2", "--customer", "acme",
@@ -104,61 +111,40 @@ async def landed_on(cluster: Cluster, holder: str, sid: str) -> str:
 
 
 class Observer:
-    """A console terminal (the browser's WebSocket) on one node, watching a session."""
+    """lena in headless Chromium: signed in at one node's own address (past the load
+    balancer), watching a session from that node's live list in the console's terminal
+    (xterm.js), one page."""
 
-    def __init__(self, http: aiohttp.ClientSession, ws: aiohttp.ClientWebSocketResponse):
-        self._http, self.ws = http, ws
-        self.out = bytearray()
-        self.states: list[dict[str, object]] = []
+    def __init__(self, context: BrowserContext, page: Page) -> None:
+        self._context, self.page = context, page
 
     @classmethod
-    async def watch(
-        cls, node_url: str, public_url: str, cert: Path, token: str, ticket: str, sid: str
-    ) -> Observer:
-        tls = ssl.create_default_context(cafile=str(cert))
-        tls.check_hostname = False
-        http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=tls))
-        body = {"ticket_id": ticket, "mode": "observe", "session": sid}
-        auth = {"Authorization": f"Bearer {token}"}
-        async with http.post(
-            node_url + "/api/v1/sessions/terminal-tickets", json=body, headers=auth
-        ) as resp:
-            minted = await resp.json()
-            assert resp.status == 201, minted
-        ws = await http.ws_connect(
-            node_url.replace("https://", "wss://") + "/console/ws/terminal",
-            headers={"Origin": public_url, **auth},
-        )
-        await ws.send_str(json.dumps({"ticket": minted["ticket"]}))
-        return cls(http, ws)
+    async def watch(cls, browser: Browser, node_url: str, user: str, sid: str) -> Observer:
+        context = await browser.new_context(ignore_https_errors=True)
+        page = await context.new_page()
+        try:
+            await first_sign_in(
+                page, node_url, user, PASSWORD, lambda secret: totp.code_at(secret, time.time())
+            )
+            await page.goto(f"{node_url}/console/sessions")
+            await page.click(f"#live-rows a[href*='{sid}'][href*='mode=observe']")
+            await page.locator("#terminal-app[data-state=running]").wait_for(timeout=WAIT_MS)
+            assert await page.get_attribute("#terminal-app", "data-session") == sid
+        except BaseException:
+            await context.close()
+            raise
+        return cls(context, page)
 
-    async def expect(self, pattern: bytes) -> None:
-        async with asyncio.timeout(WAIT):
-            while pattern not in self.out:
-                msg = await self.ws.receive()
-                if msg.type == aiohttp.WSMsgType.BINARY:
-                    self.out += msg.data
-                elif msg.type == aiohttp.WSMsgType.TEXT:
-                    self.states.append(json.loads(msg.data))
-                else:
-                    raise AssertionError(f"closed before {pattern!r}: {self.states}")
+    async def expect(self, line: str) -> None:
+        """Wait until a line of the terminal's screen reads ``line``."""
+        await terminal_text(self.page, line).wait_for(timeout=WAIT_MS)
 
-    async def ended(self) -> dict[str, object]:
-        """The ``ended`` state the console terminal gets."""
-        async with asyncio.timeout(WAIT):
-            while True:
-                for state in self.states:
-                    if state.get("state") == "ended":
-                        return state
-                msg = await self.ws.receive()
-                if msg.type == aiohttp.WSMsgType.TEXT:
-                    self.states.append(json.loads(msg.data))
-                elif msg.type != aiohttp.WSMsgType.BINARY:
-                    raise AssertionError(f"closed without ended: {self.states}")
+    async def ended(self, text: str) -> None:
+        """The terminal says the session ended, with ``text`` in its reason."""
+        await ended_with(self.page, "ended", text)
 
     async def close(self) -> None:
-        await self.ws.close()
-        await self._http.close()
+        await self._context.close()
 
 
 async def kill_timed(data_dir: Path, sid: str, terminal: Terminal) -> float:
