@@ -12,7 +12,9 @@ What other parts use::
 
 Modules: ``hub_core`` (pure participant, buffer and limit bookkeeping), ``facts`` (what a
 session is, how it ended, what a terminal is), ``hub`` (one live session: agent channel,
-terminals, recorder), ``hub_agent`` (the agent's channel and what its stream carries),
+terminals, recorder), ``hub_channel`` (the hub's end of the agent channel: opened, held and
+why, its output in turns), ``hub_flush`` (the recorder's flush task), ``hub_agent`` (the
+agent's channel and what its stream carries),
 ``admission`` (who may open, join or watch; audited refusals), ``consent`` (asking the end
 user), ``lifecycle`` (a session's states, events and actions as a table, pure),
 ``manager`` (its executor: start, attach, kill, drain) with ``opening`` (the steps of a

@@ -3,9 +3,12 @@ terminals and to the recorder.
 
 Decisions: :class:`~broker.sessions.hub_core.HubCore`; the agent's channel is sorted by
 :class:`~broker.sessions.hub_agent.AgentStream`; this module feeds them and performs what
-they return. The hot path is synchronous: an agent chunk goes through the mark parser, the
-recorder's buffer, each terminal's write buffer; no queue, no task per chunk. Disk writes
-(at most once a second or per MiB, on the loop) are one ``writev`` to the page cache.
+they return. The channel itself (opened, held, its output taking its turn) is
+:class:`~broker.sessions.hub_channel.HubChannel`; the recorder's flushes to disk are
+:class:`~broker.sessions.hub_flush.RecordingFlush`. The hot path is synchronous: an agent
+chunk goes through the mark parser, the recorder's buffer, each terminal's write buffer; no
+queue, no task per chunk. Disk writes (at most once a second or per MiB, on the loop) are
+one ``writev`` to the page cache.
 
 A session ends exactly once (:meth:`LiveSession.end`); :meth:`LiveSession.run` then waits
 briefly for the agent channel to close, records what is left, seals the transcript and tells
@@ -18,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Final
 
 import asyncssh
@@ -26,7 +29,8 @@ import asyncssh
 from agent.protocol import ConsentAnswer
 from broker.log_context import context_logger
 from broker.sessions.facts import MemberEvent, Outcome, SessionFacts, Terminal
-from broker.sessions.hub_agent import AgentChannel, AgentStream, window_of
+from broker.sessions.hub_agent import AgentStream
+from broker.sessions.hub_channel import HubChannel
 from broker.sessions.hub_core import (
     Action,
     Disconnect,
@@ -45,6 +49,7 @@ from broker.sessions.hub_core import (
     roles_of,
 )
 from broker.sessions.hub_files import FileRecording
+from broker.sessions.hub_flush import RecordingFlush
 from broker.sessions.input_ledger import InputKind
 from broker.sessions.output_turns import OutputTurns
 from broker.sessions.screen_state import ScreenTail
@@ -86,12 +91,7 @@ class LiveSession:
         turns: OutputTurns | None = None,
     ) -> None:
         self.facts = facts
-        # The agent's output takes its turn with every other session's (small first).
-        self.turns = turns or OutputTurns.for_loop()
-        # Why the agent channel is not read: the core's pacing or recorder ("core"), or
-        # its line at the turns being full ("turns").
-        self._agent_held: set[str] = set()
-        self._resuming = False
+        self.channel = HubChannel(self, turns or OutputTurns.for_loop())
         self._ending_flush = False
         self.recorder = recorder
         self.core = HubCore(limits, time.monotonic())
@@ -104,11 +104,8 @@ class LiveSession:
         self.started_at = started_at
         self._on_member = on_member
         self._terminals: dict[int, Terminal] = {}
-        self._chan: asyncssh.SSHClientChannel[bytes] | None = None
         self._end_requested = asyncio.Event()
-        self._chan_closed = asyncio.Event()
-        self._flush_task: asyncio.Task[None] | None = None
-        self._flush_again = False
+        self.flush = RecordingFlush(self)
         self.log = context_logger(
             __name__, session=facts.session_id, agent=facts.agent_id, staff=facts.owner
         )
@@ -116,7 +113,6 @@ class LiveSession:
         self.outcome: Outcome | None = None
         self.done = asyncio.Event()
         self.consent: ConsentAnswer | None = None  # set by the manager for attended agents
-        self.channel_opened = False
 
     @property
     def session_id(self) -> str:
@@ -124,50 +120,32 @@ class LiveSession:
 
     @property
     def running(self) -> bool:
+        """Until :meth:`end` is called: only it takes the core out of "running"."""
         return self.core.phase == "running"
 
     @property
     def size(self) -> tuple[int, int]:
         return self.facts.cols, self.facts.rows
 
+    @property
+    def channel_opened(self) -> bool:
+        return self.channel.opened
+
+    @property
+    def _chan(self) -> asyncssh.SSHClientChannel[bytes] | None:
+        return self.channel.chan
+
+    @property
+    def _agent_held(self) -> set[str]:
+        """Why the agent channel is not read (:attr:`HubChannel.held`)."""
+        return self.channel.held
+
     # -- the agent side --------------------------------------------------------------------
-
-    async def open_channel(
-        self, conn: asyncssh.SSHClientConnection, env: Mapping[str, str]
-    ) -> None:
-        """Open the shell or command on the agent; raises asyncssh errors when refused."""
-        facts = self.facts
-        channel_env: dict[bytes | str, bytes | str] = dict(env.items())
-        await conn.create_session(
-            lambda: AgentChannel(self),
-            facts.command if facts.kind == "exec" else None,
-            subsystem="sftp" if facts.kind == "sftp" else None,
-            env=channel_env,
-            term_type=facts.term,
-            term_size=(facts.cols, facts.rows) if facts.term else None,
-            request_pty=facts.term is not None,
-            encoding=None,
-            window=(self.files.window if self.files is not None else window_of(conn)),
-        )
-        self.channel_opened = True
-
-    def channel_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
-        self._chan = chan
-        if self._agent_held:
-            chan.pause_reading()
-        if self._end is not None:  # ended (killed) while the channel was being opened
-            with contextlib.suppress(OSError, asyncssh.Error):
-                chan.close()
 
     def pause_input(self, paused: bool) -> None:
         """The agent's channel is full (or drained): hold what participants send."""
         for terminal in self._terminals.values():
             terminal.pause_input(paused)
-
-    def agent_data(self, data: bytes, stderr: bool) -> None:
-        """A chunk from the agent's channel: handled now, or when its turn comes."""
-        if self.running:
-            self.turns.offer(self, data, stderr)
 
     # Lane (broker.sessions.output_turns): what the turns call.
 
@@ -175,34 +153,7 @@ class LiveSession:
         self.agent_output(data, stderr)
 
     def hold(self, held: bool) -> None:
-        self._hold_agent("turns", held)
-
-    def _hold_agent(self, why: str, held: bool) -> None:
-        """Read the agent channel only while nobody holds it.
-
-        A channel resumed hands over everything asyncssh held for it, at once and from
-        inside ``resume_reading``; a hold asked for meanwhile is applied only once that
-        returned. asyncssh grants the agent a whole window again at the first chunk it
-        hands over, counting what it still holds as taken: paused halfway, it would keep
-        granting a window per resume and hold ever more (88 MB in 8 s with 50 streams)."""
-        before = bool(self._agent_held)
-        if held:
-            self._agent_held.add(why)
-        else:
-            self._agent_held.discard(why)
-        chan = self._chan
-        if chan is None or self._resuming or before == bool(self._agent_held):
-            return
-        if held:
-            chan.pause_reading()
-            return
-        self._resuming = True
-        try:
-            chan.resume_reading()
-        finally:
-            self._resuming = False
-        if self._agent_held:
-            chan.pause_reading()
+        self.channel.hold_for("turns", held)
 
     def agent_output(self, data: bytes, stderr: bool) -> None:
         """A chunk from the agent, its turn come: parse, record, fan out. The hot path."""
@@ -239,7 +190,7 @@ class LiveSession:
                 else:
                     self.recorder.answer_back(data, now, echoed=echoed)
         except RecorderError as exc:
-            self._recorder_failed(exc)
+            self.recorder_failed(exc)
 
     def _emit(self, forward: bytes, marks: Sequence[Mark], stderr: bool) -> None:
         if not forward and not marks:
@@ -247,7 +198,7 @@ class LiveSession:
         try:
             self.recorder.output(forward, time.time(), marks)
         except RecorderError as exc:
-            self._recorder_failed(exc)
+            self.recorder_failed(exc)
             return  # nobody sees what was not recorded
         if not forward:
             return
@@ -261,16 +212,7 @@ class LiveSession:
             actions += self.core.buffered(pid, terminal.buffered())
         actions += self.core.output(recorded, time.monotonic())
         if actions:
-            self._apply(actions)
-
-    def agent_exit(self, status: int | None, signal: str | None, message: str) -> None:
-        self.agent.exited(status, signal, message)
-
-    def agent_closed(self, exc: Exception | None) -> None:
-        self._chan_closed.set()
-        if self._end is None:
-            reason, code, message = self.agent.end_of_channel(exc)
-            self.end(reason, code=code, message=message)
+            self.apply(actions)
 
     # -- terminals -------------------------------------------------------------------------
 
@@ -287,7 +229,7 @@ class LiveSession:
             frame = self.screen.render()
             if frame:
                 terminal.write_output(frame, False)
-        self._apply(actions)
+        self.apply(actions)
         self._on_member(member, "joined", "")
         return member
 
@@ -297,7 +239,7 @@ class LiveSession:
         if member is None:
             return
         self._terminals.pop(pid, None)
-        self._apply(self.core.leave(pid, reason, time.monotonic()))
+        self.apply(self.core.leave(pid, reason, time.monotonic()))
         self._on_member(member, "left", reason)
 
     def drop(self, pid: int, message: str) -> None:
@@ -311,7 +253,7 @@ class LiveSession:
         """A terminal sent some of its buffer; the agent may go on."""
         terminal = self._terminals.get(pid)
         if terminal is not None:
-            self._apply(self.core.buffered(pid, terminal.buffered()))
+            self.apply(self.core.buffered(pid, terminal.buffered()))
 
     def input(self, pid: int, data: bytes) -> None:
         """Staff typed; only the owner's and joiners' input reaches the shell. Answers of an
@@ -336,7 +278,7 @@ class LiveSession:
     def _send_input(self, pid: int, kind: InputKind, data: bytes) -> None:
         allowed, actions = self.core.input(pid, time.monotonic())
         if actions:
-            self._apply(actions)
+            self.apply(actions)
         if not allowed or not data or self._chan is None:
             return
         if self.files is not None:
@@ -364,7 +306,7 @@ class LiveSession:
         try:
             self.recorder.resize(cols, rows, time.time())
         except RecorderError as exc:
-            self._recorder_failed(exc)
+            self.recorder_failed(exc)
             return
         self.screen.resize(cols, rows)
         self._chan.change_terminal_size(cols, rows)
@@ -389,12 +331,12 @@ class LiveSession:
 
     def invite(self, by: str, name: str) -> None:
         """The owner ``by`` invites ``name`` to join; raises HubClosed or HubRefused."""
-        self._apply(self.core.invite(by, name))
+        self.apply(self.core.invite(by, name))
 
     def hand_over(self, by: str, to: str) -> None:
         """The owner ``by`` hands control to the joiner ``to``; raises HubClosed or
         HubRefused."""
-        self._apply(self.core.hand_over(by, to))
+        self.apply(self.core.hand_over(by, to))
 
     def marker(self, label: str) -> None:
         """Put a marker in the transcript (consent, participants)."""
@@ -403,7 +345,7 @@ class LiveSession:
         try:
             self.recorder.marker(label, time.time())
         except RecorderError as exc:
-            self._recorder_failed(exc)
+            self.recorder_failed(exc)
 
     def notice(self, message: str) -> None:
         """Tell everyone in the session what happened outside it (the ticket closed in its
@@ -416,7 +358,8 @@ class LiveSession:
 
     # -- actions ---------------------------------------------------------------------------
 
-    def _apply(self, actions: list[Action]) -> None:
+    def apply(self, actions: list[Action]) -> None:
+        """Perform what the core decided, in order."""
         for action in actions:
             if isinstance(action, Disconnect):
                 terminal = self._terminals.get(action.pid)
@@ -424,11 +367,11 @@ class LiveSession:
                     terminal.drop(action.message)
                 self.detach(action.pid, "could not keep up")
             elif isinstance(action, PauseAgent):
-                self._hold_agent("core", True)
+                self.channel.hold_for("core", True)
             elif isinstance(action, ResumeAgent):
-                self._hold_agent("core", False)
+                self.channel.hold_for("core", False)
             elif isinstance(action, Flush):
-                self._start_flush()
+                self.flush.start()
             elif isinstance(action, Notify):
                 terminal = self._terminals.get(action.pid)
                 if terminal is not None:
@@ -444,53 +387,11 @@ class LiveSession:
 
     def tick(self) -> None:
         """Called once a second by the session manager."""
-        if (
-            self.core.phase == "running"
-            and self.core.flushing
-            and (self._flush_task is None or self._flush_task.done())
-        ):
-            # A flush the core counts on is not running: never leave the agent paused.
-            # Only while running: an ending session's flush stops early on purpose (run()
-            # writes the rest and seals), and one restarted then finds the recorder sealed.
-            self.log.warning("session %s: restarting a lost flush", self.session_id)
-            self._flush_task = asyncio.get_running_loop().create_task(self._flush_logged())
-        self._apply(self.core.tick(time.monotonic()))
+        self.flush.restart_lost()
+        self.apply(self.core.tick(time.monotonic()))
 
-    def _start_flush(self) -> None:
-        if self._flush_task is not None and not self._flush_task.done():
-            # Asked from inside the running flush (resuming the agent delivers held
-            # output at once): that flush goes round once more.
-            self._flush_again = True
-            return
-        # One task per session, kept and awaited at the end; when it dies, the next tick
-        # starts another (the core still counts on it), so its failure is logged here.
-        self._flush_task = asyncio.get_running_loop().create_task(self._flush_logged())
-
-    async def _flush_logged(self) -> None:
-        try:
-            await self._flush()
-        except Exception:  # a task boundary: nobody awaits it until the session ends
-            self.log.exception("flushing the recording failed; the next tick starts again")
-
-    async def _flush(self) -> None:
-        """Flush until the core is satisfied: a flush that ends with more waiting than a
-        flush's worth goes straight on (the core asks by returning Flush again)."""
-        while True:
-            self._flush_again = False
-            try:
-                self.recorder.flush()
-            except RecorderError as exc:
-                self._recorder_failed(exc)
-                return
-            if self.core.phase != "running":
-                return
-            actions = self.core.flush_done(time.monotonic())
-            again = any(isinstance(action, Flush) for action in actions)
-            self._apply([action for action in actions if not isinstance(action, Flush)])
-            if not (again or self._flush_again):
-                return
-
-    def _recorder_failed(self, exc: RecorderError) -> None:
+    def recorder_failed(self, exc: RecorderError) -> None:
+        """The recorder could not write: the session ends (nothing runs unrecorded)."""
         log.error("session %s: recording failed: %s", self.session_id, exc.code)
         if isinstance(exc, RecorderDiskFull):
             self.end(END_DISK_FULL, code="disk_full", message=end_message("disk_full"))
@@ -508,16 +409,12 @@ class LiveSession:
             # before it had to wait for its turn. (An end from inside this, a recorder
             # failure, goes ahead and the rest is dropped: nobody sees what is not recorded.)
             self._ending_flush = True
-            self.turns.flush(self)
+            self.channel.deliver_waiting()
             if self._end is not None:
                 return
         self._end = (reason, code, message, by)
         self.core.end()
-        if self._chan is not None:
-            with contextlib.suppress(OSError, asyncssh.Error):
-                self._chan.close()
-        else:
-            self._chan_closed.set()
+        self.channel.close()
         self._end_requested.set()
 
     def kill(self, by: str, reason: str = "") -> None:
@@ -532,7 +429,7 @@ class LiveSession:
         await self._end_requested.wait()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(CLOSE_GRACE):
-                await self._chan_closed.wait()
+                await self.channel.closed.wait()
         assert self._end is not None
         reason, code, message, by = self._end
         tail = self.agent.parser.close()
@@ -546,9 +443,7 @@ class LiveSession:
         if code not in ("disk_full", "recorder_failed"):
             # Never reported: the terminal may not have echoed it, so it stays hidden.
             self._record_input(self.agent.ledger.close())
-        if self._flush_task is not None:
-            with contextlib.suppress(RecorderError):
-                await self._flush_task
+        await self.flush.finished()
         seal: Seal | None
         try:
             seal = await asyncio.to_thread(self.recorder.seal, True, reason, time.time())

@@ -24,7 +24,7 @@ from broker.sessions.input_ledger import InputKind, InputLedger
 from broker.transcript import END_AGENT_DISCONNECTED, END_ENDED, Mark, MarkParser
 
 if TYPE_CHECKING:
-    from broker.sessions.hub import LiveSession
+    from broker.sessions.hub_channel import HubChannel
 
 log = logging.getLogger(__name__)
 
@@ -58,35 +58,36 @@ def window_of(conn: asyncssh.SSHClientConnection) -> int:
 
 
 class AgentChannel(asyncssh.SSHClientSession[bytes]):
-    """The broker's side of the agent's PTY channel: hands everything to the hub."""
+    """The broker's side of the agent's PTY channel: hands everything to the hub's end
+    (:class:`~broker.sessions.hub_channel.HubChannel`)."""
 
-    def __init__(self, live: LiveSession) -> None:
-        self._live = live
+    def __init__(self, hub: HubChannel) -> None:
+        self._hub = hub
 
     def connection_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
         # Past AGENT_WRITE_HIGH bytes not yet taken by the agent, participants' input waits
         # in their own clients (pause_writing below), not in the broker's memory: an upload
         # runs at the pace of the agent's side.
         chan.set_write_buffer_limits(high=AGENT_WRITE_HIGH, low=AGENT_WRITE_LOW)
-        self._live.channel_made(chan)
+        self._hub.channel_made(chan)
 
     def pause_writing(self) -> None:
-        self._live.pause_input(True)
+        self._hub.pause_input(True)
 
     def resume_writing(self) -> None:
-        self._live.pause_input(False)
+        self._hub.pause_input(False)
 
     def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
-        self._live.agent_data(data, datatype == asyncssh.EXTENDED_DATA_STDERR)
+        self._hub.agent_data(data, datatype == asyncssh.EXTENDED_DATA_STDERR)
 
     def exit_status_received(self, status: int) -> None:
-        self._live.agent_exit(status, None, "")
+        self._hub.agent_exit(status, None, "")
 
     def exit_signal_received(self, signal: str, core_dumped: bool, msg: str, lang: str) -> None:
-        self._live.agent_exit(None, signal, msg)
+        self._hub.agent_exit(None, signal, msg)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._live.agent_closed(exc)
+        self._hub.agent_closed(exc)
 
 
 class AgentStream:

@@ -168,7 +168,7 @@ async def open_channel(run: SessionRun) -> lc.ChannelOpened | lc.ChannelRefused:
     assert run.conn is not None
     env = replace(run.env, role=None).to_env()  # the shell's channel names no role
     try:
-        await live.open_channel(run.conn, env)
+        await live.channel.open(run.conn, env)
     except (asyncssh.Error, OSError) as exc:
         log.warning("session %s: the agent refused the channel: %s", run.sid, exc)
         return lc.ChannelRefused(run.facts.agent_name)
