@@ -13,9 +13,10 @@ Order of checks, cheapest first, so a flood costs the broker as little as possib
    see :mod:`broker.agents.descriptors`), and the handshake limiter admits it (else 503
    with ``Retry-After``: the agent's place in line);
 5. the upgrade; then an asyncssh client over :class:`agent.tunnel.WebSocketTunnel` that
-   trusts only the host key this agent enrolled with. Whoever claims another agent's id
-   fails here (audited), and nothing else is touched. A peer that stalls meets the
-   handshake timeout; garbage and oversized messages end the tunnel (audited);
+   trusts only the host key this agent enrolled with (:mod:`broker.agents.tunnel_ssh`).
+   Whoever claims another agent's id fails here (audited), and nothing else is touched.
+   A peer that stalls meets the handshake timeout; garbage and oversized messages end the
+   tunnel (audited);
 6. the registry makes it the agent's one connection (an older one is closed), the agent
    is marked online, and its facts are refreshed with ``sl:facts`` once no handshake is
    under way (:mod:`broker.agents.facts_pacing`: a reconnect storm's handshakes go first).
@@ -48,7 +49,6 @@ from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from agent.protocol import (
     AGENT_ID_HEADER,
     AGENT_ID_RE,
-    BROKER_SSH_USERNAME,
     FACTS_COMMAND,
     KEEPALIVE_COUNT_MAX,
     KEEPALIVE_INTERVAL,
@@ -62,6 +62,7 @@ from broker.agents.handshake_limiter import HandshakeLimiter
 from broker.agents.presence import PresenceWriter
 from broker.agents.refusal_audit import WINDOW_S, RefusalAuditor
 from broker.agents.registry import AgentRegistry, LiveTunnel
+from broker.agents.tunnel_ssh import TunnelClient, open_tunnel_connection, tunnel_options
 from broker.agents.ws_stream import AiohttpStream
 from broker.errors import ForbiddenError, InputError, error_response
 from broker.log_context import ContextLogger, context_logger
@@ -93,17 +94,6 @@ SHARE_RETRY_S: Final = (1, 3)
 OVER_SHARE_REASON: Final = "the node holds its fair share of the cluster's agents"
 
 
-#: The broker's algorithm choices on agent tunnels, best first (see TunnelRuntime). The
-#: agent offers these and little else (agent.ssh_server.tunnel_algorithms).
-TUNNEL_KEX_ALGS: Final = ("mlkem768x25519-sha256", "curve25519-sha256")
-TUNNEL_ENCRYPTION_ALGS: Final = (
-    "aes128-gcm@openssh.com",
-    "aes256-gcm@openssh.com",
-    "chacha20-poly1305@openssh.com",
-)
-TUNNEL_MAC_ALGS: Final = ("hmac-sha2-256-etm@openssh.com",)
-
-
 @dataclass
 class ShareGate:
     """Set by the cluster feature on a cluster node: ``admits(agent_id)`` says whether the
@@ -133,6 +123,8 @@ class TunnelSettings:
     max_tunnels: int = 0
     #: Refusals of one kind after the first are counted this long, then summarised.
     refusal_window: float = WINDOW_S
+    #: Rekey after this many bytes; None: asyncssh's default (1 GB). Tests make it small.
+    rekey_bytes: int | None = None
 
     def limiter(self) -> HandshakeLimiter:
         rate = self.handshakes_per_second
@@ -163,33 +155,13 @@ class TunnelRuntime:
         self.refusals = RefusalAuditor(services, settings.refusal_window)
         self.facts_pacer = FactsPacer(registry, max_wait=settings.facts_max_wait)
         self._warned_at: dict[str, float] = {}
-        # Built once: every tunnel differs only in the one host key it trusts.
-        self.base_options = asyncssh.SSHClientConnectionOptions(
-            username=BROKER_SSH_USERNAME,
-            client_keys=[services.keys.agent_client_key],
-            agent_path=None,
-            config=None,
-            known_hosts=None,
-            x509_trusted_certs=None,
-            gss_host=None,
-            password_auth=False,
-            kbdint_auth=False,
-            host_based_auth=False,
-            server_host_key_algs=["ssh-ed25519"],
-            # Short, explicit algorithm lists: asyncssh formats them for its debug log on
-            # every handshake (whatever the log level) and keeps both KEXINITs. ML-KEM
-            # hybrid key exchange first. AES-GCM before ChaCha20: one cipher object per
-            # direction, where asyncssh's ChaCha20 builds new ones for every packet (a
-            # third of a handshake's CPU, and of a session's). Strict key exchange (on by
-            # default) guards the negotiation against Terrapin.
-            kex_algs=list(TUNNEL_KEX_ALGS),
-            encryption_algs=list(TUNNEL_ENCRYPTION_ALGS),
-            mac_algs=list(TUNNEL_MAC_ALGS),
-            compression_algs=None,
-            signature_algs=["ssh-ed25519"],
+        # Built once: every tunnel differs only in the one host key it trusts (tunnel_ssh).
+        self.ssh_options = tunnel_options(
+            services.keys.agent_client_key,
             keepalive_interval=settings.keepalive_interval,
             keepalive_count_max=settings.keepalive_count_max,
             login_timeout=settings.handshake_timeout,
+            rekey_bytes=settings.rekey_bytes,
         )
 
     def tunnel_budget(self) -> int:
@@ -402,12 +374,11 @@ async def _handshake(
     reason = ""
     try:
         async with asyncio.timeout(runtime.settings.handshake_timeout):
-            return await asyncssh.connect(
+            return await open_tunnel_connection(
+                runtime.ssh_options,
                 agent.agent_id,
-                tunnel=WebSocketTunnel(stream, extra_info={} if bdp is None else {BDP_INFO: bdp}),
-                options=runtime.base_options,
-                known_hosts=([host_key], [], []),
-                client_factory=TunnelClient,
+                WebSocketTunnel(stream, extra_info={} if bdp is None else {BDP_INFO: bdp}),
+                host_key,
             )
     except asyncio.CancelledError:
         # The request was cancelled (the peer vanished, or shutdown): the refusal is
@@ -502,15 +473,6 @@ async def _serve(
             )
     if problem:
         await _refused(runtime, agent.agent_id, source, problem)
-
-
-class TunnelClient(asyncssh.SSHClient):
-    """Remembers why the connection ended, for the log and the audit record."""
-
-    lost: Exception | None = None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = exc
 
 
 class _FactsSession(asyncssh.SSHClientSession[bytes]):

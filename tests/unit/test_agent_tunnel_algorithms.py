@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncssh
 
 from agent.ssh_server import tunnel_algorithms
-from broker.agents.tunnel_endpoint import (
+from broker.agents.tunnel_ssh import (
     TUNNEL_ENCRYPTION_ALGS,
     TUNNEL_KEX_ALGS,
     TUNNEL_MAC_ALGS,

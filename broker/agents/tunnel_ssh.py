@@ -1,0 +1,128 @@
+"""The broker's SSH client on agent tunnels: one options object for every tunnel.
+
+``asyncssh.connect`` builds a new ``SSHClientConnectionOptions`` for every connection, even
+when handed a prepared one: it runs the whole option preparation again in a worker thread
+(a thread hop per handshake), and the connection keeps that copy, about 4 KB, for its life.
+Every agent tunnel's options are the same but for the one host key it trusts, so the broker
+prepares them once (:func:`tunnel_options`) and :func:`open_tunnel_connection` opens each
+connection on them, as ``asyncssh.connect`` itself does once its options are made.
+
+The host key is checked by the connection's owner, :class:`TunnelClient`, against the key
+the agent enrolled with. The shared options trust no key (``known_hosts`` is empty, not
+None: None would turn host-key checking off), so asyncssh asks the owner about every key
+the agent presents, and refuses host certificates (no CA is trusted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Final
+
+import asyncssh
+
+from agent.protocol import BROKER_SSH_USERNAME
+from agent.tunnel import WebSocketTunnel
+
+#: The broker's algorithm choices on agent tunnels, best first. The agent offers these and
+#: little else (agent.ssh_server.tunnel_algorithms).
+TUNNEL_KEX_ALGS: Final = ("mlkem768x25519-sha256", "curve25519-sha256")
+TUNNEL_ENCRYPTION_ALGS: Final = (
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+)
+TUNNEL_MAC_ALGS: Final = ("hmac-sha2-256-etm@openssh.com",)
+
+
+class TunnelClient(asyncssh.SSHClient):
+    """Trusts only its agent's enrolled host key; remembers why the connection ended."""
+
+    lost: Exception | None = None
+    #: The enrolled key's public data; until it is set, no key is trusted.
+    host_key_data: bytes = b""
+
+    def validate_host_public_key(
+        self, host: str, addr: str, port: int, key: asyncssh.SSHKey
+    ) -> bool:
+        return bool(self.host_key_data) and key.public_data == self.host_key_data
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = exc
+
+
+def tunnel_options(
+    client_key: asyncssh.SSHKey,
+    *,
+    keepalive_interval: float,
+    keepalive_count_max: int,
+    login_timeout: float,
+    rekey_bytes: int | None = None,
+) -> asyncssh.SSHClientConnectionOptions:
+    """The options every agent tunnel's SSH connection shares (``rekey_bytes``: tests)."""
+    extra: dict[str, object] = {} if rekey_bytes is None else {"rekey_bytes": rekey_bytes}
+    return asyncssh.SSHClientConnectionOptions(
+        username=BROKER_SSH_USERNAME,
+        client_keys=[client_key],
+        client_factory=TunnelClient,
+        agent_path=None,
+        config=None,
+        # Empty, so that every key goes to TunnelClient.validate_host_public_key.
+        known_hosts=([], [], []),
+        x509_trusted_certs=None,
+        gss_host=None,
+        password_auth=False,
+        kbdint_auth=False,
+        host_based_auth=False,
+        server_host_key_algs=["ssh-ed25519"],
+        # Short, explicit algorithm lists: asyncssh formats them for its debug log on
+        # every handshake (whatever the log level) and keeps both KEXINITs. ML-KEM
+        # hybrid key exchange first. AES-GCM before ChaCha20: one cipher object per
+        # direction, where asyncssh's ChaCha20 builds new ones for every packet (a
+        # third of a handshake's CPU, and of a session's). Strict key exchange (on by
+        # default) guards the negotiation against Terrapin.
+        kex_algs=list(TUNNEL_KEX_ALGS),
+        encryption_algs=list(TUNNEL_ENCRYPTION_ALGS),
+        mac_algs=list(TUNNEL_MAC_ALGS),
+        compression_algs=None,
+        signature_algs=["ssh-ed25519"],
+        keepalive_interval=keepalive_interval,
+        keepalive_count_max=keepalive_count_max,
+        login_timeout=login_timeout,
+        **extra,
+    )
+
+
+async def open_tunnel_connection(
+    options: asyncssh.SSHClientConnectionOptions,
+    agent_id: str,
+    tunnel: WebSocketTunnel,
+    host_key: asyncssh.SSHKey,
+) -> asyncssh.SSHClientConnection:
+    """The authenticated SSH connection to the agent at the other end of ``tunnel``,
+    trusting only ``host_key``. Raises what ``asyncssh.connect`` raises; a connection
+    that fails or is cancelled is aborted."""
+    loop = asyncio.get_running_loop()
+    # What asyncssh.connect does once its options are made (asyncssh.connection._connect):
+    # the connection takes the waiter it reports to from the options as it is made, so
+    # set and take happen with nothing awaited in between; every connection has its own.
+    waiter: asyncio.Future[None] = loop.create_future()
+    options.waiter = waiter
+    conn = asyncssh.SSHClientConnection(loop, options, wait="auth")
+    connected = False
+    try:
+        # Making the transport calls connection_made, which makes the owner; the agent's
+        # key arrives later, from the reader task this starts.
+        await tunnel.create_connection(lambda: conn, agent_id, 0)
+        connected = True
+        owner = conn.get_owner()
+        if not isinstance(owner, TunnelClient):
+            raise TypeError("the tunnel options make TunnelClient owners")
+        owner.host_key_data = host_key.public_data
+        await waiter
+    except BaseException:
+        waiter.cancel()
+        if connected:
+            conn.abort()
+            await conn.wait_closed()
+        raise
+    return conn
