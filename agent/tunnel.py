@@ -105,10 +105,17 @@ class TunnelTransport(asyncio.Transport):
         self._low = WRITE_LOW_WATER
         self._protocol_paused = False
         self._closing = False
-        self._reading = asyncio.Event()
-        self._reading.set()
-        self._data_ready = asyncio.Event()
-        self._closed = asyncio.Event()
+        # Waiting is made on demand, not kept as asyncio Events (a broker holds thousands
+        # of idle tunnels, and an Event is a few hundred bytes): the futures below exist
+        # only while someone waits on them.
+        self._paused = False
+        #: What the reader waits on while paused (pause_reading) with a message in hand.
+        self._resumed: asyncio.Future[None] | None = None
+        #: What the writer waits on while nothing is buffered.
+        self._wakeup: asyncio.Future[None] | None = None
+        self._closed = False
+        #: What wait_closed() callers wait on until the protocol was told.
+        self._closed_waiter: asyncio.Future[None] | None = None
         self._reader: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._shutdown_task: asyncio.Task[None] | None = None
@@ -128,7 +135,7 @@ class TunnelTransport(asyncio.Transport):
         chunk = data if isinstance(data, bytes) else bytes(data)
         self._pending.append(chunk)
         self._pending_size += len(chunk)
-        self._data_ready.set()
+        self._wake_writer()
         if self._turns is not None:
             self._turns.level(self._pending_size + self._sending)
         if not self._protocol_paused and self._pending_size > self._high:
@@ -168,15 +175,17 @@ class TunnelTransport(asyncio.Transport):
 
     def pause_reading(self) -> None:
         """Stop receiving messages until :meth:`resume_reading`."""
-        self._reading.clear()
+        self._paused = True
 
     def resume_reading(self) -> None:
         """Receive messages again."""
-        self._reading.set()
+        self._paused = False
+        _wake(self._resumed)
+        self._resumed = None
 
     def is_reading(self) -> bool:
         """True unless paused or closing."""
-        return self._reading.is_set() and not self._closing
+        return not self._paused and not self._closing
 
     # -- asyncio.BaseTransport --------------------------------------------------------
 
@@ -187,7 +196,7 @@ class TunnelTransport(asyncio.Transport):
         self._closing = True
         if self._reader is not None:
             self._reader.cancel()
-        self._data_ready.set()
+        self._wake_writer()
 
     def is_closing(self) -> bool:
         """True once close or abort was called, or the stream ended."""
@@ -203,9 +212,25 @@ class TunnelTransport(asyncio.Transport):
 
     async def wait_closed(self) -> None:
         """Wait until the stream is closed and the protocol was told."""
-        await self._closed.wait()
+        if self._closed:
+            return
+        if self._closed_waiter is None:
+            self._closed_waiter = self._loop.create_future()
+        # Shielded: one cancelled caller must not cancel the others' wait.
+        await asyncio.shield(self._closed_waiter)
 
     # -- internals --------------------------------------------------------------------
+
+    def _wake_writer(self) -> None:
+        _wake(self._wakeup)
+        self._wakeup = None
+
+    async def _while_paused(self) -> None:
+        """Return once reading is not paused (at once when it is not)."""
+        while self._paused:
+            if self._resumed is None:
+                self._resumed = self._loop.create_future()
+            await self._resumed
 
     def _take(self) -> bytes:
         """Remove and return up to one message's worth of buffered bytes."""
@@ -240,8 +265,8 @@ class TunnelTransport(asyncio.Transport):
                     if self._closing:
                         self._start_shutdown(None)
                         return
-                    self._data_ready.clear()
-                    await self._data_ready.wait()
+                    self._wakeup = self._loop.create_future()
+                    await self._wakeup
                 message = self._take()
                 self._sending = len(message)
                 await self._stream.send(message)
@@ -261,12 +286,14 @@ class TunnelTransport(asyncio.Transport):
         error: Exception | None = None
         try:
             while True:
-                await self._reading.wait()
+                if self._paused:
+                    await self._while_paused()
                 data = await self._stream.recv()
                 if data is None:
                     break
                 # Paused while recv was pending: hold this one message until resumed.
-                await self._reading.wait()
+                if self._paused:
+                    await self._while_paused()
                 self._protocol.data_received(data)  # type: ignore[attr-defined]
         except asyncio.CancelledError:
             raise
@@ -297,7 +324,8 @@ class TunnelTransport(asyncio.Transport):
         try:
             self._protocol.connection_lost(exc)
         finally:
-            self._closed.set()
+            self._closed = True
+            _wake(self._closed_waiter)
 
     def _call_protocol(self, name: str) -> None:
         method: Callable[[], None] | None = getattr(self._protocol, name, None)
@@ -307,6 +335,12 @@ class TunnelTransport(asyncio.Transport):
             method()
         except Exception:  # asyncio's own transports log protocol callback failures too
             logger.exception("protocol %s() failed", name)
+
+
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    """Resolve ``waiter`` unless there is none or it is done (its waiter was cancelled)."""
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
 
 
 class WebSocketTunnel:

@@ -13,7 +13,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from agent.errors import TunnelProtocolError
 from agent.protocol import MAX_TUNNEL_MESSAGE
-from agent.tunnel import WebsocketsStream, WebSocketTunnel
+from agent.tunnel import TunnelTransport, WebsocketsStream, WebSocketTunnel
 from tests.component.test_agent_harness import WAIT
 
 
@@ -287,3 +287,44 @@ async def test_ssh_runs_both_ways_over_a_real_websocket(
     conn.close()
     async with asyncio.timeout(WAIT):
         await server_conn.wait_closed()
+
+
+async def test_an_idle_tunnel_holds_no_event_and_one_waiter() -> None:
+    """Idle (connected, nothing moving), the transport holds no asyncio Event and one
+    pending future (the writer's); the next write and message still move at once."""
+    stream = MemoryStream()
+    transport, protocol = await _open(stream)
+    for _ in range(5):
+        await asyncio.sleep(0)  # yield turns (no time passes): let both tasks park
+    state = vars(transport).values()
+    assert not any(isinstance(value, asyncio.Event) for value in state)
+    waiters = [
+        v for v in state if isinstance(v, asyncio.Future) and not isinstance(v, asyncio.Task)
+    ]
+    assert [waiter.done() for waiter in waiters] == [False]
+    transport.write(b"after idle")
+    await _until(stream.sent_event)
+    await stream.incoming.put(b"reply")
+    await _until(protocol.data_event)
+    assert (stream.sent, protocol.received) == ([b"after idle"], [b"reply"])
+    transport.close()
+
+
+async def test_a_cancelled_wait_for_close_leaves_the_others_waiting() -> None:
+    """Several wait_closed() callers share one waiter: cancelling one does not end the
+    others' wait, and they return once the protocol heard connection_lost."""
+    stream = MemoryStream()
+    transport, protocol = await _open(stream)
+    assert isinstance(transport, TunnelTransport)
+    first = asyncio.ensure_future(transport.wait_closed())
+    second = asyncio.ensure_future(transport.wait_closed())
+    await asyncio.sleep(0)  # yield a turn (no time passes): both are waiting
+    first.cancel()
+    await asyncio.sleep(0)
+    assert not second.done()
+    await stream.incoming.put(None)
+    async with asyncio.timeout(WAIT):
+        await second
+        await transport.wait_closed()  # after the close: at once
+    assert protocol.events.count("lost") == 1
+    assert first.cancelled()
