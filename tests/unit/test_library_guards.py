@@ -5,7 +5,9 @@ says what to do; none of them skips.
 - asyncio's accept batch (broker/agents/descriptors.py: copied with one change);
 - asyncio's TLS protocol (broker/agents/tls_read_buffer.py: one read buffer per thread);
 - asyncssh's handler of ``env`` channel requests (the gateway's channel refuses them);
-- the local user name asyncssh asks for (broker/agents/descriptors.py writes LOGNAME).
+- the local user name asyncssh asks for (broker/agents/descriptors.py writes LOGNAME);
+- asyncssh's outbound connect (broker/agents/tunnel_ssh.py: its steps after the options are
+  made, done on one shared options object).
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ from broker.ssh_gateway.session import GatewayChannel
 #: sha256 of ``inspect.getsource`` of Python 3.11's ``_accept_connection``, dedented: the
 #: method broker/agents/descriptors.py copies. Another digest means asyncio changed it.
 ACCEPT_SOURCE_SHA256 = "a796a1e1085c0998340178865ed7dc7922fe41fe8a878b839079f4f89c7113d6"
+#: sha256 of ``inspect.getsource`` of asyncssh 2.24.1's ``connection._connect``, dedented:
+#: the steps broker/agents/tunnel_ssh.py repeats once the options are made.
+CONNECT_SOURCE_SHA256 = "7d35aa724ce6fb893f755422547d90238875b672953da76cea0fd7072eb76fbf"
 WAIT = 10.0  # failure bound, never a pause
 
 
@@ -197,3 +202,19 @@ def test_asyncssh_still_asks_for_the_local_user_name(monkeypatch: pytest.MonkeyP
     descriptors.pin_local_username()
     assert os.environ["LOGNAME"] == "secondline"
     options()
+
+
+def test_the_tunnel_connect_repeats_what_asyncssh_connect_does() -> None:
+    """broker/agents/tunnel_ssh.py opens every agent tunnel on one shared options object,
+    repeating asyncssh's connect steps: the connection takes its waiter from the options as
+    it is made. Another digest means asyncssh changed those steps: read the new
+    ``_connect`` and update ``open_tunnel_connection`` (then this digest)."""
+    source = textwrap.dedent(inspect.getsource(asyncssh.connection._connect))
+    assert hashlib.sha256(source.encode()).hexdigest() == CONNECT_SOURCE_SHA256, (
+        "asyncssh.connection._connect changed: re-check broker/agents/tunnel_ssh.py"
+    )
+    init = inspect.getsource(asyncssh.connection.SSHConnection.__init__)
+    assert "self._waiter = options.waiter if wait else None" in init, (
+        "asyncssh's connection no longer takes its waiter from the options as it is made: "
+        "broker/agents/tunnel_ssh.py sets options.waiter just before making it"
+    )
