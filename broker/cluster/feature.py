@@ -20,7 +20,7 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from broker.agents import agent_store
@@ -35,6 +35,7 @@ from broker.cluster.nats_bus import NatsBus
 from broker.cluster.node import ClusterNode, LocalActions
 from broker.cluster.peer_client import PeerRouter
 from broker.cluster.peer_server import PEER_STATE, PeerState, peer_socket
+from broker.cluster.readiness import PROBE_WAIT_S, DatabaseProbe
 from broker.cluster.rebalance import RebalanceHooks, Rebalancer
 from broker.cluster.share import RefusalLedger, Share, share_of
 from broker.config import peer_url
@@ -53,8 +54,8 @@ CLUSTER: Final = web.AppKey("cluster", ClusterNode)
 CLUSTER_TASKS: Final = web.AppKey("cluster_tasks", Supervisor)
 #: The name of a single node's in-process member (it is in no cluster).
 SINGLE: Final = "single"
-#: A readiness or metrics look at the database gives up after this long.
-PROBE_WAIT_S: Final = 2.0
+#: /readyz's look at the database, on a connection of its own (broker.cluster.readiness).
+DATABASE_PROBE: Final = web.AppKey("cluster_database_probe", DatabaseProbe)
 
 
 @dataclass
@@ -72,6 +73,7 @@ SHARING: Final = web.AppKey("cluster_sharing", Sharing)
 
 def setup(app: web.Application) -> None:
     app[SHARING] = Sharing()
+    app.cleanup_ctx.append(_probe_ctx)
     app.cleanup_ctx.append(_cluster_ctx)
     # on_startup runs after every feature's context has started: the node serves now.
     app.on_startup.append(_serving)
@@ -382,16 +384,22 @@ async def _outbox_depth(app: web.Application, last: int) -> int:
         return last
 
 
+async def _probe_ctx(app: web.Application) -> AsyncIterator[None]:
+    probe = DatabaseProbe(app[SERVICES].engine)
+    app[DATABASE_PROBE] = probe
+    try:
+        yield
+    finally:
+        await probe.close()
+
+
 async def _readyz(request: web.Request) -> web.Response:
-    """200 when this node should get new connections: database and bus both up."""
+    """200 when this node should get new connections: database and bus both up. The
+    database is asked on the probe's own connection: a pool held by a herd of agent
+    lookups is busy, not down (broker.cluster.readiness)."""
     services = request.app[SERVICES]
     node = request.app.get(CLUSTER)
-    database = "up"
-    try:
-        async with asyncio.timeout(PROBE_WAIT_S), services.engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
-    except (TimeoutError, OperationalError, DBAPIError, OSError):
-        database = "down"
+    database = "up" if await request.app[DATABASE_PROBE].database_up() else "down"
     bus = "up" if node is not None and node.bus.connected else "down"
     # A draining node is healthy but should get nothing new: the load balancer takes it out.
     ready = database == "up" and bus == "up" and not services.draining
