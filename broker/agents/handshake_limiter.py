@@ -52,6 +52,19 @@ class HandshakeLimiter:
         """How many agents hold a slot they have not claimed yet."""
         return len(self._reserved)
 
+    def held_back(self, key: str, now: float, in_flight: int = 0) -> float:
+        """The seconds ``key`` must wait whatever else is true of it, else 0.0; changes
+        nothing. Its slot not due yet, or too many handshakes under way: the endpoint
+        turns it away on this before it looks the agent up. A key without a slot is not
+        judged here: a place in line is given only to an agent known to be enrolled, or
+        invented agent ids would push every real agent back (:meth:`admit`)."""
+        if self.rate == 0:
+            return 0.0
+        slot = self._reserved.get(key)
+        if slot is not None and now + EARLY_TOLERANCE_S < slot:
+            return slot - now
+        return BUSY_RETRY_S if in_flight >= self.max_in_flight else 0.0
+
     def admit(self, key: str, now: float, in_flight: int = 0) -> float:
         """Return 0.0 when ``key`` may hand-shake now, else the seconds it must wait."""
         if self.rate == 0:

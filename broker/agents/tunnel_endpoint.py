@@ -4,20 +4,25 @@ Order of checks, cheapest first, so a flood costs the broker as little as possib
 
 1. the ``X-Secondline-Agent`` header names an agent id (strict syntax), and the request is a
    WebSocket upgrade (else 400);
-2. the agent is enrolled and not revoked (else 403, audited);
-3. on a cluster node, the node holds less than its fair share of the cluster's agents
+2. the refusals that need nothing of the agent's record, before it is looked up (a
+   restart storm's attempts each paid the lookup's database round trips only to be
+   turned away): the node is draining, or holds its fair share (the checks of 4), or has
+   no descriptor to spare, or the agent holds a place in line that is not due yet, or
+   too many handshakes are under way (the checks of 5);
+3. the agent is enrolled and not revoked (else 403, audited);
+4. on a cluster node, the node holds less than its fair share of the cluster's agents
    (else 503 ``over_share`` with a jittered ``Retry-After``, audited: the agent dials the
    load balancer again, which sends it to a node holding fewer; see
    :mod:`broker.cluster.share`);
-4. the broker has a descriptor to spare for one more tunnel (else 503 with ``Retry-After``;
+5. the broker has a descriptor to spare for one more tunnel (else 503 with ``Retry-After``;
    see :mod:`broker.agents.descriptors`), and the handshake limiter admits it (else 503
-   with ``Retry-After``: the agent's place in line);
-5. the upgrade; then an asyncssh client over :class:`agent.tunnel.WebSocketTunnel` that
+   with ``Retry-After``: the agent's place in line, given only to an agent looked up);
+6. the upgrade; then an asyncssh client over :class:`agent.tunnel.WebSocketTunnel` that
    trusts only the host key this agent enrolled with (:mod:`broker.agents.tunnel_ssh`).
    Whoever claims another agent's id fails here (audited), and nothing else is touched.
    A peer that stalls meets the handshake timeout; garbage and oversized messages end the
    tunnel (audited);
-6. the registry makes it the agent's one connection (an older one is closed), the agent
+7. the registry makes it the agent's one connection (an older one is closed), the agent
    is marked online, and its facts are refreshed with ``sl:facts`` once no handshake is
    under way (:mod:`broker.agents.facts_pacing`: a reconnect storm's handshakes go first).
 
@@ -97,9 +102,12 @@ OVER_SHARE_REASON: Final = "the node holds its fair share of the cluster's agent
 @dataclass
 class ShareGate:
     """Set by the cluster feature on a cluster node: ``admits(agent_id)`` says whether the
-    node lets one more agent in under its fair share (broker.cluster.share)."""
+    node lets one more agent in under its fair share (broker.cluster.share);
+    ``turns_away(agent_id)``, asked before the agent is looked up, says True only where
+    ``admits`` would say False."""
 
     admits: Callable[[str], bool]
+    turns_away: Callable[[str], bool]
     #: Agents turned away for the share (a metric).
     refused: int = 0
 
@@ -288,6 +296,21 @@ async def _identity(
     return TunnelIdentity(record.id, record.name, record.public_key)
 
 
+async def _refuse_over_share(
+    runtime: TunnelRuntime, gate: ShareGate, agent_id: str, source: str
+) -> web.Response:
+    gate.refused += 1
+    await runtime.refusals.refused(
+        agent_id,
+        enrolled=True,  # or not looked up yet: one kind for every agent either way
+        source=source,
+        reason=OVER_SHARE_REASON,
+        per_agent=False,
+        code="over_share",  # /metrics counts it under the 503's own code
+    )
+    return _over_share()
+
+
 async def tunnel_handler(request: web.Request) -> web.StreamResponse:
     """Accept an agent's tunnel (see the module docstring for the order of checks)."""
     services = request.app[SERVICES]
@@ -313,21 +336,21 @@ async def tunnel_handler(request: web.Request) -> web.StreamResponse:
         raise InputError("this endpoint takes a WebSocket upgrade", code="not_websocket")
     if services.draining:
         return _draining()
+    gate = request.app.get(SHARE_GATE)
+    if gate is not None and gate.turns_away(agent_id):
+        return await _refuse_over_share(runtime, gate, agent_id, source)
+    now = time.monotonic()
+    if runtime.full(now):
+        return _full()
+    wait = runtime.limiter.held_back(agent_id, now, runtime.registry.handshakes_in_flight)
+    if wait > 0:
+        return _busy(max(1, math.ceil(wait)))
     identity = await _identity(services, runtime, agent_id, source)
     if isinstance(identity, int):
         return _busy(identity)
-    gate = request.app.get(SHARE_GATE)
+    # The same checks again, exactly: the node may have filled during the lookup.
     if gate is not None and not gate.admits(agent_id):
-        gate.refused += 1
-        await runtime.refusals.refused(
-            agent_id,
-            enrolled=True,
-            source=source,
-            reason=OVER_SHARE_REASON,
-            per_agent=False,
-            code="over_share",  # /metrics counts it under the 503's own code
-        )
-        return _over_share()
+        return await _refuse_over_share(runtime, gate, agent_id, source)
     # From here to the count below nothing awaits: the budget holds exactly, however many
     # upgrades arrive together.
     now = time.monotonic()

@@ -214,12 +214,17 @@ def _start_sharing(app: web.Application, node: ClusterNode, tasks: Supervisor) -
     """The tunnel endpoint's gate and the rebalancer of a cluster node."""
     sharing = app[SHARING]
 
-    def admits(agent_id: str) -> bool:
+    def full() -> bool:
         # Without the bus the view is stale: better take the agent than guess.
-        full = node.bus.connected and _share(app, node, admitted=True).full
-        return sharing.ledger.admit(agent_id, full)
+        return node.bus.connected and _share(app, node, admitted=True).full
 
-    app[SHARE_GATE] = ShareGate(admits)
+    def admits(agent_id: str) -> bool:
+        return sharing.ledger.admit(agent_id, full())
+
+    def turns_away(agent_id: str) -> bool:
+        return sharing.ledger.turns_away(agent_id, full())
+
+    app[SHARE_GATE] = ShareGate(admits, turns_away)
 
     def agents() -> list[str]:
         registry = app.get(AGENT_REGISTRY)

@@ -114,6 +114,15 @@ class RefusalLedger:
     #: Agents let in although the node was full: the others are not taking them.
     forced: int = 0
 
+    def turns_away(self, agent_id: str, full: bool) -> bool:
+        """True to turn the agent away now (counted as one refusal in its row): what
+        :meth:`admit` would answer False, decided before the agent is looked up. False
+        changes nothing: :meth:`admit` decides after the lookup, when the node may have
+        filled meanwhile."""
+        if not full or self.refused.get(agent_id, 0) >= self.max_refusals:
+            return False
+        return not self.admit(agent_id, full)
+
     def admit(self, agent_id: str, full: bool) -> bool:
         """True to let the agent in now."""
         if not full:

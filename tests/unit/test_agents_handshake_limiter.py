@@ -104,3 +104,19 @@ def test_a_herd_that_honours_retry_after_is_admitted_in_time(
             pending[name] = when + max(1, math.ceil(wait))
     assert len(admitted_at) == agents
     assert max(admitted_at.values()) <= max(0, agents - burst) / rate + 1.0 + 1e-9
+
+
+def test_held_back_judges_only_slots_not_due_and_a_busy_broker() -> None:
+    """What the endpoint asks before it looks an agent up: a slot not due yet, or too many
+    handshakes under way. It changes nothing, and gives no place in line."""
+    limiter = HandshakeLimiter(rate=1, burst=1, max_in_flight=2)
+    assert limiter.admit("a", 100.0) == 0.0
+    assert limiter.admit("b", 100.0) == pytest.approx(1.0)
+    assert limiter.held_back("b", 100.2) == pytest.approx(0.8)
+    assert limiter.held_back("b", 101.0 - EARLY_TOLERANCE_S) == 0.0
+    assert limiter.held_back("new", 100.2) == 0.0  # no slot: not judged here
+    assert limiter.held_back("new", 100.2, in_flight=2) == BUSY_RETRY_S
+    assert limiter.reservations == 1
+    # Nothing was taken from the bucket: the next newcomer's slot is the next one.
+    assert limiter.admit("c", 100.2) == pytest.approx(1.8)
+    assert HandshakeLimiter(rate=0, burst=1).held_back("x", 0.0, in_flight=10**6) == 0.0

@@ -122,6 +122,23 @@ def test_an_agent_turned_away_twice_in_a_row_is_let_in() -> None:
     assert ledger.forced == 1
 
 
+def test_turning_away_before_the_lookup_is_what_admit_would_say() -> None:
+    """Asked before the agent is looked up: a full node turns it away while its row of
+    refusals is short, counted as admit counts them; the refusal it would be let in on,
+    and a node not full, are left to admit (nothing changes)."""
+    ledger = RefusalLedger()
+    assert not ledger.turns_away("ag1", full=False)
+    assert ledger.refused == {}
+    assert [ledger.turns_away("ag1", full=True) for _ in range(MAX_REFUSALS)] == [True] * 2
+    assert not ledger.turns_away("ag1", full=True)
+    assert ledger.refused == {"ag1": MAX_REFUSALS}
+    assert ledger.admit("ag1", full=True)
+    assert ledger.forced == 1
+    assert ledger.turns_away("ag1", full=True)
+    assert ledger.admit("ag1", full=False)
+    assert ledger.refused == {}
+
+
 def test_a_node_hands_off_only_agents_without_a_live_session() -> None:
     """The excess is picked at random among agents with no session live here, never more
     than there are."""

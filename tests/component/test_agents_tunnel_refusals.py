@@ -1,0 +1,93 @@
+"""Agent tunnels turned away for what needs nothing of the agent's record make no
+database query: in a restart storm each attempt paid the agent lookup's round trips
+before it was refused. Queries are counted with a listener on the app's real engine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from pytest_aiohttp import AiohttpClient
+from sqlalchemy import event
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+from websockets.exceptions import InvalidStatus
+
+from broker.agents.tunnel_endpoint import FULL_RETRY_S, TunnelSettings
+from tests.component.test_agents_harness import WAIT, AgentsApp, LoopbackAgent, start_agents_app
+
+pytestmark = pytest.mark.postgres
+
+
+@contextmanager
+def queries(engine: AsyncEngine) -> Iterator[list[str]]:
+    """Every statement the engine sends while the block runs."""
+    sent: list[str] = []
+
+    def record(_conn: Connection, _cursor: object, statement: str, *_args: object) -> None:
+        sent.append(statement)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", record)
+    try:
+        yield sent
+    finally:
+        event.remove(engine.sync_engine, "before_cursor_execute", record)
+
+
+async def refused(agent: LoopbackAgent) -> tuple[int, str, str]:
+    """Status, error code and Retry-After of an upgrade the broker turns away."""
+    with pytest.raises(InvalidStatus) as caught:
+        await agent.open_ws()
+    response = caught.value.response
+    code = json.loads(response.body)["error"]["code"]
+    return response.status_code, code, response.headers["Retry-After"]
+
+
+async def connected(agents: AgentsApp, agent: LoopbackAgent) -> None:
+    """``agent`` online with its facts stored: the broker's own queries for it are done."""
+    await agent.connect()
+    async with asyncio.timeout(WAIT):
+        await agents.registry.wait_ready(agent.id)
+    await agents.runtime.presence.flush()
+
+
+async def test_an_agent_back_before_its_place_in_line_is_refused_without_a_query(
+    data_dir: Path, aiohttp_client: AiohttpClient
+) -> None:
+    """One handshake a second: the next two agents are looked up once and get places in
+    line; the last, back at once, is told its remaining wait without being looked up
+    again, and its place stays."""
+    slow = TunnelSettings(handshakes_per_second=1, handshake_burst=1, handshake_timeout=2.0)
+    async with start_agents_app(data_dir, aiohttp_client, slow) as agents:
+        await agents.customer("acme")
+        first, second, last = [await agents.agent(name) for name in ("a1", "a2", "a3")]
+        await connected(agents, first)
+        with queries(agents.services.engine) as looked_up:
+            assert (await refused(second))[:2] == (503, "busy")
+            assert (await refused(last))[:2] == (503, "busy")
+        assert looked_up, "a first attempt is looked up before it gets a place in line"
+        assert agents.runtime.limiter.reservations == 2
+        with queries(agents.services.engine) as sent:
+            status, code, retry_after = await refused(last)
+        assert (status, code) == (503, "busy")
+        assert int(retry_after) >= 1
+        assert sent == []
+        assert agents.runtime.limiter.reservations == 2
+
+
+async def test_an_agent_past_the_tunnel_budget_is_refused_without_a_query(
+    data_dir: Path, aiohttp_client: AiohttpClient
+) -> None:
+    """The broker holds all the tunnels its budget allows: "full" before any lookup."""
+    one = TunnelSettings(max_tunnels=1, handshake_timeout=2.0)
+    async with start_agents_app(data_dir, aiohttp_client, one) as agents:
+        await agents.customer("acme")
+        first, second = [await agents.agent(name) for name in ("a1", "a2")]
+        await connected(agents, first)
+        with queries(agents.services.engine) as sent:
+            assert await refused(second) == (503, "full", str(FULL_RETRY_S))
+        assert sent == []
