@@ -18,10 +18,13 @@ agent's channel and what its stream carries),
 ``admission`` (who may open, join or watch; audited refusals), ``consent`` (asking the end
 user), ``lifecycle`` (a session's states, events and actions as a table, pure),
 ``manager`` (its executor: start, attach, kill, drain) with ``opening`` (the steps of a
-start), ``session_end`` (what an end writes) and ``finish`` (writing it, for ended,
-refused and crashed sessions), ``note`` (the note's text, pure), ``reads`` (object-level
-read checks, transcript files), ``access`` and ``store`` (database reads and writes),
-``runtime`` (app keys), ``feature`` (``setup``).
+start), ``joining`` (the steps of a join or a watch), ``session_end`` (what an end writes)
+and ``finish`` (writing it, for ended, refused and crashed sessions), ``cross_node``
+(opening or joining a session on whichever cluster node runs it) with ``routing`` (what a
+way in holds, and what the cluster provides to reach another node's hub), ``note`` (the
+note's text, pure), ``reads`` (object-level read checks, transcript files), ``access``
+and ``store`` (database reads and writes), ``runtime`` (app keys), ``feature``
+(``setup``).
 
 Errors (``errors``): the root is :class:`SessionError`, a :class:`broker.errors.BrokerError`:
 

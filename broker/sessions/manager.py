@@ -30,16 +30,8 @@ from broker.rules import Refused
 from broker.services import Services
 from broker.sessions import lifecycle as lc
 from broker.sessions import opening, store
-from broker.sessions.admission import (
-    Admitted,
-    JoinRequest,
-    OpenRequest,
-    admit,
-    admit_member,
-    audit_member_refusal,
-    refuse,
-)
-from broker.sessions.consent import ASKED_ROLE, ConsentGrant, Grants, ask_consent
+from broker.sessions.admission import Admitted, JoinRequest, OpenRequest, admit, refuse
+from broker.sessions.consent import Grants
 from broker.sessions.errors import (
     AUDIT_STORE_UNAVAILABLE,
     SessionNotFound,
@@ -50,7 +42,8 @@ from broker.sessions.facts import SessionFacts, Terminal
 from broker.sessions.finish import Finisher
 from broker.sessions.hooks import SessionStartHook
 from broker.sessions.hub import END_SHUTDOWN, LiveSession
-from broker.sessions.hub_core import HubClosed, HubFull, Member, Role
+from broker.sessions.hub_core import Member, Role
+from broker.sessions.joining import join
 from broker.sessions.opening import SessionRun, killed_refusal, session_env
 from broker.sessions.recording import (
     END_REVOKED,
@@ -58,7 +51,7 @@ from broker.sessions.recording import (
     end_sessions_of,
     new_recorder,
 )
-from broker.sessions.routing import RouteFailed, SessionHandle, SessionRouter
+from broker.sessions.routing import SessionRouter
 from broker.supervision import OnFailure, Supervisor
 from broker.transcript import TranscriptRecorder
 
@@ -86,9 +79,10 @@ class SessionManager:
         router: Callable[[], SessionRouter | None] = lambda: None,
     ) -> None:
         self.services = services
-        self._tickets = tickets
-        self._tunnels = tunnels
-        self._router = router
+        # Looked up at each use (and by ``cross_node``): the app may put others in place.
+        self.tickets = tickets
+        self.tunnels = tunnels
+        self.router = router
         self.node = (node or socket.gethostname())[:64]
         self.live: dict[str, LiveSession] = {}
         self.finisher = Finisher(services, tickets)
@@ -209,38 +203,13 @@ class SessionManager:
     async def open(self, req: OpenRequest, owner: Terminal) -> tuple[LiveSession, Member]:
         """Start a session on this node with ``owner`` attached; raises SessionRefused
         (audited)."""
-        self._refuse_if_closing()
-        tunnels = self._tunnels()
-        admitted = await admit(self.services, req, self._tickets(), tunnels)
-        return await self._start(req, admitted, owner, tunnels)
+        self.refuse_if_closing()
+        tunnels = self.tunnels()
+        admitted = await admit(self.services, req, self.tickets(), tunnels)
+        return await self.start_admitted(req, admitted, owner, tunnels)
 
-    async def open_anywhere(
-        self, req: OpenRequest, owner: Terminal
-    ) -> tuple[SessionHandle, Member]:
-        """Start a session with ``owner`` attached, on the node that holds the agent's
-        tunnel: here, or (in a cluster) the node the cluster names, whose hub this node
-        relays. Raises SessionRefused (audited where it was decided)."""
-        self._refuse_if_closing()
-        tunnels, router = self._tunnels(), self._router()
-        holder = router.holder if router is not None else None
-        admitted = await admit(self.services, req, self._tickets(), tunnels, holder)
-        agent_id = admitted.facts.agent_id
-        here = tunnels is not None and tunnels.connection(agent_id) is not None
-        node = router.holder(agent_id) if router is not None and not here else None
-        if router is None or node is None:
-            live, member = await self._start(req, admitted, owner, tunnels)
-            if router is not None:  # a cluster: say where it runs, as a routed one does
-                log.info("session %s: opened on this node for %s", live.session_id, req.staff)
-            return live, member
-        try:
-            return await router.open(node, req, owner)
-        except RouteFailed as exc:
-            refused = Refused(exc.code, exc.reason)
-            raise await refuse(
-                self.services, req, refused, target=str(req.target), status=503
-            ) from None
-
-    def _refuse_if_closing(self) -> None:
+    def refuse_if_closing(self) -> None:
+        """A draining node starts nothing (``open_anywhere`` asks before it routes too)."""
         if self._closing:
             raise SessionRefused(
                 "the broker is shutting down; try again in a minute",
@@ -248,13 +217,15 @@ class SessionManager:
                 status=503,
             )
 
-    async def _start(
+    async def start_admitted(
         self,
         req: OpenRequest,
         admitted: Admitted,
         owner: Terminal,
         tunnels: AgentTunnels | None,
     ) -> tuple[LiveSession, Member]:
+        """Start on this node a session the rules admitted, ``owner`` attached: feed the
+        lifecycle from the row's insert until it is live, or raise its refusal."""
         facts, decision = admitted.facts, admitted.decision
         lifecycle, insert = lc.SessionLifecycle.begin(
             lc.StartPlan(
@@ -444,102 +415,22 @@ class SessionManager:
         terminal: Terminal,
         source: str,
     ) -> tuple[LiveSession, Member]:
-        """Join (type) or observe (watch) a live session of this node; audited."""
+        """Join (type) or observe (watch) a live session of this node; audited
+        (``joining``)."""
         if role == "owner":
             raise ValueError("the owner attaches by opening the session")
         req = JoinRequest(
             staff=staff_name, session_id=session_id, ticket_id=ticket_id, role=role, source=source
         )
-        live = self.live.get(session_id)
-        staff, decision = await admit_member(
-            self.services, req, live, self._tickets(), self._tunnels()
+        return await join(
+            self.services,
+            req,
+            self.live.get(session_id),
+            terminal,
+            tickets=self.tickets,
+            tunnels=self.tunnels,
+            grants=self.grants,
         )
-        assert live is not None  # admit_member refuses a session that is not live here
-        env = session_env(live.facts, staff.name, staff.level or 0, ASKED_ROLE[role])
-        grant: ConsentGrant | None = None
-        if decision.needs_consent:
-            tunnels = self._tunnels()
-            conn = tunnels.connection(live.facts.agent_id) if tunnels is not None else None
-            if conn is None:
-                raise SessionRefused("the agent is offline", code="agent_offline")
-            terminal.show_state(
-                "waiting_consent", "waiting for the end user's approval", session_id
-            )
-            # Every joiner and observer is asked about by name: nobody rides on the owner's
-            # approval. A refusal is audited and marked in the transcript.
-            grant = await ask_consent(self.services, conn, env, source=source, marker=live.marker)
-        try:
-            member = await self._admit_member(live, staff.name, req, terminal)
-        except BaseException:
-            if grant is not None:
-                grant.close()
-            raise
-        if grant is not None:
-            self.grants.keep(live, member, env, grant, source)
-        return live, member
-
-    async def attach_anywhere(
-        self,
-        *,
-        staff_name: str,
-        session_id: str,
-        ticket_id: int,
-        role: Role,
-        terminal: Terminal,
-        source: str,
-    ) -> tuple[SessionHandle, Member]:
-        """Join or observe a live session of this node, or (in a cluster) of the node the
-        database names as running it, whose hub this node relays; audited."""
-        router = self._router()
-        node = None
-        if router is not None and session_id not in self.live:
-            node = await self._node_of(session_id)
-        if router is None or node is None:
-            return await self.attach(
-                staff_name=staff_name,
-                session_id=session_id,
-                ticket_id=ticket_id,
-                role=role,
-                terminal=terminal,
-                source=source,
-            )
-        req = JoinRequest(
-            staff=staff_name, session_id=session_id, ticket_id=ticket_id, role=role, source=source
-        )
-        try:
-            return await router.attach(node, req, terminal)
-        except RouteFailed as exc:
-            await audit_member_refusal(self.services, req, exc.code)
-            raise SessionRefused(exc.reason, code=exc.code, status=503) from None
-
-    async def _node_of(self, session_id: str) -> str | None:
-        """The other node the database names as running ``session_id`` live, or None."""
-        try:
-            async with self.services.db() as db:
-                row = await store.get_session(db, session_id)
-        except DB_ERRORS:
-            raise StoreUnavailable(AUDIT_STORE_UNAVAILABLE) from None
-        if row is None or row.ended_at is not None or not row.node or row.node == self.node:
-            return None
-        return row.node
-
-    async def _admit_member(
-        self, live: LiveSession, name: str, req: JoinRequest, terminal: Terminal
-    ) -> Member:
-        try:
-            await self.audit(
-                name,
-                req.action,
-                live.session_id,
-                source=req.source,
-                details={"ticket": live.facts.ticket_ref},
-            )
-        except DB_ERRORS:
-            raise StoreUnavailable(AUDIT_STORE_UNAVAILABLE) from None
-        try:
-            return live.attach(terminal, name, req.role, "web")
-        except (HubClosed, HubFull) as exc:
-            raise SessionRefused(f"you cannot attach: {exc}", code="session_full") from None
 
     async def kill(self, session_id: str, by: str, *, source: str = "", reason: str = "") -> bool:
         """End a session of this node within two seconds (a live one is sealed; one still

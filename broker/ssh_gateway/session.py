@@ -25,6 +25,7 @@ import asyncssh
 
 from broker.log_context import ContextLogger, context_logger
 from broker.sessions.admission import OpenRequest
+from broker.sessions.cross_node import attach_anywhere, open_anywhere
 from broker.sessions.errors import SessionNotFound, SessionRefused
 from broker.sessions.facts import Outcome
 from broker.sessions.hub_core import Member
@@ -163,7 +164,8 @@ class GatewaySession(asyncssh.SSHServerSession[bytes]):
             )
         manager = server.gateway.manager
         try:
-            return await manager.attach_anywhere(
+            return await attach_anywhere(
+                manager,
                 staff_name=staff.name,
                 session_id=target.session,
                 ticket_id=target.ticket,
@@ -174,7 +176,8 @@ class GatewaySession(asyncssh.SSHServerSession[bytes]):
         except SessionRefused as exc:
             if exc.code not in WATCH_INSTEAD:
                 raise
-        return await manager.attach_anywhere(
+        return await attach_anywhere(
+            manager,
             staff_name=staff.name,
             session_id=target.session,
             ticket_id=target.ticket,
@@ -212,7 +215,7 @@ class GatewaySession(asyncssh.SSHServerSession[bytes]):
             source=server.source,
         )
         try:
-            live, member = await server.gateway.manager.open_anywhere(request, self)
+            live, member = await open_anywhere(server.gateway.manager, request, self)
         except SessionRefused as exc:
             self._exit_with(exc.message)
             return

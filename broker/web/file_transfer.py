@@ -37,6 +37,7 @@ from broker.rules import SshTarget
 from broker.services import SERVICES
 from broker.sessions import store
 from broker.sessions.admission import OpenRequest
+from broker.sessions.cross_node import open_anywhere
 from broker.sessions.errors import SessionNotFound
 from broker.sessions.runtime import SESSIONS
 from broker.sessions.store import LIVE_STATES
@@ -162,7 +163,8 @@ async def _start(request: web.Request, direction: str) -> tuple[str, str, SftpTe
     terminal = SftpTerminal()
     # On the node holding the agent's tunnel: here, or (in a cluster) relayed to it like
     # a shell from this node's SSH gateway or terminal page.
-    opened, member = await runtime.manager.open_anywhere(
+    opened, member = await open_anywhere(
+        runtime.manager,
         OpenRequest(
             staff=principal.name,
             target=target,

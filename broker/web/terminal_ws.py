@@ -45,6 +45,7 @@ from broker.origin import origin_allowed
 from broker.rules import SshTarget
 from broker.services import SERVICES
 from broker.sessions.admission import OpenRequest
+from broker.sessions.cross_node import attach_anywhere, open_anywhere
 from broker.sessions.errors import SessionError
 from broker.sessions.facts import Outcome
 from broker.sessions.hub_core import Member
@@ -373,7 +374,8 @@ async def _serve(
     manager = request.app[SESSIONS].manager
     size = [grant.cols, grant.rows]
     if grant.mode == "open":
-        start = manager.open_anywhere(
+        start = open_anywhere(
+            manager,
             OpenRequest(
                 staff=grant.staff,
                 target=SshTarget(ticket=grant.ticket_id, agent=grant.agent),
@@ -389,7 +391,8 @@ async def _serve(
         )
     else:
         assert grant.session is not None
-        start = manager.attach_anywhere(
+        start = attach_anywhere(
+            manager,
             staff_name=grant.staff,
             session_id=grant.session,
             ticket_id=grant.ticket_id,
