@@ -115,11 +115,12 @@ def pytest_terminal_summary(terminalreporter: TerminalReporter) -> None:
 
 
 @pytest.fixture
-async def api(data_dir: Path, aiohttp_client: object) -> Api:
+async def api(data_dir: Path) -> AsyncIterator[Api]:
     """The broker app in-process on a loopback socket, called as the first admin."""
     from broker.app import create_app
     from broker.config import load_config
+    from tests.support.broker import start_in_process
 
-    app = create_app(load_config(data_dir, env={}))
-    client = await aiohttp_client(app)  # type: ignore[operator]
-    return Api(client, admin_token(data_dir))
+    client = await start_in_process(data_dir, lambda: create_app(load_config(data_dir, env={})))
+    yield Api(client, admin_token(data_dir))
+    await client.close()

@@ -109,7 +109,19 @@ class Gateway:
     async def start(self, host: str, port: int) -> int:
         """Listen; returns the bound port."""
         await self.tasks.open()
-        self._acceptor = await asyncssh.listen(
+        try:
+            self._acceptor = await self._listen(host, port)
+        except BaseException:
+            # A port already in use fails the broker's start: what was opened is closed,
+            # so nothing is left running behind the error.
+            await self.tasks.stop()
+            raise
+        self.port = self._acceptor.get_port()
+        log.info("SSH gateway listening on %s:%d", host, self.port)
+        return self.port
+
+    async def _listen(self, host: str, port: int) -> asyncssh.SSHAcceptor:
+        return await asyncssh.listen(
             host,
             port,
             tunnel=CheckedListener(self.legacy_kex),
@@ -135,9 +147,6 @@ class Gateway:
             gss_host=None,
             rdns_lookup=False,
         )
-        self.port = self._acceptor.get_port()
-        log.info("SSH gateway listening on %s:%d", host, self.port)
-        return self.port
 
     async def stop(self) -> None:
         """Stop listening and close every connection (sessions end before: see drain)."""

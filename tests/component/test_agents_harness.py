@@ -44,6 +44,7 @@ from broker.config import load_config
 from broker.db.models_audit import AuditEvent
 from broker.services import SERVICES, Services
 from tests.support.api import Api, admin_token
+from tests.support.broker import start_in_process
 
 WAIT: Final = 20.0  # failure bound of every wait, never a pause
 FACTS: Final = Facts(
@@ -144,17 +145,26 @@ def _public(key: asyncssh.SSHKey) -> Ed25519PublicKey:
 @asynccontextmanager
 async def start_agents_app(
     data_dir: Path,
-    aiohttp_client: AiohttpClient,
+    _aiohttp_client: AiohttpClient,
     settings: TunnelSettings = FAST,
     extra: Sequence[Feature] = (),
 ) -> AsyncIterator[AgentsApp]:
     """The broker app with the agent feature (and ``extra`` features), its tunnel timers
-    set to ``settings``."""
-    app = create_app(load_config(data_dir, env={}), extra=extra)
-    app[TUNNEL_SETTINGS] = settings
-    client = await aiohttp_client(app)
-    agents = AgentsApp(Api(client, admin_token(data_dir)), app)
-    yield agents
+    set to ``settings``. (The test's ``aiohttp_client`` is taken and not used: the app is
+    started by ``start_in_process``, which moves the data dir's ports if another worker
+    took one.)"""
+
+    def build() -> web.Application:
+        app = create_app(load_config(data_dir, env={}), extra=extra)
+        app[TUNNEL_SETTINGS] = settings
+        return app
+
+    client = await start_in_process(data_dir, build)
+    app = client.app
+    try:
+        yield AgentsApp(Api(client, admin_token(data_dir)), app)
+    finally:
+        await client.close()
 
 
 class FreezableStream(WebsocketsStream):

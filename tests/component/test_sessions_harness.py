@@ -23,7 +23,7 @@ from typing import Any
 
 import asyncssh
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from agent.consent import ConsentBook, ConsentRequest, ConsentService, Decision
 from agent.facts import collect_facts
@@ -41,6 +41,7 @@ from broker.ssh_gateway.gateway import Gateway
 from broker.tickets.outbox import OutboxWorker
 from broker.web.terminal_tickets import TerminalTickets
 from broker.web.terminals import TERMINALS
+from tests.support.broker import start_in_process
 
 WAIT = 20.0  # failure bound for waits in these tests, never a pause
 
@@ -295,9 +296,10 @@ async def world(
         if extra is not None:
             extra(app)
 
-    app = create_app(load_config(data_dir, env=env or {}), extra=[ports])
-    client: TestClient[Any, Any] = TestClient(TestServer(app))
-    await client.start_server()
+    client = await start_in_process(
+        data_dir, lambda: create_app(load_config(data_dir, env=env or {}), extra=[ports])
+    )
+    app = client.app
     token = (data_dir / "admin.token").read_text().strip()
     w = World(
         client=client,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import re
@@ -15,8 +16,12 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
 from broker.bootstrap import init_data_dir
 from broker.config import write_config
@@ -29,6 +34,7 @@ from tests.support.database import (
 )
 
 READY = re.compile(rb"secondline: serving https://[^:]+:(\d+)")
+START_BOUND = 90.0  # seconds until a broker says it serves: a failure bound, never a pause
 
 
 def free_port() -> int:
@@ -186,9 +192,10 @@ class BrokerProcess:
             await self._reader
         return code
 
-    async def wait_for_line(self, pattern: bytes, start: int = 0) -> bytes:
-        """Wait until a line of the broker's output matches; fail if it exits first."""
-        async with asyncio.timeout(30):
+    async def wait_for_line(self, pattern: bytes, start: int = 0, bound: float = 30.0) -> bytes:
+        """Wait until a line of the broker's output matches; fail if it exits first or after
+        ``bound`` seconds (a failure bound, never a pause)."""
+        async with asyncio.timeout(bound):
             index = start
             while True:
                 while index < len(self.output):
@@ -234,6 +241,28 @@ def _move_ports(data_dir: Path) -> bool:
     return True
 
 
+async def start_in_process(
+    data_dir: Path, build: Callable[[], web.Application]
+) -> TestClient[web.Request, web.Application]:
+    """A test client of ``build()``, a broker app run inside the test's process; the caller
+    closes it. The app's SSH gateway binds the config's ``ssh_port``, found free when the
+    data dir was made; another xdist worker's server can take it first (seen in a full run:
+    "address already in use"). Then what had started is cleaned up and closed, the data dir
+    gets two new free ports and the app is built again, up to twice."""
+    for attempt in range(3):
+        app = build()
+        client: TestClient[web.Request, web.Application] = TestClient(TestServer(app))
+        try:
+            await client.start_server()
+            return client
+        except OSError as exc:
+            await app.cleanup()  # the features started before the failing one
+            await client.close()
+            if exc.errno != errno.EADDRINUSE or attempt == 2 or not _move_ports(data_dir):
+                raise
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
 async def _start_broker(data_dir: Path, *extra_args: str) -> BrokerProcess:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -250,7 +279,10 @@ async def _start_broker(data_dir: Path, *extra_args: str) -> BrokerProcess:
     broker = BrokerProcess(data_dir, proc)
     broker.start_reading()
     try:
-        line = await broker.wait_for_line(READY.pattern)
+        # A start is the heaviest moment of a broker (imports, migrations check, keys); two
+        # cluster nodes starting beside a herd of agents on a loaded 2-core runner took over
+        # 30 s once (a set-up timeout, not a fault): the bound for it is wider.
+        line = await broker.wait_for_line(READY.pattern, bound=START_BOUND)
     except BaseException:
         # A broker that never got ready is no fixture's to stop: left running, it outlives
         # the test and holds its ports and database.
