@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import ssl
+import time
 import tomllib
 from pathlib import Path
 
@@ -143,6 +144,10 @@ async def test_a_node_that_died_alone_is_sealed_by_the_next_and_its_host_verifie
         term.type("echo up-$((40+2))\n")
         await term.expect(b"up-42")
         sid = str(sessions_of(site, site.ticket)[0]["id"])
+        # n1 copies its transcript to the database about once a second: once the copy
+        # holds the echo, n1 dies, and that copy is what n2 seals (killed before its first
+        # copy, there would be nothing in the database to seal).
+        await copied_to_database(n1.data_dir, sid, b"up-42")
         await n1.stop(9)
         code, _err = await term.finish()
         assert code == 255
@@ -167,3 +172,28 @@ async def test_a_node_that_died_alone_is_sealed_by_the_next_and_its_host_verifie
         verified = ok(secondline("transcript", "verify", sid, data_dir=node.data_dir))
         assert verified.startswith("valid, but cut short (interrupted)"), (node, verified)
     assert not any(b"was interrupted" in line for line in n1.output), n1.output
+
+
+async def copied_to_database(data_dir: Path, session_id: str, text: bytes) -> None:
+    """Return once the node's copy of the session's transcript in the database holds
+    ``text``. Only the database shows it, so it is read again until it does, each read a
+    real query (30 s is a failure bound)."""
+    from sqlalchemy import text as sql
+
+    from broker.config import load_config
+    from broker.db.engine import create_engine
+
+    config = load_config(data_dir, env={})
+    engine = create_engine(config.db_url, schema=config.database_schema or None)
+    query = sql("SELECT data FROM transcript_chunks WHERE session_id = :sid AND part = 'cast'")
+    deadline = time.monotonic() + 30
+    try:
+        async with engine.connect() as db:
+            while True:
+                chunks = (await db.execute(query, {"sid": session_id})).scalars().all()
+                await db.rollback()  # the next read sees what was committed since
+                if text in b"".join(bytes(c) for c in chunks):
+                    return
+                assert time.monotonic() < deadline, "the node's copy never reached the database"
+    finally:
+        await engine.dispose()
