@@ -21,7 +21,7 @@ import pytest
 
 from tests.e2e.test_cluster_nodes import site_on
 from tests.support.broker import BrokerProcess, secondline
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, heard_twice
 from tests.support.site import Site, keygen, new_ticket, ok, sessions_of, start_agent
 
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
@@ -66,6 +66,8 @@ async def test_transfers_of_another_nodes_session_and_its_node_stopping_on_sigte
     n1, n2 = cluster.nodes["n1"], cluster.nodes["n2"]
     await start_agent(site, "web01", "unattended")
     site.ticket = new_ticket(site, "web01")
+    agents = json.loads(ok(secondline("agent", "list", "--json", data_dir=site.data_dir)))
+    await heard_twice(cluster, "n1", str(agents[0]["id"]))  # n2 knows where web01 is
     via_n2 = Site(n2, tmp_path, site.key, site.known_hosts)
     pin_port(site, via_n2.ssh_port)
     term = await via_n2.interactive(site.ticket)
