@@ -19,7 +19,7 @@ from bench.agent_swarm import broker_call
 from broker.cluster.peering import PATH, PEER_HEADER, credential
 from tests.support.broker import BrokerProcess, CliResult, cli_env, free_port, secondline
 from tests.support.cluster import Cluster, heard_twice
-from tests.support.site import Site, keygen, new_ticket, ok, sessions_of, start_agent
+from tests.support.site import Site, new_ticket, ok, sessions_of, staffed_site, start_agent
 
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e, pytest.mark.serial]
 
@@ -32,20 +32,7 @@ async def site_on(cluster: Cluster, tmp: Path) -> Site:
     """Nodes n1 and n2 running, customer acme, staff lena and bob (with an SSH key)."""
     n1 = await cluster.start("n1")
     await cluster.start("n2")
-    d = n1.data_dir
-    key = keygen(tmp / "bob_ed25519")
-    ok(secondline("customer", "add", "acme", data_dir=d))
-    ok(secondline("user", "add", "lena", "--role", "level1", "--customer", "acme", data_dir=d))
-    ok(
-        secondline(
-            "user", "add", "bob", "--role", "level2", "--customer", "acme",
-            "--ssh-key", f"{key}.pub", data_dir=d,
-        )
-    )  # fmt: skip
-    host_key = (d / "keys" / "ssh_host_ed25519.pub").read_text().split()
-    s = Site(n1, tmp, key, tmp / "known_hosts")
-    s.known_hosts.write_text(f"[127.0.0.1]:{s.ssh_port} {host_key[0]} {host_key[1]}\n")
-    return s
+    return staffed_site(n1, tmp)
 
 
 async def serve_refused(data_dir: Path, node: str) -> CliResult:

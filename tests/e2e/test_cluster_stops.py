@@ -22,7 +22,7 @@ import pytest
 from tests.e2e.test_cluster_nodes import site_on
 from tests.support.broker import BrokerProcess, secondline
 from tests.support.cluster import Cluster, heard_twice
-from tests.support.site import Site, keygen, new_ticket, ok, sessions_of, start_agent
+from tests.support.site import Site, new_ticket, ok, sessions_of, staffed_site, start_agent
 
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
 
@@ -126,19 +126,7 @@ async def test_a_node_that_died_alone_is_sealed_by_the_next_and_its_host_verifie
     seal alone, and `transcript verify` there reads the sealed copy from the database
     instead of its own unsealed files."""
     n1 = await cluster.start("n1")
-    d = n1.data_dir
-    key = keygen(tmp_path / "bob_ed25519")
-    ok(secondline("customer", "add", "acme", data_dir=d))
-    ok(secondline("user", "add", "lena", "--role", "level1", "--customer", "acme", data_dir=d))
-    ok(
-        secondline(
-            "user", "add", "bob", "--role", "level2", "--customer", "acme",
-            "--ssh-key", f"{key}.pub", data_dir=d,
-        )
-    )  # fmt: skip
-    site = Site(n1, tmp_path, key, tmp_path / "known_hosts")
-    site.known_hosts.write_text("")
-    pin_port(site, site.ssh_port)
+    site = staffed_site(n1, tmp_path)
     await start_agent(site, "web01", "unattended")
     try:
         site.ticket = new_ticket(site, "web01")

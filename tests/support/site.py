@@ -313,3 +313,22 @@ async def spawn_ssh(site: Site, user: str, command: str) -> asyncio.subprocess.P
         stderr=asyncio.subprocess.PIPE,
         env=cli_env(site.tmp),
     )
+
+
+def staffed_site(broker: BrokerProcess, tmp: Path) -> Site:
+    """``broker`` with customer acme and its staff lena (level 1) and bob (level 2, with an
+    SSH key), bob's known_hosts naming the gateway's host key."""
+    d = broker.data_dir
+    key = keygen(tmp / "bob_ed25519")
+    ok(secondline("customer", "add", "acme", data_dir=d))
+    ok(secondline("user", "add", "lena", "--role", "level1", "--customer", "acme", data_dir=d))
+    ok(
+        secondline(
+            "user", "add", "bob", "--role", "level2", "--customer", "acme",
+            "--ssh-key", f"{key}.pub", data_dir=d,
+        )
+    )  # fmt: skip
+    host_key = (d / "keys" / "ssh_host_ed25519.pub").read_text().split()
+    s = Site(broker, tmp, key, tmp / "known_hosts")
+    s.known_hosts.write_text(f"[127.0.0.1]:{s.ssh_port} {host_key[0]} {host_key[1]}\n")
+    return s
