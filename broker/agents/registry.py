@@ -15,11 +15,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from collections.abc import Iterator
 
 import asyncssh
 from aiohttp import WSCloseCode
 
+from broker.agents.arrivals import Arrivals
 from broker.agents.ws_stream import AiohttpStream
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,8 @@ class AgentRegistry:
         self.open_tunnels = 0
         #: Tunnels refused or broken off after the upgrade, counted once accounted for.
         self.refused = 0
+        #: Agents that came online here lately (a reconnect replacing a tunnel is none).
+        self.arrivals = Arrivals()
 
     # -- broker.ports.AgentTunnels --------------------------------------------------------
 
@@ -102,7 +106,9 @@ class AgentRegistry:
             return False
         old = self._live.get(tunnel.agent_id)
         self._live[tunnel.agent_id] = tunnel
-        if old is not None:
+        if old is None:
+            self.arrivals.note(time.monotonic())
+        else:
             log.info("agent %s reconnected: the older tunnel is closed", tunnel.agent_id)
             old.close("replaced by a newer tunnel of the same agent")
         self._notify()

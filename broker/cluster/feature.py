@@ -203,11 +203,17 @@ def _share(app: web.Application, node: ClusterNode, *, admitted: bool) -> Share:
     ``admitted`` adds the upgrades still in their handshake to the total (they are coming),
     not to what this node holds (broker.cluster.share.share_of)."""
     registry = app.get(AGENT_REGISTRY)
-    held = pending = 0
-    if registry is not None:
-        held = len(registry)
-        pending = registry.open_tunnels - held if admitted else 0
-    return share_of(held, node.view.nodes.values(), time.monotonic(), pending=pending)
+    if registry is None:
+        return share_of(0, node.view.nodes.values(), time.monotonic())
+    held = len(registry)
+    pending = registry.open_tunnels - held if admitted else 0
+    return share_of(
+        held,
+        node.view.nodes.values(),
+        time.monotonic(),
+        pending=pending,
+        arrived_since=registry.arrivals.since,
+    )
 
 
 def _start_sharing(app: web.Application, node: ClusterNode, tasks: Supervisor) -> None:

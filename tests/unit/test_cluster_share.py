@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from broker.agents.arrivals import ARRIVALS_KEPT_S, Arrivals
 from broker.cluster.messages import Announcement, BadMessage
 from broker.cluster.rebalance import pick
 from broker.cluster.share import (
@@ -147,3 +148,38 @@ def test_a_node_hands_off_only_agents_without_a_live_session() -> None:
     assert len(chosen) == 2
     assert "b" not in chosen
     assert sorted(pick(["a", "b"], {"b"}, 5, rand)) == ["a"]
+
+
+def test_a_peer_counts_as_announced_plus_what_this_node_took_in_since() -> None:
+    """Two nodes taking an even herd: each peer's announcement is up to a heartbeat old.
+    Counted as announced, the peer looked 60 behind and this node, even with it, looked
+    full; counted with this node's arrivals since it was heard, neither is full. A node
+    that took in the whole herd alone is still full once it is past its share."""
+    view = ClusterView()
+    view.heard(Announcement("n2", agents(40, "n2"), (), ready=True), now=90.0)
+    arrivals = Arrivals()
+    for i in range(60):  # this node took in 60 in the 1.5 s since n2 was heard
+        arrivals.note(100.0 + i * 0.025)
+    now = 101.5
+    view.heard(Announcement("n2", agents(100, "n2"), (), ready=True), now=now - 1.5)
+    stale = share_of(160, view.nodes.values(), now)
+    assert (stale.total, stale.limit, stale.full) == (260, 146, True)
+    even = share_of(160, view.nodes.values(), now, arrived_since=arrivals.since)
+    assert (even.total, even.full) == (320, False)
+    # The herd all came here: 400 held against the peer's 100 is past any allowance.
+    alone = share_of(400, view.nodes.values(), now, arrived_since=arrivals.since)
+    assert alone.full
+
+
+def test_arrivals_count_what_came_since_a_moment_and_forget_the_old() -> None:
+    """Buckets of a quarter second: a moment inside a bucket counts it whole (towards
+    taking the agent); buckets older than what a peer's lease could need are dropped."""
+    arrivals = Arrivals()
+    for moment in (10.0, 10.1, 10.3, 12.0):
+        arrivals.note(moment)
+    assert arrivals.since(9.0) == 4
+    assert arrivals.since(10.2) == 4  # 10.0 and 10.1 share the bucket ending at 10.25
+    assert arrivals.since(10.25) == 2
+    assert arrivals.since(12.5) == 0
+    arrivals.note(12.0 + ARRIVALS_KEPT_S - 0.5)
+    assert arrivals.since(0.0) == 2  # the buckets of 10.x are gone
