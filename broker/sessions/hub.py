@@ -74,6 +74,7 @@ SIGNALS: Final = frozenset({"INT", "TERM", "HUP", "QUIT", "KILL", "TSTP", "CONT"
 MAX_TERMINAL_SIZE: Final = 1000
 
 END_SHUTDOWN: Final = "broker shut down"
+END_OUTPUT_FAILED: Final = "broker error"
 
 
 class LiveSession:
@@ -154,6 +155,16 @@ class LiveSession:
 
     def hold(self, held: bool) -> None:
         self.channel.hold_for("turns", held)
+
+    def failed(self, exc: Exception, lost: int) -> None:
+        """Handling the agent's output raised (a bug: what the hub expects, it catches), so
+        ``lost`` bytes were not surely recorded nor shown: going on would show a screen the
+        transcript does not hold. The session ends, saying why; the transcript is marked."""
+        self.log.error(
+            "session %s: output failed, %d bytes lost", self.session_id, lost, exc_info=exc
+        )
+        self.end(END_OUTPUT_FAILED, code="output_failed", message=end_message("output_failed"))
+        self.marker(f"output lost: {lost} bytes of the agent's output could not be handled")
 
     def agent_output(self, data: bytes, stderr: bool) -> None:
         """A chunk from the agent, its turn come: parse, record, fan out. The hot path."""

@@ -28,17 +28,27 @@ a session that streams slows only itself, and its bulk waits in the broker, behi
 echoes, instead of in the tunnel in front of them: with every line held, the agents run
 out of window and the tunnel empties. The bookkeeping is pure; the only I/O
 is the callback it is given to run a turn on the next loop iteration.
+
+A lane whose handling raises (a bug: the hub catches what it expects, such as a full
+recorder disk) is taken out of the turns at once, with everything it had waiting, and told
+so (:meth:`Lane.failed`): the hub ends that session saying why. Left in, its line would be
+served by nobody (every later chunk of the session joining it, its channel held for good),
+and the exception, escaping a turn, would leave the other lines unserved until some chunk
+came in to schedule the next one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Protocol
+
+log = logging.getLogger(__name__)
 
 #: A chunk this small from a session with nothing waiting is handled at once.
 SMALL: Final = 4 * 1024
@@ -61,6 +71,10 @@ class Lane(Protocol):
 
     def hold(self, held: bool) -> None:
         """Stop (True) or resume (False) reading the agent channel."""
+
+    def failed(self, exc: Exception, lost: int) -> None:
+        """Handling a chunk raised ``exc``: the lane is out of the turns, and ``lost`` bytes
+        (that chunk and all that waited behind it) were not surely handled."""
 
 
 @dataclass(eq=False)
@@ -99,6 +113,8 @@ class OutputTurns:
         #: Chunks handled at once / after waiting their turn (what the bench reads).
         self.direct = 0
         self.queued = 0
+        #: Lanes taken out because handling their output raised.
+        self.failures = 0
 
     def bound(self, window: int) -> int:
         """The most one line of a channel with this ``window`` can hold: it is held at
@@ -117,7 +133,7 @@ class OutputTurns:
         if line is None:
             if len(data) <= self.small:
                 self.direct += 1
-                lane.deliver(data, stderr)
+                self._deliver(lane, data, stderr)
                 return
             line = self._lines[lane] = _Line()
             self._order.append(lane)
@@ -127,7 +143,7 @@ class OutputTurns:
         self.peak = max(self.peak, line.size)
         if not line.held and line.size >= self.high:
             line.held = True
-            lane.hold(True)
+            self._hold(lane, True)
         if not self._scheduled:
             self._scheduled = True
             self._schedule(self._turn)
@@ -142,7 +158,11 @@ class OutputTurns:
         while line.chunks:
             data, stderr = line.chunks.popleft()
             line.size -= len(data)
-            lane.deliver(data, stderr)
+            try:
+                lane.deliver(data, stderr)
+            except Exception as exc:  # a bug in the lane: it fails, its session ends
+                self._failed(lane, exc, len(data) + line.size)
+                return
 
     def _turn(self) -> None:
         """Serve the lines in order, a quantum each, until this turn's bytes are spent."""
@@ -156,7 +176,8 @@ class OutputTurns:
                 data, stderr = line.chunks.popleft()
                 line.size -= len(data)
                 served += len(data)
-                lane.deliver(data, stderr)
+                if not self._deliver(lane, data, stderr, line):
+                    break  # failed: out of the turns, with all it had waiting
                 if self._lines.get(lane) is not line:
                     break  # flushed while handling its chunk (the session ended)
             budget -= served
@@ -171,10 +192,42 @@ class OutputTurns:
                 del self._lines[lane]
             if resume:
                 # asyncssh hands over what it held at once: it may come back in here.
-                lane.hold(False)
+                self._hold(lane, False)
         if self._order and not self._scheduled:
             self._scheduled = True
             self._schedule(self._turn)
+
+    def _deliver(self, lane: Lane, data: bytes, stderr: bool, line: _Line | None = None) -> bool:
+        """Hand ``lane`` one chunk (taken out of ``line``, if it waited in one); False: it
+        raised, and the lane is out."""
+        try:
+            lane.deliver(data, stderr)
+        except Exception as exc:  # a bug in the lane: it fails, its session ends
+            lost = len(data)
+            if line is not None and self._lines.get(lane) is line:
+                lost += line.size  # and all that waits behind it
+            self._failed(lane, exc, lost)
+            return False
+        return True
+
+    def _hold(self, lane: Lane, held: bool) -> None:
+        """Hold or let go of ``lane``'s channel (if that raises, the lane is out)."""
+        try:
+            lane.hold(held)
+        except Exception as exc:  # a bug in the lane: it fails, its session ends
+            line = self._lines.get(lane)
+            self._failed(lane, exc, 0 if line is None else line.size)
+
+    def _failed(self, lane: Lane, exc: Exception, lost: int) -> None:
+        """Take ``lane`` out of the turns (its line and its place in order) and tell it."""
+        self.failures += 1
+        self._lines.pop(lane, None)
+        with contextlib.suppress(ValueError):
+            self._order.remove(lane)
+        try:
+            lane.failed(exc, lost)
+        except Exception:  # the other lines must still be served
+            log.exception("an output lane failed, and so did telling it (%d bytes lost)", lost)
 
     @classmethod
     def for_loop(cls, loop: asyncio.AbstractEventLoop | None = None) -> OutputTurns:

@@ -43,11 +43,18 @@ class Session:
         self.holds = 0
         self.on_resume: Callable[[], None] | None = None
         self.on_deliver: Callable[[], None] | None = None
+        self.breaks_at: bytes | None = None  # handling this chunk raises (a bug)
+        self.failures: list[tuple[str, int]] = []
 
     def deliver(self, data: bytes, stderr: bool) -> None:
+        if data == self.breaks_at:
+            raise RuntimeError(f"{self.name} broke")
         self.log.append((self.name, data))
         if self.on_deliver is not None:
             self.on_deliver()
+
+    def failed(self, exc: Exception, lost: int) -> None:
+        self.failures.append((str(exc), lost))
 
     def hold(self, held: bool) -> None:
         self.held = held
@@ -149,6 +156,55 @@ def test_flush_hands_over_everything_now_even_from_inside_a_turn() -> None:
     assert turns.waiting(session) == 0
     turns.flush(session)  # nothing left: nothing happens
     assert len(log) == 3
+
+
+def test_a_lane_that_raises_is_taken_out_and_told_while_the_others_go_on() -> None:
+    """A bug in one session's handling must not stall it (its later chunks joining a line
+    nobody serves, its channel held for good) nor the others (the exception escaping the
+    turn, nothing scheduled to serve them)."""
+    loop, turns, log = make(high=64 * K, low=32 * K)
+    broken, other = Session("broken", log), Session("other", log)
+    bad = b"b" * (32 * K)
+    turns.offer(broken, bad, False)
+    turns.offer(broken, b"c" * (32 * K), False)  # its line is full: its channel is held
+    turns.offer(other, b"o" * (32 * K), False)
+    for _ in range(2):
+        turns.offer(other, b"o" * (32 * K), False)
+        if other.held:
+            break  # asyncssh stops delivering once the channel is paused
+    assert broken.held
+    assert other.held
+    broken.breaks_at = bad
+    loop.step()  # must not raise out of the event loop's callback
+    # The broken lane is out, with all it had: told how much was not handled.
+    assert broken.failures == [("broken broke", 64 * K)]
+    assert turns.waiting(broken) == 0
+    assert turns.failures == 1
+    # The other line is still served, turn after turn, with no new chunk to start a turn.
+    loop.run()
+    assert turns.waiting(other) == 0
+    assert not other.held
+    assert [name for name, _ in log] == ["other"] * 2
+    # A later chunk of the broken session (its hub ended it; a straggler) is not stuck.
+    broken.breaks_at = None
+    turns.offer(broken, b"d" * (8 * K), False)
+    loop.run()
+    assert log[-1] == ("broken", b"d" * (8 * K))
+
+
+def test_a_lane_that_raises_on_a_small_chunk_or_while_flushed_is_told_too() -> None:
+    _, turns, log = make()
+    session = Session("s", log)
+    session.breaks_at = b"k"
+    turns.offer(session, b"k", False)  # handled at once, inside asyncssh's data_received
+    assert session.failures == [("s broke", 1)]
+    session.breaks_at = b"2" * (8 * K)
+    for chunk in (b"1", b"2", b"3"):
+        turns.offer(session, chunk * (8 * K), False)
+    turns.flush(session)  # the session ends: what waits is handled now, and one breaks
+    assert session.failures[1:] == [("s broke", 16 * K)]
+    assert log == [("s", b"1" * (8 * K))]
+    assert turns.waiting(session) == 0
 
 
 def test_bad_settings_are_refused() -> None:
