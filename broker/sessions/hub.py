@@ -72,6 +72,9 @@ log = logging.getLogger(__name__)
 CLOSE_GRACE: Final = 1.0
 SIGNALS: Final = frozenset({"INT", "TERM", "HUP", "QUIT", "KILL", "TSTP", "CONT", "WINCH"})
 MAX_TERMINAL_SIZE: Final = 1000
+# About what one resize costs the transcript (an "r" event line): counted so that a storm
+# of them is flushed to disk like output, not kept in memory until the next output.
+RESIZE_EVENT_BYTES: Final = 32
 
 END_SHUTDOWN: Final = "broker shut down"
 END_OUTPUT_FAILED: Final = "broker error"
@@ -194,14 +197,19 @@ class LiveSession:
 
     def _record_input(self, pieces: list[tuple[InputKind, bytes, bool]]) -> None:
         now = time.time()
+        recorded = 0
         try:
             for kind, data, echoed in pieces:
                 if kind == "typed":
                     self.recorder.input(data, now, echoed=echoed)
                 else:
                     self.recorder.answer_back(data, now, echoed=echoed)
+                recorded += len(data) if echoed else 0
         except RecorderError as exc:
             self.recorder_failed(exc)
+            return
+        if recorded and self.core.phase == "running":
+            self.apply(self.core.recorded(recorded, time.monotonic()))
 
     def _emit(self, forward: bytes, marks: Sequence[Mark], stderr: bool) -> None:
         if not forward and not marks:
@@ -321,6 +329,7 @@ class LiveSession:
             return
         self.screen.resize(cols, rows)
         self._chan.change_terminal_size(cols, rows)
+        self.apply(self.core.recorded(RESIZE_EVENT_BYTES, time.monotonic()))
 
     def send_signal(self, pid: int, name: str) -> None:
         """Forward a signal the owner's SSH client sent."""

@@ -312,6 +312,13 @@ class HubCore:
         self._unflushed += size
         return self._recorder_level(now)
 
+    def recorded(self, size: int, now: float) -> list[Action]:
+        """About ``size`` bytes that are not the agent's output (typed input, a resize) were
+        buffered for the recorder: counted like output, so that a stream of them (a resize
+        storm, a long paste) is flushed and paced like one, not kept until the next output."""
+        self._unflushed += size
+        return self._recorder_level(now)
+
     def input(self, pid: int, now: float) -> tuple[bool, list[Action]]:
         """A participant typed; returns whether it goes to the shell."""
         member = self._members.get(pid)
@@ -457,5 +464,9 @@ def end_message(code: str) -> str:
         "recorder_failed": (
             "the broker could not write the transcript, so the session ended; what was "
             "recorded is kept and sealed. Tell an admin"
+        ),
+        "output_failed": (
+            "the broker failed to handle the session's output (an internal error), so the "
+            "session ended; what was recorded is kept and sealed. Tell an admin"
         ),
     }.get(code, "the session ended")

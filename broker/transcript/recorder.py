@@ -230,6 +230,11 @@ class TranscriptRecorder:
                 logger.warning("closing a transcript file of %s failed", self.session_id)
         self._fds = []
 
+    @property
+    def buffered(self) -> int:
+        """Bytes taken and not written yet (what the hub's flushes keep bounded)."""
+        return self._pending_bytes + self._run_bytes
+
     # -- recording ------------------------------------------------------------------------
 
     def output(self, data: bytes, now: float, marks: Sequence[Mark]) -> None:

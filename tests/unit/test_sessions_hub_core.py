@@ -243,6 +243,20 @@ def test_tick_flushes_once_a_second() -> None:
     assert core.tick(4.0) == []  # nothing waits
 
 
+def test_what_is_recorded_beside_output_is_flushed_like_output() -> None:
+    """Resizes and typed input are flushed by size and by the tick too: a resize storm with
+    no output is written out, not kept in memory until some output comes."""
+    core = HubCore(limits(), 0.0)
+    assert core.recorded(150, 0.1) == []
+    assert core.recorded(60, 0.2) == [Flush()]
+    core.flush_done(0.3)
+    core.recorded(32, 0.4)
+    assert core.tick(1.3) == [Flush()]
+    core.flush_done(1.4)
+    # It is not activity: a client that only resizes still times out as idle.
+    assert core.tick(61.0) == [EndSession(IDLE_REASON, "idle")]
+
+
 def test_idle_and_max_length_end_the_session() -> None:
     """No input and no output for the idle timeout ends it; so does the maximum length."""
     core = HubCore(limits(idle_timeout=10, max_seconds=100), 0.0)
