@@ -281,10 +281,14 @@ class GatewaySession(asyncssh.SSHServerSession[bytes]):
         chan = self._chan
         if chan is None or self._closed or self._exited:
             return
-        if stderr and self._term is None:
-            chan.write_stderr(data)
-        else:
-            chan.write(data)
+        # The client closed the channel and asyncssh reports it (connection_lost) only on
+        # the next loop turn: a write in between raises BrokenPipeError. That is this
+        # participant leaving, not a failure of the session's output.
+        with contextlib.suppress(OSError, asyncssh.Error):
+            if stderr and self._term is None:
+                chan.write_stderr(data)
+            else:
+                chan.write(data)
 
     def pause_input(self, paused: bool) -> None:
         # SSH flow control: the client's window stays shut while the agent is behind.

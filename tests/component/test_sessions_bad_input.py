@@ -1,5 +1,6 @@
-"""Bad input through the broker (issue 15): fifty sessions each pasting a megabyte, and a
-terminal resize storm while output streams. Real gateway, real agent SSH server, real
+"""Bad input through the broker (issue 15): fifty sessions each pasting a megabyte, a
+terminal resize storm while output streams, a staff client closing its channel while its
+agent floods output. Real gateway, real agent SSH server, real
 PTYs; every bound is asserted on the state the broker and the agent keep, looked at on
 every event-loop turn, never on a time.
 
@@ -287,3 +288,34 @@ async def on_a_loop_turn(holds: Callable[[], bool]) -> None:
             await done
     finally:
         done.cancel()
+
+
+async def test_a_staff_client_closing_its_channel_mid_stream_only_leaves(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """The owner's SSH client closes its channel while the agent floods output: the session
+    ends as its owner left (code owner_left), sealed whole, and no output handling failed.
+    (asyncssh refuses writes to the channel from the close until it reports the loss a loop
+    turn later; output handled in between, when it happens, is the owner leaving, not a
+    failure of the session's output.)"""
+    turns = OutputTurns.for_loop()
+    failures = turns.failures
+    async with world(data_dir, tmp_path) as w, await w.ssh() as conn:
+        seen: set[object] = set()
+        for _ in range(5):
+            process = await conn.create_process("exec cat /dev/zero", encoding=None)
+            await process.stdout.readexactly(1 << 16)
+            hubs = [live for live in w.runtime.manager.live.values() if live not in seen]
+            assert len(hubs) == 1
+            live = hubs[0]
+            assert isinstance(live, LiveSession)
+            seen.add(live)
+            await process.stdout.readexactly(1 << 20)  # output is flowing right now
+            process.close()
+            async with asyncio.timeout(WAIT):
+                await live.done.wait()
+            assert live.outcome is not None
+            assert live.outcome.code == "owner_left"
+            assert live.outcome.seal is not None
+            assert live.outcome.seal.complete
+    assert turns.failures == failures
