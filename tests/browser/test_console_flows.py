@@ -25,7 +25,7 @@ from playwright.async_api import Browser, BrowserContext, Dialog, Page
 
 from broker.auth import totp
 from tests.support.broker import BrokerProcess, cli_env, secondline, start_broker
-from tests.support.browser import WAIT_MS, first_sign_in, terminal_text
+from tests.support.browser import WAIT_MS, first_sign_in, terminal_text, wait_for_line
 from tests.support.console import PASSWORD, build_front_end
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
@@ -323,7 +323,9 @@ async def test_a_level_two_shell_from_sign_in_to_playback(stack: Stack, chromium
     await terminal_text(bob, "cat-2-ready").wait_for(timeout=WAIT_MS)
     await bob.evaluate("text => navigator.clipboard.writeText(text)", big)
     await bob.click("#btn-paste")
-    await terminal_text(bob, f"got-{len(big)}").wait_for(timeout=WAIT_MS)
+    # A failure says whether head's answer reached the terminal (its buffer) or was only
+    # not shown (its view stopped following the output).
+    await wait_for_line(bob, f"got-{len(big)}")
     assert await bob.get_attribute("#terminal-app", "data-state") == "running"
 
     # Resize: the PTY follows the browser window.

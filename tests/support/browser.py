@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Final
+from typing import Any, Final
 
 from playwright.async_api import Browser, Locator, Page, async_playwright
+from playwright.async_api import TimeoutError as PlaywrightTimeout
 
 CHROMIUM: Final = "/usr/bin/chromium"
 ARGS: Final = [
@@ -68,3 +69,33 @@ async def ended_with(page: Page, state: str, text: str) -> None:
         "Connection lost",
         "Verbindung verloren",
     )
+
+
+# What the terminal holds and shows: the last lines of its buffer, and where its viewport is
+# (viewportY below baseY: the view stopped following the output), with the page's state.
+_TERMINAL_STATE: Final = """() => {
+  const buffer = window.secondlineTerminal.buffer.active;
+  const lines = [];
+  for (let i = Math.max(0, buffer.length - 6); i < buffer.length; i++) {
+    lines.push(buffer.getLine(i).translateToString(true));
+  }
+  const app = document.getElementById("terminal-app");
+  return {state: app.dataset.state, viewportY: buffer.viewportY, baseY: buffer.baseY,
+          lines: lines};
+}"""
+
+
+async def terminal_state(page: Page) -> dict[str, Any]:
+    """The console terminal's state for a failure message: whether the bytes arrived (its
+    buffer's last lines) or only were not shown (its viewport stopped following)."""
+    state: dict[str, Any] = await page.evaluate(_TERMINAL_STATE)
+    return state
+
+
+async def wait_for_line(page: Page, text: str) -> None:
+    """Wait for a line of the terminal's screen that reads exactly ``text``; on a timeout,
+    fail saying what the terminal held and where its view was."""
+    try:
+        await terminal_text(page, text).wait_for(timeout=WAIT_MS)
+    except PlaywrightTimeout:
+        raise AssertionError(f"{text!r} not on screen; {await terminal_state(page)}") from None
