@@ -25,6 +25,8 @@ from asyncssh.constants import MSG_USERAUTH_REQUEST
 from asyncssh.listener import TCPListenerFactory
 from asyncssh.packet import SSHPacket
 
+from broker.write_coalescing import CoalescedTransport
+
 log = logging.getLogger(__name__)
 
 # RFC 4253 §4.2: the version line is at most 255 bytes with its CR LF.
@@ -203,7 +205,9 @@ class CheckedStream(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
         self._source = str(peer[0]) if peer else ""
-        self._conn.connection_made(transport)
+        # asyncssh writes every SSH packet on its own (two per packet of output, with its
+        # IGNORE): one iteration's packets leave in one send (broker.write_coalescing).
+        self._conn.connection_made(CoalescedTransport(cast(asyncio.Transport, transport)))
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
