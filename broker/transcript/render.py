@@ -32,6 +32,11 @@ _PLAIN_RUN: Final = re.compile(r"[^\x00-\x1f\x7f-\x9f]+")
 # Whole plain lines (ending in \n, optionally after \r), taken at once when no line is
 # half drawn: the bulk of a long output (`yes`, a log) renders without a call per character.
 _PLAIN_LINES: Final = re.compile(rf"(?:[^\x00-\x1f\x7f-\x9f]{{0,{MAX_LINE}}}\r*\n)+")
+# Runs of the controls that _control drops (every C0/C1 control and DEL but the line
+# controls, ESC, CSI and the string introducers), skipped at once: a transcript of
+# `head -c 1G /dev/zero` was rendered one Python call per byte otherwise, minutes of the
+# broker's CPU for the text attachment of its ticket note.
+_INERT_RUN: Final = re.compile(r"[\x00-\x07\x0e-\x1a\x1c-\x1f\x7f-\x8f\x91-\x97\x99\x9a\x9c]+")
 # Characters that end or abort a control string (OSC, DCS, SOS, PM, APC).
 _STRING_STOP: Final = re.compile(r"[\x07\x18\x1a\x1b\x9c]")
 
@@ -77,6 +82,10 @@ class TextRenderer:
                 m = _PLAIN_RUN.match(text, i)
                 if m is not None:
                     self._write(m.group())
+                    i = m.end()
+                    continue
+                m = _INERT_RUN.match(text, i)
+                if m is not None:
                     i = m.end()
                     continue
                 self._control(text[i])

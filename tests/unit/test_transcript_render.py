@@ -184,3 +184,18 @@ def test_long_plain_output_renders_line_by_line() -> None:
     assert len(lines) == 100_003
     assert lines[100_000] == "a"
     assert [len(line) for line in lines[-2:]] == [MAX_LINE, 1]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=0xA0), max_size=200))
+def test_runs_of_dropped_controls_render_as_character_by_character(raw: str) -> None:
+    """Any mix of text and C0/C1 controls fed at once (runs of dropped controls skipped in
+    bulk) renders exactly as the same output fed one character at a time."""
+    assert list(render_lines([raw])) == list(render_lines(list(raw)))
+
+
+def test_a_long_run_of_nul_renders_to_nothing() -> None:
+    """A megabyte of NUL (`head -c` of /dev/zero) and other dropped controls between two
+    words leaves the words, on one line."""
+    renderer = TextRenderer()
+    assert renderer.feed("a" + "\x00" * 1_000_000 + "\x01\x7f\x85" * 1000 + "b\n") == ["ab"]
