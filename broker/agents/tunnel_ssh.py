@@ -11,6 +11,13 @@ The host key is checked by the connection's owner, :class:`TunnelClient`, agains
 the agent enrolled with. The shared options trust no key (``known_hosts`` is empty, not
 None: None would turn host-key checking off), so asyncssh asks the owner about every key
 the agent presents, and refuses host certificates (no CA is trusted).
+
+The broker then authenticates with its one client key in one request
+(:class:`TunnelConnection`). asyncssh's client would first send a "none" request to learn
+the server's methods, then ask whether the key would do, then send the signed request:
+three round trips, six SSH packets through the WebSocket, TLS and both event loops, where
+the agent's answer is known (it takes public keys only, and this one). RFC 4252 lets a
+client send the signed request first; a refused one still ends in ``PermissionDenied``.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import asyncio
 from typing import Final
 
 import asyncssh
+from asyncssh.auth import _ClientPublicKeyAuth
 
 from agent.protocol import BROKER_SSH_USERNAME
 from agent.tunnel import WebSocketTunnel
@@ -32,6 +40,8 @@ TUNNEL_ENCRYPTION_ALGS: Final = (
     "chacha20-poly1305@openssh.com",
 )
 TUNNEL_MAC_ALGS: Final = ("hmac-sha2-256-etm@openssh.com",)
+#: The one SSH authentication method the broker uses on agent tunnels.
+PUBLICKEY: Final = b"publickey"
 
 
 class TunnelClient(asyncssh.SSHClient):
@@ -48,6 +58,40 @@ class TunnelClient(asyncssh.SSHClient):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = exc
+
+
+class _SignedPublicKeyAuth(_ClientPublicKeyAuth):
+    """asyncssh's public-key authentication without the query before the signed request."""
+
+    async def _start(self) -> None:
+        self._keypair = await self._conn.public_key_auth_requested()
+        if self._keypair is None:
+            self._conn.try_next_auth(next_method=True)
+            return
+        await self._send_signed_request()
+
+
+class TunnelConnection(asyncssh.SSHClientConnection):
+    """asyncssh's client connection, authenticating with one signed public-key request."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        options: asyncssh.SSHClientConnectionOptions,
+        *,
+        wait: str | None = None,
+    ) -> None:
+        super().__init__(loop, options, wait=wait)
+        # asyncssh starts with "none" to learn the server's methods: start with the key.
+        self._auth_methods = [PUBLICKEY]
+
+    def try_next_auth(self, *, next_method: bool = False) -> None:
+        if next_method or self._auth_methods[:1] != [PUBLICKEY]:
+            super().try_next_auth(next_method=next_method)
+            return
+        if self._auth is not None:
+            self._auth.cancel()
+        self._auth = _SignedPublicKeyAuth(self, PUBLICKEY)
 
 
 def tunnel_options(
@@ -107,7 +151,7 @@ async def open_tunnel_connection(
     # set and take happen with nothing awaited in between; every connection has its own.
     waiter: asyncio.Future[None] = loop.create_future()
     options.waiter = waiter
-    conn = asyncssh.SSHClientConnection(loop, options, wait="auth")
+    conn = TunnelConnection(loop, options, wait="auth")
     connected = False
     try:
         # Making the transport calls connection_made, which makes the owner; the agent's

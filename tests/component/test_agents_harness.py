@@ -217,12 +217,22 @@ class LoopbackAgent:
         )
 
     async def connect(
-        self, claim_id: str | None = None, *, key: asyncssh.SSHKey | None = None
+        self,
+        claim_id: str | None = None,
+        *,
+        key: asyncssh.SSHKey | None = None,
+        trusts: asyncssh.SSHKey | None = None,
     ) -> asyncssh.SSHServerConnection:
-        """Dial and serve SSH to the broker, as ``secondline-agent run`` does."""
+        """Dial and serve SSH to the broker, as ``secondline-agent run`` does (accepting
+        ``trusts`` instead of the broker's key, when given)."""
         ws = await self.open_ws(claim_id)
         self.stream = FreezableStream(ws)
-        broker_key = asyncssh.import_authorized_keys(self.answer.broker_ssh_key.serialize())
+        trusted = (
+            self.answer.broker_ssh_key.serialize()
+            if trusts is None
+            else trusts.export_public_key().decode("ascii")
+        )
+        broker_key = asyncssh.import_authorized_keys(trusted)
         self.conn = await asyncssh.connect_reverse(
             tunnel=WebSocketTunnel(self.stream),
             server_host_keys=[key or self.key],

@@ -100,3 +100,37 @@ async def test_a_handshake_cut_short_leaves_nothing_behind(agents: AgentsApp) ->
         await agents.registry.wait_open_at_most(0)
         await agents.registry.wait_handshakes_idle()
     assert agents.registry.handshakes_done == 1
+
+
+async def test_the_broker_authenticates_in_one_signed_request(
+    agents: AgentsApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The broker's first authentication request is its signed public-key one: the agent
+    answers no "none" request and no key query (it sends no failure and no PK_OK), and
+    checks one signature."""
+    caplog.set_level(logging.DEBUG, logger="asyncssh")
+    agent = await agents.agent()
+    asyncssh.set_debug_level(2)  # the level at which both ends log every auth failure
+    try:
+        await agent.connect()
+        async with asyncio.timeout(WAIT):
+            await agents.registry.wait_ready(agent.id)
+    finally:
+        asyncssh.set_debug_level(1)
+    messages = [record.getMessage() for record in caplog.records]
+    assert sum("Verifying request with" in m for m in messages) == 1
+    extra = [m for m in messages if "Remaining auth methods" in m or "Trying public key" in m]
+    assert extra == []
+
+
+async def test_an_agent_refusing_the_brokers_key_is_refused(agents: AgentsApp) -> None:
+    """An agent that trusts another broker key turns the signed request down: the broker
+    gives up at once (it has no other key and no other method) and audits the refusal."""
+    agent = await agents.agent()
+    stranger = asyncssh.generate_private_key("ssh-ed25519")
+    with pytest.raises((asyncssh.Error, OSError)):
+        await agent.connect(trusts=stranger)
+    async with asyncio.timeout(WAIT):
+        await agents.registry.wait_refused(1)
+    assert await agents.denied_reasons() == ["the agent refused the broker's key"]
+    assert not agents.registry.is_online(agent.id)

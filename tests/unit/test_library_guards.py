@@ -7,7 +7,9 @@ says what to do; none of them skips.
 - asyncssh's handler of ``env`` channel requests (the gateway's channel refuses them);
 - the local user name asyncssh asks for (broker/agents/descriptors.py writes LOGNAME);
 - asyncssh's outbound connect (broker/agents/tunnel_ssh.py: its steps after the options are
-  made, done on one shared options object).
+  made, done on one shared options object);
+- asyncssh's client authentication (broker/agents/tunnel_ssh.py: one signed public-key
+  request, without "none" and the key query before it).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import asyncssh
 import pytest
+from asyncssh.auth import _ClientPublicKeyAuth
 from asyncssh.channel import SSHServerChannel
 from asyncssh.misc import map_handler_name
 
@@ -40,6 +43,10 @@ ACCEPT_SOURCE_SHA256 = "a796a1e1085c0998340178865ed7dc7922fe41fe8a878b839079f4f8
 #: sha256 of ``inspect.getsource`` of asyncssh 2.24.1's ``connection._connect``, dedented:
 #: the steps broker/agents/tunnel_ssh.py repeats once the options are made.
 CONNECT_SOURCE_SHA256 = "7d35aa724ce6fb893f755422547d90238875b672953da76cea0fd7072eb76fbf"
+#: sha256 of asyncssh 2.24.1's ``SSHClientConnection.try_next_auth`` and of its
+#: ``_ClientPublicKeyAuth`` class, dedented: what broker/agents/tunnel_ssh.py builds on.
+TRY_NEXT_AUTH_SHA256 = "7d116d46d5b2d549303b966aacf6a86fe7afda6455b0c023dd09ea58e3726163"
+PUBLIC_KEY_AUTH_SHA256 = "ce6948c58bebb5567166a46ba8114af116a95fba38533c861641339c5a7256dd"
 WAIT = 10.0  # failure bound, never a pause
 
 
@@ -217,4 +224,23 @@ def test_the_tunnel_connect_repeats_what_asyncssh_connect_does() -> None:
     assert "self._waiter = options.waiter if wait else None" in init, (
         "asyncssh's connection no longer takes its waiter from the options as it is made: "
         "broker/agents/tunnel_ssh.py sets options.waiter just before making it"
+    )
+
+
+def test_the_tunnel_auth_builds_on_the_installed_client_auth() -> None:
+    """broker/agents/tunnel_ssh.py starts the tunnel's authentication with the signed
+    public-key request: it replaces the first method asyncssh tries ("none") and the
+    query of its public-key auth, and reuses the rest. Another digest means asyncssh
+    changed them: re-check ``TunnelConnection`` and ``_SignedPublicKeyAuth``."""
+    sources = {
+        "try_next_auth": (asyncssh.SSHClientConnection.try_next_auth, TRY_NEXT_AUTH_SHA256),
+        "_ClientPublicKeyAuth": (_ClientPublicKeyAuth, PUBLIC_KEY_AUTH_SHA256),
+    }
+    for name, (member, expected) in sources.items():
+        digest = hashlib.sha256(_source(member).encode()).hexdigest()
+        assert digest == expected, f"asyncssh's {name} changed: re-check tunnel_ssh.py"
+    init = inspect.getsource(asyncssh.connection.SSHConnection.__init__)
+    assert "self._auth_methods = [b'none']" in init, (
+        "asyncssh no longer starts authentication with 'none': re-check what "
+        "TunnelConnection replaces"
     )
