@@ -11,7 +11,7 @@ from typing import Final
 import asyncssh
 from sqlalchemy import Select, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from broker.agents.tokens import ClaimedToken
 from broker.auth.credentials import random_id
@@ -105,6 +105,30 @@ async def get_agent(db: AsyncSession, agent_id: str) -> AgentRecord | None:
     """The agent with this id (revoked or not), or None."""
     found = (await db.execute(_select().where(Agent.id == agent_id))).one_or_none()
     return _record(*found) if found else None
+
+
+@dataclass(frozen=True, slots=True)
+class TunnelKey:
+    """What an agent's tunnel handshake needs of its record: the key it enrolled with."""
+
+    id: str
+    name: str
+    public_key: str
+    revoked: bool
+
+
+async def get_tunnel_key(conn: AsyncConnection, agent_id: str) -> TunnelKey | None:
+    """The enrolled key of the agent with this id (revoked or not), or None.
+
+    Every tunnel handshake asks, thousands at once after a restart: one primary-key select
+    of the columns the handshake needs on a pooled connection, without an ORM session, the
+    customer join, or the facts (kilobytes of JSON per agent, decoded for nothing)."""
+    stmt = select(Agent.name, Agent.public_key, Agent.revoked_at).where(Agent.id == agent_id)
+    found = (await conn.execute(stmt)).one_or_none()
+    if found is None:
+        return None
+    name, public_key, revoked_at = found
+    return TunnelKey(agent_id, name, public_key, revoked_at is not None)
 
 
 def _not_found(ref: str) -> NotFoundError:

@@ -277,8 +277,8 @@ async def _identity(
     when the database cannot answer (too busy, down, or no descriptor to connect with:
     a 503 the agent waits for, not a 500 it retries at once)."""
     try:
-        async with services.db() as db:
-            record = await agent_store.get_agent(db, agent_id)
+        async with services.engine.connect() as conn:
+            record = await agent_store.get_tunnel_key(conn, agent_id)
     except SQLAlchemyTimeoutError:
         return 1
     except (OperationalError, DBAPIError, OSError) as exc:

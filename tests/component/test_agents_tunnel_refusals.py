@@ -1,6 +1,7 @@
 """Agent tunnels turned away for what needs nothing of the agent's record make no
 database query: in a restart storm each attempt paid the agent lookup's round trips
-before it was refused. Queries are counted with a listener on the app's real engine."""
+before it was refused. The one let in reads its agent's key and nothing more. Queries are
+counted with a listener on the app's real engine."""
 
 from __future__ import annotations
 
@@ -18,7 +19,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from websockets.exceptions import InvalidStatus
 
 from broker.agents.tunnel_endpoint import FULL_RETRY_S, TunnelSettings
-from tests.component.test_agents_harness import WAIT, AgentsApp, LoopbackAgent, start_agents_app
+from tests.component.test_agents_harness import (
+    FAST,
+    WAIT,
+    AgentsApp,
+    LoopbackAgent,
+    start_agents_app,
+)
 
 pytestmark = pytest.mark.postgres
 
@@ -91,3 +98,23 @@ async def test_an_agent_past_the_tunnel_budget_is_refused_without_a_query(
         with queries(agents.services.engine) as sent:
             assert await refused(second) == (503, "full", str(FULL_RETRY_S))
         assert sent == []
+
+
+async def test_a_handshake_reads_the_agents_key_and_not_its_record(
+    data_dir: Path, aiohttp_client: AiohttpClient
+) -> None:
+    """Until the agent is online the broker sends one select of the agents table, and it
+    reads neither the facts (kilobytes of JSON per agent) nor the customer."""
+    async with start_agents_app(data_dir, aiohttp_client, FAST) as agents:
+        await agents.customer("acme")
+        agent = await agents.agent()
+        with queries(agents.services.engine) as sent:
+            await agent.connect()
+            async with asyncio.timeout(WAIT):
+                await agents.registry.wait_for(agent.id, online=True)
+        selects = [s for s in sent if s.lstrip().upper().startswith("SELECT")]
+        assert len(selects) == 1, selects
+        (lookup,) = selects
+        assert "agents.public_key" in lookup
+        assert "facts" not in lookup
+        assert "customers" not in lookup
