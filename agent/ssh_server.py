@@ -30,6 +30,7 @@ import asyncssh
 from agent.consent import ConsentService, Decision
 from agent.errors import MessageError, SpawnError
 from agent.facts import Facts
+from agent.ignore_packets import drop_ignore_packets
 from agent.input_reports import encode_input_report
 from agent.login import LoginAccount, session_environment
 from agent.protocol import (
@@ -161,6 +162,10 @@ class AgentSSHServer(asyncssh.SSHServer):
 
     def __init__(self, ctx: ServerContext) -> None:
         self._ctx = ctx
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        # Every packet to the broker once, not after an ignore packet (agent.ignore_packets).
+        drop_ignore_packets(conn)
 
     def begin_auth(self, username: str) -> bool:
         return True  # authentication is always required

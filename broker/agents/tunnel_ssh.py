@@ -28,6 +28,7 @@ from typing import Final
 import asyncssh
 from asyncssh.auth import _ClientPublicKeyAuth
 
+from agent.ignore_packets import drop_ignore_packets
 from agent.protocol import BROKER_SSH_USERNAME
 from agent.tunnel import WebSocketTunnel
 
@@ -55,6 +56,10 @@ class TunnelClient(asyncssh.SSHClient):
         self, host: str, addr: str, port: int, key: asyncssh.SSHKey
     ) -> bool:
         return bool(self.host_key_data) and key.public_data == self.host_key_data
+
+    def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+        # Every packet to the agent once, not after an ignore packet (agent.ignore_packets).
+        drop_ignore_packets(conn)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = exc

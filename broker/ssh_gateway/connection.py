@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Final
 import asyncssh
 from asyncssh.auth import KbdIntChallenge, KbdIntResponse
 
+from agent.ignore_packets import drop_ignore_packets
 from broker.connectors.mirror import ticket_of_external
 from broker.connectors.refs import ExternalTarget, parse_external_target
 from broker.rules import InvalidName, SshTarget, parse_ssh_target
@@ -77,6 +78,8 @@ class GatewayServer(asyncssh.SSHServer):
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
+        # Every packet to the client once, not after an ignore packet (agent.ignore_packets).
+        drop_ignore_packets(conn)
         # asyncssh ends the sign-in on a verified key; this stands in front of that to ask
         # for the code first (see broker/ssh_gateway/second_factor.py).
         self._finish_auth = conn.send_userauth_success

@@ -25,6 +25,7 @@ from tests.component.test_agents_harness import (
     eventually_closed,
     start_agents_app,
 )
+from tests.support.ssh_packets import count_arrivals
 
 pytestmark = pytest.mark.postgres
 
@@ -65,6 +66,20 @@ async def test_a_connected_agent_is_online_with_fresh_facts(agents: AgentsApp) -
     async with asyncio.timeout(WAIT):
         await agents.registry.wait_for(agent.id, online=False)
     assert (await shown(agents, agent.id))["status"] == "offline"
+
+
+async def test_the_broker_sends_no_ignore_packets_to_the_agent(agents: AgentsApp) -> None:
+    """Each packet the broker sends through the tunnel goes alone: no ignore packet in
+    front of it (asyncssh sends one before every packet unless told not to;
+    agent.ignore_packets)."""
+    agent = await agents.agent()
+    arrivals = count_arrivals(await agent.connect())
+    async with asyncio.timeout(WAIT):
+        conn = await agents.registry.wait_ready(agent.id)
+        for word in ("one", "two", "three"):
+            result = await conn.run(f"echo {word}", check=True)
+            assert result.stdout == f"{word}\n"
+    assert arrivals.ignored == 0
 
 
 async def test_a_second_connection_replaces_the_first(agents: AgentsApp) -> None:

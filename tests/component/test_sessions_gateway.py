@@ -14,6 +14,7 @@ from asyncssh.packet import Boolean, String, UInt32
 from broker.keys import public_pem
 from broker.transcript import load_public_key, transcript_paths, verify_transcript
 from tests.component.test_sessions_harness import WAIT, World, world
+from tests.support.ssh_packets import count_arrivals
 
 pytestmark = [
     pytest.mark.postgres,
@@ -100,3 +101,27 @@ async def test_agent_and_x11_forwarding_are_refused(data_dir: Path, tmp_path: Pa
                 assert await make_request(b"x11-req", *x11, UInt32(0)) is False
             chan.write_eof()
             await chan.wait_closed()
+
+
+async def test_keystrokes_and_echoes_come_without_ignore_packets(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """Each echo reaches the staff client as one SSH packet: no ignore packet in front of
+    it (asyncssh sends one before every packet unless told not to; agent.ignore_packets)."""
+    async with world(data_dir, tmp_path) as w:
+        conn = await w.ssh()
+        async with conn:
+            arrivals = count_arrivals(conn)
+            process = await conn.create_process(
+                "stty raw -echo; echo ready; exec cat", term_type="xterm", encoding=None
+            )
+            seen = b""
+            async with asyncio.timeout(WAIT):
+                while b"ready" not in seen:
+                    seen += await process.stdout.read(1024)
+                for key in b"keystrokes":
+                    process.stdin.write(bytes([key]))
+                    assert await process.stdout.readexactly(1) == bytes([key])
+            process.stdin.write_eof()
+            process.close()
+        assert arrivals.ignored == 0

@@ -9,7 +9,8 @@ says what to do; none of them skips.
 - asyncssh's outbound connect (broker/agents/tunnel_ssh.py: its steps after the options are
   made, done on one shared options object);
 - asyncssh's client authentication (broker/agents/tunnel_ssh.py: one signed public-key
-  request, without "none" and the key query before it).
+  request, without "none" and the key query before it);
+- asyncssh's packet sender (agent/ignore_packets.py: no ignore packet before each packet).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from asyncssh.auth import _ClientPublicKeyAuth
 from asyncssh.channel import SSHServerChannel
 from asyncssh.misc import map_handler_name
 
+from agent.ignore_packets import NO_IV_CHAINING, ignore_buys_nothing
 from broker.agents import descriptors, tls_read_buffer
 from broker.keys import make_tls_certificate
 from broker.ssh_gateway.session import GatewayChannel
@@ -47,6 +49,9 @@ CONNECT_SOURCE_SHA256 = "7d35aa724ce6fb893f755422547d90238875b672953da76cea0fd70
 #: ``_ClientPublicKeyAuth`` class, dedented: what broker/agents/tunnel_ssh.py builds on.
 TRY_NEXT_AUTH_SHA256 = "7d116d46d5b2d549303b966aacf6a86fe7afda6455b0c023dd09ea58e3726163"
 PUBLIC_KEY_AUTH_SHA256 = "ce6948c58bebb5567166a46ba8114af116a95fba38533c861641339c5a7256dd"
+#: sha256 of ``inspect.getsource`` of asyncssh 2.24.1's ``SSHConnection.send_packet``,
+#: dedented: the method agent/ignore_packets.py wraps on each connection.
+SEND_PACKET_SOURCE_SHA256 = "731d9ba1d3386e803b93c3a54b02f5fba1630a46a450941ca36e401f63e1188e"
 WAIT = 10.0  # failure bound, never a pause
 
 
@@ -244,3 +249,50 @@ def test_the_tunnel_auth_builds_on_the_installed_client_auth() -> None:
         "asyncssh no longer starts authentication with 'none': re-check what "
         "TunnelConnection replaces"
     )
+
+
+def test_the_ignore_packet_goes_through_the_instance_and_only_after_encryption() -> None:
+    """agent/ignore_packets.py drops the ignore packet asyncssh puts before every packet by
+    replacing ``send_packet`` on the connection: that works while asyncssh sends it with a
+    call through ``self`` once encryption is on, and its send_cipher extra info names the
+    cipher then. Another digest means asyncssh changed how it sends packets: re-check
+    agent/ignore_packets.py, then update SEND_PACKET_SOURCE_SHA256."""
+    send_packet = asyncssh.connection.SSHConnection.send_packet
+    source = _source(send_packet)
+    assert hashlib.sha256(source.encode()).hexdigest() == SEND_PACKET_SOURCE_SHA256, (
+        "asyncssh's SSHConnection.send_packet changed: re-check agent/ignore_packets.py"
+    )
+    assert "if self._send_encryption and pkttype > MSG_KEX_LAST:" in source
+    assert "self.send_packet(MSG_IGNORE, String(b''))" in source
+    assert tuple(inspect.signature(send_packet).parameters) == (
+        "self",
+        "pkttype",
+        "args",
+        "handler",
+    )
+    newkeys = _source(asyncssh.connection.SSHConnection.send_newkeys)
+    assert newkeys.count("send_cipher=") == 2  # client and server, with _send_encryption
+
+
+@pytest.mark.parametrize(
+    ("cipher", "needs_none"),
+    [
+        ("aes128-gcm@openssh.com", True),
+        ("aes256-gcm@openssh.com", True),
+        ("chacha20-poly1305@openssh.com", True),
+        ("aes128-ctr", True),
+        ("aes256-ctr", True),
+        ("aes128-cbc", False),
+        ("aes256-cbc", False),
+        ("3des-cbc", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_only_ciphers_without_iv_chaining_go_without_ignore_packets(
+    cipher: object, needs_none: bool
+) -> None:
+    """A CBC cipher (whose next IV is the last ciphertext block sent), or a cipher not
+    known yet, keeps asyncssh's ignore packets; AEAD and counter mode drop them."""
+    assert ignore_buys_nothing(cipher) is needs_none
+    assert all(not suffix.endswith("cbc") for suffix in NO_IV_CHAINING)
