@@ -30,8 +30,8 @@ import asyncssh
 from agent.consent import ConsentService, Decision
 from agent.errors import MessageError, SpawnError
 from agent.facts import Facts
+from agent.held_reports import HeldReports
 from agent.ignore_packets import drop_ignore_packets
-from agent.input_reports import encode_input_report
 from agent.login import LoginAccount, session_environment
 from agent.protocol import (
     BROKER_SSH_USERNAME,
@@ -234,6 +234,8 @@ class AgentSession(asyncssh.SSHServerSession[bytes]):
         self._turns: SendTurns | None = None
         self._window_full = False
         self._waiting_turn = False
+        # Input reports wait for the output that follows them (agent.held_reports).
+        self._reports: HeldReports | None = None
 
     # -- requests -----------------------------------------------------------------------
 
@@ -428,6 +430,8 @@ class AgentSession(asyncssh.SSHServerSession[bytes]):
             process.write_eof()  # the client's EOF came while the process was starting
 
     def _end_by_user(self) -> None:
+        if self._reports is not None:
+            self._reports.flush()
         if self._chan is not None and not self._closed:
             self._chan.exit_with_signal(END_BY_USER_SIGNAL, False, END_BY_USER_MESSAGE)
 
@@ -497,6 +501,8 @@ class AgentSession(asyncssh.SSHServerSession[bytes]):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        if self._reports is not None:
+            self._reports.drop()
         if self._turns is not None:
             self._turns.forget(self)
         if self._task is not None and not self._task.done():
@@ -510,6 +516,8 @@ class AgentSession(asyncssh.SSHServerSession[bytes]):
     # -- ProcessEvents ------------------------------------------------------------------
 
     def process_output(self, data: bytes) -> None:
+        if self._reports is not None:
+            self._reports.flush()  # the input before this output, in the same message
         if self._chan is not None and not self._closed:
             self._chan.write(data)
             self._after_write()
@@ -527,9 +535,17 @@ class AgentSession(asyncssh.SSHServerSession[bytes]):
         # session's stderr on stdout), so no program on the machine can forge a report.
         # A command on pipes has no terminal to echo; the broker records none of its input.
         if self._pty is not None and self._chan is not None and not self._closed:
-            self._chan.write_stderr(encode_input_report(count, echo))
+            if self._reports is None:
+                self._reports = HeldReports(self._send_reports)
+            self._reports.add(count, echo)
+
+    def _send_reports(self, lines: bytes) -> None:
+        if self._chan is not None and not self._closed:
+            self._chan.write_stderr(lines)
 
     def process_finished(self, returncode: int) -> None:
+        if self._reports is not None:
+            self._reports.flush()
         if self._live is not None:
             self._ctx.registry.ended(self._live, ended_by="exit", returncode=returncode)
         if self._chan is None or self._closed:

@@ -16,6 +16,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
+from agent.held_reports import HOLD_S
 from agent.input_reports import InputReportReader
 from tests.component.test_agent_harness import WAIT, session_env, tunnelled_agent
 from tests.support.ssh_packets import Arrivals, count_arrivals
@@ -103,4 +104,43 @@ async def test_keystrokes_come_without_ignore_packets(counted: Counted) -> None:
         chan.write(bytes([key]))
         await typist.wait_for(number, KEYS[:number])
     assert counted.ignored == before == 0
+    chan.close()
+
+
+async def test_a_keys_report_leaves_with_its_echo(counted: Counted) -> None:
+    """A typed key's input report waits (at most HOLD_S) for the output that follows it
+    and leaves in the same tunnel message, just before it: one message per keystroke, not
+    two. Whether cat echoes within the hold depends on the machine's load, so this asks it
+    of one keystroke in twenty; sent at once, no report ever shares its echo's message."""
+    chan, typist = await open_typist(counted)
+    start = len(typist.arrivals)
+    for number, key in enumerate(KEYS, start=1):
+        chan.write(bytes([key]))
+        await typist.wait_for(number, KEYS[:number])
+    arrivals = typist.arrivals[start:]
+    kinds = [b"report" if what == b"report" else b"echo" for _, what in arrivals]
+    # Every report still comes before its echo (the broker records the key first).
+    assert kinds == [b"report", b"echo"] * len(KEYS)
+    together = [
+        report == echo for (report, _), (echo, _) in zip(arrivals[::2], arrivals[1::2], strict=True)
+    ]
+    assert any(together), f"no report shared its echo's message within {HOLD_S * 1000} ms"
+    chan.close()
+
+
+async def test_a_report_without_output_is_sent_after_the_hold(counted: Counted) -> None:
+    """Input that prints nothing (the terminal does not echo, the program stays silent)
+    is still reported, once the hold ran out."""
+    typist = Typist(counted)
+    chan, _ = await counted.conn.create_session(
+        lambda: typist,
+        "stty raw -echo; echo ready; exec cat >/dev/null",
+        term_type="xterm",
+        env=channel_env(),
+        encoding=None,
+    )
+    await typist.wait_for(0, b"ready")
+    chan.write(b"secret")
+    await typist.wait_for(1, b"ready")
+    assert typist.output == b"ready\n"  # raw: the terminal added no CR, printed nothing more
     chan.close()
