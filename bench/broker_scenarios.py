@@ -8,30 +8,24 @@ broker's VmRSS and CPU its utime + stime, read from /proc (see `procfs`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
 import logging
-import os
-import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
 from bench import BenchError, MeasurementError
 from bench.procfs import cpu_seconds, rss_kib
-from bench.pty_process import KEYS, PtyProcess
 from bench.results import Figure, Outcome
-from bench.session_scenarios import ECHO_COMMAND, READY, pipe_throughput_sample
+from bench.session_scenarios import pipe_throughput_sample
 from bench.settings import Settings
 from bench.stats import largest_passing_step, per_item, percentile
 from bench.targets import AgentSwarm, BrokerTarget, Target
+from bench.typing_load import typing_load
 
 logger = logging.getLogger(__name__)
 
 ONLINE_TIMEOUT_S: Final = 600.0
 ECHO_P99_LIMIT_MS: Final = 50.0
-ECHO_GIVE_UP_S: Final = 5.0
-SESSION_OPEN_TIMEOUT_S: Final = 60.0
 KIB_TO_KB: Final = 1.024
 
 BrokerScenario = Callable[[BrokerTarget, Settings], Awaitable[Outcome]]
@@ -228,108 +222,6 @@ async def cpu_per_gb_recorded(target: BrokerTarget, settings: Settings) -> Outco
     )
 
 
-class TypingSession:
-    """One interactive session driven from the event loop: a typist and its echo times."""
-
-    def __init__(self, argv: list[str], rng: random.Random) -> None:
-        self._pty = PtyProcess(argv)
-        os.set_blocking(self._pty.fd, False)
-        self._loop = asyncio.get_running_loop()
-        self._rng = rng
-        self._seen = bytearray()
-        self.ready: asyncio.Future[None] = self._loop.create_future()
-        self._awaited: tuple[bytes, asyncio.Future[int]] | None = None
-        self.latencies_ms: list[float] = []
-        self._loop.add_reader(self._pty.fd, self._on_readable)
-
-    def _on_readable(self) -> None:
-        try:
-            data = os.read(self._pty.fd, 65536)
-        except BlockingIOError:
-            return
-        except OSError as error:
-            if error.errno != errno.EIO:
-                raise
-            data = b""
-        now = time.perf_counter_ns()
-        if not data:
-            self._loop.remove_reader(self._pty.fd)
-            failure = MeasurementError(f"session ended: {self._pty.describe_tail()!r}")
-            for future in (self.ready, self._awaited[1] if self._awaited else None):
-                if future is not None and not future.done():
-                    future.set_exception(failure)
-            return
-        if not self.ready.done():
-            self._seen += data
-            if READY in self._seen:
-                self.ready.set_result(None)
-            del self._seen[: -len(READY)]
-            return
-        if self._awaited is not None and self._awaited[0] in data:
-            echoed = self._awaited[1]
-            self._awaited = None
-            if not echoed.done():
-                echoed.set_result(now)
-
-    async def type_until(self, deadline: float, interval: float) -> None:
-        """Type one key every ~`interval` s (±50 %) until `deadline`, timing each echo."""
-        index = self._rng.randrange(len(KEYS))
-        while self._loop.time() < deadline:
-            key = KEYS[index % len(KEYS) : index % len(KEYS) + 1]
-            index += 1
-            echoed: asyncio.Future[int] = self._loop.create_future()
-            self._awaited = (key, echoed)
-            sent = time.perf_counter_ns()
-            os.write(self._pty.fd, key)
-            try:
-                async with asyncio.timeout(ECHO_GIVE_UP_S):
-                    arrived = await echoed
-            except TimeoutError:
-                arrived = sent + int(ECHO_GIVE_UP_S * 1e9)
-            self.latencies_ms.append((arrived - sent) / 1e6)
-            # Pacing a typist between keystrokes, not waiting for a state.
-            await asyncio.sleep(interval * self._rng.uniform(0.5, 1.5))
-
-    def close(self) -> None:
-        """Stop reading and end the ssh client."""
-        with contextlib.suppress(ValueError, OSError):
-            self._loop.remove_reader(self._pty.fd)
-        self._pty.close(grace=2.0)
-
-
-async def typing_load(target: Target, sessions: int, settings: Settings) -> list[float]:
-    """Open `sessions` typing sessions at once and return every echo latency in ms."""
-    rng = random.Random(sessions)
-    opened: list[TypingSession] = []
-    gate = asyncio.Semaphore(settings.start_concurrency)
-
-    async def open_one() -> None:
-        async with gate:
-            session = TypingSession(target.ssh_argv(ECHO_COMMAND, tty=True), rng)
-            opened.append(session)
-            async with asyncio.timeout(SESSION_OPEN_TIMEOUT_S):
-                await session.ready
-
-    try:
-        results = await asyncio.gather(
-            *(open_one() for _ in range(sessions)), return_exceptions=True
-        )
-        errors = [result for result in results if isinstance(result, BaseException)]
-        if errors:
-            raise MeasurementError(
-                f"{len(errors)} of {sessions} sessions did not open: {errors[0]!r}"
-            )
-        deadline = asyncio.get_running_loop().time() + settings.step_seconds
-        await asyncio.gather(
-            *(session.type_until(deadline, settings.typing_interval_s) for session in opened)
-        )
-        return [latency for session in opened for latency in session.latencies_ms]
-    finally:
-        await asyncio.gather(
-            *(asyncio.to_thread(session.close) for session in opened), return_exceptions=True
-        )
-
-
 async def max_concurrent_sessions(target: BrokerTarget, settings: Settings) -> Outcome:
     """The most concurrent typing sessions whose echo p99 stays under 50 ms."""
     return await session_capacity(target, settings, "max_concurrent_sessions")
@@ -341,11 +233,19 @@ async def session_capacity(target: Target, settings: Settings, name: str) -> Out
     detail: dict[str, float] = {}
     for sessions in settings.session_steps:
         logger.info("%s: %d typing sessions on %s", name, sessions, target.label)
-        latencies = await typing_load(target, sessions, settings)
-        p99 = percentile(latencies, 99)
+        load = await typing_load(target, sessions, settings)
+        p99 = percentile(load.latencies_ms, 99)
         steps.append((sessions, p99))
         detail[f"p99_ms_at_{sessions}"] = p99
-        detail[f"p50_ms_at_{sessions}"] = percentile(latencies, 50)
+        detail[f"p50_ms_at_{sessions}"] = percentile(load.latencies_ms, 50)
+        detail[f"keys_per_s_at_{sessions}"] = len(load.latencies_ms) / load.seconds
+        # Who used the machine: the load generator (bench and ssh clients) and the broker,
+        # in CPU milliseconds per keystroke and in cores.
+        detail[f"generator_cpu_ms_per_key_at_{sessions}"] = load.per_key_ms(load.generator_cpu_s)
+        detail[f"generator_cores_at_{sessions}"] = load.generator_cpu_s / load.seconds
+        if load.broker_cpu_s is not None:
+            detail[f"broker_cpu_ms_per_key_at_{sessions}"] = load.per_key_ms(load.broker_cpu_s)
+            detail[f"broker_cores_at_{sessions}"] = load.broker_cpu_s / load.seconds
         if p99 >= ECHO_P99_LIMIT_MS:
             break
     # 0 when every step passed: the figure is then a lower bound, not a capacity.

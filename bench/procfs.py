@@ -8,6 +8,7 @@ counted whole (shared pages are then counted once per process: an upper bound).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 from bench import MeasurementError
@@ -107,4 +108,15 @@ def cpu_seconds(pid: int) -> float:
         found = found or member == pid
     if not found:
         raise MeasurementError(f"process {pid} is gone; cannot read its CPU time")
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def processes_cpu_seconds(pids: Iterable[int]) -> float:
+    """Return the CPU seconds of the live processes among `pids` (no descendants; one
+    that is gone counts 0): the bench's own ssh clients, read before they are closed."""
+    ticks = 0
+    for pid in pids:
+        text = _read(PROC / str(pid) / "stat")
+        if text is not None:
+            ticks += parse_cpu_ticks(text)
     return ticks / os.sysconf("SC_CLK_TCK")

@@ -13,6 +13,7 @@ from bench.procfs import (
     parse_ppid,
     parse_vmrss_kib,
     process_tree,
+    processes_cpu_seconds,
     rss_kib,
 )
 
@@ -62,3 +63,12 @@ def test_a_gone_process_is_a_measurement_error() -> None:
         rss_kib(2**22 + 7)
     with pytest.raises(MeasurementError, match="gone"):
         cpu_seconds(2**22 + 7)
+
+
+def test_processes_cpu_counts_the_live_ones_and_skips_the_gone() -> None:
+    """The ssh clients' CPU is summed over the pids still there; a gone one counts 0."""
+    pid = os.getpid()
+    own = processes_cpu_seconds([pid])
+    assert own > 0.0
+    assert processes_cpu_seconds([2**22 + 7]) == 0.0
+    assert processes_cpu_seconds([pid, 2**22 + 7]) >= own
