@@ -31,6 +31,7 @@ from broker.services import Services
 from broker.sessions import lifecycle as lc
 from broker.sessions import opening, store
 from broker.sessions.admission import Admitted, JoinRequest, OpenRequest, admit, refuse
+from broker.sessions.chunks import in_chunks
 from broker.sessions.consent import Grants
 from broker.sessions.errors import (
     AUDIT_STORE_UNAVAILABLE,
@@ -64,6 +65,13 @@ ACCOUNT_CHECK_TICKS: Final = 3
 SHIP_EVERY_S: Final = 1.0
 # A kill waits this long for a start to stop, a hub to seal and its end to be written.
 KILL_WAIT: Final = 3.0
+
+
+def _tick_one(live: LiveSession) -> None:
+    try:
+        live.tick()
+    except Exception:
+        log.exception("session %s: tick failed", live.session_id)
 
 
 class SessionManager:
@@ -136,11 +144,8 @@ class SessionManager:
         while True:
             await asyncio.sleep(1.0)
             rounds += 1
-            for live in list(self.live.values()):
-                try:
-                    live.tick()
-                except Exception:
-                    log.exception("session %s: tick failed", live.session_id)
+            # With the sockets read between chunks of sessions (broker.sessions.chunks).
+            await in_chunks(list(self.live.values()), _tick_one)
             if rounds % ACCOUNT_CHECK_TICKS == 0 and self.live:
                 try:
                     await self.end_disabled_accounts()
