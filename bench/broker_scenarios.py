@@ -246,6 +246,7 @@ async def session_capacity(target: Target, settings: Settings, name: str) -> Out
         if load.broker_cpu_s is not None:
             detail[f"broker_cpu_ms_per_key_at_{sessions}"] = load.per_key_ms(load.broker_cpu_s)
             detail[f"broker_cores_at_{sessions}"] = load.broker_cpu_s / load.seconds
+            detail[f"quiet_wait_s_at_{sessions}"] = load.quiet_wait_s
         if p99 >= ECHO_P99_LIMIT_MS:
             break
     # 0 when every step passed: the figure is then a lower bound, not a capacity.

@@ -9,7 +9,10 @@ future or timeout per keystroke. The first version awaited a future under
 :func:`typing_load` also reports what the load itself cost (:class:`TypingLoad`): the
 CPU of the bench process and of its ssh clients while they typed, and of the broker, so
 a capacity figure says whether it was the broker or the load generator that ran out of
-machine.
+machine. Before the sessions open, and again before they type, it waits until the broker
+is quiet (:func:`wait_quiet`): a broker still finishing the previous scenario's sessions
+(50 streamed transcripts sealed and rendered into ticket notes) took a core while the
+first step typed, and the step measured that, not the typing.
 """
 
 from __future__ import annotations
@@ -33,6 +36,11 @@ from bench.targets import BrokerTarget, Target
 
 ECHO_GIVE_UP_S: Final = 5.0
 SESSION_OPEN_TIMEOUT_S: Final = 60.0
+#: The broker is quiet when it used less than this share of a core over QUIET_WINDOW_S.
+QUIET_CORES: Final = 0.05
+QUIET_WINDOW_S: Final = 1.0
+#: The longest the bench waits for a quiet broker before it types anyway.
+QUIET_GIVE_UP_S: Final = 60.0
 
 
 class TypingSession:
@@ -158,10 +166,26 @@ class TypingLoad:
     """CPU of the bench process and its ssh clients meanwhile: the load generator's."""
     broker_cpu_s: float | None
     """CPU of the broker process meanwhile (a cluster's first node); None: no broker."""
+    quiet_wait_s: float = 0.0
+    """Seconds spent waiting for a quiet broker before opening and before typing."""
 
     def per_key_ms(self, cpu_s: float) -> float:
         """``cpu_s`` spread over the keystrokes, in milliseconds."""
         return cpu_s * 1e3 / max(1, len(self.latencies_ms))
+
+
+async def wait_quiet(pid: int) -> float:
+    """Wait until process ``pid`` used under :data:`QUIET_CORES` of a core over one
+    :data:`QUIET_WINDOW_S`; return the seconds waited (about :data:`QUIET_GIVE_UP_S` when
+    it never was, and the step goes on)."""
+    start = time.monotonic()
+    while True:
+        before = cpu_seconds(pid)
+        # CPU time is only seen over an interval: there is no event for "idle" to wait on.
+        await asyncio.sleep(QUIET_WINDOW_S)
+        waited = time.monotonic() - start
+        if cpu_seconds(pid) - before < QUIET_CORES * QUIET_WINDOW_S or waited >= QUIET_GIVE_UP_S:
+            return waited
 
 
 def _own_cpu_seconds() -> float:
@@ -184,6 +208,7 @@ async def typing_load(target: Target, sessions: int, settings: Settings) -> Typi
                 await session.ready
 
     broker_pid = target.broker_pid() if isinstance(target, BrokerTarget) else None
+    quiet = await wait_quiet(broker_pid) if broker_pid is not None else 0.0
     try:
         results = await asyncio.gather(
             *(open_one() for _ in range(sessions)), return_exceptions=True
@@ -193,6 +218,8 @@ async def typing_load(target: Target, sessions: int, settings: Settings) -> Typi
             raise MeasurementError(
                 f"{len(errors)} of {sessions} sessions did not open: {errors[0]!r}"
             )
+        if broker_pid is not None:
+            quiet += await wait_quiet(broker_pid)
         clients = [session.pid for session in opened]
         generator = _own_cpu_seconds() + processes_cpu_seconds(clients)
         broker = cpu_seconds(broker_pid) if broker_pid is not None else 0.0
@@ -209,6 +236,7 @@ async def typing_load(target: Target, sessions: int, settings: Settings) -> Typi
             seconds=seconds,
             generator_cpu_s=generator,
             broker_cpu_s=broker_s,
+            quiet_wait_s=quiet,
         )
     finally:
         for session in opened:

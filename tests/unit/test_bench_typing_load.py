@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 from bench.settings import Settings
 from bench.targets import FloorTarget
-from bench.typing_load import ECHO_GIVE_UP_S, typing_load
+from bench.typing_load import (
+    ECHO_GIVE_UP_S,
+    QUIET_GIVE_UP_S,
+    QUIET_WINDOW_S,
+    typing_load,
+    wait_quiet,
+)
 
 
 async def test_typists_time_every_echo_and_say_what_they_cost() -> None:
@@ -22,3 +29,14 @@ async def test_typists_time_every_echo_and_say_what_they_cost() -> None:
     assert load.generator_cpu_s > 0
     assert load.broker_cpu_s is None
     assert load.per_key_ms(1.0) == 1e3 / len(load.latencies_ms)
+
+
+async def test_a_quiet_broker_is_seen_within_one_window() -> None:
+    """A process that uses no CPU (a sleeping child) is quiet at the first window."""
+    child = await asyncio.create_subprocess_exec("sleep", "60")
+    try:
+        waited = await wait_quiet(child.pid)
+    finally:
+        child.kill()
+        await child.wait()
+    assert QUIET_WINDOW_S <= waited < QUIET_GIVE_UP_S
