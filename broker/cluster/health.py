@@ -1,6 +1,7 @@
 """What a load balancer and Prometheus ask a node: ``/readyz`` and ``/metrics``.
 
-``/healthz`` (broker.app) says the process answers and reaches its database. ``/readyz``
+``/healthz`` (broker.app) says the process answers and reaches its database, asked on
+the probe's own connection (broker.cluster.readiness) as ``/readyz`` is. ``/readyz``
 says the node should be given new connections: its database answers and, on a cluster
 node, its NATS connection is up (a node without NATS could take an agent nobody else
 would know it holds). The load balancer checks ``/readyz``.

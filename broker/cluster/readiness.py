@@ -1,4 +1,5 @@
-"""Whether this node's database answers, asked without queueing behind the node's own work.
+"""Whether this node's database answers, asked without queueing behind the node's own work
+(``/readyz``, and ``/healthz`` since a herd made it time out the same way).
 
 ``/readyz`` used to take a connection from the node's pool, the one agent lookups and
 API requests use. A restarting cluster's herd of agents holds every pooled connection

@@ -1,7 +1,7 @@
-"""/readyz under a herd and without a database, on a private PostgreSQL cluster
-(tests/support/private_pg.py) that the test can stop for real: a node whose connection
-pool is held by slow queries is busy, not down, and stays ready; a node whose database is
-gone is not ready, and is again once the database is back."""
+"""/readyz and /healthz under a herd and without a database, on a private PostgreSQL
+cluster (tests/support/private_pg.py) that the test can stop for real: a node whose
+connection pool is held by slow queries is busy, not down, and stays ready and healthy; a
+node whose database is gone is neither, and is both again once the database is back."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.pool import QueuePool
 
 import tests.support.private_pg as private_pg_support
+from broker.cluster.readiness import PROBE_WAIT_S
 from broker.services import SERVICES
 from tests.support.api import Api
 from tests.support.broker import init_dir
@@ -38,16 +39,24 @@ def data_dir(private_pg: PrivatePostgres, tmp_path: Path) -> Path:
 
 
 async def ready(api: Api) -> tuple[int, object]:
-    r = await api.client.get("/readyz")
-    return r.status, (await r.json())["database"]
+    # Bounded: a check that waits for the pool would wait for the slow queries to end.
+    async with asyncio.timeout(3 * PROBE_WAIT_S):
+        r = await api.client.get("/readyz")
+        return r.status, (await r.json())["database"]
+
+
+async def healthy(api: Api) -> tuple[int, object]:
+    async with asyncio.timeout(3 * PROBE_WAIT_S):
+        r = await api.client.get("/healthz")
+        return r.status, (await r.json())["status"]
 
 
 async def test_a_node_whose_pool_is_held_by_slow_queries_is_ready(
     api: Api, private_pg: PrivatePostgres
 ) -> None:
     """Every connection of the node's pool runs a query that waits for a lock the test
-    holds (an agent herd's lookups on a busy database): /readyz still answers 200, and
-    the pool is as exhausted after the answer as before it."""
+    holds (an agent herd's lookups on a busy database): /readyz and /healthz still answer
+    200, and the pool is as exhausted after the answers as before them."""
     engine = api.client.app[SERVICES].engine
     pool = engine.pool
     assert isinstance(pool, QueuePool)
@@ -71,6 +80,7 @@ async def test_a_node_whose_pool_is_held_by_slow_queries_is_ready(
             await all_held.wait()
         assert pool.checkedout() == capacity
         assert await ready(api) == (200, "up")
+        assert await healthy(api) == (200, "ok")
         assert pool.checkedout() == capacity  # nothing was freed to answer
     finally:
         await blocker.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
@@ -82,12 +92,15 @@ async def test_a_node_whose_pool_is_held_by_slow_queries_is_ready(
 async def test_a_node_whose_database_is_gone_is_not_ready(
     api: Api, private_pg: PrivatePostgres
 ) -> None:
-    """The database stopped for real: 503 naming the database; ready again once it is
-    back (the probe's kept connection died with it and is made anew)."""
+    """The database stopped for real: 503 naming the database, from both checks; ready and
+    healthy again once it is back (the probe's kept connection died with it and is made
+    anew)."""
     assert await ready(api) == (200, "up")
     await private_pg.stop()
     try:
         assert await ready(api) == (503, "down")
+        assert await healthy(api) == (503, "unavailable")
     finally:
         await private_pg.start()
     assert await ready(api) == (200, "up")
+    assert await healthy(api) == (200, "ok")
