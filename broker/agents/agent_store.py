@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from broker.agents.tokens import ClaimedToken
 from broker.auth.credentials import random_id
 from broker.db.models_agents import Agent
+from broker.db.models_cluster import lease_lapsed
 from broker.db.models_staff import Customer
 from broker.errors import ConflictError, InputError, NotFoundError
 from broker.rules import InvalidName, is_agent_id, parse_agent_ref, parse_customer_name
@@ -275,14 +276,15 @@ async def mark_all_offline(db: AsyncSession) -> int:
     return int(getattr(result, "rowcount", 0) or 0)
 
 
-async def mark_node_offline(db: AsyncSession, node: str) -> int:
+async def mark_node_offline(db: AsyncSession, node: str, *, dead: bool = False) -> int:
     """A cluster node's agents offline: at its own start (a cluster node must not touch the
-    others' tunnels), or when its presence lease ran out (it died)."""
-    result = await db.execute(
-        update(Agent)
-        .where(Agent.online.is_(True), Agent.node == node)
-        .values(online=False, node=None)
-    )
+    others' tunnels), or, ``dead``, when it died: then only while its lease in the
+    database stays lapsed (broker.cluster.lease), so a node that was only silent keeps
+    its agents."""
+    where = [Agent.online.is_(True), Agent.node == node]
+    if dead:
+        where.append(lease_lapsed(node))
+    result = await db.execute(update(Agent).where(*where).values(online=False, node=None))
     return int(getattr(result, "rowcount", 0) or 0)
 
 

@@ -30,6 +30,7 @@ from broker.cluster import peering
 from broker.cluster.bus import Bus, InProcessBus
 from broker.cluster.drain import Drainer, DrainHooks
 from broker.cluster.health import NodeFigures, metrics_registry
+from broker.cluster.lease import NodeLeases
 from broker.cluster.messages import Control, Steer, SteerResult
 from broker.cluster.nats_bus import NatsBus
 from broker.cluster.node import ClusterNode, LocalActions
@@ -146,7 +147,7 @@ def _actions(app: web.Application) -> LocalActions:
     async def forget_node(node: str) -> None:
         services = app[SERVICES]
         async with services.db() as db, db.begin():
-            await agent_store.mark_node_offline(db, node)
+            await agent_store.mark_node_offline(db, node, dead=True)
         sessions = app.get(SESSIONS)
         if sessions is not None:
             # Its sessions are sealed as interrupted by one of the survivors (a claim in the
@@ -305,8 +306,10 @@ async def _cluster_ctx(app: web.Application) -> AsyncIterator[None]:
     services = app[SERVICES]
     config = services.config
     bus: Bus
+    leases: NodeLeases | None = None
     if config.clustered:
         bus = await NatsBus.connect(config.cluster_nats_url, name=config.node)
+        leases = NodeLeases(services.engine, config.node)
     else:
         bus = InProcessBus()
     node = ClusterNode(
@@ -317,11 +320,14 @@ async def _cluster_ctx(app: web.Application) -> AsyncIterator[None]:
         url=config.public_url,
         peer=peer_url(config) if config.clustered else "",
         heartbeat=config.clustered,
+        leases=leases,
     )
     try:
         await node.start()
     except BaseException:
         await bus.close()
+        if leases is not None:
+            await leases.close()
         raise
     app[CLUSTER] = node
     tasks = Supervisor("cluster")
@@ -350,6 +356,8 @@ async def _cluster_ctx(app: web.Application) -> AsyncIterator[None]:
         await tasks.stop()
         await node.stop()
         await bus.close()
+        if leases is not None:
+            await leases.close()
 
 
 def _tls_sha256(cert_pem: bytes) -> bytes:

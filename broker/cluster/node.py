@@ -3,10 +3,14 @@ on, over a :class:`broker.cluster.bus.Bus`.
 
 - **Name**: at start the node asks ``…node.NAME.hello``; an answer means a node of that
   name runs already and this one refuses to start (:class:`NodeNameTaken`).
-- **Presence**: every ``HEARTBEAT_S`` the node announces the agents and sessions it holds;
-  the other nodes keep that for a lease (:mod:`broker.cluster.view`). When a lease runs
-  out, the survivors mark the gone node's agents offline in the database, so the console
-  shows them offline within seconds rather than after the agents come back elsewhere.
+- **Presence**: every ``HEARTBEAT_S`` the node renews its lease in the database
+  (:mod:`broker.cluster.lease`) and announces the agents and sessions it holds; the other
+  nodes keep that for a lease (:mod:`broker.cluster.view`). When a node falls silent and
+  its lease in the database has lapsed too, the survivors mark its agents offline in the
+  database, so the console shows them offline within seconds rather than after the agents
+  come back elsewhere, and seal its sessions. A node silent on NATS whose lease is renewed
+  is alive (starting slowly, or cut off from NATS): it is looked at again every second,
+  never taken for dead on silence alone.
 - **Control**: ``agent.revoke`` and ``user.disable`` are broadcast and every node acts on
   them with its own local calls; ``session.kill`` is asked of the node that holds the
   session, which answers whether it ended it.
@@ -34,6 +38,7 @@ from broker.cluster.bus import (
     NoResponder,
     Subscription,
 )
+from broker.cluster.lease import NodeLeases
 from broker.cluster.messages import (
     Announcement,
     BadMessage,
@@ -53,7 +58,7 @@ CONTROL_WAIT_S: Final = 1.5
 #: How long start-up waits for a node of the same name to answer.
 HELLO_WAIT_S: Final = 1.0
 #: How long a node listens, after its start or NATS's return, before it takes the nodes the
-#: database names but it has not heard for dead (:meth:`ClusterNode._sweep`).
+#: database names but it has not heard for silent (:meth:`ClusterNode._sweep`).
 SWEEP_AFTER_S: Final = LEASE_S + HEARTBEAT_S
 
 
@@ -90,6 +95,7 @@ class ClusterNode:
         url: str = "",
         peer: str = "",
         heartbeat: bool = True,
+        leases: NodeLeases | None = None,
     ) -> None:
         self.bus = bus
         self.subjects = Subjects(cluster)
@@ -106,6 +112,12 @@ class ClusterNode:
         self._sweep_at: float | None = None
         # A single node has nobody to announce itself to: no heartbeat, no lease ticker.
         self._heartbeat = heartbeat
+        self._leases = leases
+        # Nodes silent on NATS that the database names or this node heard before, not yet
+        # known dead: each is taken for dead once its lease in the database has lapsed.
+        self._silent: set[str] = set()
+        # Of those, the ones whose renewed lease was logged (once per silence).
+        self._alive_said: set[str] = set()
 
     # -- life ------------------------------------------------------------------------------
 
@@ -132,6 +144,9 @@ class ClusterNode:
         ]
         self.bus.on_reconnect(self._on_reconnect)
         if self._heartbeat:
+            # Before anything of this node names it in the database (its agents online, its
+            # sessions live): no other node may take it for dead from then on.
+            await self._renew()
             await self._announce()
             self._sweep_at = time.monotonic() + SWEEP_AFTER_S
             self._ticker = asyncio.get_running_loop().create_task(self._tick())
@@ -149,6 +164,8 @@ class ClusterNode:
         for sub in self._subs:
             await sub.unsubscribe()
         self._subs.clear()
+        if self._leases is not None:
+            await self._leases.release()
 
     def announcement(self) -> Announcement:
         agents, sessions = self._actions.held()
@@ -173,16 +190,50 @@ class ClusterNode:
             now = time.monotonic()
             connected = self.bus.connected
             if connected and self._was_connected:
-                for gone in self.view.expire(now):
-                    log.warning("node %s stopped announcing itself: its agents are offline", gone)
-                    await self._forget(gone)
+                self._silent.update(self.view.expire(now))
                 if self._sweep_at is not None and now >= self._sweep_at:
                     self._sweep_at = None
                     await self._sweep()
+                await self._bury()
             self._was_connected = connected
             if now >= next_beat:
                 next_beat = now + HEARTBEAT_S
+                await self._renew()
                 await self._announce()
+
+    async def _renew(self) -> None:
+        # Renewed before each announcement: by the time this node's presence lease runs out
+        # in another node's view, its lease in the database has lapsed as well.
+        if self._leases is not None:
+            await self._leases.renew()
+
+    async def _bury(self) -> None:
+        """Forget the silent nodes whose lease in the database has lapsed: they are dead."""
+        self._silent -= set(self.view.nodes)
+        self._alive_said &= self._silent
+        if not self._silent:
+            return
+        dead: set[str] | None = set(self._silent)
+        if self._leases is not None:
+            dead = await self._leases.lapsed(self._silent)
+        if dead is None:
+            return  # the database did not answer: the next tick looks again
+        for name in sorted(self._silent - dead - self._alive_said):
+            self._alive_said.add(name)
+            log.warning(
+                "node %s does not announce itself, but it renews its lease in the database: "
+                "it runs (starting, or cut off from NATS), and is not taken for dead",
+                name,
+            )
+        for gone in sorted(dead):
+            self._silent.discard(gone)
+            self._alive_said.discard(gone)
+            log.warning(
+                "node %s stopped announcing itself and its lease lapsed: its agents are "
+                "offline, its sessions are sealed as interrupted",
+                gone,
+            )
+            await self._forget(gone)
 
     async def _forget(self, gone: str) -> None:
         try:
@@ -191,15 +242,18 @@ class ClusterNode:
             log.exception("marking the agents of node %s offline failed", gone)
 
     async def _sweep(self) -> None:
-        """Forget the nodes the database names that do not announce themselves.
+        """Look at the nodes the database names that do not announce themselves.
 
         A lease runs out only in the view of a node that heard the dead one: a node that
         died while no other ran (the whole cluster stopped at once), or while this node was
         cut off from NATS, is in nobody's view. Once this node has listened for a lease and
-        a heartbeat, every running node has announced itself to it, so a node the database
-        names (agents marked online, sessions live) that it has not heard is dead: its
-        agents go offline and its sessions are sealed as interrupted, by exactly one node
-        (the claim), as when a lease runs out."""
+        a heartbeat, every running node that reaches NATS has announced itself to it; a
+        node the database names (agents marked online, sessions live) that it has not
+        heard is silent, and dead once its lease in the database has lapsed too
+        (:meth:`_bury`): then its agents go offline and its sessions are sealed as
+        interrupted, by exactly one node (the claim), as when a lease runs out. Silence
+        alone is not enough: a node that started a moment before this look, or whose
+        announcements are late, renews its lease and is left alone."""
         if self._actions.recorded is None:
             return
         try:
@@ -207,19 +261,17 @@ class ClusterNode:
         except Exception:  # a task boundary: the next start or NATS return looks again
             log.exception("reading which nodes the database names failed")
             return
-        for gone in sorted(named - set(self.view.nodes) - {self.name}):
-            log.warning(
-                "node %s is named in the database but does not announce itself: its agents "
-                "are offline, its sessions are sealed as interrupted",
-                gone,
-            )
-            await self._forget(gone)
+        for silent in sorted(named - set(self.view.nodes) - {self.name}):
+            log.warning("node %s is named in the database but does not announce itself", silent)
+            self._silent.add(silent)
 
     async def _on_reconnect(self) -> None:
         # Every lease heard before the outage is stale; rebuild from the next heartbeats
         # instead of expiring nodes that were only out of earshot, and look for the nodes
         # that died meanwhile once every running one has been heard again.
         self.view.clear()
+        self._silent.clear()
+        self._alive_said.clear()
         if self._heartbeat:
             self._sweep_at = time.monotonic() + SWEEP_AFTER_S
         self._actions.rewrite_presence()

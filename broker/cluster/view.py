@@ -13,9 +13,12 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from broker.cluster.messages import Announcement
+from broker.db.models_cluster import NODE_LEASE_S
 
 HEARTBEAT_S: Final = 2.0
-LEASE_S: Final = 7.0
+#: As long as a node's lease in the database (broker.cluster.lease): a node silent for
+#: this long has not renewed that lease either, unless it still runs.
+LEASE_S: Final = NODE_LEASE_S
 
 
 @dataclass(frozen=True, slots=True)

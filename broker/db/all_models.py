@@ -7,6 +7,7 @@ from __future__ import annotations
 from broker.db import (
     models_agents,
     models_audit,
+    models_cluster,
     models_connectors,
     models_console,
     models_directory,
@@ -24,6 +25,7 @@ __all__ = [
     "metadata",
     "models_agents",
     "models_audit",
+    "models_cluster",
     "models_connectors",
     "models_console",
     "models_directory",

@@ -10,6 +10,7 @@ from typing import Final
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from broker.db.models_cluster import lease_lapsed
 from broker.db.models_sessions import RemoteSession, SessionParticipant
 from broker.db.models_staff import User
 from broker.secret_scrubber import scrub_secrets
@@ -122,19 +123,18 @@ async def claim_recovery(
 
     One conditional update: it succeeds only while nobody else holds the claim (or the
     holder is ``by`` itself, after its own restart, or ``gone``, a node that died while
-    sealing it), so two nodes that both saw a node die never both seal its sessions.
+    sealing it), so two nodes that both saw a node die never both seal its sessions; and,
+    for a session of ``gone``, only while ``gone``'s lease in the database stays lapsed,
+    so a node that was only silent (starting slowly, cut off from NATS) keeps recording
+    its sessions and nobody else seals them.
     """
     holders = [RemoteSession.recovered_by.is_(None), RemoteSession.recovered_by == by]
+    where = [RemoteSession.id == session_id, RemoteSession.state.in_(LIVE_STATES)]
     if gone is not None:
         holders.append(RemoteSession.recovered_by == gone)
+        where.append(lease_lapsed(gone))
     result = await db.execute(
-        update(RemoteSession)
-        .where(
-            RemoteSession.id == session_id,
-            RemoteSession.state.in_(LIVE_STATES),
-            or_(*holders),
-        )
-        .values(recovered_by=by)
+        update(RemoteSession).where(*where, or_(*holders)).values(recovered_by=by)
     )
     return bool(getattr(result, "rowcount", 0) == 1)
 
