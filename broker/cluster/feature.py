@@ -35,7 +35,7 @@ from broker.cluster.messages import Control, Steer, SteerResult
 from broker.cluster.nats_bus import NatsBus
 from broker.cluster.node import ClusterNode, LocalActions
 from broker.cluster.peer_client import PeerRouter
-from broker.cluster.peer_server import PEER_STATE, PeerState, peer_socket
+from broker.cluster.peer_server import PEER_STATE, PeerState, close_peer_sockets, peer_socket
 from broker.cluster.readiness import PROBE_WAIT_S, DatabaseProbe
 from broker.cluster.rebalance import RebalanceHooks, Rebalancer
 from broker.cluster.share import RefusalLedger, Share, share_of
@@ -81,6 +81,18 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get(peering.PATH, peer_socket)
+    # Appended after the sessions' drain (inserted first of all shutdown handlers): the
+    # sessions have told their participants why they end before their streams close.
+    app.on_shutdown.append(_close_peers)
+
+
+async def _close_peers(app: web.Application) -> None:
+    """Close this node's peer streams as going away, both ways (docs/cluster.md, "Stopping
+    a node"): the other nodes record why the participants left."""
+    router = app.get(SESSION_ROUTER)
+    if isinstance(router, PeerRouter):
+        await router.going_away()
+    await close_peer_sockets(app)
 
 
 async def _serving(app: web.Application) -> None:

@@ -8,6 +8,10 @@ terminal; while that terminal holds more than :data:`PEER_HIGH` unsent bytes the
 is not read, so TCP pushes back to the hub's node, whose hub then paces the agent (the
 owner) or cuts the participant off (a follower), as for a local terminal. Input goes the
 other way through one bounded queue.
+
+When this node stops, its streams close with a WebSocket close frame saying so (1001,
+going away) after its participants were told why: the hub's node records that they left
+because this node shut down, not that their connection was cut (:meth:`PeerRouter.going_away`).
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ INPUT_MAX: Final = 4 << 20
 #: Reaching the other node: a node that does not answer within this is unreachable.
 DIAL_WAIT_S: Final = 5.0
 MAX_MESSAGE: Final = 512 << 10
+#: At shutdown, how long the streams' closes may wait for the other nodes' answers.
+GOING_AWAY_WAIT_S: Final = 2.0
 
 
 class RemoteSession:
@@ -71,6 +77,11 @@ class RemoteSession:
         self.started: asyncio.Future[Member] = asyncio.get_running_loop().create_future()
         self._session = ""
         self._size = (80, 24)
+        # How the writer closes the stream once the relay is over (1001 when this node stops).
+        self._close_code: int = aiohttp.WSCloseCode.OK
+        self._close_message = b""
+        #: Set once the relay has ended and the stream is closed.
+        self.ended = asyncio.Event()
 
     # -- SessionHandle ---------------------------------------------------------------------
 
@@ -112,6 +123,15 @@ class RemoteSession:
     def end_by_owner(self, pid: int) -> None:
         self._queue(control("end"))
 
+    def going_away(self, message: str, why: bytes) -> None:
+        """This node stops: tell the participant ``message`` and close the stream as going
+        away (``why``), so the hub's node records the reason instead of a cut."""
+        if self._over:
+            return
+        self._close_code, self._close_message = aiohttp.WSCloseCode.GOING_AWAY, why
+        self._lost(message)
+        self._readable.set()
+
     def _queue(self, item: bytes | str) -> None:
         if self._over:
             return
@@ -133,16 +153,32 @@ class RemoteSession:
         except BadPeerMessage as exc:
             log.warning("node %s sent something out of shape: %s", self.node, exc)
         finally:
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
-            if not self._over:
-                self._lost(
-                    f"the connection to node {self.node}, which runs this session, was lost; "
-                    "the session may go on there: connect again to rejoin it"
-                )
-            if not self._ws.closed:
-                await self._ws.close()
+            try:
+                if not self._over and self._ws.close_code == aiohttp.WSCloseCode.GOING_AWAY:
+                    self._lost(
+                        f"the broker is shutting down (node {self.node}, which ran this "
+                        "session); connect again in a moment"
+                    )
+                elif not self._over:
+                    self._lost(
+                        f"the connection to node {self.node}, which runs this session, was "
+                        "lost; the session may go on there: connect again to rejoin it"
+                    )
+                # The writer sends what waits and closes the stream with its code (1001
+                # when this node stops); cancelled mid-close, it would cut the stream instead.
+                try:
+                    async with asyncio.timeout(GOING_AWAY_WAIT_S):
+                        await asyncio.shield(writer)
+                except TimeoutError:
+                    pass
+                finally:
+                    writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writer
+                if not self._ws.closed:
+                    await self._ws.close(code=self._close_code, message=self._close_message)
+            finally:
+                self.ended.set()
 
     def _lost(self, message: str) -> None:
         self._over = True
@@ -208,19 +244,25 @@ class RemoteSession:
 
     async def _write(self) -> None:
         ws = self._ws
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._out and not ws.closed:
-                item = self._out.popleft()
-                self._out_bytes -= len(item)
-                if isinstance(item, bytes):
-                    await ws.send_bytes(item)
-                else:
-                    await ws.send_str(item)
-            if self._over:
-                await ws.close()
-                return
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._out and not ws.closed:
+                    item = self._out.popleft()
+                    self._out_bytes -= len(item)
+                    if isinstance(item, bytes):
+                        await ws.send_bytes(item)
+                    else:
+                        await ws.send_str(item)
+                if self._over:
+                    await ws.close(code=self._close_code, message=self._close_message)
+                    return
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            # The stream went away under a send: the relay sees it too and says so.
+            log.info(
+                "the stream to node %s went away while sending: %s", self.node, type(exc).__name__
+            )
 
 
 def _outcome(f: dict[str, object]) -> Outcome:
@@ -249,15 +291,42 @@ class PeerRouter:
         self._http: aiohttp.ClientSession | None = None
         #: One relay per remote participant; stopped (cancelled) with the node.
         self.tasks = Supervisor("cluster peers")
+        #: The streams relaying now (each leaves the set when its relay ends).
+        self.streams: set[RemoteSession] = set()
 
     async def start(self) -> None:
         await self.tasks.open()
         self._http = aiohttp.ClientSession()
 
+    async def going_away(self, *, wait: float = GOING_AWAY_WAIT_S) -> None:
+        """This node stops (after its own sessions were drained): every participant it
+        relays is told so, and every stream is closed as going away, waiting up to
+        ``wait`` seconds for the other nodes to answer the close."""
+        me = self._node.name
+        why = f"node {me} is shutting down".encode()
+        streams = list(self.streams)
+        for remote in streams:
+            remote.going_away(
+                f"the broker is shutting down (node {me}, which relayed this session from "
+                f"node {remote.node}); connect again in a moment",
+                why,
+            )
+        if streams:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await asyncio.gather(*(remote.ended.wait() for remote in streams))
+
     async def stop(self) -> None:
         await self.tasks.stop()
         if self._http is not None:
             await self._http.close()
+
+    async def _relay(self, remote: RemoteSession) -> None:
+        self.streams.add(remote)
+        try:
+            await remote.run()
+        finally:
+            self.streams.discard(remote)
 
     def holder(self, agent_id: str) -> str | None:
         return self._node.view.holder_of_agent(agent_id)
@@ -330,7 +399,7 @@ class PeerRouter:
         remote = RemoteSession(ws, terminal, node)
         # Cancelled at stop: a relay means nothing once this node stops serving its staff.
         relay = self.tasks.spawn(
-            f"relaying a session of node {node}", remote.run(), cancel_at_stop=True
+            f"relaying a session of node {node}", self._relay(remote), cancel_at_stop=True
         )
         if relay is None:
             await ws.close()

@@ -8,6 +8,11 @@ here), paced or cut off by the hub by its buffer like any terminal. Its buffer i
 waits to be sent on the stream; when the dialling node stops reading (its staff member's
 terminal is slow), TCP stops this node's writes, the buffer grows, and the hub pauses the
 agent (the owner) or cuts the participant off (a follower): no buffer grows without bound.
+
+A stream the other node closes as going away (1001: it is shutting down) is recorded as
+its participant leaving because that node shut down; one that is cut, as "disconnected".
+When this node stops, what its streams still hold after the sessions' drain is closed as
+going away too (:func:`close_peer_sockets`).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Final, cast
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from broker.cluster.peering import (
     PEER_HEADER,
@@ -57,6 +62,13 @@ class PeerState:
     key: bytes
     nonces: Nonces = field(default_factory=Nonces)
     sockets: set[web.WebSocketResponse] = field(default_factory=set)
+    #: Set whenever the last open stream has closed.
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def closed(self, ws: web.WebSocketResponse) -> None:
+        self.sockets.discard(ws)
+        if not self.sockets:
+            self.idle.set()
 
 
 PEER_STATE: Final = web.AppKey("cluster_peer", PeerState)
@@ -80,6 +92,8 @@ class PeerTerminal:
         self.closed = asyncio.Event()
         self.live: LiveSession | None = None
         self.pid = 0
+        #: The other node closed the stream as going away (it is shutting down).
+        self.peer_going_away = False
 
     # -- Terminal --------------------------------------------------------------------------
 
@@ -226,22 +240,28 @@ async def peer_socket(request: web.Request) -> web.StreamResponse:
     terminal = PeerTerminal(ws)
     writer = asyncio.get_running_loop().create_task(terminal.write_loop())
     state.sockets.add(ws)
+    state.idle.clear()
     try:
         ask = await _first(ws)
         if ask is None:
             await ws.close(code=CLOSE_PROTOCOL, message=b"the first message is not a request")
             return ws
         await _serve(request, ws, terminal, ask, origin)
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(5.0):
-                await terminal.closed.wait()
+        # What the hub said last (the session's end) goes out before the stream closes;
+        # a stream the other node closed has nothing more to carry.
+        if not ws.closed:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5.0):
+                    await terminal.closed.wait()
     finally:
         writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await writer
-        state.sockets.discard(ws)
-        if not ws.closed:
-            await ws.close()
+        try:
+            if not ws.closed:
+                await ws.close()
+        finally:
+            state.closed(ws)
     return ws
 
 
@@ -333,7 +353,8 @@ async def _serve(
                 with contextlib.suppress(asyncio.CancelledError, SessionError):
                     await task
         if terminal.live is not None:
-            terminal.live.detach(terminal.pid, "disconnected")
+            why = f"node {origin} shut down" if terminal.peer_going_away else "disconnected"
+            terminal.live.detach(terminal.pid, why)
 
 
 def _perform(live: LiveSession, pid: int, item: bytes | str) -> None:
@@ -361,12 +382,15 @@ async def _read(
     # Input before the session runs is held (bounded by the other node's own early-input
     # limit, which stops reading its staff member past 64 KiB).
     held = 0
-    async for msg in ws:
+    while True:
+        msg = await ws.receive()
         if msg.type == WSMsgType.BINARY:
             item: bytes | str = cast(bytes, msg.data)
         elif msg.type == WSMsgType.TEXT:
             item = cast(str, msg.data)
         else:
+            if msg.type == WSMsgType.CLOSE and msg.data == WSCloseCode.GOING_AWAY:
+                terminal.peer_going_away = True
             return
         live = terminal.live
         try:
@@ -383,3 +407,23 @@ async def _read(
             log.warning("a peer stream sent something out of shape: %s", exc)
             await ws.close(code=CLOSE_PROTOCOL, message=b"message out of shape")
             return
+
+
+async def close_peer_sockets(app: web.Application, *, wait: float = 2.0) -> None:
+    """At shutdown, after the sessions' drain: the streams whose sessions ended get up to
+    ``wait`` seconds to send the end and close by themselves; those still open then (a
+    request not yet made, a session still ending) are closed as going away, so the other
+    nodes see this node stop, not a cut."""
+    state = app.get(PEER_STATE)
+    if state is None or not state.sockets:
+        return
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(wait):
+            await state.idle.wait()
+    why = f"node {state.node} is shutting down".encode()
+    for ws in list(state.sockets):
+        # As for the console's terminals (broker.web.feature): close() raises only for a
+        # socket never prepared or a close frame that timed out, and neither may stop the
+        # other streams from closing.
+        with contextlib.suppress(RuntimeError, TimeoutError):
+            await ws.close(code=WSCloseCode.GOING_AWAY, message=why)

@@ -1,7 +1,8 @@
 """Cluster nodes at the edges of a session, with real nodes on PostgreSQL and NATS, really
 enrolled agent processes and the real OpenSSH client: console file transfers asked of a
 node other than the session's go to the node holding the agent; a node holding an agent's
-tunnel and a session relayed from another node stops on SIGTERM and says so; a node that
+tunnel and a session relayed from another node stops on SIGTERM and says so; a node
+relaying a session stops on SIGTERM and closes its stream as going away; a node that
 died while no other ran is found dead by the next node to start, which seals its session;
 and the host of that dead node, restarted, verifies the sealed copy, not its own unsealed
 files."""
@@ -115,6 +116,54 @@ async def test_transfers_of_another_nodes_session_and_its_node_stopping_on_sigte
     assert shown["end_reason"] == "broker shut down", shown
     verified = ok(secondline("transcript", "verify", sid, data_dir=n2.data_dir))
     assert verified.startswith("valid"), verified
+
+
+async def test_a_node_relaying_a_session_stops_on_sigterm_and_closes_its_stream_cleanly(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """The hub of bob's shell on web01 runs on n1, and bob came in through n2. SIGTERM of
+    n2: bob is told the broker is shutting down and which node relayed him, n2 closes its
+    peer stream as going away instead of cutting it, and n1 records bob leaving because
+    node n2 shut down (not "disconnected"); the session ends there as its owner left,
+    recorded and sealed by n1, and n2 says it stopped with nothing cut short."""
+    site = await site_on(cluster, tmp_path)
+    n1, n2 = cluster.nodes["n1"], cluster.nodes["n2"]
+    await start_agent(site, "web01", "unattended")
+    site.ticket = new_ticket(site, "web01")
+    agents = json.loads(ok(secondline("agent", "list", "--json", data_dir=site.data_dir)))
+    await heard_twice(cluster, "n1", str(agents[0]["id"]))  # n2 knows where web01 is
+    via_n2 = Site(n2, tmp_path, site.key, site.known_hosts)
+    pin_port(site, via_n2.ssh_port)
+    term = await via_n2.interactive(site.ticket)
+    try:
+        term.type("echo up-$((40+2))\n")
+        await term.expect(b"up-42")
+        sid = str(sessions_of(site, site.ticket)[0]["id"])
+        await n1.wait_for_line(f"session {sid}: bob \\(owner\\) is in it from node n2".encode())
+
+        mark = len(n1.output)
+        assert await n2.stop() == 0
+        said = b"".join(n2.output)
+        assert said.rstrip().endswith(b"secondline: stopped"), said[-2000:]
+        assert b"cut short" not in said
+        assert b"Traceback" not in said, said[-3000:]
+        code, err = await term.finish()
+        assert code == 255, (code, err)
+        assert "the broker is shutting down (node n2, which relayed this session" in err, err
+        await n1.wait_for_line(f"session {sid} ended".encode(), mark)
+    finally:
+        if term.proc.returncode is None:
+            term.proc.kill()
+            await term.proc.wait()
+        if site.agent is not None:
+            site.agent.kill()
+            await site.agent.wait()
+    shown = json.loads(ok(secondline("session", "show", sid, "--json", data_dir=n1.data_dir)))
+    assert shown["state"] == "ended", shown
+    left = [(p["name"], p["left_reason"]) for p in shown["participants"]]
+    assert left == [("bob", "node n2 shut down")], shown["participants"]
+    verified = ok(secondline("transcript", "verify", sid, data_dir=n1.data_dir))
+    assert verified.startswith("valid: "), verified
 
 
 async def test_a_node_that_died_alone_is_sealed_by_the_next_and_its_host_verifies_that(
