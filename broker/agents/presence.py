@@ -8,8 +8,11 @@ changes instead and writes whatever is pending in one transaction, with one
 idle it holds one and leaves at once.
 
 Only the last change per agent matters, so changes are coalesced (:class:`PendingChanges`,
-pure). An offline write is conditional on ``connected_at`` not being newer than the
-tunnel that ended, so it never hides a newer tunnel of the same agent.
+pure). An offline write is conditional on the agent being marked online by this node and
+on ``connected_at`` not being newer than the tunnel that ended, so it never hides a newer
+tunnel of the same agent: on this node (the times compared are of one clock), or on
+another node of a cluster, whose clock may be half a minute off this one's, so that its
+newer tunnel can carry an older time.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Final, cast
 
 from sqlalchemy import Table, and_, bindparam, or_, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from broker.db.models_agents import Agent
 from broker.services import Services
@@ -81,7 +85,12 @@ class PendingChanges:
                 online.append({"b_id": agent_id, "b_node": node, "b_at": change.connected_at})
             else:
                 offline.append(
-                    {"b_id": agent_id, "b_connected": change.connected_at, "b_at": change.at}
+                    {
+                        "b_id": agent_id,
+                        "b_node": node,
+                        "b_connected": change.connected_at,
+                        "b_at": change.at,
+                    }
                 )
         facts = [
             {"b_id": agent_id, "b_facts": dict(f.facts), "b_at": f.at}
@@ -105,6 +114,7 @@ _OFFLINE: Final = (
     .where(
         and_(
             _AGENTS.c.id == bindparam("b_id"),
+            _AGENTS.c.node == bindparam("b_node"),
             or_(
                 _AGENTS.c.connected_at.is_(None),
                 _AGENTS.c.connected_at <= bindparam("b_connected"),
@@ -211,11 +221,16 @@ class PresenceWriter:
     async def _write(self, batch: PendingChanges) -> None:
         if not batch:
             return
-        online, offline, facts = batch.rows(self._node)
         async with self._services.db() as db, db.begin():
-            if online:
-                await db.execute(_ONLINE, online)
-            if offline:
-                await db.execute(_OFFLINE, offline)
-            if facts:
-                await db.execute(_FACTS, facts)
+            await write_batch(db, batch, self._node)
+
+
+async def write_batch(db: AsyncSession, batch: PendingChanges, node: str) -> None:
+    """The statements of one batch of node ``node``, in the caller's transaction."""
+    online, offline, facts = batch.rows(node)
+    if online:
+        await db.execute(_ONLINE, online)
+    if offline:
+        await db.execute(_OFFLINE, offline)
+    if facts:
+        await db.execute(_FACTS, facts)

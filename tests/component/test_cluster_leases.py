@@ -1,6 +1,7 @@
 """Nodes' leases in the database, on real PostgreSQL (a cluster's database): a node that
 renews its lease is alive however silent it is, so nobody seals its sessions or marks its
-agents offline; once its lease has lapsed, exactly one node may."""
+agents offline; once its lease has lapsed, exactly one node may. And a node whose clock is
+30 s ahead never marks offline an agent that has moved to another node."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from broker.agents import agent_store
+from broker.agents.presence import Offline, Online, PendingChanges, write_batch
 from broker.cluster.lease import NodeLeases
 from broker.db.engine import create_engine, migrate, session_factory
 from broker.db.models_agents import Agent
@@ -128,3 +130,28 @@ async def test_a_node_restarted_under_its_name_is_alive_again(engine: AsyncEngin
             assert await session_store.claim_recovery(s, SID, by="n1") is True
     finally:
         await n1.close()
+
+
+async def test_a_tunnel_ending_on_a_node_whose_clock_is_ahead_leaves_a_newer_one_online(
+    engine: AsyncEngine,
+) -> None:
+    """web01's tunnel on n1, whose clock is 30 s ahead, was half-open; the agent came back
+    on n2 five seconds later by the true time (25 s earlier by n1's clock). When n1 writes
+    its old tunnel offline, the agent stays online on n2: the row is n2's now."""
+    db = session_factory(engine)
+    skew = dt.timedelta(seconds=30)
+    on_n1_at = NOW + skew  # n1's clock
+    on_n2_at = NOW + dt.timedelta(seconds=5)  # n2's clock, right
+    for node, change in (
+        ("n1", Online(on_n1_at)),
+        ("n2", Online(on_n2_at)),
+        ("n1", Offline(on_n1_at, on_n1_at + dt.timedelta(seconds=40))),
+    ):
+        batch = PendingChanges()
+        batch.presence[AGENT] = change
+        async with db() as s, s.begin():
+            await write_batch(s, batch, node)
+    async with db() as s:
+        agent = await s.get(Agent, AGENT)
+        assert agent is not None
+        assert (agent.online, agent.node, agent.connected_at) == (True, "n2", on_n2_at)

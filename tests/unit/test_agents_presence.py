@@ -20,7 +20,7 @@ def test_only_the_last_change_per_agent_is_written() -> None:
     pending.facts["ag-a"] = FactsChange({"hostname": "a"}, T1)
     online, offline, facts = pending.rows("node1")
     assert online == [{"b_id": "ag-a", "b_node": "node1", "b_at": T1}]
-    assert offline == [{"b_id": "ag-b", "b_connected": T0, "b_at": T1}]
+    assert offline == [{"b_id": "ag-b", "b_node": "node1", "b_connected": T0, "b_at": T1}]
     assert facts == [{"b_id": "ag-a", "b_facts": {"hostname": "a"}, "b_at": T1}]
     assert len(pending) == 3
     assert bool(pending)
