@@ -16,7 +16,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import asyncssh
 from aiohttp import WSCloseCode
@@ -75,6 +75,9 @@ class AgentRegistry:
         self.refused = 0
         #: Agents that came online here lately (a reconnect replacing a tunnel is none).
         self.arrivals = Arrivals()
+        #: Told the id of every agent that gets a tunnel here (a cluster node tells the
+        #: others, which close a tunnel of the same agent they hold: broker.cluster).
+        self.on_attached: Callable[[str], None] | None = None
 
     # -- broker.ports.AgentTunnels --------------------------------------------------------
 
@@ -112,6 +115,8 @@ class AgentRegistry:
             log.info("agent %s reconnected: the older tunnel is closed", tunnel.agent_id)
             old.close("replaced by a newer tunnel of the same agent")
         self._notify()
+        if self.on_attached is not None:
+            self.on_attached(tunnel.agent_id)
         return True
 
     def detach(self, tunnel: LiveTunnel) -> bool:
@@ -179,6 +184,17 @@ class AgentRegistry:
         if tunnel is None:
             return False
         tunnel.close(reason, going_away=True)
+        return True
+
+    def replaced_elsewhere(self, agent_id: str, node: str) -> bool:
+        """The agent got a tunnel on node ``node`` after the one it has here: close this
+        one, as :meth:`attach` closes an older tunnel here. False when none is open here
+        (or it is closing already)."""
+        tunnel = self._live.get(agent_id)
+        if tunnel is None or tunnel.close_reason:
+            return False  # none here, or closing already (handed off, replaced, revoked)
+        log.info("agent %s connected to node %s: the older tunnel here is closed", agent_id, node)
+        tunnel.close(f"replaced by a newer tunnel of the same agent on node {node}")
         return True
 
     def close_all(self, reason: str) -> int:

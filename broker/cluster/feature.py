@@ -10,6 +10,7 @@ state of the cluster.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -27,7 +28,7 @@ from broker.agents import agent_store
 from broker.agents.feature import AGENT_REGISTRY
 from broker.agents.tunnel_endpoint import SHARE_GATE, TUNNEL_RUNTIME, ShareGate
 from broker.cluster import peering
-from broker.cluster.bus import Bus, InProcessBus
+from broker.cluster.bus import Bus, BusUnavailable, InProcessBus
 from broker.cluster.drain import Drainer, DrainHooks
 from broker.cluster.health import NodeFigures, metrics_registry
 from broker.cluster.lease import NodeLeases
@@ -180,6 +181,15 @@ def _actions(app: web.Application) -> LocalActions:
             rows = (await db.execute(agents.union(live))).scalars().all()
         return {str(name) for name in rows if name}
 
+    def connected_elsewhere(agent_id: str, node: str) -> bool:
+        registry = app.get(AGENT_REGISTRY)
+        if registry is None or not registry.replaced_elsewhere(agent_id, node):
+            return False
+        app[CLUSTER_TASKS].spawn(
+            "auditing a tunnel replaced on another node", _audit_replaced(app, agent_id, node)
+        )
+        return True
+
     def steer(request: Steer) -> SteerResult:
         sessions = app.get(SESSIONS)
         live = sessions.manager.get(request.session) if sessions is not None else None
@@ -208,7 +218,43 @@ def _actions(app: web.Application) -> LocalActions:
         steer=steer,
         ready=lambda: app[SHARING].serving and not app[SERVICES].draining,
         recorded=recorded,
+        connected_elsewhere=connected_elsewhere,
     )
+
+
+async def _audit_replaced(app: web.Application, agent_id: str, node: str) -> None:
+    """One agent held a tunnel here and got one on ``node``: this one was closed."""
+    services = app[SERVICES]
+    await services.audit.record(
+        actor=f"agent:{agent_id}",
+        action="agent.tunnel",
+        target=agent_id,
+        outcome="refused",
+        details={
+            "code": "connected_elsewhere",
+            "node": node,
+            "reason": f"the agent connected to node {node} too: its older tunnel on node "
+            f"{services.config.node} was closed",
+        },
+    )
+
+
+def _tell_connected(app: web.Application, node: ClusterNode, tasks: Supervisor) -> None:
+    """Tell the other nodes of every agent that gets a tunnel here: one holding an older
+    tunnel of the same agent (an agent's machine cloned, or a tunnel half-open after the
+    agent reconnected through the load balancer) closes it, so one node holds each agent."""
+    registry = app.get(AGENT_REGISTRY)
+    if registry is None:
+        return
+
+    async def tell(agent_id: str) -> None:
+        with contextlib.suppress(BusUnavailable):
+            await node.broadcast("agent.connected", agent_id, by=f"agent:{agent_id}")
+
+    def attached(agent_id: str) -> None:
+        tasks.spawn("telling the cluster of an agent's tunnel", tell(agent_id))
+
+    registry.on_attached = attached
 
 
 def _share(app: web.Application, node: ClusterNode, *, admitted: bool) -> Share:
@@ -354,6 +400,7 @@ async def _cluster_ctx(app: web.Application) -> AsyncIterator[None]:
         await router.start()
         app[SESSION_ROUTER] = router
         _start_sharing(app, node, tasks)
+        _tell_connected(app, node, tasks)
     figures = _figures(app, node)
     services.audit.observers.append(figures.audited)
     app[METRICS] = Metrics(figures, metrics_registry(figures))

@@ -146,7 +146,15 @@ class Announcement:
         )
 
 
-CONTROL_KINDS: Final = ("session.kill", "agent.revoke", "user.disable", "node.drain")
+#: ``agent.connected``: the origin node took a tunnel of the agent; a node holding an
+#: older one closes it (one tunnel per agent in the whole cluster).
+CONTROL_KINDS: Final = (
+    "session.kill",
+    "agent.revoke",
+    "user.disable",
+    "node.drain",
+    "agent.connected",
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,8 +12,10 @@ on, over a :class:`broker.cluster.bus.Bus`.
   is alive (starting slowly, or cut off from NATS): it is looked at again every second,
   never taken for dead on silence alone.
 - **Control**: ``agent.revoke`` and ``user.disable`` are broadcast and every node acts on
-  them with its own local calls; ``session.kill`` is asked of the node that holds the
-  session, which answers whether it ended it.
+  them with its own local calls; so is ``agent.connected``, sent when an agent gets a
+  tunnel here, on which a node holding an older tunnel of that agent closes it;
+  ``session.kill`` is asked of the node that holds the session, which answers whether it
+  ended it.
 - **NATS away**: live sessions and tunnels go on; nothing expires (a node that hears no one
   cannot tell a dead node from its own outage); cross-node actions fail at once with
   :class:`BusUnavailable`. When NATS returns, the node announces itself and writes its
@@ -82,6 +84,8 @@ class LocalActions:
     ready: Callable[[], bool] | None = None
     # The nodes the database names as holding agents or live sessions.
     recorded: Callable[[], Awaitable[set[str]]] | None = None
+    # Another node took a tunnel of this agent: close the older one here, if any.
+    connected_elsewhere: Callable[[str, str], bool] = lambda _agent, _node: False
 
 
 class ClusterNode:
@@ -313,6 +317,8 @@ class ClusterNode:
                 )
         elif control.kind == "user.disable":
             self._actions.disable(control.target)
+        elif control.kind == "agent.connected":
+            self._actions.connected_elsewhere(control.target, control.origin)
 
     async def _on_kill(self, message: Message) -> None:
         try:

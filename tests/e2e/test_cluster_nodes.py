@@ -1,12 +1,15 @@
 """A cluster of real nodes (`secondline serve --node NAME`) on PostgreSQL and NATS, with
 really enrolled `secondline-agent run` processes and the real OpenSSH client: presence
-across nodes, a taken name, a node killed with SIGKILL, and kill, revoke and disable
-issued on one node taking effect on the node that holds the session or the tunnel."""
+across nodes, a taken name, a node killed with SIGKILL, kill, revoke and disable issued on
+one node taking effect on the node that holds the session or the tunnel, and an agent that
+connects to two nodes at once."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import signal
 import ssl
 import sys
 import time
@@ -19,7 +22,15 @@ from bench.agent_swarm import broker_call
 from broker.cluster.peering import PATH, PEER_HEADER, credential
 from tests.support.broker import BrokerProcess, CliResult, cli_env, free_port, secondline
 from tests.support.cluster import Cluster, heard_twice
-from tests.support.site import Site, new_ticket, ok, sessions_of, staffed_site, start_agent
+from tests.support.site import (
+    Site,
+    new_ticket,
+    ok,
+    run_agent,
+    sessions_of,
+    staffed_site,
+    start_agent,
+)
 
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e, pytest.mark.serial]
 
@@ -253,3 +264,60 @@ async def peer_call(
         session.get(node.url + PATH, headers={**upgrade, **headers}) as response,
     ):
         return response.status, dict(await response.json())
+
+
+def cloned_state(state: Path, clone: Path, broker_url: str) -> Path:
+    """A copy of an enrolled agent's state dir (its identity: id and key) that dials
+    ``broker_url``: the same agent, as a cloned machine would run it. Sockets and the
+    like are the running agent's own and are left out."""
+
+    def special(folder: str, names: list[str]) -> list[str]:
+        return [n for n in names if not (Path(folder, n).is_file() or Path(folder, n).is_dir())]
+
+    shutil.copytree(state, clone, ignore=special)
+    path = clone / "state.json"
+    data = json.loads(path.read_text())
+    data["broker_url"] = broker_url
+    data["tunnel_url"] = broker_url.replace("https://", "wss://") + "/agent/v1/tunnel"
+    path.write_text(json.dumps(data))
+    return clone
+
+
+async def test_an_agent_connecting_to_two_nodes_at_once_keeps_one_tunnel_audited(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """web01 holds its tunnel on n1, and its process freezes (SIGSTOP: the tunnel stays
+    open, as a paused VM's does); the same agent (its id and key, a restored copy of the
+    machine) connects to n2. n1 closes its older tunnel, saying the agent connected to
+    n2, and audits that once; the cluster then counts web01 once, on n2."""
+    site = await site_on(cluster, tmp_path)
+    n1, n2 = cluster.nodes["n1"], cluster.nodes["n2"]
+    state = await start_agent(site, "web01", "unattended")
+    first = site.agent
+    assert first is not None
+    agents = json.loads(ok(secondline("agent", "list", "--json", data_dir=n1.data_dir)))
+    agent_id = str(agents[0]["id"])
+    clone = Site(n2, tmp_path / "clone", site.key, site.known_hosts)
+    clone.tmp.mkdir()
+    try:
+        first.send_signal(signal.SIGSTOP)  # frozen: it cannot dial again and win in turn
+        mark = len(n1.output)
+        await run_agent(clone, cloned_state(state, clone.tmp / "agent-web01", n2.url), "web01")
+        line = await n1.wait_for_line(f"agent {agent_id} offline".encode(), mark)
+        assert b"replaced by a newer tunnel of the same agent on node n2" in line, line
+        await heard_twice(cluster, "n2", agent_id)
+        rows = status(n1.data_dir)
+        assert (rows["n1"]["agents"], rows["n2"]["agents"]) == (0, 1), rows
+        listed = secondline(
+            "audit", "list", "--json", "--action", "agent.tunnel", data_dir=n1.data_dir
+        )
+        events = [
+            e for e in json.loads(ok(listed)) if e["details"].get("code") == "connected_elsewhere"
+        ]
+        assert len(events) == 1, events
+        assert (events[0]["target"], events[0]["details"]["node"]) == (agent_id, "n2")
+    finally:
+        for proc in (first, clone.agent):
+            if proc is not None and proc.returncode is None:
+                proc.kill()
+                await proc.wait()
