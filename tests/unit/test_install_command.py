@@ -56,7 +56,11 @@ def test_hostile_words_reach_the_shell_verbatim() -> None:
 @settings(max_examples=60, deadline=None)
 @given(
     st.lists(
-        st.text(st.characters(blacklist_characters="\0"), max_size=200), min_size=1, max_size=5
+        # No NUL and no lone surrogate: neither can be in a command-line word at all (a
+        # surrogate has no UTF-8 form; Hypothesis found '\ud800' once).
+        st.text(st.characters(codec="utf-8", blacklist_characters="\0"), max_size=200),
+        min_size=1,
+        max_size=5,
     )
 )
 def test_any_words_reach_the_shell_verbatim(values: list[str]) -> None:
