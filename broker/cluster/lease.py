@@ -27,9 +27,9 @@ from typing import Final
 from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import AsyncAdaptedQueuePool
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from broker.cluster.readiness import own_connection
 from broker.db.models_cluster import NodeLease, lease_renewed
 
 log = logging.getLogger(__name__)
@@ -44,13 +44,7 @@ class NodeLeases:
 
     def __init__(self, engine: AsyncEngine, node: str) -> None:
         self.node = node
-        self.engine = create_async_engine(
-            engine.url,
-            poolclass=AsyncAdaptedQueuePool,
-            pool_size=1,
-            max_overflow=0,
-            pool_pre_ping=True,
-        )
+        self.engine = own_connection(engine)
         self._failing = False
 
     async def renew(self) -> bool:

@@ -27,6 +27,18 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool
 PROBE_WAIT_S: Final = 2.0
 
 
+def own_connection(engine: AsyncEngine) -> AsyncEngine:
+    """An engine of one kept connection to ``engine``'s database, outside its pool (a herd's
+    lookups holding every pooled connection must not hold this one up)."""
+    return create_async_engine(
+        engine.url,
+        poolclass=AsyncAdaptedQueuePool,
+        pool_size=1,
+        max_overflow=0,
+        pool_pre_ping=True,
+    )
+
+
 class DatabaseProbe:
     """``SELECT 1`` on a connection of its own (made on first use, kept between probes)."""
 
@@ -36,13 +48,7 @@ class DatabaseProbe:
         # balancer; two at once (a slow database) wait for each other, within `wait`.
         # Pre-ping: the kept connection may have died with a database restart, and the
         # first probe after the restart must not fail for that.
-        self.engine = create_async_engine(
-            engine.url,
-            poolclass=AsyncAdaptedQueuePool,
-            pool_size=1,
-            max_overflow=0,
-            pool_pre_ping=True,
-        )
+        self.engine = own_connection(engine)
 
     async def database_up(self) -> bool:
         try:
