@@ -239,8 +239,11 @@ class Swarm:
         make_token: Callable[[int], Awaitable[str]],
         env: Mapping[str, str] | None = None,
         prefix: str = "",
+        redial: Literal["agent", "fast"] = "fast",
     ) -> None:
         self.plan = plan
+        #: How agents redial after a failed dial or a dropped tunnel (bench.agent_swarm_worker).
+        self.redial = redial
         self.prefix = prefix or f"sim{random.randrange(10**6):06d}"
         self._url = url
         self._cert = cert
@@ -281,7 +284,7 @@ class Swarm:
                 "--token", token, "--count", str(share.size), "--prefix",
                 f"{self.prefix}-{index}", "--cert", str(self._cert),
                 "--wrong-key", str(share.wrong_key), "--impostors", str(share.impostors),
-                "--revoked", str(share.revoked),
+                "--revoked", str(share.revoked), "--redial", self.redial,
             ]  # fmt: skip
             process = await asyncio.create_subprocess_exec(
                 *argv,

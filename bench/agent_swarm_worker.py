@@ -1,19 +1,26 @@
 """The worker process of :mod:`bench.agent_swarm`: many simulated agents in one process.
 
 ``python -m bench.agent_swarm_worker --url U --token T --count N --prefix P --cert C
-[--wrong-key K] [--impostors I] [--revoked R]`` enrolls N agents (the first K wrong_key,
-the next I impostors, the next R revoked, the rest good: :meth:`SwarmPlan.roles`), prints
+[--wrong-key K] [--impostors I] [--revoked R] [--redial agent|fast]`` enrolls N agents
+(the first K wrong_key, the next I impostors, the next R revoked, the rest good:
+:meth:`SwarmPlan.roles`), prints
 ``roster {json}``, then ``status {json}`` lines as things change, and reads commands on
 stdin: ``connect``, ``misbehave``, ``quiesce``; end of input stops it.
 
 Each agent is a ``websockets`` client, the shared adapter of :mod:`agent.tunnel` and a
 light asyncssh server answering ``sl:facts`` (a real SSH handshake, its Ed25519 key, the
 broker's client key pinned), as ``secondline-agent run`` does without its PTY machinery.
-Retries: a 503 waits its ``Retry-After`` plus the real agent's jitter
+Retries: a 503 with ``Retry-After`` waits it plus the real agent's jitter
 (:func:`agent.runner.busy_delay`); a 403 and a failed SSH handshake wait the real agent's
-backoff (:class:`agent.backoff.Backoff`); a dial nobody answers (the broker restarts) is
-retried within 1-2 s, and a dropped tunnel within 1 s, so after a restart the whole swarm
-is back at once: a harsher herd than real agents, which spread over their jitter window.
+backoff (:class:`agent.backoff.Backoff`). The rest depends on ``--redial``:
+
+- ``agent`` (the restart storm bench): as the real agent (``AgentRunner._connect_once``),
+  a dial nobody answers (the broker restarts), any other failed dial and a dropped tunnel
+  wait the agent's exponential backoff with full jitter, reset only by a tunnel that
+  stayed up for a minute: after a restart the swarm comes back spread as real agents do;
+- ``fast`` (the default, for the tests): a failed dial is retried within 1-2 s and a
+  dropped tunnel within 1 s, so after a restart the whole swarm is back at once: a
+  harsher herd than real agents, which keeps the tests short.
 
 A refused SSH handshake is counted once the broker closed the WebSocket with 1008: the
 broker writes the audit record of a refusal before it closes, so the count proves the
@@ -63,7 +70,9 @@ from bench.agent_swarm import ROLES, Role, SwarmPlan
 logger = logging.getLogger(__name__)
 
 ENROLL_CONCURRENCY: Final = 8
+#: ``--redial fast``: the base of a redial after a failed dial or a dropped tunnel.
 RECONNECT_S: Final = 1.0
+REDIALS: Final = ("agent", "fast")
 #: How long a refused agent waits for the broker to close the WebSocket (its audit proof).
 REFUSAL_CLOSE_S: Final = 30.0
 #: The close code the broker ends a refused tunnel with (policy violation).
@@ -98,7 +107,9 @@ class _HeldStream:
 class Worker:
     """This process's agents, the phase, and what their attempts met."""
 
-    def __init__(self) -> None:
+    def __init__(self, redial: str = "fast") -> None:
+        #: Whether failed dials and dropped tunnels wait the real agent's backoff.
+        self.agent_backoff = redial == "agent"
         self.agents: list[SimulatedAgent] = []
         self.phase = 0
         self.misbehaving = False
@@ -245,16 +256,16 @@ class SimulatedAgent:
             if code == 503:
                 told = retry_after(exc)
                 worker.count(phase, self, "busy" if told is not None else "busy_no_retry_after")
-                return RECONNECT_S if told is None else busy_delay(told, jitter)
+                return self._redial(jitter) if told is None else busy_delay(told, jitter)
             worker.count(phase, self, "refused_403" if code in (401, 403) else f"http_{code}")
-            return self.backoff.refused(jitter) if code in (401, 403) else RECONNECT_S
+            return self.backoff.refused(jitter) if code in (401, 403) else self._redial(jitter)
         except ConnectionRefusedError:
             worker.count(phase, self, "dial_refused")  # the broker is not there (restart)
-            return RECONNECT_S * (1 + jitter)
+            return self._redial(jitter)
         except (OSError, TimeoutError, WebSocketException) as exc:
             worker.count(phase, self, "dial_failed")
             logger.debug("dial failed: %r", exc)
-            return RECONNECT_S * (1 + jitter)
+            return self._redial(jitter)
         try:
             conn = await asyncssh.connect_reverse(
                 tunnel=WebSocketTunnel(_HeldStream(websocket)),
@@ -289,8 +300,14 @@ class SimulatedAgent:
             worker.changed.set()
             await websocket.close()
         worker.count(phase, self, "dropped")
-        self.backoff.disconnected(time.monotonic() - began, jitter)
-        return RECONNECT_S * jitter
+        delay = self.backoff.disconnected(time.monotonic() - began, jitter)
+        return delay if worker.agent_backoff else RECONNECT_S * jitter
+
+    def _redial(self, jitter: float) -> float:
+        """The delay after a dial that failed without a Retry-After."""
+        if self.worker.agent_backoff:
+            return self.backoff.failed(jitter)
+        return RECONNECT_S * (1 + jitter)
 
     def _answer_facts(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
         process.stdout.write(FACTS.serialize() + b"\n")
@@ -335,9 +352,11 @@ async def _enroll(
     return key, EnrollmentAnswer.parse(body)
 
 
-async def run_worker(url: str, token: str, plan: SwarmPlan, prefix: str, cert_pem: str) -> None:
+async def run_worker(
+    url: str, token: str, plan: SwarmPlan, prefix: str, cert_pem: str, redial: str = "fast"
+) -> None:
     """Enroll the plan's agents, print the roster, then obey stdin until it ends."""
-    worker = Worker()
+    worker = Worker(redial)
     ssl_context = tunnel_ssl_context(cert_pem)
     roles = plan.roles()
     connector = aiohttp.TCPConnector(ssl=ssl_context, limit=ENROLL_CONCURRENCY)
@@ -406,6 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--wrong-key", type=int, default=0)
     parser.add_argument("--impostors", type=int, default=0)
     parser.add_argument("--revoked", type=int, default=0)
+    parser.add_argument("--redial", choices=REDIALS, default="fast")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="swarm: %(message)s", stream=sys.stderr)
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
@@ -418,7 +438,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         revoked=args.revoked,
     )
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run_worker(args.url, args.token, plan, args.prefix, args.cert.read_text()))
+        asyncio.run(
+            run_worker(args.url, args.token, plan, args.prefix, args.cert.read_text(), args.redial)
+        )
     return 0
 
 

@@ -221,6 +221,10 @@ def summary(figures: dict[str, object]) -> str:
             f"{node['over_share_refusals']}, handed off {node['handed_off']}, "
             f"{node['cpu_ms_per_handshake']} ms CPU/handshake, {node['rss_mib']} MiB"
         )
+    lines.append(
+        f"node CPU per agent back: {figures.get('node_cpu_ms_per_agent')} ms "
+        f"(swarm redial: {figures.get('redial')})"
+    )
     lines.append(f"peaks: {figures.get('peaks')}, swarm attempts: {figures.get('restart_tally')}")
     lines.append(f"HAProxy checks in the restart: {figures.get('haproxy_checks_in_restart')}")
     if "failed" in figures:
