@@ -4,7 +4,7 @@ and facts. :class:`AgentRecord` is the frozen view every other part of the broke
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -108,28 +108,17 @@ async def get_agent(db: AsyncSession, agent_id: str) -> AgentRecord | None:
     return _record(*found) if found else None
 
 
-@dataclass(frozen=True, slots=True)
-class TunnelKey:
-    """What an agent's tunnel handshake needs of its record: the key it enrolled with."""
-
-    id: str
-    name: str
-    public_key: str
-    revoked: bool
-
-
-async def get_tunnel_key(conn: AsyncConnection, agent_id: str) -> TunnelKey | None:
-    """The enrolled key of the agent with this id (revoked or not), or None.
-
-    Every tunnel handshake asks, thousands at once after a restart: one primary-key select
-    of the columns the handshake needs on a pooled connection, without an ORM session, the
-    customer join, or the facts (kilobytes of JSON per agent, decoded for nothing)."""
-    stmt = select(Agent.name, Agent.public_key, Agent.revoked_at).where(Agent.id == agent_id)
-    found = (await conn.execute(stmt)).one_or_none()
-    if found is None:
-        return None
-    name, public_key, revoked_at = found
-    return TunnelKey(agent_id, name, public_key, revoked_at is not None)
+async def tunnel_keys(
+    conn: AsyncConnection, agent_ids: Collection[str]
+) -> dict[str, tuple[str, str, bool]]:
+    """id → (name, public key, revoked) of the enrolled agents among ``agent_ids``: what a
+    tunnel upgrade needs, for many upgrades in one SELECT (broker.agents.identity_lookup),
+    without the rest of the record (facts can be kilobytes) or an ORM object."""
+    revoked = Agent.revoked_at.is_not(None)
+    stmt = select(Agent.id, Agent.name, Agent.public_key, revoked).where(
+        Agent.id.in_(list(agent_ids))
+    )
+    return {row[0]: (row[1], row[2], bool(row[3])) for row in (await conn.execute(stmt)).all()}
 
 
 def _not_found(ref: str) -> NotFoundError:

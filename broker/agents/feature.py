@@ -102,6 +102,7 @@ async def _tunnels_ctx(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        await runtime.lookup.close()
         await runtime.presence.stop()
         # Ends the loops and waits for refusal audits still under way ...
         await runtime.tasks.stop()

@@ -9,7 +9,8 @@ Order of checks, cheapest first, so a flood costs the broker as little as possib
    turned away): the node is draining, or holds its fair share (the checks of 4), or has
    no descriptor to spare, or the agent holds a place in line that is not due yet, or
    too many handshakes are under way (the checks of 5);
-3. the agent is enrolled and not revoked (else 403, audited);
+3. the agent is enrolled and not revoked (else 403, audited): the upgrades waiting at one
+   moment are looked up in one query (:mod:`broker.agents.identity_lookup`);
 4. on a cluster node, the node holds less than its fair share of the cluster's agents
    (else 503 ``over_share`` with a jittered ``Retry-After``, audited: the agent dials the
    load balancer again, which sends it to a node holding fewer; see
@@ -42,7 +43,7 @@ import math
 import random
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Collection, Coroutine
 from dataclasses import dataclass
 from typing import Final
 
@@ -64,6 +65,7 @@ from broker.agents import agent_store, descriptors
 from broker.agents.facts_pacing import FACTS_MAX_WAIT_S, FactsPacer
 from broker.agents.facts_policy import FACTS_OUTPUT_MAX, FactsRefused, parse_facts_output
 from broker.agents.handshake_limiter import HandshakeLimiter
+from broker.agents.identity_lookup import Found, IdentityLookup, TunnelIdentity
 from broker.agents.presence import PresenceWriter
 from broker.agents.refusal_audit import WINDOW_S, RefusalAuditor
 from broker.agents.registry import AgentRegistry, LiveTunnel
@@ -163,6 +165,7 @@ class TunnelRuntime:
         self.refusals = RefusalAuditor(services, settings.refusal_window)
         self.facts_pacer = FactsPacer(registry, max_wait=settings.facts_max_wait)
         self._warned_at: dict[str, float] = {}
+        self.lookup = IdentityLookup(lambda ids: _tunnel_keys(services, ids))
         # Built once: every tunnel differs only in the one host key it trusts (tunnel_ssh).
         self.ssh_options = tunnel_options(
             services.keys.agent_client_key,
@@ -214,20 +217,21 @@ class TunnelRuntime:
         await self.refusals.close()
 
 
+async def _tunnel_keys(services: Services, agent_ids: Collection[str]) -> dict[str, Found]:
+    """The lookup's query: outside a transaction (one committed row per agent needs none),
+    which spares PostgreSQL's BEGIN and ROLLBACK round trips."""
+    async with services.engine.connect() as conn:
+        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+        keys = await agent_store.tunnel_keys(conn, agent_ids)
+    return {
+        agent_id: (TunnelIdentity(agent_id, name, key), revoked)
+        for agent_id, (name, key, revoked) in keys.items()
+    }
+
+
 def _agent_id(request: web.Request) -> str | None:
     raw = request.headers.get(AGENT_ID_HEADER, "")
     return raw if AGENT_ID_RE.fullmatch(raw) else None
-
-
-class TunnelIdentity:
-    """What a live tunnel keeps of its agent's record (thousands are held at once)."""
-
-    __slots__ = ("agent_id", "name", "public_key")
-
-    def __init__(self, agent_id: str, name: str, public_key: str) -> None:
-        self.agent_id = agent_id
-        self.name = name
-        self.public_key = public_key
 
 
 def _busy(seconds: int) -> web.Response:
@@ -270,30 +274,27 @@ def _full() -> web.Response:
     return response
 
 
-async def _identity(
-    services: Services, runtime: TunnelRuntime, agent_id: str, source: str
-) -> TunnelIdentity | int:
+async def _identity(runtime: TunnelRuntime, agent_id: str, source: str) -> TunnelIdentity | int:
     """The enrolled, non-revoked agent of this id, or the seconds after which to ask again
     when the database cannot answer (too busy, down, or no descriptor to connect with:
     a 503 the agent waits for, not a 500 it retries at once)."""
     try:
-        async with services.engine.connect() as conn:
-            record = await agent_store.get_tunnel_key(conn, agent_id)
+        found = await runtime.lookup.get(agent_id)
     except SQLAlchemyTimeoutError:
         return 1
     except (OperationalError, DBAPIError, OSError) as exc:
         runtime.warn_now_and_then("store", "agent tunnels wait: no database (%s)", exc)
         return STORE_RETRY_S
-    if record is None or record.revoked or runtime.registry.is_revoked(agent_id):
-        why = "unknown agent" if record is None else "revoked agent"
+    if found is None or found[1] or runtime.registry.is_revoked(agent_id):
+        why = "unknown agent" if found is None else "revoked agent"
         await runtime.refusals.refused(
-            agent_id, enrolled=record is not None, source=source, reason=why
+            agent_id, enrolled=found is not None, source=source, reason=why
         )
         raise ForbiddenError(
             "this agent is not enrolled here or was revoked; enroll it again with a new token",
             code="agent_refused",
         )
-    return TunnelIdentity(record.id, record.name, record.public_key)
+    return found[0]
 
 
 async def _refuse_over_share(
@@ -345,7 +346,7 @@ async def tunnel_handler(request: web.Request) -> web.StreamResponse:
     wait = runtime.limiter.held_back(agent_id, now, runtime.registry.handshakes_in_flight)
     if wait > 0:
         return _busy(max(1, math.ceil(wait)))
-    identity = await _identity(services, runtime, agent_id, source)
+    identity = await _identity(runtime, agent_id, source)
     if isinstance(identity, int):
         return _busy(identity)
     # The same checks again, exactly: the node may have filled during the lookup.

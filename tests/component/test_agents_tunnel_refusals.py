@@ -118,3 +118,70 @@ async def test_a_handshake_reads_the_agents_key_and_not_its_record(
         assert "agents.public_key" in lookup
         assert "facts" not in lookup
         assert "customers" not in lookup
+
+
+async def test_upgrades_waiting_together_are_looked_up_in_one_query(
+    data_dir: Path, aiohttp_client: AiohttpClient
+) -> None:
+    """A restart storm's upgrades each looked their agent up on their own (a ping, BEGIN,
+    the whole record, ROLLBACK). Those waiting at one moment now share one SELECT of the
+    columns a tunnel needs, and each still gets its own answer: enrolled, revoked, or
+    unknown."""
+    async with start_agents_app(data_dir, aiohttp_client) as agents:
+        await agents.customer("acme")
+        enrolled = [await agents.agent(f"a{i}") for i in range(5)]
+        revoked = await agents.agent("gone")
+        await agents.api.call("POST", f"/agents/{revoked.id}/revoke", expect=200)
+        unknown = "ag-" + "0" * 16
+        ids = [a.id for a in enrolled] + [revoked.id, unknown, enrolled[0].id]
+        lookup = agents.runtime.lookup
+        with queries(agents.services.engine) as sent:
+            answers = await asyncio.gather(*(lookup.get(agent_id) for agent_id in ids))
+        selects = [s for s in sent if s.lstrip().upper().startswith("SELECT")]
+        assert len([s for s in selects if "agents" in s]) == 1, sent
+        assert not [s for s in sent if s.strip().upper() in ("BEGIN", "ROLLBACK")], sent
+        assert (lookup.queries, lookup.asked) == (1, 7)
+        for agent, answer in zip(enrolled, answers, strict=False):
+            assert answer is not None
+            identity, is_revoked = answer
+            assert (identity.agent_id, identity.name, is_revoked) == (
+                agent.id,
+                agent.answer.name,
+                False,
+            )
+            assert (
+                identity.public_key.split()[1] == agent.key.export_public_key().decode().split()[1]
+            )
+        assert answers[5] is not None
+        assert answers[5][1] is True
+        assert answers[6] is None
+        assert answers[7] is not None
+        assert answers[7][0].agent_id == enrolled[0].id
+        assert lookup.under_way == 0
+
+
+async def test_an_upgrade_cancelled_while_it_waits_leaves_the_others_their_answer(
+    data_dir: Path, aiohttp_client: AiohttpClient
+) -> None:
+    """An agent that goes away while its lookup waits (aiohttp cancels its request) must
+    not cancel the query the other upgrades wait for."""
+    async with start_agents_app(data_dir, aiohttp_client) as agents:
+        await agents.customer("acme")
+        first, second = [await agents.agent(name) for name in ("a1", "a2")]
+        lookup = agents.runtime.lookup
+        leaving = asyncio.ensure_future(lookup.get(first.id))
+        staying = asyncio.ensure_future(lookup.get(second.id))
+        # One turn of the loop: both upgrades wait and the query has begun, unanswered.
+        turn = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_soon(turn.set_result, None)
+        await turn
+        assert lookup.under_way == 2
+        leaving.cancel()
+        answer = await staying
+        assert answer is not None
+        assert answer[0].agent_id == second.id
+        assert leaving.cancelled()
+        # The next upgrade is looked up as usual.
+        again = await lookup.get(first.id)
+        assert again is not None
+        assert again[0].agent_id == first.id
