@@ -12,9 +12,9 @@ Order of checks, cheapest first, so a flood costs the broker as little as possib
 3. the agent is enrolled and not revoked (else 403, audited): the upgrades waiting at one
    moment are looked up in one query (:mod:`broker.agents.identity_lookup`);
 4. on a cluster node, the node holds less than its fair share of the cluster's agents
-   (else 503 ``over_share`` with a jittered ``Retry-After``, audited: the agent dials the
-   load balancer again, which sends it to a node holding fewer; see
-   :mod:`broker.cluster.share`);
+   (else 503 ``over_share`` with a jittered ``Retry-After`` whose window grows with the
+   herd turned away, audited: the agent dials the load balancer again, which sends it to
+   a node holding fewer; see :mod:`broker.cluster.share`, :mod:`broker.agents.retry_spread`);
 5. the broker has a descriptor to spare for one more tunnel (else 503 with ``Retry-After``;
    see :mod:`broker.agents.descriptors`), and the handshake limiter admits it (else 503
    with ``Retry-After``: the agent's place in line, given only to an agent looked up);
@@ -44,7 +44,7 @@ import random
 import socket
 import time
 from collections.abc import Callable, Collection, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import asyncssh
@@ -69,6 +69,7 @@ from broker.agents.identity_lookup import Found, IdentityLookup, TunnelIdentity
 from broker.agents.presence import PresenceWriter
 from broker.agents.refusal_audit import WINDOW_S, RefusalAuditor
 from broker.agents.registry import AgentRegistry, LiveTunnel
+from broker.agents.retry_spread import RetrySpread
 from broker.agents.tunnel_ssh import TunnelClient, open_tunnel_connection, tunnel_options
 from broker.agents.ws_stream import AiohttpStream
 from broker.errors import ForbiddenError, InputError, error_response
@@ -93,9 +94,6 @@ STORE_RETRY_S: Final = 5
 #: A draining node turns agents away for this long: by then the load balancer, which checks
 #: /readyz every second and drops a node after two failures, sends them to another node.
 DRAINING_RETRY_S: Final = 2
-#: A node at its fair share turns agents away for a random 1 to 3 s (the agent adds up to
-#: half again): the herd it turns away comes back spread, to the node the balancer picks.
-SHARE_RETRY_S: Final = (1, 3)
 #: The audit's reason for that refusal: one kind for all agents (refusal_audit), so a
 #: storm writes one event and a summary per window, not one per agent.
 OVER_SHARE_REASON: Final = "the node holds its fair share of the cluster's agents"
@@ -112,6 +110,8 @@ class ShareGate:
     turns_away: Callable[[str], bool]
     #: Agents turned away for the share (a metric).
     refused: int = 0
+    #: Their Retry-After: a random wait in a window that grows with the herd.
+    spread: RetrySpread = field(default_factory=RetrySpread)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -252,8 +252,10 @@ def _draining() -> web.Response:
     return response
 
 
-def _over_share() -> web.Response:
-    seconds = random.randint(*SHARE_RETRY_S)  # noqa: S311 - jitter, not a secret
+def _over_share(spread: RetrySpread) -> web.Response:
+    # The herd it turns away comes back spread (the agent adds up to half again), to the
+    # node the load balancer picks.
+    seconds = spread.seconds(time.monotonic(), random.random())  # noqa: S311 - jitter
     response = error_response(
         503,
         "over_share",
@@ -309,7 +311,7 @@ async def _refuse_over_share(
         per_agent=False,
         code="over_share",  # /metrics counts it under the 503's own code
     )
-    return _over_share()
+    return _over_share(gate.spread)
 
 
 async def tunnel_handler(request: web.Request) -> web.StreamResponse:

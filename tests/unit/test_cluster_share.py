@@ -8,6 +8,7 @@ import random
 import pytest
 
 from broker.agents.arrivals import ARRIVALS_KEPT_S, Arrivals
+from broker.agents.retry_spread import LEAST_WINDOW_S, MOST_WINDOW_S, RetrySpread
 from broker.cluster.messages import Announcement, BadMessage
 from broker.cluster.rebalance import pick
 from broker.cluster.share import (
@@ -183,3 +184,28 @@ def test_arrivals_count_what_came_since_a_moment_and_forget_the_old() -> None:
     assert arrivals.since(12.5) == 0
     arrivals.note(12.0 + ARRIVALS_KEPT_S - 0.5)
     assert arrivals.since(0.0) == 2  # the buckets of 10.x are gone
+
+
+def test_a_refusal_tells_one_to_three_seconds_while_the_herd_is_small() -> None:
+    spread = RetrySpread()
+    waits = [spread.seconds(100.0 + i / 10, rand) for i, rand in enumerate([0.0, 0.5, 0.999])]
+    assert waits == [1, 2, 3]
+    assert spread.window() == LEAST_WINDOW_S
+
+
+def test_the_window_grows_with_the_agents_turned_away_in_the_last_second() -> None:
+    """400 turned away in one second: the next second's refusals spread over 8 s, the
+    longest wait told is 8 s and the shortest 1 s; a quiet second after that shrinks it."""
+    spread = RetrySpread(per_second=50)
+    for _ in range(400):
+        spread.seconds(10.5, 0.5)
+    assert spread.window() == 8
+    assert spread.seconds(11.2, 0.999) == 8
+    assert spread.seconds(11.3, 0.0) == 1
+    assert spread.seconds(13.0, 0.999) == LEAST_WINDOW_S  # second 12 turned nobody away
+
+
+def test_the_window_never_passes_its_cap() -> None:
+    spread = RetrySpread(per_second=50)
+    waits = {spread.seconds(5.0, 0.999) for _ in range(10_000)}
+    assert max(waits) == MOST_WINDOW_S
