@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import asyncssh
-from sqlalchemy import Select, select, update
+from sqlalchemy import Select, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -275,6 +275,12 @@ async def mark_node_offline(db: AsyncSession, node: str, *, dead: bool = False) 
         where.append(lease_lapsed(node))
     result = await db.execute(update(Agent).where(*where).values(online=False, node=None))
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def count_seen_since(db: AsyncSession, since: dt.datetime) -> int:
+    """Agents not revoked whose tunnel was up at ``since`` or later (broker.cluster.herd)."""
+    stmt = select(func.count()).where(Agent.revoked_at.is_(None), Agent.last_seen >= since)
+    return int((await db.execute(stmt)).scalar_one())
 
 
 async def touch(db: AsyncSession, agent_ids: Iterable[str], now: dt.datetime) -> None:

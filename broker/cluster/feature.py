@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -31,6 +32,7 @@ from broker.cluster import peering
 from broker.cluster.bus import Bus, BusUnavailable, InProcessBus
 from broker.cluster.drain import Drainer, DrainHooks
 from broker.cluster.health import NodeFigures, metrics_registry
+from broker.cluster.herd import HerdEstimate
 from broker.cluster.lease import NodeLeases
 from broker.cluster.messages import Control, Steer, SteerResult
 from broker.cluster.nats_bus import NatsBus
@@ -68,6 +70,8 @@ class Sharing:
     serving: bool = False
     ledger: RefusalLedger = field(default_factory=RefusalLedger)
     rebalancer: Rebalancer | None = None
+    #: The agents the cluster expects back (a restart's herd), read from the database.
+    herd: HerdEstimate | None = None
 
 
 SHARING: Final = web.AppKey("cluster_sharing", Sharing)
@@ -262,8 +266,10 @@ def _share(app: web.Application, node: ClusterNode, *, admitted: bool) -> Share:
     ``admitted`` adds the upgrades still in their handshake to the total (they are coming),
     not to what this node holds (broker.cluster.share.share_of)."""
     registry = app.get(AGENT_REGISTRY)
+    herd = app[SHARING].herd
+    expected = herd.expected if herd is not None else 0
     if registry is None:
-        return share_of(0, node.view.nodes.values(), time.monotonic())
+        return share_of(0, node.view.nodes.values(), time.monotonic(), expected=expected)
     held = len(registry)
     pending = registry.open_tunnels - held if admitted else 0
     return share_of(
@@ -272,12 +278,22 @@ def _share(app: web.Application, node: ClusterNode, *, admitted: bool) -> Share:
         time.monotonic(),
         pending=pending,
         arrived_since=registry.arrivals.since,
+        expected=expected,
     )
 
 
 def _start_sharing(app: web.Application, node: ClusterNode, tasks: Supervisor) -> None:
     """The tunnel endpoint's gate and the rebalancer of a cluster node."""
     sharing = app[SHARING]
+    services = app[SERVICES]
+
+    async def seen_since(since: dt.datetime) -> int:
+        async with services.db() as db:
+            return await agent_store.count_seen_since(db, since)
+
+    sharing.herd = HerdEstimate(seen_since, services.clock)
+    # RESTART: the count is read again from the database on every round.
+    tasks.keep("counting the expected agents", sharing.herd.run, on_failure=OnFailure.RESTART)
 
     def full() -> bool:
         # Without the bus the view is stale: better take the agent than guess.

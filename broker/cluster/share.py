@@ -97,6 +97,7 @@ def share_of(
     *,
     pending: int = 0,
     arrived_since: Callable[[float], int] | None = None,
+    expected: int = 0,
 ) -> Share:
     """This node's share: every agent heard of counts (a draining node's too: they are
     coming), only the nodes that take agents divide them.
@@ -112,6 +113,9 @@ def share_of(
 
     ``arrived_since(moment)``, what this node took in since then, is added to each peer
     that divides the agents, for the time since it was heard (see the module's docstring).
+
+    ``expected``, the agents the cluster expects back (broker.cluster.herd), is the least
+    total: while a restart's herd comes back, the agents up so far are only part of it.
     """
     total, nodes = held + max(0, pending), 1
     for peer in peers:
@@ -120,7 +124,7 @@ def share_of(
             nodes += 1
             if arrived_since is not None:
                 total += arrived_since(peer.heard_at)
-    return Share(held=held, total=total, nodes=nodes)
+    return Share(held=held, total=max(total, expected), nodes=nodes)
 
 
 @dataclass

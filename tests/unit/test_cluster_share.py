@@ -102,6 +102,22 @@ def test_handshakes_under_way_add_to_the_total_not_to_what_a_node_holds() -> Non
     assert share_of(300, view.nodes.values(), now, pending=10).full
 
 
+def test_the_herd_expected_back_is_the_least_total_while_it_comes() -> None:
+    """2,000 agents coming back after a restart. n1 holds 300 now; n2 and n3 announced 250
+    each a heartbeat ago. Of the 800 up, 300 is more than a fair share (limit 297) and n1
+    turned the herd away; of the 2,000 expected it is far from it (limit 737). Once more
+    agents are up than the count expected (new ones), the agents up count."""
+    view = ClusterView()
+    for name in ("n2", "n3"):
+        view.heard(Announcement(name, agents(250, name), (), ready=True), now=100.0)
+    now = 100.0 + READY_GRACE_S
+    assert share_of(300, view.nodes.values(), now).full
+    share = share_of(300, view.nodes.values(), now, expected=2000)
+    assert (share.total, share.limit, share.full) == (2000, 737, False)
+    assert share_of(800, view.nodes.values(), now, expected=2000).excess == 63
+    assert share_of(300, view.nodes.values(), now, expected=100).total == 800
+
+
 def test_ready_is_on_the_wire_and_taken_as_true_from_an_older_node() -> None:
     """A node says whether it is ready; one that does not say is an older one, ready."""
     said = Announcement("n1", ("ag1",), (), ready=False)
