@@ -424,6 +424,9 @@ async def _run(
 
         figures["loadavg_at_restart"] = os.getloadavg()
         curve: list[tuple[float, int]] = []
+        # Tunnels up (the broker holds them: the agents take sessions) before their facts
+        # are asked for, which waits out the handshakes (broker.agents.facts_pacing).
+        up_curve: list[tuple[float, int]] = []
         began = time.monotonic()
         figures["listening_s"] = await cluster.start_nodes()
         # From when they listen: a node's start (imports, keys, database) is not the storm.
@@ -438,6 +441,7 @@ async def _run(
 
         def record(status: SwarmStatus) -> bool:
             curve.append((time.monotonic() - began, _online(status)))
+            up_curve.append((time.monotonic() - began, status.up.get("good", 0)))
             return _online(status) >= agents
 
         failed = ""
@@ -450,6 +454,10 @@ async def _run(
             figures["profile"] = await _stop_profiles(samplers, results)
         figures |= milestones(curve, agents)
         figures["curve"] = thin(curve)
+        figures["tunnels_up"] = {
+            name.replace("online", "up"): seconds
+            for name, seconds in milestones(up_curve, agents).items()
+        }
         figures["restart_tally"] = tally_delta(tally_before, swarm.status().tally)
         # Nodes HAProxy took out while they were busy with the herd, and the dials it
         # could give to no node meanwhile.

@@ -211,7 +211,8 @@ def summary(figures: dict[str, object]) -> str:
         f" s, stop {figures.get('stop_s')} s, nodes listening {figures.get('listening_s')}",
         f"after the restart: half back {figures.get('half_online_s')} s, 90 % "
         f"{figures.get('ninety_percent_online_s')} s, all {figures.get('all_online_s')} s "
-        f"(promise {PROMISE_S:.0f} s: {'met' if figures.get('promise_met') else 'MISSED'})",
+        f"(promise {PROMISE_S:.0f} s: {'met' if figures.get('promise_met') else 'MISSED'}); "
+        f"tunnels up before their facts: {figures.get('tunnels_up')}",
     ]
     per_node = figures.get("per_node")
     for node in per_node if isinstance(per_node, list) else ():
