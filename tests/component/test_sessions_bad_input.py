@@ -29,6 +29,7 @@ from broker.sessions.hub import LiveSession
 from broker.sessions.hub_agent import AGENT_WINDOW_MIN, AGENT_WRITE_HIGH
 from broker.sessions.output_turns import MAX_CHUNK, OutputTurns
 from broker.transcript import load_public_key, transcript_paths, verify_transcript
+from tests.component.test_sessions_fairness import on_a_loop_turn
 from tests.component.test_sessions_harness import WAIT, World, world
 from tests.support.broker import init_dir
 from tests.support.database import make_backend
@@ -266,28 +267,6 @@ async def test_a_resize_storm_while_output_streams_keeps_the_session_responsive(
 
         await w.wait_for(ended, "the session ended")
         assert verify(w, sessions[0]["id"]) == "valid"
-
-
-async def on_a_loop_turn(holds: Callable[[], bool]) -> None:
-    """Wait until ``holds()``, looked at on every event-loop turn (the hub's state has no
-    event of its own to wait for)."""
-    loop = asyncio.get_running_loop()
-    done = loop.create_future()
-
-    def check() -> None:
-        if done.done():
-            return
-        if holds():
-            done.set_result(None)
-        else:
-            loop.call_soon(check)
-
-    check()
-    try:
-        async with asyncio.timeout(WAIT):
-            await done
-    finally:
-        done.cancel()
 
 
 async def test_a_staff_client_closing_its_channel_mid_stream_only_leaves(
