@@ -34,7 +34,13 @@ from broker.log_context import context_logger
 from broker.ports import NoteAttachment, TicketSystem
 from broker.services import Services
 from broker.supervision import OnFailure, Supervisor
-from broker.transcript import TranscriptError, playable_cast, text_blocks, transcript_paths
+from broker.transcript import (
+    OutputBudget,
+    TranscriptError,
+    playable_cast,
+    text_blocks,
+    transcript_paths,
+)
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +111,11 @@ class Schedule:
 # 10 MiB of a streamed session cost seconds of broker CPU per note, which a broker stopping
 # after many such sessions spent past its shutdown bound; the .cast stays the full record.
 TEXT_ATTACHMENT_MAX: Final = 1 << 20
+# And the output read to make it: a session that printed a gigabyte of zeros or escape
+# sequences renders to almost no text, and the rendering read all of it (25-35 s of broker
+# CPU per GB, beside the next session's relay). 16 MiB of output is far more than any 1 MiB
+# of readable text takes.
+TEXT_OUTPUT_MAX: Final = 16 << 20
 CAST_CONTENT_TYPE: Final = "application/x-asciicast"
 TEXT_CONTENT_TYPE: Final = "text/plain; charset=utf-8"
 
@@ -134,9 +145,10 @@ def _text(cast: Path, max_bytes: int) -> bytes:
     lines: list[str] = []
     chars = 0  # never more than the encoded size: stop reading once that is over budget
     over = False
+    output = OutputBudget(TEXT_OUTPUT_MAX)
     # Measured and joined a block at a time, never a Python step per line: a session of
     # millions of short lines (`yes`) cost seconds of broker CPU per note otherwise.
-    for block in text_blocks(cast):
+    for block in text_blocks(cast, budget=output):
         size = sum(map(len, block)) + len(block)
         if chars + size > budget:
             for line in block:
@@ -148,6 +160,7 @@ def _text(cast: Path, max_bytes: int) -> bytes:
             break
         chars += size
         lines.extend(block)
+    over = over or output.spent
     data = ("\n".join(lines) + "\n").encode("utf-8", "replace") if lines else b""
     if len(data) > budget:
         data, over = data[: data.rfind(b"\n", 0, budget) + 1], True

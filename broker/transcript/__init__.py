@@ -49,6 +49,7 @@ from broker.transcript.errors import (
     TranscriptNotFound,
 )
 from broker.transcript.export import (
+    OutputBudget,
     commands_from_cast,
     export_bundle,
     export_cast,
@@ -110,6 +111,7 @@ __all__ = [
     "KeyFormatError",
     "Mark",
     "MarkParser",
+    "OutputBudget",
     "PromptStart",
     "RecorderClosed",
     "RecorderDiskFull",

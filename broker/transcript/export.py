@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Final, TextIO
 
@@ -176,20 +177,38 @@ def text_lines(cast_path: Path, *, markers: bool = True) -> Iterator[str]:
         yield from block
 
 
-def text_blocks(cast_path: Path, *, markers: bool = True) -> Iterator[list[str]]:
+@dataclass
+class OutputBudget:
+    """How much of a session's output a rendering may take in: ``spent`` once it stopped
+    for it. Output is not text: a session that printed a gigabyte of zeros or of escape
+    sequences renders to almost nothing, and a reader that stops at so much *text* read it
+    all (the ticket note's ``.txt`` rendered a 300 MB transfer whole, seconds of CPU per
+    note beside the next session's relay)."""
+
+    chars: int
+    spent: bool = False
+
+
+def text_blocks(
+    cast_path: Path, *, markers: bool = True, budget: OutputBudget | None = None
+) -> Iterator[list[str]]:
     """:func:`text_lines` in lists (those one event completes): for readers that measure
-    or join many lines at once, without a Python step per line."""
+    or join many lines at once, without a Python step per line. With a ``budget``, it stops
+    once the output taken in passes ``budget.chars`` and sets ``budget.spent``."""
     _, events = read_cast(cast_path)
     renderer = TextRenderer()
     scrubber = LineScrubber()
-    for block in _rendered_blocks(events, renderer, markers):
+    for block in _rendered_blocks(events, renderer, markers, budget):
         cleaned = list(scrubber.lines(block))
         if cleaned:
             yield cleaned
 
 
 def _rendered_blocks(
-    events: Iterator[CastEvent], renderer: TextRenderer, markers: bool
+    events: Iterator[CastEvent],
+    renderer: TextRenderer,
+    markers: bool,
+    budget: OutputBudget | None = None,
 ) -> Iterator[list[str]]:
     waiting: list[str] = []
     output = OutputText()
@@ -202,6 +221,11 @@ def _rendered_blocks(
                 waiting = []
             if lines:
                 yield lines
+            if budget is not None:
+                budget.chars -= len(text)
+                if budget.chars < 0:
+                    budget.spent = True
+                    break
         elif event.code == "m" and markers:
             label = f"[{_clock(event.time)}] {event.data}"
             if renderer.partial:

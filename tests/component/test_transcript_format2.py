@@ -387,3 +387,34 @@ def test_asciinema_cat_plays_the_playable_copy(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == output
+
+
+def test_the_notes_text_stops_reading_output_that_renders_to_nothing(tmp_path: Path) -> None:
+    """24 MiB of zeros render to no text at all: the note's .txt stops taking output in
+    after its budget (16 MiB) and says it was cut, instead of reading the whole transcript
+    for a text that never reaches its size limit; the .cast keeps every byte."""
+    session = Session(tmp_path)
+    session.out(b"before the zeros\r\n", 1000.0)
+    block = bytes(1 << 20)
+    for i in range(24):
+        session.out(block, 1000.1 + i / 100)
+    session.out(b"after the zeros\r\n", 1001.0)
+    cast = session.seal()
+    (attachment,) = read_attachments(tmp_path, SID, [f"{SID}.txt"], 1 << 20)
+    text = attachment.data.decode()
+    assert text.splitlines()[0] == "before the zeros"
+    assert "after the zeros" not in text
+    assert text.endswith("[... cut: the rest is in the .cast transcript]\n")
+    assert len(recorded_output(cast)) == 24 * (1 << 20) + len(
+        b"before the zeros\r\nafter the zeros\r\n"
+    )
+
+
+def test_the_notes_text_reads_all_output_within_its_budget(tmp_path: Path) -> None:
+    """Below the budget nothing is cut: the line after 8 MiB of zeros is there."""
+    session = Session(tmp_path)
+    session.out(bytes(8 << 20), 1000.0)
+    session.out(b"after the zeros\r\n", 1001.0)
+    session.seal()
+    (attachment,) = read_attachments(tmp_path, SID, [f"{SID}.txt"], 1 << 20)
+    assert attachment.data.decode().splitlines() == ["after the zeros"]
