@@ -53,9 +53,13 @@ fmt: $(STAMP)
 demo: install
 	$(BIN)/python -m broker.demo --data-dir ./demo-data
 
+# Then what a session across nodes costs against a same-node one (bench/cluster_hop.py):
+# it needs PostgreSQL and NATS, as the cluster targets of the table do.
+BENCH_PG ?= $(or $(SECONDLINE_BENCH_PG),$(SECONDLINE_TEST_PG),postgresql://postgres@127.0.0.1:5432/test)
 bench: install
 	$(BIN)/python -m bench.kb_eval
 	$(BIN)/python -m bench $(if $(QUICK),--quick,) $(if $(PROFILE),--profile,)
+	SECONDLINE_TEST_PG=$(BENCH_PG) $(BIN)/python -m bench.cluster_hop $(if $(QUICK),--runs 1 --mb 10,--mb 30)
 
 # The restart storm of a three-node cluster (docs/benchmarks.md): 10,000 agents, 300 quick.
 bench-storm: install
