@@ -13,7 +13,8 @@ How bytes move:
 * Writes are coalesced: everything the SSH connection writes during one event-loop turn
   is gathered and sent as one binary message (at most :data:`MAX_TUNNEL_MESSAGE` bytes)
   by a single writer task; there is no per-write queue or task, and a lone write is sent
-  without a copy.
+  without a copy. The writer task exists only while bytes wait: an idle tunnel (a broker
+  holds thousands) keeps no task and no coroutine frame for its sending side.
 * Backpressure both ways: the writer awaits ``stream.send`` (which waits for the socket),
   and while more than the high-water mark is buffered the protocol's ``pause_writing``
   is called (``resume_writing`` below the low-water mark). ``pause_reading`` stops
@@ -84,6 +85,29 @@ class MessageStream(Protocol):
 class TunnelTransport(asyncio.Transport):
     """An asyncio transport whose bytes travel as messages of a :class:`MessageStream`."""
 
+    # Slots: a broker holds thousands of idle tunnels, and an instance dict of this many
+    # attributes is several hundred bytes more than the slots.
+    __slots__ = (
+        "_closed",
+        "_closed_waiter",
+        "_closing",
+        "_high",
+        "_loop",
+        "_low",
+        "_paused",
+        "_pending",
+        "_pending_size",
+        "_protocol",
+        "_protocol_paused",
+        "_reader",
+        "_resumed",
+        "_sending",
+        "_shutdown_task",
+        "_stream",
+        "_turns",
+        "_writer",
+    )
+
     def __init__(
         self,
         stream: MessageStream,
@@ -111,12 +135,11 @@ class TunnelTransport(asyncio.Transport):
         self._paused = False
         #: What the reader waits on while paused (pause_reading) with a message in hand.
         self._resumed: asyncio.Future[None] | None = None
-        #: What the writer waits on while nothing is buffered.
-        self._wakeup: asyncio.Future[None] | None = None
         self._closed = False
         #: What wait_closed() callers wait on until the protocol was told.
         self._closed_waiter: asyncio.Future[None] | None = None
         self._reader: asyncio.Task[None] | None = None
+        #: Sends what is buffered; None while nothing is (started by write and close).
         self._writer: asyncio.Task[None] | None = None
         self._shutdown_task: asyncio.Task[None] | None = None
 
@@ -124,18 +147,17 @@ class TunnelTransport(asyncio.Transport):
         """Tell the protocol it is connected and start moving bytes."""
         self._protocol.connection_made(self)
         self._reader = self._loop.create_task(self._read_loop())
-        self._writer = self._loop.create_task(self._write_loop())
 
     # -- asyncio.WriteTransport -------------------------------------------------------
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Buffer ``data``; the writer task sends it on the next loop turn."""
+        """Buffer ``data``; the writer task sends it from the next loop turn on."""
         if self._closing or not data:
             return
         chunk = data if isinstance(data, bytes) else bytes(data)
         self._pending.append(chunk)
         self._pending_size += len(chunk)
-        self._wake_writer()
+        self._start_writer()
         if self._turns is not None:
             self._turns.level(self._pending_size + self._sending)
         if not self._protocol_paused and self._pending_size > self._high:
@@ -196,7 +218,9 @@ class TunnelTransport(asyncio.Transport):
         self._closing = True
         if self._reader is not None:
             self._reader.cancel()
-        self._wake_writer()
+        # The writer sends what is buffered first and then shuts down; without one, now.
+        if self._writer is None:
+            self._start_shutdown(None)
 
     def is_closing(self) -> bool:
         """True once close or abort was called, or the stream ended."""
@@ -221,9 +245,11 @@ class TunnelTransport(asyncio.Transport):
 
     # -- internals --------------------------------------------------------------------
 
-    def _wake_writer(self) -> None:
-        _wake(self._wakeup)
-        self._wakeup = None
+    def _start_writer(self) -> None:
+        # Its first step runs after the current loop turn's callbacks: the writes they
+        # make leave together, as they did when an idle writer was woken.
+        if self._writer is None:
+            self._writer = self._loop.create_task(self._write_loop())
 
     async def _while_paused(self) -> None:
         """Return once reading is not paused (at once when it is not)."""
@@ -260,13 +286,7 @@ class TunnelTransport(asyncio.Transport):
 
     async def _write_loop(self) -> None:
         try:
-            while True:
-                while not self._pending:
-                    if self._closing:
-                        self._start_shutdown(None)
-                        return
-                    self._wakeup = self._loop.create_future()
-                    await self._wakeup
+            while self._pending:
                 message = self._take()
                 self._sending = len(message)
                 await self._stream.send(message)
@@ -280,7 +300,14 @@ class TunnelTransport(asyncio.Transport):
             raise
         except Exception as exc:  # a task boundary: the stream failed under us
             logger.debug("tunnel send failed: %r", exc)
+            # self._writer stays set: no other writer starts on the failed stream.
             self._start_shutdown(exc)
+            return
+        # Nothing buffered: the task ends (write starts the next one) with nothing awaited
+        # between the check above and here, so no write can be left without a writer.
+        self._writer = None
+        if self._closing:
+            self._start_shutdown(None)
 
     async def _read_loop(self) -> None:
         error: Exception | None = None
@@ -345,6 +372,8 @@ def _wake(waiter: asyncio.Future[None] | None) -> None:
 
 class WebSocketTunnel:
     """An asyncssh tunnel over one :class:`MessageStream` (one SSH connection per tunnel)."""
+
+    __slots__ = ("_extra", "_stream", "_transport", "_turns")
 
     def __init__(
         self,

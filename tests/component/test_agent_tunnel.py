@@ -289,25 +289,50 @@ async def test_ssh_runs_both_ways_over_a_real_websocket(
         await server_conn.wait_closed()
 
 
-async def test_an_idle_tunnel_holds_no_event_and_one_waiter() -> None:
-    """Idle (connected, nothing moving), the transport holds no asyncio Event and one
-    pending future (the writer's); the next write and message still move at once."""
+def _waiting(transport: TunnelTransport) -> tuple[list[object], list[object]]:
+    """What the transport holds that waits: pending futures and Events, and its tasks."""
+    state = [getattr(transport, name) for name in TunnelTransport.__slots__]
+    futures: list[object] = [
+        v
+        for v in state
+        if isinstance(v, asyncio.Event)
+        or (isinstance(v, asyncio.Future) and not isinstance(v, asyncio.Task) and not v.done())
+    ]
+    tasks: list[object] = [v for v in state if isinstance(v, asyncio.Task) and not v.done()]
+    return futures, tasks
+
+
+async def _turns(count: int = 5) -> None:
+    for _ in range(count):
+        await asyncio.sleep(0)  # yield turns (no time passes): let the tasks park or end
+
+
+async def test_an_idle_tunnel_holds_no_event_no_waiter_and_no_writer() -> None:
+    """Idle (connected, nothing moving), the transport holds no asyncio Event, no pending
+    future and one task, its reader (waiting on the stream): a writer task lives only
+    while bytes wait. The next write and message still move at once, and the writer is
+    gone again once they left."""
     stream = MemoryStream()
     transport, protocol = await _open(stream)
-    for _ in range(5):
-        await asyncio.sleep(0)  # yield turns (no time passes): let both tasks park
-    state = vars(transport).values()
-    assert not any(isinstance(value, asyncio.Event) for value in state)
-    waiters = [
-        v for v in state if isinstance(v, asyncio.Future) and not isinstance(v, asyncio.Task)
-    ]
-    assert [waiter.done() for waiter in waiters] == [False]
-    transport.write(b"after idle")
-    await _until(stream.sent_event)
+    assert isinstance(transport, TunnelTransport)
+    await _turns()
+    futures, tasks = _waiting(transport)
+    assert (futures, len(tasks)) == ([], 1)
+    for round_ in range(3):
+        transport.write(b"after idle %d" % round_)
+        assert len(_waiting(transport)[1]) == 2  # the writer, until the bytes left
+        await _until(stream.sent_event)
+        await _turns()
+        futures, tasks = _waiting(transport)
+        assert (futures, len(tasks)) == ([], 1)
     await stream.incoming.put(b"reply")
     await _until(protocol.data_event)
-    assert (stream.sent, protocol.received) == ([b"after idle"], [b"reply"])
+    assert stream.sent == [b"after idle %d" % n for n in range(3)]
+    assert protocol.received == [b"reply"]
     transport.close()
+    async with asyncio.timeout(WAIT):
+        assert await protocol.lost is None
+    assert stream.closed
 
 
 async def test_a_cancelled_wait_for_close_leaves_the_others_waiting() -> None:
