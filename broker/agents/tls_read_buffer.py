@@ -1,4 +1,5 @@
-"""One TLS read buffer per thread instead of one per connection.
+"""One TLS read buffer per thread instead of one per connection (and a lighter write
+backlog).
 
 asyncio's TLS layer (``asyncio.sslproto.SSLProtocol``, Python 3.11+) gives every connection
 its own 256 KiB ``bytearray`` to receive encrypted bytes into. An idle agent holds a TLS
@@ -57,6 +58,12 @@ class SharedBufferSSLProtocol(sslproto.SSLProtocol):
         view = _shared_view()
         self._ssl_buffer = view.obj
         self._ssl_buffer_view = view
+        # The backlog of writes made before the handshake ended (or while OpenSSL wants
+        # to read) is empty nearly always: an empty deque costs 760 bytes for its first
+        # block, an empty list 56. asyncio uses nothing of it a list lacks (append,
+        # [0], del [0], clear, truth), which tests/unit/test_library_guards.py checks;
+        # deleting the head of a list is O(n), and the backlog holds a few items at most.
+        self._write_backlog = []  # type: ignore[assignment]
 
     def get_buffer(self, n: int) -> memoryview:
         # buffer_updated() copies out of _ssl_buffer_view before the loop runs anything else.

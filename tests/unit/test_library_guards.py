@@ -3,7 +3,8 @@ installed version. Each test fails loudly when the library changed the thing pat
 says what to do; none of them skips.
 
 - asyncio's accept batch (broker/agents/descriptors.py: copied with one change);
-- asyncio's TLS protocol (broker/agents/tls_read_buffer.py: one read buffer per thread);
+- asyncio's TLS protocol (broker/agents/tls_read_buffer.py: one read buffer per thread,
+  a list for its write backlog);
 - asyncssh's handler of ``env`` channel requests (the gateway's channel refuses them);
 - the local user name asyncssh asks for (broker/agents/descriptors.py writes LOGNAME);
 - asyncssh's outbound connect (broker/agents/tunnel_ssh.py: its steps after the options are
@@ -22,6 +23,7 @@ import hashlib
 import inspect
 import os
 import pwd
+import re
 import ssl
 import sys
 import textwrap
@@ -175,6 +177,18 @@ async def test_tls_connections_share_one_read_buffer(tmp_path: Path) -> None:
     assert [type(p) for p in protocols] == [tls_read_buffer.SharedBufferSSLProtocol] * 2
     buffers = {id(vars(p)["_ssl_buffer_view"].obj) for p in protocols}
     assert len(buffers) == 1
+    assert {type(vars(p)["_write_backlog"]) for p in protocols} == {list}
+
+
+def test_the_tls_write_backlog_needs_nothing_a_list_lacks() -> None:
+    """broker/agents/tls_read_buffer.py gives asyncio's TLS protocol a list for its write
+    backlog (an empty deque is 760 bytes, a list 56): every use of it in asyncio must be one
+    a list has. Another use (popleft, appendleft, ...) means going back to a deque."""
+    source = inspect.getsource(sslproto)
+    uses = set(re.findall(r"\._write_backlog(\S*)", source))
+    allowed = {"", ":", "[0]", ".append(data)", ".clear()"}
+    assert uses <= allowed, f"asyncio's TLS layer uses its write backlog as {uses - allowed}"
+    assert "del self._write_backlog[0]" in source
 
 
 def test_env_requests_reach_the_method_the_gateway_overrides() -> None:
