@@ -11,7 +11,9 @@ says what to do; none of them skips.
   made, done on one shared options object);
 - asyncssh's client authentication (broker/agents/tunnel_ssh.py: one signed public-key
   request, without "none" and the key query before it);
-- asyncssh's packet sender (agent/ignore_packets.py: no ignore packet before each packet).
+- asyncssh's packet sender (agent/ignore_packets.py: no ignore packet before each packet);
+- asyncssh's key exchange (broker/agents/tunnel_ssh.py: the KEXINIT payloads let go once a
+  key exchange is done).
 """
 
 from __future__ import annotations
@@ -189,6 +191,28 @@ def test_the_tls_write_backlog_needs_nothing_a_list_lacks() -> None:
     allowed = {"", ":", "[0]", ".append(data)", ".clear()"}
     assert uses <= allowed, f"asyncio's TLS layer uses its write backlog as {uses - allowed}"
     assert "del self._write_backlog[0]" in source
+
+
+def test_the_kexinit_payloads_are_read_only_by_the_exchange_hash() -> None:
+    """broker/agents/tunnel_ssh.py empties both KEXINIT payloads once a key exchange sent
+    its new keys. That is safe while asyncssh reads them only in ``get_hash_prefix`` (the
+    exchange hash) and sets both afresh, in ``_send_kexinit`` and ``_process_kexinit``,
+    before the next exchange hashes them. Anything else reading them: re-check."""
+    module = inspect.getsource(asyncssh.connection)
+    for name in ("_client_kexinit", "_server_kexinit"):
+        users = sorted(
+            member
+            for member, value in vars(asyncssh.connection.SSHConnection).items()
+            if inspect.isfunction(value) and name in _source(value)
+        )
+        assert users == ["__init__", "_process_kexinit", "_send_kexinit", "get_hash_prefix"], (
+            f"asyncssh uses {name} in {users}: re-check TunnelConnection.send_newkeys"
+        )
+        assert module.count(name) == 4, f"asyncssh uses {name} outside SSHConnection"
+    newkeys = _source(asyncssh.connection.SSHConnection.send_newkeys)
+    assert "get_hash_prefix" not in newkeys
+    for kex in (asyncssh.kex_dh, asyncssh.kex_rsa):
+        assert "get_hash_prefix" in inspect.getsource(kex)
 
 
 def test_env_requests_reach_the_method_the_gateway_overrides() -> None:
