@@ -82,6 +82,9 @@ async def test_a_tunnel_rekeys_and_keeps_carrying_sessions(
     first = exchanges()
     assert first >= 2  # the handshake, seen from both ends
     assert kexinits_kept() == (b"", b"")
+    # The handler waits on the close event, whose waiters are a list (tunnel_ssh._ListEvent);
+    # the agent going offline below is that wait ending.
+    assert isinstance(conn._close_event._waiters, list)
     word = "x" * 8000
     for _ in range(3 * REKEY_BYTES // len(word)):
         result = await conn.run(f"echo {word}", check=True)

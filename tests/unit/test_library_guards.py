@@ -13,7 +13,9 @@ says what to do; none of them skips.
   request, without "none" and the key query before it);
 - asyncssh's packet sender (agent/ignore_packets.py: no ignore packet before each packet);
 - asyncssh's key exchange (broker/agents/tunnel_ssh.py: the KEXINIT payloads let go once a
-  key exchange is done).
+  key exchange is done);
+- asyncio's Event and asyncssh's close event (broker/agents/tunnel_ssh.py: a list for its
+  waiters).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from asyncssh.misc import map_handler_name
 
 from agent.ignore_packets import NO_IV_CHAINING, ignore_buys_nothing
 from broker.agents import descriptors, tls_read_buffer
+from broker.agents.tunnel_ssh import TunnelConnection
 from broker.keys import make_tls_certificate
 from broker.ssh_gateway.session import GatewayChannel
 
@@ -334,3 +337,18 @@ def test_only_ciphers_without_iv_chaining_go_without_ignore_packets(
     known yet, keeps asyncssh's ignore packets; AEAD and counter mode drop them."""
     assert ignore_buys_nothing(cipher) is needs_none
     assert all(not suffix.endswith("cbc") for suffix in NO_IV_CHAINING)
+
+
+def test_the_close_event_waiters_need_nothing_a_list_lacks() -> None:
+    """broker/agents/tunnel_ssh.py gives each tunnel connection's close event (the one
+    ``wait_closed`` waits on, made in asyncssh's ``__init__``) a list for its waiters.
+    Every use of them in asyncio's Event must be one a list has, and asyncssh must still
+    make that event in ``__init__`` and wait on it in ``wait_closed``."""
+    source = _source(asyncio.Event)
+    uses = set(re.findall(r"\._waiters(\S*)", source))
+    allowed = {"", ":", ")}'", ".append(fut)", ".remove(fut)"}
+    assert uses <= allowed, f"asyncio's Event uses its waiters as {uses - allowed}"
+    connection = asyncssh.connection.SSHConnection
+    assert "self._close_event = asyncio.Event()" in _source(connection.__init__)
+    assert "await self._close_event.wait()" in _source(connection.wait_closed)
+    assert "_close_event" in _source(TunnelConnection.__init__)
