@@ -8,8 +8,8 @@ idle agent (PERFORMANCE.md: ≤ 50 KB). The buffer is only ever used between the
 loop's ``get_buffer()`` and ``buffer_updated()`` calls, which run back to back without
 yielding (``recv_into`` then an immediate copy into the TLS object's memory BIO), so one
 buffer per thread serves every connection of that thread's event loop, and reads stay
-256 KiB large for throughput. A large read is handed to OpenSSL in pieces
-(:data:`BIO_CHUNK`): its memory BIO keeps the size of the largest write it ever took.
+256 KiB large for throughput. Large reads and writes are handed to OpenSSL in pieces
+(:data:`BIO_CHUNK`): its memory BIOs keep the size of the largest write they ever took.
 
 :func:`install` swaps in :class:`SharedBufferSSLProtocol` for every TLS connection of the
 process (servers and clients alike) and is idempotent. It does nothing, and says so, on
@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio.sslproto as sslproto
 import logging
 import threading
+from collections.abc import Sequence
 from typing import Final
 
 log = logging.getLogger(__name__)
@@ -37,10 +38,11 @@ SHARED_READ_BYTES: Final = 256 * 1024
 #: Decrypted bytes are read in chunks of this size; a TLS record holds at most 16 KiB.
 #: (The base class also allocates this much per connection, and we drop it at once.)
 PLAINTEXT_CHUNK: Final = 16 * 1024 + 256
-#: The most received bytes handed to a connection's incoming memory BIO at once. The BIO
+#: The most bytes handed to a connection's memory BIOs at once, received or to send. A BIO
 #: never gives back what it grew to (OpenSSL keeps 4/3 of the most it held), so one
 #: 100 KB read (an agent's facts arrive so) stayed with the tunnel for its life, 133 KB;
-#: in pieces the BIO stays under 22 KB. A piece costs one more decrypt call, no copy.
+#: in pieces each BIO stays under 22 KB. A piece costs one more call into OpenSSL (and,
+#: sending, one more write to the socket), no copy.
 BIO_CHUNK: Final = 16 * 1024
 
 _local = threading.local()
@@ -76,6 +78,24 @@ class SharedBufferSSLProtocol(sslproto.SSLProtocol):
         view = _shared_view()
         self._ssl_buffer_view = view
         return view
+
+    def _write_appdata(self, list_of_data: Sequence[bytes | bytearray | memoryview]) -> None:
+        # A large write goes to OpenSSL a piece at a time, each one's records sent before
+        # the next is encrypted: the outgoing memory BIO, which never shrinks either, would
+        # otherwise keep 4/3 of a 256 KiB WebSocket message for the tunnel's life.
+        if len(list_of_data) == 1 and len(list_of_data[0]) <= BIO_CHUNK:
+            # The common case (a keystroke, an echo) as asyncio does it.
+            super()._write_appdata(list_of_data)  # type: ignore[arg-type]
+            return
+        for data in list_of_data:
+            if len(data) <= BIO_CHUNK:
+                super()._write_appdata([data])  # type: ignore[list-item]
+                continue
+            # Views of bytes only: the pieces of a bytearray the caller may still change
+            # (or resize, which a view would forbid) would wait in the backlog as views.
+            whole = memoryview(data if isinstance(data, bytes) else bytes(data))
+            for start in range(0, len(whole), BIO_CHUNK):
+                super()._write_appdata([whole[start : start + BIO_CHUNK]])  # type: ignore[list-item]
 
     def buffer_updated(self, nbytes: int) -> None:
         if nbytes <= BIO_CHUNK:
