@@ -14,76 +14,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import datetime as dt
 import os
-import ssl
 import tempfile
 import time
 from pathlib import Path
 from typing import Final
 
 from broker.agents import tls_read_buffer
-from broker.keys import make_tls_certificate
+from tests.support.tls_memory_pair import connected, contexts, receive
 
 BLOCK: Final = 240 * 1024  # encrypted, it fits one read of the shared buffer (256 KiB)
 WHOLE: Final = 1 << 30  # a BIO_CHUNK no read or write reaches: no pieces
-
-
-class _Wire(asyncio.Transport):
-    """The socket under the TLS protocol: collects what it sends."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sent = bytearray()
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.sent += data
-
-    def is_closing(self) -> bool:
-        return False
-
-
-class _Sink(asyncio.Protocol):
-    def __init__(self) -> None:
-        self.received = 0
-
-    def data_received(self, data: bytes) -> None:
-        self.received += len(data)
-
-
-def _receive(protocol: tls_read_buffer.SharedBufferSSLProtocol, data: bytes) -> None:
-    view = protocol.get_buffer(len(data))
-    view[: len(data)] = data
-    protocol.buffer_updated(len(data))
-
-
-async def _connection(
-    directory: Path,
-) -> tuple[tls_read_buffer.SharedBufferSSLProtocol, _Sink, _Wire, ssl.SSLObject, ssl.MemoryBIO]:
-    cert, key = make_tls_certificate("https://localhost", dt.datetime.now(dt.UTC))
-    (directory / "cert.pem").write_bytes(cert)
-    (directory / "key.pem").write_bytes(key)
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(directory / "cert.pem", directory / "key.pem")
-    client_ctx = ssl.create_default_context(cafile=directory / "cert.pem")
-    loop = asyncio.get_running_loop()
-    sink, wire, waiter = _Sink(), _Wire(), loop.create_future()
-    protocol = tls_read_buffer.SharedBufferSSLProtocol(
-        loop, sink, server_ctx, waiter, server_side=True
-    )
-    protocol.connection_made(wire)
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    client = client_ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
-    while not waiter.done():
-        with contextlib.suppress(ssl.SSLWantReadError):
-            client.do_handshake()
-        if outgoing.pending:
-            _receive(protocol, outgoing.read())
-        incoming.write(bytes(wire.sent))
-        wire.sent.clear()
-        await asyncio.sleep(0)  # a loop turn: the handshake's steps
-    return protocol, sink, wire, client, outgoing
 
 
 def _cpu_per_mb(run: object, megabytes: int) -> float:
@@ -94,7 +35,14 @@ def _cpu_per_mb(run: object, megabytes: int) -> float:
 
 async def measure(megabytes: int, rounds: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        protocol, sink, wire, client, outgoing = await _connection(Path(tmp))
+        ends = await connected(*contexts(Path(tmp)))
+    protocol, sink, wire, client, outgoing = (
+        ends.protocol,
+        ends.sink,
+        ends.wire,
+        ends.client,
+        ends.outgoing,
+    )
     block = os.urandom(BLOCK)
     blocks = megabytes * 1024 * 1024 // BLOCK
     transport = protocol._app_transport
@@ -102,7 +50,7 @@ async def measure(megabytes: int, rounds: int) -> None:
     def reads() -> None:
         for _ in range(blocks):
             client.write(block)
-            _receive(protocol, outgoing.read())
+            receive(protocol, outgoing.read())
 
     def writes() -> None:
         for _ in range(blocks):

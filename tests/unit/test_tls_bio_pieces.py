@@ -7,45 +7,16 @@ stays behind is glibc's count of heap bytes in use, per connection."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
-import datetime as dt
 import gc
 import ssl
-from dataclasses import dataclass
 from pathlib import Path
 
-from broker.agents import tls_read_buffer
-from broker.keys import make_tls_certificate
+from tests.support.tls_memory_pair import TlsEnds, connected, contexts, receive
 
 CONNECTIONS = 12
 BURST = 200_000  # one read's worth: what an agent's large facts can arrive as
-
-
-class _Wire(asyncio.Transport):
-    """The socket under the TLS protocol: collects what it sends."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sent = bytearray()
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.sent += data
-
-    def is_closing(self) -> bool:
-        return False
-
-    def get_extra_info(self, name: str, default: object = None) -> object:
-        return default
-
-
-class _Sink(asyncio.Protocol):
-    def __init__(self) -> None:
-        self.received = 0
-
-    def data_received(self, data: bytes) -> None:
-        self.received += len(data)
 
 
 def _heap_in_use() -> int:
@@ -72,59 +43,13 @@ def _heap_in_use() -> int:
     return int(libc.mallinfo2().uordblks)
 
 
-def _receive(protocol: tls_read_buffer.SharedBufferSSLProtocol, data: bytes) -> None:
-    """What the event loop does when the socket has ``data``: one read of all of it."""
-    view = protocol.get_buffer(len(data))
-    view[: len(data)] = data
-    protocol.buffer_updated(len(data))
-
-
-@dataclass
-class _End:
-    """One TLS connection: the broker's side (asyncio's protocol over the recording wire)
-    and the client's (an OpenSSL object over memory BIOs)."""
-
-    protocol: tls_read_buffer.SharedBufferSSLProtocol
-    sink: _Sink
-    wire: _Wire
-    client: ssl.SSLObject
-    incoming: ssl.MemoryBIO
-    outgoing: ssl.MemoryBIO
-
-
-async def _connected(tmp_path: Path) -> list[_End]:
-    cert, key = make_tls_certificate("https://localhost", dt.datetime.now(dt.UTC))
-    (tmp_path / "cert.pem").write_bytes(cert)
-    (tmp_path / "key.pem").write_bytes(key)
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    server_ctx.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
-    client_ctx = ssl.create_default_context(cafile=tmp_path / "cert.pem")
-    loop = asyncio.get_running_loop()
-    ends = []
-    for _ in range(CONNECTIONS):
-        sink = _Sink()
-        waiter = loop.create_future()
-        protocol = tls_read_buffer.SharedBufferSSLProtocol(
-            loop, sink, server_ctx, waiter, server_side=True
-        )
-        wire = _Wire()
-        protocol.connection_made(wire)
-        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        # The test's own BIOs grow before the count starts: only the broker's side counts.
-        for bio in (incoming, outgoing):
-            bio.write(bytes(2 * BURST))
-            bio.read()
-        client = client_ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
-        while not waiter.done():
-            with contextlib.suppress(ssl.SSLWantReadError):
-                client.do_handshake()
-            if outgoing.pending:
-                _receive(protocol, outgoing.read())
-            incoming.write(bytes(wire.sent))
-            wire.sent.clear()
-            await asyncio.sleep(0)  # a loop turn (no time passes): the handshake's steps
-        ends.append(_End(protocol, sink, wire, client, incoming, outgoing))
-    return ends
+async def _connected(tmp_path: Path) -> list[TlsEnds]:
+    server_ctx, client_ctx = contexts(tmp_path)
+    # The test's own BIOs grow before the count starts: only the broker's side counts.
+    return [
+        await connected(server_ctx, client_ctx, grow_client_bios=2 * BURST)
+        for _ in range(CONNECTIONS)
+    ]
 
 
 async def test_a_large_read_leaves_the_incoming_bio_small(tmp_path: Path) -> None:
@@ -136,7 +61,7 @@ async def test_a_large_read_leaves_the_incoming_bio_small(tmp_path: Path) -> Non
         bursts.append(end.outgoing.read())
     before = _heap_in_use()
     for end, burst in zip(ends, bursts, strict=True):
-        _receive(end.protocol, burst)
+        receive(end.protocol, burst)
         assert end.sink.received == BURST
     retained = (_heap_in_use() - before) / CONNECTIONS
     # About 22 KB; fed at once, the BIO kept 4/3 of the read: 266 KB per connection.
