@@ -9,12 +9,14 @@ files."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import ssl
 import time
 import tomllib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -23,7 +25,15 @@ import pytest
 from tests.e2e.test_cluster_nodes import site_on
 from tests.support.broker import BrokerProcess, secondline
 from tests.support.cluster import Cluster, heard_twice
-from tests.support.site import Site, new_ticket, ok, sessions_of, staffed_site, start_agent
+from tests.support.site import (
+    Site,
+    Terminal,
+    new_ticket,
+    ok,
+    sessions_of,
+    staffed_site,
+    start_agent,
+)
 
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
 
@@ -33,6 +43,37 @@ def pin_port(site: Site, port: int) -> None:
     key = (site.data_dir / "keys" / "ssh_host_ed25519.pub").read_text().split()
     with site.known_hosts.open("a", encoding="utf-8") as fh:
         fh.write(f"[127.0.0.1]:{port} {key[0]} {key[1]}\n")
+
+
+@contextlib.asynccontextmanager
+async def relayed_shell(
+    cluster: Cluster, tmp_path: Path
+) -> AsyncIterator[tuple[Site, Terminal, str]]:
+    """bob's shell on web01, whose tunnel is on n1, come in through n2's gateway (the hub on
+    n1, bob relayed over a peer stream): the site, bob's terminal and the session's id.
+    bob's ssh and the agent are killed on the way out if still running."""
+    site = await site_on(cluster, tmp_path)
+    n1, n2 = cluster.nodes["n1"], cluster.nodes["n2"]
+    await start_agent(site, "web01", "unattended")
+    site.ticket = new_ticket(site, "web01")
+    agents = json.loads(ok(secondline("agent", "list", "--json", data_dir=site.data_dir)))
+    await heard_twice(cluster, "n1", str(agents[0]["id"]))  # n2 knows where web01 is
+    via_n2 = Site(n2, tmp_path, site.key, site.known_hosts)
+    pin_port(site, via_n2.ssh_port)
+    term = await via_n2.interactive(site.ticket)
+    try:
+        term.type("echo up-$((40+2))\n")
+        await term.expect(b"up-42")
+        sid = str(sessions_of(site, site.ticket)[0]["id"])
+        await n1.wait_for_line(f"session {sid}: bob \\(owner\\) is in it from node n2".encode())
+        yield site, term, sid
+    finally:
+        if term.proc.returncode is None:
+            term.proc.kill()
+            await term.proc.wait()
+        if site.agent is not None:
+            site.agent.kill()
+            await site.agent.wait()
 
 
 async def transfer(
@@ -63,21 +104,8 @@ async def test_transfers_of_another_nodes_session_and_its_node_stopping_on_sigte
     SIGTERM of n1: bob is told the broker shut down, n1 exits 0 saying it stopped with
     nothing cut short, the session is recorded as ended with a sealed transcript that
     verifies on n2."""
-    site = await site_on(cluster, tmp_path)
-    n1, n2 = cluster.nodes["n1"], cluster.nodes["n2"]
-    await start_agent(site, "web01", "unattended")
-    site.ticket = new_ticket(site, "web01")
-    agents = json.loads(ok(secondline("agent", "list", "--json", data_dir=site.data_dir)))
-    await heard_twice(cluster, "n1", str(agents[0]["id"]))  # n2 knows where web01 is
-    via_n2 = Site(n2, tmp_path, site.key, site.known_hosts)
-    pin_port(site, via_n2.ssh_port)
-    term = await via_n2.interactive(site.ticket)
-    try:
-        term.type("echo up-$((40+2))\n")
-        await term.expect(b"up-42")
-        sid = str(sessions_of(site, site.ticket)[0]["id"])
-        await n1.wait_for_line(f"session {sid}: bob \\(owner\\) is in it from node n2".encode())
-
+    async with relayed_shell(cluster, tmp_path) as (site, term, sid):
+        n1, n2 = cluster.nodes["n1"], cluster.nodes["n2"]
         bob = ok(secondline("user", "token", "bob", "--scope", "session", data_dir=n2.data_dir))
         there = tmp_path / "fixed.conf"  # the agent runs on this machine, as this user
         payload = os.urandom(50_000)
@@ -104,13 +132,6 @@ async def test_transfers_of_another_nodes_session_and_its_node_stopping_on_sigte
         code, err = await term.finish()
         assert code == 255, (code, err)
         assert "the broker is shutting down" in err, err
-    finally:
-        if term.proc.returncode is None:
-            term.proc.kill()
-            await term.proc.wait()
-        if site.agent is not None:
-            site.agent.kill()
-            await site.agent.wait()
     shown = json.loads(ok(secondline("session", "show", sid, "--json", data_dir=n2.data_dir)))
     assert shown["state"] not in ("live", "starting", "waiting_consent"), shown
     assert shown["end_reason"] == "broker shut down", shown
@@ -126,21 +147,8 @@ async def test_a_node_relaying_a_session_stops_on_sigterm_and_closes_its_stream_
     peer stream as going away instead of cutting it, and n1 records bob leaving because
     node n2 shut down (not "disconnected"); the session ends there as its owner left,
     recorded and sealed by n1, and n2 says it stopped with nothing cut short."""
-    site = await site_on(cluster, tmp_path)
-    n1, n2 = cluster.nodes["n1"], cluster.nodes["n2"]
-    await start_agent(site, "web01", "unattended")
-    site.ticket = new_ticket(site, "web01")
-    agents = json.loads(ok(secondline("agent", "list", "--json", data_dir=site.data_dir)))
-    await heard_twice(cluster, "n1", str(agents[0]["id"]))  # n2 knows where web01 is
-    via_n2 = Site(n2, tmp_path, site.key, site.known_hosts)
-    pin_port(site, via_n2.ssh_port)
-    term = await via_n2.interactive(site.ticket)
-    try:
-        term.type("echo up-$((40+2))\n")
-        await term.expect(b"up-42")
-        sid = str(sessions_of(site, site.ticket)[0]["id"])
-        await n1.wait_for_line(f"session {sid}: bob \\(owner\\) is in it from node n2".encode())
-
+    async with relayed_shell(cluster, tmp_path) as (_, term, sid):
+        n1, n2 = cluster.nodes["n1"], cluster.nodes["n2"]
         mark = len(n1.output)
         assert await n2.stop() == 0
         said = b"".join(n2.output)
@@ -151,13 +159,6 @@ async def test_a_node_relaying_a_session_stops_on_sigterm_and_closes_its_stream_
         assert code == 255, (code, err)
         assert "the broker is shutting down (node n2, which relayed this session" in err, err
         await n1.wait_for_line(f"session {sid} ended".encode(), mark)
-    finally:
-        if term.proc.returncode is None:
-            term.proc.kill()
-            await term.proc.wait()
-        if site.agent is not None:
-            site.agent.kill()
-            await site.agent.wait()
     shown = json.loads(ok(secondline("session", "show", sid, "--json", data_dir=n1.data_dir)))
     assert shown["state"] == "ended", shown
     left = [(p["name"], p["left_reason"]) for p in shown["participants"]]
