@@ -12,8 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from broker.ports import AgentTunnels, TicketSystem
 from broker.rules import (
     Allowed,
@@ -32,6 +30,7 @@ from broker.sessions import store
 from broker.sessions.access import choose_agent, find_agents, load_agents, load_staff
 from broker.sessions.errors import (
     AUDIT_STORE_UNAVAILABLE,
+    DB_ERRORS,
     SessionNotFound,
     SessionRefused,
     StoreUnavailable,
@@ -42,7 +41,6 @@ from broker.sessions.hub_core import Role
 
 log = logging.getLogger(__name__)
 
-DB_ERRORS: Final = (SQLAlchemyError, OSError)
 _ID_ALPHABET: Final = string.ascii_letters + string.digits
 
 

@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 
 import asyncssh
-from sqlalchemy.exc import SQLAlchemyError
 
 from agent.errors import MessageError
 from agent.protocol import CONSENT_COMMAND, ConsentAnswer, ConsentRole, SessionEnv
@@ -26,6 +25,7 @@ from broker.services import Services
 from broker.sessions import store
 from broker.sessions.errors import (
     AUDIT_STORE_UNAVAILABLE,
+    DB_ERRORS,
     ConsentRefused,
     SessionRefused,
     StoreUnavailable,
@@ -35,7 +35,6 @@ from broker.sessions.hub_core import Member, Role
 if TYPE_CHECKING:
     from broker.sessions.hub import LiveSession
 
-DB_ERRORS: Final = (SQLAlchemyError, OSError)
 # The agent decides the timeout (consent_timeout_seconds, 120 s by default); this only
 # bounds an agent that never answers.
 CONSENT_WAIT_MAX: Final = 900.0

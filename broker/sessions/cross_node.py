@@ -9,9 +9,6 @@ a node asked by a peer uses the manager's own ``open`` / ``attach``
 from __future__ import annotations
 
 import logging
-from typing import Final
-
-from sqlalchemy.exc import SQLAlchemyError
 
 from broker.rules import Refused
 from broker.sessions import store
@@ -22,15 +19,18 @@ from broker.sessions.admission import (
     audit_member_refusal,
     refuse,
 )
-from broker.sessions.errors import AUDIT_STORE_UNAVAILABLE, SessionRefused, StoreUnavailable
+from broker.sessions.errors import (
+    AUDIT_STORE_UNAVAILABLE,
+    DB_ERRORS,
+    SessionRefused,
+    StoreUnavailable,
+)
 from broker.sessions.facts import Terminal
 from broker.sessions.hub_core import Member, Role
 from broker.sessions.manager import SessionManager
 from broker.sessions.routing import RouteFailed, SessionHandle
 
 log = logging.getLogger(__name__)
-
-DB_ERRORS: Final = (SQLAlchemyError, OSError)
 
 
 async def open_anywhere(

@@ -13,7 +13,15 @@ SessionError                root; a :class:`broker.errors.BrokerError`
 
 from __future__ import annotations
 
+from typing import Final
+
+from sqlalchemy.exc import SQLAlchemyError
+
 from broker.errors import BrokerError
+
+#: What a session step's database work raises when the store cannot be reached: the step
+#: then refuses or ends with AUDIT_STORE_UNAVAILABLE (nothing runs unrecorded).
+DB_ERRORS: Final = (SQLAlchemyError, OSError)
 
 
 class SessionError(BrokerError):

@@ -19,12 +19,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Final, Literal
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from broker.db.models_sessions import RemoteSession
 from broker.ports import TicketSystem
 from broker.services import Services
 from broker.sessions import store
+from broker.sessions.errors import DB_ERRORS
 from broker.sessions.facts import Outcome, SessionFacts
 from broker.sessions.hub import LiveSession
 from broker.sessions.hub_core import Member
@@ -53,7 +52,6 @@ from broker.transcript import (
 
 log = logging.getLogger(__name__)
 
-DB_ERRORS: Final = (SQLAlchemyError, OSError)
 # A failed write is retried after 1, 2, 4, 8, then every 10 seconds: once the database is
 # back, ended sessions are recorded (and their notes queued) within seconds, not half a
 # minute later; one connection attempt per waiting record every 10 s costs nothing.

@@ -7,21 +7,21 @@ terminal attached to the hub."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final
-
-from sqlalchemy.exc import SQLAlchemyError
 
 from broker.ports import AgentTunnels, TicketSystem
 from broker.services import Services
 from broker.sessions.admission import JoinRequest, admit_member
 from broker.sessions.consent import ASKED_ROLE, ConsentGrant, Grants, ask_consent
-from broker.sessions.errors import AUDIT_STORE_UNAVAILABLE, SessionRefused, StoreUnavailable
+from broker.sessions.errors import (
+    AUDIT_STORE_UNAVAILABLE,
+    DB_ERRORS,
+    SessionRefused,
+    StoreUnavailable,
+)
 from broker.sessions.facts import Terminal
 from broker.sessions.hub import LiveSession
 from broker.sessions.hub_core import HubClosed, HubFull, Member
 from broker.sessions.opening import session_env
-
-DB_ERRORS: Final = (SQLAlchemyError, OSError)
 
 
 async def join(

@@ -23,8 +23,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Final, Literal
 
-from sqlalchemy.exc import SQLAlchemyError
-
 from broker.ports import AgentTunnels, TicketSystem
 from broker.rules import Refused
 from broker.services import Services
@@ -35,6 +33,7 @@ from broker.sessions.chunks import in_chunks
 from broker.sessions.consent import Grants
 from broker.sessions.errors import (
     AUDIT_STORE_UNAVAILABLE,
+    DB_ERRORS,
     SessionNotFound,
     SessionRefused,
     StoreUnavailable,
@@ -58,7 +57,6 @@ from broker.transcript import TranscriptRecorder
 
 log = logging.getLogger(__name__)
 
-DB_ERRORS: Final = (SQLAlchemyError, OSError)
 ACCOUNT_CHECK_TICKS: Final = 3
 # A live session's transcript is copied to the shared store this often: what a node that
 # dies leaves unsealed is sealed from the copy, so this bounds what its death loses.

@@ -11,10 +11,8 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Final
 
 import asyncssh
-from sqlalchemy.exc import SQLAlchemyError
 
 from agent.protocol import ConsentRole, SessionEnv
 from broker.errors import BrokerError
@@ -24,7 +22,12 @@ from broker.sessions import lifecycle as lc
 from broker.sessions import store
 from broker.sessions.admission import Admitted, OpenRequest
 from broker.sessions.consent import ConsentGrant, ask_consent
-from broker.sessions.errors import AUDIT_STORE_UNAVAILABLE, SessionRefused, StoreUnavailable
+from broker.sessions.errors import (
+    AUDIT_STORE_UNAVAILABLE,
+    DB_ERRORS,
+    SessionRefused,
+    StoreUnavailable,
+)
 from broker.sessions.facts import MemberEvent, SessionFacts, Terminal
 from broker.sessions.hooks import SessionStartHook
 from broker.sessions.hub import LiveSession
@@ -33,8 +36,6 @@ from broker.sessions.sftp_tracker import FileLimits
 from broker.transcript import TranscriptRecorder
 
 log = logging.getLogger(__name__)
-
-DB_ERRORS: Final = (SQLAlchemyError, OSError)
 
 
 def session_env(facts: SessionFacts, staff: str, level: int, role: ConsentRole) -> SessionEnv:

@@ -20,8 +20,7 @@ from broker.connectors.mirror import ticket_of_external
 from broker.connectors.refs import ExternalTarget, parse_external_target
 from broker.rules import InvalidName, SshTarget, parse_ssh_target
 from broker.sessions.access import StaffKey, key_owner
-from broker.sessions.errors import AUDIT_STORE_UNAVAILABLE
-from broker.sessions.manager import DB_ERRORS
+from broker.sessions.errors import AUDIT_STORE_UNAVAILABLE, DB_ERRORS
 from broker.ssh_gateway.second_factor import (
     ASK_BANNER,
     INSTRUCTION,

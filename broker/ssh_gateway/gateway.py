@@ -36,7 +36,8 @@ from asyncssh.kex import get_kex_algs
 
 from broker.auth.throttle import Throttle
 from broker.log_context import context_logger
-from broker.sessions.manager import DB_ERRORS, SessionManager
+from broker.sessions.errors import DB_ERRORS
+from broker.sessions.manager import SessionManager
 from broker.ssh_gateway.connection import GatewayServer, printable
 from broker.ssh_gateway.wire import CheckedListener
 from broker.supervision import Supervisor
