@@ -295,6 +295,7 @@ def _run(paths: StatePaths, *, verbose: bool) -> int:
 
     import asyncssh
 
+    from agent.gc_policy import settle_after_startup
     from agent.login import LoginAccount
     from agent.runner import AgentRunner, RunnerSettings
 
@@ -347,6 +348,7 @@ def _run(paths: StatePaths, *, verbose: bool) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         runner = AgentRunner(settings)
+        settle_after_startup()
         await runner.run(stop)
         return runner.restart_reason
 

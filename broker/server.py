@@ -20,6 +20,7 @@ from aiohttp import web
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from agent.gc_policy import settle_after_startup
 from broker.app import create_app
 from broker.cluster.bus import ClusterError
 from broker.config import BrokerConfig
@@ -125,6 +126,7 @@ async def serve(config: BrokerConfig) -> None:
         # traceback about it.
         await _cleanup_failed_start(runner)
         raise
+    settle_after_startup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
