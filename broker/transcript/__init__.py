@@ -12,7 +12,7 @@ The session hub uses, per session::
     seal = recorder.seal(True, "ended", now); recorder.commands()
 
 Modules: ``marks`` (shell marks parser, command tracker), ``asciicast`` (format),
-``chain`` (digest chain, seal, chain file), ``recorder``, ``recovery``, ``verify``,
+``chain`` (digest chain, seal, chain file), ``recorder``, ``file_writes``, ``recovery``, ``verify``,
 ``export``, ``output`` (format 2 output events, the asciicast v2 copy for players),
 ``render`` (plain text), ``keys``, ``paths``. Errors: see ``errors``; the root
 is :class:`TranscriptError`, a :class:`broker.errors.BrokerError`. docs/transcripts.md

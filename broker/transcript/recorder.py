@@ -82,6 +82,7 @@ from broker.transcript.errors import (
     RecorderWriteError,
     SealFormatError,
 )
+from broker.transcript.file_writes import write_fully, writev_fully
 from broker.transcript.marks import Command, CommandTracker, Mark
 from broker.transcript.output import output_event_parts
 from broker.transcript.paths import TranscriptPaths, transcript_paths
@@ -96,45 +97,8 @@ FLUSH_BYTES: Final = 1 << 20
 OUTPUT_WINDOW: Final = 0.05
 OUTPUT_BLOCK: Final = 32 << 10
 _LINE_END: Final = b"]\n"  # the end of an event line (text data), line end included
-_IOV_MAX: Final = 1024  # Linux's UIO_MAXIOV: buffers per writev call
 _CREATE_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _DISK_FULL_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
-
-
-def write_fully(fd: int, data: bytes) -> tuple[int, OSError | None]:
-    """Write all of ``data``; return the bytes written and the error that stopped it."""
-    view = memoryview(data)
-    written = 0
-    while written < len(data):
-        try:  # EINTR is retried by Python itself (PEP 475)
-            n = os.write(fd, view[written:])
-        except OSError as exc:
-            return written, exc
-        if n == 0:  # pragma: no cover - regular files never write 0 bytes
-            return written, OSError(errno.EIO, "write returned 0")
-        written += n
-    return written, None
-
-
-def writev_fully(fd: int, buffers: Sequence[bytes]) -> tuple[int, OSError | None]:
-    """Write ``buffers`` in order with ``writev``; return the bytes written and the error
-    that stopped it (a short write, which a regular file makes only when space runs out,
-    is finished with :func:`write_fully`, which then reports the error)."""
-    written = 0
-    for start in range(0, len(buffers), _IOV_MAX):
-        batch = buffers[start : start + _IOV_MAX]
-        try:
-            n = os.writev(fd, batch)
-        except OSError as exc:
-            return written, exc
-        written += n
-        want = sum(len(b) for b in batch)
-        if n < want:
-            more, error = write_fully(fd, b"".join(batch)[n:])
-            written += more
-            if error is not None:
-                return written, error
-    return written, None
 
 
 def _failure_for(exc: OSError, what: str) -> RecorderError:
