@@ -7,8 +7,8 @@ they return. The channel itself (opened, held, its output taking its turn) is
 :class:`~broker.sessions.hub_channel.HubChannel`; the recorder's flushes to disk are
 :class:`~broker.sessions.hub_flush.RecordingFlush`. The hot path is synchronous: an agent
 chunk goes through the mark parser, the recorder's buffer, each terminal's write buffer; no
-queue, no task per chunk. Disk writes (at most once a second or per MiB, on the loop) are
-one ``writev`` to the page cache.
+queue, no task per chunk. Disk writes (at most once a second or per MiB) and the seal run
+on a writer thread, so a slow disk slows only its own session (through the core's bound).
 
 A session ends exactly once (:meth:`LiveSession.end`); :meth:`LiveSession.run` then waits
 briefly for the agent channel to close, records what is left, seals the transcript and tells
@@ -466,7 +466,7 @@ class LiveSession:
         await self.flush.finished()
         seal: Seal | None
         try:
-            seal = await asyncio.to_thread(self.recorder.seal, True, reason, time.time())
+            seal = await self.flush.seal(reason)
         except RecorderError as exc:
             log.error("session %s: sealing failed: %s", self.session_id, exc.code)
             seal = None

@@ -1,20 +1,24 @@
 """A live session's recording written to disk: the one flush task of a session.
 
-The core (:class:`~broker.sessions.hub_core.HubCore`) asks for a flush (``Flush``) and holds
-the agent until it is done; :class:`RecordingFlush` runs it on the loop, goes round again
-while a flush's worth waits, is started anew by the manager's tick when it died (the core
-still counts on it), and is awaited by the session's end before the transcript is sealed.
+The core (:class:`~broker.sessions.hub_core.HubCore`) asks for a flush (``Flush``);
+:class:`RecordingFlush` has it run by the loop's :class:`~broker.transcript.DiskWriter`
+(a writer thread: a slow disk stalls this session's flushes, never the loop), goes round
+again while a flush's worth waits, is started anew by the manager's tick when it died (the
+core still counts on it), and is awaited by the session's end before the transcript is
+sealed. While a flush is under way the session goes on taking output, up to the core's
+``recorder_high``: past it the core pauses the agent channel until the flush is done.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from typing import TYPE_CHECKING
 
 from broker.sessions.hub_core import Flush
-from broker.transcript import RecorderError
+from broker.transcript import DiskWriter, RecorderError, Seal
 
 if TYPE_CHECKING:
     from broker.sessions.hub import LiveSession
@@ -55,6 +59,13 @@ class RecordingFlush:
             with contextlib.suppress(RecorderError):
                 await self._task
 
+    async def seal(self, reason: str) -> Seal:
+        """Seal the transcript on the writer, after every flush of it; raises
+        RecorderError."""
+        recorder = self._live.recorder
+        seal = functools.partial(recorder.seal, True, reason, time.time())
+        return await DiskWriter.for_loop().run(recorder, seal)
+
     async def _logged(self) -> None:
         try:
             await self._flush()
@@ -68,7 +79,7 @@ class RecordingFlush:
         while True:
             self._again = False
             try:
-                live.recorder.flush()
+                await DiskWriter.for_loop().run(live.recorder, live.recorder.flush)
             except RecorderError as exc:
                 live.recorder_failed(exc)
                 return

@@ -12,7 +12,8 @@ The session hub uses, per session::
     seal = recorder.seal(True, "ended", now); recorder.commands()
 
 Modules: ``marks`` (shell marks parser, command tracker), ``asciicast`` (format),
-``chain`` (digest chain, seal, chain file), ``recorder``, ``file_writes``, ``recovery``, ``verify``,
+``chain`` (digest chain, seal, chain file), ``recorder``, ``disk_writer`` (the
+recorders' writer threads), ``file_writes``, ``recovery``, ``verify``,
 ``export``, ``output`` (format 2 output events, the asciicast v2 copy for players),
 ``render`` (plain text), ``keys``, ``paths``. Errors: see ``errors``; the root
 is :class:`TranscriptError`, a :class:`broker.errors.BrokerError`. docs/transcripts.md
@@ -34,6 +35,7 @@ from broker.transcript.chain import (
     END_KILLED,
     Seal,
 )
+from broker.transcript.disk_writer import DiskWriter
 from broker.transcript.errors import (
     CastFormatError,
     InvalidSessionId,
@@ -105,6 +107,7 @@ __all__ = [
     "CommandLine",
     "CommandStart",
     "CommandTracker",
+    "DiskWriter",
     "InputStart",
     "InvalidSessionId",
     "InvalidValue",

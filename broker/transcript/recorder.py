@@ -22,7 +22,8 @@ UTF-8 and cheap to escape, else as its bytes in base64 (:func:`output_event_part
 a GB of zeros is 1.33 GB to digest and write, not 6. Writes are batched: events go to
 memory and :meth:`TranscriptRecorder.flush` digests them and writes them with ``writev``
 (no joined copy) in one go per file (an automatic flush also happens past
-``flush_bytes``). Everything runs on the caller's thread. On a
+``flush_bytes``). The hub runs flushes and the seal on a writer thread
+(:mod:`broker.transcript.disk_writer`), never on the event loop. On a
 failed write (ENOSPC, EDQUOT, EIO...) the recorder cuts the ``.cast`` back to its last
 complete line, keeps the chain file no longer than the ``.cast``, and raises
 :class:`RecorderDiskFull` (or :class:`RecorderWriteError`); from then on it records nothing
@@ -139,6 +140,7 @@ class TranscriptRecorder:
         # and in order.
         self._pending: list[tuple[bytes, bytes, bytes]] = []
         self._pending_bytes = 0
+        self._writing = 0  # taken by the flush under way (another thread's, maybe)
         # The open o event: raw output chunks, their size, and the time of the first.
         self._run: list[bytes] = []
         self._run_bytes = 0
@@ -196,8 +198,9 @@ class TranscriptRecorder:
 
     @property
     def buffered(self) -> int:
-        """Bytes taken and not written yet (what the hub's flushes keep bounded)."""
-        return self._pending_bytes + self._run_bytes
+        """Bytes taken and not written yet, a flush under way included (what the hub's
+        flushes and flow control keep bounded)."""
+        return self._pending_bytes + self._run_bytes + self._writing
 
     # -- recording ------------------------------------------------------------------------
 
@@ -311,9 +314,13 @@ class TranscriptRecorder:
                 self._check_recording()
                 if self._run:
                     self._close_output()
+                self._writing = self._pending_bytes
                 pending, self._pending, self._pending_bytes = self._pending, [], 0
-            if pending:
-                self._write(pending)
+            try:
+                if pending:
+                    self._write(pending)
+            finally:
+                self._writing = 0
 
     def _write(self, events: list[tuple[bytes, bytes, bytes]]) -> None:
         add = self._chain.add_parts
