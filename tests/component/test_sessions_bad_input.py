@@ -8,7 +8,9 @@ Covered elsewhere: a staff client that stops reading while its agent floods outp
 (test_sessions_fairness.py, the broker's line and asyncssh's buffer stay bounded and
 another session's keys are echoed), and a recorder that falls behind its bounds while
 output floods (test_sessions_gateway.py, test_sustained_output_is_recorded_whole: the
-agent is paused until the flushes catch up, every byte is recorded and verifies)."""
+agent is paused until the flushes catch up, every byte is recorded and verifies), and a
+recorder whose disk stalls (test_sessions_slow_disk.py: its session is paused, the others
+go on, every byte is recorded once the disk lets go)."""
 
 from __future__ import annotations
 
