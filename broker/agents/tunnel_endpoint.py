@@ -18,6 +18,8 @@ Order of checks, cheapest first, so a flood costs the broker as little as possib
 5. the broker has a descriptor to spare for one more tunnel (else 503 with ``Retry-After``;
    see :mod:`broker.agents.descriptors`), and the handshake limiter admits it (else 503
    with ``Retry-After``: the agent's place in line, given only to an agent looked up);
+   a turn due within two seconds is waited for on the connection instead, and every
+   check made again after the wait (:mod:`broker.agents.handshake_hold`);
 6. the upgrade; then an asyncssh client over :class:`agent.tunnel.WebSocketTunnel` that
    trusts only the host key this agent enrolled with (:mod:`broker.agents.tunnel_ssh`).
    Whoever claims another agent's id fails here (audited), and nothing else is touched.
@@ -62,6 +64,7 @@ from agent.protocol import (
 from agent.tunnel import BDP_INFO, WebSocketTunnel, size_tunnel_buffer
 from broker.agents import agent_store, descriptors
 from broker.agents.facts_pacing import FACTS_MAX_WAIT_S, FactsPacer
+from broker.agents.handshake_hold import HOLD_S, MAX_HELD, HandshakeHold
 from broker.agents.handshake_limiter import HandshakeLimiter
 from broker.agents.identity_lookup import Found, IdentityLookup, TunnelIdentity
 from broker.agents.presence import PresenceWriter
@@ -134,6 +137,10 @@ class TunnelSettings:
     refusal_window: float = WINDOW_S
     #: Rekey after this many bytes; None: asyncssh's default (1 GB). Tests make it small.
     rekey_bytes: int | None = None
+    #: An upgrade whose handshake turn comes within this long waits for it (0: never),
+    #: at most this many at once; see handshake_hold.
+    handshake_hold: float = HOLD_S
+    max_held_upgrades: int = MAX_HELD
 
     def limiter(self) -> HandshakeLimiter:
         rate = self.handshakes_per_second
@@ -157,6 +164,7 @@ class TunnelRuntime:
         self.settings = settings
         self.registry = registry
         self.limiter = settings.limiter()
+        self.hold = HandshakeHold(settings.handshake_hold, settings.max_held_upgrades)
         self.node = settings.node or services.config.node or node_name()
         #: The feature's background work: the presence writer, housekeeping, refusal audits.
         self.tasks = Supervisor("agent tunnels")
@@ -173,6 +181,10 @@ class TunnelRuntime:
             login_timeout=settings.handshake_timeout,
             rekey_bytes=settings.rekey_bytes,
         )
+
+    def crowded(self, in_flight: int) -> bool:
+        """Whether the handshakes under way are at the limiter's bound."""
+        return in_flight >= self.limiter.max_in_flight
 
     def tunnel_budget(self) -> int:
         """How many tunnels may be open at once now (the descriptor limit can change)."""
@@ -336,31 +348,42 @@ async def tunnel_handler(request: web.Request) -> web.StreamResponse:
     )
     if not ws.can_prepare(request).ok:
         raise InputError("this endpoint takes a WebSocket upgrade", code="not_websocket")
-    if services.draining:
-        return _draining()
     gate = request.app.get(SHARE_GATE)
-    if gate is not None and gate.turns_away(agent_id):
-        return await _refuse_over_share(runtime, gate, agent_id, source)
-    now = time.monotonic()
-    if runtime.full(now):
-        return _full()
-    wait = runtime.limiter.held_back(agent_id, now, runtime.registry.handshakes_in_flight)
-    if wait > 0:
-        return _busy(max(1, math.ceil(wait)))
+    # A turn that comes soon is waited for on this connection (handshake_hold), and
+    # every check is made again after the wait.
+    hold, deadline = runtime.hold, runtime.hold.deadline()
+    while True:
+        if services.draining:
+            return _draining()
+        if gate is not None and gate.turns_away(agent_id):
+            return await _refuse_over_share(runtime, gate, agent_id, source)
+        now, in_flight = time.monotonic(), runtime.registry.handshakes_in_flight
+        if runtime.full(now):
+            return _full()
+        wait = runtime.limiter.held_back(agent_id, now, in_flight)
+        if wait <= 0:
+            break
+        if not await hold.wait(wait, deadline, crowded=runtime.crowded(in_flight)):
+            return _busy(max(1, math.ceil(wait)))
     identity = await _identity(runtime, agent_id, source)
     if isinstance(identity, int):
         return _busy(identity)
-    # The same checks again, exactly: the node may have filled during the lookup.
-    if gate is not None and not gate.admits(agent_id):
-        return await _refuse_over_share(runtime, gate, agent_id, source)
-    # From here to the count below nothing awaits: the budget holds exactly, however many
-    # upgrades arrive together.
-    now = time.monotonic()
-    if runtime.full(now):
-        return _full()
-    wait = runtime.limiter.admit(agent_id, now, runtime.registry.handshakes_in_flight)
-    if wait > 0:
-        return _busy(max(1, math.ceil(wait)))
+    while True:
+        # The same checks again, exactly: the node may have filled during the lookup.
+        if services.draining:
+            return _draining()
+        if gate is not None and not gate.admits(agent_id):
+            return await _refuse_over_share(runtime, gate, agent_id, source)
+        # From here to the count below nothing awaits: the budget holds exactly, however
+        # many upgrades arrive together.
+        now, in_flight = time.monotonic(), runtime.registry.handshakes_in_flight
+        if runtime.full(now):
+            return _full()
+        wait = runtime.limiter.admit(agent_id, now, in_flight)
+        if wait <= 0:
+            break
+        if not await hold.wait(wait, deadline, crowded=runtime.crowded(in_flight)):
+            return _busy(max(1, math.ceil(wait)))
     runtime.registry.tunnel_opened()
     try:
         await ws.prepare(request)
@@ -425,6 +448,7 @@ async def _handshake(
         reason = f"the SSH handshake failed ({type(exc).__name__})"
     finally:
         registry.handshake_finished()
+        runtime.hold.handshake_finished()
     await _refused(runtime, agent.agent_id, source, stream.problem or reason)
     if stream.close_code == WSCloseCode.OK:
         stream.close_code = WSCloseCode.POLICY_VIOLATION

@@ -248,7 +248,9 @@ async def test_an_over_limit_upgrade_gets_503_with_retry_after(
     data_dir: Path, aiohttp_client: AiohttpClient
 ) -> None:
     """Past the handshake rate the broker answers 503 and when to come back."""
-    slow = TunnelSettings(handshakes_per_second=1, handshake_burst=1, handshake_timeout=2.0)
+    slow = TunnelSettings(
+        handshakes_per_second=1, handshake_burst=1, handshake_timeout=2.0, handshake_hold=0
+    )
     async with start_agents_app(data_dir, aiohttp_client, slow) as agents:
         await agents.customer("acme")
         first = await agents.agent("first")

@@ -68,7 +68,9 @@ async def test_an_agent_back_before_its_place_in_line_is_refused_without_a_query
     """One handshake a second: the next two agents are looked up once and get places in
     line; the last, back at once, is told its remaining wait without being looked up
     again, and its place stays."""
-    slow = TunnelSettings(handshakes_per_second=1, handshake_burst=1, handshake_timeout=2.0)
+    slow = TunnelSettings(
+        handshakes_per_second=1, handshake_burst=1, handshake_timeout=2.0, handshake_hold=0
+    )
     async with start_agents_app(data_dir, aiohttp_client, slow) as agents:
         await agents.customer("acme")
         first, second, last = [await agents.agent(name) for name in ("a1", "a2", "a3")]

@@ -1,0 +1,83 @@
+"""Upgrades waiting on their connection for a handshake turn that comes soon."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Final
+
+import pytest
+
+from broker.agents.handshake_hold import HandshakeHold
+from tests.component.test_sessions_fairness import on_a_loop_turn
+
+#: A failure bound for waits that a wake ends (never a pause): far below LONG.
+WAIT: Final = 30.0
+#: A wait no test sits out: a waiter still waiting after WAIT was not woken.
+LONG: Final = 3600.0
+
+
+async def _until_held(hold: HandshakeHold, count: int) -> None:
+    """Let the event loop run until ``count`` upgrades wait."""
+    async with asyncio.timeout(WAIT):
+        await on_a_loop_turn(lambda: hold.held >= count)
+
+
+def test_the_bounds_are_checked() -> None:
+    with pytest.raises(ValueError, match="max_wait"):
+        HandshakeHold(-1.0, 10)
+    with pytest.raises(ValueError, match="max_wait"):
+        HandshakeHold(1.0, -1)
+
+
+async def test_a_turn_past_the_deadline_or_a_full_hold_is_not_waited_for() -> None:
+    """Past either bound the answer is at once: the caller sends its 503 as before."""
+    hold = HandshakeHold(max_wait=2.0, max_held=1)
+    deadline = time.monotonic() + 2.0
+    assert not await hold.wait(LONG, deadline, crowded=False)
+    assert not await hold.wait(LONG, deadline, crowded=True)
+    assert not await hold.wait(0.0, deadline, crowded=False)
+    first = asyncio.create_task(hold.wait(1.5, deadline + LONG, crowded=True))
+    await _until_held(hold, 1)
+    assert not await hold.wait(0.5, deadline, crowded=True), "one waits already"
+    hold.handshake_finished()
+    async with asyncio.timeout(WAIT):
+        assert await first
+    assert hold.held == 0
+
+
+async def test_a_finished_handshake_wakes_the_oldest_waiter_only() -> None:
+    """One free place wakes one waiter, the one that waited longest."""
+    hold = HandshakeHold(max_wait=LONG, max_held=10)
+    deadline = time.monotonic() + 2 * LONG
+    older = asyncio.create_task(hold.wait(LONG, deadline, crowded=True))
+    await _until_held(hold, 1)
+    newer = asyncio.create_task(hold.wait(LONG, deadline, crowded=True))
+    await _until_held(hold, 2)
+    hold.handshake_finished()
+    async with asyncio.timeout(WAIT):
+        assert await older
+    assert not newer.done()
+    assert hold.held == 1
+    hold.handshake_finished()
+    async with asyncio.timeout(WAIT):
+        assert await newer
+    assert hold.held == 0
+
+
+async def test_a_waiter_that_left_is_skipped() -> None:
+    """An upgrade cancelled while it waits (its agent hung up) does not swallow a wake."""
+    hold = HandshakeHold(max_wait=LONG, max_held=10)
+    deadline = time.monotonic() + 2 * LONG
+    gone = asyncio.create_task(hold.wait(LONG, deadline, crowded=True))
+    await _until_held(hold, 1)
+    staying = asyncio.create_task(hold.wait(LONG, deadline, crowded=True))
+    await _until_held(hold, 2)
+    gone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    assert hold.held == 1
+    hold.handshake_finished()
+    async with asyncio.timeout(WAIT):
+        assert await staying
+    assert hold.held == 0
