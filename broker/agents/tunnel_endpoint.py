@@ -42,7 +42,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import random
 import socket
 import time
 from collections.abc import Callable, Collection, Coroutine
@@ -71,10 +70,11 @@ from broker.agents.presence import PresenceWriter
 from broker.agents.refusal_audit import WINDOW_S, RefusalAuditor
 from broker.agents.registry import AgentRegistry, LiveTunnel
 from broker.agents.retry_spread import RetrySpread
+from broker.agents.tunnel_answers import busy, draining, full, over_share
 from broker.agents.tunnel_facts import refresh_facts
 from broker.agents.tunnel_ssh import TunnelClient, open_tunnel_connection, tunnel_options
 from broker.agents.ws_stream import AiohttpStream
-from broker.errors import ForbiddenError, InputError, error_response
+from broker.errors import ForbiddenError, InputError
 from broker.log_context import ContextLogger, context_logger
 from broker.services import SERVICES, Services
 from broker.supervision import Supervisor
@@ -86,16 +86,10 @@ log = logging.getLogger(__name__)
 MAX_WS_MESSAGE: Final = MAX_TUNNEL_MESSAGE + 1024
 #: How long closing a tunnel waits for the agent's close frame (a live agent answers at once).
 CLOSE_REPLY_S: Final = 2.0
-#: When the broker holds all the tunnels its descriptors allow: come back in this long
-#: (a place frees only when an agent leaves, so sooner would only cost TLS handshakes).
-FULL_RETRY_S: Final = 30
 #: At most one warning this often while agents are turned away for want of descriptors.
 FULL_WARNING_EVERY_S: Final = 60.0
 #: When the database cannot be reached (down, or no descriptor left to connect with).
 STORE_RETRY_S: Final = 5
-#: A draining node turns agents away for this long: by then the load balancer, which checks
-#: /readyz every second and drops a node after two failures, sends them to another node.
-DRAINING_RETRY_S: Final = 2
 #: The audit's reason for that refusal: one kind for all agents (refusal_audit), so a
 #: storm writes one event and a summary per window, not one per agent.
 OVER_SHARE_REASON: Final = "the node holds its fair share of the cluster's agents"
@@ -245,48 +239,6 @@ def _agent_id(request: web.Request) -> str | None:
     return raw if AGENT_ID_RE.fullmatch(raw) else None
 
 
-def _busy(seconds: int) -> web.Response:
-    response = error_response(
-        503, "busy", f"the broker is admitting many agents; your turn comes in {seconds} s"
-    )
-    response.headers["Retry-After"] = str(seconds)
-    return response
-
-
-def _draining() -> web.Response:
-    # The agent waits Retry-After (plus up to half again) and dials the load balancer
-    # again, which has taken this node out of its pool by then (/readyz says 503).
-    response = error_response(
-        503, "draining", "this broker node is draining; connect again to another node"
-    )
-    response.headers["Retry-After"] = str(DRAINING_RETRY_S)
-    return response
-
-
-def _over_share(spread: RetrySpread) -> web.Response:
-    # The herd it turns away comes back spread (the agent adds up to half again), to the
-    # node the load balancer picks.
-    seconds = spread.seconds(time.monotonic(), random.random())  # noqa: S311 - jitter
-    response = error_response(
-        503,
-        "over_share",
-        "this broker node holds its share of the cluster's agents; connect again in "
-        f"{seconds} s and the load balancer picks a node holding fewer",
-    )
-    response.headers["Retry-After"] = str(seconds)
-    return response
-
-
-def _full() -> web.Response:
-    response = error_response(
-        503,
-        "full",
-        f"the broker holds as many agent tunnels as it can; try again in {FULL_RETRY_S} s",
-    )
-    response.headers["Retry-After"] = str(FULL_RETRY_S)
-    return response
-
-
 async def _identity(runtime: TunnelRuntime, agent_id: str, source: str) -> TunnelIdentity | int:
     """The enrolled, non-revoked agent of this id, or the seconds after which to ask again
     when the database cannot answer (too busy, down, or no descriptor to connect with:
@@ -322,7 +274,7 @@ async def _refuse_over_share(
         per_agent=False,
         code="over_share",  # /metrics counts it under the 503's own code
     )
-    return _over_share(gate.spread)
+    return over_share(gate.spread)
 
 
 async def tunnel_handler(request: web.Request) -> web.StreamResponse:
@@ -354,36 +306,36 @@ async def tunnel_handler(request: web.Request) -> web.StreamResponse:
     hold, deadline = runtime.hold, runtime.hold.deadline()
     while True:
         if services.draining:
-            return _draining()
+            return draining()
         if gate is not None and gate.turns_away(agent_id):
             return await _refuse_over_share(runtime, gate, agent_id, source)
         now, in_flight = time.monotonic(), runtime.registry.handshakes_in_flight
         if runtime.full(now):
-            return _full()
+            return full()
         wait = runtime.limiter.held_back(agent_id, now, in_flight)
         if wait <= 0:
             break
         if not await hold.wait(wait, deadline, crowded=runtime.crowded(in_flight)):
-            return _busy(max(1, math.ceil(wait)))
+            return busy(max(1, math.ceil(wait)))
     identity = await _identity(runtime, agent_id, source)
     if isinstance(identity, int):
-        return _busy(identity)
+        return busy(identity)
     while True:
         # The same checks again, exactly: the node may have filled during the lookup.
         if services.draining:
-            return _draining()
+            return draining()
         if gate is not None and not gate.admits(agent_id):
             return await _refuse_over_share(runtime, gate, agent_id, source)
         # From here to the count below nothing awaits: the budget holds exactly, however
         # many upgrades arrive together.
         now, in_flight = time.monotonic(), runtime.registry.handshakes_in_flight
         if runtime.full(now):
-            return _full()
+            return full()
         wait = runtime.limiter.admit(agent_id, now, in_flight)
         if wait <= 0:
             break
         if not await hold.wait(wait, deadline, crowded=runtime.crowded(in_flight)):
-            return _busy(max(1, math.ceil(wait)))
+            return busy(max(1, math.ceil(wait)))
     runtime.registry.tunnel_opened()
     try:
         await ws.prepare(request)

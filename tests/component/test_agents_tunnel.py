@@ -16,7 +16,8 @@ import pytest
 from pytest_aiohttp import AiohttpClient
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from broker.agents.tunnel_endpoint import FULL_RETRY_S, MAX_WS_MESSAGE, TunnelSettings
+from broker.agents.tunnel_answers import FULL_RETRY_S
+from broker.agents.tunnel_endpoint import MAX_WS_MESSAGE, TunnelSettings
 from tests.component.test_agents_harness import (
     FACTS,
     FAST,

@@ -18,7 +18,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 from websockets.exceptions import InvalidStatus
 
-from broker.agents.tunnel_endpoint import FULL_RETRY_S, TunnelSettings
+from broker.agents.tunnel_answers import FULL_RETRY_S
+from broker.agents.tunnel_endpoint import TunnelSettings
 from tests.component.test_agents_harness import (
     FAST,
     WAIT,
