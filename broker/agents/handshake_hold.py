@@ -10,12 +10,16 @@ connection it already paid for, and goes through the checks again when it is due
 
 - a place in line due at a known time: it waits until then;
 - too many handshakes under way: it waits until one finishes (woken oldest first, one
-  per finished handshake, so a thousand waiters do not all wake for one free place), or
-  at most the limiter's own retry time, whichever comes first.
+  per finished handshake, so a thousand waiters do not all wake for one free place; one
+  that finds the place taken again waits at the front), or at most the limiter's own
+  retry time, whichever comes first.
 
 What a wait may hold is bounded: ``max_held`` upgrades at once (each keeps its socket,
-its TLS state and aiohttp's request, but no handshake work), and no upgrade waits more
-than ``max_wait`` in all. Past either bound the answer is the 503 it was before, so a
+its TLS state and aiohttp's request, but no handshake work), no upgrade waits for its
+place in line more than ``max_wait`` after it arrived, and none waits for handshakes
+under way more than ``max_crowded_wait``: those finish at the rate the machine manages,
+which is slower than the limiter's on a loaded one, and every 503 in between would be
+one more TLS handshake for it. Past a bound the answer is the 503 it was before, so a
 herd larger than the limiter spreads is still sent away and comes back at its turn.
 """
 
@@ -27,8 +31,12 @@ import time
 from collections import deque
 from typing import Final
 
-#: How long an upgrade may wait for its turn, in all (a longer wait is answered 503).
+#: How long after it arrived an upgrade may wait for its place in line (a longer wait is
+#: answered 503).
 HOLD_S: Final = 2.0
+#: How long after it arrived an upgrade may wait for a handshake under way to finish: well
+#: inside the agent's 30 s to open its WebSocket.
+CROWDED_HOLD_S: Final = 10.0
 #: Upgrades waiting at once; more are answered 503.
 MAX_HELD: Final = 1024
 
@@ -36,29 +44,33 @@ MAX_HELD: Final = 1024
 class HandshakeHold:
     """Where upgrades wait for a handshake turn that comes soon (see the module doc)."""
 
-    __slots__ = ("_waiters", "held", "max_held", "max_wait")
+    __slots__ = ("_waiters", "held", "max_crowded_wait", "max_held", "max_wait")
 
-    def __init__(self, max_wait: float = HOLD_S, max_held: int = MAX_HELD) -> None:
-        if max_wait < 0 or max_held < 0:
-            raise ValueError("max_wait and max_held must be >= 0")
+    def __init__(
+        self,
+        max_wait: float = HOLD_S,
+        max_held: int = MAX_HELD,
+        max_crowded_wait: float = CROWDED_HOLD_S,
+    ) -> None:
+        if max_wait < 0 or max_held < 0 or max_crowded_wait < 0:
+            raise ValueError("max_wait, max_held and max_crowded_wait must be >= 0")
         self.max_wait = max_wait
         self.max_held = max_held
+        self.max_crowded_wait = max_crowded_wait
         #: Upgrades waiting now (a metric, and the bound's count).
         self.held = 0
         #: Those waiting for a handshake to finish, oldest first.
         self._waiters: deque[asyncio.Future[None]] = deque()
 
-    def deadline(self) -> float:
-        """The latest monotonic time an upgrade arriving now may wait until."""
-        return time.monotonic() + self.max_wait
-
-    async def wait(self, wait: float, deadline: float, *, crowded: bool) -> bool:
+    async def wait(self, wait: float, arrived: float, *, crowded: bool, again: bool) -> bool:
         """Wait for the turn the limiter named (``wait`` seconds from now; ``crowded``:
         the handshakes under way are at their bound, so a finished one ends the wait
-        early). False, at once, when the turn is past ``deadline`` or the hold is full:
-        the caller answers 503 as before. True once the caller should check again."""
+        early; ``again``: this upgrade waited before). False, at once, when the turn is
+        past the bound counted from ``arrived`` or the hold is full: the caller answers
+        503 as before. True once the caller should check again."""
+        bound = self.max_crowded_wait if crowded else self.max_wait
         now = time.monotonic()
-        if wait <= 0 or now + wait > deadline or self.held >= self.max_held:
+        if wait <= 0 or now + wait > arrived + bound or self.held >= self.max_held:
             return False
         self.held += 1
         try:
@@ -66,7 +78,10 @@ class HandshakeHold:
                 await asyncio.sleep(wait)
                 return True
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
+            if again:
+                self._waiters.appendleft(waiter)
+            else:
+                self._waiters.append(waiter)
             try:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(wait):

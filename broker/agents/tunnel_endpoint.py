@@ -18,8 +18,9 @@ Order of checks, cheapest first, so a flood costs the broker as little as possib
 5. the broker has a descriptor to spare for one more tunnel (else 503 with ``Retry-After``;
    see :mod:`broker.agents.descriptors`), and the handshake limiter admits it (else 503
    with ``Retry-After``: the agent's place in line, given only to an agent looked up);
-   a turn due within two seconds is waited for on the connection instead, and every
-   check made again after the wait (:mod:`broker.agents.handshake_hold`);
+   a turn due soon (a place in line within 2 s, a handshake under way to finish within
+   10 s) is waited for on the connection instead, and every check made again after the
+   wait (:mod:`broker.agents.handshake_hold`);
 6. the upgrade; then an asyncssh client over :class:`agent.tunnel.WebSocketTunnel` that
    trusts only the host key this agent enrolled with (:mod:`broker.agents.tunnel_ssh`).
    Whoever claims another agent's id fails here (audited), and nothing else is touched.
@@ -63,7 +64,7 @@ from agent.protocol import (
 from agent.tunnel import BDP_INFO, WebSocketTunnel, size_tunnel_buffer
 from broker.agents import agent_store, descriptors
 from broker.agents.facts_pacing import FACTS_MAX_WAIT_S, FactsPacer
-from broker.agents.handshake_hold import HOLD_S, MAX_HELD, HandshakeHold
+from broker.agents.handshake_hold import CROWDED_HOLD_S, HOLD_S, MAX_HELD, HandshakeHold
 from broker.agents.handshake_limiter import HandshakeLimiter
 from broker.agents.identity_lookup import Found, IdentityLookup, TunnelIdentity
 from broker.agents.presence import PresenceWriter
@@ -131,9 +132,11 @@ class TunnelSettings:
     refusal_window: float = WINDOW_S
     #: Rekey after this many bytes; None: asyncssh's default (1 GB). Tests make it small.
     rekey_bytes: int | None = None
-    #: An upgrade whose handshake turn comes within this long waits for it (0: never),
-    #: at most this many at once; see handshake_hold.
+    #: An upgrade whose place in line comes within this long waits for it (0: never), or
+    #: for a handshake under way to finish within the second; at most so many at once.
+    #: See handshake_hold.
     handshake_hold: float = HOLD_S
+    handshake_crowded_hold: float = CROWDED_HOLD_S
     max_held_upgrades: int = MAX_HELD
 
     def limiter(self) -> HandshakeLimiter:
@@ -158,7 +161,9 @@ class TunnelRuntime:
         self.settings = settings
         self.registry = registry
         self.limiter = settings.limiter()
-        self.hold = HandshakeHold(settings.handshake_hold, settings.max_held_upgrades)
+        self.hold = HandshakeHold(
+            settings.handshake_hold, settings.max_held_upgrades, settings.handshake_crowded_hold
+        )
         self.node = settings.node or services.config.node or node_name()
         #: The feature's background work: the presence writer, housekeeping, refusal audits.
         self.tasks = Supervisor("agent tunnels")
@@ -303,7 +308,7 @@ async def tunnel_handler(request: web.Request) -> web.StreamResponse:
     gate = request.app.get(SHARE_GATE)
     # A turn that comes soon is waited for on this connection (handshake_hold), and
     # every check is made again after the wait.
-    hold, deadline = runtime.hold, runtime.hold.deadline()
+    hold, arrived, waited = runtime.hold, time.monotonic(), False
     while True:
         if services.draining:
             return draining()
@@ -315,8 +320,10 @@ async def tunnel_handler(request: web.Request) -> web.StreamResponse:
         wait = runtime.limiter.held_back(agent_id, now, in_flight)
         if wait <= 0:
             break
-        if not await hold.wait(wait, deadline, crowded=runtime.crowded(in_flight)):
+        crowded = runtime.crowded(in_flight)
+        if not await hold.wait(wait, arrived, crowded=crowded, again=waited):
             return busy(max(1, math.ceil(wait)))
+        waited = True
     identity = await _identity(runtime, agent_id, source)
     if isinstance(identity, int):
         return busy(identity)
@@ -334,8 +341,10 @@ async def tunnel_handler(request: web.Request) -> web.StreamResponse:
         wait = runtime.limiter.admit(agent_id, now, in_flight)
         if wait <= 0:
             break
-        if not await hold.wait(wait, deadline, crowded=runtime.crowded(in_flight)):
+        crowded = runtime.crowded(in_flight)
+        if not await hold.wait(wait, arrived, crowded=crowded, again=waited):
             return busy(max(1, math.ceil(wait)))
+        waited = True
     runtime.registry.tunnel_opened()
     try:
         await ws.prepare(request)

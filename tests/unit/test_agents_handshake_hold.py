@@ -28,18 +28,21 @@ def test_the_bounds_are_checked() -> None:
         HandshakeHold(-1.0, 10)
     with pytest.raises(ValueError, match="max_wait"):
         HandshakeHold(1.0, -1)
+    with pytest.raises(ValueError, match="max_wait"):
+        HandshakeHold(1.0, 10, -1.0)
 
 
-async def test_a_turn_past_the_deadline_or_a_full_hold_is_not_waited_for() -> None:
-    """Past either bound the answer is at once: the caller sends its 503 as before."""
-    hold = HandshakeHold(max_wait=2.0, max_held=1)
-    deadline = time.monotonic() + 2.0
-    assert not await hold.wait(LONG, deadline, crowded=False)
-    assert not await hold.wait(LONG, deadline, crowded=True)
-    assert not await hold.wait(0.0, deadline, crowded=False)
-    first = asyncio.create_task(hold.wait(1.5, deadline + LONG, crowded=True))
+async def test_a_turn_past_its_bound_or_a_full_hold_is_not_waited_for() -> None:
+    """Past a bound the answer is at once: the caller sends its 503 as before. A place in
+    line is waited for up to max_wait after arrival, handshakes under way longer."""
+    hold = HandshakeHold(max_wait=2.0, max_held=1, max_crowded_wait=2 * LONG)
+    arrived = time.monotonic()
+    assert not await hold.wait(LONG, arrived, crowded=False, again=False)
+    assert not await hold.wait(0.0, arrived, crowded=False, again=False)
+    assert not await hold.wait(1.5, arrived - 1.0, crowded=False, again=False)
+    first = asyncio.create_task(hold.wait(LONG, arrived, crowded=True, again=False))
     await _until_held(hold, 1)
-    assert not await hold.wait(0.5, deadline, crowded=True), "one waits already"
+    assert not await hold.wait(0.5, arrived, crowded=True, again=False), "one waits already"
     hold.handshake_finished()
     async with asyncio.timeout(WAIT):
         assert await first
@@ -48,11 +51,11 @@ async def test_a_turn_past_the_deadline_or_a_full_hold_is_not_waited_for() -> No
 
 async def test_a_finished_handshake_wakes_the_oldest_waiter_only() -> None:
     """One free place wakes one waiter, the one that waited longest."""
-    hold = HandshakeHold(max_wait=LONG, max_held=10)
-    deadline = time.monotonic() + 2 * LONG
-    older = asyncio.create_task(hold.wait(LONG, deadline, crowded=True))
+    hold = HandshakeHold(max_wait=LONG, max_held=10, max_crowded_wait=2 * LONG)
+    arrived = time.monotonic()
+    older = asyncio.create_task(hold.wait(LONG, arrived, crowded=True, again=False))
     await _until_held(hold, 1)
-    newer = asyncio.create_task(hold.wait(LONG, deadline, crowded=True))
+    newer = asyncio.create_task(hold.wait(LONG, arrived, crowded=True, again=False))
     await _until_held(hold, 2)
     hold.handshake_finished()
     async with asyncio.timeout(WAIT):
@@ -65,13 +68,30 @@ async def test_a_finished_handshake_wakes_the_oldest_waiter_only() -> None:
     assert hold.held == 0
 
 
+async def test_a_waiter_whose_place_was_taken_waits_at_the_front() -> None:
+    """Woken, it found the place taken by a newcomer: it is next, not last."""
+    hold = HandshakeHold(max_wait=LONG, max_held=10, max_crowded_wait=2 * LONG)
+    arrived = time.monotonic()
+    behind = asyncio.create_task(hold.wait(LONG, arrived, crowded=True, again=False))
+    await _until_held(hold, 1)
+    back = asyncio.create_task(hold.wait(LONG, arrived, crowded=True, again=True))
+    await _until_held(hold, 2)
+    hold.handshake_finished()
+    async with asyncio.timeout(WAIT):
+        assert await back
+    assert not behind.done()
+    hold.handshake_finished()
+    async with asyncio.timeout(WAIT):
+        assert await behind
+
+
 async def test_a_waiter_that_left_is_skipped() -> None:
     """An upgrade cancelled while it waits (its agent hung up) does not swallow a wake."""
-    hold = HandshakeHold(max_wait=LONG, max_held=10)
-    deadline = time.monotonic() + 2 * LONG
-    gone = asyncio.create_task(hold.wait(LONG, deadline, crowded=True))
+    hold = HandshakeHold(max_wait=LONG, max_held=10, max_crowded_wait=2 * LONG)
+    arrived = time.monotonic()
+    gone = asyncio.create_task(hold.wait(LONG, arrived, crowded=True, again=False))
     await _until_held(hold, 1)
-    staying = asyncio.create_task(hold.wait(LONG, deadline, crowded=True))
+    staying = asyncio.create_task(hold.wait(LONG, arrived, crowded=True, again=False))
     await _until_held(hold, 2)
     gone.cancel()
     with pytest.raises(asyncio.CancelledError):
