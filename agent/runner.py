@@ -44,6 +44,7 @@ from agent.facts import Facts, collect_facts
 from agent.protocol import AGENT_ID_HEADER, MAX_TUNNEL_MESSAGE, iso_utc
 from agent.proxy import Proxy
 from agent.pty_session import ProcessTable
+from agent.reverse_ssh import open_reverse_connection
 from agent.send_turns import SEND_HIGH, SEND_LOW, SendTurns
 from agent.session_log import SessionLog, SessionRegistry
 from agent.shell_integration import ZshStartupFiles
@@ -315,8 +316,8 @@ class AgentRunner:
         try:
             conn = await _unless_stopped(
                 stop,
-                asyncssh.connect_reverse(
-                    tunnel=tunnel, **server_options(settings.agent_key, self._context)
+                open_reverse_connection(
+                    tunnel, **server_options(settings.agent_key, self._context)
                 ),
             )
         except asyncio.CancelledError:

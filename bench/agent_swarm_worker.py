@@ -61,6 +61,7 @@ from agent.protocol import (
     MAX_TUNNEL_MESSAGE,
     Ed25519PublicKey,
 )
+from agent.reverse_ssh import open_reverse_connection
 from agent.runner import busy_delay, retry_after, tunnel_ssl_context
 from agent.ssh_server import tunnel_algorithms
 from agent.tunnel import WebSocketTunnel
@@ -267,8 +268,8 @@ class SimulatedAgent:
             logger.debug("dial failed: %r", exc)
             return self._redial(jitter)
         try:
-            conn = await asyncssh.connect_reverse(
-                tunnel=WebSocketTunnel(_HeldStream(websocket)),
+            conn = await open_reverse_connection(
+                WebSocketTunnel(_HeldStream(websocket)),
                 server_host_keys=[host_key],
                 authorized_client_keys=authorized,
                 process_factory=self._answer_facts,

@@ -59,6 +59,9 @@ PUBLIC_KEY_AUTH_SHA256 = "ce6948c58bebb5567166a46ba8114af116a95fba38533c86164133
 #: sha256 of ``inspect.getsource`` of asyncssh 2.24.1's ``SSHConnection.send_packet``,
 #: dedented: the method agent/ignore_packets.py wraps on each connection.
 SEND_PACKET_SOURCE_SHA256 = "731d9ba1d3386e803b93c3a54b02f5fba1630a46a450941ca36e401f63e1188e"
+#: sha256 of ``inspect.getsource`` of asyncssh 2.24.1's ``SSHServerConnection.reload_config``,
+#: dedented: what agent/reverse_ssh.py skips (it re-prepares the options, nothing else).
+RELOAD_CONFIG_SHA256 = "47e6b5f4963f660294fbabdebdc01073ea3d65781604a42db483b2558d8ecac9"
 WAIT = 10.0  # failure bound, never a pause
 
 
@@ -270,6 +273,24 @@ def test_the_tunnel_connect_repeats_what_asyncssh_connect_does() -> None:
     assert "self._waiter = options.waiter if wait else None" in init, (
         "asyncssh's connection no longer takes its waiter from the options as it is made: "
         "broker/agents/tunnel_ssh.py sets options.waiter just before making it"
+    )
+
+
+def test_the_agents_reverse_connect_repeats_what_asyncssh_connect_reverse_does() -> None:
+    """agent/reverse_ssh.py makes the agent's server connection as ``connect_reverse`` does
+    (after ``_connect``'s steps, pinned above) and keeps its options when the first
+    authentication request arrives, where asyncssh re-prepares them for configuration
+    files the agent does not read. Another digest means asyncssh changed what that
+    re-preparation does: re-check ``TunnelServerConnection.reload_config``."""
+    reverse = inspect.getsource(asyncssh.connect_reverse)
+    assert "SSHServerConnection(loop, new_options, wait='auth')" in reverse, (
+        "asyncssh.connect_reverse makes its connection differently: re-check agent/reverse_ssh.py"
+    )
+    userauth = inspect.getsource(asyncssh.connection.SSHConnection._finish_userauth)
+    assert "reload_config()" in userauth
+    digest = hashlib.sha256(_source(asyncssh.SSHServerConnection.reload_config).encode())
+    assert digest.hexdigest() == RELOAD_CONFIG_SHA256, (
+        "asyncssh's SSHServerConnection.reload_config changed: re-check agent/reverse_ssh.py"
     )
 
 
