@@ -27,6 +27,7 @@ from broker.api.openapi import build_openapi
 from broker.api.routing import ApiRouter, add_routes
 from broker.audit.log import AuditLog
 from broker.cluster import feature as cluster_feature
+from broker.cluster.ops_endpoints import DATABASE_PROBE
 from broker.config import BrokerConfig
 from broker.connectors import feature as connectors_feature
 from broker.console import feature as console_feature
@@ -183,7 +184,7 @@ def create_app(
         # probe's own connection (broker.cluster.readiness), never one of the pool: a herd
         # of agent lookups holding every pooled connection makes the broker busy, and a
         # health check that queued behind it would time out and call it dead.
-        if not await request.app[cluster_feature.DATABASE_PROBE].database_up():
+        if not await request.app[DATABASE_PROBE].database_up():
             return web.json_response({"status": "unavailable", "database": "down"}, status=503)
         return web.json_response({"status": "ok", "version": broker_version()})
 

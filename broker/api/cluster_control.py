@@ -9,8 +9,8 @@ import logging
 
 from aiohttp import web
 
+from broker.cluster.app_keys import CLUSTER
 from broker.cluster.bus import BusUnavailable, NoResponder
-from broker.cluster.feature import CLUSTER
 from broker.cluster.messages import BadMessage, Steer, SteerResult
 from broker.db.models_sessions import RemoteSession
 from broker.sessions.errors import SessionConflict

@@ -6,8 +6,9 @@ from pydantic import BaseModel
 
 from broker.api.routing import ApiContext, ApiRouter
 from broker.audit import audit_target
+from broker.cluster.app_keys import CLUSTER, SINGLE
 from broker.cluster.bus import BusUnavailable, NoResponder
-from broker.cluster.feature import CLUSTER, SINGLE, start_drain
+from broker.cluster.node_actions import start_drain
 from broker.config import valid_node_name
 from broker.errors import BrokerError, InputError, NotFoundError, UnavailableError
 

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from broker.cluster.feature import CLUSTER
+from broker.cluster.app_keys import CLUSTER
 from broker.connectors.keys import CONNECTOR_SYNC, CONNECTOR_SYSTEMS, CONNECTORS
 from broker.connectors.mirror import Mirror
 from broker.connectors.notices import GoneNotices
