@@ -16,7 +16,8 @@ from broker.api import agents as agents_api
 from broker.api import audit as audit_api
 from broker.api import connectors as connectors_api
 from broker.api import directories as directories_api
-from broker.api import kb as kb_api
+from broker.api import kb_articles as kb_articles_api
+from broker.api import kb_search as kb_search_api
 from broker.api import nodes as nodes_api
 from broker.api import sessions as sessions_api
 from broker.api import staff as staff_api
@@ -67,7 +68,8 @@ def api_routers() -> list[ApiRouter]:
         audit_api.router,
         agents_api.router,
         agent_packages_api.router,
-        kb_api.router,
+        kb_articles_api.router,
+        kb_search_api.router,
         tickets_api.router,
         sessions_api.router,
         connectors_api.router,

@@ -1,6 +1,7 @@
 """The knowledge base's start-up work: documents indexed under an older glossary get the
 concept tokens of the current one (``search_docs.refresh_concepts``) before the broker
-serves searches. The REST routes are in ``broker.api.kb``."""
+serves searches. The REST routes are in ``broker.api.kb_articles`` and
+``broker.api.kb_search``."""
 
 from __future__ import annotations
 
