@@ -71,31 +71,38 @@ async def ended_with(page: Page, state: str, text: str) -> None:
     )
 
 
-# What the terminal holds and shows: the last lines of its buffer, and where its viewport is
-# (viewportY below baseY: the view stopped following the output), with the page's state.
-_TERMINAL_STATE: Final = """() => {
+# What the terminal holds and shows: the last lines of its buffer, every line that holds
+# ``text`` (a line of its own, or inside another one: output written in the middle of
+# another line), and where its viewport is (viewportY below baseY: the view stopped
+# following the output), with the page's state.
+_TERMINAL_STATE: Final = """(text) => {
   const buffer = window.secondlineTerminal.buffer.active;
+  const row = (i) => buffer.getLine(i).translateToString(true);
   const lines = [];
-  for (let i = Math.max(0, buffer.length - 6); i < buffer.length; i++) {
-    lines.push(buffer.getLine(i).translateToString(true));
+  for (let i = Math.max(0, buffer.length - 6); i < buffer.length; i++) lines.push(row(i));
+  const holding = [];
+  for (let i = 0; i < buffer.length && holding.length < 5; i++) {
+    if (text && row(i).includes(text)) holding.push({row: i, line: row(i)});
   }
   const app = document.getElementById("terminal-app");
   return {state: app.dataset.state, viewportY: buffer.viewportY, baseY: buffer.baseY,
-          lines: lines};
+          rows: buffer.length, holding: holding, lines: lines};
 }"""
 
 
-async def terminal_state(page: Page) -> dict[str, Any]:
+async def terminal_state(page: Page, text: str = "") -> dict[str, Any]:
     """The console terminal's state for a failure message: whether the bytes arrived (its
-    buffer's last lines) or only were not shown (its viewport stopped following)."""
-    state: dict[str, Any] = await page.evaluate(_TERMINAL_STATE)
+    buffer's last lines, and the lines that hold ``text`` anywhere in them) or only were
+    not shown (its viewport stopped following)."""
+    state: dict[str, Any] = await page.evaluate(_TERMINAL_STATE, text)
     return state
 
 
 async def wait_for_line(page: Page, text: str) -> None:
     """Wait for a line of the terminal's screen that reads exactly ``text``; on a timeout,
-    fail saying what the terminal held and where its view was."""
+    fail saying what the terminal held, where ``text`` is in it, and where its view was."""
     try:
         await terminal_text(page, text).wait_for(timeout=WAIT_MS)
     except PlaywrightTimeout:
-        raise AssertionError(f"{text!r} not on screen; {await terminal_state(page)}") from None
+        state = await terminal_state(page, text)
+        raise AssertionError(f"{text!r} not on screen; {state}") from None
