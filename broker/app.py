@@ -15,12 +15,14 @@ from broker.api import agent_packages as agent_packages_api
 from broker.api import agents as agents_api
 from broker.api import audit as audit_api
 from broker.api import connectors as connectors_api
+from broker.api import customers as customers_api
 from broker.api import directories as directories_api
 from broker.api import kb_articles as kb_articles_api
 from broker.api import kb_search as kb_search_api
 from broker.api import nodes as nodes_api
 from broker.api import sessions as sessions_api
-from broker.api import staff as staff_api
+from broker.api import staff_accounts as staff_accounts_api
+from broker.api import staff_tokens as staff_tokens_api
 from broker.api import tickets as tickets_api
 from broker.api.errors import error_middleware
 from broker.api.in_process import ApiIndex
@@ -64,7 +66,9 @@ def broker_version() -> str:
 def api_routers() -> list[ApiRouter]:
     """Every router of /api/v1; each domain adds its own here."""
     return [
-        staff_api.router,
+        staff_accounts_api.router,
+        staff_tokens_api.router,
+        customers_api.router,
         audit_api.router,
         agents_api.router,
         agent_packages_api.router,
