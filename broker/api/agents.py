@@ -27,7 +27,7 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class TokenCreate(Strict):
+class EnrollTokenCreate(Strict):
     customer: str | None = Field(default=None, max_length=63)
     labels: dict[str, str] = Field(default_factory=dict, max_length=tokens.LABELS_MAX)
     consent: str = Field(default="attended", max_length=16)
@@ -35,7 +35,7 @@ class TokenCreate(Strict):
     uses: int = Field(default=1)
 
 
-class TokenOut(BaseModel):
+class EnrollTokenOut(BaseModel):
     id: str
     customer: str
     labels: dict[str, str]
@@ -50,7 +50,7 @@ class TokenOut(BaseModel):
     revoked_at: dt.datetime | None
 
 
-class NewTokenOut(TokenOut):
+class NewEnrollTokenOut(EnrollTokenOut):
     token: str
 
 
@@ -73,9 +73,9 @@ class AgentOut(BaseModel):
     revoked_by: str | None
 
 
-def _token_out(found: tokens.TokenRow, now: dt.datetime) -> TokenOut:
+def _token_out(found: tokens.TokenRow, now: dt.datetime) -> EnrollTokenOut:
     row = found.row
-    return TokenOut(
+    return EnrollTokenOut(
         id=row.id,
         customer=found.customer,
         labels=dict(row.labels),
@@ -136,12 +136,12 @@ def _customer_for_token(ctx: ApiContext, given: str | None) -> str:
     "/enrollment-tokens",
     summary="Mint an enrollment token (its text is shown once)",
     scope="admin",
-    body=TokenCreate,
-    response=NewTokenOut,
+    body=EnrollTokenCreate,
+    response=NewEnrollTokenOut,
     status=201,
 )
-async def create_token(ctx: ApiContext) -> NewTokenOut:
-    body = ctx.payload(TokenCreate)
+async def create_token(ctx: ApiContext) -> NewEnrollTokenOut:
+    body = ctx.payload(EnrollTokenCreate)
     s = ctx.services
     spec = tokens.token_spec(
         customer=_customer_for_token(ctx, body.customer),
@@ -174,7 +174,7 @@ async def create_token(ctx: ApiContext) -> NewTokenOut:
         },
     )
     out = _token_out(tokens.TokenRow(new.row, new.customer), now)
-    return NewTokenOut(**out.model_dump(), token=new.text)
+    return NewEnrollTokenOut(**out.model_dump(), token=new.text)
 
 
 @router.route(
@@ -182,10 +182,10 @@ async def create_token(ctx: ApiContext) -> NewTokenOut:
     "/enrollment-tokens",
     summary="List enrollment tokens, newest first",
     scope="admin",
-    response=TokenOut,
+    response=EnrollTokenOut,
     many=True,
 )
-async def list_tokens(ctx: ApiContext) -> list[TokenOut]:
+async def list_tokens(ctx: ApiContext) -> list[EnrollTokenOut]:
     now = ctx.services.clock()
     async with ctx.services.db() as db:
         rows = await tokens.list_tokens(db, ctx.principal.customers)
@@ -197,9 +197,9 @@ async def list_tokens(ctx: ApiContext) -> list[TokenOut]:
     "/enrollment-tokens/{id}",
     summary="Revoke an enrollment token",
     scope="admin",
-    response=TokenOut,
+    response=EnrollTokenOut,
 )
-async def revoke_token(ctx: ApiContext) -> TokenOut:
+async def revoke_token(ctx: ApiContext) -> EnrollTokenOut:
     s = ctx.services
     now = s.clock()
     async with s.db() as db, db.begin():

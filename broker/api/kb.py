@@ -76,7 +76,7 @@ class SearchIn(Strict):
     lang: str | None = Field(default=None, max_length=8)
 
 
-class CommandOut(BaseModel):
+class ArticleCommandOut(BaseModel):
     command: str
     exit_status: int | None
     session: str | None
@@ -97,7 +97,7 @@ class ArticleOut(BaseModel):
     environment: str
     cause: str
     solution: str
-    commands: list[CommandOut]
+    commands: list[ArticleCommandOut]
     tags: list[str]
     os: list[str]
     author: str
@@ -128,7 +128,7 @@ class VersionDetailOut(VersionOut):
     environment: str
     cause: str
     solution: str
-    commands: list[CommandOut]
+    commands: list[ArticleCommandOut]
     tags: list[str]
     os: list[str]
 
@@ -207,9 +207,9 @@ def caller_of(ctx: ApiContext) -> Caller:
     return Caller(ctx.principal, ctx.source)
 
 
-def commands_out(commands: tuple[CommandEntry, ...]) -> list[CommandOut]:
+def commands_out(commands: tuple[CommandEntry, ...]) -> list[ArticleCommandOut]:
     return [
-        CommandOut(command=c.command, exit_status=c.exit_status, session=c.session)
+        ArticleCommandOut(command=c.command, exit_status=c.exit_status, session=c.session)
         for c in commands
     ]
 

@@ -29,9 +29,12 @@ def build_openapi(routers: Sequence[ApiRouter], version: str) -> dict[str, objec
         for route in router.routes:
             models.update(m for m in (route.body, route.response) if m is not None)
     ordered = sorted(models, key=lambda m: m.__name__)
-    _, defs = models_json_schema(
+    refs, defs = models_json_schema(
         [(m, "validation") for m in ordered], ref_template="#/components/schemas/{model}"
     )
+    # pydantic names each schema: the class's name, or, where two models share one, a name
+    # with its module in it; a route points at whatever name its model was given.
+    ref_of = {model: refs[(model, "validation")]["$ref"] for model in ordered}
     schemas: dict[str, object] = dict(defs.get("$defs", {}))
     schemas["Error"] = _ERROR
     paths: dict[str, dict[str, object]] = {}
@@ -60,7 +63,7 @@ def build_openapi(routers: Sequence[ApiRouter], version: str) -> dict[str, objec
                 }
             }
             if route.response is not None:
-                ref: dict[str, object] = {"$ref": f"#/components/schemas/{route.response.__name__}"}
+                ref: dict[str, object] = {"$ref": ref_of[route.response]}
                 schema = {"type": "array", "items": ref} if route.many else ref
                 responses[str(route.status)] = {
                     "description": "success",
@@ -78,11 +81,7 @@ def build_openapi(routers: Sequence[ApiRouter], version: str) -> dict[str, objec
             if route.body is not None:
                 op["requestBody"] = {
                     "required": True,
-                    "content": {
-                        "application/json": {
-                            "schema": {"$ref": f"#/components/schemas/{route.body.__name__}"}
-                        }
-                    },
+                    "content": {"application/json": {"schema": {"$ref": ref_of[route.body]}}},
                 }
             if route.public:
                 op["security"] = []

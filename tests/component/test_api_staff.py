@@ -272,6 +272,33 @@ async def test_openapi_describes_every_route(api: Api) -> None:
     assert doc["openapi"].startswith("3.")
 
 
+async def test_openapi_references_all_resolve(api: Api) -> None:
+    """Every $ref in the OpenAPI document names a schema the document holds: two modules'
+    models of one class name (agent enrollment tokens, staff API tokens) once left routes
+    pointing at names pydantic had prefixed with their modules."""
+    r = await api.client.get("/api/v1/openapi.json")
+    doc = await r.json()
+    schemas = doc["components"]["schemas"]
+    refs: list[str] = []
+
+    def collect(node: object) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("$ref"), str):
+                refs.append(node["$ref"])
+            for value in node.values():
+                collect(value)
+        elif isinstance(node, list):
+            for value in node:
+                collect(value)
+
+    collect(doc)
+    assert refs
+    prefix = "#/components/schemas/"
+    unresolved = sorted({ref for ref in refs if ref.removeprefix(prefix) not in schemas})
+    assert unresolved == []
+    assert all("__" not in name for name in schemas), sorted(schemas)
+
+
 async def test_unknown_route_has_json_error(api: Api) -> None:
     """Unknown API paths answer with the stable JSON error shape."""
     status, data = await api.call("GET", "/nothing-here")
