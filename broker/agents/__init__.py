@@ -20,8 +20,10 @@ Modules:
 - ``presence``: online/offline/last seen and facts, written in batches.
 - ``tls_read_buffer``, ``heap_trim``: what keeps an idle tunnel small (one TLS read buffer
   per thread; returning handshake memory to the system).
-- ``enroll_endpoint``, ``tunnel_endpoint``, ``ws_stream``: ``/agent/v1/enroll`` and
-  ``/agent/v1/tunnel``.
+- ``enroll_endpoint``, ``tunnel_endpoint``: ``/agent/v1/enroll`` and ``/agent/v1/tunnel``;
+  ``ws_takeover`` takes an accepted tunnel's connection off aiohttp, ``tunnel_websocket``
+  is its WebSocket from then on, ``tunnel_life`` its handshake and life, ``tunnel_runtime``
+  what the endpoint keeps between requests.
 - ``signed_requests``: :func:`verify_agent_request` for ``/agent/v1/*`` requests outside the
   tunnel.
 - ``feature``: ``setup(app)``, and the app keys :data:`AGENT_REGISTRY`, :data:`TUNNEL_SETTINGS`.

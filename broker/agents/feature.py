@@ -30,6 +30,9 @@ from broker.supervision import OnFailure
 
 log = logging.getLogger(__name__)
 
+#: At shutdown, how long closed tunnels (and handshakes under way) get to end by themselves.
+SHUTDOWN_GRACE_S: Final = 5.0
+
 #: The live tunnels of this node; the session hub reads it (broker.ports.AgentTunnels).
 AGENT_REGISTRY: Final = web.AppKey("agent_registry", AgentRegistry)
 #: Optional: set before the app starts to change tunnel timers and limits (tests do).
@@ -146,3 +149,6 @@ async def _close_tunnels(app: web.Application) -> None:
         closed = runtime.registry.close_all("the broker is shutting down")
         if closed:
             log.info("closing %d agent tunnels for shutdown", closed)
+        # The tunnels are tasks of their own, not aiohttp's requests (ws_takeover): wait
+        # for them to record how they ended, as aiohttp's shutdown waited for its handlers.
+        await runtime.end_tunnels(SHUTDOWN_GRACE_S)

@@ -22,7 +22,7 @@ import asyncssh
 from aiohttp import WSCloseCode
 
 from broker.agents.arrivals import Arrivals
-from broker.agents.ws_stream import AiohttpStream
+from broker.agents.tunnel_websocket import TunnelWebSocket
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class LiveTunnel:
         agent_id: str,
         conn: asyncssh.SSHClientConnection,
         connected_at: dt.datetime,
-        stream: AiohttpStream | None = None,
+        stream: TunnelWebSocket | None = None,
     ) -> None:
         self.agent_id = agent_id
         self.conn = conn

@@ -15,7 +15,7 @@ from broker.log_context import context_logger
 from broker.services import Services
 
 if TYPE_CHECKING:
-    from broker.agents.tunnel_endpoint import TunnelRuntime
+    from broker.agents.tunnel_runtime import TunnelRuntime
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,9 @@ says what to do; none of them skips.
 - asyncssh's key exchange (broker/agents/tunnel_ssh.py: the KEXINIT payloads let go once a
   key exchange is done);
 - asyncio's Event and asyncssh's close event (broker/agents/tunnel_ssh.py: a list for its
-  waiters).
+  waiters);
+- aiohttp's request handler (broker/agents/ws_takeover.py: an upgraded tunnel's connection
+  taken off it).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ import textwrap
 from asyncio import base_events, selector_events
 from pathlib import Path
 
+import aiohttp.http_writer
+import aiohttp.web_protocol
 import asyncssh
 import pytest
 from asyncssh.auth import _ClientPublicKeyAuth
@@ -373,3 +377,24 @@ def test_the_close_event_waiters_need_nothing_a_list_lacks() -> None:
     assert "self._close_event = asyncio.Event()" in _source(connection.__init__)
     assert "await self._close_event.wait()" in _source(connection.wait_closed)
     assert "_close_event" in _source(TunnelConnection.__init__)
+
+
+def test_an_upgraded_connection_can_be_taken_off_aiohttp() -> None:
+    """broker/agents/ws_takeover.py takes an accepted tunnel's connection from aiohttp's
+    ``RequestHandler``: it takes the bytes after the upgrade from ``_message_tail``, sets
+    the handler's ``transport`` to None and calls its ``connection_lost``, which must then
+    close nothing (it closes only through ``force_close``, which closes ``self.transport``
+    when there is one), and the response the handler returns must find no transport to be
+    written to. If this fails, read the installed aiohttp's web_protocol.py and adapt
+    ws_takeover.py (or give up the takeover: WebSocketResponse as before it)."""
+    handler = aiohttp.web_protocol.RequestHandler
+    assert "_message_tail" in handler.__slots__
+    assert "self._message_tail = tail" in _source(handler.data_received)
+    lost = _source(handler.connection_lost)
+    assert "self.force_close()" in lost
+    assert "transport" not in lost.replace("exc", ""), "connection_lost touches the transport"
+    force_close = _source(handler.force_close)
+    assert "if self.transport is not None:" in force_close
+    writer = _source(aiohttp.http_writer.StreamWriter._write)
+    assert "transport = self._protocol.transport" in writer
+    assert "if transport is None" in writer
