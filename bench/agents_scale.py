@@ -170,6 +170,15 @@ async def _wait_online(
     return elapsed, cpu, busy, failed
 
 
+async def idle_rss(pid: int) -> tuple[int, int]:
+    """The broker's RSS once it settled after the agents came online, and again
+    :data:`IDLE_S` later: idle means idle, the broker tidies its heap once handshakes stop
+    (broker.agents.heap_trim). The full bench's memory_per_idle_agent measures the same."""
+    settled = await _settled_rss(pid)
+    await asyncio.sleep(IDLE_S)
+    return settled, rss_kib(pid)
+
+
 async def _settled_rss(pid: int) -> int:
     """The broker's RSS once it stopped moving (collections, freed handshake buffers)."""
     last = rss_kib(pid)
@@ -264,10 +273,7 @@ async def standalone(
                     swarm_cpu_facts = swarm.cpu_seconds() - swarm_before
                 finally:
                     await _stop_profiler(sampler)
-                after = await _settled_rss(broker.pid)
-                # Idle means idle: the broker tidies its heap once handshakes stop.
-                await asyncio.sleep(IDLE_S)
-                idle = rss_kib(broker.pid)
+                after, idle = await idle_rss(broker.pid)
             finally:
                 await swarm.close()
         finally:
