@@ -12,6 +12,7 @@ import ssl
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from broker.allocator import use_system_malloc
 from broker.cli.client import CliError
 from broker.cli.runtime import Runtime
 from broker.config import load_config
@@ -114,6 +115,8 @@ def run_init(rt: Runtime) -> int:
 
 
 def run_serve(rt: Runtime) -> int:
+    # First of all: this may start the process again (see broker.allocator).
+    use_system_malloc()
     data_dir = _data_dir(rt)
     overrides = {
         "https_port": rt.args.https_port,

@@ -123,6 +123,27 @@ async def test_data_dir_is_private_and_serve_is_quiet(tmp_path: Path) -> None:
     assert "Traceback" not in output
 
 
+def _environ(pid: int) -> list[bytes]:
+    return Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+
+
+async def test_serve_runs_on_the_system_allocator_unless_told_otherwise(tmp_path: Path) -> None:
+    """`serve` starts itself again, same process, with PYTHONMALLOC=malloc and one glibc
+    arena (broker.allocator: glibc gives idle tunnels' fragmented memory back, pymalloc
+    does not); an allocator chosen in the environment is kept, and nothing else set."""
+    data_dir = tmp_path / "data"
+    assert _init(data_dir)[0] == 0
+    for given, expected in ((None, b"malloc"), ("pymalloc", b"pymalloc")):
+        env = {} if given is None else {"PYTHONMALLOC": given}
+        broker = await start_broker(data_dir, env=env)
+        try:
+            environ = _environ(broker.process.pid)
+            assert environ.count(b"PYTHONMALLOC=" + expected) == 1
+            assert (b"MALLOC_ARENA_MAX=1" in environ) == (given is None)
+        finally:
+            await broker.stop()
+
+
 def test_serve_on_a_port_in_use_says_so_in_one_line(tmp_path: Path) -> None:
     """A port another program holds: one line naming the ports and the settings to
     change, exit status 1, no traceback."""

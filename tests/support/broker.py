@@ -209,13 +209,15 @@ class BrokerProcess:
                 await self._changed.wait()
 
 
-async def start_broker(data_dir: Path, *extra_args: str) -> BrokerProcess:
+async def start_broker(
+    data_dir: Path, *extra_args: str, env: dict[str, str] | None = None
+) -> BrokerProcess:
     """Start `secondline serve` on ``data_dir``. The suite runs on several workers, and a
     port found free when the data dir was made can be taken by another worker's server
     before the broker binds it: then the data dir gets two other free ports, up to twice."""
     for attempt in range(3):
         try:
-            return await _start_broker(data_dir, *extra_args)
+            return await _start_broker(data_dir, *extra_args, env=env)
         except AssertionError as exc:
             if attempt == 2 or "address already in use" not in str(exc):
                 raise
@@ -263,7 +265,9 @@ async def start_in_process(
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
-async def _start_broker(data_dir: Path, *extra_args: str) -> BrokerProcess:
+async def _start_broker(
+    data_dir: Path, *extra_args: str, env: dict[str, str] | None = None
+) -> BrokerProcess:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -274,7 +278,7 @@ async def _start_broker(data_dir: Path, *extra_args: str) -> BrokerProcess:
         *extra_args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
-        env=cli_env(data_dir),
+        env=cli_env(data_dir, **(env or {})),
     )
     broker = BrokerProcess(data_dir, proc)
     broker.start_reading()
