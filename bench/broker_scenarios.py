@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
 from bench import BenchError, MeasurementError
-from bench.agents_scale import idle_rss
+from bench.agents_scale import idle_rss, rss_before
 from bench.procfs import cpu_seconds, rss_kib
 from bench.results import Figure, Outcome
 from bench.session_scenarios import pipe_throughput_sample
@@ -95,7 +95,7 @@ async def _swarm_figures(
         await target.restart_broker()
     pid = target.broker_pid()
     await swarm.spawn()
-    before = rss_kib(pid)
+    before = await rss_before(pid) if "memory_per_idle_agent" in wanted else rss_kib(pid)
     start = time.monotonic()
     await swarm.connect()
     curve = await wait_online(swarm, swarm.size, ONLINE_TIMEOUT_S)

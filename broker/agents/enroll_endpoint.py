@@ -27,6 +27,7 @@ from agent.protocol import TUNNEL_PATH, Ed25519PublicKey, load_json_object
 from broker.agents import agent_store
 from broker.agents.facts_policy import FactsRefused, clean_facts
 from broker.agents.tokens import claim_token
+from broker.agents.tunnel_runtime import TUNNEL_RUNTIME
 from broker.errors import BrokerError, ForbiddenError, InputError
 from broker.rules import InvalidName, parse_agent_name
 from broker.services import SERVICES, Services
@@ -147,6 +148,9 @@ async def enroll_handler(request: web.Request) -> web.Response:
         },
     )
     log.info("agent %s (%s) enrolled for %s", record.id, record.name, record.customer)
+    runtime = request.app.get(TUNNEL_RUNTIME)
+    if runtime is not None:
+        runtime.enrollments += 1
     answer = EnrollmentAnswer(
         agent_id=record.id,
         name=record.name,

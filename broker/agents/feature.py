@@ -114,7 +114,8 @@ async def _tunnels_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _housekeeping(services: Services, runtime: TunnelRuntime) -> None:
-    """Every second: trim the heap after handshake bursts; now and then: last_seen."""
+    """Every second: trim the heap after bursts of handshakes or enrollments; now and then:
+    last_seen."""
     trim = heap_trim.malloc_trim()
     policy = heap_trim.TrimPolicy()
     registry = runtime.registry
@@ -123,7 +124,7 @@ async def _housekeeping(services: Services, runtime: TunnelRuntime) -> None:
         await asyncio.sleep(1.0)
         now = time.monotonic()
         if trim is not None and policy.due(
-            registry.handshakes_done, registry.handshakes_in_flight, now
+            registry.handshakes_done + runtime.enrollments, registry.handshakes_in_flight, now
         ):
             trim()
         if now >= next_touch:

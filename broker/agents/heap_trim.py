@@ -6,7 +6,8 @@ memory stays in the C allocator's heap, scattered between the small objects that
 tunnels keep, and counts in the broker's resident size: about a fifth of what an idle
 agent costs. glibc's ``malloc_trim(0)`` returns such free pages to the system (a few
 milliseconds for thousands of tunnels). :class:`TrimPolicy` (pure) decides when: once
-handshakes happened and none has run for a little while.
+handshakes (or enrollments, which leave garbage as well) happened and none has run for a
+little while.
 """
 
 from __future__ import annotations

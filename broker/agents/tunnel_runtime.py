@@ -111,6 +111,9 @@ class TunnelRuntime:
         self.refusals = RefusalAuditor(services, settings.refusal_window)
         self.facts_pacer = FactsPacer(registry, max_wait=settings.facts_max_wait)
         self._warned_at: dict[str, float] = {}
+        #: Enrollments answered: a burst of them leaves garbage in the heap as handshakes
+        #: do, which the housekeeping's trim gives back once they stop (heap_trim).
+        self.enrollments = 0
         #: Every tunnel past its upgrade, a task each (its handshake, then its life).
         self._tunnels: set[asyncio.Task[None]] = set()
         self.lookup = IdentityLookup(lambda ids: _tunnel_keys(services, ids))

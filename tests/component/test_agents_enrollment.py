@@ -89,6 +89,16 @@ async def test_a_used_token_is_refused_and_nothing_changes(agents: AgentsApp) ->
     assert await agents.denied_reasons("agent.enroll") == ["token_used"]
 
 
+async def test_enrollments_are_counted_for_the_heap_trim(agents: AgentsApp) -> None:
+    """Each enrollment answered counts towards the housekeeping's heap trim (a burst of
+    them leaves garbage as handshakes do: broker.agents.heap_trim); a refused one not."""
+    token = str((await agents.token())["token"])
+    assert agents.runtime.enrollments == 0
+    assert (await agents.enroll(token, "web01"))[0] == 200
+    assert (await agents.enroll(token, "web02"))[0] == 403
+    assert agents.runtime.enrollments == 1
+
+
 async def test_expired_revoked_unknown_and_foreign_tokens_are_refused(agents: AgentsApp) -> None:
     """Each bad token gets its own code, the agents table stays empty, each is audited."""
     expired = await agents.token()
