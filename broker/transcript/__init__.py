@@ -13,7 +13,7 @@ The session hub uses, per session::
 
 Modules: ``marks`` (shell marks parser, command tracker), ``asciicast`` (format),
 ``chain`` (digest chain, seal, chain file), ``recorder``, ``disk_writer`` (the
-recorders' writer threads), ``file_writes``, ``recovery``, ``verify``,
+recorders' writer threads), ``file_writes``, ``seal_file``, ``recovery``, ``verify``,
 ``export``, ``output`` (format 2 output events, the asciicast v2 copy for players),
 ``render`` (plain text), ``keys``, ``paths``. Errors: see ``errors``; the root
 is :class:`TranscriptError`, a :class:`broker.errors.BrokerError`. docs/transcripts.md

@@ -65,14 +65,11 @@ from broker.transcript.chain import (
     CHAIN_ENTRY_BYTES,
     END_DISK_FULL,
     END_WRITE_ERROR,
-    MAX_SEAL_FILE,
     DigestChain,
     Seal,
     chain_entry,
     chain_header_line,
     check_reason,
-    padded_seal,
-    parse_seal,
     pending_placeholder,
     sign_seal,
 )
@@ -81,12 +78,12 @@ from broker.transcript.errors import (
     RecorderDiskFull,
     RecorderError,
     RecorderWriteError,
-    SealFormatError,
 )
 from broker.transcript.file_writes import write_fully, writev_fully
 from broker.transcript.marks import Command, CommandTracker, Mark
 from broker.transcript.output import output_event_parts
 from broker.transcript.paths import TranscriptPaths, transcript_paths
+from broker.transcript.seal_file import sync_directory, write_seal
 
 logger = logging.getLogger(__name__)
 
@@ -438,47 +435,3 @@ class TranscriptRecorder:
                 self._seal = seal
                 self._commands = self._tracker.finish(now)
             return seal
-
-
-def write_seal(fd: int, seal: Seal) -> None:
-    """Overwrite the reserved seal file in place (no new disk space needed) and sync it."""
-    data = padded_seal(seal)
-    try:
-        if os.pwrite(fd, data, 0) != len(data):  # pragma: no cover - 4 KiB in one go
-            raise OSError(errno.EIO, "short write of the seal")
-        os.fsync(fd)
-    except OSError as exc:
-        raise RecorderWriteError(f"writing the seal failed: {exc.strerror}") from None
-    try:
-        os.ftruncate(fd, len(seal.encode()))  # the padding is JSON whitespace: optional
-    except OSError:  # pragma: no cover - shrinking a local file does not fail
-        logger.warning("trimming a seal file failed; its padding stays")
-
-
-def sync_directory(path: Path) -> None:
-    """Make new directory entries durable; failures are logged, not raised."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError as exc:  # pragma: no cover - the directory we just wrote in
-        logger.warning("opening %s to sync it failed: %s", path, exc.strerror)
-        return
-    try:
-        os.fsync(fd)
-    except OSError as exc:  # pragma: no cover - depends on the file system
-        logger.warning("syncing %s failed: %s", path, exc.strerror)
-    finally:
-        os.close(fd)
-
-
-def read_seal_file(path: Path) -> Seal | None:
-    """The seal at ``path``; ``None`` if missing, still pending, or unreadable as a seal."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
-    with os.fdopen(fd, "rb") as fh:
-        data = fh.read(MAX_SEAL_FILE + 1)
-    try:
-        return parse_seal(data)
-    except SealFormatError:
-        return None

@@ -38,7 +38,7 @@ from broker.transcript.errors import (
     TranscriptNotFound,
 )
 from broker.transcript.paths import session_id_of, transcript_paths
-from broker.transcript.recorder import read_seal_file, sync_directory, write_seal
+from broker.transcript.seal_file import read_seal_file, sync_directory, write_seal
 
 logger = logging.getLogger(__name__)
 
