@@ -79,7 +79,9 @@ class RecordingFlush:
         while True:
             self._again = False
             try:
-                await DiskWriter.for_loop().run(live.recorder, live.recorder.flush)
+                # Encoded and digested here, in one go; only the writes go to the writer.
+                write = live.recorder.prepare_flush()
+                await DiskWriter.for_loop().run(live.recorder, write)
             except RecorderError as exc:
                 live.recorder_failed(exc)
                 return

@@ -1,11 +1,13 @@
 """The transcript recorders' disk work, off the event loop: a few long-lived writer threads.
 
-A recorder's flush (digest chain, ``writev``, the chain file) and its seal (``fsync``,
-signing) used to run on the event loop, so one slow or stalled disk stalled every session
-of the broker. :class:`DiskWriter` runs them on at most :data:`WRITER_THREADS` threads
-that live as long as there is work (each leaves after :data:`IDLE_EXIT` seconds without
-any, so an idle broker keeps no thread awake); SHA-256 and ``writev`` release the GIL, so
-the relay goes on on the loop meanwhile, on the other core when there is one.
+A recorder's flush writes (``writev``, the chain file) and its seal (``fsync``, signing)
+used to run on the event loop, so one slow or stalled disk stalled every session of the
+broker. :class:`DiskWriter` runs them on at most :data:`WRITER_THREADS` threads that live
+as long as there is work (each leaves after :data:`IDLE_EXIT` seconds without any, so an
+idle broker keeps no thread awake); ``writev`` releases the GIL, so the relay goes on on
+the loop meanwhile, on the other core when there is one. The events' encoding and digests
+stay on the loop (``TranscriptRecorder.prepare_flush``): a job that hashed each event
+would trade the GIL with the loop around every event.
 
 Jobs of one recorder (its *key*) run one at a time and in the order given, whatever thread
 takes them; the keys with work take turns. A recorder whose disk stalls holds one thread;

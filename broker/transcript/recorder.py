@@ -22,8 +22,9 @@ UTF-8 and cheap to escape, else as its bytes in base64 (:func:`output_event_part
 a GB of zeros is 1.33 GB to digest and write, not 6. Writes are batched: events go to
 memory and :meth:`TranscriptRecorder.flush` digests them and writes them with ``writev``
 (no joined copy) in one go per file (an automatic flush also happens past
-``flush_bytes``). The hub runs flushes and the seal on a writer thread
-(:mod:`broker.transcript.disk_writer`), never on the event loop. On a
+``flush_bytes``). The hub flushes in two steps: :meth:`TranscriptRecorder.prepare_flush`
+encodes and digests on the event loop, the job it returns writes on a writer thread
+(:mod:`broker.transcript.disk_writer`), as does the seal, never on the event loop. On a
 failed write (ENOSPC, EDQUOT, EIO...) the recorder cuts the ``.cast`` back to its last
 complete line, keeps the chain file no longer than the ``.cast``, and raises
 :class:`RecorderDiskFull` (or :class:`RecorderWriteError`); from then on it records nothing
@@ -31,20 +32,21 @@ more, and :meth:`TranscriptRecorder.seal` still seals what is on disk as cut sho
 
 :func:`recover` seals the transcript of a session interrupted by a broker crash.
 
-Not thread-safe beyond this: :meth:`flush` and :meth:`seal` may run in a worker thread
-while the event loop keeps calling ``output``/``input`` (a lock guards the buffer); call
-``seal`` once.
+Not thread-safe beyond this: :meth:`flush`, the job :meth:`prepare_flush` returns and
+:meth:`seal` may run in a worker thread while the event loop keeps calling
+``output``/``input`` (a lock guards the buffer); call ``seal`` once.
 """
 
 from __future__ import annotations
 
 import codecs
+import collections
 import contextlib
 import errno
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -97,6 +99,8 @@ OUTPUT_BLOCK: Final = 32 << 10
 _LINE_END: Final = b"]\n"  # the end of an event line (text data), line end included
 _CREATE_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _DISK_FULL_ERRNOS: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
+# An event line as written: (head, body, end), the line their concatenation, "\n" in end.
+_Event = tuple[bytes, bytes, bytes]
 
 
 def _failure_for(exc: OSError, what: str) -> RecorderError:
@@ -135,9 +139,13 @@ class TranscriptRecorder:
         # Events not written yet, as (head, body, end): the line is their concatenation,
         # its "\n" at the end of ``end``. They are chained when written, under the I/O lock
         # and in order.
-        self._pending: list[tuple[bytes, bytes, bytes]] = []
+        self._pending: list[_Event] = []
         self._pending_bytes = 0
-        self._writing = 0  # taken by the flush under way (another thread's, maybe)
+        # Events taken by a flush, chained, not written yet: (events, digests, bytes) per
+        # flush, oldest first; the writer thread writes them under the I/O lock.
+        self._taken: collections.deque[tuple[list[_Event], list[bytes], int]] = collections.deque()
+        self._writing = 0  # the bytes in _taken and in the write under way
+        self._sealing = False
         # The open o event: raw output chunks, their size, and the time of the first.
         self._run: list[bytes] = []
         self._run_bytes = 0
@@ -306,22 +314,56 @@ class TranscriptRecorder:
 
     def flush(self) -> None:
         """Write what is buffered; raises :class:`RecorderDiskFull` when the disk is full."""
-        with self._io_lock:
-            with self._lock:
-                self._check_recording()
-                if self._run:
-                    self._close_output()
-                self._writing = self._pending_bytes
-                pending, self._pending, self._pending_bytes = self._pending, [], 0
-            try:
-                if pending:
-                    self._write(pending)
-            finally:
-                self._writing = 0
+        self.prepare_flush()()
 
-    def _write(self, events: list[tuple[bytes, bytes, bytes]]) -> None:
+    def prepare_flush(self) -> Callable[[], None]:
+        """Encode and digest what is buffered, here, and return the rest of the flush: the
+        writes, for a writer thread. Every event of the flush is hashed in one go on the
+        caller's thread, so a writer thread takes the interpreter lock once per flush, not
+        around each event's SHA-256 (hashlib releases it past 2 KiB). The job writes every
+        batch taken so far, in the order taken (a batch an earlier job wrote is not written
+        twice); it raises :class:`RecorderDiskFull` when the disk is full."""
+        with self._lock:
+            self._check_recording()
+            if self._sealing:
+                raise RecorderClosed(f"the transcript of {self.session_id} is being sealed")
+            if self._run:
+                self._close_output()
+            self._take_pending()
+        return self._write_taken
+
+    def _take_pending(self) -> None:
+        """Chain the pending events and queue them for writing (under the buffer lock, so
+        that the chain and the writes follow the order in which events are taken)."""
+        if not self._pending:
+            return
+        events, self._pending = self._pending, []
+        size, self._pending_bytes = self._pending_bytes, 0
         add = self._chain.add_parts
         digests = [add(head, body, end[:-1]) for head, body, end in events]
+        self._taken.append((events, digests, size))
+        self._writing += size
+
+    def _write_taken(self) -> None:
+        with self._io_lock:
+            self._write_queued()
+
+    def _write_queued(self) -> None:
+        """Write the batches taken so far, oldest first (the caller holds the I/O lock)."""
+        while True:
+            with self._lock:
+                if self._failure is not None:
+                    raise self._failure
+                if not self._taken:
+                    return
+                events, digests, size = self._taken.popleft()
+            try:
+                self._write(events, digests)
+            finally:
+                with self._lock:
+                    self._writing -= size
+
+    def _write(self, events: list[_Event], digests: list[bytes]) -> None:
         buffers: list[bytes] = []
         for event in events:
             buffers += event
@@ -378,6 +420,8 @@ class TranscriptRecorder:
                 self._failure = failure
                 self._pending, self._pending_bytes = [], 0
                 self._run, self._run_bytes = [], 0
+                self._writing -= sum(size for _, _, size in self._taken)
+                self._taken.clear()
                 logger.error("recording %s stopped: %s", self.session_id, failure)
 
     # -- sealing --------------------------------------------------------------------------
@@ -390,6 +434,7 @@ class TranscriptRecorder:
             with self._lock:
                 if self._seal is not None:
                     raise RecorderClosed(f"the transcript of {self.session_id} is sealed already")
+                self._sealing = True
                 if self._failure is None:
                     if self._run:
                         self._close_output()
@@ -400,10 +445,9 @@ class TranscriptRecorder:
                         self._append("i", typed, now)
                     if reply := self._reply_decoder.decode(b"", final=True):
                         self._append("a", reply, now)
-                pending, self._pending, self._pending_bytes = self._pending, [], 0
-            if pending and self._failure is None:
-                with contextlib.suppress(RecorderError):  # kept in self._failure: the seal says
-                    self._write(pending)
+                    self._take_pending()
+            with contextlib.suppress(RecorderError):  # kept in self._failure: the seal says
+                self._write_queued()
             if self._failure is not None:
                 complete = False
                 disk_full = isinstance(self._failure, RecorderDiskFull)
