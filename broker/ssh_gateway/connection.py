@@ -94,6 +94,16 @@ class GatewayServer(asyncssh.SSHServer):
         if self._conn is not None:
             self._conn.close()
 
+    @property
+    def has_channels(self) -> bool:
+        """Whether a session channel of this connection is still open."""
+        return self._channels > 0
+
+    async def closed(self) -> None:
+        """Return once the connection is closed (by either side)."""
+        if self._conn is not None:
+            await self._conn.wait_closed()
+
     def connection_lost(self, exc: Exception | None) -> None:
         if self._admitted:
             self.gateway.gone(self, was_preauth=not self._signed_in)

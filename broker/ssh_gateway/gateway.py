@@ -25,6 +25,8 @@ writes); one connection's sign-in and channels are ``broker.ssh_gateway.connecti
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -45,6 +47,9 @@ from broker.supervision import Supervisor
 log = logging.getLogger(__name__)
 
 FAILURES_ALLOWED: Final = 10
+#: At shutdown, how long clients whose sessions the drain ended get to write out what they
+#: were last told and leave by themselves, before their connections are closed.
+LEAVE_GRACE_S: Final = 2.0
 FAILURE_WINDOW: Final = 900.0
 # AES-GCM only, and no ChaCha20: the client's order wins, and asyncssh's ChaCha20-Poly1305
 # builds a cipher per packet, which halves throughput on a shared broker; AES-GCM is one
@@ -155,9 +160,24 @@ class Gateway:
             self._acceptor.close()
             await self._acceptor.wait_closed()
             self._acceptor = None
+        await self._let_clients_leave(LEAVE_GRACE_S)
         for server in list(self._servers):
             server.close()
         await self.tasks.stop()
+
+    async def _let_clients_leave(self, grace: float) -> None:
+        """Wait up to ``grace`` seconds for the connections that have sessions to close.
+
+        The drain ended every session with a sentence on the channel and its exit. OpenSSH's
+        client exits at a DISCONNECT at once, without writing out the channel output it
+        still holds: closed right after the drain, a client that had not been scheduled in
+        between lost the sentence and said only "Disconnected by application". Given the
+        moment, it writes the sentence, closes its channel and leaves by itself."""
+        leaving = [server.closed() for server in self._servers if server.has_channels]
+        if leaving:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await asyncio.gather(*leaving)
 
     # -- limits ----------------------------------------------------------------------------
 
