@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from playwright.async_api import Browser, BrowserContext, Page
+from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
 from broker.auth import totp
 from tests.support.broker import cli_env, secondline
@@ -128,7 +129,18 @@ class Observer:
             )
             await page.goto(f"{node_url}/console/sessions")
             await page.click(f"#live-rows a[href*='{sid}'][href*='mode=observe']")
-            await page.locator("#terminal-app[data-state=running]").wait_for(timeout=WAIT_MS)
+            try:
+                # Three nodes, thirty agents, HAProxy and Chromium share two cores here.
+                await page.locator("#terminal-app[data-state=running]").wait_for(
+                    timeout=3 * WAIT_MS
+                )
+            except PlaywrightTimeoutError:
+                state = await page.get_attribute("#terminal-app", "data-state")
+                shown = (await page.inner_text("body"))[:600]
+                raise AssertionError(
+                    f"the observer's terminal on {node_url} never ran: state {state!r}, "
+                    f"the page shows {shown!r}"
+                ) from None
             assert await page.get_attribute("#terminal-app", "data-session") == sid
         except BaseException:
             await context.close()
