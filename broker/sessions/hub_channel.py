@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import asyncssh
 
+from broker.sessions.channel_windows import ChannelWindows
 from broker.sessions.hub_agent import AgentChannel, window_of
 from broker.sessions.output_turns import OutputTurns
 
@@ -31,6 +32,8 @@ class HubChannel:
         self._live = live
         # The agent's output takes its turn with every other session's (small first).
         self.turns = turns
+        # The window the agent may send ahead: a share of the tunnel's and the broker's.
+        self.windows = ChannelWindows.for_loop()
         self.chan: asyncssh.SSHClientChannel[bytes] | None = None
         # Why the agent channel is not read: the core's pacing or recorder ("core"), or
         # its line at the turns being full ("turns").
@@ -44,17 +47,25 @@ class HubChannel:
         facts = self._live.facts
         files = self._live.files
         channel_env: dict[bytes | str, bytes | str] = dict(env.items())
-        await conn.create_session(
-            lambda: AgentChannel(self),
-            facts.command if facts.kind == "exec" else None,
-            subsystem="sftp" if facts.kind == "sftp" else None,
-            env=channel_env,
-            term_type=facts.term,
-            term_size=(facts.cols, facts.rows) if facts.term else None,
-            request_pty=facts.term is not None,
-            encoding=None,
-            window=(files.window if files is not None else window_of(conn)),
-        )
+        if files is not None:
+            window = files.window
+        else:
+            window = self.windows.join(self, conn, window_of(conn))
+        try:
+            await conn.create_session(
+                lambda: AgentChannel(self),
+                facts.command if facts.kind == "exec" else None,
+                subsystem="sftp" if facts.kind == "sftp" else None,
+                env=channel_env,
+                term_type=facts.term,
+                term_size=(facts.cols, facts.rows) if facts.term else None,
+                request_pty=facts.term is not None,
+                encoding=None,
+                window=window,
+            )
+        except BaseException:
+            self.windows.leave(self)
+            raise
         self.opened = True
 
     def close(self) -> None:
@@ -63,12 +74,14 @@ class HubChannel:
             with contextlib.suppress(OSError, asyncssh.Error):
                 self.chan.close()
         else:
+            self.windows.leave(self)
             self.closed.set()
 
     # AgentChannel: what asyncssh reports.
 
     def channel_made(self, chan: asyncssh.SSHClientChannel[bytes]) -> None:
         self.chan = chan
+        self.windows.made(self, chan)
         if self.held:
             chan.pause_reading()
         # Not running: ended (killed) while the channel was being opened. (The core stops
@@ -90,6 +103,7 @@ class HubChannel:
 
     def agent_closed(self, exc: Exception | None) -> None:
         """The channel closed: the session ends, if it had not already."""
+        self.windows.leave(self)
         self.closed.set()
         live = self._live
         if live.running:

@@ -27,8 +27,9 @@ import pytest
 
 from agent.pty_session import INPUT_HIGH_WATER
 from broker.keys import public_pem
+from broker.sessions.channel_windows import ChannelWindows
 from broker.sessions.hub import LiveSession
-from broker.sessions.hub_agent import AGENT_WINDOW_MIN, AGENT_WRITE_HIGH
+from broker.sessions.hub_agent import AGENT_WRITE_HIGH
 from broker.sessions.output_turns import MAX_CHUNK, OutputTurns
 from broker.transcript import load_public_key, transcript_paths, verify_transcript
 from tests.component.test_sessions_fairness import on_a_loop_turn
@@ -209,7 +210,7 @@ async def test_fifty_sessions_each_pasting_a_megabyte_get_it_back_whole(
         assert peaks.to_agent > 0  # the pastes went through the bounded buffers
         assert peaks.to_agent <= AGENT_WRITE_HIGH + PACKET
         assert peaks.pty_input <= INPUT_HIGH_WATER + PACKET
-        assert peaks.line <= OutputTurns.for_loop().bound(AGENT_WINDOW_MIN)
+        assert peaks.line <= OutputTurns.for_loop().bound(ChannelWindows.for_loop().peak)
         assert peaks.recorder <= peaks.recorder_bound
 
 
@@ -266,7 +267,7 @@ async def test_a_resize_storm_while_output_streams_keeps_the_session_responsive(
         finally:
             stop()
             process.close()
-        assert peaks.line <= OutputTurns.for_loop().bound(AGENT_WINDOW_MIN)
+        assert peaks.line <= OutputTurns.for_loop().bound(ChannelWindows.for_loop().peak)
         assert peaks.to_agent <= AGENT_WRITE_HIGH + PACKET
         assert peaks.recorder <= peaks.recorder_bound
         _, sessions = await w.call("GET", f"/sessions?ticket={w.ticket}", expect=200)

@@ -12,6 +12,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
+from broker.sessions.channel_windows import ChannelWindows, window_for
 from broker.sessions.hub_agent import AGENT_WINDOW_MIN
 from broker.sessions.output_turns import OutputTurns
 from tests.component.test_sessions_harness import WAIT, world
@@ -114,15 +115,17 @@ async def test_keystrokes_are_echoed_through_the_broker_while_another_session_st
                 assert stream.exit_status is None
             await streamed(received + (4 << 20))  # still streaming after the last echo
             sampling = False
-            assert kept <= AGENT_WINDOW_MIN  # the agent was never granted more than a window
+            # Two sessions on one tunnel (not measured in this harness: a LAN's floor)
+            # share its budget; neither was ever granted more.
+            window = window_for(AGENT_WINDOW_MIN, 2, 2)
+            assert ChannelWindows.for_loop().peak == window
+            for hub in hubs:
+                assert hub._chan is not None
+                assert hub._chan.get_recv_window() == window
+            assert kept <= window  # the agent was never granted more than a window
             assert turns.direct > 0  # the echoes went ahead, handled at once
             assert turns.peak >= turns.high  # the stream's line filled: the bound was tested
-            assert turns.peak <= turns.bound(AGENT_WINDOW_MIN)
-            for hub in hubs:
-                # Not measured (no tunnel in this harness): a LAN's window, not asyncssh's
-                # 2 MiB, is all a held session can keep in the broker.
-                assert hub._chan is not None
-                assert hub._chan.get_recv_window() == AGENT_WINDOW_MIN
+            assert turns.peak <= turns.bound(window)
             echo.close()
         finally:
             stream.close()
@@ -161,9 +164,54 @@ async def test_a_staff_client_that_stops_reading_slows_only_its_own_session(
             assert "core" in streaming._agent_held  # still paced: it never read again
             assert stream.exit_status is None
             assert streaming._chan is not None
-            assert sum(len(data) for data, _ in streaming._chan._recv_buf) <= AGENT_WINDOW_MIN
-            assert turns.waiting(streaming) <= turns.bound(AGENT_WINDOW_MIN)
+            window = ChannelWindows.for_loop().peak
+            assert sum(len(data) for data, _ in streaming._chan._recv_buf) <= window
+            assert turns.waiting(streaming) <= turns.bound(window)
             echo.close()
         finally:
             stream.close()
             conn.close()
+
+
+async def test_a_streams_window_follows_the_sessions_sharing_its_tunnel(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """A stream alone on its agent's tunnel gets the largest window; while two more
+    sessions share the tunnel its window is a third of the tunnel's budget, and back once
+    they end, and the stream goes on through both changes (the agent never sends past
+    what was granted: asyncssh would close the channel)."""
+    async with world(data_dir, tmp_path) as w:
+        conn = await w.ssh()
+        stream = await conn.create_process("exec cat /dev/zero", encoding=None)
+        received = 0
+
+        async def streamed(more: int) -> None:
+            nonlocal received
+            goal = received + more
+            async with asyncio.timeout(WAIT):
+                while received < goal:
+                    chunk = await stream.stdout.read(1 << 16)
+                    assert chunk, "the stream ended"
+                    received += len(chunk)
+
+        await streamed(1 << 20)
+        (streaming,) = list(w.runtime.manager.live.values())
+        chan = streaming._chan
+        assert chan is not None
+        alone = window_for(AGENT_WINDOW_MIN, 1, 1)
+        assert chan.get_recv_window() == alone
+        others = [await conn.create_process("exec cat", encoding=None) for _ in range(2)]
+        try:
+            await on_a_loop_turn(lambda: len(w.runtime.manager.live) == 3)
+            shared = window_for(AGENT_WINDOW_MIN, 3, 3)
+            assert shared < alone
+            assert chan.get_recv_window() == shared
+            await streamed(8 << 20)
+        finally:
+            for other in others:
+                other.close()
+        await on_a_loop_turn(lambda: chan.get_recv_window() == alone)
+        await streamed(8 << 20)
+        assert stream.exit_status is None
+        stream.close()
+        conn.close()

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from broker.keys import public_pem
+from broker.sessions.channel_windows import ChannelWindows
 from broker.sessions.hub import LiveSession
-from broker.sessions.hub_agent import window_of
 from broker.sessions.output_turns import MAX_CHUNK, OutputTurns
 from broker.transcript import load_public_key, transcript_paths, verify_transcript
 from broker.transcript.asciicast import CastEvent, CastReader
@@ -117,7 +117,7 @@ async def test_a_stalled_transcript_disk_slows_only_its_own_session(
             # recorder_high (after the chunk that took it there); what was read already and
             # waits in its line at the output turns (at most their bound for the channel's
             # window) is still handed over, so the recorder holds at most the sum.
-            line_bound = OutputTurns.for_loop().bound(window_of(w.tunnels.conns[w.agent.agent_id]))
+            line_bound = OutputTurns.for_loop().bound(ChannelWindows.for_loop().peak)
             bound = live.core.limits.recorder_high + MAX_CHUNK + line_bound
             peaks = Backlog()
             stop = watch(live, peaks)

@@ -17,7 +17,9 @@ says what to do; none of them skips.
 - asyncio's Event and asyncssh's close event (broker/agents/tunnel_ssh.py: a list for its
   waiters);
 - aiohttp's request handler (broker/agents/ws_takeover.py: an upgraded tunnel's connection
-  taken off it).
+  taken off it);
+- asyncssh's channel window (broker/sessions/channel_windows.py: a session channel's window
+  changed after it opened).
 """
 
 from __future__ import annotations
@@ -377,6 +379,21 @@ def test_the_close_event_waiters_need_nothing_a_list_lacks() -> None:
     assert "self._close_event = asyncio.Event()" in _source(connection.__init__)
     assert "await self._close_event.wait()" in _source(connection.wait_closed)
     assert "_close_event" in _source(TunnelConnection.__init__)
+
+
+def test_a_channel_grants_up_to_the_window_the_broker_sets() -> None:
+    """broker/sessions/channel_windows.py changes an open channel's ``_init_recv_window``:
+    asyncssh must still grant up to it (and only once half of it is used), read it as the
+    channel's window, and check incoming data against what it granted, not against it."""
+    channel = asyncssh.channel.SSHChannel
+    flush = _source(channel._deliver_data)
+    assert "if self._recv_window < self._init_recv_window / 2:" in flush
+    assert "adjust = self._init_recv_window - self._recv_window" in flush
+    assert "self._recv_window = self._init_recv_window" in flush
+    assert "return self._init_recv_window" in _source(channel.get_recv_window)
+    module = inspect.getsource(asyncssh.channel)
+    assert module.count("_init_recv_window") == 6, "asyncssh uses the window elsewhere now"
+    assert "if datalen > self._recv_window:" in _source(channel._process_data)
 
 
 def test_an_upgraded_connection_can_be_taken_off_aiohttp() -> None:

@@ -1,0 +1,148 @@
+"""Session channels' windows: what the broker lets each agent send ahead, shared out.
+
+A channel's window is what the agent may send before the broker grants more (asyncssh
+grants once half of it is used), and the most a held session (a staff client that stopped
+reading, a full recorder, its turn not come: broker.sessions.output_turns) keeps in the
+broker. Two things pull it apart:
+
+- **Throughput.** The grant's round trip is not the network's (tens of microseconds on a
+  LAN, which is what the tunnel's bandwidth-delay product measures) but two event loops':
+  the broker decrypts, records and writes a packet before its grant goes out, and the
+  agent reads the grant on its next turn, milliseconds on a busy machine. With one
+  stream and the LAN's 128 KiB window the agent waited for grants with both processes
+  below a core: 36-43 MB/s, against 58-62 MB/s with 1-2 MiB (bench.relay_cpu,
+  docs/benchmarks.md). Fewer, larger grants also cost the broker less per byte.
+- **Memory.** Every held session keeps up to its window in the broker, so 2 MiB for
+  each of 300 sessions would be 600 MB.
+
+So the windows are shared out: a channel gets its share of :data:`TUNNEL_BUDGET` among the
+session channels on its tunnel and of :data:`BROKER_BUDGET` among all of the broker's,
+rounded down to a power of two, never below the tunnel's own floor
+(:func:`broker.sessions.hub_agent.channel_window`: its bandwidth-delay product, at least
+128 KiB) and never above :data:`~broker.sessions.hub_agent.AGENT_WINDOW_MAX`. One stream
+alone gets 2 MiB; fifty on one agent 128 KiB each, as before; what held sessions keep in
+the broker stays within ``max(BROKER_BUDGET, sessions x floor)``.
+
+When the count changes the other channels' windows follow at their next grant: asyncssh
+grants up to the channel's window (its ``_init_recv_window``, the one private attribute
+set here, guarded by tests/unit/test_library_guards.py), so a smaller window takes effect
+as the agent uses what it was already granted (a grant is never taken back) and a larger
+one at the next packet. File sessions keep their own window (``sftp_window_bytes``) and
+are not counted. The bookkeeping is pure; the only I/O is that attribute.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Final, Protocol
+
+from broker.sessions.hub_agent import AGENT_WINDOW_MAX
+
+#: What the session channels on one agent's tunnel share: one stream alone runs at the
+#: cap, fifty streams get the floor each.
+TUNNEL_BUDGET: Final = 4 << 20
+#: What every session channel of the broker shares: the bound, with the floor, on what
+#: held sessions keep in the broker.
+BROKER_BUDGET: Final = 64 << 20
+
+
+def share(budget: int, members: int) -> int:
+    """``budget`` split ``members`` ways, rounded down to a power of two (so that windows
+    change only when the count crosses a doubling, not at every session)."""
+    each = budget // max(1, members)
+    return 1 << (each.bit_length() - 1) if each > 0 else 0
+
+
+def window_for(floor: int, on_tunnel: int, on_broker: int) -> int:
+    """The window of a channel whose tunnel's floor is ``floor`` bytes, with ``on_tunnel``
+    session channels on its tunnel and ``on_broker`` on the broker (itself included)."""
+    shared = min(share(TUNNEL_BUDGET, on_tunnel), share(BROKER_BUDGET, on_broker))
+    return max(floor, min(AGENT_WINDOW_MAX, shared))
+
+
+class Windowed(Protocol):
+    """A channel whose window can follow its share (asyncssh's channel)."""
+
+    _init_recv_window: int
+
+
+@dataclass(eq=False)
+class _Member:
+    tunnel: object
+    floor: int
+    window: int
+    chan: Windowed | None = None
+
+
+@dataclass(eq=False)
+class ChannelWindows:
+    """The session channels of one event loop (one broker process) and their windows."""
+
+    _members: dict[object, _Member] = field(default_factory=dict)
+    _per_tunnel: Counter[int] = field(default_factory=Counter)
+    #: The largest window handed out so far: with what a line adds, the bound on what a
+    #: held session keeps (a grant is never taken back, so a window shrunk since counts).
+    peak: int = 0
+
+    @classmethod
+    def for_loop(cls) -> ChannelWindows:
+        """The running event loop's windows: every session channel of one broker process
+        shares its budget."""
+        loop = asyncio.get_running_loop()
+        windows = _BY_LOOP.get(loop)
+        if windows is None:
+            windows = _BY_LOOP[loop] = cls()
+        return windows
+
+    def join(self, key: object, tunnel: object, floor: int) -> int:
+        """Count a channel about to open on ``tunnel`` (whose floor is ``floor``) and
+        return its window; the others' follow."""
+        if key in self._members:
+            return self._members[key].window
+        self._members[key] = _Member(tunnel, floor, 0)
+        self._per_tunnel[id(tunnel)] += 1
+        self._refresh()
+        return self._members[key].window
+
+    def made(self, key: object, chan: Windowed) -> None:
+        """The channel ``key`` joined for is open: its window follows from now on."""
+        member = self._members.get(key)
+        if member is not None:
+            member.chan = chan
+
+    def leave(self, key: object) -> None:
+        """The channel closed (or never opened): its share goes to the others."""
+        member = self._members.pop(key, None)
+        if member is None:
+            return
+        self._per_tunnel[id(member.tunnel)] -= 1
+        if self._per_tunnel[id(member.tunnel)] <= 0:
+            del self._per_tunnel[id(member.tunnel)]
+        self._refresh()
+
+    def window(self, key: object) -> int | None:
+        """The window of ``key``'s channel now (None: not counted)."""
+        member = self._members.get(key)
+        return None if member is None else member.window
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def _refresh(self) -> None:
+        total = len(self._members)
+        for member in self._members.values():
+            window = window_for(member.floor, self._per_tunnel[id(member.tunnel)], total)
+            if window == member.window:
+                continue
+            member.window = window
+            self.peak = max(self.peak, window)
+            if member.chan is not None:
+                member.chan._init_recv_window = window
+
+
+_BY_LOOP: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ChannelWindows] = (
+    weakref.WeakKeyDictionary()
+)

@@ -1,0 +1,87 @@
+"""Session channels' windows are shares of the tunnel's and the broker's budgets, within
+the tunnel's floor and asyncssh's cap, and follow as channels come and go
+(broker.sessions.channel_windows)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from broker.sessions.channel_windows import (
+    BROKER_BUDGET,
+    TUNNEL_BUDGET,
+    ChannelWindows,
+    share,
+    window_for,
+)
+from broker.sessions.hub_agent import AGENT_WINDOW_MAX, AGENT_WINDOW_MIN
+
+K = 1024
+M = 1024 * K
+
+
+@dataclass
+class Chan:
+    """What the windows set on a channel: asyncssh's window to grant up to."""
+
+    _init_recv_window: int = 0
+
+
+def test_a_share_is_a_power_of_two_at_most_the_even_split() -> None:
+    assert share(4 * M, 1) == 4 * M
+    assert share(4 * M, 3) == M  # 1.33 MiB rounds down
+    assert share(4 * M, 50) == 64 * K  # 80 KiB rounds down
+    assert share(4 * M, 0) == 4 * M  # nobody counted yet: the whole budget
+    assert share(10, 100) == 0
+
+
+def test_one_stream_alone_gets_the_cap_and_many_get_the_floor() -> None:
+    assert window_for(AGENT_WINDOW_MIN, 1, 1) == AGENT_WINDOW_MAX
+    assert window_for(AGENT_WINDOW_MIN, 2, 2) == AGENT_WINDOW_MAX
+    assert window_for(AGENT_WINDOW_MIN, 3, 3) == M
+    assert window_for(AGENT_WINDOW_MIN, 50, 50) == AGENT_WINDOW_MIN
+    # A far agent's measured bandwidth-delay product is its floor, whatever the count.
+    assert window_for(AGENT_WINDOW_MAX, 50, 50) == AGENT_WINDOW_MAX
+
+
+def test_the_broker_budget_bounds_many_agents_with_one_session_each() -> None:
+    sessions = 300
+    window = window_for(AGENT_WINDOW_MIN, 1, sessions)
+    assert window == 128 * K
+    assert sessions * window <= max(BROKER_BUDGET, sessions * AGENT_WINDOW_MIN)
+    assert window_for(AGENT_WINDOW_MIN, 1, 40) == M  # 64 MiB / 40 rounds down to 1 MiB
+
+
+def test_windows_follow_as_channels_join_and_leave() -> None:
+    windows = ChannelWindows()
+    tunnel, other = object(), object()
+    first, chan = object(), Chan()
+    assert windows.join(first, tunnel, AGENT_WINDOW_MIN) == AGENT_WINDOW_MAX
+    windows.made(first, chan)
+    assert windows.join(first, tunnel, AGENT_WINDOW_MIN) == AGENT_WINDOW_MAX  # counted once
+    keys = [object() for _ in range(4)]
+    for key in keys[:2]:
+        windows.join(key, tunnel, AGENT_WINDOW_MIN)
+    # Three on the tunnel: each gets a third of its budget, rounded down; the first
+    # channel's next grant is up to that.
+    assert windows.window(first) == M == chan._init_recv_window
+    # A session on another agent's tunnel does not take the first tunnel's share.
+    assert windows.join(keys[2], other, AGENT_WINDOW_MIN) == AGENT_WINDOW_MAX
+    assert chan._init_recv_window == M
+    for key in keys[:3]:
+        windows.leave(key)
+    assert windows.window(first) == AGENT_WINDOW_MAX == chan._init_recv_window
+    assert windows.peak == AGENT_WINDOW_MAX
+    windows.leave(first)
+    windows.leave(first)  # twice (closed, then its close reported): no harm
+    assert windows.window(first) is None
+    assert len(windows) == 0
+
+
+def test_the_tunnel_budget_splits_among_its_own_channels_only() -> None:
+    windows = ChannelWindows()
+    tunnel = object()
+    keys = [object() for _ in range(TUNNEL_BUDGET // AGENT_WINDOW_MIN)]
+    for key in keys:
+        windows.join(key, tunnel, AGENT_WINDOW_MIN)
+    assert {windows.window(key) for key in keys} == {AGENT_WINDOW_MIN}
+    assert len(keys) * AGENT_WINDOW_MIN == TUNNEL_BUDGET
