@@ -43,6 +43,7 @@ from __future__ import annotations
 import math
 import socket
 import time
+from dataclasses import dataclass, field
 from typing import Final
 
 from aiohttp import web
@@ -66,7 +67,7 @@ from broker.agents.tunnel_runtime import (
 from broker.agents.tunnel_websocket import TunnelWebSocket
 from broker.agents.ws_takeover import TakeoverError, is_upgrade, take_over
 from broker.errors import ForbiddenError, InputError
-from broker.services import SERVICES
+from broker.services import SERVICES, Services
 
 __all__ = [
     "CLOSE_REPLY_S",
@@ -139,6 +140,53 @@ async def _refuse_over_share(
     return over_share(gate.spread)
 
 
+@dataclass(slots=True)
+class _Checks:
+    """The checks of 2, 4 and 5 (module docstring) for one upgrade: made before its agent
+    is looked up, then exactly again to admit it. A turn that comes soon is waited for on
+    the connection (handshake_hold), and every check is made again after the wait."""
+
+    services: Services
+    runtime: TunnelRuntime
+    gate: ShareGate | None
+    agent_id: str
+    source: str
+    arrived: float = field(default_factory=time.monotonic)
+    #: Whether this upgrade waited before, in either round: woken, it waits again at the
+    #: front of the hold's line.
+    waited: bool = False
+
+    async def run(self, *, admit: bool) -> web.Response | None:
+        """The refusal, or None once the upgrade passes. Without ``admit`` nothing is
+        claimed (the agent is not looked up yet: the gate only turns away whom it would
+        never admit, the limiter only holds back); with it, the limiter gives or takes the
+        place in line and the tunnel is counted here, so that no await stands between the
+        last check and the count."""
+        runtime, gate, agent_id = self.runtime, self.gate, self.agent_id
+        while True:
+            if self.services.draining:
+                return draining()
+            if gate is not None and (
+                not gate.admits(agent_id) if admit else gate.turns_away(agent_id)
+            ):
+                return await _refuse_over_share(runtime, gate, agent_id, self.source)
+            # From here to the count below (tunnel_opened) nothing awaits: the budget holds
+            # exactly, however many upgrades arrive together.
+            now, in_flight = time.monotonic(), runtime.registry.handshakes_in_flight
+            if runtime.full(now):
+                return full()
+            judge = runtime.limiter.admit if admit else runtime.limiter.held_back
+            wait = judge(agent_id, now, in_flight)
+            if wait <= 0:
+                if admit:
+                    runtime.registry.tunnel_opened()
+                return None
+            crowded = runtime.crowded(in_flight)
+            if not await runtime.hold.wait(wait, self.arrived, crowded=crowded, again=self.waited):
+                return busy(max(1, math.ceil(wait)))
+            self.waited = True
+
+
 async def tunnel_handler(request: web.Request) -> web.StreamResponse:
     """Accept an agent's tunnel (see the module docstring for the order of checks)."""
     services = request.app[SERVICES]
@@ -155,47 +203,17 @@ async def tunnel_handler(request: web.Request) -> web.StreamResponse:
         )
     if not is_upgrade(request):
         raise InputError("this endpoint takes a WebSocket upgrade", code="not_websocket")
-    gate = request.app.get(SHARE_GATE)
-    # A turn that comes soon is waited for on this connection (handshake_hold), and
-    # every check is made again after the wait.
-    hold, arrived, waited = runtime.hold, time.monotonic(), False
-    while True:
-        if services.draining:
-            return draining()
-        if gate is not None and gate.turns_away(agent_id):
-            return await _refuse_over_share(runtime, gate, agent_id, source)
-        now, in_flight = time.monotonic(), runtime.registry.handshakes_in_flight
-        if runtime.full(now):
-            return full()
-        wait = runtime.limiter.held_back(agent_id, now, in_flight)
-        if wait <= 0:
-            break
-        crowded = runtime.crowded(in_flight)
-        if not await hold.wait(wait, arrived, crowded=crowded, again=waited):
-            return busy(max(1, math.ceil(wait)))
-        waited = True
+    checks = _Checks(services, runtime, request.app.get(SHARE_GATE), agent_id, source)
+    refused = await checks.run(admit=False)
+    if refused is not None:
+        return refused
     identity = await _identity(runtime, agent_id, source)
     if isinstance(identity, int):
         return busy(identity)
-    while True:
-        # The same checks again, exactly: the node may have filled during the lookup.
-        if services.draining:
-            return draining()
-        if gate is not None and not gate.admits(agent_id):
-            return await _refuse_over_share(runtime, gate, agent_id, source)
-        # From here to the count below nothing awaits: the budget holds exactly, however
-        # many upgrades arrive together.
-        now, in_flight = time.monotonic(), runtime.registry.handshakes_in_flight
-        if runtime.full(now):
-            return full()
-        wait = runtime.limiter.admit(agent_id, now, in_flight)
-        if wait <= 0:
-            break
-        crowded = runtime.crowded(in_flight)
-        if not await hold.wait(wait, arrived, crowded=crowded, again=waited):
-            return busy(max(1, math.ceil(wait)))
-        waited = True
-    runtime.registry.tunnel_opened()
+    # The same checks again, exactly: the node may have filled during the lookup.
+    refused = await checks.run(admit=True)
+    if refused is not None:
+        return refused
     stream = TunnelWebSocket(max_size=MAX_WS_MESSAGE, close_reply_s=CLOSE_REPLY_S)
     try:
         transport = take_over(request, stream)
