@@ -11,17 +11,17 @@ loop from the thread. On a broker's restart every agent pays them at once, and a
 of simulated agents sharing the broker's cores paid them for each of its agents.
 
 :func:`open_reverse_connection` prepares the options once, in the event loop (no file is
-read), and opens the connection on them as ``asyncssh.connect_reverse`` does;
+read), and opens the connection on them as ``asyncssh.connect_reverse`` does
+(:mod:`agent.ssh_over_tunnel`);
 :class:`TunnelServerConnection` keeps those options at the first authentication request.
 What this repeats of asyncssh is pinned by ``tests/unit/test_library_guards.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
-
 import asyncssh
 
+from agent.ssh_over_tunnel import open_over_tunnel
 from agent.tunnel import WebSocketTunnel
 
 
@@ -44,22 +44,10 @@ async def open_reverse_connection(
     if options.get("config", ()) is not None:
         raise ValueError("the tunnel's SSH server reads no configuration file: config=None")
     prepared = asyncssh.SSHServerConnectionOptions(**options)
-    loop = asyncio.get_running_loop()
-    # What asyncssh's connect does once its options are made (connection._connect): the
-    # connection takes its waiter from the options as it is made.
-    waiter: asyncio.Future[None] = loop.create_future()
-    prepared.waiter = waiter
-    conn = TunnelServerConnection(loop, prepared, wait="auth")
-    connected = False
-    try:
-        async with asyncio.timeout(prepared.connect_timeout):
-            await tunnel.create_connection(lambda: conn, "", 0)
-            connected = True
-            await waiter
-    except BaseException:
-        waiter.cancel()
-        if connected:
-            conn.abort()
-            await conn.wait_closed()
-        raise
-    return conn
+    return await open_over_tunnel(
+        tunnel,
+        "",
+        prepared,
+        lambda loop, ready: TunnelServerConnection(loop, ready, wait="auth"),
+        connect_timeout=prepared.connect_timeout,
+    )

@@ -5,7 +5,8 @@ when handed a prepared one: it runs the whole option preparation again in a work
 (a thread hop per handshake), and the connection keeps that copy, about 4 KB, for its life.
 Every agent tunnel's options are the same but for the one host key it trusts, so the broker
 prepares them once (:func:`tunnel_options`) and :func:`open_tunnel_connection` opens each
-connection on them, as ``asyncssh.connect`` itself does once its options are made.
+connection on them, as ``asyncssh.connect`` itself does once its options are made
+(:mod:`agent.ssh_over_tunnel`).
 
 The host key is checked by the connection's owner, :class:`TunnelClient`, against the key
 the agent enrolled with. The shared options trust no key (``known_hosts`` is empty, not
@@ -34,6 +35,7 @@ from asyncssh.auth import _ClientPublicKeyAuth
 
 from agent.ignore_packets import drop_ignore_packets
 from agent.protocol import BROKER_SSH_USERNAME
+from agent.ssh_over_tunnel import open_over_tunnel
 from agent.tunnel import WebSocketTunnel
 
 #: The broker's algorithm choices on agent tunnels, best first. The agent offers these and
@@ -176,28 +178,19 @@ async def open_tunnel_connection(
     """The authenticated SSH connection to the agent at the other end of ``tunnel``,
     trusting only ``host_key``. Raises what ``asyncssh.connect`` raises; a connection
     that fails or is cancelled is aborted."""
-    loop = asyncio.get_running_loop()
-    # What asyncssh.connect does once its options are made (asyncssh.connection._connect):
-    # the connection takes the waiter it reports to from the options as it is made, so
-    # set and take happen with nothing awaited in between; every connection has its own.
-    waiter: asyncio.Future[None] = loop.create_future()
-    options.waiter = waiter
-    conn = TunnelConnection(loop, options, wait="auth")
-    connected = False
-    try:
-        # Making the transport calls connection_made, which makes the owner; the agent's
-        # key arrives later, from the reader task this starts.
-        await tunnel.create_connection(lambda: conn, agent_id, 0)
-        connected = True
+
+    def trust(conn: asyncssh.SSHClientConnection) -> None:
+        # Making the transport called connection_made, which made the owner; the agent's
+        # key arrives later, from the reader task that started.
         owner = conn.get_owner()
         if not isinstance(owner, TunnelClient):
             raise TypeError("the tunnel options make TunnelClient owners")
         owner.host_key_data = host_key.public_data
-        await waiter
-    except BaseException:
-        waiter.cancel()
-        if connected:
-            conn.abort()
-            await conn.wait_closed()
-        raise
-    return conn
+
+    return await open_over_tunnel(
+        tunnel,
+        agent_id,
+        options,
+        lambda loop, shared: TunnelConnection(loop, shared, wait="auth"),
+        made=trust,
+    )

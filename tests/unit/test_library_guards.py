@@ -7,8 +7,9 @@ says what to do; none of them skips.
   a list for its write backlog);
 - asyncssh's handler of ``env`` channel requests (the gateway's channel refuses them);
 - the local user name asyncssh asks for (broker/agents/descriptors.py writes LOGNAME);
-- asyncssh's outbound connect (broker/agents/tunnel_ssh.py: its steps after the options are
-  made, done on one shared options object);
+- asyncssh's outbound connect (agent/ssh_over_tunnel.py: its steps after the options are
+  made, done by broker/agents/tunnel_ssh.py on one shared options object and by
+  agent/reverse_ssh.py on options made in the event loop);
 - asyncssh's client authentication (broker/agents/tunnel_ssh.py: one signed public-key
   request, without "none" and the key query before it);
 - asyncssh's packet sender (agent/ignore_packets.py: no ignore packet before each packet);
@@ -56,7 +57,7 @@ from broker.ssh_gateway.session import GatewayChannel
 #: method broker/agents/descriptors.py copies. Another digest means asyncio changed it.
 ACCEPT_SOURCE_SHA256 = "a796a1e1085c0998340178865ed7dc7922fe41fe8a878b839079f4f89c7113d6"
 #: sha256 of ``inspect.getsource`` of asyncssh 2.24.1's ``connection._connect``, dedented:
-#: the steps broker/agents/tunnel_ssh.py repeats once the options are made.
+#: the steps agent/ssh_over_tunnel.py repeats once the options are made.
 CONNECT_SOURCE_SHA256 = "7d35aa724ce6fb893f755422547d90238875b672953da76cea0fd7072eb76fbf"
 #: sha256 of asyncssh 2.24.1's ``SSHClientConnection.try_next_auth`` and of its
 #: ``_ClientPublicKeyAuth`` class, dedented: what broker/agents/tunnel_ssh.py builds on.
@@ -267,18 +268,19 @@ def test_asyncssh_still_asks_for_the_local_user_name(monkeypatch: pytest.MonkeyP
 
 
 def test_the_tunnel_connect_repeats_what_asyncssh_connect_does() -> None:
-    """broker/agents/tunnel_ssh.py opens every agent tunnel on one shared options object,
-    repeating asyncssh's connect steps: the connection takes its waiter from the options as
-    it is made. Another digest means asyncssh changed those steps: read the new
-    ``_connect`` and update ``open_tunnel_connection`` (then this digest)."""
+    """agent/ssh_over_tunnel.py opens both ends of an agent tunnel on options already made
+    (the broker's one shared object), repeating asyncssh's connect steps: the connection
+    takes its waiter from the options as it is made. Another digest means asyncssh changed
+    those steps: read the new ``_connect`` and update ``open_over_tunnel`` (then this
+    digest)."""
     source = textwrap.dedent(inspect.getsource(asyncssh.connection._connect))
     assert hashlib.sha256(source.encode()).hexdigest() == CONNECT_SOURCE_SHA256, (
-        "asyncssh.connection._connect changed: re-check broker/agents/tunnel_ssh.py"
+        "asyncssh.connection._connect changed: re-check agent/ssh_over_tunnel.py"
     )
     init = inspect.getsource(asyncssh.connection.SSHConnection.__init__)
     assert "self._waiter = options.waiter if wait else None" in init, (
         "asyncssh's connection no longer takes its waiter from the options as it is made: "
-        "broker/agents/tunnel_ssh.py sets options.waiter just before making it"
+        "agent/ssh_over_tunnel.py sets options.waiter just before making it"
     )
 
 
