@@ -1,5 +1,6 @@
 """The seal file on disk: overwritten in place and synced at the end of a recording (and
-by recovery), and read back; the directory entries made durable."""
+by recovery), and read back (as a seal, or as its text for the database store); the
+directory entries made durable."""
 
 from __future__ import annotations
 
@@ -46,6 +47,18 @@ def sync_directory(path: Path) -> None:
 
 def read_seal_file(path: Path) -> Seal | None:
     """The seal at ``path``; ``None`` if missing, still pending, or unreadable as a seal."""
+    read = _read_seal(path)
+    return None if read is None else read[0]
+
+
+def read_seal_text(path: Path) -> str | None:
+    """The seal file's text as it is on disk (to hand on unchanged), under the same
+    conditions as :func:`read_seal_file`."""
+    read = _read_seal(path)
+    return None if read is None else read[1].decode("utf-8")
+
+
+def _read_seal(path: Path) -> tuple[Seal, bytes] | None:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
@@ -53,6 +66,9 @@ def read_seal_file(path: Path) -> Seal | None:
     with os.fdopen(fd, "rb") as fh:
         data = fh.read(MAX_SEAL_FILE + 1)
     try:
-        return parse_seal(data)
+        seal = parse_seal(data)
     except SealFormatError:
-        return None
+        return None  # broken: not a seal
+    if seal is None:
+        return None  # the placeholder: still recording
+    return seal, data

@@ -37,10 +37,9 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from broker.db.models_transcripts import TranscriptChunk, TranscriptKeptFile, TranscriptSeal
-from broker.transcript.chain import MAX_SEAL_FILE, parse_seal
-from broker.transcript.errors import SealFormatError
 from broker.transcript.kept_files import kept_dir
 from broker.transcript.paths import TranscriptPaths, transcript_paths
+from broker.transcript.seal_file import read_seal_file, read_seal_text
 
 Part = Literal["cast", "chain"]
 PARTS: Final[tuple[Part, ...]] = ("cast", "chain")
@@ -121,24 +120,9 @@ def _read_whole_lines(path: Path, offset: int) -> tuple[bytes, bool]:
     return whole, not rest
 
 
-def _read_seal_text(path: Path) -> str | None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return None
-    with os.fdopen(fd, "rb") as fh:
-        data = fh.read(MAX_SEAL_FILE + 1)
-    try:
-        if parse_seal(data) is None:
-            return None  # the placeholder: still recording
-    except SealFormatError:
-        return None  # broken: not a seal to hand on
-    return data.decode("utf-8")
-
-
 def sealed_here(root: Path, session_id: str) -> bool:
     """Whether ``root`` holds the session's sealed files (its seal, not the placeholder)."""
-    return _read_seal_text(transcript_paths(root, session_id).seal) is not None
+    return read_seal_file(transcript_paths(root, session_id).seal) is not None
 
 
 def _kept_numbers(paths: TranscriptPaths) -> list[int]:
@@ -161,7 +145,7 @@ def read_delta(paths: TranscriptPaths, sizes: dict[Part, int], stored: set[int])
     (blocking: run in a thread)."""
     # The seal first: once it is read, the other files are final, so a seal is sent only
     # with (or after) every byte it covers.
-    seal = _read_seal_text(paths.seal)
+    seal = read_seal_text(paths.seal)
     chunks: list[tuple[Part, int, bytes]] = []
     done = True
     files: tuple[tuple[Part, Path], ...] = (("cast", paths.cast), ("chain", paths.chain))
