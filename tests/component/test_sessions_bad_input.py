@@ -32,7 +32,7 @@ from broker.sessions.hub import LiveSession
 from broker.sessions.hub_agent import AGENT_WRITE_HIGH
 from broker.sessions.output_turns import MAX_CHUNK, OutputTurns
 from broker.transcript import load_public_key, transcript_paths, verify_transcript
-from tests.component.test_sessions_fairness import on_a_loop_turn
+from tests.component.test_sessions_fairness import every_loop_turn, on_a_loop_turn
 from tests.component.test_sessions_harness import WAIT, World, world
 from tests.support.broker import init_dir
 from tests.support.database import make_backend
@@ -96,11 +96,9 @@ class Peaks:
 
 def watch(w: World, peaks: Peaks) -> Callable[[], None]:
     """Sample the buffers on every loop turn until the returned function is called."""
-    loop = asyncio.get_running_loop()
     turns = OutputTurns.for_loop()
     assert w.agent is not None
     processes = w.agent.processes._processes
-    sampling = True
 
     def sample() -> None:
         for live in list(w.runtime.manager.live.values()):
@@ -112,15 +110,8 @@ def watch(w: World, peaks: Peaks) -> Callable[[], None]:
                 peaks.to_agent = max(peaks.to_agent, live._chan.get_write_buffer_size())
         for process in list(processes):
             peaks.pty_input = max(peaks.pty_input, len(process._input))
-        if sampling:
-            loop.call_soon(sample)
 
-    def stop() -> None:
-        nonlocal sampling
-        sampling = False
-
-    sample()
-    return stop
+    return every_loop_turn(sample)
 
 
 def verify(w: World, session_id: str) -> str:

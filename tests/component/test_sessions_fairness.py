@@ -61,6 +61,25 @@ async def on_a_loop_turn(holds: Callable[[], bool]) -> None:
         done.cancel()
 
 
+def every_loop_turn(look: Callable[[], None]) -> Callable[[], None]:
+    """Call ``look`` now and on every event-loop turn after it, until the returned function
+    is called (a peak that lasts one turn is seen)."""
+    loop = asyncio.get_running_loop()
+    looking = True
+
+    def turn() -> None:
+        look()
+        if looking:
+            loop.call_soon(turn)
+
+    def stop() -> None:
+        nonlocal looking
+        looking = False
+
+    turn()
+    return stop
+
+
 async def test_keystrokes_are_echoed_through_the_broker_while_another_session_streams(
     data_dir: Path, tmp_path: Path
 ) -> None:
@@ -97,24 +116,20 @@ async def test_keystrokes_are_echoed_through_the_broker_while_another_session_st
             # The most asyncssh held for a paused channel (its private buffer), looked at
             # on every event-loop turn while the keys are typed and the stream goes on.
             kept = 0
-            sampling = True
-            loop = asyncio.get_running_loop()
 
             def sample() -> None:
                 nonlocal kept
                 for hub in hubs:
                     if hub._chan is not None:
                         kept = max(kept, sum(len(data) for data, _ in hub._chan._recv_buf))
-                if sampling:
-                    loop.call_soon(sample)
 
-            sample()
+            stop = every_loop_turn(sample)
             for key in b"keystrokes":
                 echo.stdin.write(bytes([key]))
                 await read_until(echo.stdout, bytes([key]), seen)
                 assert stream.exit_status is None
             await streamed(received + (4 << 20))  # still streaming after the last echo
-            sampling = False
+            stop()
             # Two sessions on one tunnel (not measured in this harness: a LAN's floor)
             # share its budget; neither was ever granted more.
             window = window_for(AGENT_WINDOW_MIN, 2, 2)

@@ -25,7 +25,7 @@ from broker.sessions.output_turns import MAX_CHUNK, OutputTurns
 from broker.transcript import load_public_key, transcript_paths, verify_transcript
 from broker.transcript.asciicast import CastEvent, CastReader
 from broker.transcript.output import output_bytes
-from tests.component.test_sessions_fairness import on_a_loop_turn
+from tests.component.test_sessions_fairness import every_loop_turn, on_a_loop_turn
 from tests.component.test_sessions_harness import WAIT, World, world
 from tests.support.broker import init_dir
 from tests.support.database import make_backend
@@ -61,23 +61,14 @@ class Backlog:
 
 def watch(live: LiveSession, peaks: Backlog) -> Callable[[], None]:
     """Sample ``live``'s recorder on every loop turn until the returned function is called."""
-    loop = asyncio.get_running_loop()
     turns = OutputTurns.for_loop()
-    sampling = True
 
     def sample() -> None:
         peaks.line = max(peaks.line, turns.waiting(live))
         peaks.taken = max(peaks.taken, live.core.unflushed)
         peaks.buffered = max(peaks.buffered, live.recorder.buffered)
-        if sampling:
-            loop.call_soon(sample)
 
-    def stop() -> None:
-        nonlocal sampling
-        sampling = False
-
-    sample()
-    return stop
+    return every_loop_turn(sample)
 
 
 def recorded_output(w: World, session_id: str) -> bytes:
