@@ -29,6 +29,7 @@ from typing import Final
 from agent.consent import ConsentKey, ConsentRequest, ConsentService, Decision
 from agent.consent_prompt import asks_to
 from agent.protocol import LOCAL_USER_RE, sanitize_text
+from agent.reaping import reap
 from agent.session_log import LiveChannel, SessionRegistry
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ DESKTOP_PYTHON: Final = "/usr/bin/python3"
 WINDOW_PROGRAM: Final = Path(__file__).with_name("consent_window.py")
 #: What the window's program prints when GTK or the display is missing (consent_window).
 EXIT_NO_GTK: Final = 3
+#: How long ``loginctl`` may take to list or show the sessions.
+LOGINCTL_TIMEOUT_SECONDS: Final = 5.0
 _SESSION_PROPERTIES: Final = ("Id", "Name", "User", "Type", "Class", "State", "Active",
                               "Remote", "Seat", "Display")  # fmt: skip
 #: Variables the window needs from a desktop; nothing else of the agent's environment.
@@ -114,10 +117,17 @@ async def _loginctl(*args: str) -> str | None:
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
-        async with asyncio.timeout(5):
-            out, _ = await proc.communicate()
-    except (OSError, TimeoutError):
+    except OSError:
         return None
+    try:
+        async with asyncio.timeout(LOGINCTL_TIMEOUT_SECONDS):
+            out, _ = await proc.communicate()
+    except TimeoutError:
+        return None
+    finally:
+        # The lookup is cancelled whenever its request is decided or its session ends,
+        # often while loginctl still runs: it is killed and waited for on every path.
+        await reap(proc)
     return out.decode("utf-8", "replace") if proc.returncode == 0 else None
 
 
@@ -307,8 +317,6 @@ class DesktopPrompt:
                 return None
             return line.decode("ascii", "replace").strip()
         finally:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.terminate()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await asyncio.shield(proc.wait())
+            # Closed at the deadline, by a decision elsewhere or by the agent's stop (a
+            # cancel): the window goes, and is waited for before the cancel goes on.
+            await reap(proc, term_first=True)

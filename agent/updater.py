@@ -11,7 +11,6 @@ broker, which audits it as ``agent.update``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import os
@@ -26,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.broker_client import HTTPAnswer, download_pinned, post_pinned
 from agent.errors import AgentError, MessageError, ReleaseError
+from agent.reaping import reap
 from agent.release import (
     MANIFEST_MAX_BYTES,
     PACKAGE_MAX_BYTES,
@@ -375,13 +375,13 @@ class Updater:
             async with asyncio.timeout(INSTALL_TIMEOUT_SECONDS):
                 output, _ = await proc.communicate()
         except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
             logger.error(
                 "the install command did not finish within %.0f s", INSTALL_TIMEOUT_SECONDS
             )
             return "the install command did not finish in time"
+        finally:
+            # Also when the agent stops meanwhile (a cancel): no install command outlives it.
+            await reap(proc)
         for line in output.decode("utf-8", "replace").splitlines()[-20:]:
             logger.info("install: %s", line)
         if proc.returncode != 0:
