@@ -25,6 +25,7 @@ from tests.component.test_agent_harness import (
     tunnelled_agent,
     wait_gone,
 )
+from tests.support.processes import communicate
 
 SESSION = "s-" + "B" * 22
 
@@ -146,8 +147,7 @@ async def test_cli_approve_in_a_real_process(attended: Attended) -> None:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    async with asyncio.timeout(WAIT):
-        out, err = await cli.communicate()
+    out, err = await communicate(cli, WAIT)
     assert cli.returncode == 0, err
     assert out.decode().strip() == f"session {SESSION}: alice (owner) approved"
     answer, _ = await _answer(process)

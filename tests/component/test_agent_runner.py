@@ -25,6 +25,7 @@ from tests.component.test_agent_harness import (
     session_env,
     wait_status,
 )
+from tests.support.processes import communicate
 
 
 class Keys:
@@ -143,8 +144,7 @@ async def _cli(paths: StatePaths, *args: str) -> tuple[int | None, str, str]:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    async with asyncio.timeout(WAIT):
-        out, err = await process.communicate()
+    out, err = await communicate(process, WAIT)
     return process.returncode, out.decode(), err.decode()
 
 
@@ -179,8 +179,7 @@ async def test_run_as_a_real_process(tmp_path: Path) -> None:
             assert out.strip() == "no sessions are running or waiting for approval"
         finally:
             agent.send_signal(signal.SIGTERM)
-            async with asyncio.timeout(WAIT):
-                _, log = await agent.communicate()
+            _, log = await communicate(agent, WAIT)
         assert agent.returncode == 0, log
         assert b"connected to the broker" in log
         conn.close()

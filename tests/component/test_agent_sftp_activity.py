@@ -9,6 +9,7 @@ from pathlib import Path
 
 from agent.sftp_activity import FileActivity
 from agent.ssh_server import sftp_server_path
+from tests.support.processes import communicate
 
 WAIT = 30
 
@@ -21,8 +22,7 @@ async def _sftp(batch: str, tmp: Path) -> bytes:
         "/usr/bin/sftp", "-b", str(tmp / "batch"), "-D", f"{server} -e -l INFO",
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    async with asyncio.timeout(WAIT):
-        _, err = await proc.communicate()
+    _, err = await communicate(proc, WAIT)
     assert proc.returncode == 0, err
     return err
 

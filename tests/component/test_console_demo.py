@@ -14,6 +14,7 @@ import pytest
 from broker.demo import ConsoleBrowser
 from tests.support.broker import cli_env, free_ports
 from tests.support.console import build_front_end
+from tests.support.processes import communicate
 
 pytestmark = pytest.mark.e2e
 
@@ -64,8 +65,7 @@ async def test_demo_runs_and_its_login_works(tmp_path: Path) -> None:
     finally:
         if demo.returncode is None:
             demo.send_signal(signal.SIGINT)
-        async with asyncio.timeout(60):
-            rest, _ = await demo.communicate()
+        rest, _ = await communicate(demo, 60)
     assert demo.returncode == 0, "".join(out) + rest.decode()
     assert "stopping the demo" in rest.decode()
 
@@ -93,8 +93,7 @@ async def _demo_code(data_dir: Path, user: str) -> str:
         sys.executable, "-m", "broker.demo", "--data-dir", str(data_dir), "--code",
         "--user", user, stdout=asyncio.subprocess.PIPE, env=cli_env(data_dir),
     )  # fmt: skip
-    async with asyncio.timeout(60):
-        out, _ = await proc.communicate()
+    out, _ = await communicate(proc, 60)
     assert proc.returncode == 0
     code = out.decode().strip()
     assert re.fullmatch(r"\d{6}", code), code

@@ -20,7 +20,10 @@ async def site(broker: BrokerProcess, tmp_path: Path) -> AsyncIterator[Site]:
     try:
         yield s
     finally:
-        await stop_agent(s)
+        try:
+            await s.reap_clients()
+        finally:
+            await stop_agent(s)
 
 
 # A cluster of real nodes (tests/support/cluster.py) for the tests/e2e/test_cluster_*.py.

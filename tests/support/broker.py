@@ -32,6 +32,7 @@ from tests.support.database import (
     recreate_from_template,
     run_sync,
 )
+from tests.support.processes import stop_process
 
 READY = re.compile(rb"secondline: serving https://[^:]+:(\d+)")
 START_BOUND = 90.0  # seconds until a broker says it serves: a failure bound, never a pause
@@ -184,13 +185,13 @@ class BrokerProcess:
         self._changed.set()
 
     async def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.process.returncode is None:
-            self.process.send_signal(sig)
-        async with asyncio.timeout(30):
-            code = await self.process.wait()
-        if self._reader is not None:
-            await self._reader
-        return code
+        """Send ``sig`` and wait for the exit; a broker that outlasts the bound is killed
+        and waited for, and the TimeoutError goes on."""
+        try:
+            return await stop_process(self.process, sig)
+        finally:
+            if self._reader is not None:
+                await self._reader
 
     async def wait_for_line(self, pattern: bytes, start: int = 0, bound: float = 30.0) -> bytes:
         """Wait until a line of the broker's output matches; fail if it exits first or after

@@ -85,9 +85,17 @@ class Cluster:
         return broker
 
     async def stop_all(self) -> None:
+        # Every node is stopped even when one outlasts its bound (that one is killed); the
+        # first such failure is raised once all are gone.
+        failed: list[BaseException] = []
         for broker in self.nodes.values():
             if broker.process.returncode is None:
-                await broker.stop()
+                try:
+                    await broker.stop()
+                except Exception as error:  # raised below, after the others
+                    failed.append(error)
+        if failed:
+            raise failed[0]
 
 
 def make_cluster(tmp: Path, backend: Backend, nats_url: str = NATS_URL) -> Cluster:

@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from agent.reaping import reap
 from tests.support.broker import free_port
+from tests.support.processes import stop_process
 
 WAIT: Final = 30.0
 READY: Final = b"oidc provider ready"
@@ -295,12 +297,19 @@ class OidcProvider:
         )  # fmt: skip
         assert self.proc.stdout is not None
         seen = b""
-        async with asyncio.timeout(WAIT):
-            while READY not in seen:
-                line = await self.proc.stdout.readline()
-                if not line:
-                    raise RuntimeError(f"the provider exited: {seen.decode(errors='replace')}")
-                seen += line
+        try:
+            async with asyncio.timeout(WAIT):
+                while READY not in seen:
+                    line = await self.proc.stdout.readline()
+                    if not line:
+                        said = seen.decode(errors="replace")
+                        raise RuntimeError(f"the provider exited: {said}")
+                    seen += line
+        except BaseException:
+            # A provider that never got ready is nobody's to stop: end it here.
+            await reap(self.proc)
+            self.proc = None
+            raise
         self._drain = asyncio.get_running_loop().create_task(self._discard())
 
     async def _discard(self) -> None:
@@ -312,10 +321,8 @@ class OidcProvider:
     async def stop(self) -> None:
         if self.proc is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.terminate()
-        await self.proc.wait()
-        self.proc = None
+        proc, self.proc = self.proc, None
+        await stop_process(proc)
         with contextlib.suppress(asyncio.CancelledError):
             await self._drain
 

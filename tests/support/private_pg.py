@@ -28,6 +28,7 @@ import pytest
 
 from tests.support.broker import free_port
 from tests.support.database import Backend, create_database
+from tests.support.processes import communicate
 
 PG_ROOT: Final = Path("/usr/lib/postgresql")
 OS_USER: Final = "postgres"
@@ -182,11 +183,8 @@ class PrivatePostgres:
             cwd=self.root,
         )
         try:
-            async with asyncio.timeout(TIMEOUT):
-                out, _ = await proc.communicate()
+            out, _ = await communicate(proc, TIMEOUT)
         except TimeoutError:
-            proc.kill()
-            await proc.wait()
             raise PgCommandFailed(
                 f"{tool} {' '.join(args)} did not finish in {TIMEOUT:.0f} s"
             ) from None

@@ -12,10 +12,12 @@ import re
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.reaping import reap
 from tests.support.broker import BrokerProcess, CliResult, cli_env, secondline
+from tests.support.processes import communicate, stop_process
 
 WAIT = 30.0  # failure bound for waits, never a pause
 SSH = "/usr/bin/ssh"
@@ -52,6 +54,8 @@ class Site:
     ticket: str = ""
     agent_state: Path | None = None
     agent: asyncio.subprocess.Process | None = None
+    #: The ssh clients started for the test (interactive or spawned), reaped at its end.
+    clients: list[asyncio.subprocess.Process] = field(default_factory=list)
 
     @property
     def data_dir(self) -> Path:
@@ -102,8 +106,7 @@ class Site:
             stderr=asyncio.subprocess.PIPE,
             env=cli_env(self.tmp),
         )
-        async with asyncio.timeout(WAIT):
-            out, err = await proc.communicate()
+        out, err = await communicate(proc, WAIT)
         assert proc.returncode is not None
         return CliResult(
             proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
@@ -118,7 +121,13 @@ class Site:
             stderr=asyncio.subprocess.PIPE,
             env=cli_env(self.tmp),
         )
+        self.clients.append(proc)
         return Terminal(proc)
+
+    async def reap_clients(self) -> None:
+        """Kill and wait for the ssh clients that still run (a test that failed midway)."""
+        for proc in self.clients:
+            await reap(proc)
 
 
 class Terminal:
@@ -213,10 +222,8 @@ async def run_agent(site: Site, state: Path, name: str) -> None:
 
 
 async def stop_agent(site: Site) -> None:
-    if site.agent is not None and site.agent.returncode is None:
-        site.agent.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(WAIT):
-            await site.agent.wait()
+    if site.agent is not None:
+        await stop_process(site.agent, signal.SIGTERM, WAIT)
 
 
 def new_ticket(site: Site, agent: str) -> str:
@@ -305,7 +312,7 @@ async def read_stderr_until(proc: asyncio.subprocess.Process, pattern: bytes) ->
 
 async def spawn_ssh(site: Site, user: str, command: str) -> asyncio.subprocess.Process:
     argv = site.ssh_argv(user)
-    return await asyncio.create_subprocess_exec(
+    proc = await asyncio.create_subprocess_exec(
         *argv,
         command,
         stdin=asyncio.subprocess.DEVNULL,
@@ -313,6 +320,8 @@ async def spawn_ssh(site: Site, user: str, command: str) -> asyncio.subprocess.P
         stderr=asyncio.subprocess.PIPE,
         env=cli_env(site.tmp),
     )
+    site.clients.append(proc)
+    return proc
 
 
 def staffed_site(broker: BrokerProcess, tmp: Path) -> Site:

@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from agent.reaping import reap
 from tests.support.broker import free_port
+from tests.support.processes import communicate, stop_process
 
 SLAPD: Final = "/usr/sbin/slapd"
 BASE_DN: Final = "dc=example,dc=com"
@@ -158,17 +160,25 @@ class Slapd:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        assert self.proc.stderr is not None
+        stderr = self.proc.stderr
+        assert stderr is not None
         seen: list[bytes] = []
-        async with asyncio.timeout(WAIT):
-            while True:
-                line = await self.proc.stderr.readline()
-                if not line:
-                    raise RuntimeError("slapd exited: " + b"".join(seen).decode(errors="replace"))
-                seen.append(line)
-                if b"slapd starting" in line:
-                    break
-        self._drain = asyncio.get_running_loop().create_task(self._discard(self.proc.stderr))
+        try:
+            async with asyncio.timeout(WAIT):
+                while True:
+                    line = await stderr.readline()
+                    if not line:
+                        said = b"".join(seen).decode(errors="replace")
+                        raise RuntimeError("slapd exited: " + said)
+                    seen.append(line)
+                    if b"slapd starting" in line:
+                        break
+        except BaseException:
+            # A slapd that never got ready is nobody's to stop: end it here.
+            await reap(self.proc)
+            self.proc = None
+            raise
+        self._drain = asyncio.get_running_loop().create_task(self._discard(stderr))
 
     @staticmethod
     async def _discard(stream: asyncio.StreamReader) -> None:
@@ -179,10 +189,8 @@ class Slapd:
         """Take the directory away (an outage); :meth:`start` brings it back."""
         if self.proc is None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.terminate()
-        await self.proc.wait()
-        self.proc = None
+        proc, self.proc = self.proc, None
+        await stop_process(proc)
         with contextlib.suppress(asyncio.CancelledError):
             await self._drain
 
@@ -202,7 +210,7 @@ class Slapd:
             stderr=subprocess.STDOUT,
             env={**os.environ, "LDAPTLS_REQCERT": "never"},
         )
-        out, _ = await proc.communicate(ldif.encode())
+        out, _ = await communicate(proc, WAIT, ldif.encode())
         if proc.returncode != 0:
             raise RuntimeError(f"ldapmodify failed: {out.decode(errors='replace')}")
 

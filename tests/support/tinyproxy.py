@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.support.broker import free_port
+from tests.support.processes import stop_process
 
 WAIT = 30.0
 _CONNECT = re.compile(r"Request \(file descriptor \d+\): CONNECT (\S+) HTTP/1\.[01]")
@@ -48,7 +50,12 @@ class Tinyproxy:
             stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
         self._reader = asyncio.get_running_loop().create_task(self._read())
-        await self.wait_for("Accepting connections")
+        try:
+            await self.wait_for("Accepting connections")
+        except BaseException:
+            # A proxy that never got ready is nobody's to stop: end it here.
+            await self.stop()
+            raise
 
     async def _read(self) -> None:
         assert self._process is not None
@@ -72,9 +79,9 @@ class Tinyproxy:
                 await self._changed.wait()
 
     async def stop(self) -> None:
-        if self._process is not None and self._process.returncode is None:
-            self._process.terminate()
-            async with asyncio.timeout(WAIT):
-                await self._process.wait()
-        if self._reader is not None:
-            await self._reader
+        try:
+            if self._process is not None:
+                await stop_process(self._process, signal.SIGTERM, WAIT)
+        finally:
+            if self._reader is not None:
+                await self._reader

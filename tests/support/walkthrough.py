@@ -17,9 +17,12 @@ from __future__ import annotations
 import asyncio
 import re
 import shlex
+import signal
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.support.processes import stop_process
 
 WAIT = 60.0  # failure bound for one step, never a pause
 MARKER = re.compile(
@@ -152,20 +155,28 @@ class Walkthrough:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        # Every process is ended and waited for, also when one outlasts its bound (that
+        # one is killed); the first such failure is raised once all are gone.
+        failed: list[BaseException] = []
         for bg in reversed(self.background):
-            if bg.process.returncode is None:
-                bg.process.terminate()
-            async with asyncio.timeout(WAIT):
-                await bg.process.wait()
+            try:
+                await stop_process(bg.process, signal.SIGTERM, WAIT)
                 if bg.reader is not None:
                     await bg.reader
-        if self.shell is not None and self.shell.returncode is None:
-            assert self.shell.stdin is not None
-            self.shell.stdin.close()
-            async with asyncio.timeout(WAIT):
-                await self.shell.wait()
-        if self._err_reader is not None:
-            await self._err_reader
+            except Exception as error:  # raised below, after the others
+                failed.append(error)
+        if self.shell is not None:
+            if self.shell.returncode is None:
+                assert self.shell.stdin is not None
+                self.shell.stdin.close()  # bash ends after the command it runs
+            try:
+                await stop_process(self.shell, None, WAIT)
+                if self._err_reader is not None:
+                    await self._err_reader
+            except Exception as error:  # raised below
+                failed.append(error)
+        if failed:
+            raise failed[0]
 
     async def _read_stderr(self) -> None:
         assert self.shell is not None

@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import signal
 import ssl
 import sys
 import time
@@ -15,6 +16,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Final
+
+from tests.support.processes import stop_process
 
 WAIT: Final = 30.0
 RECEIVER: Final = Path(__file__).with_name("webhook_receiver.py")
@@ -46,7 +49,12 @@ class Receiver:
         )
         receiver = cls(proc)
         receiver._reader = asyncio.get_running_loop().create_task(receiver._read())
-        first = await receiver.wait_for("listening ")
+        try:
+            first = await receiver.wait_for("listening ")
+        except BaseException:
+            # A receiver that never listened is nobody's to stop: end it here.
+            await receiver.stop()
+            raise
         receiver.port = int(first.split()[1])
         return receiver
 
@@ -86,12 +94,11 @@ class Receiver:
         return [json.loads(x.removeprefix("event ")) for x in self.lines if x.startswith("event ")]
 
     async def stop(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.terminate()
-        async with asyncio.timeout(WAIT):
-            await self.proc.wait()
-        if self._reader is not None:
-            await self._reader
+        try:
+            await stop_process(self.proc, signal.SIGTERM, WAIT)
+        finally:
+            if self._reader is not None:
+                await self._reader
 
 
 def signature(secret: str, body: bytes, timestamp: int | None = None) -> str:

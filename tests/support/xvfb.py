@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 from pathlib import Path
 
 from PIL import ImageGrab
+
+from tests.support.processes import stop_process
 
 WAIT = 30.0
 
@@ -31,15 +34,19 @@ class Xvfb:
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
         os.close(write_fd)
-        # Xvfb writes the display number once it accepts clients.
-        number = await asyncio.wait_for(asyncio.to_thread(_read_line, read_fd), WAIT)
-        assert number.isdigit(), f"Xvfb did not report a display ({number!r})"
+        try:
+            # Xvfb writes the display number once it accepts clients.
+            number = await asyncio.wait_for(asyncio.to_thread(_read_line, read_fd), WAIT)
+            assert number.isdigit(), f"Xvfb did not report a display ({number!r})"
+        except BaseException:
+            # An Xvfb without a display is nobody's to stop: end it here.
+            await self.stop()
+            raise
         self.display = f":{number}"
 
     async def stop(self) -> None:
-        if self._proc is not None and self._proc.returncode is None:
-            self._proc.terminate()
-            await asyncio.wait_for(self._proc.wait(), WAIT)
+        if self._proc is not None:
+            await stop_process(self._proc, signal.SIGTERM, WAIT)
 
     def xdotool(self, *args: str, timeout: float = WAIT) -> str:
         """Run xdotool on this display; its output (it must succeed)."""
