@@ -16,6 +16,7 @@ import signal
 from collections import deque
 from collections.abc import Mapping, Sequence
 
+from agent.reaping import reap
 from bench import MeasurementError
 
 logger = logging.getLogger(__name__)
@@ -185,9 +186,10 @@ async def run_command(
         async with asyncio.timeout(wait_s):
             out, err = await process.communicate()
     except TimeoutError:
-        process.kill()
-        await process.wait()
         raise MeasurementError(f"`{name}` did not finish within {wait_s:.0f} s") from None
+    finally:
+        # Also on a cancel (a test's bound, Ctrl-C): the command never outlives its caller.
+        await reap(process)
     if process.returncode != 0:
         lines = [line for line in err.decode(errors="replace").splitlines() if line.strip()]
         last = lines[-1].strip() if lines else "no message"

@@ -101,6 +101,11 @@ def transfer(tree: Tree, size: int) -> Sample:
     try:
         widen_pipe(process.stdout.fileno())
         moved = read_to_eof(process.stdout.fileno(), STALL_S)
+    except BaseException:
+        # A stalled or failed read: the client is ended and reaped before the error goes on.
+        process.kill()
+        process.wait()
+        raise
     finally:
         process.stdout.close()
     _, status, usage = os.wait4(process.pid, 0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import signal
 import ssl
 import sys
 import time
@@ -27,6 +28,7 @@ from broker.auth import totp
 from tests.support.broker import BrokerProcess, cli_env, secondline, start_broker
 from tests.support.browser import WAIT_MS, first_sign_in, terminal_text, wait_for_line
 from tests.support.console import PASSWORD, build_front_end
+from tests.support.processes import stop_process
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -163,10 +165,8 @@ async def stack(tmp_path: Path, sqlite_data_dir: Path, front_end: None) -> Async
             agent.terminate()
         await drain
     finally:
-        if agent is not None and agent.returncode is None:
-            agent.terminate()
-            async with asyncio.timeout(30):
-                await agent.wait()
+        if agent is not None:
+            await stop_process(agent, signal.SIGTERM, 30)
         await broker.stop()
 
 

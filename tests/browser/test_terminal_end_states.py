@@ -9,6 +9,7 @@ Screenshots go to docs/screenshots/terminal-*.png (docs/console.md shows them)."
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 from collections.abc import AsyncIterator
 
@@ -25,6 +26,7 @@ from tests.browser.test_console_flows import (
 )
 from tests.support.broker import cli_env
 from tests.support.browser import WAIT_MS, ended_with, terminal_text
+from tests.support.processes import stop_process
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e]
 
@@ -103,10 +105,7 @@ async def second_agent(stack: Stack) -> AsyncIterator[list[asyncio.subprocess.Pr
     started: list[asyncio.subprocess.Process] = []
     yield started
     for agent in started:
-        if agent.returncode is None:
-            agent.terminate()
-            async with asyncio.timeout(30):
-                await agent.wait()
+        await stop_process(agent, signal.SIGTERM, 30)
 
 
 async def test_first_frame_and_every_end_state(

@@ -11,7 +11,7 @@ import pytest
 from tests.support.broker import BrokerProcess
 from tests.support.cluster import Cluster, make_cluster
 from tests.support.database import Backend, drop_database, make_backend, run_sync
-from tests.support.site import Site, staffed_site, stop_agent
+from tests.support.site import Site, close_sites, staffed_site, stop_agent
 
 
 @pytest.fixture
@@ -20,10 +20,15 @@ async def site(broker: BrokerProcess, tmp_path: Path) -> AsyncIterator[Site]:
     try:
         yield s
     finally:
-        try:
-            await s.reap_clients()
-        finally:
-            await stop_agent(s)
+        await stop_agent(s)
+
+
+@pytest.fixture(autouse=True)
+async def sites_closed() -> AsyncIterator[None]:
+    """Every site a test made (its own or the fixture's) has its agent and children
+    killed and waited for at the test's end, whatever the test did."""
+    yield
+    await close_sites()
 
 
 # A cluster of real nodes (tests/support/cluster.py) for the tests/e2e/test_cluster_*.py.

@@ -23,6 +23,7 @@ from typing import Final
 import pytest
 
 from tests.support.broker import cli_env
+from tests.support.processes import communicate
 from tests.support.site import (
     Site,
     agent_cli,
@@ -91,8 +92,7 @@ async def test_allow_in_the_window_then_end_and_deny(site: Site, xvfb: Xvfb) -> 
     denied = await spawn_ssh(site, site.ticket, "echo never")
     window = await xvfb.window(ASK)
     xvfb.press(window, "alt+d")
-    async with asyncio.timeout(WAIT):
-        out, err_bytes = await denied.communicate()
+    out, err_bytes = await communicate(denied, WAIT)
     assert denied.returncode != 0
     assert b"never" not in out
     assert "the end user denied the session" in err_bytes.decode()

@@ -25,6 +25,7 @@ from broker.agents.install_command import InstallValues, install_command
 from tests.support.broker import BrokerProcess, secondline
 from tests.support.deb_root import DebRoot
 from tests.support.packages import ROOT, build_agent_deb
+from tests.support.processes import communicate
 from tests.support.site import Site, new_ticket, ok
 from tests.support.walkthrough import substitute
 
@@ -143,8 +144,7 @@ async def _running(root: DebRoot, broker: BrokerProcess, name: str) -> AsyncIter
         yield
     finally:
         agent.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(30):
-            _, err = await agent.communicate()
+        _, err = await communicate(agent, 30)
     assert agent.returncode == 0, err
 
 

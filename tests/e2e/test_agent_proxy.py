@@ -18,6 +18,7 @@ import pytest
 from tests.support.broker import CliResult, cli_env
 from tests.support.deb_root import DebRoot
 from tests.support.packages import build_agent_deb
+from tests.support.processes import communicate
 from tests.support.site import WAIT, Site, new_ticket, ok
 from tests.support.tinyproxy import Tinyproxy
 
@@ -84,8 +85,7 @@ async def test_enrollment_tunnel_and_session_go_through_the_proxy(
         assert (result.code, result.out) == (0, "through-the-proxy\n"), result
     finally:
         agent.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(WAIT):
-            await agent.communicate()
+        await communicate(agent, WAIT)
 
 
 async def test_no_proxy_goes_around_and_a_wrong_password_is_refused(

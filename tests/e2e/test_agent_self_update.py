@@ -82,8 +82,9 @@ class Agent:
         await self.exit_code()
 
 
-async def run(state: Path, lib: Path | None, cwd: Path, **env: str) -> Agent:
-    """Start the agent from this checkout (lib None) or from an unpacked package."""
+async def run(site: Site, state: Path, lib: Path | None, cwd: Path, **env: str) -> Agent:
+    """Start the agent from this checkout (lib None) or from an unpacked package (reaped
+    with the site when the test fails before it ends)."""
     environment = cli_env(state, **env)
     if lib is not None:
         environment["PYTHONPATH"] = str(lib)
@@ -92,6 +93,7 @@ async def run(state: Path, lib: Path | None, cwd: Path, **env: str) -> Agent:
         cwd=cwd, env=environment, stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
+    site.children.append(proc)
     return Agent(proc)
 
 
@@ -138,14 +140,14 @@ async def test_update_tamper_and_rollback(site: Site, tmp_path: Path) -> None:
         return agent_lib(hooks / "roots" / f"secondline-agent_{version}_amd64")
 
     # 0.1.0 (this checkout) verifies, keeps its own package, installs 0.2.0 and exits.
-    first = await run(state, None, cwd)
+    first = await run(site, state, None, cwd)
     assert await first.exit_code() == EXIT_RESTART, "\n".join(first.lines)
     assert log.read_text().splitlines() == [str(state / "updates/secondline-agent_0.2.0_amd64.deb")]
     assert (state / "updates/secondline-agent_0.1.0_amd64.deb").is_file()
     assert json.loads((state / "update.json").read_text())["phase"] == "installing"
 
     # 0.2.0, as the service manager would start it, connects and reports the update.
-    second = await run(state, root_of("0.2.0"), cwd)
+    second = await run(site, state, root_of("0.2.0"), cwd)
     await second.expect(r"reported to the broker: installed 0\.2\.0")
     assert not (state / "update.json").exists()
     await second.stop()
@@ -157,14 +159,14 @@ async def test_update_tamper_and_rollback(site: Site, tmp_path: Path) -> None:
         s: (packages / (good_030.name + s)).read_bytes() for s in (".manifest", ".manifest.sig")
     }
     (packages / good_030.name).write_bytes(good_030.read_bytes()[:-1] + b"\0")
-    tampered = await run(state, root_of("0.2.0"), cwd)
+    tampered = await run(site, state, root_of("0.2.0"), cwd)
     await tampered.expect(r"reported to the broker: refused 0\.3\.0")
     await tampered.stop()
     # The same package signed by a key that is not the broker's release key.
     (packages / good_030.name).write_bytes(good_030.read_bytes())
     foreign = sign_manifest(Ed25519PrivateKey.generate(), signed[".manifest"])
     (packages / (good_030.name + ".manifest.sig")).write_text(foreign + "\n")
-    forged = await run(state, root_of("0.2.0"), cwd)
+    forged = await run(site, state, root_of("0.2.0"), cwd)
     await forged.expect(r"reported to the broker: refused unknown")
     await forged.stop()
     assert len(log.read_text().splitlines()) == 1  # neither was handed to the install hook
@@ -172,10 +174,12 @@ async def test_update_tamper_and_rollback(site: Site, tmp_path: Path) -> None:
     # A good 0.3.0 is installed, but cannot reach the broker (its proxy is a closed port):
     # after rollback_after_seconds it installs the kept 0.2.0 package again.
     (packages / (good_030.name + ".manifest.sig")).write_bytes(signed[".manifest.sig"])
-    installer = await run(state, root_of("0.2.0"), cwd)
+    installer = await run(site, state, root_of("0.2.0"), cwd)
     assert await installer.exit_code() == EXIT_RESTART, "\n".join(installer.lines)
     write_config(state, hook, rollback_after=2)
-    cut_off = await run(state, root_of("0.3.0"), cwd, HTTPS_PROXY="http://127.0.0.1:9", NO_PROXY="")
+    cut_off = await run(
+        site, state, root_of("0.3.0"), cwd, HTTPS_PROXY="http://127.0.0.1:9", NO_PROXY=""
+    )
     assert await cut_off.exit_code() == EXIT_RESTART, "\n".join(cut_off.lines)
     assert log.read_text().splitlines()[-1] == str(
         state / "updates/secondline-agent_0.2.0_amd64.deb"
@@ -183,7 +187,7 @@ async def test_update_tamper_and_rollback(site: Site, tmp_path: Path) -> None:
     assert json.loads((state / "update.json").read_text())["phase"] == "rolling_back"
 
     # 0.2.0 again: reports the rollback, and leaves the offered 0.3.0 alone from now on.
-    back = await run(state, root_of("0.2.0"), cwd)
+    back = await run(site, state, root_of("0.2.0"), cwd)
     await back.expect(r"reported to the broker: rolled_back 0\.3\.0")
     await back.expect(r"0\.3\.0 was rolled back here; it is not installed again")
     await back.stop()

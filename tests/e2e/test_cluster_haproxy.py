@@ -26,6 +26,7 @@ import aiohttp
 import pytest
 from playwright.async_api import Browser
 
+from agent.reaping import reap
 from bench.agent_swarm import Swarm, SwarmPlan, SwarmStatus, broker_call
 from broker.cluster.share import share_limit
 from tests.support.broker import BrokerProcess, cli_env, free_ports, secondline
@@ -40,7 +41,8 @@ from tests.support.cluster_sessions import (
     ticket_for,
 )
 from tests.support.console import build_front_end
-from tests.support.site import Terminal, ok
+from tests.support.processes import stop_process
+from tests.support.site import ok
 
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
 
@@ -162,9 +164,8 @@ class Balancer:
                 await self.wait_for(b" is UP", mark)
 
     async def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            await self.proc.wait()
+        if self.proc is not None:
+            await stop_process(self.proc, signal.SIGTERM, WAIT)
             await self._reader
 
 
@@ -180,8 +181,8 @@ async def balanced(cluster: Cluster, tmp_path: Path) -> AsyncIterator[tuple[Clus
     cluster.behind(lb.url)
     for name in ("n1", "n2", "n3"):
         await cluster.start(name)
-    await lb.start()
     try:
+        await lb.start()
         yield cluster, lb
     finally:
         await lb.stop()
@@ -248,55 +249,55 @@ async def cross_node_session(
     holder = held[agent]
     ticket = ticket_for(first, agent)
     ssh = Ssh(first, tmp, key, lb.ssh_port)
-    owner = await ssh.shell(f"{ticket}+{agent}")
-    sid = await session_of(owner)
-    landed = await landed_on(cluster, holder, sid)
-    same: Terminal | None = None
-    if landed == holder:
-        # HAProxy balances SSH by least connections: while this one stays open on the
-        # agent's node, the next connection goes to a node holding none.
-        same, owner = owner, await ssh.shell(f"{ticket}+{agent}")
+    try:
+        owner = await ssh.shell(f"{ticket}+{agent}")
         sid = await session_of(owner)
         landed = await landed_on(cluster, holder, sid)
-    assert landed != holder, (landed, holder)
-    third = next(n for n in ("n1", "n2", "n3") if n not in (holder, landed))
-    # lena signs in at the third node's own address, not through HAProxy, and watches.
-    observer = await Observer.watch(browser, cluster.nodes[third].url, "lena", sid)
-    try:
-        owner.type('echo "cross-$((6*7))"\n')
-        await owner.expect(b"cross-42")
-        await observer.expect("cross-42")
-        # The owner's invitation, asked of the node bob landed on, is decided by the hub.
-        bob = ok(secondline("user", "token", "bob", data_dir=first))
-        url = cluster.nodes[landed].url
-        status, steered = await broker_call(
-            url, cert, bob, "POST", f"/sessions/{sid}/invite", {"user": "lena"}
-        )
-        assert status == 200, steered
-        assert isinstance(steered, dict)
-        assert steered["invited"] == ["lena"]
-        assert {"name": "lena", "role": "observer"} in steered["participants"]
+        if landed == holder:
+            # HAProxy balances SSH by least connections: while this one stays open on the
+            # agent's node, the next connection goes to a node holding none.
+            owner = await ssh.shell(f"{ticket}+{agent}")
+            sid = await session_of(owner)
+            landed = await landed_on(cluster, holder, sid)
+        assert landed != holder, (landed, holder)
+        third = next(n for n in ("n1", "n2", "n3") if n not in (holder, landed))
+        # lena signs in at the third node's own address, not through HAProxy, and watches.
+        observer = await Observer.watch(browser, cluster.nodes[third].url, "lena", sid)
+        try:
+            owner.type('echo "cross-$((6*7))"\n')
+            await owner.expect(b"cross-42")
+            await observer.expect("cross-42")
+            # The owner's invitation, asked of the node bob landed on, is decided by the hub.
+            bob = ok(secondline("user", "token", "bob", data_dir=first))
+            url = cluster.nodes[landed].url
+            status, steered = await broker_call(
+                url, cert, bob, "POST", f"/sessions/{sid}/invite", {"user": "lena"}
+            )
+            assert status == 200, steered
+            assert isinstance(steered, dict)
+            assert steered["invited"] == ["lena"]
+            assert {"name": "lena", "role": "observer"} in steered["participants"]
 
-        token = (first / "admin.token").read_text().strip()
-        killer = cluster.nodes[third].url
-        began = asyncio.get_running_loop().time()
-        status, _ = await broker_call(
-            killer, cert, token, "POST", f"/sessions/{sid}/kill?reason=cross-node"
-        )
-        assert status == 200, status
-        code, err = await owner.finish()
-        took = asyncio.get_running_loop().time() - began
-        assert took < 2.0, took
-        assert code == 255, (code, err)
-        assert "ended by admin: cross-node" in err, err
-        await observer.ended("An administrator (")
-        await observer.ended("cross-node")
+            token = (first / "admin.token").read_text().strip()
+            killer = cluster.nodes[third].url
+            began = asyncio.get_running_loop().time()
+            status, _ = await broker_call(
+                killer, cert, token, "POST", f"/sessions/{sid}/kill?reason=cross-node"
+            )
+            assert status == 200, status
+            code, err = await owner.finish()
+            took = asyncio.get_running_loop().time() - began
+            assert took < 2.0, took
+            assert code == 255, (code, err)
+            assert "ended by admin: cross-node" in err, err
+            await observer.ended("An administrator (")
+            await observer.ended("cross-node")
+        finally:
+            await observer.close()
     finally:
-        await observer.close()
-        for shell in (owner, same):
-            if shell is not None and shell.proc.returncode is None:
-                shell.proc.kill()
-                await shell.proc.wait()
+        # Every shell opened, also when the test failed before its end.
+        for shell in ssh.shells:
+            await reap(shell.proc)
     # Recorded once, on the agent's node: it verifies there, and on the others from the
     # shared store (exit 0: valid).
     for node in (holder, landed, third):

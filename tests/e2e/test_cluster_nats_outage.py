@@ -14,6 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from agent.reaping import reap
 from tests.e2e.test_cluster_nodes import site_on, status
 from tests.support.broker import BrokerProcess, free_port, secondline
 from tests.support.cluster import Cluster, heard_twice, make_cluster
@@ -41,9 +42,14 @@ class NatsServer:
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         assert self.proc.stderr is not None
-        async with asyncio.timeout(WAIT):
-            while b"Server is ready" not in await self.proc.stderr.readline():
-                assert self.proc.returncode is None, "nats-server exited"
+        try:
+            async with asyncio.timeout(WAIT):
+                while b"Server is ready" not in await self.proc.stderr.readline():
+                    assert self.proc.returncode is None, "nats-server exited"
+        except BaseException:
+            # A server that never got ready is nobody's to stop: end it here.
+            await reap(self.proc)
+            raise
         # Keep draining its log so it never blocks on a full pipe.
         self._drain = asyncio.ensure_future(self._read())
 

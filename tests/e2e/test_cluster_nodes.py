@@ -22,6 +22,7 @@ from bench.agent_swarm import broker_call
 from broker.cluster.peering import PATH, PEER_HEADER, credential
 from tests.support.broker import BrokerProcess, CliResult, cli_env, free_port, secondline
 from tests.support.cluster import Cluster, heard_twice
+from tests.support.processes import communicate
 from tests.support.site import (
     Site,
     new_ticket,
@@ -53,8 +54,7 @@ async def serve_refused(data_dir: Path, node: str) -> CliResult:
         "serve", "--node", node,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=cli_env(data_dir),
     )  # fmt: skip
-    async with asyncio.timeout(60):
-        out, err = await proc.communicate()
+    out, err = await communicate(proc, 60)
     assert proc.returncode is not None
     return CliResult(proc.returncode, out.decode(), err.decode())
 

@@ -23,6 +23,7 @@ import pytest
 
 from broker.config import load_config
 from tests.support.broker import BrokerProcess, secondline, start_broker
+from tests.support.processes import communicate
 from tests.support.site import Site, ok, sessions_of, start_agent, ticket_json
 from tests.support.webhook import Receiver, post_event, signature, ticket_event
 
@@ -362,8 +363,7 @@ async def test_the_inbound_example_of_the_docs_runs_as_written(site: Site, desk:
         "bash", "-euo", "pipefail", "-c", script, cwd=work,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    async with asyncio.timeout(30):
-        out, err = await proc.communicate()
+    out, err = await communicate(proc, 30)
     assert proc.returncode == 0, err
     answer = json.loads(out)
     assert answer["external"] == "WH-4711", answer

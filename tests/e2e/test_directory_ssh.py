@@ -45,6 +45,7 @@ async def test_a_directory_shell_is_cut_when_the_group_is_left(site: Site) -> No
             stderr=asyncio.subprocess.PIPE,
             env=cli_env(site.tmp),
         )
+        site.children.append(proc)  # reaped by the site fixture if the test fails
         term = Terminal(proc)
         term.type("echo dora-$((40+2))\n")
         await term.expect(b"dora-42")

@@ -6,10 +6,10 @@ after a few MB when a transcript flush was asked for while another one was finis
 from __future__ import annotations
 
 import asyncio
-import signal
 
 import pytest
 
+from agent.reaping import reap
 from tests.support.broker import cli_env
 from tests.support.site import Site, new_ticket, start_agent
 
@@ -41,9 +41,9 @@ async def count_output(site: Site, command: str, *, tty: bool) -> tuple[int, int
                 total += len(chunk)
             code = await proc.wait()
     except TimeoutError:
-        proc.send_signal(signal.SIGKILL)
-        await proc.wait()
         raise AssertionError(f"the relay stalled after {total} of the expected bytes") from None
+    finally:
+        await reap(proc)
     return total, code
 
 

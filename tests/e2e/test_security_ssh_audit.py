@@ -16,6 +16,7 @@ import pytest
 from asyncssh.kex import get_kex_algs
 
 from tests.support.broker import BrokerProcess, start_broker
+from tests.support.processes import communicate
 from tests.support.raw_ssh import KexInit, RawSshClient, client_kexinit
 
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
@@ -51,8 +52,7 @@ async def ssh_audit(port: int) -> dict[str, object]:
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    async with asyncio.timeout(BOUND):
-        out, err = await proc.communicate()
+    out, err = await communicate(proc, BOUND)
     # 0: nothing found, 2: warnings; 1 (connection error) and 3 (failures) are not taken.
     assert proc.returncode in (0, 2), (proc.returncode, out[-2000:], err[-2000:])
     report = json.loads(out)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.broker import CliResult, cli_env
+from tests.support.processes import communicate
 from tests.support.site import (
     WAIT,
     Site,
@@ -55,8 +56,7 @@ async def _run(site: Site, *argv: str) -> CliResult:
         stderr=asyncio.subprocess.PIPE,
         env=cli_env(site.tmp),
     )
-    async with asyncio.timeout(WAIT):
-        out, err = await proc.communicate()
+    out, err = await communicate(proc, WAIT)
     assert proc.returncode is not None
     return CliResult(proc.returncode, out.decode(errors="replace"), err.decode(errors="replace"))
 
@@ -215,9 +215,9 @@ async def _refused_as_shells(site: Site) -> None:
         stderr=asyncio.subprocess.PIPE,
         env=cli_env(site.tmp),
     )
+    site.children.append(proc)  # reaped by the site fixture if the test fails
     told = await read_stderr_until(proc, b"waiting for the end user's approval on web02")
     ok(agent_cli(state, "deny", session_ids(told.decode())[0]))
-    async with asyncio.timeout(WAIT):
-        await proc.communicate()
+    await communicate(proc, WAIT)
     assert proc.returncode != 0
     assert not (site.tmp / "arrived.txt").exists()

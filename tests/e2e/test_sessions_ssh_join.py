@@ -24,6 +24,7 @@ async def ssh_as(site: Site, user: str, name: str) -> Terminal:
         stderr=asyncio.subprocess.PIPE,
         env=cli_env(site.tmp),
     )
+    site.children.append(proc)  # reaped by the site fixture if the test fails
     return Terminal(proc)
 
 

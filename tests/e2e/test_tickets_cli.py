@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.broker import BrokerProcess, CliResult, cli_env, secondline
+from tests.support.processes import stop_process
 from tests.support.site import agent_cli, ok
 
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
@@ -45,10 +46,7 @@ async def web01(broker: BrokerProcess, tmp_path: Path) -> AsyncIterator[Path]:
         await broker.wait_for_line(rb"agent ag-[a-z0-9]{16} \(web01\) online", mark)
         yield state
     finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(30):
-            await process.wait()
+        await stop_process(process, signal.SIGTERM, 30)
 
 
 def staff(d: Path, name: str, role: str, customer: str) -> str:

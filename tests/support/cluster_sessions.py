@@ -76,6 +76,8 @@ class Ssh:
         self.known_hosts = tmp / "known_hosts_lb"
         host_key = (first / "keys" / "ssh_host_ed25519.pub").read_text().split()
         self.known_hosts.write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
+        #: Every shell opened, for the test to reap at its end.
+        self.shells: list[Terminal] = []
 
     async def shell(self, user: str) -> Terminal:
         proc = await asyncio.create_subprocess_exec(
@@ -88,7 +90,8 @@ class Ssh:
             stderr=asyncio.subprocess.PIPE,
             env=cli_env(self.tmp),
         )  # fmt: skip
-        return Terminal(proc)
+        self.shells.append(Terminal(proc))
+        return self.shells[-1]
 
 
 async def session_of(terminal: Terminal) -> str:

@@ -42,6 +42,11 @@ def agent_cli(state: Path, *args: str) -> CliResult:
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
+#: The sites made during the running test; the e2e tests' fixture closes them at its end,
+#: so an agent or ssh a failed test left running is killed and waited for there.
+_OPEN: list[Site] = []
+
+
 @dataclass
 class Site:
     """A broker with customer acme, staff bob (level 2, SSH key), agent web01 running, and a
@@ -54,8 +59,11 @@ class Site:
     ticket: str = ""
     agent_state: Path | None = None
     agent: asyncio.subprocess.Process | None = None
-    #: The ssh clients started for the test (interactive or spawned), reaped at its end.
-    clients: list[asyncio.subprocess.Process] = field(default_factory=list)
+    #: What the test started besides ``agent`` (ssh clients, more agents): reaped at its end.
+    children: list[asyncio.subprocess.Process] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _OPEN.append(self)
 
     @property
     def data_dir(self) -> Path:
@@ -121,13 +129,20 @@ class Site:
             stderr=asyncio.subprocess.PIPE,
             env=cli_env(self.tmp),
         )
-        self.clients.append(proc)
+        self.children.append(proc)
         return Terminal(proc)
 
-    async def reap_clients(self) -> None:
-        """Kill and wait for the ssh clients that still run (a test that failed midway)."""
-        for proc in self.clients:
+    async def close(self) -> None:
+        """Kill and wait for the agent and the children that still run (a test that failed
+        midway; a test that ends well has ended them)."""
+        for proc in [*self.children, *([self.agent] if self.agent is not None else [])]:
             await reap(proc)
+
+
+async def close_sites() -> None:
+    """Close every site made since the last call (see ``_OPEN``)."""
+    while _OPEN:
+        await _OPEN.pop().close()
 
 
 class Terminal:
@@ -206,6 +221,8 @@ async def start_agent(site: Site, name: str, consent: str) -> Path:
 async def run_agent(site: Site, state: Path, name: str) -> None:
     mark = len(site.broker.output)
     site.agent_state = state
+    if site.agent is not None:
+        site.children.append(site.agent)  # an earlier agent of the test, reaped with it
     site.agent = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -320,7 +337,7 @@ async def spawn_ssh(site: Site, user: str, command: str) -> asyncio.subprocess.P
         stderr=asyncio.subprocess.PIPE,
         env=cli_env(site.tmp),
     )
-    site.clients.append(proc)
+    site.children.append(proc)
     return proc
 
 
