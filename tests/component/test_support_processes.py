@@ -15,10 +15,21 @@ from tests.support.processes import communicate, stop_process
 
 
 async def never_ending() -> asyncio.subprocess.Process:
-    """A child that runs until it is killed and ignores SIGTERM, with its output piped."""
-    return await asyncio.create_subprocess_exec(
-        "sh", "-c", "trap '' TERM; exec tail -f /dev/null", stdout=asyncio.subprocess.PIPE
+    """A child that runs until it is killed and ignores SIGTERM, with its output piped.
+
+    It is returned once it says it ignores SIGTERM: a signal sent before the shell's trap
+    is set would end it (a clean-clone CI run saw -15 where the test expected a kill).
+    """
+    proc = await asyncio.create_subprocess_exec(
+        "sh",
+        "-c",
+        "trap '' TERM; echo ignoring; exec tail -f /dev/null",
+        stdout=asyncio.subprocess.PIPE,
     )
+    assert proc.stdout is not None
+    async with asyncio.timeout(30):
+        assert await proc.stdout.readline() == b"ignoring\n"
+    return proc
 
 
 async def test_communicate_past_its_bound_kills_and_reaps() -> None:
