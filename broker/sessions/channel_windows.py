@@ -3,7 +3,7 @@
 A channel's window is what the agent may send before the broker grants more (asyncssh
 grants once half of it is used), and the most a held session (a staff client that stopped
 reading, a full recorder, its turn not come: broker.sessions.output_turns) keeps in the
-broker. Two things pull it apart:
+broker. Three things pull it apart:
 
 - **Throughput.** The grant's round trip is not the network's (tens of microseconds on a
   LAN, which is what the tunnel's bandwidth-delay product measures) but two event loops':
@@ -14,14 +14,19 @@ broker. Two things pull it apart:
   docs/benchmarks.md). Fewer, larger grants also cost the broker less per byte.
 - **Memory.** Every held session keeps up to its window in the broker, so 2 MiB for
   each of 300 sessions would be 600 MB.
+- **What an echo waits behind.** Every channel of an agent shares its tunnel's one TCP
+  stream, so a keystroke's echo waits behind every byte the other channels were let
+  send ahead: with 2 MiB each, the echo behind one stream on the same agent took 2-4
+  times as long (bench p99 32 against 14 ms) as with the floor.
 
-So the windows are shared out: a channel gets its share of :data:`TUNNEL_BUDGET` among the
-session channels on its tunnel and of :data:`BROKER_BUDGET` among all of the broker's,
-rounded down to a power of two, never below the tunnel's own floor
-(:func:`broker.sessions.hub_agent.channel_window`: its bandwidth-delay product, at least
-128 KiB) and never above :data:`~broker.sessions.hub_agent.AGENT_WINDOW_MAX`. One stream
-alone gets 2 MiB; fifty on one agent 128 KiB each, as before; what held sessions keep in
-the broker stays within ``max(BROKER_BUDGET, sessions x floor)``.
+So a channel alone on its tunnel, where nothing waits behind its output but its own
+echoes, gets a large window: its share of :data:`BROKER_BUDGET` among all of the broker's
+session channels, rounded down to a power of two, at most
+:data:`~broker.sessions.hub_agent.AGENT_WINDOW_MAX`. Channels that share a tunnel get its
+floor each (:func:`broker.sessions.hub_agent.channel_window`: its bandwidth-delay product,
+at least 128 KiB), as every channel had before: fairness first. One stream alone gets
+2 MiB; a stream beside a shell on the same agent 128 KiB; what held sessions keep in the
+broker stays within ``max(BROKER_BUDGET, sessions x floor)``.
 
 When the count changes the other channels' windows follow at their next grant: asyncssh
 grants up to the channel's window (its ``_init_recv_window``, the one private attribute
@@ -41,9 +46,6 @@ from typing import Final, Protocol
 
 from broker.sessions.hub_agent import AGENT_WINDOW_MAX
 
-#: What the session channels on one agent's tunnel share: one stream alone runs at the
-#: cap, fifty streams get the floor each.
-TUNNEL_BUDGET: Final = 4 << 20
 #: What every session channel of the broker shares: the bound, with the floor, on what
 #: held sessions keep in the broker.
 BROKER_BUDGET: Final = 64 << 20
@@ -59,8 +61,9 @@ def share(budget: int, members: int) -> int:
 def window_for(floor: int, on_tunnel: int, on_broker: int) -> int:
     """The window of a channel whose tunnel's floor is ``floor`` bytes, with ``on_tunnel``
     session channels on its tunnel and ``on_broker`` on the broker (itself included)."""
-    shared = min(share(TUNNEL_BUDGET, on_tunnel), share(BROKER_BUDGET, on_broker))
-    return max(floor, min(AGENT_WINDOW_MAX, shared))
+    if on_tunnel > 1:
+        return floor
+    return max(floor, min(AGENT_WINDOW_MAX, share(BROKER_BUDGET, on_broker)))
 
 
 class Windowed(Protocol):

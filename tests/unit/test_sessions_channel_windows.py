@@ -1,6 +1,6 @@
-"""Session channels' windows are shares of the tunnel's and the broker's budgets, within
-the tunnel's floor and asyncssh's cap, and follow as channels come and go
-(broker.sessions.channel_windows)."""
+"""Session channels' windows: a channel alone on its tunnel gets its share of the
+broker's budget, within the tunnel's floor and asyncssh's cap; channels sharing a tunnel
+get its floor; and they follow as channels come and go (broker.sessions.channel_windows)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 from broker.sessions.channel_windows import (
     BROKER_BUDGET,
-    TUNNEL_BUDGET,
     ChannelWindows,
     share,
     window_for,
@@ -34,12 +33,14 @@ def test_a_share_is_a_power_of_two_at_most_the_even_split() -> None:
     assert share(10, 100) == 0
 
 
-def test_one_stream_alone_gets_the_cap_and_many_get_the_floor() -> None:
+def test_a_channel_alone_on_its_tunnel_gets_the_cap_and_shared_ones_the_floor() -> None:
     assert window_for(AGENT_WINDOW_MIN, 1, 1) == AGENT_WINDOW_MAX
-    assert window_for(AGENT_WINDOW_MIN, 2, 2) == AGENT_WINDOW_MAX
-    assert window_for(AGENT_WINDOW_MIN, 3, 3) == M
+    # Beside a shell on the same agent, a stream's output is what the shell's echo
+    # waits behind: the floor, however few share the tunnel.
+    assert window_for(AGENT_WINDOW_MIN, 2, 2) == AGENT_WINDOW_MIN
     assert window_for(AGENT_WINDOW_MIN, 50, 50) == AGENT_WINDOW_MIN
     # A far agent's measured bandwidth-delay product is its floor, whatever the count.
+    assert window_for(512 * K, 2, 2) == 512 * K
     assert window_for(AGENT_WINDOW_MAX, 50, 50) == AGENT_WINDOW_MAX
 
 
@@ -61,13 +62,14 @@ def test_windows_follow_as_channels_join_and_leave() -> None:
     keys = [object() for _ in range(4)]
     for key in keys[:2]:
         windows.join(key, tunnel, AGENT_WINDOW_MIN)
-    # Three on the tunnel: each gets a third of its budget, rounded down; the first
-    # channel's next grant is up to that.
-    assert windows.window(first) == M == chan._init_recv_window
-    # A session on another agent's tunnel does not take the first tunnel's share.
+    # Three on the tunnel: each gets the floor; the first channel's next grant is up to it.
+    assert windows.window(first) == AGENT_WINDOW_MIN == chan._init_recv_window
+    # A session alone on another agent's tunnel is not held to the first tunnel's floor.
     assert windows.join(keys[2], other, AGENT_WINDOW_MIN) == AGENT_WINDOW_MAX
-    assert chan._init_recv_window == M
-    for key in keys[:3]:
+    assert chan._init_recv_window == AGENT_WINDOW_MIN
+    windows.leave(keys[0])
+    assert windows.window(first) == AGENT_WINDOW_MIN  # still two on the tunnel
+    for key in keys[1:3]:
         windows.leave(key)
     assert windows.window(first) == AGENT_WINDOW_MAX == chan._init_recv_window
     assert windows.peak == AGENT_WINDOW_MAX
@@ -77,11 +79,11 @@ def test_windows_follow_as_channels_join_and_leave() -> None:
     assert len(windows) == 0
 
 
-def test_the_tunnel_budget_splits_among_its_own_channels_only() -> None:
+def test_a_tunnel_shared_by_many_holds_one_floor_per_channel() -> None:
     windows = ChannelWindows()
     tunnel = object()
-    keys = [object() for _ in range(TUNNEL_BUDGET // AGENT_WINDOW_MIN)]
+    keys = [object() for _ in range(50)]
     for key in keys:
         windows.join(key, tunnel, AGENT_WINDOW_MIN)
     assert {windows.window(key) for key in keys} == {AGENT_WINDOW_MIN}
-    assert len(keys) * AGENT_WINDOW_MIN == TUNNEL_BUDGET
+    assert windows.peak == AGENT_WINDOW_MAX  # the first, while it was alone
