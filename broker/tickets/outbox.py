@@ -111,6 +111,11 @@ class Schedule:
 # 10 MiB of a streamed session cost seconds of broker CPU per note, which a broker stopping
 # after many such sessions spent past its shutdown bound; the .cast stays the full record.
 TEXT_ATTACHMENT_MAX: Final = 1 << 20
+# And at most this many lines, what 1 MiB of typical lines holds: a session of short lines
+# (`yes`, a counter, a log of ids) took half a million lines to fill the megabyte, and
+# rendering and scrubbing them one by one cost 0.3 s of broker CPU per note; fifty such
+# sessions ending together kept the broker busy for 14 s beside the live ones.
+TEXT_ATTACHMENT_LINES: Final = 20_000
 # And the output read to make it: a session that printed a gigabyte of zeros or escape
 # sequences renders to almost no text, and the rendering read all of it (25-35 s of broker
 # CPU per GB, beside the next session's relay). 16 MiB of output is far more than any 1 MiB
@@ -139,7 +144,8 @@ def read_attachments(
 
 
 def _text(cast: Path, max_bytes: int) -> bytes:
-    """The text rendering, whole lines up to ``max_bytes`` with a note where it was cut."""
+    """The text rendering, whole lines up to ``max_bytes`` and :data:`TEXT_ATTACHMENT_LINES`,
+    with a note where it was cut."""
     cut = b"\n[... cut: the rest is in the .cast transcript]\n"
     budget = max_bytes - len(cut)
     lines: list[str] = []
@@ -150,10 +156,10 @@ def _text(cast: Path, max_bytes: int) -> bytes:
     # millions of short lines (`yes`) cost seconds of broker CPU per note otherwise.
     for block in text_blocks(cast, budget=output):
         size = sum(map(len, block)) + len(block)
-        if chars + size > budget:
+        if chars + size > budget or len(lines) + len(block) > TEXT_ATTACHMENT_LINES:
             for line in block:
                 chars += len(line) + 1
-                if chars > budget:
+                if chars > budget or len(lines) >= TEXT_ATTACHMENT_LINES:
                     break
                 lines.append(line)
             over = True

@@ -17,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from broker.tickets.outbox import TEXT_ATTACHMENT_MAX, read_attachments
+from broker.tickets.outbox import TEXT_ATTACHMENT_LINES, TEXT_ATTACHMENT_MAX, read_attachments
 from broker.transcript import (
     INPUT_HIDDEN_LABEL,
     CastHeader,
@@ -580,3 +580,21 @@ def test_note_text_attachment_is_cut_at_one_mib_whatever_the_attachment_limit(
     (text,) = read_attachments(tmp_path, SID, [f"{SID}.txt"], 10 << 20)
     assert TEXT_ATTACHMENT_MAX - 200 < len(text.data) <= TEXT_ATTACHMENT_MAX
     assert text.data.endswith(b"\n[... cut: the rest is in the .cast transcript]\n")
+
+
+@pytest.mark.parametrize("extra", [0, 1, 5000])
+def test_note_text_attachment_of_short_lines_stops_at_its_line_limit(
+    tmp_path: Path, extra: int
+) -> None:
+    """A session of short lines (`yes`) far under the megabyte: its .txt holds the first
+    TEXT_ATTACHMENT_LINES lines and says it was cut; exactly that many come whole."""
+    session = Session(tmp_path)
+    total = TEXT_ATTACHMENT_LINES + extra
+    lines = [f"y{i}" for i in range(total)]
+    for start in range(0, total, 1000):
+        session.out("".join(f"{x}\r\n" for x in lines[start : start + 1000]).encode(), 1001.0)
+    session.recorder.seal(True, "ended", 1002.0)
+    (text,) = read_attachments(tmp_path, SID, [f"{SID}.txt"], 10 << 20)
+    cut = b"\n[... cut: the rest is in the .cast transcript]\n"
+    kept = "".join(f"{x}\n" for x in lines[:TEXT_ATTACHMENT_LINES]).encode()
+    assert text.data == (kept + cut if extra else kept)
