@@ -41,7 +41,7 @@ from tests.support.cluster_sessions import (
     ticket_for,
 )
 from tests.support.console import build_front_end
-from tests.support.processes import stop_process
+from tests.support.processes import communicate, stop_process
 from tests.support.site import ok
 
 pytestmark = [pytest.mark.postgres, pytest.mark.e2e]
@@ -334,7 +334,7 @@ async def enroll_agents(lb: Balancer, first: Path, tmp: Path) -> list[Path]:
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
                 env=cli_env(state),
             )  # fmt: skip
-            out, err = await proc.communicate()
+            out, err = await communicate(proc)
         assert proc.returncode == 0, (name, out, err)
         return state
 
