@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import weakref
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
@@ -85,7 +84,11 @@ class ChannelWindows:
     """The session channels of one event loop (one broker process) and their windows."""
 
     _members: dict[object, _Member] = field(default_factory=dict)
-    _per_tunnel: Counter[int] = field(default_factory=Counter)
+    #: Each tunnel's members (by the tunnel's id: a member holds its tunnel, so the id is
+    #: not reused while it is counted). A channel coming or going changes its own tunnel's
+    #: windows, and everyone's only when the broker's share crosses a power of two: a
+    #: broker with thousands of sessions does not revisit them all at every open and close.
+    _by_tunnel: dict[int, dict[object, _Member]] = field(default_factory=dict)
     #: The largest window handed out so far: with what a line adds, the bound on what a
     #: held session keeps (a grant is never taken back, so a window shrunk since counts).
     peak: int = 0
@@ -105,10 +108,12 @@ class ChannelWindows:
         return its window; the others' follow."""
         if key in self._members:
             return self._members[key].window
-        self._members[key] = _Member(tunnel, floor, 0)
-        self._per_tunnel[id(tunnel)] += 1
-        self._refresh()
-        return self._members[key].window
+        member = _Member(tunnel, floor, 0)
+        before = share(BROKER_BUDGET, len(self._members))
+        self._members[key] = member
+        self._by_tunnel.setdefault(id(tunnel), {})[key] = member
+        self._follow(tunnel, before)
+        return member.window
 
     def made(self, key: object, chan: Windowed) -> None:
         """The channel ``key`` joined for is open: its window follows from now on."""
@@ -118,13 +123,15 @@ class ChannelWindows:
 
     def leave(self, key: object) -> None:
         """The channel closed (or never opened): its share goes to the others."""
+        before = share(BROKER_BUDGET, len(self._members))
         member = self._members.pop(key, None)
         if member is None:
             return
-        self._per_tunnel[id(member.tunnel)] -= 1
-        if self._per_tunnel[id(member.tunnel)] <= 0:
-            del self._per_tunnel[id(member.tunnel)]
-        self._refresh()
+        same = self._by_tunnel[id(member.tunnel)]
+        del same[key]
+        if not same:
+            del self._by_tunnel[id(member.tunnel)]
+        self._follow(member.tunnel, before)
 
     def window(self, key: object) -> int | None:
         """The window of ``key``'s channel now (None: not counted)."""
@@ -134,10 +141,18 @@ class ChannelWindows:
     def __len__(self) -> int:
         return len(self._members)
 
-    def _refresh(self) -> None:
+    def _follow(self, tunnel: object, share_before: int) -> None:
+        """Set the windows a join or leave on ``tunnel`` changed."""
+        if share(BROKER_BUDGET, len(self._members)) != share_before:
+            self._refresh(list(self._members.values()))
+        else:
+            self._refresh(list(self._by_tunnel.get(id(tunnel), {}).values()))
+
+    def _refresh(self, members: list[_Member]) -> None:
         total = len(self._members)
-        for member in self._members.values():
-            window = window_for(member.floor, self._per_tunnel[id(member.tunnel)], total)
+        for member in members:
+            on_tunnel = len(self._by_tunnel[id(member.tunnel)])
+            window = window_for(member.floor, on_tunnel, total)
             if window == member.window:
                 continue
             member.window = window

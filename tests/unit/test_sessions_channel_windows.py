@@ -4,7 +4,11 @@ get its floor; and they follow as channels come and go (broker.sessions.channel_
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from broker.sessions.channel_windows import (
     BROKER_BUDGET,
@@ -79,6 +83,21 @@ def test_windows_follow_as_channels_join_and_leave() -> None:
     assert len(windows) == 0
 
 
+def test_lone_channels_follow_the_broker_share_across_its_doublings() -> None:
+    """Forty agents with one session each: the share of the broker's budget halves past 32
+    sessions for every one of them, and comes back when ten leave."""
+    windows = ChannelWindows()
+    keys = [object() for _ in range(40)]
+    chans = []
+    for key in keys:
+        chans.append(Chan(windows.join(key, object(), AGENT_WINDOW_MIN)))
+        windows.made(key, chans[-1])
+    assert {chan._init_recv_window for chan in chans} == {M}  # 64 MiB / 40 rounds down
+    for key in keys[:10]:
+        windows.leave(key)
+    assert {chan._init_recv_window for chan in chans[10:]} == {AGENT_WINDOW_MAX}
+
+
 def test_a_tunnel_shared_by_many_holds_one_floor_per_channel() -> None:
     windows = ChannelWindows()
     tunnel = object()
@@ -87,3 +106,43 @@ def test_a_tunnel_shared_by_many_holds_one_floor_per_channel() -> None:
         windows.join(key, tunnel, AGENT_WINDOW_MIN)
     assert {windows.window(key) for key in keys} == {AGENT_WINDOW_MIN}
     assert windows.peak == AGENT_WINDOW_MAX  # the first, while it was alone
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        # Three joins to a leave, so that the counts pass the broker budget's doublings.
+        st.tuples(
+            st.sampled_from([True, True, True, False]), st.integers(0, 5), st.integers(0, 600)
+        ),
+        min_size=80,
+        max_size=160,
+    )
+)
+def test_every_window_is_what_its_tunnel_and_the_broker_count_say(
+    steps: list[tuple[bool, int, int]],
+) -> None:
+    """After any joins and leaves, each channel's window (and what its channel grants up
+    to) is window_for of its tunnel's count and the broker's, though only the windows a
+    step could change are revisited; the counts cross the broker budget's doublings."""
+    windows = ChannelWindows()
+    tunnels = [object() for _ in range(6)]
+    floors = [AGENT_WINDOW_MIN, AGENT_WINDOW_MIN, 256 * K, AGENT_WINDOW_MIN, M, AGENT_WINDOW_MIN]
+    keys = [object() for _ in range(601)]
+    where: dict[int, int] = {}
+    chans: dict[int, Chan] = {}
+    for joining, tunnel, key in steps:
+        if joining and key not in where:
+            # The channel opens with the window join returned, as the hub opens it.
+            chans[key] = Chan(windows.join(keys[key], tunnels[tunnel], floors[tunnel]))
+            windows.made(keys[key], chans[key])
+            where[key] = tunnel
+        elif not joining and key in where:
+            windows.leave(keys[key])
+            del where[key]
+        on = Counter(where.values())
+        for member, at in where.items():
+            expected = window_for(floors[at], on[at], len(where))
+            assert windows.window(keys[member]) == expected
+            assert chans[member]._init_recv_window == expected
+    assert len(windows) == len(where)
