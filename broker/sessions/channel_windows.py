@@ -16,8 +16,8 @@ broker. Three things pull it apart:
   each of 300 sessions would be 600 MB.
 - **What an echo waits behind.** Every channel of an agent shares its tunnel's one TCP
   stream, so a keystroke's echo waits behind every byte the other channels were let
-  send ahead: with 2 MiB each, the echo behind one stream on the same agent took 2-4
-  times as long (bench p99 32 against 14 ms) as with the floor.
+  send ahead: with 2 MiB each, the echo behind one stream on the same agent took twice
+  as long (p99 25 against 11-12 ms, docs/benchmarks.md) as with the floor.
 
 So a channel alone on its tunnel, where nothing waits behind its output but its own
 echoes, gets a large window: its share of :data:`BROKER_BUDGET` among all of the broker's
