@@ -37,6 +37,7 @@ from typing import Final, Literal, cast
 
 import aiohttp
 
+from agent.reaping import reap
 from bench import MeasurementError
 
 Role = Literal["good", "wrong_key", "impostor", "revoked"]
@@ -213,17 +214,18 @@ class _WorkerProcess:
         await self.process.stdin.drain()
 
     async def stop(self, grace: float) -> None:
+        """Close the worker's input (its signal to end); past ``grace`` seconds, or when
+        the stop is cancelled, kill it and wait for it."""
         if self.process.stdin is not None and not self.process.stdin.is_closing():
             self.process.stdin.close()
         try:
-            async with asyncio.timeout(grace):
-                await self.process.wait()
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.kill()
-            await self.process.wait()
-        for reader in self._readers:
-            reader.cancel()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self.process.wait()
+        finally:
+            await reap(self.process)
+            for reader in self._readers:
+                reader.cancel()
         await asyncio.gather(*self._readers, return_exceptions=True)
 
 

@@ -142,22 +142,31 @@ class ManagedProcess:
         return await self._process.wait()
 
     async def stop(self, grace: float = 5.0) -> None:
-        """Send SIGTERM to the child's process group, then SIGKILL after `grace` seconds."""
-        if self._process.returncode is None:
-            # The child leads its own session: end its helpers (ProxyJump, workers) too.
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._process.pid, signal.SIGTERM)
-            try:
-                async with asyncio.timeout(grace):
-                    await self._process.wait()
-            except TimeoutError:
-                logger.warning("%s ignored SIGTERM for %.0f s; killing it", self.name, grace)
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self._process.pid, signal.SIGKILL)
-                await self._process.wait()
-        for reader in self._readers:
-            reader.cancel()
+        """Send SIGTERM to the child's process group, then SIGKILL after `grace` seconds.
+
+        Cancelled meanwhile (a bench interrupted in its teardown), it kills the group at
+        once and waits for the child before the cancel goes on: no child outlives it.
+        """
+        try:
+            if self._process.returncode is None:
+                # The child leads its own session: end its helpers (ProxyJump, workers) too.
+                self._signal_group(signal.SIGTERM)
+                try:
+                    async with asyncio.timeout(grace):
+                        await self._process.wait()
+                except TimeoutError:
+                    logger.warning("%s ignored SIGTERM for %.0f s; killing it", self.name, grace)
+        finally:
+            if self._process.returncode is None:
+                self._signal_group(signal.SIGKILL)
+            await reap(self._process)
+            for reader in self._readers:
+                reader.cancel()
         await asyncio.gather(*self._readers, return_exceptions=True)
+
+    def _signal_group(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._process.pid, sig)
 
 
 async def run_command(
