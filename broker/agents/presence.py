@@ -138,6 +138,8 @@ class PresenceWriter:
         self._tasks = tasks
         self._node = node
         self._pending = PendingChanges()
+        #: The batch a write is under way for (out of ``_pending`` until it fails).
+        self._writing = PendingChanges()
         self._wake = asyncio.Event()
         self._queued = 0
         self._written = 0
@@ -160,7 +162,16 @@ class PresenceWriter:
         except TimeoutError:
             # The database is away: the next start marks every agent offline anyway, so a
             # broker that is told to stop does not wait for it.
-            log.warning("presence of %d agents not written at shutdown", len(self._pending))
+            log.warning("presence of %d agents not written at shutdown", self._unwritten_agents())
+
+    def _unwritten_agents(self) -> int:
+        """How many agents have a change not in the database: queued, or in the write under
+        way (a stop that times out during a write to an absent database found the queue
+        empty and said 0)."""
+        agents: set[str] = set()
+        for changes in (self._pending, self._writing):
+            agents.update(changes.presence, changes.facts)
+        return len(agents)
 
     def online(self, agent_id: str, connected_at: dt.datetime) -> None:
         self._pending.presence[agent_id] = Online(connected_at)
@@ -194,11 +205,13 @@ class PresenceWriter:
             self._wake.clear()
             batch, self._pending = self._pending, PendingChanges()
             upto = self._queued
+            self._writing = batch
             try:
                 await self._write(batch)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a task boundary: keep the changes and try again
+                self._writing = PendingChanges()
                 # The traceback once; while the database stays away, one line per try.
                 if failures == 0:
                     log.exception("could not write the presence of %d agents; retrying", len(batch))
@@ -213,6 +226,7 @@ class PresenceWriter:
                 await asyncio.sleep(RETRY_AFTER_FAILURE_S)
                 self._wake.set()
                 continue
+            self._writing = PendingChanges()
             failures = 0
             self._written = upto
             progress, self._progress = self._progress, asyncio.Event()
